@@ -1,0 +1,28 @@
+# medgan workflow: raw scans -> windowed -> registered -> masked -> slices -> model -> metrics.
+# Usage: snakemake --cores 8 results/cyclegan_ct_mri/metrics.json
+# Every knob is in params.yaml (validated against pipeline/schemas/params.schema.yaml here);
+# the logic lives in the pipeline/ package, each rule is a thin call of one stage's CLI.
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from pipeline.config import validate_params
+
+
+configfile: "params.yaml"
+
+
+validate_params(config, source="params.yaml (with --config/--configfile overrides)")
+
+
+include: "pipeline/rules/common.smk"
+include: "pipeline/rules/data.smk"
+include: "pipeline/rules/preprocess.smk"
+include: "pipeline/rules/train.smk"
+include: "pipeline/rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand("results/{experiment}/metrics.json", experiment=list(config["experiments"])),

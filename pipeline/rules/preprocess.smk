@@ -1,0 +1,223 @@
+# Stages 2-5, one job per subject wherever the work is per subject:
+# windowing (HU + VOI window / MRI normalisation) -> ANTs registration to an automatically
+# chosen reference -> CT head-holder masking -> slice extraction and subject-level split.
+
+PRE = config["preprocess"]
+REG = PRE["register"]
+MASK = PRE["mask_headholder"]
+SLICES = PRE["slices"]
+
+
+def raw_subject_path(w):
+    row = manifest_row(w.dataset, w.subject)
+    return f"data/raw/{w.dataset}/{row['path']}"
+
+
+def raw_partner(w):
+    row = manifest_row(w.dataset, w.subject)
+    return f"data/raw/{w.dataset}/{row['partner_path']}", row["partner_modality"]
+
+
+def window_command(w):
+    if modality(w.dataset) == "CT":
+        return (
+            f"ct {window_flags()} --preferred-thickness-mm {PRE['ct_preferred_thickness_mm']:g}"
+        )
+    low, high = PRE["mri_percentiles"]
+    return f"mri --percentiles {low:g} {high:g}"
+
+
+rule window:
+    input:
+        "data/raw/{dataset}",
+    output:
+        "data/windowed/{dataset}/{subject}.nii.gz",
+    params:
+        path=raw_subject_path,
+        command=window_command,
+        voxel_mm=PRE["voxel_mm"],
+    log:
+        "logs/window/{dataset}/{subject}.log",
+    conda:
+        f"{ENVS}/data.yaml"
+    shell:
+        "python -m pipeline.preprocess.window {params.command} --input {params.path:q} "
+        "--output {output} --voxel-mm {params.voxel_mm} > {log} 2>&1"
+
+
+rule window_partner:
+    input:
+        raw="data/raw/{dataset}",
+        grid="data/windowed/{dataset}/{subject}.nii.gz",
+    output:
+        "data/windowed/{dataset}/{subject}.partner.nii.gz",
+    params:
+        path=lambda w: raw_partner(w)[0],
+        partner_modality=lambda w: raw_partner(w)[1],
+        window=window_flags(),
+        percentiles=" ".join(f"{p:g}" for p in PRE["mri_percentiles"]),
+    log:
+        "logs/window/{dataset}/{subject}.partner.log",
+    conda:
+        f"{ENVS}/data.yaml"
+    shell:
+        "python -m pipeline.preprocess.window partner --input {params.path:q} "
+        "--modality {params.partner_modality} --grid {input.grid} --output {output} "
+        "{params.window} --percentiles {params.percentiles} > {log} 2>&1"
+
+
+rule choose_reference:
+    input:
+        lambda w: expand(
+            "data/windowed/{{dataset}}/{subject}.nii.gz",
+            subject=[s for s in subjects(w.dataset) if s not in paired_subjects(w.dataset)],
+        ),
+    output:
+        "data/registered/{dataset}/reference.json",
+    params:
+        seed=config["seed"],
+    log:
+        "logs/register/{dataset}/choose_reference.log",
+    conda:
+        f"{ENVS}/register.yaml"
+    shell:
+        "python -m pipeline.preprocess.register choose --inputs {input} --out {output} "
+        "--seed {params.seed} > {log} 2>&1"
+
+
+rule register:
+    input:
+        moving="data/windowed/{dataset}/{subject}.nii.gz",
+        reference="data/registered/{dataset}/reference.json",
+    output:
+        image="data/registered/{dataset}/{subject}.nii.gz",
+        transforms=directory("data/registered/{dataset}/{subject}.transforms"),
+        qc="data/registered/{dataset}/{subject}.qc.json",
+    params:
+        seed=config["seed"],
+        rigid=" ".join(map(str, REG["rigid_iterations"])),
+        syn=" ".join(map(str, REG["syn_iterations"])),
+        on_failure=REG["on_failure"],
+        max_jacobian=REG["max_jacobian"],
+    log:
+        "logs/register/{dataset}/{subject}.log",
+    conda:
+        f"{ENVS}/register.yaml"
+    shell:
+        "python -m pipeline.preprocess.register register --moving {input.moving} "
+        "--reference-json {input.reference} --out {output.image} --transforms {output.transforms} "
+        "--qc {output.qc} --seed {params.seed} --rigid-iterations {params.rigid} "
+        "--syn-iterations {params.syn} --on-failure {params.on_failure} "
+        "--max-jacobian {params.max_jacobian} > {log} 2>&1"
+
+
+rule register_partner:
+    input:
+        image="data/windowed/{dataset}/{subject}.partner.nii.gz",
+        reference="data/registered/{dataset}/reference.json",
+        transforms="data/registered/{dataset}/{subject}.transforms",
+    output:
+        "data/registered/{dataset}/{subject}.partner.nii.gz",
+    log:
+        "logs/register/{dataset}/{subject}.partner.log",
+    conda:
+        f"{ENVS}/register.yaml"
+    shell:
+        "python -m pipeline.preprocess.register apply --image {input.image} "
+        "--reference-json {input.reference} --transforms {input.transforms} --out {output} "
+        "> {log} 2>&1"
+
+
+rule build_headholder_mask:
+    input:
+        "data/registered/{dataset}/reference.json",
+    output:
+        "data/masked/{dataset}/mask.nii.gz",
+    params:
+        threshold=MASK["threshold"],
+        max_erosions=MASK["max_erosions"],
+        margin=MASK["margin"],
+    log:
+        "logs/mask/{dataset}/build.log",
+    conda:
+        f"{ENVS}/data.yaml"
+    shell:
+        "python -m pipeline.preprocess.mask_headholder build --reference-json {input} "
+        "--out {output} --threshold {params.threshold} --max-erosions {params.max_erosions} "
+        "--margin {params.margin} > {log} 2>&1"
+
+
+rule mask_headholder:
+    input:
+        image="data/registered/{dataset}/{subject}{partner}.nii.gz",
+        mask="data/masked/{dataset}/mask.nii.gz",
+    output:
+        image="data/masked/{dataset}/{subject}{partner}.nii.gz",
+    wildcard_constraints:
+        partner=r"(\.partner)?",
+    log:
+        "logs/mask/{dataset}/{subject}{partner}.log",
+    conda:
+        f"{ENVS}/data.yaml"
+    shell:
+        "python -m pipeline.preprocess.mask_headholder apply --image {input.image} "
+        "--mask {input.mask} --out {output.image} > {log} 2>&1"
+
+
+rule mask_overlay:
+    input:
+        image="data/registered/{dataset}/{subject}.nii.gz",
+        mask="data/masked/{dataset}/mask.nii.gz",
+    output:
+        "data/masked/{dataset}/qc/{subject}.png",
+    log:
+        "logs/mask/{dataset}/{subject}.overlay.log",
+    conda:
+        f"{ENVS}/data.yaml"
+    shell:
+        "python -m pipeline.preprocess.mask_headholder overlay --image {input.image} "
+        "--mask {input.mask} --out {output} > {log} 2>&1"
+
+
+def slice_inputs(w):
+    stage = final_stage(w.dataset)
+    subs = subjects(w.dataset)
+    paired = paired_subjects(w.dataset)
+    inputs = {
+        "volumes": expand(f"data/{stage}/{w.dataset}/{{s}}.nii.gz", s=subs),
+        "partners": expand(f"data/{stage}/{w.dataset}/{{s}}.partner.nii.gz", s=paired),
+        "qc": expand(f"data/registered/{w.dataset}/{{s}}.qc.json", s=subs),
+        "reference": f"data/registered/{w.dataset}/reference.json",
+    }
+    if stage == "masked":
+        inputs["overlays"] = expand(f"data/masked/{w.dataset}/qc/{{s}}.png", s=subs)
+    return inputs
+
+
+rule extract_slices:
+    input:
+        unpack(slice_inputs),
+    output:
+        train="data/slices/{dataset}/train.npz",
+        val="data/slices/{dataset}/val.npz",
+        test="data/slices/{dataset}/test.npz",
+        manifest="data/slices/{dataset}/manifest.csv",
+        contact_sheet="data/slices/{dataset}/contact_sheet.png",
+    params:
+        seed=config["seed"],
+        axial_fraction=SLICES["axial_fraction"],
+        slab=SLICES["slab"],
+        size=SLICES["size"],
+        val_fraction=SLICES["val_fraction"],
+        test_fraction=SLICES["test_fraction"],
+        out_dir=lambda w: f"data/slices/{w.dataset}",
+    log:
+        "logs/slices/{dataset}.log",
+    conda:
+        f"{ENVS}/data.yaml"
+    shell:
+        "python -m pipeline.preprocess.extract_slices --volumes {input.volumes} "
+        "--partners {input.partners} --qc {input.qc} --reference-json {input.reference} "
+        "--out-dir {params.out_dir} --axial-fraction {params.axial_fraction} --slab {params.slab} "
+        "--size {params.size} --val-fraction {params.val_fraction} "
+        "--test-fraction {params.test_fraction} --seed {params.seed} > {log} 2>&1"

@@ -1,0 +1,49 @@
+# Stage 6: the one training engine, configured per experiment. Requests a GPU as a resource
+# so a cluster executor (e.g. snakemake-executor-plugin-slurm) can place it.
+
+
+def experiment_cfg(experiment):
+    return config["experiments"][experiment]
+
+
+def domain_slices(split):
+    def inputs(w):
+        exp = experiment_cfg(w.experiment)
+        return {
+            "a": f"data/slices/{exp['domain_a']}/{split}.npz",
+            "b": f"data/slices/{exp['domain_b']}/{split}.npz",
+        }
+
+    return inputs
+
+
+rule train:
+    input:
+        unpack(domain_slices("train")),
+        val_a=lambda w: domain_slices("val")(w)["a"],
+        val_b=lambda w: domain_slices("val")(w)["b"],
+    output:
+        model="models/{experiment}/model.pt",
+        history="models/{experiment}/history.csv",
+        run="models/{experiment}/run.json",
+    params:
+        cfg=lambda w: json.dumps(
+            {k: experiment_cfg(w.experiment)[k] for k in ("model", "train")}, sort_keys=True
+        ),
+        pretrained=config["weights"]["pretrained"],
+        weights_dir=config["weights"]["dir"],
+        tracking_uri=config["tracking"]["uri"],
+        seed=config["seed"],
+        out_dir=lambda w: f"models/{w.experiment}",
+    resources:
+        gpu=lambda w: 1 if experiment_cfg(w.experiment)["train"].get("device") == "cuda" else 0,
+    log:
+        "logs/train/{experiment}.log",
+    conda:
+        f"{ENVS}/train.yaml"
+    shell:
+        "python -m pipeline.train --train-a {input.a} --train-b {input.b} --val-a {input.val_a} "
+        "--val-b {input.val_b} --out {params.out_dir} --experiment {wildcards.experiment} "
+        "--config-json {params.cfg:q} --pretrained {params.pretrained} "
+        "--weights-dir {params.weights_dir} --tracking-uri {params.tracking_uri} "
+        "--seed {params.seed} > {log} 2>&1"

@@ -1,0 +1,37 @@
+import json
+
+import pytest
+
+from pipeline.atomic import atomic_dir, atomic_path, write_json
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.nii.gz"
+    target.write_text("good")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"]
+
+
+def test_atomic_dir_swaps_only_when_complete(tmp_path):
+    target = tmp_path / "raw"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+    with pytest.raises(ValueError):
+        with atomic_dir(target) as tmp:
+            (tmp / "b.txt").write_text("2")
+            raise ValueError
+    assert [p.name for p in target.iterdir()] == ["a.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_write_json_refuses_nan(tmp_path):
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "m.json", {"x": float("nan")})
+    assert not (tmp_path / "m.json").exists()
+    write_json(tmp_path / "m.json", {"x": 1})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"x": 1}
