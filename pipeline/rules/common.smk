@@ -11,8 +11,6 @@ wildcard_constraints:
     experiment="|".join(config["experiments"]),
 
 
-ENVS = workflow.basedir + "/envs"
-
 
 def dataset_cfg(dataset):
     try:
@@ -59,3 +57,98 @@ def window_flags():
 def final_stage(dataset):
     """CT goes through head-holder masking; MRI slices come straight from registration."""
     return "masked" if modality(dataset) == "CT" else "registered"
+
+
+PRE = config["preprocess"]
+REG = PRE["register"]
+MASK = PRE["mask_headholder"]
+SLICES = PRE["slices"]
+
+
+def raw_subject_path(w):
+    row = manifest_row(w.dataset, w.subject)
+    return f"data/raw/{w.dataset}/{row['path']}"
+
+
+def raw_partner(w):
+    row = manifest_row(w.dataset, w.subject)
+    return f"data/raw/{w.dataset}/{row['partner_path']}", row["partner_modality"]
+
+
+def window_command(w):
+    if modality(w.dataset) == "CT":
+        return (
+            f"ct {window_flags()} --preferred-thickness-mm {PRE['ct_preferred_thickness_mm']:g}"
+        )
+    low, high = PRE["mri_percentiles"]
+    return f"mri --percentiles {low:g} {high:g}"
+
+
+def slice_inputs(w):
+    stage = final_stage(w.dataset)
+    subs = subjects(w.dataset)
+    paired = paired_subjects(w.dataset)
+    inputs = {
+        "volumes": expand(f"data/{stage}/{w.dataset}/{{s}}.nii.gz", s=subs),
+        "partners": expand(f"data/{stage}/{w.dataset}/{{s}}.partner.nii.gz", s=paired),
+        "qc": expand(f"data/registered/{w.dataset}/{{s}}.qc.json", s=subs),
+        "reference": f"data/registered/{w.dataset}/reference.json",
+    }
+    if stage == "masked":
+        inputs["overlays"] = expand(f"data/masked/{w.dataset}/qc/{{s}}.png", s=subs)
+    return inputs
+
+
+def experiment_cfg(experiment):
+    return config["experiments"][experiment]
+
+
+def domain_slices(split):
+    def inputs(w):
+        exp = experiment_cfg(w.experiment)
+        return {
+            "a": f"data/slices/{exp['domain_a']}/{split}.npz",
+            "b": f"data/slices/{exp['domain_b']}/{split}.npz",
+        }
+
+    return inputs
+
+
+def panel_subject(w):
+    """The subject shown in the preprocessing panel: the dataset's first."""
+    return subjects(w.dataset)[0]
+
+
+def panel_raw_path(w):
+    return "data/raw/{}/{}".format(w.dataset, manifest_row(w.dataset, panel_subject(w))["path"])
+
+
+def preprocessing_panel_inputs(w):
+    ds = w.dataset
+    subject = panel_subject(w)
+    stages = {
+        "raw": f"data/raw/{ds}",
+        "windowed": f"data/windowed/{ds}/{subject}.nii.gz",
+        "registered": f"data/registered/{ds}/{subject}.nii.gz",
+    }
+    if final_stage(ds) == "masked":
+        stages["masked"] = f"data/masked/{ds}/{subject}.nii.gz"
+    return stages
+
+
+def evaluate_inputs(w):
+    exp = experiment_cfg(w.experiment)
+    a, b = exp["domain_a"], exp["domain_b"]
+    return {
+        "model": f"models/{w.experiment}/model.pt",
+        "history": f"models/{w.experiment}/history.csv",
+        "run": f"models/{w.experiment}/run.json",
+        "test_a": f"data/slices/{a}/test.npz",
+        "test_b": f"data/slices/{b}/test.npz",
+        "panels": [f"results/{w.experiment}/figures/preprocessing_{d}.png" for d in (a, b)],
+    }
+
+
+def ct_window_for_metrics():
+    window = ct_window(config)
+    return "" if window is None else f"--ct-window {window[0]:g} {window[1]:g}"

@@ -16,7 +16,7 @@ checkpoint download:
     log:
         "logs/download/{dataset}.log",
     conda:
-        f"{ENVS}/data.yaml"
+        "../../envs/data.yaml"
     shell:
         "python -m pipeline.sources.download --dataset {wildcards.dataset} --out {output} "
         "--config-json {params.source:q} > {log} 2>&1"

@@ -2,31 +2,6 @@
 # windowing (HU + VOI window / MRI normalisation) -> ANTs registration to an automatically
 # chosen reference -> CT head-holder masking -> slice extraction and subject-level split.
 
-PRE = config["preprocess"]
-REG = PRE["register"]
-MASK = PRE["mask_headholder"]
-SLICES = PRE["slices"]
-
-
-def raw_subject_path(w):
-    row = manifest_row(w.dataset, w.subject)
-    return f"data/raw/{w.dataset}/{row['path']}"
-
-
-def raw_partner(w):
-    row = manifest_row(w.dataset, w.subject)
-    return f"data/raw/{w.dataset}/{row['partner_path']}", row["partner_modality"]
-
-
-def window_command(w):
-    if modality(w.dataset) == "CT":
-        return (
-            f"ct {window_flags()} --preferred-thickness-mm {PRE['ct_preferred_thickness_mm']:g}"
-        )
-    low, high = PRE["mri_percentiles"]
-    return f"mri --percentiles {low:g} {high:g}"
-
-
 rule window:
     input:
         "data/raw/{dataset}",
@@ -39,7 +14,7 @@ rule window:
     log:
         "logs/window/{dataset}/{subject}.log",
     conda:
-        f"{ENVS}/data.yaml"
+        "../../envs/data.yaml"
     shell:
         "python -m pipeline.preprocess.window {params.command} --input {params.path:q} "
         "--output {output} --voxel-mm {params.voxel_mm} > {log} 2>&1"
@@ -59,7 +34,7 @@ rule window_partner:
     log:
         "logs/window/{dataset}/{subject}.partner.log",
     conda:
-        f"{ENVS}/data.yaml"
+        "../../envs/data.yaml"
     shell:
         "python -m pipeline.preprocess.window partner --input {params.path:q} "
         "--modality {params.partner_modality} --grid {input.grid} --output {output} "
@@ -79,7 +54,7 @@ rule choose_reference:
     log:
         "logs/register/{dataset}/choose_reference.log",
     conda:
-        f"{ENVS}/register.yaml"
+        "../../envs/register.yaml"
     shell:
         "python -m pipeline.preprocess.register choose --inputs {input} --out {output} "
         "--seed {params.seed} > {log} 2>&1"
@@ -102,7 +77,7 @@ rule register:
     log:
         "logs/register/{dataset}/{subject}.log",
     conda:
-        f"{ENVS}/register.yaml"
+        "../../envs/register.yaml"
     shell:
         "python -m pipeline.preprocess.register register --moving {input.moving} "
         "--reference-json {input.reference} --out {output.image} --transforms {output.transforms} "
@@ -121,7 +96,7 @@ rule register_partner:
     log:
         "logs/register/{dataset}/{subject}.partner.log",
     conda:
-        f"{ENVS}/register.yaml"
+        "../../envs/register.yaml"
     shell:
         "python -m pipeline.preprocess.register apply --image {input.image} "
         "--reference-json {input.reference} --transforms {input.transforms} --out {output} "
@@ -140,7 +115,7 @@ rule build_headholder_mask:
     log:
         "logs/mask/{dataset}/build.log",
     conda:
-        f"{ENVS}/data.yaml"
+        "../../envs/data.yaml"
     shell:
         "python -m pipeline.preprocess.mask_headholder build --reference-json {input} "
         "--out {output} --threshold {params.threshold} --max-erosions {params.max_erosions} "
@@ -158,7 +133,7 @@ rule mask_headholder:
     log:
         "logs/mask/{dataset}/{subject}{partner}.log",
     conda:
-        f"{ENVS}/data.yaml"
+        "../../envs/data.yaml"
     shell:
         "python -m pipeline.preprocess.mask_headholder apply --image {input.image} "
         "--mask {input.mask} --out {output.image} > {log} 2>&1"
@@ -173,25 +148,10 @@ rule mask_overlay:
     log:
         "logs/mask/{dataset}/{subject}.overlay.log",
     conda:
-        f"{ENVS}/data.yaml"
+        "../../envs/data.yaml"
     shell:
         "python -m pipeline.preprocess.mask_headholder overlay --image {input.image} "
         "--mask {input.mask} --out {output} > {log} 2>&1"
-
-
-def slice_inputs(w):
-    stage = final_stage(w.dataset)
-    subs = subjects(w.dataset)
-    paired = paired_subjects(w.dataset)
-    inputs = {
-        "volumes": expand(f"data/{stage}/{w.dataset}/{{s}}.nii.gz", s=subs),
-        "partners": expand(f"data/{stage}/{w.dataset}/{{s}}.partner.nii.gz", s=paired),
-        "qc": expand(f"data/registered/{w.dataset}/{{s}}.qc.json", s=subs),
-        "reference": f"data/registered/{w.dataset}/reference.json",
-    }
-    if stage == "masked":
-        inputs["overlays"] = expand(f"data/masked/{w.dataset}/qc/{{s}}.png", s=subs)
-    return inputs
 
 
 rule extract_slices:
@@ -214,7 +174,7 @@ rule extract_slices:
     log:
         "logs/slices/{dataset}.log",
     conda:
-        f"{ENVS}/data.yaml"
+        "../../envs/data.yaml"
     shell:
         "python -m pipeline.preprocess.extract_slices --volumes {input.volumes} "
         "--partners {input.partners} --qc {input.qc} --reference-json {input.reference} "

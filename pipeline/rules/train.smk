@@ -2,21 +2,6 @@
 # so a cluster executor (e.g. snakemake-executor-plugin-slurm) can place it.
 
 
-def experiment_cfg(experiment):
-    return config["experiments"][experiment]
-
-
-def domain_slices(split):
-    def inputs(w):
-        exp = experiment_cfg(w.experiment)
-        return {
-            "a": f"data/slices/{exp['domain_a']}/{split}.npz",
-            "b": f"data/slices/{exp['domain_b']}/{split}.npz",
-        }
-
-    return inputs
-
-
 rule train:
     input:
         unpack(domain_slices("train")),
@@ -40,7 +25,7 @@ rule train:
     log:
         "logs/train/{experiment}.log",
     conda:
-        f"{ENVS}/train.yaml"
+        "../../envs/train.yaml"
     shell:
         "python -m pipeline.train --train-a {input.a} --train-b {input.b} --val-a {input.val_a} "
         "--val-b {input.val_b} --out {params.out_dir} --experiment {wildcards.experiment} "
