@@ -1,6 +1,7 @@
 # Helpers shared by the rules: dataset manifests, per-subject lists and parameter lookups.
 import csv
 import json
+import shlex
 
 from pipeline.config import ct_window
 
@@ -45,6 +46,24 @@ def subjects(dataset):
 def paired_subjects(dataset):
     """Held-out subjects that carry a partner image in the other modality (phantoms only)."""
     return [row["subject_id"] for row in manifest_rows(dataset) if row.get("partner_path")]
+
+
+def download_flags(dataset):
+    """CLI flags of the download stage for one dataset: its source knobs, plus the phantom's."""
+    cfg = dataset_cfg(dataset)
+    flags = [f"--source {cfg['source']}", f"--modality {cfg['modality']}", f"--seed {config['seed']}"]
+    for key in ("base_url", "local_path", "layout"):
+        if cfg.get(key):
+            flags.append(f"--{key.replace('_', '-')} {shlex.quote(str(cfg[key]))}")
+    if cfg.get("n_subjects") is not None:
+        flags.append(f"--n-subjects {cfg['n_subjects']}")
+    if cfg.get("accept_licence"):
+        flags.append("--accept-licence")
+    if cfg["source"] == "phantom_head":
+        flags.append(f"--n-paired {cfg.get('n_paired', 0)}")
+        for key, value in sorted(config["phantom_head"].items()):
+            flags.append(f"--phantom-option {shlex.quote(f'{key}={json.dumps(value)}')}")
+    return " ".join(flags)
 
 
 def window_flags():
@@ -147,6 +166,26 @@ def evaluate_inputs(w):
         "test_b": f"data/slices/{b}/test.npz",
         "panels": [f"results/{w.experiment}/figures/preprocessing_{d}.png" for d in (a, b)],
     }
+
+
+def evaluate_flags(w):
+    exp = experiment_cfg(w.experiment)
+    ev = exp["evaluate"]
+    device = ev.get("device", "auto")
+    flags = [
+        "--direction-names " + " ".join(ev["direction_names"]),
+        "--labels " + " ".join(shlex.quote(label) for label in ev["labels"]),
+        "--modalities {} {}".format(modality(exp["domain_a"]), modality(exp["domain_b"])),
+        "--mri-percentiles " + " ".join(f"{p:g}" for p in PRE["mri_percentiles"]),
+        f"--batch-size {ev['batch_size']}",
+        f"--n-figure-examples {ev['n_figure_examples']}",
+        f"--kid-subsets {ev['kid_subsets']}",
+        f"--kid-subset-size {ev['kid_subset_size']}",
+        f"--seed {config['seed']}",
+    ]
+    if device != "auto":
+        flags.append(f"--device {device}")
+    return " ".join(flags)
 
 
 def ct_window_for_metrics():

@@ -5,18 +5,11 @@ checkpoint download:
     output:
         directory("data/raw/{dataset}"),
     params:
-        source=lambda w: json.dumps(
-            {
-                "dataset": dataset_cfg(w.dataset),
-                "phantom_head": config["phantom_head"],
-                "seed": config["seed"],
-            },
-            sort_keys=True,
-        ),
+        flags=lambda w: download_flags(w.dataset),
     log:
         "logs/download/{dataset}.log",
     conda:
         "../../envs/data.yaml"
     shell:
         "python -m pipeline.sources.download --dataset {wildcards.dataset} --out {output} "
-        "--config-json {params.source:q} > {log} 2>&1"
+        "{params.flags} > {log} 2>&1"

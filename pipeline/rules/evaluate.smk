@@ -34,7 +34,8 @@ rule evaluate:
     params:
         inception=f"{config['weights']['dir']}/pt_inception-2015-12-05-6726825d.pth",
         ct_window=ct_window_for_metrics(),
-        evaluate=lambda w: json.dumps(experiment_cfg(w.experiment)["evaluate"], sort_keys=True),
+        flags=evaluate_flags,
+    threads: 8  # capped at --cores by Snakemake: on a laptop training runs alone
     log:
         "logs/evaluate/{experiment}.log",
     conda:
@@ -43,6 +44,6 @@ rule evaluate:
         "python -m pipeline.evaluate --model {input.model} --test-a {input.test_a} "
         "--test-b {input.test_b} --history {input.history} --run-json {input.run} "
         "--inception-weights {params.inception} {params.ct_window} "
-        "--config-json {params.evaluate:q} --extra-figures {input.panels} "
+        "{params.flags} --extra-figures {input.panels} "
         "--samples-out {output.samples} --triplets {output.triplets} --loss-curves {output.losses} "
         "--out {output.metrics} > {log} 2>&1"

@@ -22,6 +22,7 @@ rule train:
         out_dir=lambda w: f"models/{w.experiment}",
     resources:
         gpu=lambda w: 1 if experiment_cfg(w.experiment)["train"].get("device") == "cuda" else 0,
+    threads: 8  # capped at --cores by Snakemake: on a laptop training runs alone
     log:
         "logs/train/{experiment}.log",
     conda:

@@ -1,0 +1,218 @@
+"""FID and KID from the standard FID Inception network, or null with the reason.
+
+FID is only comparable between papers when it comes from the same network and preprocessing:
+the TensorFlow 2015-12-05 Inception converted to PyTorch (pytorch-fid's
+``pt_inception-2015-12-05-6726825d.pth``; torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``
+carries the same suffix, which by torch hub's convention is the start of the file's SHA-256).
+This machine cannot download it, so when the file is absent or is another file, FID and KID are
+reported as null with the reason, never as a number from another network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+
+INCEPTION_SHA256_PREFIX = "6726825d"
+"""Identity of the standard file (torch hub convention: the name carries its hash prefix)."""
+
+FEATURE_DIM = 2048
+
+FEATURE_SETTINGS = {
+    "network": "Inception-v3, TensorFlow 2015-12-05 weights (pytorch-fid / torch-fidelity file)",
+    "extractor": "torch_fidelity.feature_extractor_inceptionv3.FeatureExtractorInceptionV3",
+    "layer": "2048 (pool3)",
+    "input": "grayscale [0,1] -> uint8 round(255*v), repeated to 3 channels",
+    "resize": "torch-fidelity rule: bilinear as in TensorFlow 1.x to 299x299, align_corners=False, "
+    "inside the extractor (pytorch-fid resizes with torch bilinear instead; clean-fid with PIL bicubic)",
+    "fid": "Frechet distance of Gaussians fitted to the features (scipy.linalg.sqrtm of the covariance product)",
+    "kid": "torch-fidelity unbiased MMD^2, polynomial kernel (x.y/d + 1)^3, mean and std over random subsets",
+}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inception_weights_problem(weights_path: Path) -> str | None:
+    """Why FID cannot be computed from ``weights_path``, or None when the file is the standard one."""
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        return (
+            f"Inception weights not found at {weights_path}; run the download stage (it fetches pytorch-fid's "
+            "pt_inception-2015-12-05-6726825d.pth) or copy that file there"
+        )
+    digest = file_sha256(weights_path)
+    if not digest.startswith(INCEPTION_SHA256_PREFIX):
+        return (
+            f"Inception weights at {weights_path} have SHA-256 {digest[:16]}..., not the standard file's "
+            f"{INCEPTION_SHA256_PREFIX}...; FID from another network is not FID"
+        )
+    return None
+
+
+def unavailable_distances(reason: str) -> dict:
+    """The "fid" and "kid" blocks of a direction whose distances could not be computed."""
+    return {
+        "fid": {"value": None, "reason": reason, "rank_deficient": None, "warnings": []},
+        "kid": {"mean": None, "std": None, "subsets": None, "subset_size": None, "reason": reason},
+    }
+
+
+def frechet_distance_from_statistics(
+    mu_a: np.ndarray, sigma_a: np.ndarray, mu_b: np.ndarray, sigma_b: np.ndarray, eps: float = 1e-6
+) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) for two Gaussians.
+
+    The square root of the (possibly singular) product is retried with ``eps`` added to both
+    diagonals when it is not finite or not essentially real; tiny imaginary parts from round-off
+    are discarded. Raises FloatingPointError when even that fails.
+    """
+    diff = mu_a - mu_b
+
+    def trace_sqrt_product(offset: float) -> float | None:
+        eye = np.eye(sigma_a.shape[0]) * offset
+        root = scipy.linalg.sqrtm((sigma_a + eye) @ (sigma_b + eye))
+        if not np.all(np.isfinite(root)):
+            return None
+        trace = np.trace(root)
+        if np.iscomplexobj(root):
+            scale = max(abs(trace.real), 1.0)
+            if np.max(np.abs(np.diagonal(root).imag)) > 1e-3 * scale:
+                return None
+            trace = trace.real
+        return float(trace)
+
+    trace = trace_sqrt_product(0.0)
+    if trace is None:
+        trace = trace_sqrt_product(eps)
+    if trace is None:
+        raise FloatingPointError("square root of the covariance product is not finite or not real")
+    distance = float(diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * trace)
+    return max(distance, 0.0)  # a distance; round-off can push identical sets a hair below zero
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray, eps: float = 1e-6) -> float:
+    """Fréchet distance between Gaussians fitted to two (N, D) feature sets."""
+    features_a = np.asarray(features_a, dtype=np.float64)
+    features_b = np.asarray(features_b, dtype=np.float64)
+    return frechet_distance_from_statistics(
+        features_a.mean(axis=0),
+        np.atleast_2d(np.cov(features_a, rowvar=False)),
+        features_b.mean(axis=0),
+        np.atleast_2d(np.cov(features_b, rowvar=False)),
+        eps=eps,
+    )
+
+
+def kernel_inception_distance(
+    features_a: np.ndarray, features_b: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float, int]:
+    """KID (mean, std over ``subsets`` random subsets) via torch-fidelity; returns the subset size used.
+
+    The subset size shrinks to the smaller set when needed: small test sets are the reason to
+    report KID at all, since its estimate is unbiased at any sample size.
+    """
+    import torch
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
+    size = min(subset_size, len(features_a), len(features_b))
+    if size < 2:
+        raise ValueError(f"KID needs at least 2 samples per set, got {len(features_a)} and {len(features_b)}")
+    result = kid_features_to_metric(
+        torch.from_numpy(np.asarray(features_a, dtype=np.float64)),
+        torch.from_numpy(np.asarray(features_b, dtype=np.float64)),
+        kid_subsets=subsets,
+        kid_subset_size=size,
+        kid_kernel="poly",
+        kid_kernel_poly_degree=3,
+        kid_kernel_poly_gamma=None,
+        kid_kernel_poly_coef0=1,
+        rng_seed=seed,
+        verbose=False,
+    )
+    return float(result[KEY_METRIC_KID_MEAN]), float(result[KEY_METRIC_KID_STD]), size
+
+
+def distribution_distances(
+    real_features: np.ndarray,
+    fake_features: np.ndarray,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+    eps: float = 1e-6,
+) -> dict:
+    """The "fid" and "kid" blocks of real vs generated features, with the rank warning when samples are few."""
+    n_min = min(len(real_features), len(fake_features))
+    if n_min < 2:
+        return unavailable_distances(f"FID and KID need at least 2 images per set, got {n_min}")
+    dim = real_features.shape[1]
+    rank_deficient = n_min <= dim
+    notes: list[str] = []
+    if rank_deficient:
+        notes.append(
+            f"only {n_min} samples for {dim} feature dimensions: the covariances are rank-deficient "
+            f"(rank <= n-1), so FID is biased upward and not comparable with FID from more than {dim} samples; prefer KID"
+        )
+        warnings.warn(notes[-1], stacklevel=2)
+    try:
+        fid, reason = frechet_distance(real_features, fake_features, eps=eps), None
+    except FloatingPointError as err:
+        fid, reason = None, f"Frechet distance not computable: {err}"
+    kid_mean, kid_std, subset_size = kernel_inception_distance(
+        real_features, fake_features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
+    )
+    return {
+        "fid": {"value": fid, "reason": reason, "rank_deficient": rank_deficient, "warnings": notes},
+        "kid": {
+            "mean": kid_mean,
+            "std": kid_std,
+            "subsets": kid_subsets,
+            "subset_size": subset_size,
+            "reason": None,
+        },
+    }
+
+
+def load_inception(weights_path: Path, device: str = "cpu"):
+    """torch-fidelity's Inception feature extractor (2048-d pool3) with weights read from ``weights_path``.
+
+    Raises RuntimeError when the file's state dict does not fit the network (strict loading).
+    """
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    extractor = FeatureExtractorInceptionV3(
+        "inception-v3-compat", [str(FEATURE_DIM)], feature_extractor_weights_path=str(weights_path)
+    )
+    return extractor.to(device)
+
+
+def to_inception_input(images: np.ndarray):
+    """(N, H, W) floats in [0, 1] -> (N, 3, H, W) uint8 tensor, the extractor's expected input."""
+    import torch
+
+    pixels = np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return torch.from_numpy(pixels)[:, None].repeat(1, 3, 1, 1)
+
+
+def inception_features(
+    extractor, images: np.ndarray, batch_size: int = 32, device: str = "cpu"
+) -> np.ndarray:
+    """Pool3 features (N, 2048) float64 of grayscale slices, in batches."""
+    import torch
+
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = to_inception_input(images[start : start + batch_size]).to(device)
+            (features,) = extractor(batch)
+            chunks.append(features.cpu().numpy().astype(np.float64))
+    return np.concatenate(chunks, axis=0)

@@ -1,0 +1,1 @@
+"""Preprocessing stages: window, register, mask, slices."""

@@ -1,0 +1,1 @@
+"""Data sources: the built-in phantoms and the real datasets, one module each."""

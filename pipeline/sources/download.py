@@ -1,0 +1,289 @@
+"""The download stage: materialise one dataset in ``data/raw/<dataset>`` or the pretrained weights.
+
+One source per dataset, chosen in params.yaml: the built-in ``phantom_head``, the real
+``ixi_t2``, ``cq500``, ``kermany_cxr``, ``rsna_ich`` (Kaggle), the registration-gated
+``chexpert`` (local archive only) and ``local`` (anything already on disk).
+
+    python -m pipeline.sources.download --dataset ct_head --source cq500 --out data/raw/ct_head \\
+        --accept-licence --n-subjects 20
+    python -m pipeline.sources.download weights --out data/weights --which resnet18 vgg19 inception
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.sources.cq500 import fetch_cq500
+from pipeline.sources.http_fetch import DEFAULT_SETTINGS, FetchSettings
+from pipeline.sources.ixi import fetch_ixi_t2
+from pipeline.sources.kermany import fetch_kermany_cxr
+from pipeline.sources.local import LAYOUTS, ingest_local
+from pipeline.sources.rsna_ich import RSNA_COMPETITION, fetch_rsna_ich
+from pipeline.sources.weights import PRETRAINED_CHOICES, WEIGHT_FILES, fetch_weights
+
+log = logging.getLogger(__name__)
+
+DATASET_SOURCES = ("phantom_head", "ixi_t2", "cq500", "kermany_cxr", "rsna_ich", "chexpert", "local")
+
+
+def download_dataset(
+    source: str,
+    out_dir: str | Path,
+    *,
+    base_url: str | None = None,
+    accept_licence: bool = False,
+    local_path: str | Path | None = None,
+    layout: str = "raw",
+    n_subjects: int | None = None,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    keep_archives: bool = True,
+    modality: str | None = None,
+    n_paired: int = 0,
+    phantom_options: dict[str, Any] | None = None,
+    chexpert_label: str = "Pneumonia",
+    chexpert_frontal_only: bool = True,
+    kaggle_competition: str = RSNA_COMPETITION,
+    kaggle_config_dir: str | Path | None = None,
+    settings: FetchSettings = DEFAULT_SETTINGS,
+) -> Path:
+    """Materialise dataset ``out_dir`` from ``source`` (one of DATASET_SOURCES); return ``out_dir``.
+
+    base_url: override the source's download location (None: SOURCE_URLS).
+    accept_licence: cq500 only: the user accepts CC BY-NC-SA 4.0 (default False: refused).
+    local_path / layout: local and chexpert: the folder or archive on disk, and for local what it
+        holds (pipeline.sources.local.LAYOUTS; default "raw").
+    n_subjects: subjects / images to keep, drawn with ``seed``; None keeps all
+        (phantom_head: how many to generate, required).
+    cache_dir: where downloads are kept (default <out_dir>/../.downloads/<name>).
+    keep_archives: False deletes the downloads once the dataset is laid out.
+    modality / n_paired / phantom_options: phantom_head's modality ("CT" or "MR"), paired test
+        subjects, and extra keyword knobs.
+    chexpert_label / chexpert_frontal_only: chexpert (and local layout chexpert) class choice.
+    kaggle_competition / kaggle_config_dir: rsna_ich's competition slug and kaggle.json folder.
+    settings: retries, timeouts, progress display of every download.
+    """
+    out_dir = Path(out_dir)
+    if source == "phantom_head":
+        from pipeline.sources.phantom_head import write_phantom_dataset  # heavy (nilearn); only when used
+
+        if modality is None or n_subjects is None:
+            raise ConfigError("phantom_head needs modality (CT or MR) and n_subjects")
+        write_phantom_dataset(out_dir, modality, n_subjects, n_paired, seed, **(phantom_options or {}))
+        return out_dir
+    fetched = {
+        "n_subjects": n_subjects,
+        "seed": seed,
+        "cache_dir": cache_dir,
+        "keep_archives": keep_archives,
+        "settings": settings,
+    }
+    if source == "ixi_t2":
+        return fetch_ixi_t2(out_dir, base_url=base_url, **fetched)
+    if source == "cq500":
+        return fetch_cq500(out_dir, accept_licence=accept_licence, base_url=base_url, **fetched)
+    if source == "kermany_cxr":
+        return fetch_kermany_cxr(out_dir, base_url=base_url, **fetched)
+    if source == "rsna_ich":
+        return fetch_rsna_ich(
+            out_dir,
+            base_url=base_url,
+            competition=kaggle_competition,
+            kaggle_config_dir=kaggle_config_dir,
+            **fetched,
+        )
+    if source == "chexpert":
+        if not local_path:
+            raise ConfigError(
+                "chexpert is registration-gated: download CheXpert-v1.0-small.zip from Stanford AIMI "
+                "yourself and set local_path to it (CLI: --local-path)"
+            )
+        return ingest_local(
+            local_path,
+            out_dir,
+            layout="chexpert",
+            n_subjects=n_subjects,
+            seed=seed,
+            chexpert_label=chexpert_label,
+            chexpert_frontal_only=chexpert_frontal_only,
+        )
+    if source == "local":
+        return ingest_local(
+            local_path,
+            out_dir,
+            layout=layout,
+            n_subjects=n_subjects,
+            seed=seed,
+            chexpert_label=chexpert_label,
+            chexpert_frontal_only=chexpert_frontal_only,
+        )
+    raise ConfigError(f"download source {source!r} is not one of {', '.join(DATASET_SOURCES)}")
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _optional_text(text: str) -> str | None:
+    """Snakemake passes params' null as an empty string or 'None'."""
+    return None if text.strip().lower() in ("", "none", "null") else text
+
+
+def _optional_count(text: str) -> int | None:
+    if _optional_text(text) is None or text.strip().lower() == "all":
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive count or 'all', got {text}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    parsed = yaml.safe_load(value)
+    return key, tuple(parsed) if isinstance(parsed, list) else parsed  # knobs are frozen dataclass fields
+
+
+def _add_fetch_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = DEFAULT_SETTINGS
+    group = parser.add_argument_group("download behaviour")
+    group.add_argument("--retries", type=int, default=defaults.retries, help="extra attempts, each resuming")
+    group.add_argument(
+        "--backoff-s", type=float, default=defaults.backoff_s, help="first retry wait; doubles"
+    )
+    group.add_argument("--timeout-s", type=float, default=defaults.timeout_s, help="connect / read timeout")
+    group.add_argument("--chunk-bytes", type=int, default=defaults.chunk_bytes)
+    group.add_argument("--free-space-margin-bytes", type=int, default=defaults.free_space_margin_bytes)
+    group.add_argument(
+        "--progress",
+        choices=("auto", "bar", "lines"),
+        default="auto",
+        help="auto: a bar on a terminal unless CI is set, else single log lines",
+    )
+
+
+def _settings(args: argparse.Namespace) -> FetchSettings:
+    return FetchSettings(
+        retries=args.retries,
+        backoff_s=args.backoff_s,
+        timeout_s=args.timeout_s,
+        chunk_bytes=args.chunk_bytes,
+        free_space_margin_bytes=args.free_space_margin_bytes,
+        progress={"auto": None, "bar": True, "lines": False}[args.progress],
+    )
+
+
+def _dataset_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.sources.download",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dataset", help="dataset name for log lines (default: the --out folder's name)")
+    parser.add_argument("--source", required=True, choices=DATASET_SOURCES)
+    parser.add_argument("--out", required=True, type=Path, help="raw dataset folder, e.g. data/raw/ct_head")
+    parser.add_argument("--base-url", type=_optional_text, default=None)
+    parser.add_argument("--accept-licence", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--local-path", type=_optional_text, default=None)
+    parser.add_argument("--layout", choices=LAYOUTS, default="raw", help="local: what --local-path holds")
+    parser.add_argument(
+        "--n-subjects", type=_optional_count, default=None, help="a count, or 'all' (default)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", type=_optional_text, default=None)
+    parser.add_argument("--keep-archives", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--modality", choices=("CT", "MR"), help="phantom_head: modality to render")
+    parser.add_argument("--n-paired", type=int, default=0, help="phantom_head: test subjects with a partner")
+    parser.add_argument(
+        "--phantom-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="phantom_head: extra knob (value parsed as YAML); repeatable",
+    )
+    parser.add_argument("--chexpert-label", default="Pneumonia")
+    parser.add_argument("--chexpert-frontal-only", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--kaggle-competition", default=RSNA_COMPETITION)
+    parser.add_argument(
+        "--kaggle-config-dir",
+        type=_optional_text,
+        default=None,
+        help="folder holding kaggle.json (default: $KAGGLE_CONFIG_DIR or ~/.kaggle)",
+    )
+    _add_fetch_flags(parser)
+    return parser
+
+
+def _weights_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.sources.download weights",
+        description="Fetch and verify the pretrained weight files.",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="e.g. data/weights")
+    parser.add_argument("--which", nargs="+", choices=tuple(WEIGHT_FILES), default=list(WEIGHT_FILES))
+    parser.add_argument("--pretrained", choices=PRETRAINED_CHOICES, default="imagenet")
+    parser.add_argument(
+        "--local-dir", type=_optional_text, default=None, help="folder already holding the files"
+    )
+    parser.add_argument("--torchvision-base-url", type=_optional_text, default=None)
+    parser.add_argument("--fid-base-url", type=_optional_text, default=None)
+    _add_fetch_flags(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        if argv[:1] == ["weights"]:
+            args = _weights_parser().parse_args(argv[1:])
+            fetch_weights(
+                args.out,
+                args.which,
+                pretrained=args.pretrained,
+                local_dir=args.local_dir,
+                torchvision_base_url=args.torchvision_base_url,
+                fid_base_url=args.fid_base_url,
+                settings=_settings(args),
+            )
+            return 0
+        args = _dataset_parser().parse_args(argv)
+        log.info("%s: source %s -> %s", args.dataset or args.out.name, args.source, args.out)
+        download_dataset(
+            args.source,
+            args.out,
+            base_url=args.base_url,
+            accept_licence=args.accept_licence,
+            local_path=args.local_path,
+            layout=args.layout,
+            n_subjects=args.n_subjects,
+            seed=args.seed,
+            cache_dir=args.cache_dir,
+            keep_archives=args.keep_archives,
+            modality=args.modality,
+            n_paired=args.n_paired,
+            phantom_options=dict(args.phantom_option),
+            chexpert_label=args.chexpert_label,
+            chexpert_frontal_only=args.chexpert_frontal_only,
+            kaggle_competition=args.kaggle_competition,
+            kaggle_config_dir=args.kaggle_config_dir,
+            settings=_settings(args),
+        )
+        return 0
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
