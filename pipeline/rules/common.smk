@@ -84,6 +84,17 @@ MASK = PRE["mask_headholder"]
 SLICES = PRE["slices"]
 
 
+def cli_flags(knobs, only=None):
+    """{'rigid_iterations': [100, 50]} -> '--rigid-iterations 100 50' (the stage CLIs' convention)."""
+    flags = []
+    for key, value in knobs.items():
+        if only is not None and not key.startswith(only):
+            continue
+        values = value if isinstance(value, list) else [value]
+        flags.append(f"--{key.replace('_', '-')} " + " ".join(shlex.quote(str(v)) for v in values))
+    return " ".join(flags)
+
+
 def raw_subject_path(w):
     row = manifest_row(w.dataset, w.subject)
     return f"data/raw/{w.dataset}/{row['path']}"
@@ -92,6 +103,12 @@ def raw_subject_path(w):
 def raw_partner(w):
     row = manifest_row(w.dataset, w.subject)
     return f"data/raw/{w.dataset}/{row['partner_path']}", row["partner_modality"]
+
+
+def reference_candidates(w):
+    """Windowed volumes the reference may be chosen from: all but the held-out paired subjects."""
+    paired = set(paired_subjects(w.dataset))
+    return [f"data/windowed/{w.dataset}/{s}.nii.gz" for s in subjects(w.dataset) if s not in paired]
 
 
 def window_command(w):

@@ -43,21 +43,19 @@ rule window_partner:
 
 rule choose_reference:
     input:
-        lambda w: expand(
-            "data/windowed/{{dataset}}/{subject}.nii.gz",
-            subject=[s for s in subjects(w.dataset) if s not in paired_subjects(w.dataset)],
-        ),
+        reference_candidates,
     output:
         "data/registered/{dataset}/reference.json",
     params:
         seed=config["seed"],
+        rigid=cli_flags(REG, only="rigid_"),
     log:
         "logs/register/{dataset}/choose_reference.log",
     conda:
         "../../envs/register.yaml"
     shell:
         "python -m pipeline.preprocess.register choose --inputs {input} --out {output} "
-        "--seed {params.seed} > {log} 2>&1"
+        "--seed {params.seed} {params.rigid} > {log} 2>&1"
 
 
 rule register:
@@ -70,10 +68,7 @@ rule register:
         qc="data/registered/{dataset}/{subject}.qc.json",
     params:
         seed=config["seed"],
-        rigid=" ".join(map(str, REG["rigid_iterations"])),
-        syn=" ".join(map(str, REG["syn_iterations"])),
-        on_failure=REG["on_failure"],
-        max_jacobian=REG["max_jacobian"],
+        knobs=cli_flags(REG),
     log:
         "logs/register/{dataset}/{subject}.log",
     conda:
@@ -81,9 +76,7 @@ rule register:
     shell:
         "python -m pipeline.preprocess.register register --moving {input.moving} "
         "--reference-json {input.reference} --out {output.image} --transforms {output.transforms} "
-        "--qc {output.qc} --seed {params.seed} --rigid-iterations {params.rigid} "
-        "--syn-iterations {params.syn} --on-failure {params.on_failure} "
-        "--max-jacobian {params.max_jacobian} > {log} 2>&1"
+        "--qc {output.qc} --seed {params.seed} {params.knobs} > {log} 2>&1"
 
 
 rule register_partner:
@@ -109,17 +102,14 @@ rule build_headholder_mask:
     output:
         "data/masked/{dataset}/mask.nii.gz",
     params:
-        threshold=MASK["threshold"],
-        max_erosions=MASK["max_erosions"],
-        margin=MASK["margin"],
+        knobs=cli_flags(MASK),
     log:
         "logs/mask/{dataset}/build.log",
     conda:
         "../../envs/data.yaml"
     shell:
         "python -m pipeline.preprocess.mask_headholder build --reference-json {input} "
-        "--out {output} --threshold {params.threshold} --max-erosions {params.max_erosions} "
-        "--margin {params.margin} > {log} 2>&1"
+        "--out {output} {params.knobs} > {log} 2>&1"
 
 
 rule mask_headholder:

@@ -1,0 +1,374 @@
+"""Slices stage: one axial slab per subject, at the same reference-space index for everyone.
+
+All volumes are registered onto the dataset's reference, so one index chosen on the reference
+(a fraction of its head's z-extent) picks the same anatomy in every subject. Each slice is padded
+to a square, resized, oriented for display (anterior at the top, the patient's left on the
+image's right) and clipped to [0, 1]. Subjects, never slices, are split into train / val / test,
+so no patient leaks between splits; subjects with a partner (the same anatomy in the other
+modality) always go to test, where the partner is scored against the translation. Subjects whose
+registration QC failed are dropped and listed, with the reason, in the manifest.
+
+Outputs in ``out_dir``: ``train.npz``, ``val.npz``, ``test.npz`` (arrays ``images`` float32
+(N, size, size), ``subject_ids`` str, ``slice_index`` int; test also ``partner`` and
+``has_partner``), ``manifest.csv`` and ``contact_sheet.png`` (one thumbnail per subject).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+from skimage.filters import threshold_otsu
+from skimage.transform import resize
+
+from pipeline.atomic import atomic_path
+from pipeline.errors import ConfigError, InputDataError, PipelineError
+
+_log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ("subject_id", "split", "slice_index", "status", "reason", "sha256")
+# A fixed zip timestamp makes the .npz files byte-identical run to run (np.savez stamps "now").
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def to_display(axial: np.ndarray) -> np.ndarray:
+    """RAS+ axial slice indexed [x, y] -> rows anterior to posterior, columns patient's right to left."""
+    return np.asarray(axial).T[::-1, ::-1]
+
+
+def subject_id(path: str | Path) -> str:
+    """Subject id of a stage file: its name up to the first dot (ids hold no dots)."""
+    return Path(path).name.split(".")[0]
+
+
+def read_reference_json(path: str | Path) -> tuple[str, Path]:
+    """Reference subject id and volume named by ``register choose``'s JSON.
+
+    Registration maps the reference onto itself by identity (a byte copy), so that volume is also
+    the registered reference.
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+        return str(record["reference"]), Path(record["path"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputDataError(path, f"not a reference JSON written by 'register choose' ({exc})") from exc
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_ras(path: str | Path) -> nib.Nifti1Image:
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(path, "file not found")
+    try:
+        image = nib.load(path)
+    except Exception as exc:  # nibabel raises many types for a bad file
+        raise InputDataError(path, f"not a readable NIfTI image ({exc})") from exc
+    if len(image.shape) != 3:
+        raise InputDataError(path, f"expected a 3-D volume, got shape {image.shape}")
+    if nib.aff2axcodes(image.affine) != ("R", "A", "S"):
+        raise InputDataError(path, f"not RAS+ oriented (axes {''.join(nib.aff2axcodes(image.affine))})")
+    return image
+
+
+def reference_slice_indices(reference_path: str | Path, axial_fraction: float, slab: int) -> list[int]:
+    """``slab`` consecutive axial indices centred at ``axial_fraction`` of the head's z-extent.
+
+    The head is the reference's Otsu foreground, so air and the field of view do not move the index.
+    """
+    reference = _load_ras(reference_path)
+    values = reference.get_fdata(dtype=np.float32)
+    if np.ptp(values) == 0:
+        raise InputDataError(reference_path, "is constant: no head to place the slice in")
+    rows = np.flatnonzero((values > threshold_otsu(values)).any(axis=(0, 1)))
+    centre = rows[0] + math.floor(axial_fraction * (rows[-1] - rows[0]) + 0.5)
+    indices = [int(centre) - (slab - 1) // 2 + offset for offset in range(slab)]
+    if indices[0] < 0 or indices[-1] >= values.shape[2]:
+        raise ConfigError(
+            f"slices.slab: {slab} slices around index {centre} leave the reference's {values.shape[2]} slices"
+        )
+    return indices
+
+
+def _prepare(axial: np.ndarray, size: int) -> np.ndarray:
+    """Display orientation, zero-padded to a square (keeps the aspect), resized, clipped to [0, 1]."""
+    picture = to_display(axial)
+    height, width = picture.shape
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    square = np.zeros((side, side), dtype=np.float32)
+    square[top : top + height, left : left + width] = picture
+    resized = resize(square, (size, size), order=1, anti_aliasing=side > size, preserve_range=True)
+    return np.clip(resized, 0.0, 1.0).astype(np.float32)
+
+
+def _slab(
+    path: Path, reference: nib.Nifti1Image, reference_path: Path, indices: list[int], size: int
+) -> np.ndarray:
+    image = _load_ras(path)
+    if image.shape != reference.shape or not np.allclose(image.affine, reference.affine, atol=1e-3):
+        raise InputDataError(
+            path, f"not on the reference grid of {reference_path} (shape {image.shape} vs {reference.shape})"
+        )
+    values = np.asanyarray(image.dataobj)
+    slab = np.stack([_prepare(np.asarray(values[:, :, index], dtype=np.float32), size) for index in indices])
+    if not np.all(np.isfinite(slab)):
+        raise InputDataError(path, "contains NaN or infinite voxels in the extracted slices")
+    return slab
+
+
+def _qc_failure(qc_path: Path | None) -> str | None:
+    """Why the registration QC excludes a subject, or None when it passed (or there is no QC)."""
+    if qc_path is None:
+        return None
+    try:
+        record = json.loads(Path(qc_path).read_text())
+        status = record["status"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputDataError(qc_path, f"not a registration QC JSON ({exc})") from exc
+    return None if status == "ok" else f"registration QC {status}: {record.get('reason', '')}".strip()
+
+
+def split_subjects(
+    subjects: Sequence[str], forced_test: Sequence[str], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, str]:
+    """Assign each subject to a split, deterministically from (seed, subject id).
+
+    Forced subjects go to test and count towards its share. The others are ordered by a hash of
+    (seed, id), so a subject keeps its place when others are added; the first take the rest of the
+    test share, the next the val share, the remainder train. A split with a non-zero fraction gets
+    at least one subject as long as train keeps one.
+    """
+    forced = sorted(set(forced_test) & set(subjects))
+    free = sorted(
+        set(subjects) - set(forced), key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest()
+    )
+    total = len(subjects)
+    n_test = max(0, math.floor(test_fraction * total + 0.5) - len(forced))
+    n_val = math.floor(val_fraction * total + 0.5)
+    if test_fraction > 0 and not forced and n_test == 0:
+        n_test = 1
+    if val_fraction > 0 and n_val == 0:
+        n_val = 1
+    n_test = min(n_test, max(len(free) - 1, 0))
+    n_val = min(n_val, max(len(free) - 1 - n_test, 0))
+    assignment = {s: "test" for s in forced}
+    for position, subject in enumerate(free):
+        assignment[subject] = "test" if position < n_test else "val" if position < n_test + n_val else "train"
+    return assignment
+
+
+def _stacked(slabs: list[np.ndarray], size: int) -> np.ndarray:
+    return np.concatenate(slabs) if slabs else np.zeros((0, size, size), np.float32)
+
+
+def _save_npz(target: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez's layout (one .npy per array, loadable by np.load) without its timestamps."""
+    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE), buffer.getvalue())
+
+
+@dataclass
+class _Subject:
+    subject_id: str
+    sha256: str
+    slab: np.ndarray
+    partner: np.ndarray | None = None
+    exclusion: str | None = None
+    split: str = ""
+
+
+def _contact_sheet(subjects: list[_Subject], out_png: Path) -> None:
+    columns = max(1, math.ceil(math.sqrt(len(subjects))))
+    rows = max(1, math.ceil(len(subjects) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, subject in zip(axes.ravel(), subjects):
+        thumbnail = subject.slab[len(subject.slab) // 2]
+        step = max(1, thumbnail.shape[0] // 128)
+        axis.imshow(thumbnail[::step, ::step], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        label = (
+            f"{subject.subject_id}\nEXCLUDED"
+            if subject.exclusion
+            else f"{subject.subject_id}\n{subject.split}"
+        )
+        axis.set_title(label, fontsize=6, color="red" if subject.exclusion else "black")
+    figure.tight_layout()
+    with atomic_path(out_png) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+
+
+def extract_slices(
+    volumes: dict[str, Path],
+    partners: dict[str, Path],
+    qc: dict[str, Path | None],
+    reference_path: str | Path,
+    out_dir: str | Path,
+    axial_fraction: float = 0.5,
+    slab: int = 1,
+    size: int = 256,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    test_subjects: Sequence[str] = (),
+) -> dict[str, int]:
+    """Write the three split files, the manifest and the contact sheet; returns samples per split.
+
+    axial_fraction: where the slice sits in the reference head's z-extent (0 = lowest head slice,
+        1 = vertex; 0.5 = mid-head, around the lateral ventricles).
+    slab: consecutive slices taken around that index, each one a sample.
+    size: output side in pixels (the slice is zero-padded to a square first).
+    val_fraction / test_fraction: share of the kept subjects in val / test; subjects with a partner
+        or listed in ``test_subjects`` always go to test. seed: drives the split.
+    """
+    if not 0 <= axial_fraction <= 1:
+        raise ConfigError(f"slices.axial_fraction: must be in [0, 1], got {axial_fraction}")
+    if slab < 1 or size < 8:
+        raise ConfigError(f"slices: slab must be >= 1 and size >= 8, got {slab}, {size}")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ConfigError(
+            f"slices: val_fraction + test_fraction must lie in [0, 1), got {val_fraction}, {test_fraction}"
+        )
+    if not volumes:
+        raise ConfigError("slices: no volumes given")
+    for kind, mapping in (("partner", partners), ("QC", qc)):
+        orphans = sorted(set(mapping) - set(volumes))
+        if orphans:
+            raise InputDataError(
+                mapping[orphans[0]], f"{kind} file for subject {orphans[0]!r}, which has no volume"
+            )
+    reference_path, out_dir = Path(reference_path), Path(out_dir)
+    indices = reference_slice_indices(reference_path, axial_fraction, slab)
+    reference = _load_ras(reference_path)
+
+    subjects = []
+    for sid in sorted(volumes):
+        path = Path(volumes[sid])
+        slices = _slab(path, reference, reference_path, indices, size)
+        subject = _Subject(sid, _sha256(path), slices)
+        subject.exclusion = _qc_failure(qc.get(sid))
+        if sid in partners and not subject.exclusion:
+            subject.partner = _slab(Path(partners[sid]), reference, reference_path, indices, size)
+        subjects.append(subject)
+    kept = [s for s in subjects if not s.exclusion]
+    assignment = split_subjects(
+        [s.subject_id for s in kept], [*test_subjects, *partners], val_fraction, test_fraction, seed
+    )
+    for subject in kept:
+        subject.split = assignment[subject.subject_id]
+
+    counts = {}
+    for split in SPLITS:
+        members = [s for s in kept if s.split == split]
+        arrays = {
+            "images": _stacked([s.slab for s in members], size),
+            "subject_ids": np.array([s.subject_id for s in members for _ in indices], dtype=str),
+            "slice_index": np.array([i for _ in members for i in indices], dtype=np.int64),
+        }
+        if split == "test":
+            blank = np.zeros((len(indices), size, size), np.float32)
+            arrays["partner"] = _stacked([blank if s.partner is None else s.partner for s in members], size)
+            arrays["has_partner"] = np.array([s.partner is not None for s in members for _ in indices], bool)
+        _save_npz(out_dir / f"{split}.npz", arrays)
+        counts[split] = len(arrays["images"])
+
+    with atomic_path(out_dir / "manifest.csv") as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(MANIFEST_COLUMNS)
+        for s in subjects:
+            if s.exclusion:
+                writer.writerow([s.subject_id, "", "", "excluded", s.exclusion, s.sha256])
+            else:
+                writer.writerows([s.subject_id, s.split, index, "ok", "", s.sha256] for index in indices)
+    _contact_sheet(subjects, out_dir / "contact_sheet.png")
+    _log.info(
+        "slices at z=%s: %s samples; %d subject(s) excluded", indices, counts, len(subjects) - len(kept)
+    )
+    return counts
+
+
+def _by_subject(paths: Sequence[Path], option: str) -> dict[str, Path]:
+    mapping = {subject_id(path): Path(path) for path in paths}
+    if len(mapping) != len(paths):
+        raise ConfigError(f"slices {option}: two files give the same subject id")
+    return mapping
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.preprocess.extract_slices", description=__doc__.split("\n")[0]
+    )
+    optional = {"default": argparse.SUPPRESS}
+    parser.add_argument(
+        "--volumes", required=True, type=Path, nargs="+", help="<subject>.nii.gz files on the reference grid"
+    )
+    parser.add_argument("--partners", type=Path, nargs="*", default=[], help="<subject>.partner.nii.gz files")
+    parser.add_argument(
+        "--qc", type=Path, nargs="*", default=[], help="<subject>.qc.json files from registration"
+    )
+    reference = parser.add_mutually_exclusive_group(required=True)
+    reference.add_argument("--reference", type=Path, help="the reference volume, on the volumes' grid")
+    reference.add_argument(
+        "--reference-json",
+        dest="reference_json",
+        type=Path,
+        help="or register's reference JSON: the reference subject's file among --volumes is used",
+    )
+    parser.add_argument("--out-dir", dest="out_dir", required=True, type=Path)
+    parser.add_argument("--axial-fraction", dest="axial_fraction", type=float, **optional)
+    parser.add_argument("--slab", type=int, **optional)
+    parser.add_argument("--size", type=int, **optional)
+    parser.add_argument("--val-fraction", dest="val_fraction", type=float, **optional)
+    parser.add_argument("--test-fraction", dest="test_fraction", type=float, **optional)
+    parser.add_argument("--seed", type=int, **optional)
+    parser.add_argument("--test-subjects", dest="test_subjects", nargs="*", **optional)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        volumes = _by_subject(args.pop("volumes"), "--volumes")
+        partners = _by_subject(args.pop("partners"), "--partners")
+        qc = _by_subject(args.pop("qc"), "--qc")
+        reference, reference_json = args.pop("reference"), args.pop("reference_json")
+        if reference_json is not None:
+            reference_id, reference_volume = read_reference_json(reference_json)
+            reference = volumes.get(reference_id, reference_volume)
+        extract_slices(volumes, partners, qc, reference, args.pop("out_dir"), **args)
+    except PipelineError as exc:
+        parser.exit(1, f"error: {exc}\n")
+
+
+if __name__ == "__main__":
+    main()
