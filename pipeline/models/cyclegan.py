@@ -1,0 +1,308 @@
+"""CycleGAN (Zhu et al. 2017) for two unpaired image domains a and b.
+
+Two presets, every knob of which can be overridden:
+  - ``unet_resnet18`` (report 001, CT <-> T2 MRI): U-Net generators with a ResNet-18 encoder,
+    ResNet-18 discriminators (ImageNet-initialised when the weight file exists), BCE
+    adversarial loss, SSIM + VGG-19 cycle-perceptual cycle losses, four generator updates per
+    discriminator update, lr 1e-4 (G) / 1e-3 (D).
+  - ``resnet9_patchgan`` (the classic CycleGAN, report 000): ResNet 9-block generators,
+    70x70 PatchGAN discriminators, LSGAN, L1 cycle loss x10, identity loss, a 50-image
+    history pool, Adam 2e-4 (the engine's LR schedule: constant, then linear decay).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import ConfigError
+from pipeline.models import EXPORT_FORMAT, GANModel, frozen, merge_knobs
+from pipeline.models.losses import (
+    ADVERSARIAL_LOSSES, VGGPerceptualLoss, adversarial_loss, decision_threshold, gradient_penalty, ssim_loss)
+from pipeline.models.networks import (
+    VGG19_WEIGHTS_FILE, build_discriminator, build_generator, imagenet_weight_file)
+
+#: Knobs shared by both presets (network widths, loss details).
+COMMON_KNOBS: dict[str, Any] = {
+    "variant": "unet_resnet18",       # preset the other defaults come from
+    "decoder_channels": [256, 128, 64, 32, 16],  # U-Net decoder widths, deepest first
+    "ngf": 64,                        # ResNet-9 generator base width
+    "n_res_blocks": 9,                # residual blocks in the ResNet generator
+    "ndf": 64,                        # PatchGAN base width
+    "n_patch_layers": 3,              # PatchGAN strided layers (3 -> 70x70 receptive field)
+    "init_std": 0.02,                 # N(0, std) init of ResNet-9 / PatchGAN convs
+    "lambda_adv": 1.0,                # weight of each generator's adversarial loss
+    "perceptual_layers": ["relu1_2", "relu2_2", "relu3_2"],  # VGG-19 layers of the cycle-perceptual loss
+    "perceptual_layer_weights": [1.0, 1.0, 1.0],             # one weight per layer
+    "ssim_kernel_size": 11,           # Gaussian SSIM window size
+    "ssim_sigma": 1.5,                # Gaussian SSIM window sigma
+    "gp_weight": 10.0,                # WGAN-GP penalty weight (wgan_gp only)
+    "adam_betas": [0.5, 0.999],       # Adam betas of both optimisers
+}
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "unet_resnet18": {
+        "generator": "unet_resnet18", "discriminator": "resnet18", "pretrained": "imagenet",
+        "adversarial_loss": "bce", "lambda_cycle_l1": 0.0, "lambda_cycle_ssim": 1.0,
+        "lambda_cycle_perceptual": 1.0, "lambda_identity": 0.0, "pool_size": 0,
+        "g_steps_per_d_step": 4, "lr_g": 1e-4, "lr_d": 1e-3,
+    },
+    "resnet9_patchgan": {
+        "generator": "resnet9", "discriminator": "patchgan", "pretrained": "none",
+        "adversarial_loss": "lsgan", "lambda_cycle_l1": 10.0, "lambda_cycle_ssim": 0.0,
+        "lambda_cycle_perceptual": 0.0, "lambda_identity": 5.0, "pool_size": 50,
+        "g_steps_per_d_step": 1, "lr_g": 2e-4, "lr_d": 2e-4,
+    },
+}
+DIRECTIONS = {"a_to_b": "G_ab", "b_to_a": "G_ba"}
+
+
+class ImagePool:
+    """History of generated images (Shrivastava et al. 2017) shown to the discriminator.
+
+    Until full, new fakes are stored and passed through; then each fake is, with probability
+    1/2, swapped for a stored one. Vectorised: the swapped slots of one batch are distinct.
+    """
+
+    def __init__(self, size: int, generator: torch.Generator):
+        self.size = size
+        self.generator = generator
+        self.images: torch.Tensor | None = None
+        self.count = 0
+
+    def query(self, fakes: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return fakes
+        if self.images is None:
+            self.images = fakes.new_zeros((self.size, *fakes.shape[1:]))
+        n_fill = min(self.size - self.count, len(fakes))
+        self.images[self.count:self.count + n_fill] = fakes[:n_fill]
+        self.count += n_fill
+        rest = fakes[n_fill:]
+        if len(rest) == 0:
+            return fakes
+        n_slots = min(len(rest), self.size)
+        swap = torch.rand(len(rest), generator=self.generator) < 0.5
+        swap[n_slots:] = False
+        slots = torch.zeros(len(rest), dtype=torch.long)
+        slots[:n_slots] = torch.randperm(self.size, generator=self.generator)[:n_slots]
+        swap, slots = swap.to(fakes.device), slots.to(fakes.device)
+        shown = torch.where(swap.view(-1, 1, 1, 1), self.images[slots], rest)
+        self.images[slots[swap]] = rest[swap]
+        return torch.cat([fakes[:n_fill], shown])
+
+    def state(self) -> dict[str, Any]:
+        return {"images": self.images, "count": self.count}
+
+    def load_state(self, state: dict[str, Any], device: torch.device) -> None:
+        images = state["images"]
+        self.images = None if images is None else images.to(device)
+        self.count = int(state["count"])
+
+
+class CycleGAN(GANModel):
+    """Two generators (G_ab: a -> b, G_ba: b -> a) and two discriminators (D_a, D_b)."""
+
+    name = "cyclegan"
+    domains = ("a", "b")
+
+    def __init__(self, config: Mapping[str, Any], weights_dir: Path | None, seed: int):
+        super().__init__()
+        cfg = self.config = self.resolve_config(config)
+        self.rng = torch.Generator().manual_seed(seed)
+        nets = {}
+        for name in ("G_ab", "G_ba"):
+            nets[name], self.pretrained[name] = build_generator(
+                cfg["generator"], decoder_channels=cfg["decoder_channels"], ngf=cfg["ngf"],
+                n_res_blocks=cfg["n_res_blocks"], init_std=cfg["init_std"], pretrained=cfg["pretrained"],
+                weights_dir=weights_dir)
+        for name in ("D_a", "D_b"):
+            nets[name], self.pretrained[name] = build_discriminator(
+                cfg["discriminator"], ndf=cfg["ndf"], n_patch_layers=cfg["n_patch_layers"],
+                init_std=cfg["init_std"], pretrained=cfg["pretrained"], weights_dir=weights_dir)
+        self.G_ab, self.G_ba, self.D_a, self.D_b = nets["G_ab"], nets["G_ba"], nets["D_a"], nets["D_b"]
+        self.network_names = ("G_ab", "G_ba", "D_a", "D_b")
+        self.perceptual = None
+        if cfg["lambda_cycle_perceptual"] > 0:
+            vgg_file, self.pretrained["vgg19_perceptual"] = imagenet_weight_file(
+                weights_dir, VGG19_WEIGHTS_FILE, cfg["pretrained"])
+            self.perceptual = VGGPerceptualLoss(cfg["perceptual_layers"], cfg["perceptual_layer_weights"], vgg_file)
+        betas = tuple(cfg["adam_betas"])
+        self.optimizers = {
+            "G": torch.optim.Adam([*self.G_ab.parameters(), *self.G_ba.parameters()], lr=cfg["lr_g"], betas=betas),
+            "D": torch.optim.Adam([*self.D_a.parameters(), *self.D_b.parameters()], lr=cfg["lr_d"], betas=betas),
+        }
+        self.phases = {"G": 1, "D": cfg["g_steps_per_d_step"]}
+        self.pools = {d: ImagePool(cfg["pool_size"], self.rng) for d in self.domains}
+        self.loss_names = self._loss_names()
+        self.visual_names = (("a", "a->b", "a->b->a"), ("b", "b->a", "b->a->b"))
+        self._fakes: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def resolve_config(cls, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Preset of ``overrides['variant']`` (default unet_resnet18) updated by the other keys."""
+        variant = (overrides or {}).get("variant", COMMON_KNOBS["variant"])
+        if variant not in VARIANTS:
+            raise ConfigError(f"model.variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+        cfg = merge_knobs({**COMMON_KNOBS, **VARIANTS[variant]}, overrides, "model")
+        if cfg["adversarial_loss"] not in ADVERSARIAL_LOSSES:
+            raise ConfigError(f"model.adversarial_loss must be one of {ADVERSARIAL_LOSSES}, "
+                              f"got {cfg['adversarial_loss']!r}")
+        if cfg["g_steps_per_d_step"] < 1 or cfg["pool_size"] < 0:
+            raise ConfigError("model.g_steps_per_d_step must be >= 1 and model.pool_size >= 0")
+        if len(cfg["adam_betas"]) != 2:
+            raise ConfigError(f"model.adam_betas needs two values, got {cfg['adam_betas']}")
+        return cfg
+
+    @property
+    def size_multiple(self) -> int:
+        return int(np.lcm.reduce([net.size_multiple for net in self.networks().values()]))
+
+    def _loss_names(self) -> tuple[str, ...]:
+        cfg = self.config
+        names = ["G_ab_adv", "G_ba_adv"]
+        for term in ("l1", "ssim", "perceptual"):
+            if cfg[f"lambda_cycle_{term}"] > 0:
+                names += [f"cycle_{term}_a", f"cycle_{term}_b"]
+        if cfg["lambda_identity"] > 0:
+            names += ["identity_a", "identity_b"]
+        names += ["G_total", "D_a", "D_b", "D_a_accuracy", "D_b_accuracy"]
+        if cfg["adversarial_loss"] == "wgan_gp":
+            names += ["gp_a", "gp_b"]
+        return tuple(names)
+
+    def train_phase(self, phase: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if phase == "G":
+            return self._generator_step(batch["a"], batch["b"])
+        if phase == "D":
+            return self._discriminator_step(batch["a"], batch["b"])
+        raise ConfigError(f"CycleGAN has phases G and D, not {phase!r}")
+
+    def _generator_step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg, kind = self.config, self.config["adversarial_loss"]
+        losses: dict[str, torch.Tensor] = {}
+        with frozen(self.D_a, self.D_b), self.autocast():
+            fake_b, fake_a = self.G_ab(real_a), self.G_ba(real_b)
+            rec_a, rec_b = self.G_ba(fake_b), self.G_ab(fake_a)
+            losses["G_ab_adv"] = adversarial_loss(kind, self.D_b(fake_b), target_is_real=True)
+            losses["G_ba_adv"] = adversarial_loss(kind, self.D_a(fake_a), target_is_real=True)
+            total = cfg["lambda_adv"] * (losses["G_ab_adv"] + losses["G_ba_adv"])
+            for domain, real, rec in (("a", real_a, rec_a), ("b", real_b, rec_b)):
+                terms = {
+                    "l1": lambda: F.l1_loss(rec.float(), real.float()),
+                    "ssim": lambda: ssim_loss(rec, real, cfg["ssim_kernel_size"], cfg["ssim_sigma"]),
+                    "perceptual": lambda: self.perceptual(rec, real),
+                }
+                for term, compute in terms.items():
+                    if cfg[f"lambda_cycle_{term}"] > 0:
+                        losses[f"cycle_{term}_{domain}"] = value = compute()
+                        total = total + cfg[f"lambda_cycle_{term}"] * value
+            if cfg["lambda_identity"] > 0:
+                losses["identity_a"] = F.l1_loss(self.G_ba(real_a).float(), real_a.float())
+                losses["identity_b"] = F.l1_loss(self.G_ab(real_b).float(), real_b.float())
+                total = total + cfg["lambda_identity"] * (losses["identity_a"] + losses["identity_b"])
+        optimizer = self.optimizers["G"]
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        self._fakes = {"a": fake_a.detach(), "b": fake_b.detach()}
+        losses["G_total"] = total
+        return {name: value.detach() for name, value in losses.items()}
+
+    def _discriminator_step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self._fakes:
+            raise RuntimeError("CycleGAN's D phase needs the fakes of a G phase in the same step")
+        cfg, kind = self.config, self.config["adversarial_loss"]
+        threshold = decision_threshold(kind)
+        losses: dict[str, torch.Tensor] = {}
+        total = real_a.new_zeros((), dtype=torch.float32)
+        for domain, real, critic in (("a", real_a, self.D_a), ("b", real_b, self.D_b)):
+            fake = self.pools[domain].query(self._fakes[domain])
+            with self.autocast():
+                real_out, fake_out = critic(real).float(), critic(fake).float()
+                loss = 0.5 * (adversarial_loss(kind, real_out, True) + adversarial_loss(kind, fake_out, False))
+            if kind == "wgan_gp":
+                losses[f"gp_{domain}"] = gp = gradient_penalty(critic, real, fake, self.rng)
+                loss = loss + cfg["gp_weight"] * gp
+            losses[f"D_{domain}"] = loss
+            losses[f"D_{domain}_accuracy"] = 0.5 * ((real_out > threshold).float().mean()
+                                                    + (fake_out < threshold).float().mean())
+            total = total + loss
+        optimizer = self.optimizers["D"]
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        return {name: value.detach() for name, value in losses.items()}
+
+    @torch.no_grad()
+    def compute_visuals(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        real_a, real_b = batch["a"], batch["b"]
+        fake_b, fake_a = self.G_ab(real_a), self.G_ba(real_b)
+        return {"a": real_a, "a->b": fake_b, "a->b->a": self.G_ba(fake_b),
+                "b": real_b, "b->a": fake_a, "b->a->b": self.G_ab(fake_a)}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"rng": self.rng.get_state(), "pools": {d: pool.state() for d, pool in self.pools.items()}}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.rng.set_state(state["rng"])
+        device = next(self.parameters()).device
+        for domain, pool in self.pools.items():
+            pool.load_state(state["pools"][domain], device)
+
+    def export(self) -> dict[str, Any]:
+        return {"format": EXPORT_FORMAT, "model": self.name, "config": self.config,
+                "networks": {name: {k: v.detach().cpu() for k, v in getattr(self, name).state_dict().items()}
+                             for name in DIRECTIONS.values()}}
+
+    @classmethod
+    def load_export(cls, payload: dict[str, Any], device: str | torch.device) -> "CycleGANTranslator":
+        cfg = cls.resolve_config(payload["config"])
+        generators = {}
+        for name in DIRECTIONS.values():
+            net, _ = build_generator(cfg["generator"], decoder_channels=cfg["decoder_channels"], ngf=cfg["ngf"],
+                                     n_res_blocks=cfg["n_res_blocks"], init_std=cfg["init_std"],
+                                     pretrained="none", weights_dir=None)
+            net.load_state_dict(payload["networks"][name])
+            generators[name] = net.to(device).eval()
+        return CycleGANTranslator(generators, tuple(payload["image_size"]), torch.device(device))
+
+
+class CycleGANTranslator:
+    """Inference with trained CycleGAN generators on [0, 1] image arrays."""
+
+    def __init__(self, generators: dict[str, torch.nn.Module], image_size: tuple[int, int], device: torch.device):
+        self.generators = generators
+        self.image_size = image_size
+        self.device = device
+
+    @torch.no_grad()
+    def translate(self, direction: str, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """Translate (N, H, W) float images in [0, 1]; returns the same shape in [0, 1].
+
+        Images of another size than the training size are resized to it (bilinear,
+        antialiased) and the result resized back, so the networks see the scale they learned.
+        """
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
+        images = np.asarray(images)
+        if images.ndim != 3 or not np.issubdtype(images.dtype, np.floating):
+            raise ValueError(f"images must be a float (N, H, W) array, got {images.dtype} {images.shape}")
+        if images.size and (not np.isfinite(images).all() or images.min() < 0 or images.max() > 1):
+            raise ValueError("images must be finite and within [0, 1]")
+        generator = self.generators[DIRECTIONS[direction]]
+        size = images.shape[1:]
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32))
+            x = x.to(self.device).unsqueeze(1) * 2 - 1
+            if tuple(size) != self.image_size:
+                x = F.interpolate(x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
+            y = generator(x)
+            if tuple(size) != self.image_size:
+                y = F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
+            out.append(((y + 1) / 2).clamp(0, 1).squeeze(1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros_like(images, dtype=np.float32)
