@@ -7,8 +7,6 @@ flags from their rule, so a rule reruns exactly when a value it uses changes.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -100,26 +98,6 @@ def ct_window(cfg: Mapping[str, Any]) -> tuple[float, float] | None:
             raise ConfigError("params.yaml: preprocess.ct_window: preset 'custom' needs center and width")
         return float(window["center"]), float(window["width"])
     return CT_WINDOW_PRESETS[preset]
-
-
-def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists become JSON strings (for MLflow params)."""
-    out: dict[str, Any] = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "."))
-        elif isinstance(value, (list, tuple)):
-            out[name] = json.dumps(value)
-        else:
-            out[name] = value
-    return out
-
-
-def params_hash(cfg: Mapping[str, Any]) -> str:
-    """Short stable hash of a parameter subtree (key order independent)."""
-    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def main(argv: list[str] | None = None) -> int:

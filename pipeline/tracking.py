@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
+from pipeline import hashing
 from pipeline.errors import InputDataError
 
 # Set before mlflow is imported: its telemetry client starts at import time.
@@ -63,14 +64,11 @@ def params_hash(params: Mapping[str, Any]) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """SHA-256 of a file; an unreadable file is an InputDataError naming it."""
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        return hashing.file_sha256(path)
     except OSError as err:
         raise InputDataError(path, f"cannot be read ({err.strerror})") from err
-    return digest.hexdigest()
 
 
 def data_version(paths: Sequence[Path]) -> str:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ct_window, deep_merge, flatten, load_params, params_hash, validate_params
+from pipeline.config import ct_window, deep_merge, load_params, validate_params
 from pipeline.errors import ConfigError
 
 
@@ -55,8 +55,8 @@ def test_ct_window_presets(params):
     assert ct_window(params) is None
 
 
-def test_flatten_and_hash_are_stable():
-    cfg = {"b": {"y": [1, 2], "x": 1.5}, "a": "s"}
-    assert flatten(cfg) == {"b.y": "[1, 2]", "b.x": 1.5, "a": "s"}
-    assert params_hash(cfg) == params_hash({"a": "s", "b": {"x": 1.5, "y": [1, 2]}})
-    assert params_hash(cfg) != params_hash({"a": "t", "b": {"x": 1.5, "y": [1, 2]}})
+def test_deep_merge_overrides_leaves_only():
+    base = {"a": {"b": 1, "c": 2}, "d": [1]}
+    merged = deep_merge(base, {"a": {"c": 3}, "d": [2]})
+    assert merged == {"a": {"b": 1, "c": 3}, "d": [2]}
+    assert base == {"a": {"b": 1, "c": 2}, "d": [1]}

@@ -5,6 +5,7 @@ params.yaml, so Snakemake and DVC read the same knobs and the developer's tree s
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,10 +22,23 @@ from pipeline.config import deep_merge
 
 BIN = Path(sys.executable).parent
 TARGET = "results/cyclegan_ct_mri/metrics.json"
-COPY_IGNORE = shutil.ignore_patterns(
-    ".venv", ".git", "data", "models", "logs", ".snakemake", "mlflow.db", "mlruns", "__pycache__",
-    ".pytest_cache", "*.egg-info", "report.html", "dvc-remote",
-)
+#: Run artefacts at the top of a working tree that the copy leaves behind.
+TOP_LEVEL_ARTEFACTS = {
+    ".venv", ".git", "data", "models", "logs", ".snakemake", "mlflow.db", "mlflow.db.lock",
+    "mlartifacts", "mlruns", ".pytest_cache", "report.html", "dvc-remote", "benchmarks",
+}
+
+
+def copy_ignore(root: Path):
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        skip = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
+        if Path(directory) == root:
+            skip |= TOP_LEVEL_ARTEFACTS & set(names)
+        if Path(directory) == root / "results":
+            skip |= {n for n in names if n != "README.md"}
+        return skip
+
+    return ignore
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -53,21 +67,43 @@ def planned_jobs(workdir: Path, target: str = TARGET) -> dict[str, int]:
     return jobs
 
 
-def set_param(workdir: Path, dotted: str, value) -> None:
+@contextlib.contextmanager
+def changed_param(workdir: Path, dotted: str, value):
+    """params.yaml with one value changed, restored byte for byte afterwards."""
     path = workdir / "params.yaml"
-    cfg = yaml.safe_load(path.read_text())
+    original = path.read_text()
+    cfg = yaml.safe_load(original)
     node = cfg
     *parents, last = dotted.split(".")
     for key in parents:
         node = node[key]
+    assert last in node, f"{dotted} is not in params.yaml"
     node[last] = value
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
+_BUILD_FAILURE: list[str] = []
 
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory, repo_root) -> Path:
+    """The copy after `dvc repro`; built once, and a failed build fails every test at once."""
+    if _BUILD_FAILURE:
+        pytest.fail(_BUILD_FAILURE[0])
+    try:
+        return _build_tiny_repo(tmp_path_factory, repo_root)
+    except AssertionError as err:
+        _BUILD_FAILURE.append(str(err))
+        raise
+
+
+def _build_tiny_repo(tmp_path_factory, repo_root) -> Path:
     work = tmp_path_factory.mktemp("workflow") / "repo"
-    shutil.copytree(repo_root, work, ignore=COPY_IGNORE)
+    shutil.copytree(repo_root, work, ignore=copy_ignore(repo_root))
     params = yaml.safe_load((work / "params.yaml").read_text())
     tiny = yaml.safe_load((work / "configs" / "tiny.yaml").read_text())
     (work / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, tiny), sort_keys=False))
@@ -113,7 +149,7 @@ def test_one_mlflow_run_with_params_metrics_artifacts(tiny_repo: Path):
     assert len(runs) == 1 and runs[0][1] == "FINISHED"
     run_id = runs[0][0]
     params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall())
-    assert params["train.k_ratio"] == "4"
+    assert params["model.g_steps_per_d_step"] == "4" and params["train.epochs"] == "2"
     metric_keys = {k for (k,) in db.execute("SELECT DISTINCT key FROM metrics WHERE run_uuid = ?", (run_id,))}
     assert any(k.startswith("ct_to_mri") for k in metric_keys), metric_keys
     artifact_uri = db.execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()[0]
@@ -126,23 +162,20 @@ def test_one_mlflow_run_with_params_metrics_artifacts(tiny_repo: Path):
 
 @pytest.mark.slow
 def test_training_param_change_reruns_only_training_and_after(tiny_repo: Path):
-    set_param(tiny_repo, "experiments.cyclegan_ct_mri.train.lr_g", 2.0e-4)
-    try:
+    with changed_param(tiny_repo, "experiments.cyclegan_ct_mri.model.lr_g", 2.0e-4):
         assert set(planned_jobs(tiny_repo)) == {"train", "evaluate"}
-    finally:
-        set_param(tiny_repo, "experiments.cyclegan_ct_mri.train.lr_g", 1.0e-4)
 
 
 @pytest.mark.slow
 def test_window_change_reruns_windowing_and_after_but_not_download(tiny_repo: Path):
-    set_param(tiny_repo, "preprocess.ct_window", {"preset": "custom", "center": 40, "width": 90})
-    try:
+    with changed_param(tiny_repo, "preprocess.ct_window", {"preset": "custom", "center": 40, "width": 90}):
         jobs = planned_jobs(tiny_repo)
-        assert "download" not in jobs
-        assert jobs["window"] >= 1 and jobs["window_partner"] >= 1
-        assert {"register", "extract_slices", "train", "evaluate"} <= set(jobs)
-    finally:
-        set_param(tiny_repo, "preprocess.ct_window", {"preset": "brain"})
+    assert "download" not in jobs
+    n_ct = yaml.safe_load((tiny_repo / "params.yaml").read_text())["datasets"]["ct_head"]["n_subjects"]
+    assert jobs["window"] == n_ct, "only the CT volumes are windowed again, not the MRI"
+    assert jobs["window_partner"] >= 1
+    assert {"register", "extract_slices", "train", "evaluate"} <= set(jobs)
+    assert planned_jobs(tiny_repo) == {}
 
 
 def test_snakemake_lint_is_clean(repo_root):

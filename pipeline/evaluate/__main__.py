@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.evaluate import flatten_metrics, validate_metrics, write_metrics
-from pipeline.evaluate.fid import file_sha256
+from pipeline.hashing import file_sha256
 from pipeline.evaluate.translation import evaluate_translation
 
 log = logging.getLogger("pipeline.evaluate")

@@ -10,12 +10,13 @@ reported as null with the reason, never as a number from another network.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 import scipy.linalg
+
+from pipeline.hashing import file_sha256
 
 INCEPTION_SHA256_PREFIX = "6726825d"
 """Identity of the standard file (torch hub convention: the name carries its hash prefix)."""
@@ -32,14 +33,6 @@ FEATURE_SETTINGS = {
     "fid": "Frechet distance of Gaussians fitted to the features (scipy.linalg.sqrtm of the covariance product)",
     "kid": "torch-fidelity unbiased MMD^2, polynomial kernel (x.y/d + 1)^3, mean and std over random subsets",
 }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def inception_weights_problem(weights_path: Path) -> str | None:

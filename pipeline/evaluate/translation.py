@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.atomic import atomic_path
+from pipeline.hashing import file_sha256
 from pipeline.errors import ConfigError, InputDataError, PipelineError
 from pipeline.evaluate import fid as fid_module
 from pipeline.evaluate.image_metrics import (
@@ -321,7 +322,7 @@ def evaluate_translation(
         "inputs": {
             domain: {
                 "path": str(path),
-                "sha256": fid_module.file_sha256(path),
+                "sha256": file_sha256(path),
                 "modality": modalities[domain],
                 "normalisation": normalisation[domain],
                 "n_images": len(data[domain]["images"]),

@@ -37,6 +37,7 @@ from skimage.filters import threshold_otsu
 from skimage.transform import resize
 
 from pipeline.atomic import atomic_path
+from pipeline.hashing import file_sha256
 from pipeline.errors import ConfigError, InputDataError, PipelineError
 
 _log = logging.getLogger(__name__)
@@ -69,14 +70,6 @@ def read_reference_json(path: str | Path) -> tuple[str, Path]:
         return str(record["reference"]), Path(record["path"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputDataError(path, f"not a reference JSON written by 'register choose' ({exc})") from exc
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_ras(path: str | Path) -> nib.Nifti1Image:
@@ -273,7 +266,7 @@ def extract_slices(
     for sid in sorted(volumes):
         path = Path(volumes[sid])
         slices = _slab(path, reference, reference_path, indices, size)
-        subject = _Subject(sid, _sha256(path), slices)
+        subject = _Subject(sid, file_sha256(path), slices)
         subject.exclusion = _qc_failure(qc.get(sid))
         if sid in partners and not subject.exclusion:
             subject.partner = _slab(Path(partners[sid]), reference, reference_path, indices, size)

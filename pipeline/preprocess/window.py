@@ -30,17 +30,15 @@ from pydicom.pixels import apply_modality_lut
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from pipeline.config import CT_WINDOW_PRESETS
 from pipeline.atomic import atomic_path
 from pipeline.errors import ConfigError, InputDataError, PipelineError
 
 _log = logging.getLogger(__name__)
 
-#: Named CT windows (center, width) in HU. "file" (``FILE_WINDOW``) means the series' own window.
-WINDOW_PRESETS: dict[str, tuple[float, float]] = {
-    "brain": (40.0, 80.0),
-    "subdural": (80.0, 200.0),
-    "bone": (600.0, 2800.0),
-}
+#: Named CT windows (center, width) in HU, shared with params.yaml's presets. "file"
+#: (``FILE_WINDOW``) means the series' own window.
+WINDOW_PRESETS = CT_WINDOW_PRESETS
 FILE_WINDOW = "file"
 
 #: Words that mark a bone or lung reconstruction in ConvolutionKernel or SeriesDescription

@@ -6,6 +6,8 @@ checkpoint download:
         directory("data/raw/{dataset}"),
     params:
         flags=lambda w: download_flags(w.dataset),
+    benchmark:
+        "benchmarks/download/{dataset}.tsv"
     log:
         "logs/download/{dataset}.log",
     conda:

@@ -36,6 +36,8 @@ rule evaluate:
         ct_window=ct_window_for_metrics(),
         flags=evaluate_flags,
     threads: 8  # capped at --cores by Snakemake: on a laptop training runs alone
+    benchmark:
+        "benchmarks/evaluate/{experiment}.tsv"
     log:
         "logs/evaluate/{experiment}.log",
     conda:

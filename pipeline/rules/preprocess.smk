@@ -11,6 +11,8 @@ rule window:
         path=raw_subject_path,
         command=window_command,
         voxel_mm=PRE["voxel_mm"],
+    benchmark:
+        "benchmarks/window/{dataset}/{subject}.tsv"
     log:
         "logs/window/{dataset}/{subject}.log",
     conda:
@@ -69,6 +71,8 @@ rule register:
     params:
         seed=config["seed"],
         knobs=cli_flags(REG),
+    benchmark:
+        "benchmarks/register/{dataset}/{subject}.tsv"
     log:
         "logs/register/{dataset}/{subject}.log",
     conda:
@@ -161,6 +165,8 @@ rule extract_slices:
         val_fraction=SLICES["val_fraction"],
         test_fraction=SLICES["test_fraction"],
         out_dir=lambda w: f"data/slices/{w.dataset}",
+    benchmark:
+        "benchmarks/slices/{dataset}.tsv"
     log:
         "logs/slices/{dataset}.log",
     conda:

@@ -23,6 +23,8 @@ rule train:
     resources:
         gpu=lambda w: 1 if experiment_cfg(w.experiment)["train"].get("device") == "cuda" else 0,
     threads: 8  # capped at --cores by Snakemake: on a laptop training runs alone
+    benchmark:
+        "benchmarks/train/{experiment}.tsv"
     log:
         "logs/train/{experiment}.log",
     conda:

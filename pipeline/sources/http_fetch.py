@@ -14,7 +14,6 @@ URLs, log lines or error messages.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import re
@@ -27,6 +26,7 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
+from pipeline.hashing import file_sha256
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -96,14 +96,6 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sha256_matches(digest: str, expected: str | None) -> bool:
     """True when ``expected`` is None, the full digest, or a prefix of it (torch hub file names)."""
     return expected is None or digest.startswith(expected.lower())
@@ -139,7 +131,7 @@ def fetch(
         raise ValueError(f"expected SHA-256 must be 8 to 64 hex digits, got {sha256!r}")
     target = Path(target)
     if target.exists():
-        digest = sha256_file(target, settings.chunk_bytes)
+        digest = file_sha256(target, settings.chunk_bytes)
         if sha256_matches(digest, sha256):
             log.info("%s: already downloaded and verified", target)
             return digest
@@ -156,7 +148,7 @@ def fetch(
         if own_session:
             session.close()
 
-    digest = sha256_file(part, settings.chunk_bytes)
+    digest = file_sha256(part, settings.chunk_bytes)
     if not sha256_matches(digest, sha256):
         part.unlink()
         raise ChecksumError(

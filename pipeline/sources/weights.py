@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.atomic import atomic_path
+from pipeline.hashing import file_sha256
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sources.http_fetch import (
     DEFAULT_SETTINGS,
     ChecksumError,
     FetchSettings,
     fetch,
-    sha256_file,
     sha256_matches,
 )
 from pipeline.sources.real_datasets import SOURCE_URLS, SUMS_FILE, published_sha256, read_sums, write_sums
@@ -97,7 +97,7 @@ def fetch_weights(
 def _copy_verified(source: Path, target: Path, expected: str) -> str:
     if not source.is_file():
         raise InputDataError(source, "missing: put the weight file there, or unset local_dir to download it")
-    digest = sha256_file(source)
+    digest = file_sha256(source)
     if not sha256_matches(digest, expected):
         raise ChecksumError(
             f"{source}: SHA-256 {digest} is not the expected {expected}; not the published file"
