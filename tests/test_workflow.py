@@ -181,3 +181,13 @@ def test_window_change_reruns_windowing_and_after_but_not_download(tiny_repo: Pa
 def test_snakemake_lint_is_clean(repo_root):
     proc = run(["snakemake", "--lint"], repo_root, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_weights_become_inputs_only_when_requested(repo_root, tmp_path):
+    """By default nothing is fetched (offline); with a local folder the weight files are
+    verified and copied in before training and evaluation."""
+    assert "download_weights" not in planned_jobs(repo_root)
+    override = tmp_path / "weights.yaml"
+    override.write_text(f"weights:\n  local_dir: {tmp_path}\n")
+    out = run(["snakemake", "-n", "--cores", "1", "--configfile", str(override), "--", TARGET], repo_root).stdout
+    assert re.search(r"^download_weights\s+3$", out, re.M), out[-2000:]

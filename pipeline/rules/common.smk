@@ -1,9 +1,12 @@
 # Helpers shared by the rules: dataset manifests, per-subject lists and parameter lookups.
 import csv
 import json
+import os
+import re
 import shlex
 
 from pipeline.config import ct_window
+from pipeline.sources.weights import WEIGHT_FILES
 
 
 wildcard_constraints:
@@ -64,6 +67,25 @@ def download_flags(dataset):
         for key, value in sorted(config["phantom_head"].items()):
             flags.append(f"--phantom-option {shlex.quote(f'{key}={json.dumps(value)}')}")
     return " ".join(flags)
+
+
+WEIGHTS = config["weights"]
+
+
+def weight_path(key):
+    return "{}/{}".format(WEIGHTS["dir"], WEIGHT_FILES[key][1])
+
+
+def weight_inputs(*keys):
+    """Weight files as job inputs, only when params ask to fetch or copy them in; otherwise
+    the stages use whatever is on disk (and say so in run.json / metrics.json)."""
+    if WEIGHTS["pretrained"] == "none" or not (WEIGHTS.get("fetch") or WEIGHTS.get("local_dir")):
+        return []
+    return [weight_path(key) for key in keys]
+
+
+def weight_key(w):
+    return next(key for key, (_, name) in WEIGHT_FILES.items() if name == w.weight_file)
 
 
 def window_flags():
@@ -176,6 +198,7 @@ def evaluate_inputs(w):
     exp = experiment_cfg(w.experiment)
     a, b = exp["domain_a"], exp["domain_b"]
     return {
+        "weights": weight_inputs("inception"),
         "model": f"models/{w.experiment}/model.pt",
         "history": f"models/{w.experiment}/history.csv",
         "run": f"models/{w.experiment}/run.json",

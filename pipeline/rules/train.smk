@@ -7,6 +7,7 @@ rule train:
         unpack(domain_slices("train")),
         val_a=lambda w: domain_slices("val")(w)["a"],
         val_b=lambda w: domain_slices("val")(w)["b"],
+        weights=weight_inputs("resnet18", "vgg19"),
     output:
         model="models/{experiment}/model.pt",
         history="models/{experiment}/history.csv",
