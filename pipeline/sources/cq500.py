@@ -14,7 +14,6 @@ from pathlib import Path
 
 from pydicom.misc import is_dicom
 
-from pipeline.atomic import atomic_dir
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sources.archives import is_archive, is_junk, safe_extract
 from pipeline.sources.http_fetch import DEFAULT_SETTINGS, FetchSettings
@@ -70,11 +69,7 @@ def fetch_cq500(
         reads = cache.fetch(f"{base}/{CQ500_READS}", CQ500_READS)
         chosen = choose_subset(read_study_names(reads), n_subjects, seed)
         studies = {name: cache.fetch(f"{base}/{name}.zip", f"{name}.zip") for name in chosen}
-        with atomic_dir(out_dir) as tmp:
-            build_ct_studies(tmp, studies, move=False, reads_csv=reads)
-            cache.write_record(tmp)
-        if not keep_archives:
-            cache.discard_downloads()
+        cache.lay_out(out_dir, lambda tmp: build_ct_studies(tmp, studies, move=False, reads_csv=reads), keep_archives)
     return out_dir
 
 

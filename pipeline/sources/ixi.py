@@ -7,7 +7,6 @@ from pathlib import Path
 import nibabel as nib
 from nibabel.filebasedimages import ImageFileError
 
-from pipeline.atomic import atomic_dir
 from pipeline.errors import InputDataError
 from pipeline.sources.archives import is_junk
 from pipeline.sources.http_fetch import DEFAULT_SETTINGS, FetchSettings
@@ -49,11 +48,7 @@ def fetch_ixi_t2(
         archive = cache.fetch(
             f"{(base_url or SOURCE_URLS['ixi_t2']).rstrip('/')}/{IXI_T2_ARCHIVE}", IXI_T2_ARCHIVE
         )
-        with atomic_dir(out_dir) as tmp:
-            ingest_ixi_t2(archive, tmp, n_subjects=n_subjects, seed=seed)
-            cache.write_record(tmp)
-        if not keep_archives:
-            cache.discard_downloads()
+        cache.lay_out(out_dir, lambda tmp: ingest_ixi_t2(archive, tmp, n_subjects=n_subjects, seed=seed), keep_archives)
     return out_dir
 
 

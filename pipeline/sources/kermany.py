@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.atomic import atomic_dir
 from pipeline.errors import InputDataError
 from pipeline.sources.archives import is_junk
 from pipeline.sources.http_fetch import DEFAULT_SETTINGS, FetchSettings
@@ -51,11 +50,9 @@ def fetch_kermany_cxr(
     with DownloadCache(out_dir, cache_dir, settings) as cache:
         url = f"{(base_url or SOURCE_URLS['kermany_cxr']).rstrip('/')}/{KERMANY_REMOTE_NAME}"
         archive = cache.fetch(url, KERMANY_ARCHIVE)
-        with atomic_dir(out_dir) as tmp:
-            ingest_class_folders(archive, tmp, n_subjects=n_subjects, seed=seed)
-            cache.write_record(tmp)
-        if not keep_archives:
-            cache.discard_downloads()
+        cache.lay_out(
+            out_dir, lambda tmp: ingest_class_folders(archive, tmp, n_subjects=n_subjects, seed=seed), keep_archives
+        )
     return out_dir
 
 

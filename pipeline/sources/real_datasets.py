@@ -32,7 +32,7 @@ from typing import Self
 import numpy as np
 import requests
 
-from pipeline.atomic import write_text
+from pipeline.atomic import atomic_dir, write_text
 from pipeline.errors import InputDataError
 from pipeline.sources.archives import is_archive, safe_extract
 from pipeline.sources.http_fetch import DEFAULT_SETTINGS, ChecksumError, FetchSettings, fetch
@@ -262,6 +262,15 @@ class DownloadCache:
         sums = {**self.recorded, **self.fetched}
         write_sums(self.dir / SUMS_FILE, sums)
         write_sums(raw_tmp / SUMS_FILE, sums)
+
+    def lay_out(self, out_dir: Path, build: Callable[[Path], object], keep_archives: bool) -> None:
+        """Build the dataset with ``build(tmp)`` in a folder beside ``out_dir``, record the sums
+        there, swap it into place, then drop the downloads unless ``keep_archives``."""
+        with atomic_dir(out_dir) as tmp:
+            build(tmp)
+            self.write_record(tmp)
+        if not keep_archives:
+            self.discard_downloads()
 
     def discard_downloads(self) -> None:
         """Delete this run's downloaded files (keep_archives: false); the sums stay recorded."""
