@@ -18,6 +18,7 @@ validate_params(config, source="params.yaml (with --config/--configfile override
 include: "pipeline/rules/common.smk"
 include: "pipeline/rules/data.smk"
 include: "pipeline/rules/preprocess.smk"
+include: "pipeline/rules/qc.smk"
 include: "pipeline/rules/train.smk"
 include: "pipeline/rules/evaluate.smk"
 

@@ -129,6 +129,9 @@ def test_dvc_repro_builds_headline_target_and_is_clean(tiny_repo: Path):
         for key in ("ssim", "psnr", "mae"):
             assert isinstance(paired[key]["mean"], float)
     assert metrics["mri_to_ct"]["paired"]["mae_hu"]["mean"] >= 0.0
+    for qc in ("data/registered/ct_head/qc.csv", "data/masked/ct_head/contact_sheet.png",
+               "data/registered/mri_t2/qc.csv", "data/windowed/mri_t2/contact_sheet.png"):
+        assert (tiny_repo / qc).stat().st_size > 200, qc
     figures = tiny_repo / "results" / "cyclegan_ct_mri" / "figures"
     for name in ("triplets.png", "loss_curves.png", "preprocessing_ct_head.png", "preprocessing_mri_t2.png"):
         assert (figures / name).stat().st_size > 5_000, name

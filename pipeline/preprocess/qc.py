@@ -127,7 +127,8 @@ def contact_sheet(volumes: Sequence[Path], out_png: Path, title: str) -> None:
         for axis in axes.ravel():
             axis.axis("off")
         for axis, path in zip(axes.ravel(), paths):
-            axis.imshow(axial_display(_load_volume(path)), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            thumbnail = axial_display(_load_volume(path))
+            axis.imshow(thumbnail, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             axis.set_title(subject_id(path), fontsize=7)
         figure.suptitle(title, fontsize=9)
         figure.tight_layout()
@@ -138,7 +139,9 @@ def contact_sheet(volumes: Sequence[Path], out_png: Path, title: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.preprocess.qc", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.preprocess.qc", description=__doc__.split("\n")[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     table = commands.add_parser("registration-table", help="gather the registration QC JSONs into one CSV")
     table.add_argument("--qc", required=True, type=Path, nargs="+", help="<subject>.qc.json files")

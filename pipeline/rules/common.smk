@@ -142,6 +142,19 @@ def window_command(w):
     return f"mri --percentiles {low:g} {high:g}"
 
 
+def stage_volumes(w):
+    """Every subject's volume at one preprocessing stage; only CT datasets have a masked stage."""
+    if w.stage == "masked" and final_stage(w.dataset) != "masked":
+        raise ValueError(f"dataset {w.dataset} ({modality(w.dataset)}) has no masked stage: CT only")
+    return expand(f"data/{w.stage}/{w.dataset}/{{s}}.nii.gz", s=subjects(w.dataset))
+
+
+def preprocessing_qc(dataset):
+    """The registration table and one contact sheet per stage the dataset goes through."""
+    stages = ["windowed", "registered"] + (["masked"] if final_stage(dataset) == "masked" else [])
+    return [f"data/registered/{dataset}/qc.csv"] + [f"data/{s}/{dataset}/contact_sheet.png" for s in stages]
+
+
 def slice_inputs(w):
     stage = final_stage(w.dataset)
     subs = subjects(w.dataset)
@@ -205,6 +218,7 @@ def evaluate_inputs(w):
         "test_a": f"data/slices/{a}/test.npz",
         "test_b": f"data/slices/{b}/test.npz",
         "panels": [f"results/{w.experiment}/figures/preprocessing_{d}.png" for d in (a, b)],
+        "preprocessing_qc": preprocessing_qc(a) + preprocessing_qc(b),
     }
 
 

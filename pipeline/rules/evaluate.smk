@@ -46,6 +46,6 @@ rule evaluate:
         "python -m pipeline.evaluate --model {input.model} --test-a {input.test_a} "
         "--test-b {input.test_b} --history {input.history} --run-json {input.run} "
         "--inception-weights {params.inception} {params.ct_window} "
-        "{params.flags} --extra-figures {input.panels} "
+        "{params.flags} --extra-figures {input.panels} {input.preprocessing_qc} "
         "--samples-out {output.samples} --triplets {output.triplets} --loss-curves {output.losses} "
         "--out {output.metrics} > {log} 2>&1"

@@ -1,0 +1,35 @@
+# Preprocessing QC, per dataset: the registration table (every subject's similarity before and
+# after, Jacobian range, status and reason, failed first) and a contact sheet of every subject at
+# each stage (mid-axial, display convention). The masked stage exists only for CT datasets.
+
+rule registration_qc_table:
+    input:
+        qc=lambda w: expand(f"data/registered/{w.dataset}/{{s}}.qc.json", s=subjects(w.dataset)),
+        reference="data/registered/{dataset}/reference.json",
+    output:
+        "data/registered/{dataset}/qc.csv",
+    log:
+        "logs/qc/{dataset}/registration_table.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m pipeline.preprocess.qc registration-table --qc {input.qc} "
+        "--reference-json {input.reference} --out {output} > {log} 2>&1"
+
+
+rule stage_contact_sheet:
+    input:
+        stage_volumes,
+    output:
+        "data/{stage}/{dataset}/contact_sheet.png",
+    wildcard_constraints:
+        stage="windowed|registered|masked",
+    params:
+        title=lambda w: f"{w.dataset}: {w.stage}",
+    log:
+        "logs/qc/{dataset}/{stage}_contact_sheet.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m pipeline.preprocess.qc contact-sheet --volumes {input} --out {output} "
+        "--title {params.title:q} > {log} 2>&1"
