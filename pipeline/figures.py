@@ -129,6 +129,28 @@ def preprocessing_panel(stages: list[tuple[str, np.ndarray]], out_png: Path, tit
     _save(fig, out_png)
 
 
+def contact_sheet(tiles: list[tuple[str, np.ndarray, bool]], out_png: Path, title: str | None = None) -> None:
+    """A grid of (label, image in [0, 1], flagged) thumbnails; flagged labels are red.
+
+    Shown on the fixed range [0, 1] so that an intensity problem stands out instead of being
+    rescaled away; one glance finds the bad subject.
+    """
+    columns = max(1, int(np.ceil(np.sqrt(len(tiles)))))
+    rows = max(1, int(np.ceil(len(tiles) / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows + (0.4 if title else 0)),
+                             squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, (label, image, flagged) in zip(axes.ravel(), tiles):
+        step = max(1, image.shape[0] // 128)
+        axis.imshow(image[::step, ::step], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axis.set_title(label, fontsize=6, color="red" if flagged else "black")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
 def axial_display(volume: np.ndarray) -> np.ndarray:
     """Mid axial slice of a RAS+ volume in display convention.
 

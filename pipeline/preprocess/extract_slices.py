@@ -30,7 +30,6 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 from skimage.filters import threshold_otsu
@@ -198,25 +197,13 @@ class _Subject:
 
 
 def _contact_sheet(subjects: list[_Subject], out_png: Path) -> None:
-    columns = max(1, math.ceil(math.sqrt(len(subjects))))
-    rows = max(1, math.ceil(len(subjects) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows), squeeze=False)
-    for axis in axes.ravel():
-        axis.axis("off")
-    for axis, subject in zip(axes.ravel(), subjects):
-        thumbnail = subject.slab[len(subject.slab) // 2]
-        step = max(1, thumbnail.shape[0] // 128)
-        axis.imshow(thumbnail[::step, ::step], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        label = (
-            f"{subject.subject_id}\nEXCLUDED"
-            if subject.exclusion
-            else f"{subject.subject_id}\n{subject.split}"
-        )
-        axis.set_title(label, fontsize=6, color="red" if subject.exclusion else "black")
-    figure.tight_layout()
-    with atomic_path(out_png) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+    from pipeline.figures import contact_sheet
+
+    tiles = [
+        (f"{s.subject_id}\n{'EXCLUDED' if s.exclusion else s.split}", s.slab[len(s.slab) // 2], bool(s.exclusion))
+        for s in subjects
+    ]
+    contact_sheet(tiles, out_png)
 
 
 def extract_slices(

@@ -13,20 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import InputDataError, PipelineError
+from pipeline import figures
 from pipeline.figures import axial_display
 from pipeline.preprocess.extract_slices import subject_id
 
@@ -46,7 +45,6 @@ REGISTRATION_COLUMNS = (
 )
 # Keys of a register QC JSON copied verbatim into the table.
 _QC_KEYS = ("status", "reason", "ncc_identity", "ncc_rigid", "ncc_final", "jacobian_min", "jacobian_max")
-THUMBNAIL_INCHES = 1.6
 
 
 def _read_json(path: Path, required: Sequence[str], writer: str) -> dict:
@@ -118,24 +116,8 @@ def contact_sheet(volumes: Sequence[Path], out_png: Path, title: str) -> None:
     if not volumes:
         raise InputDataError(Path(out_png).parent, "contact sheet: no volume given")
     paths = sorted(map(Path, volumes), key=subject_id)
-    columns = math.ceil(math.sqrt(len(paths)))
-    rows = math.ceil(len(paths) / columns)
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(THUMBNAIL_INCHES * columns, THUMBNAIL_INCHES * rows + 0.4), squeeze=False
-    )
-    try:
-        for axis in axes.ravel():
-            axis.axis("off")
-        for axis, path in zip(axes.ravel(), paths):
-            thumbnail = axial_display(_load_volume(path))
-            axis.imshow(thumbnail, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            axis.set_title(subject_id(path), fontsize=7)
-        figure.suptitle(title, fontsize=9)
-        figure.tight_layout()
-        with atomic_path(out_png) as tmp:
-            figure.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(figure)
+    tiles = [(subject_id(path), axial_display(_load_volume(path)), False) for path in paths]
+    figures.contact_sheet(tiles, out_png, title)
 
 
 def _parser() -> argparse.ArgumentParser:

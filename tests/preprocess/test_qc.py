@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline import figures
 from pipeline.errors import InputDataError
 from pipeline.preprocess import qc
 
@@ -91,7 +92,7 @@ def test_contact_sheet_shows_every_subject_in_display_convention(tmp_path, monke
         _volume(path, 17, 21)
         paths.append(path)
     drawn = []
-    monkeypatch.setattr(qc.plt, "close", drawn.append)
+    monkeypatch.setattr(figures.plt, "close", drawn.append)
     qc.contact_sheet(paths, tmp_path / "sheet.png", "ct_head: windowed")
     assert matplotlib.image.imread(tmp_path / "sheet.png").shape[0] > 100
     (figure,) = drawn
