@@ -194,17 +194,15 @@ def panel_raw_path(w):
     return "data/raw/{}/{}".format(w.dataset, manifest_row(w.dataset, panel_subject(w))["path"])
 
 
-def preprocessing_panel_inputs(w):
-    ds = w.dataset
-    subject = panel_subject(w)
-    stages = {
-        "raw": f"data/raw/{ds}",
-        "windowed": f"data/windowed/{ds}/{subject}.nii.gz",
-        "registered": f"data/registered/{ds}/{subject}.nii.gz",
-    }
-    if final_stage(ds) == "masked":
-        stages["masked"] = f"data/masked/{ds}/{subject}.nii.gz"
-    return stages
+def panel_stage(stage):
+    """Input function: the panel subject's volume at one stage (none for MRI's masked stage)."""
+
+    def path(w):
+        if stage == "masked" and final_stage(w.dataset) != "masked":
+            return []
+        return f"data/{stage}/{w.dataset}/{panel_subject(w)}.nii.gz"
+
+    return path
 
 
 def evaluate_inputs(w):

@@ -4,14 +4,17 @@
 
 rule preprocessing_panel:
     input:
-        unpack(preprocessing_panel_inputs),
+        raw="data/raw/{dataset}",
+        windowed=panel_stage("windowed"),
+        registered=panel_stage("registered"),
+        masked=panel_stage("masked"),
     output:
         "results/{experiment}/figures/preprocessing_{dataset}.png",
     params:
         raw_path=panel_raw_path,
         modality=lambda w: modality(w.dataset),
         subject=panel_subject,
-        masked=lambda w, input: f"--masked {input.masked}" if "masked" in input.keys() else "",
+        masked=lambda w, input: f"--masked {input.masked}" if input.masked else "",
     log:
         "logs/figures/{experiment}/preprocessing_{dataset}.log",
     conda:

@@ -150,7 +150,13 @@ rule mask_overlay:
 
 rule extract_slices:
     input:
-        unpack(slice_inputs),
+        # one function per name (not unpack): a dry run before the download checkpoint has
+        # run can then still format the command
+        volumes=lambda w: slice_inputs(w)["volumes"],
+        partners=lambda w: slice_inputs(w)["partners"],
+        qc=lambda w: slice_inputs(w)["qc"],
+        reference="data/registered/{dataset}/reference.json",
+        overlays=lambda w: slice_inputs(w).get("overlays", []),
     output:
         train="data/slices/{dataset}/train.npz",
         val="data/slices/{dataset}/val.npz",
