@@ -194,3 +194,11 @@ def test_weights_become_inputs_only_when_requested(repo_root, tmp_path):
     override.write_text(f"weights:\n  local_dir: {tmp_path}\n")
     out = run(["snakemake", "-n", "--cores", "1", "--configfile", str(override), "--", TARGET], repo_root).stdout
     assert re.search(r"^download_weights\s+3$", out, re.M), out[-2000:]
+
+
+def test_dry_run_on_a_fresh_clone_plans_the_whole_chain(repo_root, tmp_path):
+    """Before the download checkpoint has run, `snakemake -n` must still format every job."""
+    work = tmp_path / "clone"
+    shutil.copytree(repo_root, work, ignore=copy_ignore(repo_root))
+    jobs = planned_jobs(work)
+    assert jobs["download"] == 2 and jobs["train"] == 1 and jobs["evaluate"] == 1, jobs
