@@ -5,85 +5,16 @@ params.yaml, so Snakemake and DVC read the same knobs and the developer's tree s
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.config import deep_merge
-
-BIN = Path(sys.executable).parent
-TARGET = "results/cyclegan_ct_mri/metrics.json"
-#: Run artefacts at the top of a working tree that the copy leaves behind.
-TOP_LEVEL_ARTEFACTS = {
-    ".venv", ".git", "data", "models", "logs", ".snakemake", "mlflow.db", "mlflow.db.lock",
-    "mlartifacts", "mlruns", ".pytest_cache", "report.html", "dvc-remote", "benchmarks",
-}
-
-
-def copy_ignore(root: Path):
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        skip = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
-        if Path(directory) == root:
-            skip |= TOP_LEVEL_ARTEFACTS & set(names)
-        if Path(directory) == root / "results":
-            skip |= {n for n in names if n != "README.md"}
-        return skip
-
-    return ignore
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def planned_jobs(workdir: Path, target: str = TARGET) -> dict[str, int]:
-    """Rule -> job count that `snakemake -n` would run (empty when nothing to do)."""
-    out = run(["snakemake", "-n", "--cores", "2", target], workdir).stdout
-    jobs: dict[str, int] = {}
-    in_table = False
-    for line in out.splitlines():
-        if line.startswith("Job stats:"):
-            in_table = True
-            continue
-        if in_table:
-            match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-            if match and match.group(1) != "total":
-                jobs[match.group(1)] = int(match.group(2))
-            elif line.strip().startswith("total"):
-                break
-    return jobs
-
-
-@contextlib.contextmanager
-def changed_param(workdir: Path, dotted: str, value):
-    """params.yaml with one value changed, restored byte for byte afterwards."""
-    path = workdir / "params.yaml"
-    original = path.read_text()
-    cfg = yaml.safe_load(original)
-    node = cfg
-    *parents, last = dotted.split(".")
-    for key in parents:
-        node = node[key]
-    assert last in node, f"{dotted} is not in params.yaml"
-    node[last] = value
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    try:
-        yield
-    finally:
-        path.write_text(original)
+from workflow_support import TARGET, changed_param, copy_ignore, planned_jobs, run, tiny_copy
 
 
 _BUILD_FAILURE: list[str] = []
@@ -102,14 +33,7 @@ def tiny_repo(tmp_path_factory, repo_root) -> Path:
 
 
 def _build_tiny_repo(tmp_path_factory, repo_root) -> Path:
-    work = tmp_path_factory.mktemp("workflow") / "repo"
-    shutil.copytree(repo_root, work, ignore=copy_ignore(repo_root))
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    tiny = yaml.safe_load((work / "configs" / "tiny.yaml").read_text())
-    (work / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, tiny), sort_keys=False))
-    run(["git", "init", "-q"], work)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], work)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], work)
+    work = tiny_copy(repo_root, tmp_path_factory.mktemp("workflow") / "repo")
     run(["dvc", "repro", "--quiet"], work)
     return work
 
