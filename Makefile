@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: setup quickstart test test-fast lint clean
+.PHONY: setup quickstart test test-fast lint clean pull report ui
 
 $(BIN)/snakemake: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# After `git clone`: outputs from the DVC remote, marked up to date for Snakemake (see README).
+pull: setup
+	$(BIN)/python -m pipeline.restore --cores $(CORES)
+
+report: setup
+	$(BIN)/snakemake --report report.html results/cyclegan_ct_mri/metrics.json
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 lint: setup
 	$(BIN)/snakemake --lint

@@ -10,6 +10,7 @@ from pipeline.config import validate_params
 
 
 configfile: "params.yaml"
+report: "report/workflow.rst"  # `snakemake --report report.html <target>`: captions in report/
 
 
 validate_params(config, source="params.yaml (with --config/--configfile overrides)")
@@ -18,6 +19,7 @@ validate_params(config, source="params.yaml (with --config/--configfile override
 include: "pipeline/rules/common.smk"
 include: "pipeline/rules/data.smk"
 include: "pipeline/rules/preprocess.smk"
+include: "pipeline/rules/xray.smk"
 include: "pipeline/rules/qc.smk"
 include: "pipeline/rules/train.smk"
 include: "pipeline/rules/evaluate.smk"

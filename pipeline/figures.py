@@ -1,4 +1,4 @@
-"""Figures: translation triplets, loss curves, and the preprocessing chain of one subject.
+"""Figures: translation triplets, sample grids, difference maps, histograms, metrics table, loss curves, preprocessing.
 
 All figures are PNGs (Agg backend, so they render on headless machines) written atomically.
 Slices are shown in the project's display convention: anterior at the top, the patient's left
@@ -74,6 +74,146 @@ def triplets(samples_npz: Path, out_png: Path, labels: tuple[str, str] = ("CT", 
                     ax.set_title(title, fontsize=9)
                 if col == 0 and ids is not None:
                     ax.set_ylabel(str(ids[row]), fontsize=8)
+    _save(fig, out_png)
+
+
+def _load_samples(samples_npz: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """evaluate's samples.npz, checked for ``{way}_{key}`` of both ways."""
+    samples_npz = Path(samples_npz)
+    if not samples_npz.is_file():
+        raise InputDataError(samples_npz, "samples file not found")
+    with np.load(samples_npz, allow_pickle=False) as npz:
+        samples = {key: npz[key] for key in npz.files}
+    missing = [f"{w}_{k}" for w in ("a_to_b", "b_to_a") for k in keys if f"{w}_{k}" not in samples]
+    if missing:
+        raise InputDataError(samples_npz, f"missing arrays {missing}")
+    return samples
+
+
+def sample_grid(samples_npz: Path, out_png: Path, labels: tuple[str, str] = ("CT", "T2 MRI")) -> None:
+    """Per direction, real images of the target domain above translations into it: can you tell them apart?"""
+    samples = _load_samples(samples_npz, ("real_target", "translated"))
+    ways = {"a_to_b": labels, "b_to_a": labels[::-1]}
+    n_cols = max(len(samples[f"{w}_{k}"]) for w in ways for k in ("real_target", "translated"))
+    fig, axes = plt.subplots(4, n_cols, figsize=(n_cols * PANEL_INCHES, 4 * PANEL_INCHES), squeeze=False)
+    for block, (way, (src, tgt)) in enumerate(ways.items()):
+        for offset, (key, name) in enumerate((("real_target", f"real {tgt}"), ("translated", f"{src} \u2192 {tgt}"))):
+            row = 2 * block + offset
+            for col in range(n_cols):
+                ax = axes[row, col]
+                if col >= len(samples[f"{way}_{key}"]):
+                    ax.axis("off")
+                    continue
+                _show(ax, samples[f"{way}_{key}"][col])
+                if col == 0:
+                    ax.set_ylabel(name, fontsize=9)
+    _save(fig, out_png)
+
+
+def difference_maps(
+    samples_npz: Path, out_png: Path, labels: tuple[str, str] = ("CT", "T2 MRI"), upscale_size: int = 256
+) -> None:
+    """|G(x) - x| over the input, after bicubic upscaling to ``upscale_size`` (default 256), with a colour bar.
+
+    One shared colour scale over all panels, so that panels compare; the region mask's outline is
+    drawn where samples.npz carries one.
+    """
+    from pipeline.evaluate.regions import difference_maps as make_maps
+
+    samples = _load_samples(samples_npz, ("source", "translated"))
+    ways = {"a_to_b": labels, "b_to_a": labels[::-1]}
+    maps = {w: make_maps(samples[f"{w}_source"], samples[f"{w}_translated"], upscale_size) for w in ways}
+    vmax = max(float(diff.max()) for _, diff in maps.values()) or 1.0
+    n_rows = max(len(samples[f"{w}_source"]) for w in ways)
+    fig, axes = plt.subplots(n_rows, 2, figsize=(2 * 1.3 * PANEL_INCHES + 1, n_rows * 1.3 * PANEL_INCHES), squeeze=False)
+    overlay = None
+    for col, (way, (src, tgt)) in enumerate(ways.items()):
+        upscaled, diff = maps[way]
+        masks = samples.get(f"{way}_region_mask")
+        for row in range(n_rows):
+            ax = axes[row, col]
+            if row >= len(upscaled):
+                ax.axis("off")
+                continue
+            _show(ax, upscaled[row])
+            overlay = ax.imshow(diff[row], cmap="inferno", vmin=0.0, vmax=vmax, alpha=0.6, interpolation="nearest")
+            if masks is not None:
+                extent = (-0.5, upscale_size - 0.5, upscale_size - 0.5, -0.5)
+                ax.contour(masks[row].astype(float), levels=[0.5], colors="cyan", linewidths=0.8, extent=extent)
+            if row == 0:
+                ax.set_title(f"|{src} \u2192 {tgt} \u2212 {src}|", fontsize=9)
+    fig.colorbar(overlay, ax=axes.ravel().tolist(), shrink=0.8, label=f"absolute change ([0,1] units, bicubic to {upscale_size}px)")
+    _save(fig, out_png)
+
+
+def intensity_histograms(samples_npz: Path, out_png: Path, labels: tuple[str, str] = ("CT", "T2 MRI")) -> None:
+    """Intensity distribution of real target images vs translations, per direction (densities over [0, 1])."""
+    samples = _load_samples(samples_npz, ("hist_real_target", "hist_translated"))
+    edges = samples["hist_edges"]
+    centres, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
+    for ax, (way, (src, tgt)) in zip(axes[0], {"a_to_b": labels, "b_to_a": labels[::-1]}.items()):
+        for key, name, style in (("hist_real_target", f"real {tgt}", "-"), ("hist_translated", f"{src} \u2192 {tgt}", "--")):
+            counts = samples[f"{way}_{key}"].astype(float)
+            ax.plot(centres, counts / max(counts.sum(), 1.0) / widths, style, label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("intensity ([0,1])")
+        ax.set_ylabel("density (log)")
+        ax.set_title(f"into {tgt}", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    _save(fig, out_png)
+
+
+def _with_interval(value: float | None, ci95: list[float] | None, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text if ci95 is None else f"{text} [{ci95[0]:.{digits}f}, {ci95[1]:.{digits}f}]"
+
+
+def metrics_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    """Headline rows (metric, then one column per direction) of a metrics.json, value [95% CI]."""
+    names = metrics["direction_names"]
+    rows: list[list[str]] = []
+
+    def row(label: str, pick) -> None:
+        rows.append([label] + [pick(metrics[name]) for name in names])
+
+    summary = lambda block, digits=3: _with_interval(block["mean"], block["ci95"], digits) if block else "n/a"
+    row("FID", lambda b: _with_interval(b["fid"]["value"], b["fid"].get("ci95"), 1))
+    row("KID", lambda b: _with_interval(b["kid"]["mean"], b["kid"].get("ci95"), 4))
+    row("FRD (ln)", lambda b: _with_interval(b["frd"]["value"], b["frd"]["ci95"], 2))
+    row("SSIM(x, G(x))", lambda b: summary(b["ssim"]))
+    row("cycle SSIM", lambda b: summary(b["ssim_cycle"]))
+    row("paired SSIM", lambda b: summary(b["paired"] and b["paired"]["ssim"]))
+    row("paired PSNR (dB)", lambda b: summary(b["paired"] and b["paired"]["psnr"], 2))
+    row("paired MAE (HU)", lambda b: summary(b["paired"] and b["paired"]["mae_hu"], 1))
+    row("classifier: share intended", lambda b: summary(b["classifier"].get("share_intended")))
+    row("stego drop (blur / noise)", lambda b: f"{b['steganography']['blur']['drop']:.3f} / "
+        f"{b['steganography']['noise']['drop']:.3f}" + (" FLAG" if b["steganography"]["flagged"] else ""))
+    row("change inside region", lambda b: _with_interval(b["regions"]["share_inside"], b["regions"]["ci95_inside"])
+        if b["regions"] else "n/a")
+    return ["metric"] + names, rows
+
+
+def metrics_table(metrics_json: Path | dict, out_png: Path) -> None:
+    """The headline numbers of metrics.json as a table image (value [95% bootstrap CI over subjects])."""
+    import json
+
+    metrics = metrics_json if isinstance(metrics_json, dict) else json.loads(Path(metrics_json).read_text())
+    header, rows = metrics_rows(metrics)
+    fig, ax = plt.subplots(figsize=(3 + 3.2 * (len(header) - 1), 0.4 * (len(rows) + 2)))
+    ax.axis("off")
+    table = ax.table(cellText=rows, colLabels=header, loc="center", cellLoc="left", colLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1.0, 1.3)
+    accuracy = (metrics.get("classifier") or {}).get("test_accuracy")
+    note = "value [95% CI, subjects resampled]"
+    if accuracy:
+        note += f"; classifier test accuracy {_with_interval(accuracy['mean'], accuracy['ci95'])}"
+    ax.set_title(note, fontsize=8)
     _save(fig, out_png)
 
 

@@ -1,21 +1,34 @@
 """The one training engine: epochs, steps, update ratios, LR schedule, checkpoints, history,
 sample grids and MLflow logging, for any model in ``pipeline.models``.
 
-Data: each domain's ``images`` (N, H, W) in [0, 1] become one [-1, 1] tensor on the device;
-every step draws an unpaired batch per domain from seeded shuffled passes and flips it on the
-device, so the hot loop does no per-image Python work. All randomness comes from generators
-seeded from ``seed``: on CPU (deterministic algorithms, fixed thread count) the same seed,
-config and data give bit-identical weights, and a run resumed from its checkpoint equals an
-uninterrupted one. CUDA kernels are not all deterministic, so GPU runs are only close.
+Data: each domain's ``images`` (N, H, W) in [0, 1] become one [-1, 1] tensor on the device.
+Each epoch's unpaired batches (shuffled passes, random crops, left-right flips) are drawn up
+front from a seeded generator and every step gathers its batch on the device in one indexing
+operation, so the hot loop does no per-image Python work and never waits on the GPU: losses
+are summed on the device and read once per epoch.
 
-Outputs in ``out_dir`` (each written atomically): model.pt, checkpoint.pt, history.csv,
-run.json, samples/epoch_XXXX.png.
+Speed knobs: bf16 autocast, channels-last, ``torch.compile`` (mode ``reduce-overhead`` adds
+CUDA graphs), and data parallelism over the processes torchrun starts (``pipeline.distributed``).
+
+All randomness comes from generators seeded from ``seed``: on CPU (deterministic algorithms,
+fixed thread count) the same seed, config and data give bit-identical weights, and a run
+resumed from its checkpoint equals an uninterrupted one. CUDA kernels are not all
+deterministic, so GPU runs are only close.
+
+Interruptions: SIGTERM (Snakemake, SLURM pre-emption) makes the loop write a checkpoint at the
+next step boundary and exit with status 143 (128 + SIGTERM, "killed"); rerunning the same
+command resumes mid-epoch into the same MLflow run. Checkpoints are renamed into place only
+when complete, so ``kill -9`` at any moment leaves the previous one usable.
+
+Outputs in ``out_dir`` (each written atomically, by process 0 only): model.pt, checkpoint.pt,
+history.csv, run.json, samples/epoch_XXXX.png.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import csv
+import errno
 import functools
 import io
 import json
@@ -24,6 +37,8 @@ import math
 import os
 import platform
 import resource
+import signal
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -34,9 +49,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.errors import ConfigError, InputDataError
+from pipeline.distributed import DataParallel, use_sync_batchnorm
+from pipeline.errors import ConfigError, InputDataError, PipelineError
 from pipeline.models import GANModel, merge_knobs, model_class
 from pipeline.models.networks import PRETRAINED_CHOICES
+from pipeline.progress import progress_counter
 from pipeline.tracking import Tracker, data_version, git_state, params_hash
 
 log = logging.getLogger(__name__)
@@ -46,24 +63,39 @@ log = logging.getLogger(__name__)
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 200,              # epochs to train in total (a resumed run continues up to this)
     "steps_per_epoch": None,    # None: ceil(largest domain size / batch_size)
-    "batch_size": 1,            # images per domain per step
+    "batch_size": 1,            # images per domain per step (the global batch when distributed)
     "image_size": None,         # resize every image to image_size x image_size once at load; None keeps the data's size
+    "crop_size": None,          # random square crop per image and step (centre crop for samples); None: no crop
     "flip_probability": 0.5,    # chance of a left-right flip per image per step
     "lr_constant_epochs": 100,  # epochs at the initial learning rates ...
     "lr_decay_epochs": 100,     # ... then linear decay to 0 over this many (0: constant forever)
-    "checkpoint_every": 5,      # epochs between checkpoints (and always after the last)
+    "checkpoint_every": 5,      # epochs between checkpoints (and always after the last, and on SIGTERM)
     "sample_every": 5,          # epochs between sample grids (and always after the last)
     "n_samples": 4,             # validation images per domain in each sample grid
     "device": "auto",           # auto (CUDA when available), cpu or cuda
     "bf16": False,              # bfloat16 autocast for forward passes
     "channels_last": False,     # channels-last memory format (faster convolutions on GPU)
+    "compile": False,           # torch.compile the networks (the first steps pay the compilation)
+    "compile_mode": "default",  # torch.compile mode; reduce-overhead adds CUDA graphs
+    "distributed": False,       # data-parallel over the processes torchrun starts (nccl on CUDA, gloo on CPU)
+    "gpus": 1,                  # processes (one GPU each) the Snakemake rule asks torchrun for when distributed
     "deterministic": True,      # deterministic algorithms (bit-identical on CPU; CUDA: best effort)
     "threads": 0,               # CPU threads for torch (0: torch's default); part of the numerics
+    "progress_interval_s": 30.0,  # seconds between progress lines (with ETA) when not on a terminal
 }
 #: Knobs that change neither the numbers nor the schedule: a checkpoint written under other
 #: values of these still resumes.
-_RESUME_NEUTRAL = ("epochs", "checkpoint_every", "sample_every", "n_samples", "device")
+_RESUME_NEUTRAL = ("epochs", "checkpoint_every", "sample_every", "n_samples", "device", "compile", "compile_mode",
+                   "distributed", "gpus", "progress_interval_s")
 DEVICES = ("auto", "cpu", "cuda")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: Exit status after a SIGTERM-triggered checkpoint: what a shell reports for a process killed by
+#: SIGTERM, so Snakemake and batch schedulers see an unfinished job and rerun (resume) it.
+EXIT_INTERRUPTED = 128 + signal.SIGTERM
+
+
+class TrainingInterrupted(PipelineError):
+    """Training stopped on a signal after writing a checkpoint; rerunning resumes it."""
 
 
 def resolve_config(cfg: Mapping[str, Any] | None) -> tuple[type[GANModel], dict[str, Any], dict[str, Any]]:
@@ -80,15 +112,17 @@ def resolve_config(cfg: Mapping[str, Any] | None) -> tuple[type[GANModel], dict[
     train_knobs = merge_knobs(TRAIN_DEFAULTS, cfg.get("train"), "train")
     if train_knobs["device"] not in DEVICES:
         raise ConfigError(f"train.device must be one of {DEVICES}, got {train_knobs['device']!r}")
-    for key in ("epochs", "batch_size", "checkpoint_every", "sample_every"):
+    if train_knobs["compile_mode"] not in COMPILE_MODES:
+        raise ConfigError(f"train.compile_mode must be one of {COMPILE_MODES}, got {train_knobs['compile_mode']!r}")
+    for key in ("epochs", "batch_size", "checkpoint_every", "sample_every", "gpus"):
         if train_knobs[key] < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {train_knobs[key]}")
     if train_knobs["steps_per_epoch"] is not None and train_knobs["steps_per_epoch"] < 1:
         raise ConfigError(f"train.steps_per_epoch must be >= 1 or null, got {train_knobs['steps_per_epoch']}")
-    if train_knobs["image_size"] is not None and (
-            isinstance(train_knobs["image_size"], bool) or not isinstance(train_knobs["image_size"], int)
-            or train_knobs["image_size"] < 8):
-        raise ConfigError(f"train.image_size must be an integer >= 8 or null, got {train_knobs['image_size']!r}")
+    for key in ("image_size", "crop_size"):
+        value = train_knobs[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 8):
+            raise ConfigError(f"train.{key} must be an integer >= 8 or null, got {value!r}")
     if not 0.0 <= train_knobs["flip_probability"] <= 1.0:
         raise ConfigError(f"train.flip_probability must be in [0, 1], got {train_knobs['flip_probability']}")
     return cls, model_knobs, train_knobs
@@ -121,10 +155,20 @@ def _as_tensor(images: np.ndarray, image_size: int | None, device: torch.device)
     return (x * 2 - 1).to(device)
 
 
-def _select_device(name: str) -> torch.device:
+def centre_crop(images: torch.Tensor, crop_size: int | None) -> torch.Tensor:
+    """The central ``crop_size`` x ``crop_size`` window of (N, C, H, W) images (all of them for None)."""
+    if crop_size is None:
+        return images
+    top, left = (images.shape[-2] - crop_size) // 2, (images.shape[-1] - crop_size) // 2
+    return images[..., top:top + crop_size, left:left + crop_size]
+
+
+def _select_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
 
 
 @contextlib.contextmanager
@@ -165,6 +209,85 @@ def _seeds(seed: int) -> tuple[int, int, int]:
     """Independent seeds for network init, data sampling and the model's own randomness."""
     init, data, model = np.random.SeedSequence(seed).generate_state(3)
     return int(init), int(data), int(model)
+
+
+class BatchSampler:
+    """Unpaired training batches drawn on the device.
+
+    ``plan_epoch`` draws an epoch's image indices, flips and crop offsets for the global batch
+    from a CPU generator (reproducible and checkpointable), keeps this process's ``share`` and
+    turns them into row / column index grids on the device; ``batch`` then gathers one step's
+    cropped, flipped images per domain in a single indexing operation.
+    """
+
+    def __init__(self, data: Mapping[str, torch.Tensor], batch_size: int, crop_size: int | None,
+                 flip_probability: float, share: slice | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        self.data, self.batch_size, self.crop_size = dict(data), batch_size, crop_size
+        self.flip_probability, self.memory_format = flip_probability, memory_format
+        self.share = share or slice(0, batch_size)
+
+    def plan_epoch(self, steps: int, rng: torch.Generator) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Per domain: (indices, rows, cols) of shapes (steps, b), (steps, b, h), (steps, b, w) on the device."""
+        plan = {}
+        for domain, x in self.data.items():
+            height, width = x.shape[-2:]
+            crop_h, crop_w = (self.crop_size, self.crop_size) if self.crop_size else (height, width)
+            shape = (steps, self.batch_size)
+            indices = _shuffled_draws(len(x), steps * self.batch_size, rng).view(shape)
+            flips = torch.rand(shape, generator=rng) < self.flip_probability
+            top = left = torch.zeros(shape, dtype=torch.long)
+            if self.crop_size:
+                top = torch.randint(height - crop_h + 1, shape, generator=rng)
+                left = torch.randint(width - crop_w + 1, shape, generator=rng)
+            indices, flips, top, left = (t[:, self.share].to(x.device) for t in (indices, flips, top, left))
+            rows = top[..., None] + torch.arange(crop_h, device=x.device)
+            forward = torch.arange(crop_w, device=x.device)
+            cols = left[..., None] + torch.where(flips[..., None], forward.flip(0), forward)
+            plan[domain] = (indices, rows, cols)
+        return plan
+
+    def batch(self, plan: Mapping[str, tuple[torch.Tensor, ...]], step: int) -> dict[str, torch.Tensor]:
+        """Step ``step``'s (b, 1, h, w) batch per domain."""
+        batch = {}
+        for domain, x in self.data.items():
+            indices, rows, cols = (t[step] for t in plan[domain])
+            images = x[indices[:, None, None], 0, rows[:, :, None], cols[:, None, :]]
+            batch[domain] = images.unsqueeze(1).contiguous(memory_format=self.memory_format)
+        return batch
+
+
+def train_step(model: GANModel, batch: dict[str, torch.Tensor], global_step: int,
+               sums: dict[str, torch.Tensor], counts: dict[str, int]) -> None:
+    """One step: each optimiser phase whose period divides ``global_step`` (G every step, D every
+    k-th), its losses added to ``sums`` on the device (no host synchronisation)."""
+    for phase, every in model.phases.items():
+        if global_step % every:
+            continue
+        for name, value in model.train_phase(phase, batch).items():
+            sums[name] = sums[name] + value.float() if name in sums else value.float()
+            counts[name] = counts.get(name, 0) + 1
+
+
+def prepare_model(model: GANModel, cfg: Mapping[str, Any], device: torch.device,
+                  parallel: DataParallel | None = None) -> GANModel:
+    """Apply the speed knobs to a model on ``device``: SyncBatchNorm when data-parallel on CUDA,
+    channels-last, bf16 autocast, torch.compile (networks keep their state-dict keys)."""
+    if parallel is not None and parallel.world_size > 1:
+        if device.type == "cuda":
+            use_sync_batchnorm(model, model.network_names)
+        model.parallel = parallel
+    if cfg["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    model.mixed_precision = torch.bfloat16 if cfg["bf16"] else None
+    if cfg["compile"]:
+        for net in model.networks().values():
+            net.compile(mode=cfg["compile_mode"])
+    return model
+
+
+def _uses_cuda_graphs(cfg: Mapping[str, Any], device: torch.device) -> bool:
+    return cfg["compile"] and device.type == "cuda" and cfg["compile_mode"] in ("reduce-overhead", "max-autotune")
 
 
 def _save_sample_grid(target: Path, visuals: dict[str, torch.Tensor], rows: tuple[tuple[str, ...], ...],
@@ -212,21 +335,47 @@ def _peak_memory_mb(device: torch.device) -> dict[str, float]:
     return peak
 
 
+def write_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
+    """Serialise ``state`` in memory, then write it under a temporary name and rename it onto
+    ``path``: a full disk or a kill at any moment leaves the previous checkpoint as it was.
+
+    (torch.save straight to a file reports a full disk as an opaque RuntimeError; a plain file
+    write reports it as OSError ENOSPC.)
+    """
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buffer.getbuffer())
+
+
+class _NoTracking:
+    """Stands in for the MLflow tracker on data-parallel processes other than 0."""
+
+    run_id = None
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 class TrainingRun:
     """One training run: setup and resume in ``__init__``, the epoch loop in ``run``.
 
     Holds everything a checkpoint must capture (model, optimisers via the model, LR
-    schedulers, the data generator, history, epoch and step) so resuming is exact.
+    schedulers, the data generator, history, epoch and step, and the position and partial
+    loss sums inside an epoch) so that resuming, even mid-epoch, is exact.
     """
 
     def __init__(self, train_files: Mapping[str, Path], val_files: Mapping[str, Path], out_dir: Path,
-                 cfg: Mapping[str, Any] | None, experiment: str, weights_dir: Path | None, seed: int):
+                 cfg: Mapping[str, Any] | None, experiment: str, weights_dir: Path | None, seed: int,
+                 parallel: DataParallel | None = None):
         cls, model_cfg, self.cfg = resolve_config(cfg)
         if set(train_files) != set(cls.domains) or set(val_files) != set(cls.domains):
             raise ConfigError(f"{cls.name} trains on domains {cls.domains}, "
                               f"got {sorted(train_files)} / {sorted(val_files)}")
-        self.out_dir, self.experiment, self.seed = Path(out_dir), experiment, seed
-        self.device = _select_device(self.cfg["device"])
+        self.out_dir, self.experiment, self.seed, self.parallel = Path(out_dir), experiment, seed, parallel
+        self.is_main = parallel is None or parallel.is_main
+        self.world_size = 1 if parallel is None else parallel.world_size
+        self.device = _select_device(self.cfg["device"], 0 if parallel is None else parallel.local_rank)
         self.labels = {d: Path(train_files[d]).parent.name for d in cls.domains}
         self.data_version = data_version([Path(train_files[d]) for d in cls.domains]
                                          + [Path(val_files[d]) for d in cls.domains])
@@ -242,10 +391,12 @@ class TrainingRun:
         init_seed, data_seed, model_seed = _seeds(seed)
         torch.manual_seed(init_seed)
         self.model = cls(model_cfg, weights_dir, model_seed).to(self.device)
-        _check_sizes(self.data, self.val, train_files, val_files, self.model.size_multiple)
-        if self.cfg["channels_last"]:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.model.mixed_precision = torch.bfloat16 if self.cfg["bf16"] else None
+        _check_sizes(self.data, self.val, train_files, val_files, self.cfg["crop_size"], self.model.size_multiple)
+        self.val = {d: centre_crop(x, self.cfg["crop_size"]) for d, x in self.val.items()}
+        share = None if parallel is None else parallel.share_of(self.cfg["batch_size"])
+        memory_format = torch.channels_last if self.cfg["channels_last"] else torch.contiguous_format
+        self.sampler = BatchSampler(self.data, self.cfg["batch_size"], self.cfg["crop_size"],
+                                    self.cfg["flip_probability"], share, memory_format)
         lr_factor = functools.partial(_lr_factor, constant=self.cfg["lr_constant_epochs"],
                                       decay=self.cfg["lr_decay_epochs"])
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
@@ -254,8 +405,16 @@ class TrainingRun:
         self.steps = self.cfg["steps_per_epoch"] or math.ceil(
             max(len(x) for x in self.data.values()) / self.cfg["batch_size"])
         self.epoch, self.step, self.history, self.run_id, self.seconds_before = 0, 0, [], None, 0.0
+        # Position inside an unfinished epoch (non-zero only in a checkpoint written on SIGTERM).
+        self.step_in_epoch, self.epoch_rng_state, self.epoch_seconds = 0, None, 0.0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
         self.resumed_from: int | None = None
+        self.stop_signal: int | None = None
         self._resume()
+        if parallel is not None and parallel.world_size > 1:
+            parallel.broadcast_modules(self.model.networks().values())
+        prepare_model(self.model, self.cfg, self.device, parallel)
 
     def _sample_images(self, val_files: Mapping[str, Path]) -> dict[str, torch.Tensor]:
         """The fixed validation images of the sample grids: evenly spread, as many per domain."""
@@ -295,87 +454,217 @@ class TrainingRun:
         torch.set_rng_state(state["rng"]["torch"])
         self.data_rng.set_state(state["rng"]["data"])
         if self.device.type == "cuda" and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            torch.cuda.set_rng_state(state["rng"]["cuda"][0], self.device)
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
         self.run_id, self.seconds_before, self.resumed_from = state["run_id"], state["seconds"], state["epoch"]
-        log.info("resuming from %s at epoch %d", path, self.epoch)
+        partial = state.get("partial_epoch")
+        if partial is not None:
+            self.step_in_epoch, self.epoch_rng_state = partial["step_in_epoch"], partial["rng_at_start"]
+            self.epoch_seconds, self.counts = partial["seconds"], partial["counts"]
+            self.sums = {name: value.to(self.device) for name, value in partial["sums"].items()}
+        log.info("resuming from %s at epoch %d, step %d of the next", path, self.epoch, self.step_in_epoch)
 
     def _save_checkpoint(self, seconds: float) -> None:
+        partial = None
+        if self.step_in_epoch:
+            partial = {"step_in_epoch": self.step_in_epoch, "rng_at_start": self.epoch_rng_state,
+                       "seconds": self.epoch_seconds, "counts": dict(self.counts),
+                       "sums": {name: value.detach().cpu() for name, value in self.sums.items()}}
         state = {
             "fingerprint": self.fingerprint, "epoch": self.epoch, "step": self.step, "history": self.history,
-            "run_id": self.run_id, "seconds": seconds,
+            "run_id": self.run_id, "seconds": seconds, "partial_epoch": partial,
             "networks": {name: net.state_dict() for name, net in self.model.networks().items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.model.optimizers.items()},
             "schedulers": {name: scheduler.state_dict() for name, scheduler in self.schedulers.items()},
             "model_state": self.model.extra_state(),
             "rng": {"torch": torch.get_rng_state(), "data": self.data_rng.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                    "cuda": [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []},
         }
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(state, tmp)
+        try:
+            write_checkpoint(self.checkpoint_path, state)
+        except OSError as err:
+            reason = ("the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT)
+                      else f"{err.strerror or err}")
+            kept = "the previous checkpoint is untouched" if self.checkpoint_path.is_file() else "no checkpoint yet"
+            raise PipelineError(f"{self.checkpoint_path}: cannot write the checkpoint of epoch {self.epoch} "
+                                f"({reason}); {kept}: free space and rerun to resume") from err
 
-    def run(self, tracking_uri: str) -> dict[str, Any]:
-        """Train up to ``epochs``, logging to MLflow; returns run.json's content."""
-        if self.resumed_from is None:
-            for stale in (self.out_dir / "samples").glob("epoch_*.png"):
-                stale.unlink()
-        tracker = Tracker.start(tracking_uri, self.experiment, self.run_name, resume_run_id=self.run_id)
-        self.run_id = tracker.run_id
+    def _remove_stale_temporaries(self) -> None:
+        """Temporaries of writes that a kill -9 interrupted (atomic_path names them ``.<name>.*.tmp*``)."""
+        for folder in (self.out_dir, self.out_dir / "samples"):
+            for stale in folder.glob(".*.tmp*"):
+                if stale.is_file():
+                    stale.unlink()
+
+    @contextlib.contextmanager
+    def _stop_on_sigterm(self) -> Iterator[None]:
+        """SIGTERM only sets a flag; the loop checkpoints at the next step boundary and stops."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop_signal = signum
+
+        previous = signal.signal(signal.SIGTERM, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def run(self, tracking_uri: str) -> dict[str, Any] | None:
+        """Train up to ``epochs``, logging to MLflow; returns run.json's content (None on
+        data-parallel processes other than 0)."""
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temporaries()
+            if self.resumed_from is None:
+                for stale in (self.out_dir / "samples").glob("epoch_*.png"):
+                    stale.unlink()
+            tracker: Tracker | _NoTracking = Tracker.start(tracking_uri, self.experiment, self.run_name,
+                                                           resume_run_id=self.run_id)
+            self.run_id = tracker.run_id
+        else:
+            tracker = _NoTracking()
         commit, dirty = git_state()
         tracker.log_params(self.knobs)
         tracker.set_tags({"git_commit": commit, "git_dirty": dirty, "mlflow.source.git.commit": commit,
                           "data_version": self.data_version, "params_hash": self.params_hash,
-                          "device": self.device.type, "model": self.model.name,
+                          "device": self.device.type, "world_size": self.world_size, "model": self.model.name,
                           **{f"pretrained.{k}": v for k, v in self.model.pretrained.items()},
                           **{f"domain.{d}": label for d, label in self.labels.items()}})
         started = time.perf_counter()
+        counter = progress_counter(f"train {self.experiment}", (self.cfg["epochs"] - self.epoch) * self.steps
+                                   - self.step_in_epoch, unit="step",
+                                   interval_s=self.cfg["progress_interval_s"]) if self.is_main else None
         try:
-            train_seconds, pairs = 0.0, 0
-            while self.epoch < self.cfg["epochs"]:
-                seconds = self._run_epoch(tracker)
-                train_seconds += seconds
-                pairs += self.steps * self.cfg["batch_size"]
-                last = self.epoch == self.cfg["epochs"]
-                if self.epoch % self.cfg["sample_every"] == 0 or last:
-                    tracker.log_artifact(self._save_samples(), "samples")
-                _write_history(self.out_dir / "history.csv", self.history, self.model.loss_names)
-                if self.epoch % self.cfg["checkpoint_every"] == 0 or last:
-                    self._save_checkpoint(self.seconds_before + time.perf_counter() - started)
-            run = self._write_outputs(tracking_uri, self.seconds_before + time.perf_counter() - started,
-                                      pairs / train_seconds if train_seconds else None, commit, dirty)
-            tracker.log_metrics({"run_seconds": run["seconds"], "run_image_pairs_per_s": run["image_pairs_per_s"],
-                                 "peak_rss_mb": run["peak_rss_mb"]}, step=self.epoch)
-            tracker.log_artifact(self.out_dir / "history.csv")
-            tracker.log_artifact(self.out_dir / "run.json")
+            with self._stop_on_sigterm():
+                try:
+                    run = self._train(tracker, counter, started, tracking_uri, commit, dirty)
+                except torch.cuda.OutOfMemoryError as err:
+                    raise ConfigError(self._out_of_memory_advice()) from err
+        except TrainingInterrupted:
+            tracker.finish("KILLED")
+            raise
         except KeyboardInterrupt:
             tracker.finish("KILLED")
             raise
         except BaseException:
             tracker.finish("FAILED")
             raise
+        finally:
+            if counter is not None:
+                counter.close()
         tracker.finish("FINISHED")
         return run
 
-    def _run_epoch(self, tracker: Tracker) -> float:
-        """One epoch, its history row and its MLflow metrics; returns its training seconds."""
-        self.epoch += 1
-        lrs = {f"lr_{name}": opt.param_groups[0]["lr"] for name, opt in self.model.optimizers.items()}
+    def _train(self, tracker: Tracker | _NoTracking, counter: Any, started: float, tracking_uri: str, commit: str,
+               dirty: bool | None) -> dict[str, Any] | None:
+        train_seconds, pairs = 0.0, 0
+        while self.epoch < self.cfg["epochs"]:
+            first_step = self.step
+            finished, seconds = self._run_epoch(tracker, counter)
+            train_seconds += seconds
+            pairs += (self.step - first_step) * self.cfg["batch_size"]
+            if finished:
+                last = self.epoch == self.cfg["epochs"]
+                if self.is_main:
+                    if self.epoch % self.cfg["sample_every"] == 0 or last:
+                        tracker.log_artifact(self._save_samples(), "samples")
+                    _write_history(self.out_dir / "history.csv", self.history, self.model.loss_names)
+                    if self.epoch % self.cfg["checkpoint_every"] == 0 or last:
+                        self._save_checkpoint(self.seconds_before + time.perf_counter() - started)
+            if self.stop_signal is not None and self.epoch < self.cfg["epochs"]:
+                self._stop(started)
+        if not self.is_main:
+            return None
+        run = self._write_outputs(tracking_uri, self.seconds_before + time.perf_counter() - started,
+                                  pairs / train_seconds if train_seconds else None, commit, dirty)
+        tracker.log_metrics({"run_seconds": run["seconds"], "run_image_pairs_per_s": run["image_pairs_per_s"],
+                             "peak_rss_mb": run["peak_rss_mb"]}, step=self.epoch)
+        tracker.log_artifact(self.out_dir / "history.csv")
+        tracker.log_artifact(self.out_dir / "run.json")
+        return run
+
+    def _stop(self, started: float) -> None:
+        """Checkpoint where the loop stands (process 0), then end the run as interrupted."""
+        if self.is_main:
+            self._save_checkpoint(self.seconds_before + time.perf_counter() - started)
+        if self.parallel is not None:
+            self.parallel.barrier()  # no process exits (and makes torchrun stop the rest) before the write
+        name = signal.Signals(self.stop_signal).name
+        raise TrainingInterrupted(f"stopped by {name} at epoch {self.epoch + 1}, step {self.step_in_epoch} of "
+                                  f"{self.steps}; checkpoint {self.checkpoint_path} written: rerun the same command "
+                                  "to resume")
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal arrived (on any process: all must stop at the same step)."""
+        if self.parallel is not None and self.parallel.world_size > 1:
+            if self.parallel.any(self.stop_signal is not None):
+                self.stop_signal = self.stop_signal or signal.SIGTERM
+                return True
+            return False
+        return self.stop_signal is not None
+
+    def _run_epoch(self, tracker: Tracker | _NoTracking, counter: Any) -> tuple[bool, float]:
+        """Run the rest of the current epoch; returns (finished, seconds spent now). An epoch stopped
+        by a signal is left unfinished (position and partial sums kept for the checkpoint)."""
+        if self.step_in_epoch == 0:
+            self.epoch_rng_state = self.data_rng.get_state()
+        else:  # resumed mid-epoch: draw the same plan again
+            self.data_rng.set_state(self.epoch_rng_state)
+        plan = self.sampler.plan_epoch(self.steps, self.data_rng)
+        cuda_graphs = _uses_cuda_graphs(self.cfg, self.device)
+        self.model.train()
         t0 = time.perf_counter()
-        means, self.step = _train_epoch(self.model, self.data, self.steps, self.cfg["batch_size"],
-                                        self.cfg["flip_probability"], self.cfg["channels_last"], self.data_rng,
-                                        self.step, self.device)
+        for index in range(self.step_in_epoch, self.steps):
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            self.step += 1
+            train_step(self.model, self.sampler.batch(plan, index), self.step, self.sums, self.counts)
+            self.step_in_epoch = index + 1
+            if counter is not None:
+                counter.update(1)
+            if self.step_in_epoch < self.steps and self._stop_requested():
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                seconds = time.perf_counter() - t0
+                self.epoch_seconds += seconds
+                return False, seconds
+        self._stop_requested()
+        names = list(self.sums)
+        totals = torch.stack([self.sums[name] for name in names])
+        if self.parallel is not None and self.parallel.world_size > 1:
+            totals = self.parallel.average(totals)
+        counts = torch.tensor([self.counts[name] for name in names], device=totals.device)
+        means = dict(zip(names, (totals / counts).tolist()))  # the epoch's one host synchronisation
+        seconds = time.perf_counter() - t0
+        epoch_seconds = self.epoch_seconds + seconds
+        lrs = {f"lr_{name}": opt.param_groups[0]["lr"] for name, opt in self.model.optimizers.items()}
         for scheduler in self.schedulers.values():
             scheduler.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - t0
+        self.epoch += 1
+        self.step_in_epoch, self.epoch_rng_state, self.epoch_seconds, self.sums, self.counts = 0, None, 0.0, {}, {}
         losses = {name: means.get(name, math.nan) for name in self.model.loss_names}
         self.history.append({"epoch": self.epoch, "step": self.step, **losses})
-        log.info("epoch %d/%d (%.1f s): %s", self.epoch, self.cfg["epochs"], seconds,
-                 ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
-        tracker.log_metrics({**losses, **lrs, "epoch_seconds": seconds,
-                             "image_pairs_per_s": self.steps * self.cfg["batch_size"] / seconds}, step=self.epoch)
-        return seconds
+        if self.is_main:
+            log.info("epoch %d/%d (%.1f s): %s", self.epoch, self.cfg["epochs"], epoch_seconds,
+                     ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
+        tracker.log_metrics({**losses, **lrs, "epoch_seconds": epoch_seconds,
+                             "image_pairs_per_s": self.steps * self.cfg["batch_size"] / epoch_seconds},
+                            step=self.epoch)
+        return True, seconds
+
+    def _out_of_memory_advice(self) -> str:
+        """One line: what ran out of memory and which batch size to try instead."""
+        batch, share = self.cfg["batch_size"], self.cfg["batch_size"] // self.world_size
+        size = self.cfg["crop_size"] or "x".join(str(n) for n in next(iter(self.data.values())).shape[-2:])
+        where = f"train.batch_size {batch} ({share} per GPU, {size} images, bf16 {self.cfg['bf16']})"
+        if share > 1:
+            smaller = max(self.world_size, (share // 2) * self.world_size)
+            return f"CUDA out of memory at {where}: try train.batch_size: {smaller}"
+        return (f"CUDA out of memory at {where}: the batch cannot shrink further; try bf16: true, "
+                "a smaller train.crop_size or image_size, narrower networks, or a GPU with more memory")
 
     def _save_samples(self) -> Path:
         target = self.out_dir / "samples" / f"epoch_{self.epoch:04d}.png"
@@ -391,8 +680,8 @@ class TrainingRun:
         """model.pt, the final history.csv and run.json."""
         _write_history(self.out_dir / "history.csv", self.history, self.model.loss_names)
         image_size = list(next(iter(self.data.values())).shape[-2:])
-        payload = {**self.model.export(), "image_size": image_size, "domains": self.labels,
-                   "pretrained": self.model.pretrained, "seed": self.seed}
+        payload = {**self.model.export(), "image_size": image_size, "crop_size": self.cfg["crop_size"],
+                   "domains": self.labels, "pretrained": self.model.pretrained, "seed": self.seed}
         with atomic_path(self.out_dir / "model.pt") as tmp:
             torch.save(payload, tmp)
         cpu, deterministic = self.device.type == "cpu", self.cfg["deterministic"]
@@ -402,16 +691,17 @@ class TrainingRun:
             "device": self.device.type,
             "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
                             else f"{platform.machine()} CPU, {os.cpu_count()} logical cores"),
+            "world_size": self.world_size,
             "threads": torch.get_num_threads(), "pretrained": self.model.pretrained, "seconds": round(seconds, 3),
             "epochs": self.epoch, "steps": self.step, "seed": self.seed, "params_hash": self.params_hash,
             "data_version": self.data_version, "domains": self.labels, "image_size": image_size,
-            "resumed_from_epoch": self.resumed_from,
+            "crop_size": self.cfg["crop_size"], "resumed_from_epoch": self.resumed_from,
             "image_pairs_per_s": None if pairs_per_s is None else round(pairs_per_s, 3),
             **{k: round(v, 1) for k, v in _peak_memory_mb(self.device).items()},
-            "bit_identical": cpu and deterministic,
+            "bit_identical": cpu and deterministic and self.world_size == 1,
             "determinism": ("same seed, config, data and thread count give bit-identical weights on CPU"
-                            if cpu and deterministic else
-                            "not bit-identical: CUDA kernels, or deterministic mode off"),
+                            if cpu and deterministic and self.world_size == 1 else
+                            "not bit-identical: CUDA kernels, data-parallel reductions, or deterministic mode off"),
             "git_commit": commit, "git_dirty": dirty, "torch": torch.__version__,
         }
         write_json(self.out_dir / "run.json", run)
@@ -420,22 +710,32 @@ class TrainingRun:
 
 def run_experiment(train_files: Mapping[str, Path], val_files: Mapping[str, Path], out_dir: Path,
                    cfg: Mapping[str, Any] | None, experiment: str, tracking_uri: str, weights_dir: Path | None,
-                   seed: int) -> dict[str, Any]:
-    """Train the configured model on one data file per model domain; returns run.json's content.
+                   seed: int) -> dict[str, Any] | None:
+    """Train the configured model on one data file per model domain; returns run.json's content
+    (None on data-parallel processes other than 0).
 
     ``train_files`` / ``val_files`` map each of the model's domains (e.g. "a", "b") to a
     slices npz; the validation files feed the sample grids. A ``checkpoint.pt`` in
     ``out_dir`` written under the same config, seed and data is resumed. Bad input fails
-    before an MLflow run is created.
+    before an MLflow run is created. With ``train.distributed`` the process joins the group
+    torchrun started. Raises TrainingInterrupted after a SIGTERM-triggered checkpoint.
     """
     _, _, train_cfg = resolve_config(cfg)
-    with _numerics(train_cfg["deterministic"], train_cfg["threads"], _select_device(train_cfg["device"])):
-        return TrainingRun(train_files, val_files, out_dir, cfg, experiment, weights_dir, seed).run(tracking_uri)
+    device = _select_device(train_cfg["device"])
+    parallel = DataParallel.from_environment(device.type) if train_cfg["distributed"] else None
+    try:
+        with _numerics(train_cfg["deterministic"], train_cfg["threads"], device):
+            return TrainingRun(train_files, val_files, out_dir, cfg, experiment, weights_dir, seed,
+                               parallel).run(tracking_uri)
+    finally:
+        if parallel is not None:
+            parallel.close()
 
 
 def _check_sizes(data: dict[str, torch.Tensor], val: dict[str, torch.Tensor], train_files: Mapping[str, Path],
-                 val_files: Mapping[str, Path], multiple: int) -> None:
-    """All domains share one image size that the networks accept."""
+                 val_files: Mapping[str, Path], crop_size: int | None, multiple: int) -> None:
+    """All domains share one image size; the networks accept the size they train on (the crop,
+    if any, which must fit inside the images)."""
     sizes = {**{Path(train_files[d]): tuple(x.shape[-2:]) for d, x in data.items()},
              **{Path(val_files[d]): tuple(x.shape[-2:]) for d, x in val.items()}}
     reference = next(iter(sizes.values()))
@@ -443,43 +743,18 @@ def _check_sizes(data: dict[str, torch.Tensor], val: dict[str, torch.Tensor], tr
         if size != reference:
             raise InputDataError(path, f"images are {size[0]}x{size[1]}, others {reference[0]}x{reference[1]}; "
                                        "set train.image_size to train on one size")
-        if size[0] % multiple or size[1] % multiple:
+        if crop_size is None and (size[0] % multiple or size[1] % multiple):
             raise InputDataError(path, f"images are {size[0]}x{size[1]}; these networks need multiples of {multiple} "
-                                       "(set train.image_size)")
-
-
-def _train_epoch(model: GANModel, data: dict[str, torch.Tensor], steps: int, batch_size: int, flip_probability: float,
-                 channels_last: bool, rng: torch.Generator, global_step: int,
-                 device: torch.device) -> tuple[dict[str, float], int]:
-    """One epoch of unpaired steps; returns the epoch means of the model's losses and the new step count.
-
-    Each optimiser phase runs on the steps its period divides (G every step, D every k-th).
-    """
-    plan = {d: (_shuffled_draws(len(x), steps * batch_size, rng).view(steps, batch_size).to(device),
-                (torch.rand(steps, batch_size, generator=rng) < flip_probability).view(steps, batch_size, 1, 1, 1)
-                .to(device)) for d, x in data.items()}
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    model.train()
-    for step in range(steps):
-        batch = {}
-        for d, x in data.items():
-            indices, flips = plan[d]
-            images = x[indices[step]]
-            batch[d] = torch.where(flips[step], images.flip(-1), images).contiguous(memory_format=memory_format)
-        global_step += 1
-        for phase, every in model.phases.items():
-            if global_step % every:
-                continue
-            for name, value in model.train_phase(phase, batch).items():
-                sums[name] = sums[name] + value if name in sums else value.float()
-                counts[name] = counts.get(name, 0) + 1
-    return {name: (sums[name] / counts[name]).item() for name in sums}, global_step
+                                       "(set train.image_size or train.crop_size)")
+    if crop_size is not None:
+        if crop_size > min(reference):
+            raise ConfigError(f"train.crop_size {crop_size} is larger than the {reference[0]}x{reference[1]} images")
+        if crop_size % multiple:
+            raise ConfigError(f"train.crop_size {crop_size}: these networks need multiples of {multiple}")
 
 
 def train(train_a: Path, train_b: Path, val_a: Path, val_b: Path, out_dir: Path, cfg: Mapping[str, Any] | None,
-          experiment: str, tracking_uri: str, weights_dir: Path | None, seed: int) -> dict[str, Any]:
+          experiment: str, tracking_uri: str, weights_dir: Path | None, seed: int) -> dict[str, Any] | None:
     """Train an image-to-image model between domain a (``train_a``) and domain b (``train_b``).
 
     ``cfg`` = {"model": {...}, "train": {...}} (see ``TRAIN_DEFAULTS`` and the model's knobs);
@@ -490,7 +765,9 @@ def train(train_a: Path, train_b: Path, val_a: Path, val_b: Path, out_dir: Path,
                           tracking_uri, weights_dir, seed)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """CLI; returns the exit status: 0 done, 1 a pipeline error (one line in the log),
+    EXIT_INTERRUPTED (143) after a SIGTERM checkpoint (rerun to resume)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-a", type=Path, required=True, help="slices npz of domain a (training)")
     parser.add_argument("--train-b", type=Path, required=True, help="slices npz of domain b (training)")
@@ -508,15 +785,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = json.loads(args.config_json)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"--config-json is not valid JSON ({err})") from err
-    if args.pretrained is not None:
-        cfg["model"] = {**cfg.get("model", {}), "pretrained": args.pretrained}
-    run = train(args.train_a, args.train_b, args.val_a, args.val_b, args.out, cfg, args.experiment, args.tracking_uri,
-                args.weights_dir, args.seed)
-    log.info("done: run %s, %.1f s, %s image pairs/s", run["run_id"], run["seconds"], run["image_pairs_per_s"])
+        try:
+            cfg = json.loads(args.config_json)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--config-json is not valid JSON ({err})") from err
+        if args.pretrained is not None:
+            cfg["model"] = {**cfg.get("model", {}), "pretrained": args.pretrained}
+        run = train(args.train_a, args.train_b, args.val_a, args.val_b, args.out, cfg, args.experiment,
+                    args.tracking_uri, args.weights_dir, args.seed)
+    except TrainingInterrupted as err:
+        log.error("%s", err)
+        return EXIT_INTERRUPTED
+    except PipelineError as err:
+        log.error("%s", err)
+        return 1
+    if run is not None:
+        log.info("done: run %s, %.1f s, %s image pairs/s", run["run_id"], run["seconds"], run["image_pairs_per_s"])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

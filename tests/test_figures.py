@@ -157,3 +157,68 @@ def test_cli_triplets(tmp_path):
         == 1
     )
     assert not (tmp_path / "u.png").exists()
+
+
+def evaluation_samples(tmp_path, with_mask: bool) -> Path:
+    slices = phantom_slices(3, size=32)
+    edges = np.linspace(0, 1, 17)
+    arrays = {"hist_edges": edges}
+    for way in ("a_to_b", "b_to_a"):
+        arrays |= {
+            f"{way}_source": slices,
+            f"{way}_translated": np.clip(slices * 0.7 + 0.1, 0, 1),
+            f"{way}_real_target": slices[::-1],
+            f"{way}_hist_real_target": np.histogram(slices, bins=edges)[0],
+            f"{way}_hist_translated": np.histogram(slices * 0.7 + 0.1, bins=edges)[0],
+        }
+        if with_mask:
+            mask = np.zeros(slices.shape, bool)
+            mask[:, 8:24, 8:24] = True
+            arrays[f"{way}_region_mask"] = mask
+    path = tmp_path / "samples.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_difference_maps_are_upscaled_with_a_colour_bar(tmp_path, with_mask):
+    samples = evaluation_samples(tmp_path, with_mask)
+    out = tmp_path / "difference_maps.png"
+    figures.difference_maps(samples, out, labels=("NORMAL", "PNEUMONIA"), upscale_size=128)
+    assert_real_png(out)
+    height, width = matplotlib.image.imread(out).shape[:2]
+    assert height > width  # three examples in two columns, plus the colour bar
+
+
+def test_sample_grid_and_histograms(tmp_path):
+    samples = evaluation_samples(tmp_path, with_mask=False)
+    figures.sample_grid(samples, tmp_path / "grid.png")
+    figures.intensity_histograms(samples, tmp_path / "hist.png")
+    assert_real_png(tmp_path / "grid.png")
+    assert_real_png(tmp_path / "hist.png", min_bytes=5_000)
+    np.savez(samples, a_to_b_source=np.zeros((1, 4, 4)))
+    with pytest.raises(InputDataError, match="missing arrays"):
+        figures.sample_grid(samples, tmp_path / "grid.png")
+
+
+def test_metrics_table_shows_values_with_intervals():
+    summary = lambda mean, ci: {"mean": mean, "ci95": ci}
+    block = {
+        "fid": {"value": None, "ci95": None},
+        "kid": {"mean": None, "ci95": None},
+        "frd": {"value": 2.5, "ci95": [2.0, 3.25]},
+        "ssim": summary(0.81, [0.8, 0.82]),
+        "ssim_cycle": summary(0.9, None),
+        "paired": None,
+        "classifier": {"reason": "no classifier given"},
+        "steganography": {"blur": {"drop": 0.2}, "noise": {"drop": 0.01}, "flagged": True},
+        "regions": {"share_inside": 0.75, "ci95_inside": [0.7, 0.8]},
+    }
+    header, rows = figures.metrics_rows({"direction_names": ["a_to_b"], "a_to_b": block})
+    table = {row[0]: row[1] for row in rows}
+    assert header == ["metric", "a_to_b"]
+    assert table["FID"] == "n/a" and table["FRD (ln)"] == "2.50 [2.00, 3.25]"
+    assert table["SSIM(x, G(x))"] == "0.810 [0.800, 0.820]" and table["cycle SSIM"] == "0.900"
+    assert table["paired SSIM"] == "n/a" and table["classifier: share intended"] == "n/a"
+    assert table["stego drop (blur / noise)"] == "0.200 / 0.010 FLAG"
+    assert table["change inside region"] == "0.750 [0.700, 0.800]"

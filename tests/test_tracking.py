@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from pipeline.errors import InputDataError
@@ -117,29 +118,43 @@ def test_evaluation_of_an_unknown_run_names_run_json(store, tmp_path):
         log_evaluation(run_json, {"ssim": 0.5}, [])
 
 
-WRITER = """
-import sys
-from pipeline.tracking import Tracker
-tracker = Tracker.start(sys.argv[1], "concurrent", f"writer-{sys.argv[2]}")
-tracker.log_params({"writer": sys.argv[2]})
-for step in range(15):
-    tracker.log_metrics({"loss": float(step)}, step=step)
-tracker.finish()
-"""
+TINY_CLASSIC = {"model": {"variant": "resnet9_patchgan", "ngf": 4, "ndf": 4, "n_res_blocks": 1, "n_patch_layers": 2},
+                "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "sample_every": 1, "checkpoint_every": 1,
+                          "n_samples": 2, "threads": 1, "device": "cpu"}}
 
 
-@pytest.mark.slow  # ~30 s: four interpreters import MLflow on two cores
-def test_parallel_writers_share_one_new_sqlite_store(tmp_path):
-    """Four processes create and write one fresh store at once: plain MLflow fails here
-    (concurrent schema migration, 'database is locked')."""
+@pytest.mark.slow  # ~40 s: four trainings import torch and MLflow at once on two cores
+def test_four_concurrent_trainings_share_one_new_sqlite_store(tmp_path):
+    """Four `python -m pipeline.train` processes (as four Snakemake jobs would run them) create and
+    write one fresh store at once: each run is complete, with no "database is locked" failure."""
+    rng = np.random.default_rng(0)
+    slices = {}
+    for name in ("train_a", "train_b", "val_a", "val_b"):
+        slices[name] = tmp_path / f"{name}.npz"
+        np.savez(slices[name], images=rng.random((8, 16, 16), dtype=np.float32))
     store = f"sqlite:///{tmp_path / 'shared.db'}"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, store, str(i)], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(4)]
+    lrs = ["0.0001", "0.0002", "0.0003", "0.0004"]
+    procs = []
+    for i, lr in enumerate(lrs):
+        cfg = {"model": {**TINY_CLASSIC["model"], "lr_g": float(lr)}, "train": TINY_CLASSIC["train"]}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "pipeline.train", "--experiment", "concurrent", "--tracking-uri", store,
+             "--out", str(tmp_path / f"model{i}"), "--seed", str(i), "--pretrained", "none",
+             "--config-json", json.dumps(cfg),
+             *[arg for name, path in slices.items() for arg in (f"--{name.replace('_', '-')}", str(path))]],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, "\n".join(outputs)
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(o[-3000:] for o in outputs)
+    assert not any("OperationalError" in o for o in outputs)
+
     client = mlflow.MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name("concurrent").experiment_id])
-    assert sorted(r.data.params["writer"] for r in runs) == ["0", "1", "2", "3"]
-    for r in runs:
-        assert r.info.status == "FINISHED"
-        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "loss")) == list(range(15))
+    assert sorted(r.data.params["model.lr_g"] for r in runs) == lrs
+    for i, lr in enumerate(lrs):
+        run_json = json.loads((tmp_path / f"model{i}" / "run.json").read_text())
+        run = client.get_run(run_json["run_id"])
+        assert run.info.status == "FINISHED" and run.data.params["model.lr_g"] == lr
+        assert run.info.run_name == run_json["run_name"] and run.info.run_name.startswith("concurrent-resnet9_patchgan-")
+        assert {"git_commit", "data_version", "params_hash", "device"} <= set(run.data.tags)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "G_total")] == [1]
+        assert run.data.metrics["run_seconds"] > 0

@@ -14,28 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_support import TARGET, changed_param, copy_ignore, planned_jobs, run, tiny_copy
-
-
-_BUILD_FAILURE: list[str] = []
+from workflow_support import TARGET, changed_param, copy_ignore, planned_jobs, run
 
 
 @pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory, repo_root) -> Path:
-    """The copy after `dvc repro`; built once, and a failed build fails every test at once."""
-    if _BUILD_FAILURE:
-        pytest.fail(_BUILD_FAILURE[0])
-    try:
-        return _build_tiny_repo(tmp_path_factory, repo_root)
-    except AssertionError as err:
-        _BUILD_FAILURE.append(str(err))
-        raise
-
-
-def _build_tiny_repo(tmp_path_factory, repo_root) -> Path:
-    work = tiny_copy(repo_root, tmp_path_factory.mktemp("workflow") / "repo")
-    run(["dvc", "repro", "--quiet"], work)
-    return work
+def tiny_repo(built_tiny_repo) -> Path:
+    """The tiny chain after `dvc repro` (built once per session, see conftest.py)."""
+    return built_tiny_repo
 
 
 @pytest.mark.slow
@@ -53,11 +38,18 @@ def test_dvc_repro_builds_headline_target_and_is_clean(tiny_repo: Path):
         for key in ("ssim", "psnr", "mae"):
             assert isinstance(paired[key]["mean"], float)
     assert metrics["mri_to_ct"]["paired"]["mae_hu"]["mean"] >= 0.0
+    for block in (metrics["ct_to_mri"], metrics["mri_to_ct"]):  # FRD needs no weights; classifier; intervals
+        assert isinstance(block["frd"]["value"], float) and block["frd"]["n_features"] > 100
+        assert 0.0 <= block["classifier"]["share_intended"]["mean"] <= 1.0
+        assert "ci95" in block["ssim"] and isinstance(block["steganography"]["flagged"], bool)
+    assert 0.0 <= metrics["classifier"]["test_accuracy"]["mean"] <= 1.0
+    assert "subjects with replacement" in metrics["settings"]["bootstrap"]["method"]
     for qc in ("data/registered/ct_head/qc.csv", "data/masked/ct_head/contact_sheet.png",
                "data/registered/mri_t2/qc.csv", "data/windowed/mri_t2/contact_sheet.png"):
         assert (tiny_repo / qc).stat().st_size > 200, qc
     figures = tiny_repo / "results" / "cyclegan_ct_mri" / "figures"
-    for name in ("triplets.png", "loss_curves.png", "preprocessing_ct_head.png", "preprocessing_mri_t2.png"):
+    for name in ("triplets.png", "loss_curves.png", "preprocessing_ct_head.png", "preprocessing_mri_t2.png",
+                 "sample_grid.png", "difference_maps.png", "histograms.png", "metrics_table.png"):
         assert (figures / name).stat().st_size > 5_000, name
 
 

@@ -19,7 +19,7 @@ TARGET = "results/cyclegan_ct_mri/metrics.json"
 #: Run artefacts at the top of a working tree that the copy leaves behind.
 TOP_LEVEL_ARTEFACTS = {
     ".venv", ".git", "data", "models", "logs", ".snakemake", "mlflow.db", "mlflow.db.lock",
-    "mlartifacts", "mlruns", ".pytest_cache", "report.html", "dvc-remote", "benchmarks",
+    "mlartifacts", "mlruns", ".pytest_cache", "report.html", "dvc-remote", "benchmarks", "test-artifacts",
 }
 
 

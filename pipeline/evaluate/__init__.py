@@ -1,4 +1,4 @@
-"""Evaluation of trained models: image metrics, FID/KID, and the metrics.json they produce.
+"""Evaluation of trained models: image metrics, FID/KID/FRD, classifier, intervals, and metrics.json.
 
 metrics.json is validated against pipeline/schemas/metrics.schema.json before it is written, so
 a downstream reader (DVC metrics, the report, MLflow) can rely on its shape: every number is
@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.atomic import write_json
 
 METRICS_SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "metrics.schema.json"
-SETTING_KEYS = {"data_range", "window_center", "window_width", "subsets", "subset_size"}
+SETTING_KEYS = {"data_range", "window_center", "window_width", "subsets", "subset_size", "sigma", "max_drop"}
 """Numbers inside the direction blocks that are settings, not measurements (kept out of MLflow)."""
 
 
@@ -45,7 +45,7 @@ def write_metrics(target: Path, metrics: dict) -> None:
 
 
 def flatten_metrics(metrics: dict) -> dict[str, float]:
-    """Finite numbers of the direction blocks as {"ct_to_mri/ssim_cycle/mean": 0.93, ...} for MLflow."""
+    """Finite numbers of the direction blocks (and the classifier's) as {"ct_to_mri/ssim_cycle/mean": 0.93, ...} for MLflow."""
     flat: dict[str, float] = {}
 
     def walk(node, prefix: str) -> None:
@@ -58,4 +58,6 @@ def flatten_metrics(metrics: dict) -> dict[str, float]:
 
     for name in metrics["direction_names"]:
         walk(metrics[name], name)
+    if metrics.get("classifier"):
+        walk(metrics["classifier"], "classifier")
     return flat

@@ -1,10 +1,13 @@
 """Evaluate a trained two-way translator (CycleGAN) on the held-out test slices.
 
-For each direction: FID/KID of translations against real test images of the target domain,
-SSIM between each source and its translation (structure kept, unpaired), cycle SSIM
-(x vs F(G(x))), and, where the source npz carries the same anatomy rendered in the other
-modality (phantom ``partner``), paired SSIM / PSNR / MAE, with MAE in HU when the target is CT.
-Every block states the data range and the normalisation its numbers depend on.
+For each direction: FID/KID (standard Inception) and FRD (radiomics) of translations against
+real test images of the target domain, SSIM between each source and its translation (structure
+kept, unpaired), cycle SSIM (x vs F(G(x))), the steganography check, the share of translations a
+real-data classifier assigns to the target domain, the share of change inside a region mask
+where the test npz carries one, and, where the source npz carries the same anatomy rendered in
+the other modality (phantom ``partner``), paired SSIM / PSNR / MAE, with MAE in HU when the
+target is CT. Every block states the data range and the normalisation its numbers depend on;
+every measured number carries a 95% bootstrap interval over subjects.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ import numpy as np
 from pipeline.atomic import atomic_path
 from pipeline.hashing import file_sha256
 from pipeline.errors import ConfigError, InputDataError, PipelineError
+from pipeline.evaluate import bootstrap
 from pipeline.evaluate import fid as fid_module
+from pipeline.evaluate import frd as frd_module
+from pipeline.evaluate.regions import change_inside_mask
+from pipeline.evaluate.steganography import steganography_check
 from pipeline.evaluate.image_metrics import (
     DATA_RANGE,
     SSIM_SETTINGS,
@@ -29,7 +36,7 @@ from pipeline.evaluate.image_metrics import (
 
 REVERSE = {"a_to_b": "b_to_a", "b_to_a": "a_to_b"}
 DOMAINS = {"a_to_b": ("a", "b"), "b_to_a": ("b", "a")}
-RESERVED_KEYS = {"schema_version", "direction_names", "inputs", "settings", "model"}
+RESERVED_KEYS = {"schema_version", "direction_names", "inputs", "settings", "model", "classifier"}
 """Top-level keys of metrics.json besides the direction blocks (which sit beside them by name)."""
 
 
@@ -68,6 +75,12 @@ def load_test_slices(path: Path) -> dict[str, np.ndarray]:
             if values.size and (not np.all(np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0):
                 raise InputDataError(path, f"'{key}' must be finite and in [0, 1]")
             data[key] = data[key].astype(np.float32)
+    if "region_mask" in data:
+        if data["region_mask"].shape != images.shape or data["region_mask"].dtype != bool:
+            raise InputDataError(
+                path, f"'region_mask' must be bool of the images' shape {images.shape}, got "
+                f"{data['region_mask'].dtype} {data['region_mask'].shape}"
+            )
     return data
 
 
@@ -102,14 +115,19 @@ def translate_all(model: Translator, direction: str, images: np.ndarray, batch_s
     return translated
 
 
-def summarise(values: np.ndarray) -> dict:
-    """Mean / std (ddof 0) / n of per-image values; infinities (identical images in PSNR) counted apart."""
+def summarise(values: np.ndarray, subject_ids: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean / std (ddof 0) / n of per-image values with the subject-bootstrap 95% interval of the mean.
+
+    Infinities (identical images in PSNR) are counted apart and left out of mean, std and interval.
+    """
     finite = values[np.isfinite(values)]
     return {
         "mean": float(finite.mean()) if finite.size else None,
         "std": float(finite.std()) if finite.size else None,
         "n": int(values.size),
         "n_infinite": int(values.size - finite.size),
+        "n_subjects": int(len(np.unique(np.asarray(subject_ids).astype(str)))),
+        "ci95": bootstrap.mean_ci(values, subject_ids, n_boot, seed) if finite.size else None,
     }
 
 
@@ -120,6 +138,8 @@ def paired_block(
     target_modality: str,
     normalisation: str,
     ct_window: tuple[float, float] | None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Paired metrics of translations against the partner images; also returns the per-image values."""
     per_image = {
@@ -133,9 +153,9 @@ def paired_block(
         "n_subjects": len(np.unique(subject_ids)),
         "data_range": DATA_RANGE,
         "normalisation": normalisation,
-        "ssim": summarise(per_image["ssim"]),
-        "psnr": summarise(per_image["psnr"]),
-        "mae": summarise(per_image["mae"]),
+        "ssim": summarise(per_image["ssim"], subject_ids, n_boot, seed),
+        "psnr": summarise(per_image["psnr"], subject_ids, n_boot, seed),
+        "mae": summarise(per_image["mae"], subject_ids, n_boot, seed),
         "mae_hu": None,
         "mae_hu_reason": None if target_modality == "ct" else "target is not CT",
     }
@@ -144,7 +164,7 @@ def paired_block(
     elif target_modality == "ct":
         per_image["mae_hu"] = mae_hu_per_image(partner, translated, ct_window)
         center, width = ct_window
-        block["mae_hu"] = summarise(per_image["mae_hu"]) | {
+        block["mae_hu"] = summarise(per_image["mae_hu"], subject_ids, n_boot, seed) | {
             "window_center": float(center),
             "window_width": float(width),
             "hu_range": [center - width / 2.0, center + width / 2.0],
@@ -167,13 +187,16 @@ def direction_metrics(
     modalities: dict[str, str],
     normalisation: dict[str, str],
     ct_window: tuple[float, float] | None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Counts, structure and cycle SSIM, and paired metrics of one direction; plus per-image values."""
     source_domain, target_domain = DOMAINS[way]
+    subjects = source["subject_ids"]
     values = {
         "ssim": ssim_per_image(source["images"], translated),
         "ssim_cycle": ssim_per_image(source["images"], reconstructed),
-        "subject_ids": source["subject_ids"],
+        "subject_ids": subjects,
         "slice_index": source["slice_index"],
     }
     block = {
@@ -183,16 +206,16 @@ def direction_metrics(
         "source_modality": modalities[source_domain],
         "target_modality": modalities[target_domain],
         "n_source": len(source["images"]),
-        "n_source_subjects": len(np.unique(source["subject_ids"])),
+        "n_source_subjects": len(np.unique(subjects)),
         "n_target": len(target["images"]),
         "n_target_subjects": len(np.unique(target["subject_ids"])),
-        "ssim": summarise(values["ssim"])
+        "ssim": summarise(values["ssim"], subjects, n_boot, seed)
         | {
             "compares": "source x vs its translation G(x) (unpaired: structure kept across modalities)",
             "data_range": DATA_RANGE,
             "normalisation": f"source {normalisation[source_domain]}; translation {normalisation[target_domain]}",
         },
-        "ssim_cycle": summarise(values["ssim_cycle"])
+        "ssim_cycle": summarise(values["ssim_cycle"], subjects, n_boot, seed)
         | {
             "compares": "source x vs its cycle reconstruction F(G(x))",
             "data_range": DATA_RANGE,
@@ -206,14 +229,116 @@ def direction_metrics(
         block["paired"], paired_values = paired_block(
             translated[has_partner],
             source["partner"][has_partner],
-            source["subject_ids"][has_partner],
+            subjects[has_partner],
             modalities[target_domain],
             normalisation[target_domain],
             ct_window,
+            n_boot,
+            seed,
         )
         values |= {f"paired_{key}": array for key, array in paired_values.items()}
         values["paired_index"] = np.flatnonzero(has_partner)
     return block, values
+
+
+def distance_blocks(
+    real: np.ndarray,
+    real_subjects: np.ndarray,
+    generated: np.ndarray,
+    generated_subjects: np.ndarray,
+    kid_subsets: int,
+    kid_subset_size: int,
+    fid_eps: float,
+    n_boot: int,
+    seed: int,
+) -> dict:
+    """FID and KID blocks of Inception features with their subject-bootstrap intervals.
+
+    FID's interval needs the sample route of the Fréchet distance (each set at most 2048 images);
+    beyond that every replicate would need a 2048 x 2048 matrix square root, and it is null.
+    """
+    blocks = fid_module.distribution_distances(real, generated, kid_subsets, kid_subset_size, seed=seed, eps=fid_eps)
+    blocks["fid"]["ci95"] = None
+    blocks["kid"]["ci95"] = None
+    if blocks["fid"]["value"] is not None and max(len(real), len(generated)) <= fid_module.FEATURE_DIM:
+        blocks["fid"]["ci95"] = bootstrap.two_set_ci(
+            lambda r, g: fid_module.frechet_distance_low_rank(r, g) if min(len(r), len(g)) >= 2 else None,
+            real, real_subjects, generated, generated_subjects, n_boot, seed,
+        )
+    if blocks["kid"]["mean"] is not None:
+        blocks["kid"]["ci95"] = bootstrap.two_set_ci(
+            lambda r, g: fid_module.kernel_inception_distance(r, g, kid_subsets, kid_subset_size, seed)[0]
+            if min(len(r), len(g)) >= 2 else None,
+            real, real_subjects, generated, generated_subjects, n_boot, seed,
+        )
+    return blocks
+
+
+def frd_block(
+    real: np.ndarray, real_subjects: np.ndarray, generated: np.ndarray, generated_subjects: np.ndarray,
+    n_boot: int, seed: int,
+) -> dict:
+    """The "frd" block of radiomic features of real target images vs translations, with its interval."""
+    value, distance, n_features, reason = frd_module.frd_from_features(real, generated)
+    ci95 = None
+    if value is not None:
+        ci95 = bootstrap.two_set_ci(
+            lambda r, g: frd_module.frd_from_features(r, g)[0], real, real_subjects, generated, generated_subjects,
+            n_boot, seed,
+        )
+    return {
+        "value": value,
+        "frechet_distance": distance,
+        "n_features": n_features,
+        "n_real": int((~np.isnan(real).any(axis=1)).sum()),
+        "n_generated": int((~np.isnan(generated).any(axis=1)).sum()),
+        "reason": reason,
+        "ci95": ci95,
+    }
+
+
+def unavailable_frd(reason: str) -> dict:
+    """The "frd" block when FRD is switched off or the features could not be extracted."""
+    return {"value": None, "frechet_distance": None, "n_features": 0, "n_real": 0, "n_generated": 0,
+            "reason": reason, "ci95": None}
+
+
+def classifier_share_block(
+    probability_b: np.ndarray, target_domain: str, subject_ids: np.ndarray, n_boot: int, seed: int
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Share of translations the real-data classifier assigns to the target domain (and mean probability)."""
+    p_target = probability_b if target_domain == "b" else 1.0 - probability_b
+    assigned = (p_target > 0.5).astype(np.float64)
+    return {
+        "compares": f"classifier trained on real a vs real b, applied to translations G(x); intended class: domain {target_domain}",
+        "intended_domain": target_domain,
+        "share_intended": summarise(assigned, subject_ids, n_boot, seed),
+        "mean_probability_intended": summarise(p_target, subject_ids, n_boot, seed),
+        "reason": None,
+    }, {"classifier_p_intended": p_target}
+
+
+def regions_block(
+    source: dict[str, np.ndarray], translated: np.ndarray, n_boot: int, seed: int
+) -> tuple[dict | None, str | None, dict[str, np.ndarray]]:
+    """Share of the total |G(x) - x| inside vs outside the source's region_mask, or None and the reason."""
+    if "region_mask" not in source:
+        return None, "no 'region_mask' array in the source test npz", {}
+    inside, total, area = change_inside_mask(source["images"], translated, source["region_mask"])
+    subjects = source["subject_ids"]
+    if total.sum() <= 0.0:
+        return None, "the translation changed nothing (total absolute change is 0)", {}
+    share = float(inside.sum() / total.sum())
+    ci = bootstrap.ratio_ci(inside, total, subjects, n_boot, seed)
+    return {
+        "compares": "sum of |G(x) - x| inside the source's region_mask over the sum everywhere, native grid, all test images",
+        "share_inside": share,
+        "share_outside": 1.0 - share,
+        "ci95_inside": ci,
+        "mask_area_fraction": float(area.mean()),
+        "n": len(total),
+        "n_subjects": int(len(np.unique(subjects.astype(str)))),
+    }, None, {"change_inside": inside, "change_total": total}
 
 
 def evaluate_translation(
@@ -234,6 +359,14 @@ def evaluate_translation(
     device: str = "cpu",
     samples_out: Path | None = None,
     per_image_out: Path | None = None,
+    classifier: Path | None = None,
+    frd: bool = True,
+    frd_max_images: int = 200,
+    n_boot: int = 1000,
+    stego_blur_sigma: float = 1.0,
+    stego_noise_sigma: float = 0.02,
+    stego_max_drop: float = 0.1,
+    histogram_bins: int = 64,
 ) -> dict:
     """Metrics of both translation directions on the test slices, as the dict written to metrics.json.
 
@@ -246,10 +379,16 @@ def evaluate_translation(
     batch_size: images per translator / Inception call (default 16).
     kid_subsets, kid_subset_size: KID subsets and their size (default 100 x 1000, shrunk to the set size).
     fid_eps: diagonal offset used when the covariance product is singular (default 1e-6).
-    seed: KID subset sampling seed (default 0).
+    seed: KID subset sampling, bootstrap and steganography-noise seed (default 0).
     n_figure_examples: fixed test images per direction saved to ``samples_out`` (default 4).
     device: where Inception runs (default cpu).
     per_image_out: optional npz with every per-image value (for a bootstrap over subjects).
+    classifier: classifier.pt from pipeline.evaluate.classifier (None: classifier blocks null with the reason).
+    frd: compute FRD (default True; PyRadiomics costs ~0.4 s per 64x64 image on one core).
+    frd_max_images: at most this many evenly spaced images per set enter FRD (default 200).
+    n_boot: bootstrap replicates of every interval (default 1000).
+    stego_blur_sigma, stego_noise_sigma, stego_max_drop: steganography check (defaults 1.0 px, 0.02, 0.1).
+    histogram_bins: bins over [0, 1] of the intensity histograms saved for the figure (default 64).
     """
     directions = directions or {"a_to_b": "ct_to_mri", "b_to_a": "mri_to_ct"}
     modalities = {domain: name.lower() for domain, name in (modalities or {"a": "ct", "b": "mri"}).items()}
@@ -287,6 +426,42 @@ def evaluate_translation(
         for way in directions:
             features[way] = fid_module.inception_features(extractor, translated[way], batch_size, device)
 
+    frd_picks = {d: fixed_sample_indices(len(data[d]["images"]), frd_max_images) for d in ("a", "b")}
+    radiomics: dict[str, np.ndarray] = {}
+    frd_problem = None if frd else "FRD switched off (evaluate.frd: false)"
+    if frd:
+        try:
+            for domain in ("a", "b"):
+                radiomics[domain] = frd_module.radiomic_features(
+                    data[domain]["images"][frd_picks[domain]], desc=f"radiomics real {domain}"
+                )[0]
+            for way, name in directions.items():
+                picks = frd_picks[DOMAINS[way][0]]
+                radiomics[way] = frd_module.radiomic_features(translated[way][picks], desc=f"radiomics {name}")[0]
+        except (ValueError, RuntimeError) as err:
+            frd_problem = f"radiomic feature extraction failed: {str(err)[:200]}"
+
+    classifier_info, classifier_problem = None, "no classifier given"
+    if classifier is not None:
+        from pipeline.evaluate.classifier import load_classifier, probability_of_b
+
+        network, checkpoint = load_classifier(classifier)
+        classifier_problem = None
+        p_b_real = {d: probability_of_b(network, checkpoint, data[d]["images"], batch_size) for d in ("a", "b")}
+        correct = np.concatenate([p_b_real["a"] <= 0.5, p_b_real["b"] > 0.5]).astype(np.float64)
+        test_subjects = np.array([f"{d}:{s}" for d in ("a", "b") for s in data[d]["subject_ids"].astype(str)])
+        per_class = {d: float(np.mean(correct[: len(p_b_real["a"])] if d == "a" else correct[len(p_b_real["a"]) :]))
+                     for d in ("a", "b")}
+        classifier_info = {
+            "path": str(classifier),
+            "sha256": file_sha256(classifier),
+            "domain_names": list(checkpoint["domain_names"]),
+            "compares": "classifier's prediction vs the true domain of the real test slices of a and b",
+            "test_accuracy": summarise(correct, test_subjects, n_boot, seed),
+            "test_accuracy_per_domain": per_class,
+            "test_balanced_accuracy": float(np.mean(list(per_class.values()))),
+        }
+
     results: dict[str, dict] = {}
     per_image_values: dict[str, np.ndarray] = {}
     for way, name in directions.items():
@@ -300,10 +475,13 @@ def evaluate_translation(
             modalities,
             normalisation,
             ct_window,
+            n_boot,
+            seed,
         )
         if weights_problem is None:
-            block |= fid_module.distribution_distances(
-                features[target], features[way], kid_subsets, kid_subset_size, seed=seed, eps=fid_eps
+            block |= distance_blocks(
+                features[target], data[target]["subject_ids"], features[way], data[source]["subject_ids"],
+                kid_subsets, kid_subset_size, fid_eps, n_boot, seed,
             )
             block["fid"]["compares"] = (
                 f"{block['n_source']} translations vs {block['n_target']} real {target} images"
@@ -311,6 +489,37 @@ def evaluate_translation(
         else:
             block |= fid_module.unavailable_distances(weights_problem)
             block["fid"]["compares"] = None
+            block["fid"]["ci95"] = block["kid"]["ci95"] = None
+        if frd_problem is None:
+            block["frd"] = frd_block(
+                radiomics[target], data[target]["subject_ids"][frd_picks[target]],
+                radiomics[way], data[source]["subject_ids"][frd_picks[source]], n_boot, seed,
+            )
+        else:
+            block["frd"] = unavailable_frd(frd_problem)
+        if classifier_problem is None:
+            block["classifier"], classifier_values = classifier_share_block(
+                probability_of_b(network, checkpoint, translated[way], batch_size), target,
+                data[source]["subject_ids"], n_boot, seed,
+            )
+            values |= classifier_values
+        else:
+            block["classifier"] = {"reason": classifier_problem}
+        stego, stego_values = steganography_check(
+            data[source]["images"], translated[way], values["ssim_cycle"],
+            lambda images, back=REVERSE[way]: translate_all(model, back, images, batch_size),
+            blur_sigma=stego_blur_sigma, noise_sigma=stego_noise_sigma, max_drop=stego_max_drop, seed=seed,
+        )
+        for kind in ("blur", "noise"):
+            stego[kind]["ci95_drop"] = bootstrap.mean_ci(
+                stego_values[f"stego_{kind}_drop"], data[source]["subject_ids"], n_boot, seed
+            )
+        block["steganography"] = stego
+        values |= stego_values
+        block["regions"], block["regions_reason"], region_values = regions_block(
+            data[source], translated[way], n_boot, seed
+        )
+        values |= region_values
         if block["paired"] is None:
             block["paired_reason"] = f"no partner images in {test_paths[source]}"
         results[name] = block
@@ -345,12 +554,19 @@ def evaluate_translation(
             "kid_subsets": kid_subsets,
             "kid_subset_size": kid_subset_size,
             "fid_eps": fid_eps,
+            "frd": frd_module.FRD_SETTINGS | {"enabled": frd, "max_images_per_set": frd_max_images},
+            "bootstrap": {"method": bootstrap.METHOD, "n_boot": n_boot, "seed": seed,
+                          "fid": "interval only when both sets hold at most 2048 images"},
+            "classifier": "share of translations with P(intended domain) > 0.5 under the domain classifier",
+            "steganography": {"blur_sigma_px": stego_blur_sigma, "noise_sigma": stego_noise_sigma,
+                              "max_drop": stego_max_drop},
+            "regions": "change = |G(x) - x| on the native grid; share inside = sum inside region_mask / sum overall",
             "seed": seed,
         },
-    } | results
+    } | ({"classifier": classifier_info} if classifier_info else {}) | results
 
     if samples_out is not None:
-        save_samples(samples_out, data, directions, translated, reconstructed, n_figure_examples)
+        save_samples(samples_out, data, directions, translated, reconstructed, n_figure_examples, histogram_bins)
     if per_image_out is not None:
         with atomic_path(per_image_out) as tmp:
             np.savez_compressed(tmp, **per_image_values)
@@ -364,19 +580,28 @@ def save_samples(
     translated: dict[str, np.ndarray],
     reconstructed: dict[str, np.ndarray],
     n_examples: int,
+    histogram_bins: int = 64,
 ) -> None:
-    """samples.npz: per way (a_to_b, b_to_a) its source / translated / reconstructed fixed examples."""
-    arrays: dict[str, np.ndarray] = {}
+    """samples.npz: per way (a_to_b, b_to_a) its fixed source / translated / reconstructed examples,
+    real target examples, the source's region masks (when given), and intensity histograms over
+    all test images of the real target domain and of the translations (shared ``hist_edges``)."""
+    edges = np.linspace(0.0, 1.0, histogram_bins + 1)
+    arrays: dict[str, np.ndarray] = {"hist_edges": edges}
     for way, name in directions.items():
-        src = data[DOMAINS[way][0]]
+        src, tgt = data[DOMAINS[way][0]], data[DOMAINS[way][1]]
         picks = fixed_sample_indices(len(src["images"]), n_examples)
         arrays |= {
             f"{way}_source": src["images"][picks],
             f"{way}_translated": translated[way][picks],
             f"{way}_reconstructed": reconstructed[way][picks],
+            f"{way}_real_target": tgt["images"][fixed_sample_indices(len(tgt["images"]), n_examples)],
             f"{way}_subject_ids": src["subject_ids"][picks].astype(str),
             f"{way}_slice_index": src["slice_index"][picks],
             f"{way}_name": np.array(name),
+            f"{way}_hist_real_target": np.histogram(tgt["images"], bins=edges)[0],
+            f"{way}_hist_translated": np.histogram(translated[way], bins=edges)[0],
         }
+        if "region_mask" in src:
+            arrays[f"{way}_region_mask"] = src["region_mask"][picks]
     with atomic_path(target) as tmp:
         np.savez_compressed(tmp, **arrays)

@@ -52,6 +52,18 @@ class Translator(Protocol):
     def translate(self, direction: str, images: np.ndarray) -> np.ndarray: ...
 
 
+class DataParallelGroup(Protocol):
+    """What a model sees of data-parallel training (``pipeline.distributed.DataParallel``)."""
+
+    world_size: int
+
+    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None: ...
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor: ...
+
+    def share(self, global_batch: torch.Tensor) -> torch.Tensor: ...
+
+
 class GANModel(nn.Module):
     """Base of every model the engine trains.
 
@@ -79,6 +91,9 @@ class GANModel(nn.Module):
         self.loss_names: tuple[str, ...] = ()
         self.visual_names: tuple[tuple[str, ...], ...] = ()
         self.mixed_precision: torch.dtype | None = None
+        #: Set by the engine under data-parallel training (``pipeline.distributed.DataParallel``):
+        #: gradients are averaged over the processes before every optimiser step.
+        self.parallel: DataParallelGroup | None = None
 
     @classmethod
     def resolve_config(cls, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -113,6 +128,16 @@ class GANModel(nn.Module):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if state:
             raise ConfigError(f"{self.name} has no extra state to restore, got keys {sorted(state)}")
+
+    def optimizer_step(self, name: str, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` and step optimiser ``name`` (gradients averaged over the
+        processes first under data-parallel training, so every process makes the same update)."""
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.parallel is not None:
+            self.parallel.average_gradients([p for group in optimizer.param_groups for p in group["params"]])
+        optimizer.step()
 
     def networks(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in self.network_names}

@@ -11,6 +11,7 @@ Two presets, every knob of which can be overridden:
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -58,6 +59,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 DIRECTIONS = {"a_to_b": "G_ab", "b_to_a": "G_ba"}
+log = logging.getLogger(__name__)
 
 
 class ImagePool:
@@ -65,6 +67,7 @@ class ImagePool:
 
     Until full, new fakes are stored and passed through; then each fake is, with probability
     1/2, swapped for a stored one. Vectorised: the swapped slots of one batch are distinct.
+    ``generator`` lives on the images' device, so a query never waits on a host transfer.
     """
 
     def __init__(self, size: int, generator: torch.Generator):
@@ -85,13 +88,17 @@ class ImagePool:
         if len(rest) == 0:
             return fakes
         n_slots = min(len(rest), self.size)
-        swap = torch.rand(len(rest), generator=self.generator) < 0.5
+        device = self.generator.device
+        swap = torch.rand(len(rest), generator=self.generator, device=device) < 0.5
         swap[n_slots:] = False
-        slots = torch.zeros(len(rest), dtype=torch.long)
-        slots[:n_slots] = torch.randperm(self.size, generator=self.generator)[:n_slots]
+        slots = torch.zeros(len(rest), dtype=torch.long, device=device)
+        slots[:n_slots] = torch.randperm(self.size, generator=self.generator, device=device)[:n_slots]
         swap, slots = swap.to(fakes.device), slots.to(fakes.device)
         shown = torch.where(swap.view(-1, 1, 1, 1), self.images[slots], rest)
-        self.images[slots[swap]] = rest[swap]
+        # Only the first n_slots fakes may swap, and their slots are distinct: a masked write
+        # without boolean indexing (which would make the host wait for the device).
+        kept = slots[:n_slots]
+        self.images[kept] = torch.where(swap[:n_slots].view(-1, 1, 1, 1), rest[:n_slots], self.images[kept])
         return torch.cat([fakes[:n_fill], shown])
 
     def state(self) -> dict[str, Any]:
@@ -112,6 +119,7 @@ class CycleGAN(GANModel):
     def __init__(self, config: Mapping[str, Any], weights_dir: Path | None, seed: int):
         super().__init__()
         cfg = self.config = self.resolve_config(config)
+        self.seed = seed
         self.rng = torch.Generator().manual_seed(seed)
         nets = {}
         for name in ("G_ab", "G_ba"):
@@ -174,7 +182,16 @@ class CycleGAN(GANModel):
             names += ["gp_a", "gp_b"]
         return tuple(names)
 
+    def _use_rng_on(self, device: torch.device) -> None:
+        """Move the pool / penalty generator to the training device on first use (restarting from
+        the seed there), so its draws need no host round trip; on CPU nothing changes."""
+        if self.rng.device != device:
+            self.rng = torch.Generator(device).manual_seed(self.seed)
+            for pool in self.pools.values():
+                pool.generator = self.rng
+
     def train_phase(self, phase: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self._use_rng_on(batch["a"].device)
         if phase == "G":
             return self._generator_step(batch["a"], batch["b"])
         if phase == "D":
@@ -204,10 +221,7 @@ class CycleGAN(GANModel):
                 losses["identity_a"] = F.l1_loss(self.G_ba(real_a).float(), real_a.float())
                 losses["identity_b"] = F.l1_loss(self.G_ab(real_b).float(), real_b.float())
                 total = total + cfg["lambda_identity"] * (losses["identity_a"] + losses["identity_b"])
-        optimizer = self.optimizers["G"]
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        self.optimizer_step("G", total)
         self._fakes = {"a": fake_a.detach(), "b": fake_b.detach()}
         losses["G_total"] = total
         return {name: value.detach() for name, value in losses.items()}
@@ -220,7 +234,7 @@ class CycleGAN(GANModel):
         losses: dict[str, torch.Tensor] = {}
         total = real_a.new_zeros((), dtype=torch.float32)
         for domain, real, critic in (("a", real_a, self.D_a), ("b", real_b, self.D_b)):
-            fake = self.pools[domain].query(self._fakes[domain])
+            fake = self._query_pool(domain)
             with self.autocast():
                 real_out, fake_out = critic(real).float(), critic(fake).float()
                 loss = 0.5 * (adversarial_loss(kind, real_out, True) + adversarial_loss(kind, fake_out, False))
@@ -231,11 +245,20 @@ class CycleGAN(GANModel):
             losses[f"D_{domain}_accuracy"] = 0.5 * ((real_out > threshold).float().mean()
                                                     + (fake_out < threshold).float().mean())
             total = total + loss
-        optimizer = self.optimizers["D"]
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        self.optimizer_step("D", total)
         return {name: value.detach() for name, value in losses.items()}
+
+    def _query_pool(self, domain: str) -> torch.Tensor:
+        """This process's fakes for the discriminator, through the history pool.
+
+        Under data-parallel training every process queries the same pool with the gathered
+        global batch (same generator, same draws) and keeps its own share, so the pool behaves
+        exactly as in single-process training on the global batch.
+        """
+        pool, fakes = self.pools[domain], self._fakes[domain]
+        if pool.size == 0 or self.parallel is None or self.parallel.world_size == 1:
+            return pool.query(fakes)
+        return self.parallel.share(pool.query(self.parallel.gather(fakes)))
 
     @torch.no_grad()
     def compute_visuals(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -245,11 +268,17 @@ class CycleGAN(GANModel):
                 "b": real_b, "b->a": fake_a, "b->a->b": self.G_ab(fake_a)}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"rng": self.rng.get_state(), "pools": {d: pool.state() for d, pool in self.pools.items()}}
+        return {"rng": self.rng.get_state(), "rng_device": self.rng.device.type,
+                "pools": {d: pool.state() for d, pool in self.pools.items()}}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.rng.set_state(state["rng"])
         device = next(self.parameters()).device
+        self._use_rng_on(device)
+        if state.get("rng_device", "cpu") == device.type:
+            self.rng.set_state(state["rng"])
+        else:  # a CPU generator state does not fit a CUDA generator: the pool draws restart from the seed
+            log.warning("checkpoint's pool generator ran on %s, this run on %s: pool draws restart from the seed",
+                        state.get("rng_device", "cpu"), device.type)
         for domain, pool in self.pools.items():
             pool.load_state(state["pools"][domain], device)
 
@@ -285,6 +314,8 @@ class CycleGANTranslator:
 
         Images of another size than the training size are resized to it (bilinear,
         antialiased) and the result resized back, so the networks see the scale they learned.
+        A training size that the generator cannot take whole (trained on random crops of it)
+        is reflection-padded to the next multiple and cropped back after translation.
         """
         if direction not in DIRECTIONS:
             raise ConfigError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
@@ -301,8 +332,19 @@ class CycleGANTranslator:
             x = x.to(self.device).unsqueeze(1) * 2 - 1
             if tuple(size) != self.image_size:
                 x = F.interpolate(x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
-            y = generator(x)
+            y = _translate_padded(generator, x)
             if tuple(size) != self.image_size:
                 y = F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
             out.append(((y + 1) / 2).clamp(0, 1).squeeze(1).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros_like(images, dtype=np.float32)
+
+
+def _translate_padded(generator: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``generator(x)`` with x reflection-padded (right, bottom) to the generator's size multiple."""
+    multiple = getattr(generator, "size_multiple", 1)
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h == 0 and pad_w == 0:
+        return generator(x)
+    padded = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if max(pad_h, pad_w) < min(height, width) else "replicate")
+    return generator(padded)[..., :height, :width]

@@ -48,9 +48,11 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """WGAN-GP penalty (Gulrajani et al.): (||grad critic(x_hat)|| - 1)^2 on random interpolates.
 
-    The mixing weights come from ``generator`` (CPU) so that runs are reproducible.
+    The mixing weights come from ``generator`` (on any device) so that runs are reproducible.
     """
-    alpha = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(device=real.device, dtype=real.dtype)
+    alpha = torch.rand(real.shape[0], 1, 1, 1, generator=generator,
+                       device=generator.device if generator is not None else real.device)
+    alpha = alpha.to(device=real.device, dtype=real.dtype)
     mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     score = critic(mixed).float()
     (grad,) = torch.autograd.grad(score.sum(), mixed, create_graph=True)

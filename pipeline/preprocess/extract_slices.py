@@ -37,6 +37,7 @@ from skimage.transform import resize
 
 from pipeline.atomic import atomic_path
 from pipeline.hashing import file_sha256
+from pipeline.progress import progress
 from pipeline.errors import ConfigError, InputDataError, PipelineError
 
 _log = logging.getLogger(__name__)
@@ -250,7 +251,7 @@ def extract_slices(
     reference = _load_ras(reference_path)
 
     subjects = []
-    for sid in sorted(volumes):
+    for sid in progress(sorted(volumes), f"slices {out_dir.name}", unit="subject"):
         path = Path(volumes[sid])
         slices = _slab(path, reference, reference_path, indices, size)
         subject = _Subject(sid, file_sha256(path), slices)

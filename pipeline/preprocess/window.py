@@ -16,6 +16,8 @@ import contextlib
 import inspect
 import logging
 import os
+import traceback
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,9 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Agreement expected between slices of one series for direction cosines and pixel spacing:
 # DS strings carry 4 to 6 decimals, so anything beyond this is a real difference.
 _GEOMETRY_ATOL = 1e-3
+
+# How pydicom's reader warns that a file ends inside an element (pydicom.filereader).
+_PYDICOM_EOF_WARNING = "End of file reached before delimiter"
 
 # RSNA 2019 quirk (see ``_unwrap_rsna_12bit``): which slices are affected, and the lowest HU a
 # wrapped value can stand for (those scanners clipped air at -1000 HU).
@@ -111,10 +116,24 @@ def _frame_value(ds: Dataset, frame: int | None, macro: str, keyword: str):
 
 
 def _as_array(value, size: int) -> np.ndarray | None:
-    """A multi-valued DS attribute as floats; None when absent or of the wrong length."""
-    if value is None or isinstance(value, str) or len(value) != size:
+    """A multi-valued DS attribute as finite floats; None when absent, of the wrong length, or not
+    numbers (a corrupt header), which makes the series unusable with the field named."""
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or len(value) != size:
         return None
-    return np.asarray([float(v) for v in value], dtype=np.float64)
+    try:
+        array = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return array if np.all(np.isfinite(array)) else None
+
+
+def _as_float(value) -> float | None:
+    """A single DS attribute as a finite float; None when absent or not a number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if np.isfinite(number) else None
 
 
 def _first(value) -> float:
@@ -140,7 +159,7 @@ def _frames_of(path: Path, ds: Dataset) -> list[_Frame]:
                     _frame_value(ds, index, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
                 ),
                 pixel_spacing=_as_array(_frame_value(ds, index, "PixelMeasuresSequence", "PixelSpacing"), 2),
-                thickness=None if thickness in (None, "") else float(thickness),
+                thickness=_as_float(thickness),
             )
         )
     return frames
@@ -149,15 +168,22 @@ def _frames_of(path: Path, ds: Dataset) -> list[_Frame]:
 def _read_header(path: Path) -> Dataset | None:
     """The header of a DICOM file (pixels not read); None for a file that is not DICOM at all."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
         if path.suffix.lower() == ".dcm":
             raise InputDataError(path, "named .dcm but has no DICOM preamble ('DICM' missing)") from None
         return None
     except Exception as exc:  # pydicom signals corrupt input with many exception types
-        raise InputDataError(
-            path, f"corrupt or truncated DICOM header ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise InputDataError(path, f"corrupt or truncated DICOM header ({_where(exc)})") from exc
+    # pydicom reads past damage with a warning and returns what it could: a file that carries
+    # the DICOM preamble but ends inside an element, or has no SOP Class at all, is corrupt.
+    if any(str(w.message).startswith(_PYDICOM_EOF_WARNING) for w in caught):
+        raise InputDataError(path, "corrupt or truncated DICOM header: the file ends inside an element")
+    if not (ds.get("SOPClassUID") or ds.get("file_meta", Dataset()).get("MediaStorageSOPClassUID")):
+        raise InputDataError(path, "corrupt DICOM header: no SOP Class UID in the file meta or the dataset")
+    return ds
 
 
 def _scan_series(subject_dir: Path) -> list[_Series]:
@@ -171,6 +197,13 @@ def _scan_series(subject_dir: Path) -> list[_Series]:
         uid = str(ds.SeriesInstanceUID)
         series = by_uid.setdefault(uid, _Series(folder=path.parent, header=ds))
         files_by_uid.setdefault(uid, []).append(path)
+        modality = str(ds.get("Modality", "")) or "missing"
+        series_modality = str(series.header.get("Modality", "")) or "missing"
+        if modality != series_modality and series.problem is None:
+            series.problem = (
+                f"{path.name}: Modality {modality} in a series of {series_modality} "
+                "(mixed modalities under one SeriesInstanceUID)"
+            )
         n_frames = int(ds.get("NumberOfFrames") or 1)
         if len(ds.get("PerFrameFunctionalGroupsSequence") or [None] * n_frames) != n_frames:
             series.problem = f"{path.name}: per-frame functional groups do not match NumberOfFrames"
@@ -386,7 +419,7 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray]:
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
-        raise InputDataError(path, f"corrupt or truncated DICOM ({type(exc).__name__}: {exc})") from exc
+        raise InputDataError(path, f"corrupt or truncated DICOM ({_where(exc)})") from exc
     if "PixelData" not in ds:
         raise InputDataError(path, "no pixel data (file truncated, or not an image)")
     try:
@@ -480,8 +513,20 @@ def load_ct_hu(
     if not subject_dir.is_dir():
         raise InputDataError(subject_dir, "not a folder of DICOM files")
     with _values_kept_out_of_logs():
-        series = _choose_series(subject_dir, preferred_thickness_mm, sharp_kernel_words)
-        return nib.as_closest_canonical(_assemble(series, spacing_tolerance))
+        try:
+            series = _choose_series(subject_dir, preferred_thickness_mm, sharp_kernel_words)
+            return nib.as_closest_canonical(_assemble(series, spacing_tolerance))
+        except PipelineError:
+            raise
+        except Exception as exc:  # a header that parses but makes no sense (found by fuzzing)
+            raise InputDataError(subject_dir, f"inconsistent DICOM series ({_where(exc)})") from exc
+
+
+def _where(exc: BaseException) -> str:
+    """An exception's type and the function it came from, never its message: messages about a
+    header may quote its values, which can identify the patient."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{type(exc).__name__} in {frames[-1].name}" if frames else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- intensities
@@ -618,9 +663,17 @@ def load_mri(nifti_path: str | Path) -> nib.Nifti1Image:
     bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
     if bad:
         raise InputDataError(nifti_path, f"{bad} voxels are NaN or infinite")
-    if abs(np.linalg.det(image.affine[:3, :3])) < 1e-12:
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise InputDataError(
+            nifti_path, "affine holds NaN or infinite values: voxel-to-world geometry unknown"
+        )
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputDataError(nifti_path, "affine is singular: voxel-to-world geometry unknown")
-    canonical = nib.as_closest_canonical(nib.Nifti1Image(data, image.affine))
+    try:
+        canonical = nib.as_closest_canonical(nib.Nifti1Image(data, affine))
+    except Exception as exc:  # an affine nibabel cannot reorient (found by fuzzing)
+        raise InputDataError(nifti_path, f"affine cannot be reoriented to RAS+ ({_where(exc)})") from exc
     return _float_image(np.asarray(canonical.dataobj), canonical.affine)
 
 

@@ -28,6 +28,29 @@ def modality(dataset):
     return dataset_cfg(dataset)["modality"]
 
 
+def is_xray(dataset):
+    """A class of a 2-D radiograph set (raw + label): prepared by pipeline/preprocess/xray.py,
+    without the volume chain's windowing, registration and masking."""
+    return "raw" in dataset_cfg(dataset)
+
+
+def xray_raw(dataset):
+    """The downloaded dataset an X-ray class dataset is taken from."""
+    raw = dataset_cfg(dataset)["raw"]
+    if "source" not in config["datasets"].get(raw, {}):
+        raise ValueError(f"datasets.{dataset}.raw: {raw!r} must name a dataset with a source")
+    return raw
+
+
+def name_pattern(names):
+    """Wildcard constraint matching exactly these names (nothing when there are none)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+XRAY_DATASETS = [name for name in config["datasets"] if is_xray(name)]
+VOLUME_DATASETS = [name for name, cfg in config["datasets"].items() if cfg["modality"] in ("CT", "MR")]
+
+
 def manifest_rows(dataset):
     """Rows of data/raw/<dataset>/subjects.tsv, after the download checkpoint has run."""
     raw_dir = checkpoints.download.get(dataset=dataset).output[0]
@@ -64,7 +87,8 @@ def download_flags(dataset):
         flags.append("--accept-licence")
     if cfg["source"] == "phantom_head":
         flags.append(f"--n-paired {cfg.get('n_paired', 0)}")
-        for key, value in sorted(config["phantom_head"].items()):
+    if cfg["source"] in ("phantom_head", "phantom_cxr"):
+        for key, value in sorted(config.get(cfg["source"], {}).items()):
             flags.append(f"--phantom-option {shlex.quote(f'{key}={json.dumps(value)}')}")
     return " ".join(flags)
 
@@ -150,7 +174,10 @@ def stage_volumes(w):
 
 
 def preprocessing_qc(dataset):
-    """The registration table and one contact sheet per stage the dataset goes through."""
+    """The registration table and one contact sheet per stage the dataset goes through
+    (X-ray classes: the prepared squares' contact sheet)."""
+    if is_xray(dataset):
+        return [f"data/slices/{dataset}/contact_sheet.png"]
     stages = ["windowed", "registered"] + (["masked"] if final_stage(dataset) == "masked" else [])
     return [f"data/registered/{dataset}/qc.csv"] + [f"data/{s}/{dataset}/contact_sheet.png" for s in stages]
 
@@ -215,8 +242,9 @@ def evaluate_inputs(w):
         "run": f"models/{w.experiment}/run.json",
         "test_a": f"data/slices/{a}/test.npz",
         "test_b": f"data/slices/{b}/test.npz",
-        "panels": [f"results/{w.experiment}/figures/preprocessing_{d}.png" for d in (a, b)],
+        "panels": [f"results/{w.experiment}/figures/preprocessing_{d}.png" for d in (a, b) if not is_xray(d)],
         "preprocessing_qc": preprocessing_qc(a) + preprocessing_qc(b),
+        "classifier": f"models/{w.experiment}/classifier.pt",
     }
 
 
@@ -237,9 +265,34 @@ def evaluate_flags(w):
     ]
     if device != "auto":
         flags.append(f"--device {device}")
+    if ev.get("frd") is False:
+        flags.append("--skip-frd")
+    optional = ("frd_max_images", "n_boot", "stego_blur_sigma", "stego_noise_sigma", "stego_max_drop",
+                "histogram_bins", "diff_upscale_size")
+    flags.append(cli_flags({key: ev[key] for key in optional if key in ev}))
     return " ".join(flags)
+
+
+def classifier_flags(w):
+    """The experiment's classifier knobs as CLI flags (absent knobs keep the CLI's defaults)."""
+    exp = experiment_cfg(w.experiment)
+    names = " ".join(shlex.quote(label) for label in exp["evaluate"]["labels"])
+    knobs = cli_flags(exp.get("classifier", {}))
+    return f"--domain-names {names} --seed {config['seed']} {knobs}"
 
 
 def ct_window_for_metrics():
     window = ct_window(config)
     return "" if window is None else f"--ct-window {window[0]:g} {window[1]:g}"
+
+
+def unknown_experiment(w):
+    """Input function of the catch-all rule: stops planning with the experiments params.yaml knows."""
+    known = ", ".join(sorted(config["experiments"]))
+    raise ValueError(f"unknown experiment {w.name!r}: params.yaml experiments are {known}")
+
+
+def xray_flags(w):
+    """prepare_xray's CLI flags: the class, preprocess.xray's knobs, the seed."""
+    label = shlex.quote(dataset_cfg(w.dataset)["label"])
+    return f"--label {label} --seed {config['seed']} {cli_flags(PRE.get('xray', {}))}"

@@ -1,5 +1,5 @@
-# Stages 7-8: metrics (FID / SSIM / paired metrics on held-out phantoms) and figures, logged into
-# the training run in MLflow. metrics.json is written last, so asking for it builds the figures.
+# Stages 7-8: metrics (FID / KID / FRD / SSIM / paired metrics / classifier scores / intervals) and
+# figures, logged into the training run in MLflow. metrics.json is written last, so asking for it builds the figures.
 
 
 rule preprocessing_panel:
@@ -9,7 +9,12 @@ rule preprocessing_panel:
         registered=panel_stage("registered"),
         masked=panel_stage("masked"),
     output:
-        "results/{experiment}/figures/preprocessing_{dataset}.png",
+        report(
+            "results/{experiment}/figures/preprocessing_{dataset}.png",
+            caption="../../report/preprocessing_panel.rst",
+            category="Preprocessing",
+            subcategory="{dataset}",
+        ),
     params:
         raw_path=panel_raw_path,
         modality=lambda w: modality(w.dataset),
@@ -30,10 +35,30 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        metrics="results/{experiment}/metrics.json",
+        metrics=report(
+            "results/{experiment}/metrics.json",
+            caption="../../report/metrics.rst",
+            category="Evaluation",
+            subcategory="{experiment}",
+        ),
         samples="results/{experiment}/samples.npz",
-        triplets="results/{experiment}/figures/triplets.png",
-        losses="results/{experiment}/figures/loss_curves.png",
+        per_image="results/{experiment}/per_image.npz",
+        sample_grid="results/{experiment}/figures/sample_grid.png",
+        difference_maps="results/{experiment}/figures/difference_maps.png",
+        histograms="results/{experiment}/figures/histograms.png",
+        metrics_table="results/{experiment}/figures/metrics_table.png",
+        triplets=report(
+            "results/{experiment}/figures/triplets.png",
+            caption="../../report/triplets.rst",
+            category="Evaluation",
+            subcategory="{experiment}",
+        ),
+        losses=report(
+            "results/{experiment}/figures/loss_curves.png",
+            caption="../../report/loss_curves.rst",
+            category="Training",
+            subcategory="{experiment}",
+        ),
     params:
         inception=f"{config['weights']['dir']}/pt_inception-2015-12-05-6726825d.pth",
         ct_window=ct_window_for_metrics(),
@@ -51,4 +76,52 @@ rule evaluate:
         "--inception-weights {params.inception} {params.ct_window} "
         "{params.flags} --extra-figures {input.panels} {input.preprocessing_qc} "
         "--samples-out {output.samples} --triplets {output.triplets} --loss-curves {output.losses} "
+        "--classifier {input.classifier} --per-image-out {output.per_image} "
+        "--sample-grid {output.sample_grid} --difference-maps {output.difference_maps} "
+        "--histograms {output.histograms} --metrics-table {output.metrics_table} "
         "--out {output.metrics} > {log} 2>&1"
+
+
+rule train_classifier:
+    # Real domain a vs real domain b, for the classifier scores of translations. Its own rule,
+    # so evaluation knobs never retrain it and training the GAN never invalidates it.
+    input:
+        train_a=lambda w: domain_slices("train")(w)["a"],
+        train_b=lambda w: domain_slices("train")(w)["b"],
+        val_a=lambda w: domain_slices("val")(w)["a"],
+        val_b=lambda w: domain_slices("val")(w)["b"],
+        test_a=lambda w: domain_slices("test")(w)["a"],
+        test_b=lambda w: domain_slices("test")(w)["b"],
+    output:
+        model="models/{experiment}/classifier.pt",
+        summary="models/{experiment}/classifier.json",
+    params:
+        flags=classifier_flags,
+    threads: 2
+    benchmark:
+        "benchmarks/train_classifier/{experiment}.tsv"
+    log:
+        "logs/train_classifier/{experiment}.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m pipeline.evaluate.classifier --train-a {input.train_a} --train-b {input.train_b} "
+        "--val-a {input.val_a} --val-b {input.val_b} --test-a {input.test_a} --test-b {input.test_b} "
+        "{params.flags} --out-model {output.model} --out-json {output.summary} > {log} 2>&1"
+
+
+rule unknown_experiment:
+    # results/<name>/metrics.json for a name params.yaml does not define: stop while planning,
+    # naming the known experiments, instead of Snakemake's bare "no rule to produce" message.
+    input:
+        unknown_experiment,
+    output:
+        "results/{name}/metrics.json",
+    wildcard_constraints:
+        name="(?!(?:{})/)[^/]+".format("|".join(re.escape(e) for e in config["experiments"])),
+    log:
+        "logs/unknown_experiment/{name}.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "exit 1"

@@ -162,7 +162,14 @@ rule extract_slices:
         val="data/slices/{dataset}/val.npz",
         test="data/slices/{dataset}/test.npz",
         manifest="data/slices/{dataset}/manifest.csv",
-        contact_sheet="data/slices/{dataset}/contact_sheet.png",
+        contact_sheet=report(
+            "data/slices/{dataset}/contact_sheet.png",
+            caption="../../report/slices_contact_sheet.rst",
+            category="Slices",
+            subcategory="{dataset}",
+        ),
+    wildcard_constraints:
+        dataset=name_pattern(VOLUME_DATASETS),  # X-ray classes: prepare_xray (xray.smk)
     params:
         seed=config["seed"],
         axial_fraction=SLICES["axial_fraction"],

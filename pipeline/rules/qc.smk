@@ -7,7 +7,12 @@ rule registration_qc_table:
         qc=lambda w: expand(f"data/registered/{w.dataset}/{{s}}.qc.json", s=subjects(w.dataset)),
         reference="data/registered/{dataset}/reference.json",
     output:
-        "data/registered/{dataset}/qc.csv",
+        report(
+            "data/registered/{dataset}/qc.csv",
+            caption="../../report/registration_qc.rst",
+            category="Preprocessing",
+            subcategory="{dataset}",
+        ),
     log:
         "logs/qc/{dataset}/registration_table.log",
     conda:
@@ -21,7 +26,12 @@ rule stage_contact_sheet:
     input:
         stage_volumes,
     output:
-        "data/{stage}/{dataset}/contact_sheet.png",
+        report(
+            "data/{stage}/{dataset}/contact_sheet.png",
+            caption="../../report/contact_sheet.rst",
+            category="Preprocessing",
+            subcategory="{dataset}",
+        ),
     wildcard_constraints:
         stage="windowed|registered|masked",
     params:

@@ -1,5 +1,6 @@
-# Stage 6: the one training engine, configured per experiment. Requests a GPU as a resource
-# so a cluster executor (e.g. snakemake-executor-plugin-slurm) can place it.
+# Stage 6: the one training engine, configured per experiment. Requests its GPUs as a resource
+# so a cluster executor (e.g. snakemake-executor-plugin-slurm) can place it; with
+# train.distributed it starts train.gpus data-parallel processes through torchrun.
 
 
 rule train:
@@ -21,8 +22,18 @@ rule train:
         tracking_uri=config["tracking"]["uri"],
         seed=config["seed"],
         out_dir=lambda w: f"models/{w.experiment}",
+        launcher=lambda w: (
+            "python -m torch.distributed.run --standalone --nproc_per_node "
+            f"{experiment_cfg(w.experiment)['train'].get('gpus', 1)}"
+            if experiment_cfg(w.experiment)["train"].get("distributed")
+            else "python"
+        ),
     resources:
-        gpu=lambda w: 1 if experiment_cfg(w.experiment)["train"].get("device") == "cuda" else 0,
+        gpu=lambda w: (
+            (experiment_cfg(w.experiment)["train"].get("gpus", 1) if experiment_cfg(w.experiment)["train"].get("distributed") else 1)
+            if experiment_cfg(w.experiment)["train"].get("device") == "cuda"
+            else 0
+        ),
     threads: 8  # capped at --cores by Snakemake: on a laptop training runs alone
     benchmark:
         "benchmarks/train/{experiment}.tsv"
@@ -31,7 +42,7 @@ rule train:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.train --train-a {input.a} --train-b {input.b} --val-a {input.val_a} "
+        "{params.launcher} -m pipeline.train --train-a {input.a} --train-b {input.b} --val-a {input.val_a} "
         "--val-b {input.val_b} --out {params.out_dir} --experiment {wildcards.experiment} "
         "--config-json {params.cfg:q} --pretrained {params.pretrained} "
         "--weights-dir {params.weights_dir} --tracking-uri {params.tracking_uri} "

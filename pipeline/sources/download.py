@@ -1,6 +1,7 @@
 """The download stage: materialise one dataset in ``data/raw/<dataset>`` or the pretrained weights.
 
-One source per dataset, chosen in params.yaml: the built-in ``phantom_head``, the real
+One source per dataset, chosen in params.yaml: the built-in ``phantom_head`` and
+``phantom_cxr`` (chest radiographs laid out as a Kermany download), the real
 ``ixi_t2``, ``cq500``, ``kermany_cxr``, ``rsna_ich`` (Kaggle), the registration-gated
 ``chexpert`` (local archive only) and ``local`` (anything already on disk).
 
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.privacy import SUBJECTS_TSV, load_salt, pseudonymise_raw_dataset
 from pipeline.sources.cq500 import fetch_cq500
 from pipeline.sources.http_fetch import DEFAULT_SETTINGS, FetchSettings
 from pipeline.sources.ixi import fetch_ixi_t2
@@ -31,7 +33,7 @@ from pipeline.sources.weights import PRETRAINED_CHOICES, WEIGHT_FILES, fetch_wei
 
 log = logging.getLogger(__name__)
 
-DATASET_SOURCES = ("phantom_head", "ixi_t2", "cq500", "kermany_cxr", "rsna_ich", "chexpert", "local")
+DATASET_SOURCES = ("phantom_head", "phantom_cxr", "ixi_t2", "cq500", "kermany_cxr", "rsna_ich", "chexpert", "local")
 
 
 def download_dataset(
@@ -54,6 +56,7 @@ def download_dataset(
     kaggle_competition: str = RSNA_COMPETITION,
     kaggle_config_dir: str | Path | None = None,
     settings: FetchSettings = DEFAULT_SETTINGS,
+    pseudonymise: bool = True,
 ) -> Path:
     """Materialise dataset ``out_dir`` from ``source`` (one of DATASET_SOURCES); return ``out_dir``.
 
@@ -66,10 +69,13 @@ def download_dataset(
     cache_dir: where downloads are kept (default <out_dir>/../.downloads/<name>).
     keep_archives: False deletes the downloads once the dataset is laid out.
     modality / n_paired / phantom_options: phantom_head's modality ("CT" or "MR"), paired test
-        subjects, and extra keyword knobs.
+        subjects, and extra keyword knobs (phantom_cxr: the knobs of CxrPhantomParams only).
     chexpert_label / chexpert_frontal_only: chexpert (and local layout chexpert) class choice.
     kaggle_competition / kaggle_config_dir: rsna_ich's competition slug and kaggle.json folder.
     settings: retries, timeouts, progress display of every download.
+    pseudonymise: volume datasets (subjects.tsv) from any source but the synthetic phantoms get
+        salted-hash subject ids and names (pipeline.privacy); default True. Turn it off only for
+        data whose ids are already pseudonyms.
     """
     out_dir = Path(out_dir)
     if source == "phantom_head":
@@ -78,7 +84,52 @@ def download_dataset(
         if modality is None or n_subjects is None:
             raise ConfigError("phantom_head needs modality (CT or MR) and n_subjects")
         write_phantom_dataset(out_dir, modality, n_subjects, n_paired, seed, **(phantom_options or {}))
-        return out_dir
+        return out_dir  # synthetic: no patient behind the ids, and the same ids on every machine
+    if source == "phantom_cxr":
+        from pipeline.sources.phantom_cxr import write_phantom_cxr_dataset
+
+        return write_phantom_cxr_dataset(out_dir, seed, **(phantom_options or {}))
+    _materialise(
+        source,
+        out_dir,
+        base_url=base_url,
+        accept_licence=accept_licence,
+        local_path=local_path,
+        layout=layout,
+        n_subjects=n_subjects,
+        seed=seed,
+        cache_dir=cache_dir,
+        keep_archives=keep_archives,
+        chexpert_label=chexpert_label,
+        chexpert_frontal_only=chexpert_frontal_only,
+        kaggle_competition=kaggle_competition,
+        kaggle_config_dir=kaggle_config_dir,
+        settings=settings,
+    )
+    if pseudonymise and (out_dir / SUBJECTS_TSV).exists():
+        pseudonymise_raw_dataset(out_dir, load_salt())
+    return out_dir
+
+
+def _materialise(
+    source: str,
+    out_dir: Path,
+    *,
+    base_url: str | None,
+    accept_licence: bool,
+    local_path: str | Path | None,
+    layout: str,
+    n_subjects: int | None,
+    seed: int,
+    cache_dir: str | Path | None,
+    keep_archives: bool,
+    chexpert_label: str,
+    chexpert_frontal_only: bool,
+    kaggle_competition: str,
+    kaggle_config_dir: str | Path | None,
+    settings: FetchSettings,
+) -> Path:
+    """Lay out a real or local dataset in ``out_dir`` under its own ids (see download_dataset)."""
     fetched = {
         "n_subjects": n_subjects,
         "seed": seed,
@@ -201,7 +252,7 @@ def _dataset_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=_optional_text, default=None)
     parser.add_argument("--keep-archives", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--modality", choices=("CT", "MR"), help="phantom_head: modality to render")
+    parser.add_argument("--modality", choices=("CT", "MR", "XR"), help="phantom_head: modality to render")
     parser.add_argument("--n-paired", type=int, default=0, help="phantom_head: test subjects with a partner")
     parser.add_argument(
         "--phantom-option",
@@ -209,7 +260,13 @@ def _dataset_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="phantom_head: extra knob (value parsed as YAML); repeatable",
+        help="phantom_head / phantom_cxr: extra knob (value parsed as YAML); repeatable",
+    )
+    parser.add_argument(
+        "--pseudonymise",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="salted-hash subject ids for real and local volume datasets (default: on)",
     )
     parser.add_argument("--chexpert-label", default="Pneumonia")
     parser.add_argument("--chexpert-frontal-only", action=argparse.BooleanOptionalAction, default=True)
@@ -278,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kaggle_competition=args.kaggle_competition,
             kaggle_config_dir=args.kaggle_config_dir,
             settings=_settings(args),
+            pseudonymise=args.pseudonymise,
         )
         return 0
     except PipelineError as exc:

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from pipeline.hashing import file_sha256
 from pipeline.errors import PipelineError
+from pipeline.progress import ProgressLines, progress_counter
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,10 @@ class FetchSettings:
     timeout_s: connect timeout and the longest silence tolerated while reading.
     chunk_bytes: read size while streaming to disk.
     free_space_margin_bytes: free space to leave on the disk after the file is written.
-    progress: True for a tqdm bar, False for single log lines, None to choose: a bar only when
-        stderr is a terminal and the CI environment variable is unset.
+    progress: True for a tqdm bar, False for a log line with bytes done and the ETA every
+        ``progress_interval_s``, None to choose as pipeline.progress does (a bar on a terminal,
+        lines off it or with CI set; MEDGAN_PROGRESS=bar|lines|off overrides).
+    progress_interval_s: seconds between two progress log lines.
     """
 
     retries: int = 4
@@ -78,6 +80,7 @@ class FetchSettings:
     chunk_bytes: int = 1 << 20
     free_space_margin_bytes: int = 1 << 30
     progress: bool | None = None
+    progress_interval_s: float = 30.0
 
 
 DEFAULT_SETTINGS = FetchSettings()
@@ -247,19 +250,12 @@ def _download_once(
             raise _Transient(f"connection closed after {received} of {total} bytes")
 
 
-def _progress_bar(name: str, total: int | None, initial: int, settings: FetchSettings) -> tqdm:
-    show = settings.progress
-    if show is None:
-        show = sys.stderr.isatty() and not os.environ.get("CI")
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=name,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        disable=not show,
-    )
+def _progress_bar(name: str, total: int | None, initial: int, settings: FetchSettings) -> tqdm | ProgressLines:
+    """Bytes received so far, as a bar or periodic ETA lines (see FetchSettings.progress)."""
+    mode = {True: "bar", False: "lines", None: None}[settings.progress]
+    counter = progress_counter(name, total, unit="B", unit_scale=True, initial=initial, mode=mode,
+                               interval_s=settings.progress_interval_s)
+    return counter if counter is not None else tqdm(disable=True)
 
 
 def _content_range_start(response: requests.Response) -> int | None:

@@ -33,6 +33,7 @@ from scipy.spatial.transform import Rotation
 
 from pipeline.atomic import atomic_dir
 from pipeline.errors import ConfigError
+from pipeline.progress import progress
 
 LOG = logging.getLogger(__name__)
 
@@ -545,7 +546,8 @@ def write_ct_series(
         ds.FrameOfReferenceUID = frame_uid
         ds.PatientName = subject_id
         ds.PatientID = subject_id
-        ds.PatientIdentityRemoved = "YES"
+        ds.PatientIdentityRemoved = "YES"  # synthetic: the id is the only "identity" there is
+        ds.DeidentificationMethod = "synthetic phantom; no patient, dates, institution or staff"
         ds.Modality = "CT"
         ds.Manufacturer = "medgan head phantom"
         ds.StudyDescription = "Head phantom"
@@ -680,7 +682,7 @@ def write_phantom_dataset(
     params = PhantomParams(**knobs)
     rows = []
     with atomic_dir(out_dir) as tmp:
-        for index in range(1, n_subjects + 1):
+        for index in progress(range(1, n_subjects + 1), f"{modality} phantoms", unit="subject"):
             started = time.perf_counter()
             subject_id = f"{SUBJECT_PREFIX[modality]}{index:03d}"
             paired = index > n_subjects - n_paired

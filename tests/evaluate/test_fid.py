@@ -120,6 +120,8 @@ def test_kid_is_near_zero_for_one_distribution_and_not_for_two():
     same, same_std, _ = fid.kernel_inception_distance(x, x_again, subsets=20, subset_size=100, seed=0)
     different, _, _ = fid.kernel_inception_distance(x, shifted, subsets=20, subset_size=100, seed=0)
     assert abs(same) < 0.05 * different
+    identical, _, _ = fid.kernel_inception_distance(x, x, subsets=20, subset_size=100, seed=0)
+    assert abs(identical) < 0.05 * different  # the unbiased estimate of one set against itself
     assert different > 10 * same_std
     assert fid.kernel_inception_distance(x, shifted, subsets=20, subset_size=100, seed=0)[0] == different
 

@@ -12,11 +12,23 @@ from scipy.ndimage import gaussian_filter
 
 from pipeline.errors import InputDataError, PipelineError
 from pipeline.evaluate import fid as fid_module
+from pipeline.evaluate import frd as frd_module
 from pipeline.evaluate import flatten_metrics, validate_metrics, write_metrics
 from pipeline.evaluate.image_metrics import mae_per_image, psnr_per_image, ssim_per_image
 from pipeline.evaluate.translation import evaluate_translation
 
 SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def cheap_radiomics(monkeypatch):
+    """Coarse block means stand in for PyRadiomics (~0.4 s an image); tests/evaluate/test_frd.py runs the real one."""
+
+    def block_means(images, desc=""):
+        blocks = images.reshape(len(images), 4, SIZE // 4, 4, SIZE // 4).mean(axis=(2, 4))
+        return blocks.reshape(len(images), 16).astype(np.float64), [f"block{i}" for i in range(16)]
+
+    monkeypatch.setattr(frd_module, "radiomic_features", block_means)
 
 
 class IdentityTranslator:
@@ -81,6 +93,11 @@ def test_identity_translator_metrics(test_sets, tmp_path):
         assert str(weights) in block["fid"]["reason"] and block["kid"]["reason"] == block["fid"]["reason"]
     assert "window 40/80 HU" in ct_to_mri["ssim_cycle"]["normalisation"]
     assert "percentile 0.5-99.5" in mri_to_ct["ssim_cycle"]["normalisation"]
+    assert ct_to_mri["classifier"] == {"reason": "no classifier given"} and "classifier" not in metrics
+    assert ct_to_mri["regions"] is None and "no 'region_mask'" in ct_to_mri["regions_reason"]
+    assert ct_to_mri["steganography"]["flagged"] is False  # identity: F(perturbed) is the perturbed image
+    assert ct_to_mri["ssim_cycle"]["ci95"] == [pytest.approx(1.0), pytest.approx(1.0)]
+    assert mri_to_ct["ssim_cycle"]["ci95"] is None  # one subject: nothing to resample
 
     # Paired metrics only where partners exist: CT slices of ph1 -> their MR partners.
     assert mri_to_ct["paired"] is None and "no partner images" in mri_to_ct["paired_reason"]
@@ -103,6 +120,61 @@ def test_identity_translator_metrics(test_sets, tmp_path):
         assert per_image["ct_to_mri_paired_ssim"].shape == (3,)
         assert per_image["ct_to_mri_paired_index"].tolist() == [3, 4, 5]
         assert per_image["mri_to_ct_ssim_cycle"].shape == (5,)
+
+
+def test_frd_classifier_regions_steganography_and_intervals(test_sets, tmp_path):
+    import torch
+
+    from pipeline.evaluate import classifier as classifier_module
+
+    path_a, path_b = test_sets
+    with np.load(path_a) as npz:
+        arrays = dict(npz)
+    mask = np.zeros(arrays["images"].shape, bool)
+    mask[:, : SIZE // 2] = True
+    np.savez(path_a, **arrays, region_mask=mask)
+    torch.manual_seed(0)
+    checkpoint = {"state_dict": classifier_module.build_network(4, 2).state_dict(), "width": 4, "n_blocks": 2,
+                  "image_size": SIZE, "domain_names": ["CT", "MR"]}
+    torch.save(checkpoint, tmp_path / "classifier.pt")
+    metrics = evaluate_translation(
+        BlurTranslator(), path_a, path_b, inception_weights=tmp_path / "absent.pth",
+        classifier=tmp_path / "classifier.pt", n_boot=200, stego_max_drop=0.0,
+    )
+    validate_metrics(metrics)
+    block = metrics["ct_to_mri"]
+    source = arrays["images"]
+    translated = BlurTranslator().translate("a_to_b", source)
+    with np.load(path_b) as npz:
+        real_b = npz["images"]
+
+    expected_frd = frd_module.frd_from_features(
+        frd_module.radiomic_features(real_b)[0], frd_module.radiomic_features(translated)[0]
+    )[0]
+    assert block["frd"]["value"] == pytest.approx(expected_frd) and block["frd"]["reason"] is None
+    assert block["frd"]["ci95"] is None  # the real MR set has one subject
+
+    network, loaded = classifier_module.load_classifier(tmp_path / "classifier.pt")
+    p_b = classifier_module.probability_of_b(network, loaded, translated)
+    assert block["classifier"]["share_intended"]["mean"] == pytest.approx(np.mean(p_b > 0.5))
+    assert block["classifier"]["mean_probability_intended"]["mean"] == pytest.approx(p_b.mean())
+    assert metrics["mri_to_ct"]["classifier"]["intended_domain"] == "a"
+    assert metrics["classifier"]["test_accuracy"]["n"] == 11 and metrics["classifier"]["domain_names"] == ["CT", "MR"]
+
+    change = np.abs(translated.astype(np.float64) - source)
+    assert block["regions"]["share_inside"] == pytest.approx(change[:, : SIZE // 2].sum() / change.sum())
+    assert block["regions"]["mask_area_fraction"] == 0.5
+    low, high = block["regions"]["ci95_inside"]
+    assert low <= block["regions"]["share_inside"] <= high
+    assert metrics["mri_to_ct"]["regions"] is None  # the MR test set carries no mask
+
+    assert block["steganography"]["flagged"] is True  # any drop exceeds a threshold of 0
+    assert block["steganography"]["blur"]["drop"] > 0
+    low, high = block["ssim"]["ci95"]
+    assert low <= block["ssim"]["mean"] <= high
+    flat = flatten_metrics(metrics)
+    assert flat["classifier/test_accuracy/mean"] == metrics["classifier"]["test_accuracy"]["mean"]
+    assert "ct_to_mri/steganography/blur/sigma" not in flat
 
 
 def test_mae_in_hu_when_the_target_is_ct(test_sets, tmp_path):
@@ -288,6 +360,14 @@ def test_cli_writes_valid_metrics_and_logs_to_the_run(test_sets, tmp_path, monke
             "80",
             "--run-json",
             str(tmp_path / "run.json"),
+            "--n-boot",
+            "50",
+            "--metrics-table",
+            str(tmp_path / "results" / "metrics_table.png"),
+            "--difference-maps",
+            str(tmp_path / "results" / "difference_maps.png"),
+            "--diff-upscale-size",
+            "64",
         ]
     )
     assert code == 0
@@ -297,3 +377,7 @@ def test_cli_writes_valid_metrics_and_logs_to_the_run(test_sets, tmp_path, monke
     assert logged["run"] == tmp_path / "run.json"
     assert logged["metrics"]["ct_to_mri/ssim_cycle/mean"] == written["ct_to_mri"]["ssim_cycle"]["mean"]
     assert out in logged["artifacts"] and (tmp_path / "results" / "triplets.png").stat().st_size > 10_000
+    for figure in ("metrics_table.png", "difference_maps.png"):
+        assert tmp_path / "results" / figure in logged["artifacts"]
+        assert (tmp_path / "results" / figure).stat().st_size > 10_000
+    assert written["settings"]["bootstrap"]["n_boot"] == 50

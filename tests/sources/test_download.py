@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError, InputDataError
+from pipeline.privacy import load_salt, pseudonym
 from pipeline.sources import download, weights
 from pipeline.sources.download import download_dataset, main
 from pipeline.sources.http_fetch import ChecksumError
@@ -47,7 +48,7 @@ def test_ixi_t2_download_lands_in_the_ixi_layout(ixi_server, tmp_path, fast):
     server, volumes = ixi_server
     out = tmp_path / "data" / "raw" / "mri_t2"
 
-    download_dataset("ixi_t2", out, base_url=server.url("/IXI"), settings=fast)
+    download_dataset("ixi_t2", out, base_url=server.url("/IXI"), settings=fast, pseudonymise=False)
 
     rows = _tsv(out / "subjects.tsv")
     assert [r["subject_id"] for r in rows] == IXI_IDS
@@ -77,7 +78,8 @@ def test_ixi_t2_subset_is_reproducible_and_reuses_the_cached_tar(ixi_server, tmp
     )
 
     chosen = [r["subject_id"] for r in _tsv(first / "subjects.tsv")]
-    assert chosen == choose_subset(IXI_IDS, 2, 3) and len(chosen) == 2
+    salt = load_salt()  # real ids are replaced by salted-hash pseudonyms (pipeline.privacy)
+    assert chosen == [pseudonym(s, salt) for s in choose_subset(IXI_IDS, 2, 3)] and len(chosen) == 2
     assert [r["subject_id"] for r in _tsv(second / "subjects.tsv")] == chosen
     assert len(server.requests_for("/IXI/IXI-T2.tar")) == 1  # the second run used the verified cache
 
@@ -163,6 +165,7 @@ def test_cq500_download_fetches_only_the_chosen_studies(cq500_server, tmp_path, 
         n_subjects=2,
         seed=1,
         settings=fast,
+        pseudonymise=False,
     )
 
     chosen = choose_subset([f"CQ500-CT-{n}" for n in range(4)], 2, 1)
@@ -416,7 +419,8 @@ def test_local_folder_in_a_source_layout_is_laid_out_like_a_download(build, writ
     out = tmp_path / "mri_t2"
 
     download_dataset(
-        "local", out, local_path=tmp_path / "inputs" / "my_ixi", layout="ixi_t2", n_subjects=2, seed=0
+        "local", out, local_path=tmp_path / "inputs" / "my_ixi", layout="ixi_t2", n_subjects=2, seed=0,
+        pseudonymise=False,
     )
 
     rows = _tsv(out / "subjects.tsv")
@@ -429,7 +433,9 @@ def test_local_cq500_archive_of_study_zips(build, write, tmp_path):
     bundle = build.tar({f"qure.headct.study/CQ500-CT-{n}.zip": _cq500_zip(build, n) for n in (7, 8)}, "gz")
     out = tmp_path / "ct_head"
 
-    download_dataset("local", out, local_path=write("cq500.tar.gz", bundle), layout="cq500")
+    download_dataset(
+        "local", out, local_path=write("cq500.tar.gz", bundle), layout="cq500", pseudonymise=False
+    )
 
     assert [r["subject_id"] for r in _tsv(out / "subjects.tsv")] == ["CQ500-CT-7", "CQ500-CT-8"]
     assert len(list((out / "CQ500-CT-8").rglob("*.dcm"))) == 3
@@ -442,7 +448,7 @@ def test_local_raw_layout_is_checked_then_copied(write, tmp_path):
     write("raw/s01/slice.dcm", b"x")
     out = tmp_path / "ct_head"
 
-    download_dataset("local", out, local_path=tmp_path / "inputs" / "raw")
+    download_dataset("local", out, local_path=tmp_path / "inputs" / "raw", pseudonymise=False)
     assert (out / "s01" / "slice.dcm").read_bytes() == b"x"
 
     write("raw/subjects.tsv", (header + "s02\tCT\ts02\t\t\n").encode())

@@ -141,8 +141,11 @@ def test_redact_url_drops_userinfo_and_query():
     )
 
 
-def test_progress_bar_is_off_when_ci_is_set(monkeypatch):
+def test_progress_is_log_lines_not_a_bar_when_ci_is_set(monkeypatch, caplog):
     monkeypatch.setenv("CI", "true")
-    bar = http_fetch._progress_bar("x", 10, 0, http_fetch.FetchSettings())
-    assert bar.disable
-    bar.close()
+    monkeypatch.delenv("MEDGAN_PROGRESS", raising=False)
+    caplog.set_level("INFO", logger="pipeline.progress")
+    with http_fetch._progress_bar("x.zip", 4 << 20, 1 << 20, http_fetch.FetchSettings()) as bar:
+        bar.update(3 << 20)
+    assert not hasattr(bar, "disable")  # not a tqdm bar
+    assert "x.zip: 4.0 MiB/4.0 MiB (100%)" in caplog.text and "ETA" in caplog.text

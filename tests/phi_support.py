@@ -1,0 +1,146 @@
+"""The headline chain run on patient-like inputs, shared by the PHI and the kill-and-restart tests.
+
+The built-in phantoms are generated, then every header and name that could identify a patient is
+overwritten with a unique marker string (DICOM fields, NIfTI text fields, subject folder and file
+names), and the result is fed to the workflow through the ``local`` source, exactly as a user's
+own data would be. One uninterrupted build per test session is shared by both test files.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import nibabel as nib
+import pydicom
+import yaml
+
+from pipeline.config import deep_merge
+from pipeline.sources.download import download_dataset
+from workflow_support import TARGET, run, tiny_copy
+
+#: DICOM keyword -> marker; every marker is a string no output could hold by chance.
+DICOM_MARKERS = {
+    "PatientName": "QXNAMEQX^PATIENT",
+    "PatientID": "QXPIDQX",
+    "PatientBirthDate": "18610429",
+    "AccessionNumber": "QXACCQX",
+    "InstitutionName": "QXHOSPQX",
+    "ReferringPhysicianName": "QXDOCQX",
+    "StudyDate": "18620531",
+    "SeriesDate": "18620601",
+    "StudyDescription": "QXSTUDYQX",
+    "SeriesDescription": "QXSERIESQX PLAIN",
+    "OperatorsName": "QXOPERQX",
+    "StationName": "QXSTATIONQX",
+}
+NIFTI_MARKERS = {"descrip": "QXDESCRIPQX", "aux_file": "QXAUXQX", "intent_name": "QXINTENTQX"}
+FOLDER_MARKER = "QXFOLDERQX"
+#: What the scan looks for (the searchable part of each marker).
+MARKERS = sorted(
+    {value.split("^")[0].split(" ")[0] for value in DICOM_MARKERS.values()}
+    | set(NIFTI_MARKERS.values())
+    | {FOLDER_MARKER}
+)
+#: Everything the workflow writes, minus the raw inputs.
+SCANNED = ("data", "models", "results", "logs", "benchmarks", "mlflow.db", "mlartifacts")
+SALT = "phi-test-salt-0123456789abcdef"
+
+_BUILDS: dict[str, Path] = {}
+
+
+def _mark_nifti(path: Path, target: Path) -> None:
+    image = nib.load(path)
+    for field, marker in NIFTI_MARKERS.items():
+        image.header[field] = marker.encode()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, target)
+    if target != path:
+        path.unlink()
+
+
+def mark_raw_dataset(raw: Path) -> None:
+    """Give every subject of a phantom raw layout identifying headers and a marked name."""
+    with open(raw / "subjects.tsv", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        columns, rows = reader.fieldnames, list(reader)
+    for row in rows:
+        old, new = row["subject_id"], f"{FOLDER_MARKER}{row['subject_id']}"
+        if row["modality"] == "CT":
+            os.rename(raw / row["path"], raw / new)
+            for path in (raw / new).rglob("*.dcm"):
+                ds = pydicom.dcmread(path)
+                for keyword, marker in DICOM_MARKERS.items():
+                    setattr(ds, keyword, marker)
+                ds.save_as(path)
+            row["path"] = new
+        else:
+            target = raw / row["path"].replace(old, new)
+            _mark_nifti(raw / row["path"], target)
+            row["path"] = target.relative_to(raw).as_posix()
+        if row["partner_path"]:
+            target = raw / row["partner_path"].replace(old, new)
+            _mark_nifti(raw / row["partner_path"], target)
+            row["partner_path"] = target.relative_to(raw).as_posix()
+        for truth in (raw / "truth").glob(f"{old}_*"):
+            truth.rename(truth.with_name(new + truth.name[len(old) :]))
+        row["subject_id"] = new
+    with open(raw / "subjects.tsv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def marked_inputs(repo_root: Path, folder: Path) -> dict:
+    """Marked CT and MR raw datasets under ``folder``; returns the params overrides that read them."""
+    tiny = yaml.safe_load((repo_root / "configs" / "tiny.yaml").read_text())
+    cfg = deep_merge(yaml.safe_load((repo_root / "params.yaml").read_text()), tiny)
+    overrides: dict = {"datasets": {}}
+    for dataset, modality in (("ct_head", "CT"), ("mri_t2", "MR")):
+        ds_cfg = cfg["datasets"][dataset]
+        raw = folder / dataset
+        download_dataset(
+            "phantom_head",
+            raw,
+            modality=modality,
+            n_subjects=ds_cfg["n_subjects"],
+            n_paired=ds_cfg["n_paired"],
+            seed=cfg["seed"],
+            phantom_options=cfg["phantom_head"],
+        )
+        mark_raw_dataset(raw)
+        overrides["datasets"][dataset] = {
+            "source": "local", "layout": "raw", "local_path": str(raw), "n_subjects": None,
+        }  # fmt: skip
+    return overrides
+
+
+def marked_copy(repo_root: Path, work: Path, inputs: Path) -> Path:
+    """A tiny copy of the repository reading the marked inputs made by ``shared_inputs``."""
+    return tiny_copy(repo_root, work, yaml.safe_load((inputs / "overrides.yaml").read_text()))
+
+
+def uninterrupted_build(tmp_path_factory, repo_root: Path) -> Path:
+    """The headline target built once, without interruption, on the marked inputs (cached)."""
+    if "build" not in _BUILDS:
+        os.environ["MEDGAN_SALT"] = SALT  # inherited by snakemake and every job
+        inputs = shared_inputs(tmp_path_factory, repo_root)
+        work = marked_copy(repo_root, tmp_path_factory.mktemp("phi") / "repo", inputs)
+        run(["snakemake", "--cores", "2", TARGET], work)
+        _BUILDS["build"] = work
+    return _BUILDS["build"]
+
+
+def shared_inputs(tmp_path_factory, repo_root: Path) -> Path:
+    if "inputs" not in _BUILDS:
+        inputs = tmp_path_factory.mktemp("phi_inputs")
+        (inputs / "overrides.yaml").write_text(yaml.safe_dump(marked_inputs(repo_root, inputs)))
+        _BUILDS["inputs"] = inputs
+    return _BUILDS["inputs"]
+
+
+def scanned_paths(work: Path) -> list[Path]:
+    paths = [work / name for name in SCANNED if (work / name).exists()]
+    data = work / "data"
+    return [p for p in paths if p != data] + [p for p in data.iterdir() if p.name != "raw"]

@@ -1,0 +1,58 @@
+"""The benchmark runs the engine's own step and a reference step file, and prints finite figures."""
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+
+import pytest
+
+from pipeline.bench import main
+from pipeline.errors import InputDataError
+from pipeline.bench import load_reference
+
+# A stand-in with the reference file's interface (make / step), tiny enough for a CPU test.
+REFERENCE = textwrap.dedent("""
+    import torch
+    def make(device, channels_last, compile_):
+        net = torch.nn.Conv2d(1, 1, 3, padding=1).to(device)
+        return net, torch.optim.SGD(net.parameters(), lr=0.1)
+    def step(net, optimizer, a, b, amp):
+        optimizer.zero_grad()
+        ((net(a) - b) ** 2).mean().backward()
+        optimizer.step()
+""")
+
+
+def test_bench_prints_a_table_and_json_for_both_variants_and_the_reference(tmp_path, capsys):
+    reference = tmp_path / "reference_step.py"
+    reference.write_text(REFERENCE)
+    overrides = {"ngf": 4, "ndf": 4, "n_res_blocks": 1, "decoder_channels": [8, 8, 8, 8, 8],
+                 "perceptual_layers": ["relu1_1"], "perceptual_layer_weights": [1.0], "g_steps_per_d_step": 2}
+    assert main(["--device", "cpu", "--sizes", "64", "--batches", "2", "--steps", "1", "--warmup", "0",
+                 "--images", "4", "--threads", "1", "--model-json", json.dumps(overrides),
+                 "--reference", str(reference), "--json", str(tmp_path / "bench.json")]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("device: ") and "| resnet9_patchgan | 64 | 2 |" in table
+    assert "| unet_resnet18 | 64 | 2 |" in table and "| reference (reference_step.py) | 64 | 2 |" in table
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    rows = {row["name"]: row for row in saved["rows"]}
+    assert set(rows) == {"resnet9_patchgan", "unet_resnet18", "reference (reference_step.py)"}
+    for row in rows.values():
+        for key in ("image_pairs_per_s", "step_ms", "peak_memory_mb", "gflop_per_pair", "achieved_tflops"):
+            assert math.isfinite(row[key]) and row[key] > 0, (row["name"], key)
+    # FLOPs: a 3x3 conv on 64x64 images, forward + backward (~3x forward), per image pair.
+    assert rows["reference (reference_step.py)"]["gflop_per_pair"] == pytest.approx(3 * 2 * 9 * 64 * 64 / 1e9,
+                                                                                    rel=0.5)
+    assert rows["resnet9_patchgan"]["vs_reference"] == pytest.approx(
+        rows["resnet9_patchgan"]["image_pairs_per_s"] / rows["reference (reference_step.py)"]["image_pairs_per_s"])
+    assert "vs_reference" not in rows["unet_resnet18"]  # another architecture: no ratio
+
+
+def test_reference_file_must_have_make_and_step(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def make(*args):\n    return ()\n")
+    with pytest.raises(InputDataError, match="bad.py: has no make"):
+        load_reference(bad)
+    with pytest.raises(InputDataError, match="not found"):
+        load_reference(tmp_path / "missing.py")

@@ -1,0 +1,100 @@
+"""Batches drawn on the device: random crops and flips gathered in one indexing operation,
+reproducible from the generator; centre crops for samples; crop-trained models translate whole images."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.models import load_trained
+from pipeline.train import BatchSampler, centre_crop, resolve_config, train
+
+
+def numbered_images(n=5, height=6, width=7):
+    """Every pixel of every image distinct, so a crop's values reveal where it came from."""
+    return torch.arange(n * height * width, dtype=torch.float32).view(n, 1, height, width)
+
+
+def test_random_crops_and_flips_are_windows_of_the_drawn_images():
+    data = {"a": numbered_images(), "b": numbered_images() + 1000}
+    sampler = BatchSampler(data, batch_size=3, crop_size=4, flip_probability=0.5)
+    plan = sampler.plan_epoch(steps=6, rng=torch.Generator().manual_seed(0))
+    seen_flips = set()
+    for step in range(6):
+        batch = sampler.batch(plan, step)
+        for domain, x in data.items():
+            assert batch[domain].shape == (3, 1, 4, 4)
+            for image in batch[domain][:, 0]:
+                index = int(image[0].min() - (1000 if domain == "b" else 0)) // 42
+                source = x[index, 0]
+                top = int((image.min() - source.min()) // 7)
+                flipped = bool(image[0, 0] > image[0, -1])
+                seen_flips.add(flipped)
+                left = int(image.min() - source.min()) % 7
+                window = source[top:top + 4, left:left + 4]
+                assert torch.equal(image, window.flip(-1) if flipped else window)
+    assert seen_flips == {True, False}
+    again = BatchSampler(data, 3, 4, 0.5).plan_epoch(6, torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, q) for d in plan for p, q in zip(plan[d], again[d]))
+
+
+def test_no_crop_draws_every_image_once_per_pass_and_shares_split_the_global_batch():
+    data = {"a": numbered_images(n=4, height=2, width=2)}
+    whole = BatchSampler(data, batch_size=4, crop_size=None, flip_probability=0.0)
+    plan = whole.plan_epoch(steps=2, rng=torch.Generator().manual_seed(1))
+    first = whole.batch(plan, 0)["a"]
+    assert sorted(int(img[0, 0, 0]) // 4 for img in first) == [0, 1, 2, 3]
+    halves = [BatchSampler(data, 4, None, 0.0, share=slice(r * 2, r * 2 + 2)) for r in (0, 1)]
+    parts = [h.batch(h.plan_epoch(2, torch.Generator().manual_seed(1)), 0)["a"] for h in halves]
+    assert torch.equal(torch.cat(parts), first)
+
+
+def test_centre_crop():
+    x = numbered_images(n=1, height=6, width=6)
+    assert torch.equal(centre_crop(x, 2), x[..., 2:4, 2:4])
+    assert centre_crop(x, None) is x
+
+
+def test_compile_mode_and_crop_size_are_checked():
+    with pytest.raises(ConfigError, match="compile_mode"):
+        resolve_config({"train": {"compile_mode": "fastest"}})
+    with pytest.raises(ConfigError, match="crop_size"):
+        resolve_config({"train": {"crop_size": 4}})
+
+
+def test_training_on_crops_then_translating_whole_images(tmp_path):
+    """Resize to 30 (not a multiple of the generator's 4), random 24x24 crops: the sample grid shows
+    centre crops; translation pads 30 to 32 and crops back, keeping every image's shape."""
+    rng = np.random.default_rng(0)
+    files = {}
+    for domain, dataset in (("a", "ct_head"), ("b", "mri_t2")):
+        (tmp_path / dataset).mkdir()
+        files[domain] = tmp_path / dataset / "train.npz"
+        np.savez(files[domain], images=rng.random((4, 40, 40), dtype=np.float32))
+    cfg = {"model": {"variant": "resnet9_patchgan", "ngf": 4, "ndf": 4, "n_res_blocks": 1},
+           "train": {"epochs": 1, "batch_size": 2, "steps_per_epoch": 1, "image_size": 30, "crop_size": 24,
+                     "n_samples": 1, "threads": 1}}
+    out = tmp_path / "model"
+    run = train(files["a"], files["b"], files["a"], files["b"], out, cfg, "crop_test",
+                f"sqlite:///{tmp_path / 'mlflow.db'}", None, 1)
+    assert run["image_size"] == [30, 30] and run["crop_size"] == 24
+    assert json.loads((out / "run.json").read_text())["crop_size"] == 24
+    translator = load_trained(out / "model.pt")
+    result = translator.translate("a_to_b", rng.random((2, 40, 40), dtype=np.float32))
+    assert result.shape == (2, 40, 40) and np.isfinite(result).all()
+
+
+def test_translation_pads_to_the_generator_multiple_and_crops_back():
+    from pipeline.models.cyclegan import _translate_padded
+    from pipeline.models.networks import ResnetGenerator
+
+    torch.manual_seed(0)
+    generator = ResnetGenerator(ngf=4, n_blocks=1).eval()
+    x = torch.rand(1, 1, 30, 30) * 2 - 1
+    with torch.no_grad():
+        result = _translate_padded(generator, x)
+        expected = generator(torch.nn.functional.pad(x, (0, 2, 0, 2), mode="reflect"))[..., :30, :30]
+    assert result.shape == (1, 1, 30, 30) and torch.equal(result, expected)

@@ -1,0 +1,76 @@
+"""End to end: report 000's chest X-ray experiment through Snakemake on configs/tiny.yaml.
+
+Phantom radiographs -> two class datasets -> CycleGAN (ResNet / PatchGAN) -> metrics and
+figures, in a copy of the repository, with the MLflow run checked in its SQLite store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workflow_support import planned_jobs, run, tiny_copy
+
+TARGET = "results/cyclegan_cxr_pneumonia/metrics.json"
+DIRECTIONS = ("normal_to_pneumonia", "pneumonia_to_normal")
+
+
+@pytest.fixture(scope="module")
+def cxr_repo(tmp_path_factory, repo_root) -> Path:
+    work = tiny_copy(repo_root, tmp_path_factory.mktemp("workflow_cxr") / "repo")
+    run(["snakemake", TARGET, "--cores", "2", "--quiet", "rules"], work)
+    return work
+
+
+def _numbers(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _numbers(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _numbers(value)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield node
+
+
+@pytest.mark.slow
+def test_cxr_target_has_finite_metrics_and_figures(cxr_repo: Path):
+    metrics = json.loads((cxr_repo / TARGET).read_text())
+    assert all(math.isfinite(value) for value in _numbers(metrics))
+    for name in DIRECTIONS:
+        block = metrics[name]
+        assert block["n_source"] > 0 and 0.0 <= block["ssim"]["mean"] <= 1.0
+        assert 0.0 <= block["regions"]["share_inside"] <= 1.0  # lung masks from the phantom truth
+        assert block["classifier"]["share_intended"]["mean"] is not None
+    figures = cxr_repo / "results" / "cyclegan_cxr_pneumonia" / "figures"
+    for name in ("triplets.png", "loss_curves.png", "difference_maps.png"):
+        assert (figures / name).stat().st_size > 5_000, name
+
+
+@pytest.mark.slow
+def test_classes_come_from_one_raw_set_split_by_patient(cxr_repo: Path):
+    assert not (cxr_repo / "data" / "windowed").exists()  # no volume chain for X-rays
+    for dataset in ("cxr_normal", "cxr_pneumonia"):
+        patients = {}
+        for split in ("train", "val", "test"):
+            with np.load(cxr_repo / "data" / "slices" / dataset / f"{split}.npz") as npz:
+                patients[split] = set(npz["subject_ids"])
+                if split == "test":
+                    assert npz["region_mask"].shape == npz["images"].shape
+        assert not patients["train"] & (patients["val"] | patients["test"])
+
+
+@pytest.mark.slow
+def test_one_finished_mlflow_run_and_nothing_left_to_do(cxr_repo: Path):
+    db = sqlite3.connect(cxr_repo / "mlflow.db")
+    runs = db.execute(
+        "SELECT r.status FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+        "WHERE e.name = 'cyclegan_cxr_pneumonia'"
+    ).fetchall()
+    assert runs == [("FINISHED",)]
+    assert planned_jobs(cxr_repo, TARGET) == {}
