@@ -24,7 +24,7 @@ quickstart: setup
 	$(BIN)/snakemake --cores $(CORES) results/cyclegan_ct_mri/metrics.json
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -578,6 +578,9 @@ class TrainingRun:
                 self._stop(started)
         if not self.is_main:
             return None
+        if not (self.out_dir / "samples" / f"epoch_{self.epoch:04d}.png").is_file():
+            # resumed at the last epoch after the outputs were removed (DVC does so before a stage)
+            tracker.log_artifact(self._save_samples(), "samples")
         run = self._write_outputs(tracking_uri, self.seconds_before + time.perf_counter() - started,
                                   pairs / train_seconds if train_seconds else None, commit, dirty)
         tracker.log_metrics({"run_seconds": run["seconds"], "run_image_pairs_per_s": run["image_pairs_per_s"],

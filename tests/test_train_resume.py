@@ -165,6 +165,18 @@ def test_kill9_during_checkpoint_write_keeps_previous_and_rerun_is_exact(data, s
     assert {m.step for m in client.get_metric_history(run_id, "G_total")} == {1, 2, 3}
 
 
+def test_rerun_after_outputs_removed_restores_them_from_the_final_checkpoint(data, store, uninterrupted, tmp_path):
+    """DVC deletes a stage's outputs before rerunning it; the checkpoint (not a DVC output) is
+    already at the last epoch, so nothing is retrained but every output comes back."""
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes((uninterrupted / "checkpoint.pt").read_bytes())
+    assert main(cli_args(data, out, store, experiment="resume_reference")) == 0
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_0003.png"]
+    assert (out / "history.csv").read_text() == (uninterrupted / "history.csv").read_text()
+    assert (out / "model.pt").is_file() and (out / "run.json").is_file()
+
+
 class FullDiskFile:
     """A file on a disk that fills up after some bytes."""
 

@@ -178,7 +178,7 @@ def _stacked(slabs: list[np.ndarray], size: int) -> np.ndarray:
     return np.concatenate(slabs) if slabs else np.zeros((0, size, size), np.float32)
 
 
-def _save_npz(target: Path, arrays: dict[str, np.ndarray]) -> None:
+def save_npz(target: Path, arrays: dict[str, np.ndarray]) -> None:
     """np.savez's layout (one .npy per array, loadable by np.load) without its timestamps."""
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
         for name, array in arrays.items():
@@ -278,7 +278,7 @@ def extract_slices(
             blank = np.zeros((len(indices), size, size), np.float32)
             arrays["partner"] = _stacked([blank if s.partner is None else s.partner for s in members], size)
             arrays["has_partner"] = np.array([s.partner is not None for s in members for _ in indices], bool)
-        _save_npz(out_dir / f"{split}.npz", arrays)
+        save_npz(out_dir / f"{split}.npz", arrays)
         counts[split] = len(arrays["images"])
 
     with atomic_path(out_dir / "manifest.csv") as tmp, open(tmp, "w", newline="") as handle:

@@ -35,7 +35,7 @@ from PIL import Image
 from pipeline.atomic import atomic_path
 from pipeline.errors import ConfigError, InputDataError, PipelineError
 from pipeline.hashing import file_sha256
-from pipeline.preprocess.extract_slices import SPLITS, _save_npz, split_subjects
+from pipeline.preprocess.extract_slices import SPLITS, save_npz, split_subjects
 from pipeline.progress import progress
 from pipeline.sources.real_datasets import IMAGES_TSV
 
@@ -199,7 +199,7 @@ def prepare_xray(
                 _log.warning(
                     "%d of %d test images have lung masks: region_mask left out", with_mask, len(members)
                 )
-        _save_npz(out_dir / f"{split}.npz", arrays)
+        save_npz(out_dir / f"{split}.npz", arrays)
         counts[split] = len(members)
 
     with atomic_path(out_dir / "manifest.csv") as tmp, open(tmp, "w", newline="") as handle:
