@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: setup quickstart test test-fast lint clean pull report ui
+.PHONY: setup quickstart test test-fast gpu-check lint clean pull report ui
 
 $(BIN)/snakemake: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# On a machine with a CUDA GPU: CUDA tests, step benchmark, recipe timing -> $(GPU_CHECK_OUT)/ (README, Benchmark).
+# REFERENCE=path/to/reference_cyclegan.py times a reference-style step beside the engine's.
+GPU_CHECK_OUT ?= gpu-check
+gpu-check: setup
+	PYTHON=$(abspath $(BIN)/python) REFERENCE=$(REFERENCE) scripts/gpu_check.sh $(GPU_CHECK_OUT)
 
 # After `git clone`: outputs from the DVC remote, marked up to date for Snakemake (see README).
 pull: setup

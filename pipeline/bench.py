@@ -11,23 +11,32 @@ k-th) of the uncompiled model. ``--reference FILE`` times that file's ``make()``
 side-by-side ratio. Peak memory is the GPU's peak allocation per configuration, or on CPU the
 process's peak resident set so far.
 
+``--recipe EXPERIMENT`` times instead an experiment's whole training recipe (params.yaml with
+``--configfile`` overrides, e.g. configs/full.yaml) through the real engine (sampler, MLflow,
+checkpoints, sample grids) for a few epochs on random images of the recipe's size and number,
+and extrapolates to the recipe's epoch count.
+
     python -m pipeline.bench                          # both variants, 256x256, batch 1 and 32
     python -m pipeline.bench --reference ../shared/bench/reference_cyclegan.py --json bench.json
+    python -m pipeline.bench --recipe cyclegan_ct_mri --configfile configs/full.yaml
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
 import os
 import platform
 import resource
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -208,6 +217,93 @@ def _guarded(measure: Callable[[], dict[str, Any]], name: str, size: int, batch:
         return {"name": name, "size": size, "batch": batch, "error": "CUDA out of memory"}
 
 
+#: Report 001's training set sizes (CT, T2), one slice per subject: CQ500's 491 studies less its
+#: 111 test images and IXI's 578 T2 volumes less its 85 test images.
+REPORT_001_TRAIN_IMAGES = (380, 493)
+
+
+def time_recipe(experiment: str, config_files: Sequence[Path], work_dir: Path, images: Sequence[int] = REPORT_001_TRAIN_IMAGES,
+                size: int = 256, epochs: int = 3, train_overrides: Mapping[str, Any] | None = None,
+                params_file: Path = Path("params.yaml"), seed: int = 0) -> dict[str, Any]:
+    """Train ``experiment``'s recipe for ``epochs`` epochs on random ``size`` x ``size`` images
+    (``images`` per domain) in ``work_dir`` and extrapolate its full length.
+
+    Every epoch of the measurement writes a checkpoint and a sample grid, so their cost is
+    measured too; the estimate is first epoch (compilation included) + the median later epoch
+    for each remaining epoch + one checkpoint and grid per ``checkpoint_every`` /
+    ``sample_every`` epochs of the recipe.
+    """
+    import mlflow
+
+    from pipeline.config import deep_merge, load_params
+    from pipeline.train import run_experiment
+
+    if epochs < 2:
+        raise ConfigError(f"--recipe-epochs must be >= 2 (the first pays compilation), got {epochs}")
+    overrides: dict[str, Any] = {}
+    for path in config_files:
+        overrides = deep_merge(overrides, _read_yaml(path))
+    params = load_params(params_file, overrides)
+    if experiment not in params["experiments"]:
+        raise ConfigError(f"unknown experiment {experiment!r}; params have {sorted(params['experiments'])}")
+    exp = params["experiments"][experiment]
+    cfg = {"model": dict(exp.get("model") or {}), "train": {**(exp.get("train") or {}), **(train_overrides or {})}}
+    _, _, recipe = resolve_config(cfg)
+    cfg["train"] = {**cfg["train"], "epochs": epochs, "checkpoint_every": 1, "sample_every": 1}
+    rng = np.random.default_rng(seed)
+    files = {}
+    for domain, n in zip(("a", "b"), images):
+        for split, count in (("train", n), ("val", recipe["n_samples"])):
+            target = work_dir / "slices" / domain / f"{split}.npz"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(target, images=rng.random((count, size, size), dtype=np.float32))
+            files[f"{split}_{domain}"] = target
+    uri = f"sqlite:///{work_dir / 'mlflow.db'}"
+    run = run_experiment({d: files[f"train_{d}"] for d in "ab"}, {d: files[f"val_{d}"] for d in "ab"},
+                         work_dir / "model", cfg, f"recipe-{experiment}", uri, None, seed)
+    history = mlflow.MlflowClient(uri).get_metric_history(run["run_id"], "epoch_seconds")
+    epoch_seconds = [m.value for m in sorted(history, key=lambda m: m.step)]
+    first, steady = epoch_seconds[0], float(np.median(epoch_seconds[1:]))
+    per_write = max(0.0, (run["seconds"] - sum(epoch_seconds)) / epochs)  # one checkpoint + one grid
+    total_epochs = recipe["epochs"]
+    writes = total_epochs / recipe["checkpoint_every"] + total_epochs / recipe["sample_every"]
+    estimate = first + (total_epochs - 1) * steady + writes * per_write / 2
+    steps = run["steps"] / epochs
+    return {"experiment": experiment, "config_files": [str(p) for p in config_files], "size": size,
+            "images": list(images), "batch_size": recipe["batch_size"], "steps_per_epoch": steps,
+            "recipe_epochs": total_epochs, "measured_epochs": epochs, "first_epoch_s": first,
+            "steady_epoch_s": steady, "checkpoint_and_grid_s": per_write,
+            "image_pairs_per_s": steps * recipe["batch_size"] / steady, "estimated_recipe_s": estimate,
+            "peak_memory_mb": run.get("peak_gpu_allocated_mb", run["peak_rss_mb"]), "device": run["device_name"]}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        content = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputDataError(path, "config file not found") from None
+    except yaml.YAMLError as err:
+        raise InputDataError(path, f"not valid YAML ({err})") from None
+    if not isinstance(content, dict):
+        raise InputDataError(path, "must be a mapping of keys to values")
+    return content
+
+
+def format_recipe(result: Mapping[str, Any]) -> str:
+    minutes = result["estimated_recipe_s"] / 60
+    return (f"device: {result['device']}; torch {torch.__version__}\n"
+            f"recipe {result['experiment']} ({', '.join(result['config_files']) or 'params.yaml'}): "
+            f"{result['recipe_epochs']} epochs x {result['steps_per_epoch']:.0f} steps of batch {result['batch_size']} "
+            f"at {result['size']}x{result['size']} ({result['images'][0]} + {result['images'][1]} training images)\n"
+            f"measured {result['measured_epochs']} epochs: first {result['first_epoch_s']:.1f} s (compilation included), "
+            f"then {result['steady_epoch_s']:.2f} s per epoch ({result['image_pairs_per_s']:.1f} image pairs/s), "
+            f"{result['checkpoint_and_grid_s']:.2f} s per checkpoint + sample grid, "
+            f"peak memory {result['peak_memory_mb']:.0f} MB\n"
+            f"estimated recipe time: {minutes:.1f} min")
+
+
 def format_table(rows: Sequence[Mapping[str, Any]], device: str) -> str:
     """A fixed-width table (Markdown-compatible) of the rows, titled with the device."""
     header = ["configuration", "size", "batch", "bf16", "ch-last", "compile", "pairs/s", "step ms", "peak MB",
@@ -249,8 +345,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", type=Path, default=None,
                         help="a reference step file (make(), step()) to time beside, e.g. reference_cyclegan.py")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    recipe = parser.add_argument_group("recipe timing (instead of the step benchmark)")
+    recipe.add_argument("--recipe", metavar="EXPERIMENT", default=None,
+                        help="time this experiment's training recipe through the engine and extrapolate")
+    recipe.add_argument("--configfile", type=Path, nargs="*", default=[],
+                        help="config files merged over params.yaml, as snakemake --configfile (e.g. configs/full.yaml)")
+    recipe.add_argument("--recipe-images", type=int, nargs=2, default=list(REPORT_001_TRAIN_IMAGES),
+                        metavar=("A", "B"), help="training images of domain a and b (default: report 001's)")
+    recipe.add_argument("--recipe-size", type=int, default=256, help="image side of the recipe's slices")
+    recipe.add_argument("--recipe-epochs", type=int, default=3, help="epochs to measure (>= 2)")
+    recipe.add_argument("--recipe-train-json", default="{}",
+                        help='train knob overrides as JSON, e.g. \'{"batch_size": 16}\'')
+    recipe.add_argument("--work-dir", type=Path, default=None, help="folder for the measurement (default: a temporary one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.recipe is not None:
+        return _recipe_main(args)
     try:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda but no CUDA device is available")
@@ -278,6 +388,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         write_json(args.json, {"device": name, "torch": torch.__version__, "steps": args.steps,
                                "warmup": args.warmup, "model_overrides": overrides, "rows": rows})
+    return 0
+
+
+def _recipe_main(args: argparse.Namespace) -> int:
+    try:
+        try:
+            train_overrides = json.loads(args.recipe_train_json)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--recipe-train-json is not valid JSON ({err})") from err
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        with contextlib.ExitStack() as stack:
+            work_dir = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recipe-")))
+            result = time_recipe(args.recipe, args.configfile, work_dir, args.recipe_images, args.recipe_size,
+                                 args.recipe_epochs, train_overrides)
+    except PipelineError as err:
+        log.error("%s", err)
+        return 1
+    print(format_recipe(result), flush=True)
+    if args.json is not None:
+        write_json(args.json, {"torch": torch.__version__, "recipe": result})
     return 0
 
 

@@ -20,7 +20,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from pipeline import hashing
 from pipeline.errors import InputDataError
@@ -29,9 +29,10 @@ from pipeline.errors import InputDataError
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-import mlflow  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
+# mlflow itself is imported where a store is opened, so the engine's step (and the benchmark,
+# which never tracks) runs on a GPU machine that has torch but not mlflow.
+if TYPE_CHECKING:
+    import mlflow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -136,6 +137,8 @@ class Tracker:
 
     def _open_store(self) -> mlflow.MlflowClient:
         """Client whose first query creates / migrates the schema, under the lock."""
+        import mlflow
+
         client = mlflow.MlflowClient(tracking_uri=self._uri)
         client.search_experiments(max_results=1)
         return client
@@ -165,6 +168,8 @@ class Tracker:
         return tracker
 
     def _run_exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
         try:
             self.client.get_run(run_id)
         except MlflowException as err:
@@ -202,6 +207,8 @@ class Tracker:
         """Log ``params`` flattened. MLflow forbids changing a logged param, so when a resumed run
         comes back with another value (e.g. more epochs) the new value goes to the tag
         ``param_update.<key>`` instead."""
+        from mlflow.entities import Param
+
         flat = flatten_params(params)
         logged = self._call(lambda: self.client.get_run(self.run_id)).data.params
         items = [Param(key, value) for key, value in flat.items() if key not in logged]
@@ -212,12 +219,16 @@ class Tracker:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set run tags (values as strings)."""
+        from mlflow.entities import RunTag
+
         items = [RunTag(key, str(value)) for key, value in tags.items()]
         for start in range(0, len(items), _BATCH):
             self._call(lambda: self.client.log_batch(self.run_id, tags=items[start:start + _BATCH]))
 
     def log_metrics(self, metrics: Mapping[str, float | None], step: int = 0) -> None:
         """Log the finite values of ``metrics`` at ``step``; None and NaN are left out."""
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         items = [Metric(key, float(value), now, step) for key, value in metrics.items()
                  if value is not None and math.isfinite(float(value))]

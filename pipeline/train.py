@@ -281,8 +281,10 @@ def prepare_model(model: GANModel, cfg: Mapping[str, Any], device: torch.device,
         model.to(memory_format=torch.channels_last)
     model.mixed_precision = torch.bfloat16 if cfg["bf16"] else None
     if cfg["compile"]:
+        # Static shapes: a network sees a few fixed batch sizes (e.g. b and 2b when calls are
+        # fused), each best served by its own specialised graph (and CUDA graph).
         for net in model.networks().values():
-            net.compile(mode=cfg["compile_mode"])
+            net.compile(mode=cfg["compile_mode"], dynamic=False)
     return model
 
 

@@ -56,3 +56,30 @@ def test_reference_file_must_have_make_and_step(tmp_path):
         load_reference(bad)
     with pytest.raises(InputDataError, match="not found"):
         load_reference(tmp_path / "missing.py")
+
+
+def test_recipe_timing_runs_the_engine_and_extrapolates(tmp_path, repo_root, capsys):
+    from pipeline.bench import format_recipe, time_recipe
+
+    result = time_recipe("cyclegan_cxr_pneumonia", [repo_root / "configs" / "tiny.yaml"], tmp_path, images=(6, 4),
+                         size=40, epochs=2, train_overrides={"threads": 1, "epochs": 10},
+                         params_file=repo_root / "params.yaml")
+    # The tiny profile: batch 2, 3 steps per epoch, random 32 crops of the 40x40 images.
+    assert (result["batch_size"], result["steps_per_epoch"], result["recipe_epochs"]) == (2, 3, 10)
+    assert result["first_epoch_s"] > 0 and result["steady_epoch_s"] > 0 and result["checkpoint_and_grid_s"] >= 0
+    # 10 epochs: the first as measured, 9 steady ones, 10 checkpoints and 10 grids (each every epoch).
+    expected = result["first_epoch_s"] + 9 * result["steady_epoch_s"] + 10 * result["checkpoint_and_grid_s"]
+    assert result["estimated_recipe_s"] == pytest.approx(expected)
+    assert result["image_pairs_per_s"] == pytest.approx(6 / result["steady_epoch_s"])
+    assert (tmp_path / "model" / "samples" / "epoch_0002.png").is_file()  # the real engine wrote its outputs
+    assert "estimated recipe time:" in format_recipe(result)
+
+
+def test_recipe_timing_names_an_unknown_experiment(tmp_path, repo_root):
+    from pipeline.bench import time_recipe
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown experiment 'nope'"):
+        time_recipe("nope", [], tmp_path, params_file=repo_root / "params.yaml")
+    with pytest.raises(InputDataError, match="missing.yaml: config file not found"):
+        time_recipe("cyclegan_ct_mri", [tmp_path / "missing.yaml"], tmp_path, params_file=repo_root / "params.yaml")

@@ -15,7 +15,7 @@ import torch
 from pipeline.distributed import DataParallel
 from pipeline.errors import ConfigError
 from pipeline.models.cyclegan import CycleGAN
-from pipeline.train import train
+from pipeline.train import _seeds, train
 
 REPO = Path(__file__).resolve().parents[1]
 # Instance norm only (the classic variant): each image's output is independent of its batch
@@ -59,17 +59,25 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(data, tmp_path
 
     ours = torch.load(parallel / "checkpoint.pt", weights_only=True)
     theirs = torch.load(single / "checkpoint.pt", weights_only=True)
-    # Same arithmetic, but gradients summed over processes in another order: float rounding only.
-    # Compared through the networks' outputs: the conv biases in front of instance norm get
-    # gradients of pure rounding noise, which Adam scales up, yet they cannot change any output.
+    # Same arithmetic, but per-process partial sums: float rounding only. Adam turns rounding
+    # into real differences where a gradient is pure rounding noise (the conv biases in front
+    # of instance norm: their true gradient is zero, Adam's first steps are +-lr whatever its
+    # size), and a GAN amplifies them. So the test measures disagreement against how far
+    # training moved each network's outputs from its initialisation. Measured on an Intel Xeon
+    # (2 epochs): 0.001-0.03 of the movement here; skipping the gradient all-reduce gives
+    # 0.13-0.47, the pools 0.12 and the losses 0.19 instead of 0.005 and 0.0003.
     images = torch.from_numpy(np.load(data["val_a"])["images"][:4, None]) * 2 - 1
-    for name, outputs in network_outputs(ours, images).items():
-        torch.testing.assert_close(outputs, network_outputs(theirs, images)[name], rtol=1e-3, atol=1e-4, msg=name)
+    start = network_outputs(None, images)
+    got, want = network_outputs(ours, images), network_outputs(theirs, images)
+    for name in want:
+        disagreement = ((got[name] - want[name]).norm() / (want[name] - start[name]).norm()).item()
+        assert disagreement < 0.08, (name, disagreement)
     for domain in ("a", "b"):  # the history pools hold the same fakes in the same slots
-        torch.testing.assert_close(ours["model_state"]["pools"][domain]["images"],
-                                   theirs["model_state"]["pools"][domain]["images"], rtol=1e-4, atol=1e-5)
+        pool_ours = ours["model_state"]["pools"][domain]["images"]
+        pool_theirs = theirs["model_state"]["pools"][domain]["images"]
+        assert ((pool_ours - pool_theirs).norm() / pool_theirs.norm()).item() < 0.04, domain
     for row_ours, row_theirs in zip(ours["history"], theirs["history"], strict=True):
-        assert row_ours == pytest.approx(row_theirs, rel=1e-4, abs=1e-5)
+        assert row_ours == pytest.approx(row_theirs, rel=0.02, abs=1e-3)
 
     run = json.loads((parallel / "run.json").read_text())
     assert run["world_size"] == 2 and run["bit_identical"] is False
@@ -79,12 +87,16 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(data, tmp_path
     assert runs[0].data.tags["world_size"] == "2"
 
 
-def network_outputs(checkpoint, images):
+def network_outputs(checkpoint, images, seed=4):
+    """Each network's outputs on ``images``: trained (from ``checkpoint``) or, for None, as
+    training initialised them for ``seed``."""
+    torch.manual_seed(_seeds(seed)[0])
     model = CycleGAN(CFG["model"], None, 0)
     outputs = {}
     with torch.no_grad():
         for name, net in model.networks().items():
-            net.load_state_dict(checkpoint["networks"][name])
+            if checkpoint is not None:
+                net.load_state_dict(checkpoint["networks"][name])
             outputs[name] = net(images)
     return outputs
 

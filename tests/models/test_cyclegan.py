@@ -201,6 +201,32 @@ def test_steps_are_bit_identical_for_the_same_seed():
     assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
+@pytest.mark.parametrize("adversarial_loss", ["lsgan", "wgan_gp"])
+def test_fused_calls_equal_separate_calls_for_batch_independent_networks(adversarial_loss):
+    """Instance-norm networks serve two batches in one call (translation + identity, real + fake):
+    same losses and same updated weights as separate calls, up to float rounding. BatchNorm
+    networks never fuse (their statistics would mix real and fake images)."""
+    def train_once(fused):
+        torch.manual_seed(0)
+        model = CycleGAN({**CLASSIC_SMALL, "adversarial_loss": adversarial_loss}, None, seed=0)
+        assert model.fused_calls
+        model.fused_calls = fused
+        batch = {"a": images(3, 32, seed=1), "b": images(3, 32, seed=2)}
+        # One G and one D update: later ones amplify rounding (Adam makes +-lr steps of the
+        # rounding-noise gradients of the conv biases in front of instance norm).
+        losses = {**model.train_phase("G", batch), **model.train_phase("D", batch)}
+        return losses, [p.detach() for p in model.parameters()]
+
+    (fused_losses, fused_weights), (losses, weights) = train_once(True), train_once(False)
+    assert set(fused_losses) == set(losses)
+    for name in losses:
+        torch.testing.assert_close(fused_losses[name], losses[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    for ours, theirs in zip(fused_weights, weights, strict=True):
+        # pre-instance-norm conv biases get rounding-noise gradients that Adam scales to +-lr
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=2 * 2 * CycleGAN.resolve_config(CLASSIC_SMALL)["lr_g"])
+    assert not CycleGAN(UNET_SMALL, None, seed=0).fused_calls
+
+
 def test_bf16_autocast_and_channels_last_steps_run():
     model = CycleGAN({**UNET_SMALL, "g_steps_per_d_step": 1}, None, seed=0).to(memory_format=torch.channels_last)
     model.mixed_precision = torch.bfloat16
