@@ -16,6 +16,7 @@ from pipeline.distributed import DataParallel
 from pipeline.errors import ConfigError
 from pipeline.models.cyclegan import CycleGAN
 from pipeline.train import _seeds, train
+from slices_support import write_random_slices
 
 REPO = Path(__file__).resolve().parents[1]
 # Instance norm only (the classic variant): each image's output is independent of its batch
@@ -30,15 +31,7 @@ CFG = {"model": {"variant": "resnet9_patchgan", "ngf": 4, "ndf": 4, "n_res_block
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("slices")
-    rng = np.random.default_rng(11)
-    files = {}
-    for domain, dataset in (("a", "ct_head"), ("b", "mri_t2")):
-        (root / dataset).mkdir()
-        for split in ("train", "val"):
-            np.savez(root / dataset / f"{split}.npz", images=rng.random((10, 32, 32), dtype=np.float32))
-            files[f"{split}_{domain}"] = root / dataset / f"{split}.npz"
-    return files
+    return write_random_slices(tmp_path_factory.mktemp("slices"), 11, {"train": 10, "val": 10})
 
 
 def test_two_gloo_processes_match_one_process_on_the_global_batch(data, tmp_path):

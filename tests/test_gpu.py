@@ -16,6 +16,7 @@ import torch
 from pipeline import bench
 from pipeline.models.cyclegan import CycleGAN
 from pipeline.train import BatchSampler, _seeds, prepare_model, resolve_config, train, train_step
+from slices_support import write_random_slices
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)")]
@@ -31,15 +32,7 @@ FAST = {"bf16": True, "channels_last": True, "deterministic": False}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("slices")
-    rng = np.random.default_rng(5)
-    files = {}
-    for domain, dataset in (("a", "ct_head"), ("b", "mri_t2")):
-        (root / dataset).mkdir()
-        for split, n in (("train", 16), ("val", 4)):
-            np.savez(root / dataset / f"{split}.npz", images=rng.random((n, 64, 64), dtype=np.float32))
-            files[f"{split}_{domain}"] = root / dataset / f"{split}.npz"
-    return files
+    return write_random_slices(tmp_path_factory.mktemp("slices"), 5, {"train": 16, "val": 4}, size=64)
 
 
 def _train(data, out_dir, variant, train_knobs, store):

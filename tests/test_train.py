@@ -13,6 +13,7 @@ import torch
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.models import load_trained
 from pipeline.train import _lr_factor, main, resolve_config, train
+from slices_support import write_random_slices
 
 UNET = {"model": {"decoder_channels": [8, 8, 8, 8, 8], "perceptual_layers": ["relu1_2"],
                   "perceptual_layer_weights": [1.0], "g_steps_per_d_step": 2},
@@ -31,16 +32,7 @@ def with_train(cfg, **train_knobs):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Tiny unpaired domains (16 images of 32x32) in dataset-named folders, as the slices stage lays them out."""
-    root = tmp_path_factory.mktemp("slices")
-    rng = np.random.default_rng(7)
-    files = {}
-    for domain, dataset in (("a", "ct_head"), ("b", "mri_t2")):
-        (root / dataset).mkdir()
-        for split in ("train", "val"):
-            path = root / dataset / f"{split}.npz"
-            np.savez(path, images=rng.random((16, 32, 32), dtype=np.float32))
-            files[f"{split}_{domain}"] = path
-    return files
+    return write_random_slices(tmp_path_factory.mktemp("slices"), 7, {"train": 16, "val": 16})
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import torch
 
@@ -20,6 +19,7 @@ import pipeline.train
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.models.cyclegan import CycleGAN
 from pipeline.train import EXIT_INTERRUPTED, main, train
+from slices_support import write_random_slices
 
 REPO = Path(__file__).resolve().parents[1]
 #: Classic variant: image pool, LR decay and a 2:1 update ratio all cross every interruption.
@@ -74,15 +74,7 @@ CHILD = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("slices")
-    rng = np.random.default_rng(3)
-    files = {}
-    for domain, dataset in (("a", "ct_head"), ("b", "mri_t2")):
-        (root / dataset).mkdir()
-        for split in ("train", "val"):
-            np.savez(root / dataset / f"{split}.npz", images=rng.random((8, 32, 32), dtype=np.float32))
-            files[f"{split}_{domain}"] = root / dataset / f"{split}.npz"
-    return files
+    return write_random_slices(tmp_path_factory.mktemp("slices"), 3, {"train": 8, "val": 8})
 
 
 @pytest.fixture(scope="module")
