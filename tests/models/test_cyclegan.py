@@ -227,6 +227,25 @@ def test_fused_calls_equal_separate_calls_for_batch_independent_networks(adversa
     assert not CycleGAN(UNET_SMALL, None, seed=0).fused_calls
 
 
+@pytest.mark.slow
+def test_compiled_networks_step_like_eager_ones():
+    """torch.compile (static shapes: b and 2b with fused calls; discriminators frozen in the G
+    phase) gives the eager step's losses, on CPU as CI has it (~1 min of compilation)."""
+    from pipeline.train import prepare_model, resolve_config
+
+    cls, model_cfg, train_cfg = resolve_config({"model": {**CLASSIC_SMALL, "pool_size": 2}, "train": {"compile": True}})
+    batch = {"a": images(2, 32, seed=1), "b": images(2, 32, seed=2)}
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = cls(model_cfg, None, seed=0)
+        if compiled:
+            prepare_model(model, train_cfg, torch.device("cpu"))
+        runs.append({**model.train_phase("G", batch), **model.train_phase("D", batch)})
+    for name, value in runs[0].items():
+        torch.testing.assert_close(runs[1][name], value, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
 def test_bf16_autocast_and_channels_last_steps_run():
     model = CycleGAN({**UNET_SMALL, "g_steps_per_d_step": 1}, None, seed=0).to(memory_format=torch.channels_last)
     model.mixed_precision = torch.bfloat16
