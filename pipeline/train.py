@@ -272,7 +272,8 @@ def train_step(model: GANModel, batch: dict[str, torch.Tensor], global_step: int
 def prepare_model(model: GANModel, cfg: Mapping[str, Any], device: torch.device,
                   parallel: DataParallel | None = None) -> GANModel:
     """Apply the speed knobs to a model on ``device``: SyncBatchNorm when data-parallel on CUDA,
-    channels-last, bf16 autocast, torch.compile (networks keep their state-dict keys)."""
+    channels-last, bf16 autocast, torch.compile of the networks and of the fixed networks inside
+    losses (networks keep their state-dict keys)."""
     if parallel is not None and parallel.world_size > 1:
         if device.type == "cuda":
             use_sync_batchnorm(model, model.network_names)
@@ -283,7 +284,7 @@ def prepare_model(model: GANModel, cfg: Mapping[str, Any], device: torch.device,
     if cfg["compile"]:
         # Static shapes: a network sees a few fixed batch sizes (e.g. b and 2b when calls are
         # fused), each best served by its own specialised graph (and CUDA graph).
-        for net in model.networks().values():
+        for net in (*model.networks().values(), *model.loss_networks().values()):
             net.compile(mode=cfg["compile_mode"], dynamic=False)
     return model
 

@@ -142,6 +142,11 @@ class GANModel(nn.Module):
     def networks(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in self.network_names}
 
+    def loss_networks(self) -> dict[str, nn.Module]:
+        """Fixed networks inside losses (e.g. a VGG feature extractor): not trained or
+        checkpointed, but compiled with the trained ones when the engine compiles."""
+        return {}
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast for forward passes when the engine enabled mixed precision."""
         device_type = next(self.parameters()).device.type

@@ -173,6 +173,9 @@ class CycleGAN(GANModel):
             raise ConfigError(f"model.adam_betas needs two values, got {cfg['adam_betas']}")
         return cfg
 
+    def loss_networks(self) -> dict[str, torch.nn.Module]:
+        return {} if self.perceptual is None else {"vgg19_perceptual": self.perceptual}
+
     @property
     def size_multiple(self) -> int:
         return int(np.lcm.reduce([net.size_multiple for net in self.networks().values()]))
