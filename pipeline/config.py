@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jsonschema
 import yaml
@@ -60,8 +60,8 @@ def validate_params(cfg: Mapping[str, Any], source: str = "params.yaml") -> None
         raise ConfigError("invalid parameters:\n  " + "\n  ".join(problems))
 
 
-def load_params(path: str | Path = "params.yaml", overrides: Mapping[str, Any] | None = None) -> dict:
-    """Load params.yaml, deep-merge ``overrides`` (e.g. a profile) on top, validate, return."""
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file holding a mapping (params.yaml, a profile such as configs/full.yaml)."""
     path = Path(path)
     try:
         cfg = yaml.safe_load(path.read_text())
@@ -71,6 +71,16 @@ def load_params(path: str | Path = "params.yaml", overrides: Mapping[str, Any] |
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: must be a mapping of keys to values")
+    return cfg
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Mapping[str, Any] | None = None,
+                config_files: Sequence[str | Path] = ()) -> dict:
+    """Load params.yaml, deep-merge ``config_files`` in order (as ``snakemake --configfile``
+    does) and then ``overrides`` on top, validate, return."""
+    cfg = read_yaml_mapping(path)
+    for config_file in config_files:
+        cfg = deep_merge(cfg, read_yaml_mapping(config_file))
     if overrides:
         cfg = deep_merge(cfg, overrides)
     validate_params(cfg, source=str(path))

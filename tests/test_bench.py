@@ -75,11 +75,14 @@ def test_recipe_timing_runs_the_engine_and_extrapolates(tmp_path, repo_root, cap
     assert "estimated recipe time:" in format_recipe(result)
 
 
-def test_recipe_timing_names_an_unknown_experiment(tmp_path, repo_root):
+def test_recipe_timing_refuses_bad_input(tmp_path, repo_root):
     from pipeline.bench import time_recipe
     from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown experiment 'nope'"):
         time_recipe("nope", [], tmp_path, params_file=repo_root / "params.yaml")
-    with pytest.raises(InputDataError, match="missing.yaml: config file not found"):
+    with pytest.raises(ConfigError, match="missing.yaml: no such parameter file"):
         time_recipe("cyclegan_ct_mri", [tmp_path / "missing.yaml"], tmp_path, params_file=repo_root / "params.yaml")
+    (tmp_path / "model").mkdir()  # a folder with an earlier measurement would be resumed, not timed
+    with pytest.raises(ConfigError, match="needs an empty --work-dir"):
+        time_recipe("cyclegan_ct_mri", [], tmp_path, params_file=repo_root / "params.yaml")

@@ -14,9 +14,8 @@ import torch
 
 from pipeline.distributed import DataParallel
 from pipeline.errors import ConfigError
-from pipeline.models.cyclegan import CycleGAN
-from pipeline.train import _seeds, train
-from slices_support import write_random_slices
+from pipeline.train import train
+from training_support import disagreement, write_random_slices
 
 REPO = Path(__file__).resolve().parents[1]
 # Instance norm only (the classic variant): each image's output is independent of its batch
@@ -52,19 +51,13 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(data, tmp_path
 
     ours = torch.load(parallel / "checkpoint.pt", weights_only=True)
     theirs = torch.load(single / "checkpoint.pt", weights_only=True)
-    # Same arithmetic, but per-process partial sums: float rounding only. Adam turns rounding
-    # into real differences where a gradient is pure rounding noise (the conv biases in front
-    # of instance norm: their true gradient is zero, Adam's first steps are +-lr whatever its
-    # size), and a GAN amplifies them. So the test measures disagreement against how far
-    # training moved each network's outputs from its initialisation. Measured on an Intel Xeon
-    # (2 epochs): 0.001-0.03 of the movement here; skipping the gradient all-reduce gives
-    # 0.13-0.47, the pools 0.12 and the losses 0.19 instead of 0.005 and 0.0003.
+    # Same arithmetic, but per-process partial sums: float rounding only, which Adam and the GAN
+    # amplify (see training_support.disagreement). Measured on an Intel Xeon (2 epochs): 0.001-0.03
+    # of the movement here; skipping the gradient all-reduce gives 0.13-0.47, the pools 0.12
+    # and the losses 0.19 instead of 0.005 and 0.0003.
     images = torch.from_numpy(np.load(data["val_a"])["images"][:4, None]) * 2 - 1
-    start = network_outputs(None, images)
-    got, want = network_outputs(ours, images), network_outputs(theirs, images)
-    for name in want:
-        disagreement = ((got[name] - want[name]).norm() / (want[name] - start[name]).norm()).item()
-        assert disagreement < 0.08, (name, disagreement)
+    for name, ratio in disagreement(ours, theirs, CFG["model"], 4, images).items():
+        assert ratio < 0.08, (name, ratio)
     for domain in ("a", "b"):  # the history pools hold the same fakes in the same slots
         pool_ours = ours["model_state"]["pools"][domain]["images"]
         pool_theirs = theirs["model_state"]["pools"][domain]["images"]
@@ -78,20 +71,6 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(data, tmp_path
     runs = client.search_runs([client.get_experiment_by_name("ddp_two").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # only process 0 logs
     assert runs[0].data.tags["world_size"] == "2"
-
-
-def network_outputs(checkpoint, images, seed=4):
-    """Each network's outputs on ``images``: trained (from ``checkpoint``) or, for None, as
-    training initialised them for ``seed``."""
-    torch.manual_seed(_seeds(seed)[0])
-    model = CycleGAN(CFG["model"], None, 0)
-    outputs = {}
-    with torch.no_grad():
-        for name, net in model.networks().items():
-            if checkpoint is not None:
-                net.load_state_dict(checkpoint["networks"][name])
-            outputs[name] = net(images)
-    return outputs
 
 
 def test_global_batch_must_split_evenly():

@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from pipeline import bench
-from pipeline.models.cyclegan import CycleGAN
-from pipeline.train import BatchSampler, _seeds, prepare_model, resolve_config, train, train_step
-from slices_support import write_random_slices
+from pipeline.train import BatchSampler, prepare_model, resolve_config, train, train_step
+from training_support import disagreement, write_random_slices
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)")]
@@ -45,23 +44,11 @@ def _train(data, out_dir, variant, train_knobs, store):
 
 
 def _disagreement(ours, theirs, variant):
-    """Largest ||ours - theirs|| / ||theirs - initial|| over the networks' outputs on a fixed batch:
-    how far two runs ended apart, against how far training moved them (GPU kernels and bf16
-    round differently from run to run, and GAN training amplifies rounding)."""
+    """The largest output disagreement of two runs' networks (GPU kernels and bf16 round
+    differently from run to run; training_support.disagreement)."""
     images = torch.linspace(-1, 1, 4 * 64 * 64).view(4, 1, 64, 64)
-    torch.manual_seed(_seeds(2)[0])
-    model = CycleGAN({"variant": variant, "pretrained": "none", **SMALL[variant]}, None, 0).eval()
-    worst = 0.0
-    with torch.no_grad():
-        initial = {name: net(images) for name, net in model.networks().items()}
-        for name, net in model.networks().items():
-            outputs = []
-            for checkpoint in (ours, theirs):
-                net.load_state_dict({k: v.cpu() for k, v in checkpoint["networks"][name].items()})
-                outputs.append(net(images))
-            moved = (outputs[1] - initial[name]).norm()
-            worst = max(worst, ((outputs[0] - outputs[1]).norm() / moved).item())
-    return worst
+    model_cfg = {"variant": variant, "pretrained": "none", **SMALL[variant]}
+    return max(disagreement(ours, theirs, model_cfg, 2, images).values())
 
 
 @pytest.mark.parametrize("variant", ["resnet9_patchgan", "unet_resnet18"])

@@ -13,7 +13,7 @@ import torch
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.models import load_trained
 from pipeline.train import _lr_factor, main, resolve_config, train
-from slices_support import write_random_slices
+from training_support import write_random_slices
 
 UNET = {"model": {"decoder_channels": [8, 8, 8, 8, 8], "perceptual_layers": ["relu1_2"],
                   "perceptual_layer_weights": [1.0], "g_steps_per_d_step": 2},

@@ -19,7 +19,7 @@ import pipeline.train
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.models.cyclegan import CycleGAN
 from pipeline.train import EXIT_INTERRUPTED, main, train
-from slices_support import write_random_slices
+from training_support import write_random_slices
 
 REPO = Path(__file__).resolve().parents[1]
 #: Classic variant: image pool, LR decay and a 2:1 update ratio all cross every interruption.
