@@ -11,10 +11,11 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
 .PHONY: setup quickstart test test-fast gpu-check lint clean pull report ui
 
-$(BIN)/snakemake: requirements.txt
+$(BIN)/snakemake: requirements.txt requirements-slurm.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-slurm.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -20,9 +20,11 @@ include: "pipeline/rules/common.smk"
 include: "pipeline/rules/data.smk"
 include: "pipeline/rules/preprocess.smk"
 include: "pipeline/rules/xray.smk"
+include: "pipeline/rules/ct_slices.smk"
 include: "pipeline/rules/qc.smk"
 include: "pipeline/rules/train.smk"
 include: "pipeline/rules/evaluate.smk"
+include: "pipeline/rules/reader_study.smk"
 
 
 rule all:

@@ -39,6 +39,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "enum":
         allowed = ", ".join(repr(v) for v in error.validator_value)
         return f"{error.instance!r} is not allowed; allowed values: {allowed}"
+    if error.validator == "not" and error.validator_value == {}:
+        return "not a knob of this model"
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         return f"{error.message}; allowed keys: {', '.join(allowed)}"
@@ -51,8 +53,12 @@ def validate_params(cfg: Mapping[str, Any], source: str = "params.yaml") -> None
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     problems = [f"{source}: {_key_path(e)}: {_describe(e)}" for e in errors]
     for name, exp in (cfg.get("experiments") or {}).items():
-        for side in ("domain_a", "domain_b"):
-            ds = exp.get(side) if isinstance(exp, Mapping) else None
+        if not isinstance(exp, Mapping):
+            continue
+        inputs = exp.get("inputs") if isinstance(exp.get("inputs"), Mapping) else {}
+        bound = {**{side: exp.get(side) for side in ("domain_a", "domain_b")},
+                 **{f"inputs.{key}": value for key, value in inputs.items()}}
+        for side, ds in bound.items():
             if ds is not None and ds not in (cfg.get("datasets") or {}):
                 known = ", ".join(sorted(cfg.get("datasets") or {}))
                 problems.append(f"{source}: experiments.{name}.{side}: unknown dataset {ds!r}; known: {known}")

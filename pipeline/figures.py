@@ -110,39 +110,67 @@ def sample_grid(samples_npz: Path, out_png: Path, labels: tuple[str, str] = ("CT
     _save(fig, out_png)
 
 
+def outline_mask(ax: plt.Axes, mask: np.ndarray, display_size: int | None = None, **style):
+    """Draw the outline of a boolean ``mask`` over an image shown by ``imshow`` on ``ax``.
+
+    ``display_size``: the side of the shown image when it is the mask's image upscaled (the mask
+    stays on its native grid); native pixel i's centre then sits at (i + 0.5) * size / n - 0.5 in
+    the shown image's pixel coordinates. Row 0 of the mask is the image's top row, as in imshow.
+    Returns the contour set (its paths are in the shown image's coordinates).
+    """
+    n_rows, n_cols = mask.shape
+    size_y, size_x = (display_size, display_size) if display_size else (n_rows, n_cols)
+    ys = (np.arange(n_rows) + 0.5) * size_y / n_rows - 0.5
+    xs = (np.arange(n_cols) + 0.5) * size_x / n_cols - 0.5
+    style = {"colors": "cyan", "linewidths": 0.8} | style
+    return ax.contour(xs, ys, mask.astype(float), levels=[0.5], **style)
+
+
 def difference_maps(
     samples_npz: Path, out_png: Path, labels: tuple[str, str] = ("CT", "T2 MRI"), upscale_size: int = 256
 ) -> None:
-    """|G(x) - x| over the input, after bicubic upscaling to ``upscale_size`` (default 256), with a colour bar.
+    """Per direction, the signed change G(x) - x (as report 000 shows it: red where the translation made
+    the image lighter, blue where darker) and the absolute change |G(x) - x|, each over the input,
+    after bicubic upscaling to ``upscale_size`` (default 256), with colour bars.
 
-    One shared colour scale over all panels, so that panels compare; the region mask's outline is
-    drawn where samples.npz carries one.
+    One colour scale per kind over all panels, so that panels compare; the region mask's outline
+    (e.g. the lung fields) is drawn where samples.npz carries one.
     """
     from pipeline.evaluate.regions import difference_maps as make_maps
 
     samples = _load_samples(samples_npz, ("source", "translated"))
     ways = {"a_to_b": labels, "b_to_a": labels[::-1]}
     maps = {w: make_maps(samples[f"{w}_source"], samples[f"{w}_translated"], upscale_size) for w in ways}
-    vmax = max(float(diff.max()) for _, diff in maps.values()) or 1.0
+    vmax = max(float(np.abs(diff).max()) for _, diff in maps.values()) or 1.0
     n_rows = max(len(samples[f"{w}_source"]) for w in ways)
-    fig, axes = plt.subplots(n_rows, 2, figsize=(2 * 1.3 * PANEL_INCHES + 1, n_rows * 1.3 * PANEL_INCHES), squeeze=False)
-    overlay = None
-    for col, (way, (src, tgt)) in enumerate(ways.items()):
+    fig, axes = plt.subplots(n_rows, 4, figsize=(4 * 1.3 * PANEL_INCHES + 1.5, n_rows * 1.3 * PANEL_INCHES + 0.4),
+                             squeeze=False)
+    overlays = {}
+    for way_index, (way, (src, tgt)) in enumerate(ways.items()):
         upscaled, diff = maps[way]
         masks = samples.get(f"{way}_region_mask")
-        for row in range(n_rows):
-            ax = axes[row, col]
-            if row >= len(upscaled):
-                ax.axis("off")
-                continue
-            _show(ax, upscaled[row])
-            overlay = ax.imshow(diff[row], cmap="inferno", vmin=0.0, vmax=vmax, alpha=0.6, interpolation="nearest")
-            if masks is not None:
-                extent = (-0.5, upscale_size - 0.5, upscale_size - 0.5, -0.5)
-                ax.contour(masks[row].astype(float), levels=[0.5], colors="cyan", linewidths=0.8, extent=extent)
-            if row == 0:
-                ax.set_title(f"|{src} \u2192 {tgt} \u2212 {src}|", fontsize=9)
-    fig.colorbar(overlay, ax=axes.ravel().tolist(), shrink=0.8, label=f"absolute change ([0,1] units, bicubic to {upscale_size}px)")
+        for kind_index, kind in enumerate(("signed", "absolute")):
+            col = 2 * kind_index + way_index  # signed maps in the left pair of columns, absolute in the right
+            for row in range(n_rows):
+                ax = axes[row, col]
+                if row >= len(upscaled):
+                    ax.axis("off")
+                    continue
+                _show(ax, upscaled[row])
+                shown = diff[row] if kind == "signed" else np.abs(diff[row])
+                overlays[kind] = ax.imshow(
+                    shown, cmap="RdBu_r" if kind == "signed" else "inferno", interpolation="nearest",
+                    vmin=-vmax if kind == "signed" else 0.0, vmax=vmax, alpha=0.6,
+                )
+                if masks is not None:
+                    outline_mask(ax, masks[row], upscale_size)
+                if row == 0:
+                    ax.set_title(f"{src}\u2192{tgt}\n" + ("G(x) \u2212 x" if kind == "signed" else "|G(x) \u2212 x|"),
+                                 fontsize=8)
+    fig.colorbar(overlays["signed"], ax=axes[:, :2].ravel().tolist(), shrink=0.8, location="bottom", pad=0.03,
+                 label="G(x) \u2212 x ([0,1] units): red lighter, blue darker")
+    fig.colorbar(overlays["absolute"], ax=axes[:, 2:].ravel().tolist(), shrink=0.8, location="bottom", pad=0.03,
+                 label=f"|G(x) \u2212 x| ([0,1] units), bicubic to {upscale_size}px")
     _save(fig, out_png)
 
 
@@ -182,7 +210,7 @@ def metrics_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
 
     summary = lambda block, digits=3: _with_interval(block["mean"], block["ci95"], digits) if block else "n/a"
     row("FID", lambda b: _with_interval(b["fid"]["value"], b["fid"].get("ci95"), 1))
-    row("KID", lambda b: _with_interval(b["kid"]["mean"], b["kid"].get("ci95"), 4))
+    row("KID", lambda b: _with_interval(b["kid"]["value"], b["kid"]["ci95"], 4))
     row("FRD (ln)", lambda b: _with_interval(b["frd"]["value"], b["frd"]["ci95"], 2))
     row("SSIM(x, G(x))", lambda b: summary(b["ssim"]))
     row("cycle SSIM", lambda b: summary(b["ssim_cycle"]))
@@ -198,7 +226,7 @@ def metrics_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def metrics_table(metrics_json: Path | dict, out_png: Path) -> None:
-    """The headline numbers of metrics.json as a table image (value [95% bootstrap CI over subjects])."""
+    """The headline numbers of metrics.json as a table image (value [95% CI over subjects] or n/a)."""
     import json
 
     metrics = metrics_json if isinstance(metrics_json, dict) else json.loads(Path(metrics_json).read_text())
@@ -210,7 +238,8 @@ def metrics_table(metrics_json: Path | dict, out_png: Path) -> None:
     table.set_fontsize(8)
     table.scale(1.0, 1.3)
     accuracy = (metrics.get("classifier") or {}).get("test_accuracy")
-    note = "value [95% CI, subjects resampled]"
+    note = ("value [95% CI over subjects: bootstrap for per-image means, jackknife for FID / KID / FRD]; "
+            "no interval with fewer than the minimum number of test subjects")
     if accuracy:
         note += f"; classifier test accuracy {_with_interval(accuracy['mean'], accuracy['ci95'])}"
     ax.set_title(note, fontsize=8)
@@ -397,6 +426,117 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+# -- generators (pipeline.evaluate.generation's samples.npz and the training history) ------------
+
+
+def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(path, "samples file not found")
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    missing = [key for key in keys if key not in arrays]
+    if missing:
+        raise InputDataError(path, f"missing arrays {missing}")
+    return arrays
+
+
+def generated_grid(samples_npz: Path, out_png: Path) -> None:
+    """Per class (one block for an unconditional generator): a row of real test slices above a row
+    of generated ones, on the fixed [0, 1] grey range, so that a reader compares like with like."""
+    samples = _load_npz(samples_npz, ("row_names",))
+    names = [str(name) for name in samples["row_names"]]
+    rows = [row for i, name in enumerate(names) for row in (
+        (f"real {name}" if len(names) > 1 else "real", samples[f"grid_real_{i}"]),
+        (f"generated {name}" if len(names) > 1 else "generated", samples[f"grid_generated_{i}"]),
+    )]
+    n_cols = max(1, max(len(images) for _, images in rows))
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * PANEL_INCHES * 0.7, len(rows) * PANEL_INCHES * 0.7),
+                             squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            if c >= len(images):
+                ax.axis("off")
+                continue
+            _show(ax, images[c])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    _save(fig, out_png)
+
+
+def noise_walk(samples_npz: Path, out_png: Path) -> None:
+    """Images along a spherical walk between two noise vectors (one row per class): a smooth
+    change of anatomy suggests a generator that learnt a space, not a list of slices."""
+    samples = _load_npz(samples_npz, ("row_names",))
+    if "walk" not in samples:
+        raise InputDataError(Path(samples_npz), "no 'walk' array: the generator exposes no noise / generate pair")
+    walk, names = samples["walk"], [str(name) for name in samples["row_names"]]
+    fig, axes = plt.subplots(len(walk), walk.shape[1], figsize=(walk.shape[1] * PANEL_INCHES * 0.6,
+                             len(walk) * PANEL_INCHES * 0.6), squeeze=False)
+    for r, row in enumerate(walk):
+        for c, image in enumerate(row):
+            _show(axes[r, c], image)
+            if c == 0:
+                axes[r, c].set_ylabel(names[r] if len(names) == len(walk) else "", fontsize=8)
+            if r == 0:
+                axes[r, c].set_title(f"t = {c / max(len(row) - 1, 1):.2f}", fontsize=7)
+    _save(fig, out_png)
+
+
+def nearest_pairs(samples_npz: Path, out_png: Path) -> None:
+    """The generated images closest to a training slice (pixel RMS), each beside that training
+    slice (mirrored when its flip was nearer) and its nearest held-out slice, with the distances
+    and the memorisation threshold: near-copies of patients' anatomy are seen at a glance."""
+    keys = ("pairs_generated", "pairs_train", "pairs_heldout", "pairs_train_distance", "pairs_heldout_distance",
+            "pairs_train_flipped", "pairs_threshold")
+    samples = _load_npz(samples_npz, keys)
+    n = len(samples["pairs_generated"])
+    fig, axes = plt.subplots(max(n, 1), 3, figsize=(3 * PANEL_INCHES, max(n, 1) * PANEL_INCHES), squeeze=False)
+    threshold = float(samples["pairs_threshold"])
+    for r in range(n):
+        d_train, d_heldout = samples["pairs_train_distance"][r], samples["pairs_heldout_distance"][r]
+        flipped = " (mirrored)" if samples["pairs_train_flipped"][r] else ""
+        panels = (("generated", samples["pairs_generated"][r], "red" if d_train < threshold else "black"),
+                  (f"nearest training{flipped}\nRMS {d_train:.3f}", samples["pairs_train"][r], "black"),
+                  (f"nearest held-out\nRMS {d_heldout:.3f}", samples["pairs_heldout"][r], "black"))
+        for c, (title, image, colour) in enumerate(panels):
+            _show(axes[r, c], image)
+            axes[r, c].set_title(title, fontsize=7, color=colour)
+    fig.suptitle(f"closest to training slices; red: nearer than the memorisation threshold {threshold:.3f} "
+                 "(a low quantile of held-out slices' distances to training)", fontsize=8)
+    _save(fig, out_png)
+
+
+def gan_training_curves(history_csv: Path, out_png: Path) -> None:
+    """Left: the losses per epoch; right: D's mean output on real (D(x)) and generated (D(G(z)))
+    images per epoch, the curves report 002 read its training from."""
+    import pandas as pd
+
+    history_csv = Path(history_csv)
+    if not history_csv.is_file():
+        raise InputDataError(history_csv, "training history not found")
+    history = pd.read_csv(history_csv)
+    missing = [c for c in ("epoch", "d_real", "d_fake") if c not in history.columns]
+    if missing or history.empty:
+        raise InputDataError(history_csv, f"needs rows and the columns epoch, d_real, d_fake (missing {missing})")
+    per_epoch = history.groupby("epoch").mean(numeric_only=True)
+    outputs = ("d_real", "d_fake", "D_accuracy", "instance_noise_std")
+    losses = [c for c in per_epoch.columns if c not in ("step", *outputs)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for column in losses:
+        left.plot(per_epoch.index, per_epoch[column], label=column)
+    left.set_title("losses", fontsize=9)
+    for column, label in (("d_real", "D(x), real"), ("d_fake", "D(G(z)), generated")):
+        right.plot(per_epoch.index, per_epoch[column], label=label)
+    right.set_title("discriminator output (mean over the epoch)", fontsize=9)
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, out_png)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,18 @@ trying names; with it, ``python -m pipeline.privacy pseudonym ID...`` finds a pa
 pseudonym again. The same salt gives the same ids, hence the same splits: share it (out of band)
 with whoever must reproduce a run on real data.
 
-Header fields are handled where they are read: every stage writes fresh images from voxels and
-geometry only (pipeline.preprocess.window), so no DICOM or NIfTI header text is carried over.
+Header fields are removed at the door: the download stage writes only de-identified files into
+``data/raw`` (pipeline.sources.deidentify: DICOM PS3.15 Annex E Basic profile, NIfTI text fields,
+JPEG / PNG metadata), and every later stage writes fresh images from voxels and geometry only
+(pipeline.preprocess.window). ``python -m pipeline.privacy scan`` checks any folder for strings
+you know identify a patient: run it over data/raw, .dvc/cache and a DVC remote before sharing.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import csv
 import gzip
 import hashlib
@@ -60,6 +65,8 @@ IDENTIFYING_DICOM_KEYWORDS = (
 )  # fmt: skip
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 _PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+#: Base64 payloads of data URIs (Snakemake's report embeds every result file this way).
+_DATA_URI = re.compile(rb"base64,([A-Za-z0-9+/=\s]{16,})")
 
 
 def default_salt_file() -> Path:
@@ -227,10 +234,8 @@ def _inflate(data: bytes) -> bytes:
         return b""
 
 
-def _views(path: Path) -> Iterator[tuple[str, bytes]]:
-    """The bytes of a file as stored, gunzipped when it is gzip, and its PNG text chunks."""
-    data = path.read_bytes()
-    yield "raw", data
+def _decoded_views(data: bytes) -> Iterator[tuple[str, bytes]]:
+    """Gunzipped content, PNG text chunks, and the content of base64 data URIs."""
     if data[:2] == b"\x1f\x8b":
         try:
             yield "gunzipped", gzip.decompress(data)
@@ -239,11 +244,28 @@ def _views(path: Path) -> Iterator[tuple[str, bytes]]:
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         for text in _png_text(data):
             yield "PNG text chunk", text
+    for match in _DATA_URI.finditer(data):
+        try:
+            yield "base64 data URI", base64.b64decode(match.group(1), validate=False)
+        except (binascii.Error, ValueError):
+            pass
+
+
+def _views(path: Path) -> Iterator[tuple[str, bytes]]:
+    """The bytes of a file as stored, and what _decoded_views finds in them (one level down
+    again, so a PNG or gzip inside a data URI is opened too)."""
+    data = path.read_bytes()
+    yield "raw", data
+    for where, decoded in _decoded_views(data):
+        yield where, decoded
+        for inner, deeper in _decoded_views(decoded):
+            yield f"{where}, {inner}", deeper
 
 
 def find_markers(roots: Iterable[str | Path], markers: Sequence[str]) -> list[tuple[Path, str, str]]:
     """Every (file, marker, where) such that ``marker`` occurs in a file under ``roots``: in its
-    bytes as stored (case-insensitive, UTF-8 and UTF-16-LE), gunzipped, or in a PNG text chunk."""
+    bytes as stored (case-insensitive, UTF-8 and UTF-16-LE), gunzipped, in a PNG text chunk, or
+    in a base64 data URI (HTML reports)."""
     needles = {m: (m.lower().encode(), m.lower().encode("utf-16-le")) for m in markers}
     found = []
     for root in roots:

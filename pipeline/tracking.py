@@ -1,6 +1,9 @@
 """MLflow tracking: one run per training, reopened by evaluation so both land together.
 
-The store is ``sqlite:///mlflow.db`` at the repository root by default. Several Snakemake jobs
+The store is ``sqlite:///mlflow.db`` at the repository root by default, or a group's MLflow
+server (``http(s)://host:port``, pipeline/tracking_server.py: PostgreSQL behind it, which takes
+concurrent writers itself; no lock file then, and MLflow's HTTP client retries failed requests).
+For the SQLite default: several Snakemake jobs
 may write to that one SQLite file at once, which MLflow alone does not survive (concurrent
 first use races on the schema migration; concurrent writes meet "database is locked"). So
 every store call here holds an exclusive lock file beside the database, SQLite waits on busy
@@ -187,7 +190,17 @@ class Tracker:
         if db is not None:
             safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
             location = (db.resolve().parent / "mlartifacts" / safe_name).as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as err:
+            # A server store has no lock file: another job may create the experiment between
+            # our lookup and our create (seen with 4 writers on a fresh server). Theirs is ours.
+            found = self.client.get_experiment_by_name(name)
+            if err.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+                raise
+            return found.experiment_id
 
     def _call(self, action: Callable[[], T]) -> T:
         wait = RETRY_FIRST_WAIT_S

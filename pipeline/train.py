@@ -1,11 +1,16 @@
 """The one training engine: epochs, steps, update ratios, LR schedule, checkpoints, history,
 sample grids and MLflow logging, for any model in ``pipeline.models``.
 
-Data: each domain's ``images`` (N, H, W) in [0, 1] become one [-1, 1] tensor on the device.
-Each epoch's unpaired batches (shuffled passes, random crops, left-right flips) are drawn up
-front from a seeded generator and every step gathers its batch on the device in one indexing
-operation, so the hot loop does no per-image Python work and never waits on the GPU: losses
-are summed on the device and read once per epoch.
+Data: the model names its inputs (``pipeline.models.DataInput``: CycleGAN ``a`` and ``b``, the
+DCGAN ``images``) and the experiment binds each to a slices npz. Each input's ``images``
+(N, H, W) in [0, 1] become one [-1, 1] tensor on the device, with the arrays the model asks to
+draw alongside (``labels``; ``label_maps``, resized by nearest neighbour). Each epoch's batches
+(shuffled passes or class-balanced draws, random crops, left-right flips) are drawn up front
+from a seeded generator, one index per input: an image, its label and its map always travel
+together, cropped and flipped alike; different inputs are drawn independently (unpaired).
+Every step gathers its batch on the device in one indexing operation, so the hot loop does no
+per-image Python work and never waits on the GPU: losses are summed on the device and read
+once per epoch.
 
 Speed knobs: bf16 autocast, channels-last, ``torch.compile`` (mode ``reduce-overhead`` adds
 CUDA graphs), and data parallelism over the processes torchrun starts (``pipeline.distributed``).
@@ -51,7 +56,7 @@ import torch.nn.functional as F
 from pipeline.atomic import atomic_path, write_json, write_text
 from pipeline.distributed import DataParallel, use_sync_batchnorm
 from pipeline.errors import ConfigError, InputDataError, PipelineError
-from pipeline.models import GANModel, merge_knobs, model_class
+from pipeline.models import DataInput, GANModel, merge_knobs, model_class
 from pipeline.models.networks import PRETRAINED_CHOICES
 from pipeline.progress import progress_counter
 from pipeline.tracking import Tracker, data_version, git_state, params_hash
@@ -128,23 +133,42 @@ def resolve_config(cfg: Mapping[str, Any] | None) -> tuple[type[GANModel], dict[
     return cls, model_knobs, train_knobs
 
 
-def load_images(path: Path) -> np.ndarray:
-    """The ``images`` array of a slices npz: (N, H, W) float32 in [0, 1], checked."""
+def load_input(path: Path, spec: DataInput) -> dict[str, np.ndarray]:
+    """The arrays of one named input from a slices npz, checked: ``images`` (N, H, W) float32 in
+    [0, 1], and when ``spec`` asks, ``labels`` (N,) int64 >= 0 and ``label_maps`` (N, H, W)
+    integer classes >= 0. Keys are the npz names."""
     path = Path(path)
     if not path.is_file():
         raise InputDataError(path, "file not found")
+    wanted = ["images"] + (["labels"] if spec.labels else []) + (["label_maps"] if spec.label_maps else [])
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if "images" not in npz.files:
-                raise InputDataError(path, f"has no 'images' array (arrays: {npz.files})")
-            images = npz["images"]
+            missing = [key for key in wanted if key not in npz.files]
+            if missing:
+                raise InputDataError(path, f"has no {' or '.join(map(repr, missing))} array for input {spec.name!r} "
+                                           f"(arrays: {npz.files})")
+            arrays = {key: npz[key] for key in wanted}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise InputDataError(path, f"cannot be read as npz ({err})") from err
+    images = arrays["images"]
     if images.ndim != 3 or len(images) == 0 or not np.issubdtype(images.dtype, np.floating):
         raise InputDataError(path, f"'images' must be a non-empty float (N, H, W) array, got {images.dtype} {images.shape}")
     if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
         raise InputDataError(path, "'images' must be finite and within [0, 1]")
-    return images.astype(np.float32, copy=False)
+    arrays["images"] = images.astype(np.float32, copy=False)
+    if spec.labels:
+        labels = arrays["labels"]
+        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+            raise InputDataError(path, f"'labels' must be {len(images)} integer classes >= 0 (one per image), "
+                                       f"got {labels.dtype} {labels.shape}")
+        arrays["labels"] = labels.astype(np.int64, copy=False)
+    if spec.label_maps:
+        maps = arrays["label_maps"]
+        if maps.shape != images.shape or not np.issubdtype(maps.dtype, np.integer) or maps.min() < 0:
+            raise InputDataError(path, f"'label_maps' must be integer classes >= 0 shaped like 'images' "
+                                       f"{images.shape}, got {maps.dtype} {maps.shape}")
+        arrays["label_maps"] = maps.astype(np.int64, copy=False)
+    return arrays
 
 
 def _as_tensor(images: np.ndarray, image_size: int | None, device: torch.device) -> torch.Tensor:
@@ -153,6 +177,26 @@ def _as_tensor(images: np.ndarray, image_size: int | None, device: torch.device)
     if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     return (x * 2 - 1).to(device)
+
+
+def _maps_as_tensor(maps: np.ndarray, image_size: int | None, device: torch.device) -> torch.Tensor:
+    """(N, H, W) integer label maps -> (N, 1, S, S) int64 on ``device``, resized by nearest
+    neighbour: a class is never blended into a value between classes."""
+    x = torch.from_numpy(maps).unsqueeze(1)
+    if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
+        x = F.interpolate(x.double(), size=(image_size, image_size), mode="nearest-exact").round().long()
+    return x.to(device)
+
+
+def _input_tensors(arrays: Mapping[str, np.ndarray], spec: DataInput, image_size: int | None,
+                   device: torch.device) -> dict[str, torch.Tensor]:
+    """One input's arrays as the batch keys of ``spec``: images [-1, 1], labels, maps."""
+    tensors = {spec.name: _as_tensor(arrays["images"], image_size, device)}
+    if spec.labels:
+        tensors[spec.labels_key] = torch.from_numpy(arrays["labels"]).to(device)
+    if spec.label_maps:
+        tensors[spec.maps_key] = _maps_as_tensor(arrays["label_maps"], image_size, device)
+    return tensors
 
 
 def centre_crop(images: torch.Tensor, crop_size: int | None) -> torch.Tensor:
@@ -211,30 +255,56 @@ def _seeds(seed: int) -> tuple[int, int, int]:
     return int(init), int(data), int(model)
 
 
+def _balanced_draws(labels: torch.Tensor, n_draws: int, generator: torch.Generator) -> torch.Tensor:
+    """``n_draws`` indices drawn with replacement so that every class present is equally likely
+    (each image weighted by 1 / its class's count)."""
+    labels = labels.cpu()
+    weights = 1.0 / torch.bincount(labels).double()[labels]
+    return torch.multinomial(weights, n_draws, replacement=True, generator=generator)
+
+
 class BatchSampler:
-    """Unpaired training batches drawn on the device.
+    """Training batches drawn on the device, one index per input.
+
+    ``data`` maps each input name to its images (N, 1, H, W); ``aligned`` maps an input name to
+    more arrays drawn with the same index: (N,) per-image values (labels) are gathered, (N, 1,
+    H, W) maps are cropped and flipped exactly as the images. Inputs are drawn independently
+    of each other (CycleGAN's unpaired domains). ``balance`` maps an input name to its labels
+    for class-balanced draws instead of shuffled passes.
 
     ``plan_epoch`` draws an epoch's image indices, flips and crop offsets for the global batch
     from a CPU generator (reproducible and checkpointable), keeps this process's ``share`` and
     turns them into row / column index grids on the device; ``batch`` then gathers one step's
-    cropped, flipped images per domain in a single indexing operation.
+    cropped, flipped images per input in a single indexing operation.
     """
 
     def __init__(self, data: Mapping[str, torch.Tensor], batch_size: int, crop_size: int | None,
                  flip_probability: float, share: slice | None = None,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 aligned: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+                 balance: Mapping[str, torch.Tensor] | None = None):
         self.data, self.batch_size, self.crop_size = dict(data), batch_size, crop_size
         self.flip_probability, self.memory_format = flip_probability, memory_format
         self.share = share or slice(0, batch_size)
+        self.aligned = {name: dict(arrays) for name, arrays in (aligned or {}).items()}
+        self.balance = dict(balance or {})
+        for name, arrays in self.aligned.items():
+            for key, array in arrays.items():
+                if len(array) != len(self.data[name]) or (array.ndim > 1 and array.shape[-2:] != self.data[name].shape[-2:]):
+                    raise ValueError(f"{key} ({tuple(array.shape)}) is not aligned with input {name!r} "
+                                     f"({tuple(self.data[name].shape)})")
 
     def plan_epoch(self, steps: int, rng: torch.Generator) -> dict[str, tuple[torch.Tensor, ...]]:
-        """Per domain: (indices, rows, cols) of shapes (steps, b), (steps, b, h), (steps, b, w) on the device."""
+        """Per input: (indices, rows, cols) of shapes (steps, b), (steps, b, h), (steps, b, w) on the device."""
         plan = {}
         for domain, x in self.data.items():
             height, width = x.shape[-2:]
             crop_h, crop_w = (self.crop_size, self.crop_size) if self.crop_size else (height, width)
             shape = (steps, self.batch_size)
-            indices = _shuffled_draws(len(x), steps * self.batch_size, rng).view(shape)
+            if domain in self.balance:
+                indices = _balanced_draws(self.balance[domain], steps * self.batch_size, rng).view(shape)
+            else:
+                indices = _shuffled_draws(len(x), steps * self.batch_size, rng).view(shape)
             flips = torch.rand(shape, generator=rng) < self.flip_probability
             top = left = torch.zeros(shape, dtype=torch.long)
             if self.crop_size:
@@ -248,12 +318,17 @@ class BatchSampler:
         return plan
 
     def batch(self, plan: Mapping[str, tuple[torch.Tensor, ...]], step: int) -> dict[str, torch.Tensor]:
-        """Step ``step``'s (b, 1, h, w) batch per domain."""
+        """Step ``step``'s (b, 1, h, w) images per input, with their aligned labels (b,) and maps (b, 1, h, w)."""
         batch = {}
         for domain, x in self.data.items():
             indices, rows, cols = (t[step] for t in plan[domain])
             images = x[indices[:, None, None], 0, rows[:, :, None], cols[:, None, :]]
             batch[domain] = images.unsqueeze(1).contiguous(memory_format=self.memory_format)
+            for key, array in self.aligned.get(domain, {}).items():
+                if array.ndim == 1:
+                    batch[key] = array[indices]
+                else:
+                    batch[key] = array[indices[:, None, None], 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
         return batch
 
 
@@ -372,34 +447,46 @@ class TrainingRun:
                  cfg: Mapping[str, Any] | None, experiment: str, weights_dir: Path | None, seed: int,
                  parallel: DataParallel | None = None):
         cls, model_cfg, self.cfg = resolve_config(cfg)
-        if set(train_files) != set(cls.domains) or set(val_files) != set(cls.domains):
-            raise ConfigError(f"{cls.name} trains on domains {cls.domains}, "
-                              f"got {sorted(train_files)} / {sorted(val_files)}")
+        names = cls.input_names()
+        if set(train_files) != set(names) or set(val_files) != set(names):
+            raise ConfigError(f"{cls.name} trains on the inputs {list(names)}, "
+                              f"got {sorted(train_files)} (training) / {sorted(val_files)} (validation)")
         self.out_dir, self.experiment, self.seed, self.parallel = Path(out_dir), experiment, seed, parallel
         self.is_main = parallel is None or parallel.is_main
         self.world_size = 1 if parallel is None else parallel.world_size
         self.device = _select_device(self.cfg["device"], 0 if parallel is None else parallel.local_rank)
-        self.labels = {d: Path(train_files[d]).parent.name for d in cls.domains}
-        self.data_version = data_version([Path(train_files[d]) for d in cls.domains]
-                                         + [Path(val_files[d]) for d in cls.domains])
+        self.labels = {d: Path(train_files[d]).parent.name for d in names}
+        self.data_version = data_version([Path(train_files[d]) for d in names]
+                                         + [Path(val_files[d]) for d in names])
         self.knobs = {"model": {"name": cls.name, **model_cfg}, "train": self.cfg, "seed": seed}
         self.params_hash = params_hash(self.knobs)
         self.run_name = f"{experiment}-{model_cfg.get('variant', cls.name)}-{self.params_hash[:8]}"
         self.fingerprint = params_hash({"model": self.knobs["model"], "seed": seed, "data": self.data_version,
                                         "train": {k: v for k, v in self.cfg.items() if k not in _RESUME_NEUTRAL}})
 
-        self.data = {d: _as_tensor(load_images(train_files[d]), self.cfg["image_size"], self.device)
-                     for d in cls.domains}
-        self.val = self._sample_images(val_files)
+        specs = {spec.name: spec for spec in cls.inputs}
+        train_arrays = {d: load_input(train_files[d], specs[d]) for d in names}
+        tensors = {d: _input_tensors(train_arrays[d], specs[d], self.cfg["image_size"], self.device) for d in names}
+        self.data = {d: tensors[d].pop(d) for d in names}
+        aligned = {d: t for d, t in tensors.items() if t}
+        self.val = self._sample_images(val_files, specs)
         init_seed, data_seed, model_seed = _seeds(seed)
         torch.manual_seed(init_seed)
-        self.model = cls(model_cfg, weights_dir, model_seed).to(self.device)
-        _check_sizes(self.data, self.val, train_files, val_files, self.cfg["crop_size"], self.model.size_multiple)
-        self.val = {d: centre_crop(x, self.cfg["crop_size"]) for d, x in self.val.items()}
+        first = self.data[names[0]]
+        train_size = (self.cfg["crop_size"],) * 2 if self.cfg["crop_size"] else tuple(first.shape[-2:])
+        self.model = cls(model_cfg, weights_dir, model_seed, image_size=train_size).to(self.device)
+        _check_sizes(self.data, {d: self.val[d] for d in names}, train_files, val_files, self.cfg["crop_size"],
+                     self.model.size_multiple, self.model.required_image_size())
+        for d in names:
+            if specs[d].labels:
+                self.model.check_labels(Path(train_files[d]), train_arrays[d]["labels"])
+                self.model.check_labels(Path(val_files[d]), self.val[specs[d].labels_key].cpu().numpy())
+        self.val = {k: centre_crop(x, self.cfg["crop_size"]) if x.ndim == 4 else x for k, x in self.val.items()}
         share = None if parallel is None else parallel.share_of(self.cfg["batch_size"])
         memory_format = torch.channels_last if self.cfg["channels_last"] else torch.contiguous_format
+        balance = {d: aligned[d][specs[d].labels_key] for d in self.model.class_balanced_inputs}
         self.sampler = BatchSampler(self.data, self.cfg["batch_size"], self.cfg["crop_size"],
-                                    self.cfg["flip_probability"], share, memory_format)
+                                    self.cfg["flip_probability"], share, memory_format, aligned, balance)
         lr_factor = functools.partial(_lr_factor, constant=self.cfg["lr_constant_epochs"],
                                       decay=self.cfg["lr_decay_epochs"])
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
@@ -419,13 +506,18 @@ class TrainingRun:
             parallel.broadcast_modules(self.model.networks().values())
         prepare_model(self.model, self.cfg, self.device, parallel)
 
-    def _sample_images(self, val_files: Mapping[str, Path]) -> dict[str, torch.Tensor]:
-        """The fixed validation images of the sample grids: evenly spread, as many per domain."""
-        images = {d: load_images(path) for d, path in val_files.items()}
-        picks = {d: np.unique(np.linspace(0, len(x) - 1, self.cfg["n_samples"]).round().astype(int))
-                 for d, x in images.items()}
+    def _sample_images(self, val_files: Mapping[str, Path], specs: Mapping[str, DataInput]) -> dict[str, torch.Tensor]:
+        """The fixed validation images of the sample grids (with their labels and maps): evenly
+        spread, as many per input."""
+        arrays = {d: load_input(path, specs[d]) for d, path in val_files.items()}
+        picks = {d: np.unique(np.linspace(0, len(a["images"]) - 1, self.cfg["n_samples"]).round().astype(int))
+                 for d, a in arrays.items()}
         n_show = min(len(p) for p in picks.values())
-        return {d: _as_tensor(images[d][picks[d][:n_show]], self.cfg["image_size"], self.device) for d in images}
+        val = {}
+        for d, a in arrays.items():
+            chosen = {key: array[picks[d][:n_show]] for key, array in a.items()}
+            val.update(_input_tensors(chosen, specs[d], self.cfg["image_size"], self.device))
+        return val
 
     @property
     def checkpoint_path(self) -> Path:
@@ -620,6 +712,7 @@ class TrainingRun:
         else:  # resumed mid-epoch: draw the same plan again
             self.data_rng.set_state(self.epoch_rng_state)
         plan = self.sampler.plan_epoch(self.steps, self.data_rng)
+        self.model.start_epoch(self.epoch)
         cuda_graphs = _uses_cuda_graphs(self.cfg, self.device)
         self.model.train()
         t0 = time.perf_counter()
@@ -687,7 +780,8 @@ class TrainingRun:
         _write_history(self.out_dir / "history.csv", self.history, self.model.loss_names)
         image_size = list(next(iter(self.data.values())).shape[-2:])
         payload = {**self.model.export(), "image_size": image_size, "crop_size": self.cfg["crop_size"],
-                   "domains": self.labels, "pretrained": self.model.pretrained, "seed": self.seed}
+                   "domains": self.labels, "task": self.model.task, "pretrained": self.model.pretrained,
+                   "seed": self.seed}
         with atomic_path(self.out_dir / "model.pt") as tmp:
             torch.save(payload, tmp)
         cpu, deterministic = self.device.type == "cpu", self.cfg["deterministic"]
@@ -714,14 +808,17 @@ class TrainingRun:
         return run
 
 
-def run_experiment(train_files: Mapping[str, Path], val_files: Mapping[str, Path], out_dir: Path,
-                   cfg: Mapping[str, Any] | None, experiment: str, tracking_uri: str, weights_dir: Path | None,
-                   seed: int) -> dict[str, Any] | None:
-    """Train the configured model on one data file per model domain; returns run.json's content
+def train(train_files: Mapping[str, Path], val_files: Mapping[str, Path], out_dir: Path,
+          cfg: Mapping[str, Any] | None, experiment: str, tracking_uri: str, weights_dir: Path | None,
+          seed: int) -> dict[str, Any] | None:
+    """Train the configured model on one slices npz per named input; returns run.json's content
     (None on data-parallel processes other than 0).
 
-    ``train_files`` / ``val_files`` map each of the model's domains (e.g. "a", "b") to a
-    slices npz; the validation files feed the sample grids. A ``checkpoint.pt`` in
+    ``cfg`` = {"model": {"name": ..., ...}, "train": {...}} (see ``TRAIN_DEFAULTS`` and the
+    model's knobs). ``train_files`` / ``val_files`` map each of the model's inputs (CycleGAN:
+    "a", "b"; DCGAN / cGAN: "images") to a slices npz; the validation files feed the sample
+    grids. The MLflow run goes to ``experiment`` in ``tracking_uri``; ImageNet weight files
+    are looked up in ``weights_dir``. A ``checkpoint.pt`` in
     ``out_dir`` written under the same config, seed and data is resumed. Bad input fails
     before an MLflow run is created. With ``train.distributed`` the process joins the group
     torchrun started. Raises TrainingInterrupted after a SIGTERM-triggered checkpoint.
@@ -738,10 +835,28 @@ def run_experiment(train_files: Mapping[str, Path], val_files: Mapping[str, Path
             parallel.close()
 
 
+#: The name pipeline.bench calls the engine by.
+run_experiment = train
+
+
+def _named_paths(values: list[str], flag: str) -> dict[str, Path]:
+    """["a=x.npz", "b=y.npz"] -> {"a": Path("x.npz"), "b": Path("y.npz")}; a malformed or repeated name is a ConfigError."""
+    named: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"{flag} takes NAME=PATH (e.g. {flag} images=data/slices/x/train.npz), got {value!r}")
+        if name in named:
+            raise ConfigError(f"{flag} names input {name!r} twice")
+        named[name] = Path(path)
+    return named
+
+
 def _check_sizes(data: dict[str, torch.Tensor], val: dict[str, torch.Tensor], train_files: Mapping[str, Path],
-                 val_files: Mapping[str, Path], crop_size: int | None, multiple: int) -> None:
-    """All domains share one image size; the networks accept the size they train on (the crop,
-    if any, which must fit inside the images)."""
+                 val_files: Mapping[str, Path], crop_size: int | None, multiple: int,
+                 required: tuple[int, int] | None = None) -> None:
+    """All inputs share one image size; the networks accept the size they train on (the crop,
+    if any, which must fit inside the images; the one size they take, if they take only one)."""
     sizes = {**{Path(train_files[d]): tuple(x.shape[-2:]) for d, x in data.items()},
              **{Path(val_files[d]): tuple(x.shape[-2:]) for d, x in val.items()}}
     reference = next(iter(sizes.values()))
@@ -757,28 +872,21 @@ def _check_sizes(data: dict[str, torch.Tensor], val: dict[str, torch.Tensor], tr
             raise ConfigError(f"train.crop_size {crop_size} is larger than the {reference[0]}x{reference[1]} images")
         if crop_size % multiple:
             raise ConfigError(f"train.crop_size {crop_size}: these networks need multiples of {multiple}")
-
-
-def train(train_a: Path, train_b: Path, val_a: Path, val_b: Path, out_dir: Path, cfg: Mapping[str, Any] | None,
-          experiment: str, tracking_uri: str, weights_dir: Path | None, seed: int) -> dict[str, Any] | None:
-    """Train an image-to-image model between domain a (``train_a``) and domain b (``train_b``).
-
-    ``cfg`` = {"model": {...}, "train": {...}} (see ``TRAIN_DEFAULTS`` and the model's knobs);
-    the MLflow run goes to ``experiment`` in ``tracking_uri``; ImageNet weight files are
-    looked up in ``weights_dir``. Returns what run.json holds.
-    """
-    return run_experiment({"a": train_a, "b": train_b}, {"a": val_a, "b": val_b}, out_dir, cfg, experiment,
-                          tracking_uri, weights_dir, seed)
+    trained = (crop_size, crop_size) if crop_size is not None else reference
+    if required is not None and tuple(trained) != tuple(required):
+        raise ConfigError(f"the networks take {required[0]}x{required[1]} images, the data gives "
+                          f"{trained[0]}x{trained[1]}: set train.image_size")
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI; returns the exit status: 0 done, 1 a pipeline error (one line in the log),
     EXIT_INTERRUPTED (143) after a SIGTERM checkpoint (rerun to resume)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train-a", type=Path, required=True, help="slices npz of domain a (training)")
-    parser.add_argument("--train-b", type=Path, required=True, help="slices npz of domain b (training)")
-    parser.add_argument("--val-a", type=Path, required=True, help="slices npz of domain a (sample grids)")
-    parser.add_argument("--val-b", type=Path, required=True, help="slices npz of domain b (sample grids)")
+    parser.add_argument("--input", action="append", default=[], required=True, metavar="NAME=PATH",
+                        help="training slices npz of one of the model's inputs (CycleGAN: a and b; dcgan / cgan: "
+                             "images); repeat per input")
+    parser.add_argument("--val-input", action="append", default=[], required=True, metavar="NAME=PATH",
+                        help="validation slices npz of an input (sample grids); repeat per input")
     parser.add_argument("--out", type=Path, required=True, help="output folder (models/<experiment>)")
     parser.add_argument("--experiment", required=True, help="MLflow experiment name")
     parser.add_argument("--config-json", default="{}", help='{"model": {...}, "train": {...}} knobs as JSON')
@@ -797,8 +905,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--config-json is not valid JSON ({err})") from err
         if args.pretrained is not None:
             cfg["model"] = {**cfg.get("model", {}), "pretrained": args.pretrained}
-        run = train(args.train_a, args.train_b, args.val_a, args.val_b, args.out, cfg, args.experiment,
-                    args.tracking_uri, args.weights_dir, args.seed)
+        run = train(_named_paths(args.input, "--input"), _named_paths(args.val_input, "--val-input"), args.out,
+                    cfg, args.experiment, args.tracking_uri, args.weights_dir, args.seed)
     except TrainingInterrupted as err:
         log.error("%s", err)
         return EXIT_INTERRUPTED

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Pseudonymous ids need a salt; tests use a fixed one and never create ~/.config/medgan-workflow/salt.
 os.environ.setdefault("MEDGAN_SALT", "test-salt-not-secret-0123456789")
+# Downloads and the staging of originals go to the user's cache; tests keep theirs in /tmp.
+os.environ.setdefault("MEDGAN_CACHE_DIR", tempfile.mkdtemp(prefix="medgan-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -36,13 +36,13 @@ def data(tmp_path_factory):
 def test_two_gloo_processes_match_one_process_on_the_global_batch(data, tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     single = tmp_path / "single"
-    train(data["train_a"], data["train_b"], data["val_a"], data["val_b"], single, CFG, "ddp_single", store, None, 4)
+    train({"a": data["train_a"], "b": data["train_b"]}, {"a": data["val_a"], "b": data["val_b"]}, single, CFG, "ddp_single", store, None, 4)
 
     parallel = tmp_path / "parallel"
     cfg = {"model": CFG["model"], "train": {**CFG["train"], "distributed": True, "gpus": 2}}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "pipeline.train", "--train-a", str(data["train_a"]), "--train-b", str(data["train_b"]),
-               "--val-a", str(data["val_a"]), "--val-b", str(data["val_b"]), "--out", str(parallel),
+               "-m", "pipeline.train", "--input", f"a={data['train_a']}", "--input", f"b={data['train_b']}",
+               "--val-input", f"a={data['val_a']}", "--val-input", f"b={data['val_b']}", "--out", str(parallel),
                "--experiment", "ddp_two", "--config-json", json.dumps(cfg), "--tracking-uri", store,
                "--pretrained", "none", "--seed", "4"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MEDGAN_PROGRESS": "off"}
@@ -85,5 +85,5 @@ def test_distributed_without_torchrun_says_how_to_start(data, tmp_path, monkeypa
         monkeypatch.delenv(name, raising=False)
     cfg = {"model": CFG["model"], "train": {**CFG["train"], "distributed": True}}
     with pytest.raises(ConfigError, match="torchrun --nproc_per_node"):
-        train(data["train_a"], data["train_b"], data["val_a"], data["val_b"], tmp_path / "m", cfg, "e",
+        train({"a": data["train_a"], "b": data["train_b"]}, {"a": data["val_a"], "b": data["val_b"]}, tmp_path / "m", cfg, "e",
               f"sqlite:///{tmp_path / 'db'}", None, 1)

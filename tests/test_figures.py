@@ -6,7 +6,9 @@ from pathlib import Path
 
 import matplotlib.image
 import nibabel as nib
+import matplotlib.pyplot as plt
 import numpy as np
+from scipy import ndimage
 import pandas as pd
 import pytest
 from skimage.data import shepp_logan_phantom
@@ -187,7 +189,34 @@ def test_difference_maps_are_upscaled_with_a_colour_bar(tmp_path, with_mask):
     figures.difference_maps(samples, out, labels=("NORMAL", "PNEUMONIA"), upscale_size=128)
     assert_real_png(out)
     height, width = matplotlib.image.imread(out).shape[:2]
-    assert height > width  # three examples in two columns, plus the colour bar
+    assert width > height  # three examples in four columns (signed and absolute, both ways), colour bars below
+
+
+@pytest.mark.parametrize("display_size", [None, 256])
+def test_mask_outline_lands_on_the_mask_not_its_mirror_image(display_size):
+    """An L-shaped mask in the top-left quarter of a 32x32 grid: every vertex of the drawn outline,
+    mapped back to the mask's grid, lies on the mask's boundary (within half a native pixel), so an
+    outline drawn upside down (over the bottom-left), mirrored or shifted fails."""
+    mask = np.zeros((32, 32), bool)
+    mask[2:14, 3:7] = True   # the L's stem, top left
+    mask[10:14, 3:12] = True  # its foot
+    fig, ax = plt.subplots()
+    shown = display_size or 32
+    ax.imshow(np.zeros((shown, shown)), cmap="gray")
+    contours = figures.outline_mask(ax, mask, display_size)
+    vertices = np.concatenate([path.vertices for path in contours.get_paths() if len(path.vertices)])
+    plt.close(fig)
+    # Shown-image pixel coordinates -> the mask's (row, col) grid: native centre i sits at (i + 0.5) * s / n - 0.5.
+    scale = shown / 32
+    cols, rows = (vertices[:, 0] + 0.5) / scale - 0.5, (vertices[:, 1] + 0.5) / scale - 0.5
+    boundary = mask & ~ndimage.binary_erosion(mask, border_value=0)
+    outside_edge = ndimage.binary_dilation(mask) & ~mask
+    edge_rows, edge_cols = np.nonzero(boundary | outside_edge)
+    nearest = np.min(np.hypot(rows[:, None] - edge_rows[None], cols[:, None] - edge_cols[None]), axis=1)
+    assert nearest.max() <= 0.75
+    assert rows.min() >= 1.0 and rows.max() <= 14.0 and cols.min() >= 2.0 and cols.max() <= 12.0
+    # The foot (rows 10-13) reaches column 11; the stem alone (rows 2-9) does not pass column 7.
+    assert cols[rows < 9].max() <= 7.0 and cols[(rows > 10) & (rows < 13)].max() >= 11.0
 
 
 def test_sample_grid_and_histograms(tmp_path):
@@ -205,7 +234,7 @@ def test_metrics_table_shows_values_with_intervals():
     summary = lambda mean, ci: {"mean": mean, "ci95": ci}
     block = {
         "fid": {"value": None, "ci95": None},
-        "kid": {"mean": None, "ci95": None},
+        "kid": {"value": None, "ci95": None},
         "frd": {"value": 2.5, "ci95": [2.0, 3.25]},
         "ssim": summary(0.81, [0.8, 0.82]),
         "ssim_cycle": summary(0.9, None),

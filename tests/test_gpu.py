@@ -40,7 +40,7 @@ def _train(data, out_dir, variant, train_knobs, store):
            "train": {"batch_size": 4, "steps_per_epoch": 3, "lr_constant_epochs": 1, "lr_decay_epochs": 1,
                      "sample_every": 1, "checkpoint_every": 1, "device": "cuda", "progress_interval_s": 0,
                      **train_knobs}}
-    return train(data["train_a"], data["train_b"], data["val_a"], data["val_b"], out_dir, cfg, "gpu", store, None, 2)
+    return train({"a": data["train_a"], "b": data["train_b"]}, {"a": data["val_a"], "b": data["val_b"]}, out_dir, cfg, "gpu", store, None, 2)
 
 
 def _disagreement(ours, theirs, variant):

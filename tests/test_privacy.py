@@ -133,3 +133,20 @@ def test_scanner_looks_inside_gzip_and_png_text_chunks(tmp_path, capsys):
     assert main(["scan", "--marker", "QXNAMEQX", str(tmp_path)]) == 1
     assert "QXNAMEQX" not in capsys.readouterr().out
     assert main(["scan", "--marker", "ABSENT", str(tmp_path)]) == 0
+
+
+def test_scanner_opens_base64_data_uris_of_html_reports(tmp_path):
+    """Snakemake's report embeds every result as a base64 data URI; a PNG inside keeps its text chunks."""
+    import base64
+
+    png = _png_with_text(b"Author", b"QXNAMEQX", compressed=True)
+    log = gzip.compress(b"subject QXPIDQX done")
+    (tmp_path / "report.html").write_text(
+        f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        f'<a href="data:application/gzip;base64,{base64.b64encode(log).decode()}">log</a>'
+    )
+    hits = sorted((m, w) for _, m, w in find_markers([tmp_path], ["QXNAMEQX", "QXPIDQX"]))
+    assert hits == [
+        ("QXNAMEQX", "base64 data URI, PNG text chunk"),
+        ("QXPIDQX", "base64 data URI, gunzipped"),
+    ]

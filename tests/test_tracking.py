@@ -141,7 +141,8 @@ def test_four_concurrent_trainings_share_one_new_sqlite_store(tmp_path):
             [sys.executable, "-m", "pipeline.train", "--experiment", "concurrent", "--tracking-uri", store,
              "--out", str(tmp_path / f"model{i}"), "--seed", str(i), "--pretrained", "none",
              "--config-json", json.dumps(cfg),
-             *[arg for name, path in slices.items() for arg in (f"--{name.replace('_', '-')}", str(path))]],
+             *[arg for name, path in slices.items()
+               for arg in ("--input" if name.startswith("train") else "--val-input", f"{name[-1]}={path}")]],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, "\n".join(o[-3000:] for o in outputs)

@@ -15,7 +15,7 @@ from pipeline.models import load_trained
 from pipeline.train import _lr_factor, main, resolve_config, train
 from training_support import write_random_slices
 
-UNET = {"model": {"decoder_channels": [8, 8, 8, 8, 8], "perceptual_layers": ["relu1_2"],
+UNET = {"model": {"decoder_channels": [8, 8, 8, 8, 8], "perceptual_layers": ["relu1_2"], "pretrained": "none",
                   "perceptual_layer_weights": [1.0], "g_steps_per_d_step": 2},
         "train": {"epochs": 2, "batch_size": 2, "steps_per_epoch": 2, "sample_every": 1, "checkpoint_every": 5, "n_samples": 2,
                   "threads": 1}}
@@ -41,7 +41,7 @@ def store(tmp_path_factory):
 
 
 def run(data, out, cfg, store, seed=1, experiment="cyclegan_test"):
-    return train(data["train_a"], data["train_b"], data["val_a"], data["val_b"], out, cfg, experiment, store,
+    return train({"a": data["train_a"], "b": data["train_b"]}, {"a": data["val_a"], "b": data["val_b"]}, out, cfg, experiment, store,
                  None, seed)
 
 
@@ -70,7 +70,7 @@ def test_two_epochs_write_every_output(unet_run):
     saved = json.loads((out / "run.json").read_text())
     assert saved == info
     assert saved["device"] == "cpu" and saved["bit_identical"] is True and saved["epochs"] == 2
-    assert saved["pretrained"]["G_ab"].startswith("random (missing")
+    assert saved["pretrained"]["G_ab"] == "random (pretrained: none)"
     assert saved["domains"] == {"a": "ct_head", "b": "mri_t2"} and saved["image_size"] == [32, 32]
     assert saved["run_name"] == f"cyclegan_test-unet_resnet18-{saved['params_hash'][:8]}"
     assert saved["image_pairs_per_s"] > 0 and saved["peak_rss_mb"] > 0
@@ -147,8 +147,8 @@ def test_trained_model_translates(unet_run, data):
 
 def test_cli_trains_and_resizes(data, store, tmp_path):
     cfg = with_train(CLASSIC, epochs=1, image_size=24, steps_per_epoch=2)
-    main(["--train-a", str(data["train_a"]), "--train-b", str(data["train_b"]), "--val-a", str(data["val_a"]),
-          "--val-b", str(data["val_b"]), "--out", str(tmp_path / "cli"), "--experiment", "cli_test",
+    main(["--input", f"a={data['train_a']}", "--input", f"b={data['train_b']}", "--val-input", f"a={data['val_a']}",
+          "--val-input", f"b={data['val_b']}", "--out", str(tmp_path / "cli"), "--experiment", "cli_test",
           "--config-json", json.dumps(cfg), "--tracking-uri", store, "--weights-dir", str(tmp_path),
           "--pretrained", "none", "--seed", "3"])
     info = json.loads((tmp_path / "cli" / "run.json").read_text())
@@ -161,16 +161,16 @@ def test_bad_inputs_name_the_file(data, store, tmp_path):
     no_images = tmp_path / "labels.npz"
     np.savez(no_images, labels=np.zeros(3))
     with pytest.raises(InputDataError, match="labels.npz.*no 'images'"):
-        train(no_images, data["train_b"], data["val_a"], data["val_b"], tmp_path / "x", CLASSIC, "e", store, None, 1)
+        train({"a": no_images, "b": data["train_b"]}, {"a": data["val_a"], "b": data["val_b"]}, tmp_path / "x", CLASSIC, "e", store, None, 1)
     out_of_range = tmp_path / "hu.npz"
     np.savez(out_of_range, images=np.full((2, 32, 32), 40.0, np.float32))
     with pytest.raises(InputDataError, match="hu.npz.*within"):
-        train(data["train_a"], out_of_range, data["val_a"], data["val_b"], tmp_path / "x", CLASSIC, "e", store, None, 1)
+        train({"a": data["train_a"], "b": out_of_range}, {"a": data["val_a"], "b": data["val_b"]}, tmp_path / "x", CLASSIC, "e", store, None, 1)
     odd = tmp_path / "odd" / "train.npz"
     odd.parent.mkdir()
     np.savez(odd, images=np.zeros((2, 40, 40), np.float32))
     with pytest.raises(InputDataError, match="multiples of 32"):
-        train(odd, data["train_b"], data["val_a"], data["val_b"], tmp_path / "x", UNET, "e", store, None, 1)
+        train({"a": odd, "b": data["train_b"]}, {"a": data["val_a"], "b": data["val_b"]}, tmp_path / "x", UNET, "e", store, None, 1)
     assert not (tmp_path / "x").exists()
 
 

@@ -84,8 +84,8 @@ def store(tmp_path_factory):
 
 def cli_args(data, out, store, cfg=CFG, experiment="resume_test"):
     import json
-    return ["--train-a", str(data["train_a"]), "--train-b", str(data["train_b"]), "--val-a", str(data["val_a"]),
-            "--val-b", str(data["val_b"]), "--out", str(out), "--experiment", experiment,
+    return ["--input", f"a={data['train_a']}", "--input", f"b={data['train_b']}", "--val-input", f"a={data['val_a']}",
+            "--val-input", f"b={data['val_b']}", "--out", str(out), "--experiment", experiment,
             "--config-json", json.dumps(cfg), "--tracking-uri", store, "--pretrained", "none", "--seed", "5"]
 
 
@@ -111,7 +111,7 @@ def assert_same_training(out: Path, reference: Path) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(data, store, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "model"
-    train(data["train_a"], data["train_b"], data["val_a"], data["val_b"], out, CFG, "resume_reference", store,
+    train({"a": data["train_a"], "b": data["train_b"]}, {"a": data["val_a"], "b": data["val_b"]}, out, CFG, "resume_reference", store,
           None, 5)
     return out
 
@@ -220,7 +220,7 @@ def test_cuda_out_of_memory_says_which_batch_size_to_try(data, store, tmp_path, 
     monkeypatch.setattr(CycleGAN, "train_phase", out_of_memory)
     cfg = {"model": CFG["model"], "train": {**CFG["train"], "batch_size": batch_size}}
     with pytest.raises(ConfigError, match=f"CUDA out of memory at train.batch_size {batch_size} .*{advice}"):
-        train(data["train_a"], data["train_b"], data["val_a"], data["val_b"], tmp_path / "m", cfg, "oom", store,
+        train({"a": data["train_a"], "b": data["train_b"]}, {"a": data["val_a"], "b": data["val_b"]}, tmp_path / "m", cfg, "oom", store,
               None, 5)
     assert not (tmp_path / "m" / "checkpoint.pt").exists()
 

@@ -52,6 +52,62 @@ def test_no_crop_draws_every_image_once_per_pass_and_shares_split_the_global_bat
     assert torch.equal(torch.cat(parts), first)
 
 
+def test_labels_and_maps_travel_with_their_image_cropped_and_flipped_alike():
+    """One index per input: each image's label is its own, and its map is the same window,
+    flipped the same way (the map holds the image's pixel numbers as integers)."""
+    images = numbered_images(n=6, height=6, width=7)
+    labels = torch.tensor([3, 1, 4, 1, 5, 9])
+    maps = images.long() * 10
+    sampler = BatchSampler({"images": images}, batch_size=4, crop_size=4, flip_probability=0.5,
+                           aligned={"images": {"images_labels": labels, "images_maps": maps}})
+    plan = sampler.plan_epoch(steps=8, rng=torch.Generator().manual_seed(2))
+    flips = set()
+    for step in range(8):
+        batch = sampler.batch(plan, step)
+        assert batch["images_maps"].shape == (4, 1, 4, 4) and batch["images_maps"].dtype == torch.long
+        assert torch.equal(batch["images_maps"], batch["images"].long() * 10)
+        for image, label in zip(batch["images"][:, 0], batch["images_labels"]):
+            assert label == labels[int(image.min()) // 42]
+            flips.add(bool(image[0, 0] > image[0, -1]))
+    assert flips == {True, False}
+
+
+def test_misaligned_arrays_are_refused():
+    with pytest.raises(ValueError, match="not aligned"):
+        BatchSampler({"images": numbered_images(n=5)}, 2, None, 0.0, aligned={"images": {"images_labels": torch.zeros(4)}})
+
+
+def test_class_balanced_draws_even_out_a_rare_class():
+    """10% of the images are class 1: shuffled passes draw it 10% of the time, balanced draws half."""
+    images = numbered_images(n=100, height=2, width=2)
+    labels = (torch.arange(100) < 10).long()
+    aligned = {"images": {"images_labels": labels}}
+    rng = torch.Generator().manual_seed(3)
+    balanced = BatchSampler({"images": images}, 50, None, 0.0, aligned=aligned, balance={"images": labels})
+    plain = BatchSampler({"images": images}, 50, None, 0.0, aligned=aligned)
+    share = {}
+    for name, sampler in (("balanced", balanced), ("plain", plain)):
+        plan = sampler.plan_epoch(steps=40, rng=rng)
+        share[name] = torch.cat([sampler.batch(plan, s)["images_labels"] for s in range(40)]).float().mean().item()
+    assert share["plain"] == pytest.approx(0.10, abs=1e-6)  # 20 whole passes
+    assert share["balanced"] == pytest.approx(0.5, abs=0.03)
+
+
+def test_label_maps_are_resized_by_nearest_neighbour():
+    """Classes 0 and 3 resized 8 -> 12 and 8 -> 5 stay classes 0 and 3; bilinear would blend them."""
+    from pipeline.train import _maps_as_tensor
+
+    maps = np.zeros((2, 8, 8), dtype=np.int64)
+    maps[0, 2:6, 3:7] = 3
+    maps[1, :, ::2] = 3
+    for size in (12, 5):
+        resized = _maps_as_tensor(maps, size, torch.device("cpu"))
+        assert resized.shape == (2, 1, size, size) and resized.dtype == torch.long
+        assert set(resized.unique().tolist()) == {0, 3}
+    up = _maps_as_tensor(maps, 16, torch.device("cpu"))[0, 0]
+    assert torch.equal(up, torch.from_numpy(maps[0]).repeat_interleave(2, 0).repeat_interleave(2, 1))
+
+
 def test_centre_crop():
     x = numbered_images(n=1, height=6, width=6)
     assert torch.equal(centre_crop(x, 2), x[..., 2:4, 2:4])
@@ -78,7 +134,7 @@ def test_training_on_crops_then_translating_whole_images(tmp_path):
            "train": {"epochs": 1, "batch_size": 2, "steps_per_epoch": 1, "image_size": 30, "crop_size": 24,
                      "n_samples": 1, "threads": 1}}
     out = tmp_path / "model"
-    run = train(files["a"], files["b"], files["a"], files["b"], out, cfg, "crop_test",
+    run = train(files, files, out, cfg, "crop_test",
                 f"sqlite:///{tmp_path / 'mlflow.db'}", None, 1)
     assert run["image_size"] == [30, 30] and run["crop_size"] == 24
     assert json.loads((out / "run.json").read_text())["crop_size"] == 24

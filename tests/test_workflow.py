@@ -43,7 +43,14 @@ def test_dvc_repro_builds_headline_target_and_is_clean(tiny_repo: Path):
         assert 0.0 <= block["classifier"]["share_intended"]["mean"] <= 1.0
         assert "ci95" in block["ssim"] and isinstance(block["steganography"]["flagged"], bool)
     assert 0.0 <= metrics["classifier"]["test_accuracy"]["mean"] <= 1.0
-    assert "subjects with replacement" in metrics["settings"]["bootstrap"]["method"]
+    # The tiny profile holds out 1 subject per modality: fewer than evaluate.min_subjects, so every
+    # interval is null with the reason, never a number (validate_metrics already rejected any interval
+    # beside fewer subjects than the minimum, or one excluding its estimate).
+    minimum = metrics["settings"]["intervals"]["min_subjects"]
+    assert minimum == 8 and "jackknife" in metrics["settings"]["intervals"]["methods"]["subject_jackknife"]
+    for block in (metrics["ct_to_mri"], metrics["mri_to_ct"]):
+        for interval in (block["ssim"], block["ssim_cycle"], block["frd"]):
+            assert interval["ci95"] is None and f"fewer than evaluate.min_subjects = {minimum}" in interval["ci95_reason"]
     for qc in ("data/registered/ct_head/qc.csv", "data/masked/ct_head/contact_sheet.png",
                "data/registered/mri_t2/qc.csv", "data/windowed/mri_t2/contact_sheet.png"):
         assert (tiny_repo / qc).stat().st_size > 200, qc
@@ -107,7 +114,7 @@ def test_weights_become_inputs_only_when_requested(repo_root, tmp_path):
     verified and copied in before training and evaluation."""
     assert "download_weights" not in planned_jobs(repo_root)
     override = tmp_path / "weights.yaml"
-    override.write_text(f"weights:\n  local_dir: {tmp_path}\n")
+    override.write_text(f"weights:\n  pretrained: imagenet\n  local_dir: {tmp_path}\n")
     out = run(["snakemake", "-n", "--cores", "1", "--configfile", str(override), "--", TARGET], repo_root).stdout
     assert re.search(r"^download_weights\s+3$", out, re.M), out[-2000:]
 

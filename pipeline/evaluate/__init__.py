@@ -7,32 +7,69 @@ finite or null, and every image metric states its data range and normalisation.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 from pipeline.atomic import write_json
+from pipeline.errors import ConfigError
+
+#: task -> "module:function", the command-line evaluator (``main(argv) -> exit status``) of the
+#: models of that task (``pipeline.models.GANModel.task``); ``python -m pipeline.evaluate``
+#: dispatches on it. A new task adds an entry here, not a branch in the CLI.
+EVALUATORS = {
+    "translation": "pipeline.evaluate.translation_cli:main",
+    "generation": "pipeline.evaluate.generation:main",
+}
+
+
+def evaluator_for_task(task: str) -> Callable[[list[str] | None], int]:
+    """The CLI entry point that evaluates models of ``task``."""
+    if task not in EVALUATORS:
+        raise ConfigError(f"no evaluator for task {task!r}; known tasks: {sorted(EVALUATORS)}")
+    module_name, function_name = EVALUATORS[task].split(":")
+    return getattr(importlib.import_module(module_name), function_name)
 
 METRICS_SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "metrics.schema.json"
-SETTING_KEYS = {"data_range", "window_center", "window_width", "subsets", "subset_size", "sigma", "max_drop"}
+SETTING_KEYS = {"data_range", "window_center", "window_width", "sigma", "max_drop"}
 """Numbers inside the direction blocks that are settings, not measurements (kept out of MLflow)."""
 
 
-@lru_cache(maxsize=1)
-def _metrics_validator():
+GENERATION_BLOCKS = ("distribution", "per_class", "discriminator", "classifier", "tstr", "memorisation")
+"""Blocks of a generator's metrics.json whose numbers go to MLflow."""
+GENERATION_SETTING_KEYS = {"k", "quantile", "max_share", "last_epochs", "seed", "n_epochs", "epochs", "threshold"}
+
+
+@lru_cache(maxsize=2)
+def _metrics_validator(task: str = "translation"):
+    """The whole schema for translation; for generation its $defs/generation_metrics (same $defs)."""
     import jsonschema
 
     schema = json.loads(METRICS_SCHEMA_PATH.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
+    if task == "generation":
+        schema = {"$schema": schema["$schema"], "$ref": "#/$defs/generation_metrics", "$defs": schema["$defs"]}
     return jsonschema.Draft202012Validator(schema)
 
 
 def validate_metrics(metrics: dict) -> None:
-    """Raise jsonschema.ValidationError when ``metrics`` does not match metrics.schema.json."""
+    """Raise jsonschema.ValidationError when ``metrics`` does not match metrics.schema.json
+    (a generator's, ``task`` "generation", its $defs/generation_metrics)."""
     import jsonschema
 
-    _metrics_validator().validate(metrics)
+    generation = metrics.get("task") == "generation"
+    _metrics_validator("generation" if generation else "translation").validate(metrics)
+    from pipeline.evaluate.intervals import interval_problems
+
+    min_subjects = (metrics.get("settings", {}).get("intervals") or {}).get("min_subjects")
+    problems = interval_problems(metrics, min_subjects)
+    if problems:
+        raise jsonschema.ValidationError("intervals that do not hold: " + "; ".join(problems))
+    if generation:
+        return
     missing = [name for name in metrics["direction_names"] if name not in metrics]
     if missing:
         raise jsonschema.ValidationError(f"direction_names lists {missing}, which have no block")
@@ -56,6 +93,11 @@ def flatten_metrics(metrics: dict) -> dict[str, float]:
         elif isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node):
             flat[prefix] = float(node)
 
+    if metrics.get("task") == "generation":
+        for name in GENERATION_BLOCKS:
+            if metrics.get(name):
+                walk(metrics[name], name)
+        return {key: value for key, value in flat.items() if key.rsplit("/", 1)[-1] not in GENERATION_SETTING_KEYS}
     for name in metrics["direction_names"]:
         walk(metrics[name], name)
     if metrics.get("classifier"):

@@ -5,7 +5,7 @@ first-order, GLCM, GLRLM, GLSZM, NGTDM on the original image and its LoG / wavel
 so it needs no downloaded network and is available offline. Features are extracted once per
 image with frd-score's own extractor and per-image routine; the distance is then recomputed
 from them with frd-score's v1 recipe (z-score with the real set's statistics, drop feature
-columns that are not finite, Fréchet distance, natural log), which lets a bootstrap resample
+columns that are not finite, Fréchet distance, natural log), which lets a jackknife leave out
 subjects without extracting features again.
 """
 

@@ -1,6 +1,6 @@
 """Regions of change: where a translation altered the input (report 000's difference maps).
 
-|G(x) - x| shows a clinician what the translator changed. Maps for figures are made on images
+G(x) - x (signed: lighter or darker) and |G(x) - x| show a clinician what the translator changed. Maps for figures are made on images
 upscaled with bicubic interpolation (both x and G(x), then the difference), so small slices are
 readable beside a full-resolution radiograph. Where the source carries a region mask (e.g. lung
 fields of the built-in chest radiographs), the share of the total change inside it is a number.
@@ -21,9 +21,13 @@ def upscale_bicubic(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def difference_maps(source: np.ndarray, translated: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Upscaled sources and |G(x) - x| on the upscaled grid, both (N, size, size)."""
+    """Upscaled sources and the signed change G(x) - x on the upscaled grid, both (N, size, size).
+
+    Signed, as report 000 shows it (where the translation made the image lighter or darker);
+    its absolute value is the amount of change.
+    """
     source_up = upscale_bicubic(source, size)
-    return source_up, np.abs(upscale_bicubic(translated, size) - source_up)
+    return source_up, upscale_bicubic(translated, size) - source_up
 
 
 def change_inside_mask(

@@ -7,7 +7,8 @@ real-data classifier assigns to the target domain, the share of change inside a 
 where the test npz carries one, and, where the source npz carries the same anatomy rendered in
 the other modality (phantom ``partner``), paired SSIM / PSNR / MAE, with MAE in HU when the
 target is CT. Every block states the data range and the normalisation its numbers depend on;
-every measured number carries a 95% bootstrap interval over subjects.
+every measured number carries a 95% interval over subjects (pipeline/evaluate/intervals.py: a subject
+bootstrap for per-image metrics, a subject jackknife for FID / KID / FRD), or null with the reason.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 from pipeline.atomic import atomic_path
 from pipeline.hashing import file_sha256
 from pipeline.errors import ConfigError, InputDataError, PipelineError
-from pipeline.evaluate import bootstrap
+from pipeline.evaluate import intervals
+from pipeline.evaluate.intervals import IntervalPolicy
 from pipeline.evaluate import fid as fid_module
 from pipeline.evaluate import frd as frd_module
 from pipeline.evaluate.regions import change_inside_mask
@@ -115,7 +117,7 @@ def translate_all(model: Translator, direction: str, images: np.ndarray, batch_s
     return translated
 
 
-def summarise(values: np.ndarray, subject_ids: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+def summarise(values: np.ndarray, subject_ids: np.ndarray, policy: IntervalPolicy) -> dict:
     """Mean / std (ddof 0) / n of per-image values with the subject-bootstrap 95% interval of the mean.
 
     Infinities (identical images in PSNR) are counted apart and left out of mean, std and interval.
@@ -127,8 +129,8 @@ def summarise(values: np.ndarray, subject_ids: np.ndarray, n_boot: int = 1000, s
         "n": int(values.size),
         "n_infinite": int(values.size - finite.size),
         "n_subjects": int(len(np.unique(np.asarray(subject_ids).astype(str)))),
-        "ci95": bootstrap.mean_ci(values, subject_ids, n_boot, seed) if finite.size else None,
-    }
+    } | (intervals.mean_ci(values, subject_ids, policy) if finite.size else
+         {"ci95": None, "ci95_reason": "no finite value", "ci_method": "subject_bootstrap"})
 
 
 def paired_block(
@@ -138,8 +140,7 @@ def paired_block(
     target_modality: str,
     normalisation: str,
     ct_window: tuple[float, float] | None,
-    n_boot: int = 1000,
-    seed: int = 0,
+    policy: IntervalPolicy,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Paired metrics of translations against the partner images; also returns the per-image values."""
     per_image = {
@@ -153,9 +154,9 @@ def paired_block(
         "n_subjects": len(np.unique(subject_ids)),
         "data_range": DATA_RANGE,
         "normalisation": normalisation,
-        "ssim": summarise(per_image["ssim"], subject_ids, n_boot, seed),
-        "psnr": summarise(per_image["psnr"], subject_ids, n_boot, seed),
-        "mae": summarise(per_image["mae"], subject_ids, n_boot, seed),
+        "ssim": summarise(per_image["ssim"], subject_ids, policy),
+        "psnr": summarise(per_image["psnr"], subject_ids, policy),
+        "mae": summarise(per_image["mae"], subject_ids, policy),
         "mae_hu": None,
         "mae_hu_reason": None if target_modality == "ct" else "target is not CT",
     }
@@ -164,7 +165,7 @@ def paired_block(
     elif target_modality == "ct":
         per_image["mae_hu"] = mae_hu_per_image(partner, translated, ct_window)
         center, width = ct_window
-        block["mae_hu"] = summarise(per_image["mae_hu"], subject_ids, n_boot, seed) | {
+        block["mae_hu"] = summarise(per_image["mae_hu"], subject_ids, policy) | {
             "window_center": float(center),
             "window_width": float(width),
             "hu_range": [center - width / 2.0, center + width / 2.0],
@@ -187,8 +188,7 @@ def direction_metrics(
     modalities: dict[str, str],
     normalisation: dict[str, str],
     ct_window: tuple[float, float] | None,
-    n_boot: int = 1000,
-    seed: int = 0,
+    policy: IntervalPolicy,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Counts, structure and cycle SSIM, and paired metrics of one direction; plus per-image values."""
     source_domain, target_domain = DOMAINS[way]
@@ -209,13 +209,13 @@ def direction_metrics(
         "n_source_subjects": len(np.unique(subjects)),
         "n_target": len(target["images"]),
         "n_target_subjects": len(np.unique(target["subject_ids"])),
-        "ssim": summarise(values["ssim"], subjects, n_boot, seed)
+        "ssim": summarise(values["ssim"], subjects, policy)
         | {
             "compares": "source x vs its translation G(x) (unpaired: structure kept across modalities)",
             "data_range": DATA_RANGE,
             "normalisation": f"source {normalisation[source_domain]}; translation {normalisation[target_domain]}",
         },
-        "ssim_cycle": summarise(values["ssim_cycle"], subjects, n_boot, seed)
+        "ssim_cycle": summarise(values["ssim_cycle"], subjects, policy)
         | {
             "compares": "source x vs its cycle reconstruction F(G(x))",
             "data_range": DATA_RANGE,
@@ -233,8 +233,7 @@ def direction_metrics(
             modalities[target_domain],
             normalisation[target_domain],
             ct_window,
-            n_boot,
-            seed,
+            policy,
         )
         values |= {f"paired_{key}": array for key, array in paired_values.items()}
         values["paired_index"] = np.flatnonzero(has_partner)
@@ -246,45 +245,39 @@ def distance_blocks(
     real_subjects: np.ndarray,
     generated: np.ndarray,
     generated_subjects: np.ndarray,
-    kid_subsets: int,
-    kid_subset_size: int,
     fid_eps: float,
-    n_boot: int,
-    seed: int,
+    policy: IntervalPolicy,
 ) -> dict:
-    """FID and KID blocks of Inception features with their subject-bootstrap intervals.
+    """FID and KID blocks of Inception features with their subject-jackknife intervals.
 
     FID's interval needs the sample route of the Fréchet distance (each set at most 2048 images);
     beyond that every replicate would need a 2048 x 2048 matrix square root, and it is null.
     """
-    blocks = fid_module.distribution_distances(real, generated, kid_subsets, kid_subset_size, seed=seed, eps=fid_eps)
-    blocks["fid"]["ci95"] = None
-    blocks["kid"]["ci95"] = None
-    if blocks["fid"]["value"] is not None and max(len(real), len(generated)) <= fid_module.FEATURE_DIM:
-        blocks["fid"]["ci95"] = bootstrap.two_set_ci(
-            lambda r, g: fid_module.frechet_distance_low_rank(r, g) if min(len(r), len(g)) >= 2 else None,
-            real, real_subjects, generated, generated_subjects, n_boot, seed,
+    blocks = fid_module.distribution_distances(real, generated, fid_eps, real_subjects, generated_subjects)
+    if blocks["fid"]["value"] is None or max(len(real), len(generated)) > fid_module.FEATURE_DIM:
+        blocks["fid"] |= {"ci95": None, "ci_method": "subject_jackknife", "ci95_reason": blocks["fid"]["reason"]
+                          or f"more than {fid_module.FEATURE_DIM} images in a set: no affordable interval"}
+    else:
+        blocks["fid"] |= intervals.two_set_ci(
+            lambda r, g: fid_module.frechet_distance_low_rank(real[r], generated[g]),
+            real_subjects, generated_subjects, policy, lower_bound=0.0,
         )
-    if blocks["kid"]["mean"] is not None:
-        blocks["kid"]["ci95"] = bootstrap.two_set_ci(
-            lambda r, g: fid_module.kernel_inception_distance(r, g, kid_subsets, kid_subset_size, seed)[0]
-            if min(len(r), len(g)) >= 2 else None,
-            real, real_subjects, generated, generated_subjects, n_boot, seed,
-        )
+    kid = fid_module.KernelInceptionDistance(real, generated, real_subjects, generated_subjects)
+    blocks["kid"] |= intervals.two_set_ci(kid, real_subjects, generated_subjects, policy)
     return blocks
 
 
 def frd_block(
     real: np.ndarray, real_subjects: np.ndarray, generated: np.ndarray, generated_subjects: np.ndarray,
-    n_boot: int, seed: int,
+    policy: IntervalPolicy,
 ) -> dict:
     """The "frd" block of radiomic features of real target images vs translations, with its interval."""
     value, distance, n_features, reason = frd_module.frd_from_features(real, generated)
-    ci95 = None
+    interval = {"ci95": None, "ci95_reason": reason, "ci_method": "subject_jackknife"}
     if value is not None:
-        ci95 = bootstrap.two_set_ci(
-            lambda r, g: frd_module.frd_from_features(r, g)[0], real, real_subjects, generated, generated_subjects,
-            n_boot, seed,
+        interval = intervals.two_set_ci(
+            lambda r, g: frd_module.frd_from_features(real[r], generated[g])[0], real_subjects, generated_subjects,
+            policy,
         )
     return {
         "value": value,
@@ -293,18 +286,17 @@ def frd_block(
         "n_real": int((~np.isnan(real).any(axis=1)).sum()),
         "n_generated": int((~np.isnan(generated).any(axis=1)).sum()),
         "reason": reason,
-        "ci95": ci95,
-    }
+    } | interval
 
 
 def unavailable_frd(reason: str) -> dict:
     """The "frd" block when FRD is switched off or the features could not be extracted."""
     return {"value": None, "frechet_distance": None, "n_features": 0, "n_real": 0, "n_generated": 0,
-            "reason": reason, "ci95": None}
+            "reason": reason, "ci95": None, "ci95_reason": reason, "ci_method": "subject_jackknife"}
 
 
 def classifier_share_block(
-    probability_b: np.ndarray, target_domain: str, subject_ids: np.ndarray, n_boot: int, seed: int
+    probability_b: np.ndarray, target_domain: str, subject_ids: np.ndarray, policy: IntervalPolicy
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Share of translations the real-data classifier assigns to the target domain (and mean probability)."""
     p_target = probability_b if target_domain == "b" else 1.0 - probability_b
@@ -312,14 +304,14 @@ def classifier_share_block(
     return {
         "compares": f"classifier trained on real a vs real b, applied to translations G(x); intended class: domain {target_domain}",
         "intended_domain": target_domain,
-        "share_intended": summarise(assigned, subject_ids, n_boot, seed),
-        "mean_probability_intended": summarise(p_target, subject_ids, n_boot, seed),
+        "share_intended": summarise(assigned, subject_ids, policy),
+        "mean_probability_intended": summarise(p_target, subject_ids, policy),
         "reason": None,
     }, {"classifier_p_intended": p_target}
 
 
 def regions_block(
-    source: dict[str, np.ndarray], translated: np.ndarray, n_boot: int, seed: int
+    source: dict[str, np.ndarray], translated: np.ndarray, policy: IntervalPolicy
 ) -> tuple[dict | None, str | None, dict[str, np.ndarray]]:
     """Share of the total |G(x) - x| inside vs outside the source's region_mask, or None and the reason."""
     if "region_mask" not in source:
@@ -329,12 +321,14 @@ def regions_block(
     if total.sum() <= 0.0:
         return None, "the translation changed nothing (total absolute change is 0)", {}
     share = float(inside.sum() / total.sum())
-    ci = bootstrap.ratio_ci(inside, total, subjects, n_boot, seed)
+    interval = intervals.ratio_ci(inside, total, subjects, policy)
     return {
         "compares": "sum of |G(x) - x| inside the source's region_mask over the sum everywhere, native grid, all test images",
         "share_inside": share,
         "share_outside": 1.0 - share,
-        "ci95_inside": ci,
+        "ci95_inside": interval["ci95"],
+        "ci95_inside_reason": interval["ci95_reason"],
+        "ci_method": interval["ci_method"],
         "mask_area_fraction": float(area.mean()),
         "n": len(total),
         "n_subjects": int(len(np.unique(subjects.astype(str)))),
@@ -351,8 +345,6 @@ def evaluate_translation(
     ct_window: tuple[float, float] | None = (40.0, 80.0),
     mri_percentiles: tuple[float, float] = (0.5, 99.5),
     batch_size: int = 16,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
     fid_eps: float = 1e-6,
     seed: int = 0,
     n_figure_examples: int = 4,
@@ -362,7 +354,7 @@ def evaluate_translation(
     classifier: Path | None = None,
     frd: bool = True,
     frd_max_images: int = 200,
-    n_boot: int = 1000,
+    intervals_policy: IntervalPolicy = IntervalPolicy(),
     stego_blur_sigma: float = 1.0,
     stego_noise_sigma: float = 0.02,
     stego_max_drop: float = 0.1,
@@ -377,19 +369,19 @@ def evaluate_translation(
         None when each series used its own DICOM window (then no MAE in HU).
     mri_percentiles: the percentiles MR slices were normalised with (default 0.5/99.5); stated only.
     batch_size: images per translator / Inception call (default 16).
-    kid_subsets, kid_subset_size: KID subsets and their size (default 100 x 1000, shrunk to the set size).
     fid_eps: diagonal offset used when the covariance product is singular (default 1e-6).
-    seed: KID subset sampling, bootstrap and steganography-noise seed (default 0).
+    seed: steganography-noise seed (default 0).
     n_figure_examples: fixed test images per direction saved to ``samples_out`` (default 4).
     device: where Inception runs (default cpu).
     per_image_out: optional npz with every per-image value (for a bootstrap over subjects).
     classifier: classifier.pt from pipeline.evaluate.classifier (None: classifier blocks null with the reason).
     frd: compute FRD (default True; PyRadiomics costs ~0.4 s per 64x64 image on one core).
     frd_max_images: at most this many evenly spaced images per set enter FRD (default 200).
-    n_boot: bootstrap replicates of every interval (default 1000).
+    intervals_policy: minimum subjects, bootstrap replicates and seed of every interval (intervals.py).
     stego_blur_sigma, stego_noise_sigma, stego_max_drop: steganography check (defaults 1.0 px, 0.02, 0.1).
     histogram_bins: bins over [0, 1] of the intensity histograms saved for the figure (default 64).
     """
+    policy = intervals_policy
     directions = directions or {"a_to_b": "ct_to_mri", "b_to_a": "mri_to_ct"}
     modalities = {domain: name.lower() for domain, name in (modalities or {"a": "ct", "b": "mri"}).items()}
     if set(directions) != set(DOMAINS) or set(directions.values()) & RESERVED_KEYS:
@@ -457,7 +449,7 @@ def evaluate_translation(
             "sha256": file_sha256(classifier),
             "domain_names": list(checkpoint["domain_names"]),
             "compares": "classifier's prediction vs the true domain of the real test slices of a and b",
-            "test_accuracy": summarise(correct, test_subjects, n_boot, seed),
+            "test_accuracy": summarise(correct, test_subjects, policy),
             "test_accuracy_per_domain": per_class,
             "test_balanced_accuracy": float(np.mean(list(per_class.values()))),
         }
@@ -475,13 +467,12 @@ def evaluate_translation(
             modalities,
             normalisation,
             ct_window,
-            n_boot,
-            seed,
+            policy,
         )
         if weights_problem is None:
             block |= distance_blocks(
                 features[target], data[target]["subject_ids"], features[way], data[source]["subject_ids"],
-                kid_subsets, kid_subset_size, fid_eps, n_boot, seed,
+                fid_eps, policy,
             )
             block["fid"]["compares"] = (
                 f"{block['n_source']} translations vs {block['n_target']} real {target} images"
@@ -489,18 +480,19 @@ def evaluate_translation(
         else:
             block |= fid_module.unavailable_distances(weights_problem)
             block["fid"]["compares"] = None
-            block["fid"]["ci95"] = block["kid"]["ci95"] = None
+            for key in ("fid", "kid"):
+                block[key] |= {"ci95": None, "ci95_reason": weights_problem, "ci_method": "subject_jackknife"}
         if frd_problem is None:
             block["frd"] = frd_block(
                 radiomics[target], data[target]["subject_ids"][frd_picks[target]],
-                radiomics[way], data[source]["subject_ids"][frd_picks[source]], n_boot, seed,
+                radiomics[way], data[source]["subject_ids"][frd_picks[source]], policy,
             )
         else:
             block["frd"] = unavailable_frd(frd_problem)
         if classifier_problem is None:
             block["classifier"], classifier_values = classifier_share_block(
                 probability_of_b(network, checkpoint, translated[way], batch_size), target,
-                data[source]["subject_ids"], n_boot, seed,
+                data[source]["subject_ids"], policy,
             )
             values |= classifier_values
         else:
@@ -511,13 +503,13 @@ def evaluate_translation(
             blur_sigma=stego_blur_sigma, noise_sigma=stego_noise_sigma, max_drop=stego_max_drop, seed=seed,
         )
         for kind in ("blur", "noise"):
-            stego[kind]["ci95_drop"] = bootstrap.mean_ci(
-                stego_values[f"stego_{kind}_drop"], data[source]["subject_ids"], n_boot, seed
-            )
+            interval = intervals.mean_ci(stego_values[f"stego_{kind}_drop"], data[source]["subject_ids"], policy)
+            stego[kind] |= {"ci95_drop": interval["ci95"], "ci95_drop_reason": interval["ci95_reason"],
+                            "ci_method": interval["ci_method"]}
         block["steganography"] = stego
         values |= stego_values
         block["regions"], block["regions_reason"], region_values = regions_block(
-            data[source], translated[way], n_boot, seed
+            data[source], translated[way], policy
         )
         values |= region_values
         if block["paired"] is None:
@@ -551,12 +543,9 @@ def evaluate_translation(
             "mri_percentiles": [float(p) for p in mri_percentiles],
             "features": fid_module.FEATURE_SETTINGS,
             "inception_weights": str(inception_weights),
-            "kid_subsets": kid_subsets,
-            "kid_subset_size": kid_subset_size,
             "fid_eps": fid_eps,
             "frd": frd_module.FRD_SETTINGS | {"enabled": frd, "max_images_per_set": frd_max_images},
-            "bootstrap": {"method": bootstrap.METHOD, "n_boot": n_boot, "seed": seed,
-                          "fid": "interval only when both sets hold at most 2048 images"},
+            "intervals": policy.describe() | {"fid": "interval only when both sets hold at most 2048 images"},
             "classifier": "share of translations with P(intended domain) > 0.5 under the domain classifier",
             "steganography": {"blur_sigma_px": stego_blur_sigma, "noise_sigma": stego_noise_sigma,
                               "max_drop": stego_max_drop},

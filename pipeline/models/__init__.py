@@ -6,11 +6,18 @@ Epochs, data sampling, LR schedules, checkpoints, history, sample grids and MLfl
 live in the engine, so adding a model (DCGAN, StyleGAN, ...) never touches the loop.
 Model modules are imported by name on first use (``MODELS``), which also lets them import
 this base module without a cycle.
+
+Data reaches a model as named inputs (``DataInput``): each name is bound by the experiment to
+one slices npz, whose images (and, when the model asks, their labels or label maps) the
+engine draws with one index, so an image and its label or map always travel together.
+A trained model exports what its task needs: a translator (``translate``) or a sampler
+(``sample``); ``load_trained`` rebuilds either, and evaluation is chosen by ``task``.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping, Protocol
 
@@ -21,7 +28,13 @@ from torch import nn
 from pipeline.errors import ConfigError, InputDataError
 
 #: name -> "module:Class" of every model the engine can train.
-MODELS = {"cyclegan": "pipeline.models.cyclegan:CycleGAN"}
+MODELS = {
+    "cyclegan": "pipeline.models.cyclegan:CycleGAN",
+    "dcgan": "pipeline.models.dcgan:DCGAN",
+    "cgan": "pipeline.models.dcgan:ConditionalDCGAN",
+}
+#: What a trained model is for; each task has its evaluator (``pipeline.evaluate.EVALUATORS``).
+TASKS = ("translation", "generation")
 #: Version of the model.pt layout; bump when it changes.
 EXPORT_FORMAT = 1
 
@@ -46,10 +59,50 @@ def merge_knobs(defaults: Mapping[str, Any], overrides: Mapping[str, Any] | None
     return merged
 
 
+@dataclass(frozen=True)
+class DataInput:
+    """One named input of a model: a set of images (one slices npz) and what is drawn with them.
+
+    The batch holds the images under ``name``; with ``labels`` also the npz ``labels`` array
+    (class per image, int64) under ``name + "_labels"``; with ``label_maps`` the npz
+    ``label_maps`` array ((N, H, W) integer classes) under ``name + "_maps"``, cropped and
+    flipped exactly as its image and resized by nearest neighbour, never interpolated.
+    """
+
+    name: str
+    labels: bool = False
+    label_maps: bool = False
+
+    @property
+    def labels_key(self) -> str:
+        return f"{self.name}_labels"
+
+    @property
+    def maps_key(self) -> str:
+        return f"{self.name}_maps"
+
+
 class Translator(Protocol):
-    """What ``load_trained`` returns for an image-to-image model."""
+    """What ``load_trained`` returns for an image-to-image model (task "translation")."""
+
+    task: str
 
     def translate(self, direction: str, images: np.ndarray) -> np.ndarray: ...
+
+
+class Sampler(Protocol):
+    """What ``load_trained`` returns for a generator (task "generation").
+
+    ``n_classes`` 0 means unconditional; ``image_size`` is (height, width); ``sample`` returns
+    (n, H, W) float32 in [0, 1], of the asked classes when conditional, the same images for the
+    same seed.
+    """
+
+    task: str
+    n_classes: int
+    image_size: tuple[int, int]
+
+    def sample(self, n: int, labels: np.ndarray | None = None, seed: int = 0) -> np.ndarray: ...
 
 
 class DataParallelGroup(Protocol):
@@ -67,6 +120,10 @@ class DataParallelGroup(Protocol):
 class GANModel(nn.Module):
     """Base of every model the engine trains.
 
+    Subclasses declare, as class attributes, ``name`` (the registry key), ``task`` (what the
+    export serves: "translation" or "generation") and ``inputs`` (the named data inputs, each
+    a ``DataInput``). The constructor is ``Model(config, weights_dir, seed, image_size=None)``;
+    ``image_size`` is the (height, width) the engine trains on, for networks built to one size.
     Subclasses set, in ``__init__``:
       - ``config``: the resolved knobs (recorded in run.json, model.pt and MLflow);
       - ``pretrained``: network or loss name -> initialisation status;
@@ -78,8 +135,10 @@ class GANModel(nn.Module):
     """
 
     name: ClassVar[str]
-    #: Keys of the batch dictionaries (one image tensor per data domain).
-    domains: ClassVar[tuple[str, ...]]
+    #: What the trained model is for: "translation" or "generation" (picks the evaluator).
+    task: ClassVar[str]
+    #: The named inputs the model trains on; the experiment binds each name to a dataset.
+    inputs: ClassVar[tuple[DataInput, ...]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -91,6 +150,8 @@ class GANModel(nn.Module):
         self.loss_names: tuple[str, ...] = ()
         self.visual_names: tuple[tuple[str, ...], ...] = ()
         self.mixed_precision: torch.dtype | None = None
+        #: Inputs whose batches are drawn class-balanced (by their labels) instead of in shuffled passes.
+        self.class_balanced_inputs: tuple[str, ...] = ()
         #: Set by the engine under data-parallel training (``pipeline.distributed.DataParallel``):
         #: gradients are averaged over the processes before every optimiser step.
         self.parallel: DataParallelGroup | None = None
@@ -118,8 +179,25 @@ class GANModel(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def load_export(cls, payload: dict[str, Any], device: str | torch.device) -> Translator:
+    def load_export(cls, payload: dict[str, Any], device: str | torch.device) -> Translator | Sampler:
         raise NotImplementedError
+
+    @classmethod
+    def input_names(cls) -> tuple[str, ...]:
+        return tuple(spec.name for spec in cls.inputs)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the engine before each epoch's steps (``epoch`` finished so far, also when
+        resuming mid-epoch), for schedules that follow epochs (e.g. instance noise)."""
+
+    def check_labels(self, path: Path, labels: np.ndarray) -> None:
+        """Raise InputDataError naming ``path`` when its labels do not fit the model (e.g. a class
+        it does not know)."""
+
+    def required_image_size(self) -> tuple[int, int] | None:
+        """The one (height, width) the networks take, or None when any multiple of
+        ``size_multiple`` will do."""
+        return None
 
     def extra_state(self) -> dict[str, Any]:
         """State beyond networks and optimisers that a resumed run needs (pools, RNGs)."""
@@ -162,8 +240,7 @@ def model_class(name: str) -> type[GANModel]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Translator:
-    """Rebuild a trained model from ``model.pt`` for inference (eval mode, no gradients)."""
+def _read_export(path: str | Path, device: str | torch.device) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputDataError(path, "trained model file not found")
@@ -173,7 +250,21 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Transl
         raise InputDataError(path, f"cannot be read as a model file ({err})") from err
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT or "model" not in payload:
         raise InputDataError(path, f"is not a model.pt of format {EXPORT_FORMAT}")
+    if payload["model"] not in MODELS:
+        raise InputDataError(path, f"names model {payload['model']!r}, not one of {sorted(MODELS)}")
+    return payload
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Translator | Sampler:
+    """Rebuild a trained model from ``model.pt`` for inference (eval mode, no gradients): a
+    translator or a sampler, as its ``task`` says."""
+    payload = _read_export(path, device)
     return model_class(payload["model"]).load_export(payload, device)
+
+
+def trained_task(path: str | Path) -> str:
+    """The task ("translation", "generation") of the model in ``model.pt``, without building it."""
+    return model_class(_read_export(path, "cpu")["model"]).task
 
 
 @contextlib.contextmanager

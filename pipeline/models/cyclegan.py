@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
-from pipeline.models import EXPORT_FORMAT, GANModel, frozen, merge_knobs
+from pipeline.models import EXPORT_FORMAT, DataInput, GANModel, frozen, merge_knobs
 from pipeline.models.losses import (
     ADVERSARIAL_LOSSES, VGGPerceptualLoss, adversarial_loss, decision_threshold, gradient_penalty, ssim_loss)
 from pipeline.models.networks import (
@@ -114,9 +114,15 @@ class CycleGAN(GANModel):
     """Two generators (G_ab: a -> b, G_ba: b -> a) and two discriminators (D_a, D_b)."""
 
     name = "cyclegan"
+    task = "translation"
+    #: Two unpaired image sets, each drawn with its own index.
+    inputs = (DataInput("a"), DataInput("b"))
     domains = ("a", "b")
 
-    def __init__(self, config: Mapping[str, Any], weights_dir: Path | None, seed: int):
+    def __init__(self, config: Mapping[str, Any], weights_dir: Path | None, seed: int,
+                 image_size: tuple[int, int] | None = None):
+        """``image_size`` (the training size) is not needed: the networks take any multiple of
+        ``size_multiple``."""
         super().__init__()
         cfg = self.config = self.resolve_config(config)
         self.seed = seed
@@ -328,6 +334,8 @@ class CycleGAN(GANModel):
 
 class CycleGANTranslator:
     """Inference with trained CycleGAN generators on [0, 1] image arrays."""
+
+    task = "translation"
 
     def __init__(self, generators: dict[str, torch.nn.Module], image_size: tuple[int, int], device: torch.device):
         self.generators = generators

@@ -1,4 +1,5 @@
-"""GAN losses: adversarial (BCE, LSGAN, WGAN-GP) and the cycle losses of report 001.
+"""GAN losses: adversarial (BCE, LSGAN, WGAN-GP, WGAN with weight clipping), their helpers
+(gradient penalty, weight clipping, the instance-noise schedule) and the cycle losses of report 001.
 
 Images are 1-channel tensors in [-1, 1] (the generators' tanh range), so SSIM uses a data
 range of 2. L1 cycle and identity losses are plain ``torch.nn.functional.l1_loss``.
@@ -18,6 +19,9 @@ from pipeline.errors import ConfigError, InputDataError
 from pipeline.models.networks import load_state_file
 
 ADVERSARIAL_LOSSES = ("bce", "lsgan", "wgan_gp")
+#: Critic losses of the Wasserstein GAN: the same score, Lipschitz-bounded by a gradient
+#: penalty (Gulrajani et al. 2017) or by clipping the weights (Arjovsky et al. 2017).
+WASSERSTEIN_LOSSES = ("wgan_gp", "wgan_clip")
 #: Width of the [-1, 1] image range, the SSIM ``data_range``.
 IMAGE_DATA_RANGE = 2.0
 
@@ -34,9 +38,9 @@ def adversarial_loss(kind: str, prediction: torch.Tensor, target_is_real: bool) 
         return F.binary_cross_entropy_with_logits(prediction, target)
     if kind == "lsgan":
         return F.mse_loss(prediction, torch.full_like(prediction, 1.0 if target_is_real else 0.0))
-    if kind == "wgan_gp":
+    if kind in WASSERSTEIN_LOSSES:
         return -prediction.mean() if target_is_real else prediction.mean()
-    raise ConfigError(f"adversarial_loss must be one of {ADVERSARIAL_LOSSES}, got {kind!r}")
+    raise ConfigError(f"adversarial_loss must be one of {ADVERSARIAL_LOSSES + WASSERSTEIN_LOSSES[1:]}, got {kind!r}")
 
 
 def decision_threshold(kind: str) -> float:
@@ -57,6 +61,22 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
     score = critic(mixed).float()
     (grad,) = torch.autograd.grad(score.sum(), mixed, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+@torch.no_grad()
+def clip_weights(net: nn.Module, clip_value: float) -> None:
+    """Clamp every parameter of ``net`` to [-clip_value, clip_value] (WGAN's crude Lipschitz bound)."""
+    for parameter in net.parameters():
+        parameter.clamp_(-clip_value, clip_value)
+
+
+def instance_noise_std(epoch: int, initial_std: float, anneal_epochs: int) -> float:
+    """Std of the instance noise (Sonderby et al. 2017) during epoch ``epoch`` (0-based): falls
+    linearly from ``initial_std`` in the first epoch to 0 from epoch ``anneal_epochs`` on
+    (0 anneal epochs: no noise)."""
+    if anneal_epochs <= 0 or initial_std <= 0:
+        return 0.0
+    return initial_std * max(0.0, 1.0 - epoch / anneal_epochs)
 
 
 def ssim_loss(x: torch.Tensor, y: torch.Tensor, kernel_size: int = 11, sigma: float = 1.5) -> torch.Tensor:

@@ -28,7 +28,8 @@ def imagenet_weight_file(weights_dir: Path | None, file_name: str, pretrained: s
     """Return (the ImageNet weight file to load or None, status) for one network.
 
     The status string is what run.json and MLflow record, so a reader knows whether a run
-    started from ImageNet or from random weights, and why.
+    started from ImageNet or from random weights, and why. A missing file is an error, never a
+    silent start from random weights: running without ImageNet is the explicit ``pretrained: none``.
     """
     if pretrained not in PRETRAINED_CHOICES:
         raise ConfigError(f"pretrained must be one of {PRETRAINED_CHOICES}, got {pretrained!r}")
@@ -36,7 +37,13 @@ def imagenet_weight_file(weights_dir: Path | None, file_name: str, pretrained: s
         return None, "random (pretrained: none)"
     path = Path(weights_dir) / file_name if weights_dir is not None else None
     if path is None or not path.is_file():
-        return None, f"random (missing {path if path is not None else file_name})"
+        raise InputDataError(
+            path if path is not None else Path(file_name),
+            "ImageNet weights not found (weights.pretrained: imagenet). Get them with weights.fetch: true "
+            "(downloads torchvision's file), or weights.local_dir: a folder holding it (verified and copied in), "
+            "or `python -m pipeline.sources.download weights --out data/weights`; or train from random "
+            "initialisation with weights.pretrained: none",
+        )
     return path, f"imagenet ({file_name})"
 
 

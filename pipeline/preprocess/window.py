@@ -101,6 +101,10 @@ def _values_kept_out_of_logs() -> Iterator[None]:
         settings.reading_validation_mode = previous
 
 
+#: For stages that read header fields of their own: pydicom's warnings quote values, keep them out.
+values_kept_out_of_logs = _values_kept_out_of_logs
+
+
 def _frame_value(ds: Dataset, frame: int | None, macro: str, keyword: str):
     """An attribute of one frame: from an enhanced file's functional groups (per-frame first, then
     shared), else from the top level as in a classic single-frame file."""
@@ -403,6 +407,25 @@ def _to_hu(stored: np.ndarray, ds: Dataset, frame: int | None, path: Path) -> np
             "no RescaleSlope/RescaleIntercept and no Modality LUT Sequence: no mapping to HU",
         )
     return apply_modality_lut(_unwrap_rsna_12bit(stored, ds, lut), lut)
+
+
+def read_slice_hu(path: str | Path) -> tuple[Dataset, np.ndarray]:
+    """One single-frame CT file (RSNA style: a slice per file) as its header and (rows, columns) HU.
+
+    The same decoding as a series: ``_decode`` (no pixel data, an undecodable file -> error naming
+    it), RSNA's 12-bit wrap undone, then the modality LUT. Header values stay out of messages.
+    """
+    path = Path(path)
+    with _values_kept_out_of_logs():
+        ds, pixels = _decode(path)
+        if pixels.shape[0] != 1:
+            raise InputDataError(path, f"holds {pixels.shape[0]} frames; one slice per file expected")
+        try:
+            return ds, np.asarray(_to_hu(pixels[0], ds, None, path), dtype=np.float32)
+        except PipelineError:
+            raise
+        except Exception as exc:  # a header that parses but makes no sense
+            raise InputDataError(path, f"pixel values cannot be mapped to HU ({_where(exc)})") from exc
 
 
 def _window_of(ds: Dataset, frame: int | None) -> tuple[float, float] | None:

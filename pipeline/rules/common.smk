@@ -5,6 +5,7 @@ import os
 import re
 import shlex
 
+from pipeline.cluster import job_resources
 from pipeline.config import ct_window
 from pipeline.sources.weights import WEIGHT_FILES
 
@@ -47,8 +48,21 @@ def name_pattern(names):
     return "|".join(re.escape(name) for name in names) or "(?!)"
 
 
+def is_ct_slices(dataset):
+    """A set of labelled head-CT slices in the RSNA 2019 layout (one slice per DICOM file):
+    prepared by pipeline/preprocess/ct_slices.py, without the volume chain."""
+    cfg = dataset_cfg(dataset)
+    return cfg.get("source") in ("phantom_rsna_ich", "rsna_ich") or (
+        cfg.get("source") == "local" and cfg.get("layout") == "rsna_ich"
+    )
+
+
 XRAY_DATASETS = [name for name in config["datasets"] if is_xray(name)]
-VOLUME_DATASETS = [name for name, cfg in config["datasets"].items() if cfg["modality"] in ("CT", "MR")]
+CT_SLICE_DATASETS = [name for name in config["datasets"] if is_ct_slices(name)]
+VOLUME_DATASETS = [
+    name for name, cfg in config["datasets"].items()
+    if cfg["modality"] in ("CT", "MR") and name not in CT_SLICE_DATASETS
+]
 
 
 def manifest_rows(dataset):
@@ -78,6 +92,7 @@ def download_flags(dataset):
     """CLI flags of the download stage for one dataset: its source knobs, plus the phantom's."""
     cfg = dataset_cfg(dataset)
     flags = [f"--source {cfg['source']}", f"--modality {cfg['modality']}", f"--seed {config['seed']}"]
+    flags.append(f"--on-pixel-risk {config.get('deidentify', {}).get('on_pixel_risk', 'exclude')}")
     for key in ("base_url", "local_path", "layout"):
         if cfg.get(key):
             flags.append(f"--{key.replace('_', '-')} {shlex.quote(str(cfg[key]))}")
@@ -87,7 +102,7 @@ def download_flags(dataset):
         flags.append("--accept-licence")
     if cfg["source"] == "phantom_head":
         flags.append(f"--n-paired {cfg.get('n_paired', 0)}")
-    if cfg["source"] in ("phantom_head", "phantom_cxr"):
+    if cfg["source"] in ("phantom_head", "phantom_cxr", "phantom_rsna_ich"):
         for key, value in sorted(config.get(cfg["source"], {}).items()):
             flags.append(f"--phantom-option {shlex.quote(f'{key}={json.dumps(value)}')}")
     return " ".join(flags)
@@ -176,7 +191,7 @@ def stage_volumes(w):
 def preprocessing_qc(dataset):
     """The registration table and one contact sheet per stage the dataset goes through
     (X-ray classes: the prepared squares' contact sheet)."""
-    if is_xray(dataset):
+    if is_xray(dataset) or is_ct_slices(dataset):
         return [f"data/slices/{dataset}/contact_sheet.png"]
     stages = ["windowed", "registered"] + (["masked"] if final_stage(dataset) == "masked" else [])
     return [f"data/registered/{dataset}/qc.csv"] + [f"data/{s}/{dataset}/contact_sheet.png" for s in stages]
@@ -199,6 +214,54 @@ def slice_inputs(w):
 
 def experiment_cfg(experiment):
     return config["experiments"][experiment]
+
+
+def experiment_inputs(experiment):
+    """The model's named inputs -> dataset: a generation experiment's `inputs`, or a translation
+    experiment's domain_a / domain_b as CycleGAN's inputs a / b."""
+    exp = experiment_cfg(experiment)
+    if "inputs" in exp:
+        return dict(exp["inputs"])
+    return {"a": exp["domain_a"], "b": exp["domain_b"]}
+
+
+def is_generation(experiment):
+    """A generator from noise (DCGAN, cGAN): evaluated by pipeline/evaluate/generation.py."""
+    return "inputs" in experiment_cfg(experiment)
+
+
+GENERATION_EXPERIMENTS = [name for name in config["experiments"] if is_generation(name)]
+TRANSLATION_EXPERIMENTS = [name for name in config["experiments"] if not is_generation(name)]
+
+
+def input_slices(split):
+    """Input function: {"<split>_<input>": data/slices/<dataset>/<split>.npz} per named input."""
+
+    def inputs(w):
+        return {
+            f"{split}_{name}": f"data/slices/{dataset}/{split}.npz"
+            for name, dataset in experiment_inputs(w.experiment).items()
+        }
+
+    return inputs
+
+
+def train_input_flags(w):
+    """The train CLI's named inputs: --input <name>=<train.npz> --val-input <name>=<val.npz> per input."""
+    flags = []
+    for name, dataset in experiment_inputs(w.experiment).items():
+        flags += [f"--input {name}=data/slices/{dataset}/train.npz", f"--val-input {name}=data/slices/{dataset}/val.npz"]
+    return " ".join(flags)
+
+
+def train_weight_inputs(w):
+    """ImageNet files of report 001's networks: translation experiments only."""
+    return [] if is_generation(w.experiment) else weight_inputs("resnet18", "vgg19")
+
+
+def pretrained_flag(w):
+    """--pretrained for models with ImageNet-initialisable networks (the CycleGAN), else nothing."""
+    return "" if is_generation(w.experiment) else f"--pretrained {config['weights']['pretrained']}"
 
 
 def domain_slices(split):
@@ -259,15 +322,13 @@ def evaluate_flags(w):
         "--mri-percentiles " + " ".join(f"{p:g}" for p in PRE["mri_percentiles"]),
         f"--batch-size {ev['batch_size']}",
         f"--n-figure-examples {ev['n_figure_examples']}",
-        f"--kid-subsets {ev['kid_subsets']}",
-        f"--kid-subset-size {ev['kid_subset_size']}",
         f"--seed {config['seed']}",
     ]
     if device != "auto":
         flags.append(f"--device {device}")
     if ev.get("frd") is False:
         flags.append("--skip-frd")
-    optional = ("frd_max_images", "n_boot", "stego_blur_sigma", "stego_noise_sigma", "stego_max_drop",
+    optional = ("frd_max_images", "n_boot", "min_subjects", "stego_blur_sigma", "stego_noise_sigma", "stego_max_drop",
                 "histogram_bins", "diff_upscale_size")
     flags.append(cli_flags({key: ev[key] for key in optional if key in ev}))
     return " ".join(flags)
@@ -279,6 +340,31 @@ def classifier_flags(w):
     names = " ".join(shlex.quote(label) for label in exp["evaluate"]["labels"])
     knobs = cli_flags(exp.get("classifier", {}))
     return f"--domain-names {names} --seed {config['seed']} {knobs}"
+
+
+def generation_evaluate_flags(w):
+    """The generation evaluator's flags from the experiment's evaluate section."""
+    ev = experiment_cfg(w.experiment)["evaluate"]
+    flags = [f"--seed {config['seed']}"]
+    if ev.get("class_names"):
+        flags.append("--class-names " + " ".join(shlex.quote(name) for name in ev["class_names"]))
+    if ev.get("device", "auto") != "auto":
+        flags.append(f"--device {ev['device']}")
+    if ev.get("frd") is False:
+        flags.append("--skip-frd")
+    if ev.get("tstr") is False:
+        flags.append("--skip-tstr")
+    numbers = ("n_generated", "batch_size", "frd_max_images", "memorisation_quantile", "memorisation_max_share",
+               "d_fake_last_epochs", "n_figure_examples", "walk_steps", "n_nearest_pairs", "n_boot", "min_subjects")
+    flags.append(cli_flags({key: ev[key] for key in numbers if key in ev}))
+    return " ".join(flags)
+
+
+def labelled_classifier_flags(w):
+    """The classifier's flags in labelled mode (label 0 vs 1 of one dataset's slices)."""
+    exp = experiment_cfg(w.experiment)
+    names = " ".join(shlex.quote(n) for n in exp["evaluate"].get("class_names", ["healthy", "haemorrhage"]))
+    return f"--class-names {names} --seed {config['seed']} {cli_flags(exp.get('classifier', {}))}"
 
 
 def ct_window_for_metrics():
@@ -296,3 +382,41 @@ def xray_flags(w):
     """prepare_xray's CLI flags: the class, preprocess.xray's knobs, the seed."""
     label = shlex.quote(dataset_cfg(w.dataset)["label"])
     return f"--label {label} --seed {config['seed']} {cli_flags(PRE.get('xray', {}))}"
+
+
+def ct_slices_flags(w):
+    """prepare_ct_slices' CLI flags: preprocess.ct_slices' knobs and the seed."""
+    return f"--seed {config['seed']} {cli_flags(PRE.get('ct_slices', {}))}"
+
+
+# Reader study (pipeline/rules/reader_study.smk)
+READER_STUDY = config["reader_study"]
+
+
+def reader_study_data(w):
+    """The held-out test sets a study draws from: both domains of a translation experiment, or
+    the dataset bound to a generator's `images` input."""
+    exp = experiment_cfg(w.experiment)
+    if "domain_a" in exp and "domain_b" in exp:
+        return {"test_a": f"data/slices/{exp['domain_a']}/test.npz", "test_b": f"data/slices/{exp['domain_b']}/test.npz"}
+    dataset = (exp.get("inputs") or {}).get("images") or exp.get("dataset")
+    if not dataset:
+        raise ValueError(f"experiments.{w.experiment}: neither domain_a/domain_b nor an images dataset to draw real images from")
+    return {"real": f"data/slices/{dataset}/test.npz"}
+
+
+def reader_study_inputs(w):
+    return {"model": f"models/{w.experiment}/model.pt", **reader_study_data(w)}
+
+
+def reader_study_flags(w):
+    """Every knob as a flag (so --config overrides reach the study and a changed knob reruns it)."""
+    rs = READER_STUDY
+    data = " ".join(f"--{name.replace('_', '-')} {path}" for name, path in reader_study_data(w).items())
+    return (
+        f"{data} --n-per-class {rs['n_per_class']} --pick {rs['pick']} "
+        f"--candidates-per-image {rs['candidates_per_image']} --display-size {rs['display_size']} "
+        "--display-window " + " ".join(f"{v:g}" for v in rs["display_window"]) + " "
+        + ("--confidence" if rs["confidence"] else "--no-confidence")
+        + f" --direction {rs['direction']} --n-boot {rs['n_boot']} --seed {config['seed'] + rs['seed_offset']}"
+    )

@@ -32,6 +32,7 @@ rule preprocessing_panel:
 
 
 rule evaluate:
+    # Translation experiments (CycleGAN); generators: rule evaluate_generation.
     input:
         unpack(evaluate_inputs),
     output:
@@ -63,7 +64,11 @@ rule evaluate:
         inception=f"{config['weights']['dir']}/pt_inception-2015-12-05-6726825d.pth",
         ct_window=ct_window_for_metrics(),
         flags=evaluate_flags,
+    wildcard_constraints:
+        experiment=name_pattern(TRANSLATION_EXPERIMENTS),
     threads: 8  # capped at --cores by Snakemake: on a laptop training runs alone
+    resources:
+        **job_resources(config, "evaluate"),
     benchmark:
         "benchmarks/evaluate/{experiment}.tsv"
     log:
@@ -95,9 +100,13 @@ rule train_classifier:
     output:
         model="models/{experiment}/classifier.pt",
         summary="models/{experiment}/classifier.json",
+    wildcard_constraints:
+        experiment=name_pattern(TRANSLATION_EXPERIMENTS),
     params:
         flags=classifier_flags,
     threads: 2
+    resources:
+        **job_resources(config, "train_classifier"),
     benchmark:
         "benchmarks/train_classifier/{experiment}.tsv"
     log:
@@ -108,6 +117,90 @@ rule train_classifier:
         "python -m pipeline.evaluate.classifier --train-a {input.train_a} --train-b {input.train_b} "
         "--val-a {input.val_a} --val-b {input.val_b} --test-a {input.test_a} --test-b {input.test_b} "
         "{params.flags} --out-model {output.model} --out-json {output.summary} > {log} 2>&1"
+
+
+rule train_classifier_labelled:
+    # Report 002's classifier: real healthy vs haemorrhage slices (labels 0 / 1) of a generation
+    # experiment's dataset, scoring the generated slices in evaluate_generation. Its own rule,
+    # as for the translation experiments.
+    input:
+        train=lambda w: input_slices("train")(w)["train_images"],
+        val=lambda w: input_slices("val")(w)["val_images"],
+        test=lambda w: input_slices("test")(w)["test_images"],
+    output:
+        model="models/{experiment}/classifier.pt",
+        summary="models/{experiment}/classifier.json",
+    wildcard_constraints:
+        experiment=name_pattern(GENERATION_EXPERIMENTS),
+    params:
+        flags=labelled_classifier_flags,
+    threads: 2
+    resources:
+        **job_resources(config, "train_classifier"),
+    benchmark:
+        "benchmarks/train_classifier/{experiment}.tsv"
+    log:
+        "logs/train_classifier/{experiment}.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m pipeline.evaluate.classifier --train {input.train} --val {input.val} --test {input.test} "
+        "{params.flags} --out-model {output.model} --out-json {output.summary} > {log} 2>&1"
+
+
+rule evaluate_generation:
+    # Generators (DCGAN, cGAN): distribution measures, report 002's D(G(z)) and classifier scores,
+    # train-on-synthetic, memorisation (pipeline/evaluate/generation.py, reached through
+    # `python -m pipeline.evaluate`, which dispatches on the model's task). metrics.json last.
+    input:
+        model="models/{experiment}/model.pt",
+        history="models/{experiment}/history.csv",
+        run="models/{experiment}/run.json",
+        classifier="models/{experiment}/classifier.pt",
+        train=lambda w: input_slices("train")(w)["train_images"],
+        val=lambda w: input_slices("val")(w)["val_images"],
+        test=lambda w: input_slices("test")(w)["test_images"],
+        weights=weight_inputs("inception"),
+    output:
+        metrics=report(
+            "results/{experiment}/metrics.json",
+            caption="../../report/metrics.rst",
+            category="Evaluation",
+            subcategory="{experiment}",
+        ),
+        samples="results/{experiment}/samples.npz",
+        per_image="results/{experiment}/per_image.npz",
+        sample_grid="results/{experiment}/figures/sample_grid.png",
+        noise_walk="results/{experiment}/figures/noise_walk.png",
+        nearest_pairs="results/{experiment}/figures/nearest_pairs.png",
+        curves=report(
+            "results/{experiment}/figures/training_curves.png",
+            caption="../../report/loss_curves.rst",
+            category="Training",
+            subcategory="{experiment}",
+        ),
+    wildcard_constraints:
+        experiment=name_pattern(GENERATION_EXPERIMENTS),
+    params:
+        inception=f"{config['weights']['dir']}/pt_inception-2015-12-05-6726825d.pth",
+        flags=generation_evaluate_flags,
+    threads: 8  # capped at --cores by Snakemake
+    resources:
+        **job_resources(config, "evaluate"),
+    benchmark:
+        "benchmarks/evaluate/{experiment}.tsv"
+    log:
+        "logs/evaluate/{experiment}.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m pipeline.evaluate --model {input.model} --test {input.test} --train {input.train} "
+        "--val {input.val} --history {input.history} --classifier {input.classifier} "
+        "--inception-weights {params.inception} --run-json {input.run} {params.flags} "
+        "--samples-out {output.samples} --per-image-out {output.per_image} "
+        "--sample-grid {output.sample_grid} --noise-walk {output.noise_walk} "
+        "--nearest-pairs {output.nearest_pairs} --training-curves {output.curves} "
+        "--out {output.metrics} > {log} 2>&1"
 
 
 rule unknown_experiment:

@@ -71,6 +71,8 @@ rule register:
     params:
         seed=config["seed"],
         knobs=cli_flags(REG),
+    resources:
+        **job_resources(config, "register"),
     benchmark:
         "benchmarks/register/{dataset}/{subject}.tsv"
     log:

@@ -1,14 +1,15 @@
-# Stage 6: the one training engine, configured per experiment. Requests its GPUs as a resource
+# Stage 6: the one training engine, configured per experiment: any model (model.name: cyclegan,
+# dcgan, cgan) on its named inputs (CycleGAN's a / b from domain_a / domain_b; a generator's
+# images from inputs.images), each bound to a dataset's slices. Requests its GPUs as a resource
 # so a cluster executor (e.g. snakemake-executor-plugin-slurm) can place it; with
 # train.distributed it starts train.gpus data-parallel processes through torchrun.
 
 
 rule train:
     input:
-        unpack(domain_slices("train")),
-        val_a=lambda w: domain_slices("val")(w)["a"],
-        val_b=lambda w: domain_slices("val")(w)["b"],
-        weights=weight_inputs("resnet18", "vgg19"),
+        unpack(input_slices("train")),
+        unpack(input_slices("val")),
+        weights=train_weight_inputs,
     output:
         model="models/{experiment}/model.pt",
         history="models/{experiment}/history.csv",
@@ -17,7 +18,8 @@ rule train:
         cfg=lambda w: json.dumps(
             {k: experiment_cfg(w.experiment)[k] for k in ("model", "train")}, sort_keys=True
         ),
-        pretrained=config["weights"]["pretrained"],
+        inputs=train_input_flags,
+        pretrained=pretrained_flag,
         weights_dir=config["weights"]["dir"],
         tracking_uri=config["tracking"]["uri"],
         seed=config["seed"],
@@ -29,6 +31,7 @@ rule train:
             else "python"
         ),
     resources:
+        **job_resources(config, "train"),
         gpu=lambda w: (
             (experiment_cfg(w.experiment)["train"].get("gpus", 1) if experiment_cfg(w.experiment)["train"].get("distributed") else 1)
             if experiment_cfg(w.experiment)["train"].get("device") == "cuda"
@@ -42,8 +45,7 @@ rule train:
     conda:
         "../../envs/train.yaml"
     shell:
-        "{params.launcher} -m pipeline.train --train-a {input.a} --train-b {input.b} --val-a {input.val_a} "
-        "--val-b {input.val_b} --out {params.out_dir} --experiment {wildcards.experiment} "
-        "--config-json {params.cfg:q} --pretrained {params.pretrained} "
+        "{params.launcher} -m pipeline.train {params.inputs} --out {params.out_dir} "
+        "--experiment {wildcards.experiment} --config-json {params.cfg:q} {params.pretrained} "
         "--weights-dir {params.weights_dir} --tracking-uri {params.tracking_uri} "
         "--seed {params.seed} > {log} 2>&1"

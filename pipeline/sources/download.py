@@ -1,9 +1,15 @@
 """The download stage: materialise one dataset in ``data/raw/<dataset>`` or the pretrained weights.
 
-One source per dataset, chosen in params.yaml: the built-in ``phantom_head`` and
-``phantom_cxr`` (chest radiographs laid out as a Kermany download), the real
+One source per dataset, chosen in params.yaml: the built-in ``phantom_head``,
+``phantom_cxr`` (chest radiographs laid out as a Kermany download) and ``phantom_rsna_ich``
+(haemorrhage CT slices laid out as the RSNA 2019 Kaggle data), the real
 ``ixi_t2``, ``cq500``, ``kermany_cxr``, ``rsna_ich`` (Kaggle), the registration-gated
 ``chexpert`` (local archive only) and ``local`` (anything already on disk).
+
+Every source is laid out in a private staging folder outside the repository (under the user's
+cache folder, next to the downloads), pseudonymised there, and only then written into
+``data/raw/<dataset>`` through pipeline.sources.deidentify: original files and headers never
+enter the repository, hence never the DVC cache or remote.
 
     python -m pipeline.sources.download --dataset ct_head --source cq500 --out data/raw/ct_head \\
         --accept-licence --n-subjects 20
@@ -13,9 +19,12 @@ One source per dataset, chosen in params.yaml: the built-in ``phantom_head`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +33,35 @@ import yaml
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.privacy import SUBJECTS_TSV, load_salt, pseudonymise_raw_dataset
 from pipeline.sources.cq500 import fetch_cq500
+from pipeline.sources.deidentify import PIXEL_RISK_ACTIONS, deidentify_dataset
 from pipeline.sources.http_fetch import DEFAULT_SETTINGS, FetchSettings
 from pipeline.sources.ixi import fetch_ixi_t2
 from pipeline.sources.kermany import fetch_kermany_cxr
 from pipeline.sources.local import LAYOUTS, ingest_local
+from pipeline.sources.real_datasets import SUMS_FILE, user_cache_root
 from pipeline.sources.rsna_ich import RSNA_COMPETITION, fetch_rsna_ich
 from pipeline.sources.weights import PRETRAINED_CHOICES, WEIGHT_FILES, fetch_weights
 
 log = logging.getLogger(__name__)
 
-DATASET_SOURCES = ("phantom_head", "phantom_cxr", "ixi_t2", "cq500", "kermany_cxr", "rsna_ich", "chexpert", "local")
+DATASET_SOURCES = ("phantom_head", "phantom_cxr", "phantom_rsna_ich", "ixi_t2", "cq500", "kermany_cxr", "rsna_ich", "chexpert", "local")
+#: Built-in phantoms have no patient: their UIDs are re-derived with this public salt, so their
+#: raw files are the same on every machine (real data uses the private salt, pipeline.privacy).
+PHANTOM_SALT = "medgan-built-in-phantom"
+STAGING_FOLDER = "staging"
+
+
+@contextlib.contextmanager
+def staging_area(staging_dir: str | Path | None = None) -> Iterator[Path]:
+    """A private (0700) scratch folder outside the repository, removed afterwards: originals are
+    laid out here, never in data/raw. Default: ``<user cache>/staging`` (see user_cache_root)."""
+    parent = Path(staging_dir) if staging_dir else user_cache_root() / STAGING_FOLDER
+    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = Path(tempfile.mkdtemp(prefix="stage.", dir=parent))  # mkdtemp makes it 0700
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def download_dataset(
@@ -57,6 +85,8 @@ def download_dataset(
     kaggle_config_dir: str | Path | None = None,
     settings: FetchSettings = DEFAULT_SETTINGS,
     pseudonymise: bool = True,
+    on_pixel_risk: str = "exclude",
+    staging_dir: str | Path | None = None,
 ) -> Path:
     """Materialise dataset ``out_dir`` from ``source`` (one of DATASET_SOURCES); return ``out_dir``.
 
@@ -66,7 +96,7 @@ def download_dataset(
         holds (pipeline.sources.local.LAYOUTS; default "raw").
     n_subjects: subjects / images to keep, drawn with ``seed``; None keeps all
         (phantom_head: how many to generate, required).
-    cache_dir: where downloads are kept (default <out_dir>/../.downloads/<name>).
+    cache_dir: where downloads are kept (default <user cache>/downloads/<name>, outside the repository).
     keep_archives: False deletes the downloads once the dataset is laid out.
     modality / n_paired / phantom_options: phantom_head's modality ("CT" or "MR"), paired test
         subjects, and extra keyword knobs (phantom_cxr: the knobs of CxrPhantomParams only).
@@ -76,39 +106,88 @@ def download_dataset(
     pseudonymise: volume datasets (subjects.tsv) from any source but the synthetic phantoms get
         salted-hash subject ids and names (pipeline.privacy); default True. Turn it off only for
         data whose ids are already pseudonyms.
+    on_pixel_risk: DICOM files whose pixels may show identity (burned-in annotation, secondary
+        captures, screen saves): "exclude" (listed in deidentification.json) or "stop".
+    staging_dir: where originals are laid out before de-identification (default
+        <user cache>/staging); never inside the repository.
     """
     out_dir = Path(out_dir)
+    with staging_area(staging_dir) as staging:
+        stage = staging / out_dir.name
+        salt = _lay_out_originals(
+            source,
+            stage,
+            out_dir,
+            base_url=base_url,
+            accept_licence=accept_licence,
+            local_path=local_path,
+            layout=layout,
+            n_subjects=n_subjects,
+            seed=seed,
+            cache_dir=cache_dir,
+            keep_archives=keep_archives,
+            modality=modality,
+            n_paired=n_paired,
+            phantom_options=phantom_options,
+            chexpert_label=chexpert_label,
+            chexpert_frontal_only=chexpert_frontal_only,
+            kaggle_competition=kaggle_competition,
+            kaggle_config_dir=kaggle_config_dir,
+            settings=settings,
+            pseudonymise=pseudonymise,
+        )
+        deidentify_dataset(stage, out_dir, salt, on_pixel_risk=on_pixel_risk)
+    return out_dir
+
+
+def _lay_out_originals(source: str, stage: Path, out_dir: Path, **options: Any) -> str:
+    """Lay the dataset out in ``stage`` (outside the repository) under pseudonyms; return the
+    salt its UIDs are to be re-derived with."""
     if source == "phantom_head":
         from pipeline.sources.phantom_head import write_phantom_dataset  # heavy (nilearn); only when used
 
-        if modality is None or n_subjects is None:
+        if options["modality"] is None or options["n_subjects"] is None:
             raise ConfigError("phantom_head needs modality (CT or MR) and n_subjects")
-        write_phantom_dataset(out_dir, modality, n_subjects, n_paired, seed, **(phantom_options or {}))
-        return out_dir  # synthetic: no patient behind the ids, and the same ids on every machine
+        write_phantom_dataset(
+            stage, options["modality"], options["n_subjects"], options["n_paired"], options["seed"],
+            **(options["phantom_options"] or {}),
+        )  # fmt: skip
+        return PHANTOM_SALT  # synthetic: no patient behind the ids, and the same ids on every machine
     if source == "phantom_cxr":
         from pipeline.sources.phantom_cxr import write_phantom_cxr_dataset
 
-        return write_phantom_cxr_dataset(out_dir, seed, **(phantom_options or {}))
+        write_phantom_cxr_dataset(stage, options["seed"], **(options["phantom_options"] or {}))
+        return PHANTOM_SALT
+    if source == "phantom_rsna_ich":
+        from pipeline.sources.phantom_rsna_ich import write_phantom_rsna_dataset
+
+        write_phantom_rsna_dataset(stage, options["seed"], **(options["phantom_options"] or {}))
+        return PHANTOM_SALT
+    if (out_dir / SUMS_FILE).is_file():  # the sums recorded with the data (e.g. pulled through DVC)
+        stage.mkdir(parents=True)
+        shutil.copyfile(out_dir / SUMS_FILE, stage / SUMS_FILE)
+    base_url, accept_licence = options["base_url"], options["accept_licence"]
     _materialise(
         source,
-        out_dir,
+        stage,
         base_url=base_url,
         accept_licence=accept_licence,
-        local_path=local_path,
-        layout=layout,
-        n_subjects=n_subjects,
-        seed=seed,
-        cache_dir=cache_dir,
-        keep_archives=keep_archives,
-        chexpert_label=chexpert_label,
-        chexpert_frontal_only=chexpert_frontal_only,
-        kaggle_competition=kaggle_competition,
-        kaggle_config_dir=kaggle_config_dir,
-        settings=settings,
+        local_path=options["local_path"],
+        layout=options["layout"],
+        n_subjects=options["n_subjects"],
+        seed=options["seed"],
+        cache_dir=options["cache_dir"],
+        keep_archives=options["keep_archives"],
+        chexpert_label=options["chexpert_label"],
+        chexpert_frontal_only=options["chexpert_frontal_only"],
+        kaggle_competition=options["kaggle_competition"],
+        kaggle_config_dir=options["kaggle_config_dir"],
+        settings=options["settings"],
     )
-    if pseudonymise and (out_dir / SUBJECTS_TSV).exists():
-        pseudonymise_raw_dataset(out_dir, load_salt())
-    return out_dir
+    salt = load_salt()
+    if options["pseudonymise"] and (stage / SUBJECTS_TSV).exists():
+        pseudonymise_raw_dataset(stage, salt)
+    return salt
 
 
 def _materialise(
@@ -268,6 +347,18 @@ def _dataset_parser() -> argparse.ArgumentParser:
         default=True,
         help="salted-hash subject ids for real and local volume datasets (default: on)",
     )
+    parser.add_argument(
+        "--on-pixel-risk",
+        choices=PIXEL_RISK_ACTIONS,
+        default="exclude",
+        help="DICOM with burned-in annotation, secondary captures, screen saves: leave out (recorded) or stop",
+    )
+    parser.add_argument(
+        "--staging-dir",
+        type=_optional_text,
+        default=None,
+        help="where originals are laid out before de-identification (default: <user cache>/staging)",
+    )
     parser.add_argument("--chexpert-label", default="Pneumonia")
     parser.add_argument("--chexpert-frontal-only", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--kaggle-competition", default=RSNA_COMPETITION)
@@ -336,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             kaggle_config_dir=args.kaggle_config_dir,
             settings=_settings(args),
             pseudonymise=args.pseudonymise,
+            on_pixel_risk=args.on_pixel_risk,
+            staging_dir=args.staging_dir,
         )
         return 0
     except PipelineError as exc:

@@ -40,7 +40,7 @@ def fetch_ixi_t2(
 
     base_url: folder holding IXI-T2.tar (default SOURCE_URLS["ixi_t2"]).
     n_subjects: how many subjects to keep, drawn with ``seed``; None keeps all.
-    cache_dir: where the tar is kept (default ``<out_dir>/../.downloads/<name>``).
+    cache_dir: where the tar is kept (default ``<user cache>/downloads/<name>``, outside the repository).
     keep_archives: False deletes the tar once the dataset is laid out.
     """
     out_dir = Path(out_dir)

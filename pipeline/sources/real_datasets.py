@@ -8,7 +8,8 @@ all land in the layout the later stages read (see the data contracts):
 * 2-D image sets (chest X-ray, RSNA slices): ``<label>/<image_id>.<ext>`` (RSNA keeps its DICOM
   folder) and ``images.tsv`` (image_id, label, path, split).
 
-Downloads land in a cache folder first (resumable, and reused by the next run); their SHA-256
+Downloads land in a cache folder outside the repository first (resumable, reused by the next
+run; ``user_cache_root``); their SHA-256
 sums are checked against ``checksums.json`` where a provider publishes one, else recorded at the
 first download in ``.sha256`` (``sha256sum -c`` format) and checked at every later one.
 """
@@ -206,9 +207,21 @@ def write_sums(path: Path, sums: dict[str, str]) -> None:
     write_text(path, "".join(f"{sums[name]}  {name}\n" for name in sorted(sums)))
 
 
+CACHE_ENV = "MEDGAN_CACHE_DIR"
+
+
+def user_cache_root() -> Path:
+    """Where downloads and the staging of originals live, outside every repository:
+    ``$MEDGAN_CACHE_DIR``, else ``$XDG_CACHE_HOME/medgan-workflow`` (default ``~/.cache/...``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medgan-workflow"
+
+
 def default_cache_dir(out_dir: Path) -> Path:
-    """``data/raw/ct_head`` -> ``data/raw/.downloads/ct_head`` (outside the replaced raw folder)."""
-    return out_dir.parent / ".downloads" / out_dir.name
+    """``data/raw/ct_head`` -> ``<user cache>/downloads/ct_head``: downloaded originals never
+    enter the repository (nor, therefore, DVC)."""
+    return user_cache_root() / "downloads" / out_dir.name
 
 
 class DownloadCache:

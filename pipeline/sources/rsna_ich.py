@@ -15,15 +15,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import io
 import json
 import os
-import shutil
 import urllib.parse
-import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TextIO
 
 from pydicom.misc import is_dicom
 
@@ -39,6 +35,7 @@ from pipeline.sources.real_datasets import (
     place,
     write_images_tsv,
 )
+from pipeline.sources.rsna_labels import open_labels as _open_labels
 
 RSNA_COMPETITION = "rsna-intracranial-hemorrhage-detection"
 RSNA_LABELS = "stage_2_train.csv"
@@ -186,7 +183,11 @@ def read_rsna_labels(labels_file: Path) -> dict[str, str]:
 def build_rsna_ich(
     out: Path, labels_file: Path, labels: Mapping[str, str], images: Mapping[str, Path], *, move: bool
 ) -> None:
-    """DICOM slices in ``stage_2_train/``, the labels CSV unzipped beside them, and images.tsv."""
+    """DICOM slices in ``stage_2_train/``, the labels CSV unzipped beside them, and images.tsv.
+
+    The CSV keeps RSNA's rows (and their order) for the images laid out only: a subset download
+    fetches the whole labels file, and a labels CSV that names images not on disk is an input
+    error for the slices stage (pipeline.preprocess.ct_slices)."""
     rows = []
     for image_id in sorted(images):
         if not is_dicom(images[image_id]):
@@ -195,26 +196,10 @@ def build_rsna_ich(
         place(images[image_id], out / relative, move)
         rows.append((image_id, labels[image_id], relative, RSNA_SPLIT))
     with _open_labels(labels_file) as source, open(out / RSNA_LABELS, "w", newline="") as copy:
-        shutil.copyfileobj(source, copy)
+        header = source.readline()
+        copy.write(header)
+        copy.writelines(line for line in source if line.partition(",")[0].rpartition("_")[0] in images)
     write_images_tsv(out, rows)
-
-
-@contextlib.contextmanager
-def _open_labels(labels_file: Path) -> Iterator[TextIO]:
-    """The labels CSV as text, whether plain or zipped (Kaggle zips large files on download)."""
-    if not zipfile.is_zipfile(labels_file):
-        with open(labels_file, newline="") as fh:
-            yield fh
-        return
-    try:
-        with zipfile.ZipFile(labels_file) as zf:
-            members = [n for n in zf.namelist() if n.endswith(".csv")]
-            if len(members) != 1:
-                raise InputDataError(labels_file, f"zip should hold one CSV, holds {members}")
-            with zf.open(members[0]) as raw:
-                yield io.TextIOWrapper(raw, newline="")
-    except zipfile.BadZipFile as exc:
-        raise InputDataError(labels_file, f"corrupt zip ({exc})") from exc
 
 
 def _file_url(api: str, competition: str, name: str) -> str:

@@ -67,3 +67,37 @@ def test_same_seed_same_classifier(splits, tmp_path):
     }
     assert all(torch.equal(weights["one"][k], weights["two"][k]) for k in weights["one"])
     assert not all(torch.equal(weights["one"][k], weights["other"][k]) for k in weights["one"])
+
+
+def test_labelled_mode_learns_healthy_vs_haemorrhage_through_the_cli(tmp_path):
+    """One dataset's slices, label 0 vs 1 from its ``labels`` array; the checkpoint keeps every setting."""
+    from generation_support import make_split, write_npz
+
+    paths = {name: write_npz(tmp_path / f"{name}.npz", make_split(seed, n, 4, name))
+             for name, seed, n in (("train", 20, 10), ("val", 21, 4), ("test", 22, 6))}
+    code = classifier.main([
+        "--train", str(paths["train"]), "--val", str(paths["val"]), "--test", str(paths["test"]),
+        "--class-names", "healthy", "haemorrhage", "--epochs", "20", "--batch-size", "8", "--lr", "3e-3",
+        "--width", "8", "--n-blocks", "3", "--image-size", "32", "--patience", "20", "--threads", "1",
+        "--out-model", str(tmp_path / "classifier.pt"), "--out-json", str(tmp_path / "classifier.json"),
+    ])
+    assert code == 0
+    summary = json.loads((tmp_path / "classifier.json").read_text())
+    with np.load(paths["test"]) as test:
+        assert summary["n_test"] == [int((test["labels"] == 0).sum()), int((test["labels"] == 1).sum())]
+    assert summary["class_names"] == ["healthy", "haemorrhage"] and summary["test_balanced_accuracy"] > 0.8
+    checkpoint = torch.load(tmp_path / "classifier.pt", weights_only=True)
+    assert checkpoint["settings"] == {"epochs": 20, "batch_size": 8, "lr": 3e-3, "weight_decay": 1e-4, "width": 8,
+                                      "n_blocks": 3, "image_size": 32, "flip_probability": 0.5, "patience": 20}
+
+
+def test_labelled_mode_bad_input_names_the_file(tmp_path, splits):
+    # a domain-mode npz has no labels: the error names the file and the missing array
+    with pytest.raises(classifier.InputDataError, match="missing array 'labels'") as error:
+        classifier.train_label_classifier(splits["train"]["a"], splits["val"]["a"], splits["test"]["a"],
+                                          tmp_path / "c.pt", tmp_path / "c.json", epochs=1)
+    assert str(splits["train"]["a"]) in str(error.value)
+    assert not (tmp_path / "c.pt").exists()
+    with pytest.raises(SystemExit):  # the two modes do not mix
+        classifier.main(["--train", "t.npz", "--val", "v.npz", "--test", "x.npz", "--train-a", "a.npz",
+                         "--out-model", "m.pt", "--out-json", "m.json"])

@@ -66,48 +66,67 @@ def test_a_failed_square_root_is_retried_with_the_offset_then_reported(monkeypat
     )
 
     monkeypatch.setattr(fid.scipy.linalg, "sqrtm", lambda product: np.full_like(product, np.nan))
-    result = fid.distribution_distances(features, features + 1.0, kid_subsets=2, kid_subset_size=10)
+    result = fid.distribution_distances(features, features + 1.0)
     assert result["fid"]["value"] is None and "not finite" in result["fid"]["reason"]
-    assert result["kid"]["mean"] is not None
+    assert result["kid"]["value"] is not None
 
 
 def test_rank_deficient_sets_are_flagged_and_still_finite():
     rng = np.random.default_rng(1)
     real, fake = rng.normal(size=(12, 32)), rng.normal(size=(10, 32)) + 1.0
     with pytest.warns(UserWarning, match="rank-deficient"):
-        result = fid.distribution_distances(real, fake, kid_subsets=5, kid_subset_size=1000, seed=0)
+        result = fid.distribution_distances(real, fake)
     assert result["fid"]["rank_deficient"] is True
     assert (
         result["fid"]["reason"] is None and np.isfinite(result["fid"]["value"]) and result["fid"]["value"] > 0
     )
-    assert result["kid"]["subset_size"] == 10  # shrunk to the smaller set
+    assert (result["kid"]["n_real"], result["kid"]["n_generated"]) == (12, 10)
     assert "rank-deficient" in result["fid"]["warnings"][0]
 
 
 def test_a_single_image_gives_null_distances_with_the_reason():
     features = np.random.default_rng(2).normal(size=(5, 4))
     result = fid.distribution_distances(features, features[:1])
-    assert result["fid"]["value"] is None and result["kid"]["mean"] is None
+    assert result["fid"]["value"] is None and result["kid"]["value"] is None
     assert result["fid"]["reason"] == "FID and KID need at least 2 images per set, got 1"
 
 
 def unbiased_poly_mmd(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD^2 with the KID kernel (x.y/d + 1)^3, written out."""
-    kernel = lambda p, q: (p @ q.T / x.shape[1] + 1.0) ** 3
-    m = len(x)
-    k_xx, k_yy, k_xy = kernel(x, x), kernel(y, y), kernel(x, y)
-    off = lambda k: (k.sum() - np.trace(k)) / (m * (m - 1))
-    return float(off(k_xx) + off(k_yy) - 2 * k_xy.mean())
+    """Unbiased MMD^2 with the KID kernel (x.y/d + 1)^3, written out pair by pair (any set sizes)."""
+    kernel = lambda p, q: (float(p @ q) / x.shape[1] + 1.0) ** 3
+    m, n = len(x), len(y)
+    within_x = sum(kernel(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    within_y = sum(kernel(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    between = sum(kernel(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return within_x + within_y - 2 * between
 
 
-def test_kid_is_torch_fidelitys_unbiased_mmd():
+def test_kid_equals_torch_fidelity_on_whole_equal_sets_and_the_u_statistic_on_unequal_ones():
+    import torch
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
+
     rng = np.random.default_rng(5)
     x, y = rng.normal(size=(40, 8)), rng.normal(size=(40, 8)) + 0.5
-    mean, std, size = fid.kernel_inception_distance(
-        x, y, subsets=1, subset_size=40
-    )  # whole sets: no sampling
-    assert size == 40 and std == 0.0
-    assert mean == pytest.approx(unbiased_poly_mmd(x, y), rel=1e-10)
+    reference = kid_features_to_metric(
+        torch.from_numpy(x), torch.from_numpy(y), kid_subsets=1, kid_subset_size=40, kid_kernel="poly",
+        kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1, rng_seed=0, verbose=False,
+    )[KEY_METRIC_KID_MEAN]  # one subset of the whole sets: no sampling
+    kid = fid.KernelInceptionDistance(x, y)
+    assert kid() == pytest.approx(float(reference), rel=1e-10)
+    assert kid(np.arange(0, 40, 3), np.arange(25)) == pytest.approx(
+        unbiased_poly_mmd(x[np.arange(0, 40, 3)], y[:25]), rel=1e-10)
+
+
+def test_kid_leaves_out_pairs_of_one_subject():
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(12, 5)), rng.normal(size=(9, 5))
+    gx, gy = np.repeat(["a", "b", "c", "d"], 3), np.repeat(["p", "q", "r"], 3)
+    kernel = lambda p, q: (float(p @ q) / 5 + 1.0) ** 3
+    within = lambda z, g: np.mean([kernel(z[i], z[j]) for i in range(len(z)) for j in range(len(z)) if g[i] != g[j]])
+    between = np.mean([kernel(p, q) for p in x for q in y])
+    expected = within(x, gx) + within(y, gy) - 2 * between
+    assert fid.KernelInceptionDistance(x, y, gx, gy)() == pytest.approx(expected, rel=1e-10)
+    assert fid.KernelInceptionDistance(x, y, gx, gy)() != pytest.approx(fid.KernelInceptionDistance(x, y)(), rel=1e-3)
 
 
 def test_kid_is_near_zero_for_one_distribution_and_not_for_two():
@@ -117,13 +136,11 @@ def test_kid_is_near_zero_for_one_distribution_and_not_for_two():
         rng.normal(size=(300, 8)),
         rng.normal(size=(300, 8)) + 0.7,
     )
-    same, same_std, _ = fid.kernel_inception_distance(x, x_again, subsets=20, subset_size=100, seed=0)
-    different, _, _ = fid.kernel_inception_distance(x, shifted, subsets=20, subset_size=100, seed=0)
+    same = fid.KernelInceptionDistance(x, x_again)()
+    different = fid.KernelInceptionDistance(x, shifted)()
     assert abs(same) < 0.05 * different
-    identical, _, _ = fid.kernel_inception_distance(x, x, subsets=20, subset_size=100, seed=0)
+    identical = fid.KernelInceptionDistance(x, x)()
     assert abs(identical) < 0.05 * different  # the unbiased estimate of one set against itself
-    assert different > 10 * same_std
-    assert fid.kernel_inception_distance(x, shifted, subsets=20, subset_size=100, seed=0)[0] == different
 
 
 def test_missing_weights_give_null_fid_with_the_reason(tmp_path):
@@ -131,7 +148,7 @@ def test_missing_weights_give_null_fid_with_the_reason(tmp_path):
     reason = fid.inception_weights_problem(path)
     assert reason.startswith(f"Inception weights not found at {path}; run the download stage")
     block = fid.unavailable_distances(reason)
-    assert block["fid"]["value"] is None and block["kid"]["mean"] is None and block["fid"]["reason"] == reason
+    assert block["fid"]["value"] is None and block["kid"]["value"] is None and block["fid"]["reason"] == reason
 
 
 def test_a_file_that_is_not_the_standard_network_gives_no_fid(tmp_path):

@@ -15,6 +15,7 @@ from pipeline.evaluate import fid as fid_module
 from pipeline.evaluate import frd as frd_module
 from pipeline.evaluate import flatten_metrics, validate_metrics, write_metrics
 from pipeline.evaluate.image_metrics import mae_per_image, psnr_per_image, ssim_per_image
+from pipeline.evaluate.intervals import IntervalPolicy
 from pipeline.evaluate.translation import evaluate_translation
 
 SIZE = 32
@@ -81,6 +82,7 @@ def test_identity_translator_metrics(test_sets, tmp_path):
         samples_out=tmp_path / "samples.npz",
         per_image_out=tmp_path / "per_image.npz",
         n_figure_examples=2,
+        intervals_policy=IntervalPolicy(min_subjects=2),
     )
     validate_metrics(metrics)
     ct_to_mri, mri_to_ct = metrics["ct_to_mri"], metrics["mri_to_ct"]
@@ -89,7 +91,7 @@ def test_identity_translator_metrics(test_sets, tmp_path):
     for block in (ct_to_mri, mri_to_ct):
         assert block["ssim"]["mean"] == pytest.approx(1.0)
         assert block["ssim_cycle"]["mean"] == pytest.approx(1.0)
-        assert block["fid"]["value"] is None and block["kid"]["mean"] is None
+        assert block["fid"]["value"] is None and block["kid"]["value"] is None
         assert str(weights) in block["fid"]["reason"] and block["kid"]["reason"] == block["fid"]["reason"]
     assert "window 40/80 HU" in ct_to_mri["ssim_cycle"]["normalisation"]
     assert "percentile 0.5-99.5" in mri_to_ct["ssim_cycle"]["normalisation"]
@@ -98,6 +100,12 @@ def test_identity_translator_metrics(test_sets, tmp_path):
     assert ct_to_mri["steganography"]["flagged"] is False  # identity: F(perturbed) is the perturbed image
     assert ct_to_mri["ssim_cycle"]["ci95"] == [pytest.approx(1.0), pytest.approx(1.0)]
     assert mri_to_ct["ssim_cycle"]["ci95"] is None  # one subject: nothing to resample
+    assert mri_to_ct["ssim_cycle"]["ci95_reason"].startswith("1 subjects, fewer than evaluate.min_subjects = 2")
+    assert ct_to_mri["ssim_cycle"]["ci_method"] == "subject_bootstrap"
+    broken = json.loads(json.dumps(metrics))
+    broken["ct_to_mri"]["ssim_cycle"]["ci95"] = [0.0, 0.5]  # excludes its mean, 1.0
+    with pytest.raises(jsonschema.ValidationError, match="ct_to_mri/ssim_cycle/ci95: .* does not contain the estimate"):
+        validate_metrics(broken)
 
     # Paired metrics only where partners exist: CT slices of ph1 -> their MR partners.
     assert mri_to_ct["paired"] is None and "no partner images" in mri_to_ct["paired_reason"]
@@ -139,7 +147,8 @@ def test_frd_classifier_regions_steganography_and_intervals(test_sets, tmp_path)
     torch.save(checkpoint, tmp_path / "classifier.pt")
     metrics = evaluate_translation(
         BlurTranslator(), path_a, path_b, inception_weights=tmp_path / "absent.pth",
-        classifier=tmp_path / "classifier.pt", n_boot=200, stego_max_drop=0.0,
+        classifier=tmp_path / "classifier.pt", stego_max_drop=0.0,
+        intervals_policy=IntervalPolicy(min_subjects=2, n_boot=200),
     )
     validate_metrics(metrics)
     block = metrics["ct_to_mri"]
@@ -152,7 +161,8 @@ def test_frd_classifier_regions_steganography_and_intervals(test_sets, tmp_path)
         frd_module.radiomic_features(real_b)[0], frd_module.radiomic_features(translated)[0]
     )[0]
     assert block["frd"]["value"] == pytest.approx(expected_frd) and block["frd"]["reason"] is None
-    assert block["frd"]["ci95"] is None  # the real MR set has one subject
+    assert block["frd"]["ci95"] is None and "1 subjects" in block["frd"]["ci95_reason"]  # the real MR set has one
+    assert block["frd"]["ci_method"] == "subject_jackknife"
 
     network, loaded = classifier_module.load_classifier(tmp_path / "classifier.pt")
     p_b = classifier_module.probability_of_b(network, loaded, translated)
@@ -236,24 +246,25 @@ def test_fid_and_kid_when_features_exist(test_sets, tmp_path, monkeypatch):
         )
 
     monkeypatch.setattr(fid_module, "inception_features", coarse_features)
+    with np.load(path_b) as npz:  # five MR subjects: KID leaves out pairs of one subject's images
+        np.savez(path_b, **(dict(npz) | {"subject_ids": np.array([f"ixi{i}" for i in range(5)])}))
     with pytest.warns(UserWarning, match="rank-deficient"):
         metrics = evaluate_translation(
             BlurTranslator(),
             path_a,
             path_b,
             inception_weights=tmp_path / "w.pth",
-            kid_subsets=3,
-            kid_subset_size=4,
         )
     validate_metrics(metrics)
     fid, kid = metrics["ct_to_mri"]["fid"], metrics["ct_to_mri"]["kid"]
     assert fid["value"] > 0 and fid["reason"] is None and fid["rank_deficient"] is True
-    assert kid["subset_size"] == 4 and kid["mean"] is not None and kid["reason"] is None
+    assert (kid["n_real"], kid["n_generated"]) == (5, 6) and kid["value"] is not None and kid["reason"] is None
+    assert fid["ci95"] is None and "fewer than evaluate.min_subjects = 8" in fid["ci95_reason"]  # default minimum
     assert fid["compares"] == "6 translations vs 5 real b images"
     flat = flatten_metrics(metrics)
     assert flat["ct_to_mri/fid/value"] == fid["value"]
-    assert flat["mri_to_ct/kid/mean"] == metrics["mri_to_ct"]["kid"]["mean"]
-    assert "ct_to_mri/kid/subsets" not in flat and all(np.isfinite(v) for v in flat.values())
+    assert flat["mri_to_ct/kid/value"] == metrics["mri_to_ct"]["kid"]["value"]
+    assert all(np.isfinite(v) for v in flat.values())
 
 
 def test_weights_that_do_not_fit_the_network_give_null_fid(test_sets, tmp_path, monkeypatch):
@@ -327,7 +338,8 @@ def test_cli_writes_valid_metrics_and_logs_to_the_run(test_sets, tmp_path, monke
     monkeypatch.setitem(
         sys.modules,
         "pipeline.models",
-        types.SimpleNamespace(load_trained=lambda path, device="cpu": BlurTranslator()),
+        types.SimpleNamespace(load_trained=lambda path, device="cpu": BlurTranslator(),
+                              trained_task=lambda path: "translation"),
     )
     monkeypatch.setitem(
         sys.modules,
@@ -380,4 +392,4 @@ def test_cli_writes_valid_metrics_and_logs_to_the_run(test_sets, tmp_path, monke
     for figure in ("metrics_table.png", "difference_maps.png"):
         assert tmp_path / "results" / figure in logged["artifacts"]
         assert (tmp_path / "results" / figure).stat().st_size > 10_000
-    assert written["settings"]["bootstrap"]["n_boot"] == 50
+    assert written["settings"]["intervals"]["n_boot"] == 50 and written["settings"]["intervals"]["min_subjects"] == 8

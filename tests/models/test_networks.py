@@ -9,12 +9,14 @@ import torchvision
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.models.networks import (
     RESNET18_WEIGHTS_FILE,
+    VGG19_WEIGHTS_FILE,
     PatchGANDiscriminator,
     ResNet18Discriminator,
     ResnetGenerator,
     UNetResNet18Generator,
     build_discriminator,
     build_generator,
+    imagenet_weight_file,
 )
 
 @pytest.fixture(autouse=True, scope="module")
@@ -80,9 +82,13 @@ def test_imagenet_weights_loaded_with_rgb_filters_summed(fake_resnet18_file):
     assert discriminator.body.fc.weight.shape == (1, 512)  # the ImageNet classifier is not used
 
 
-def test_random_init_when_file_missing_or_not_wanted(tmp_path, fake_resnet18_file):
-    _, missing = build_generator("unet_resnet18", **KNOBS, pretrained="imagenet", weights_dir=tmp_path)
-    assert missing == f"random (missing {tmp_path / RESNET18_WEIGHTS_FILE})"
+def test_a_missing_weight_file_is_an_error_and_random_init_is_explicit(tmp_path, fake_resnet18_file):
+    with pytest.raises(InputDataError, match=r"ImageNet weights not found.*weights\.fetch: true.*weights\.local_dir.*"
+                       r"weights\.pretrained: none") as error:
+        build_generator("unet_resnet18", **KNOBS, pretrained="imagenet", weights_dir=tmp_path)
+    assert str(tmp_path / RESNET18_WEIGHTS_FILE) in str(error.value)
+    with pytest.raises(InputDataError, match=VGG19_WEIGHTS_FILE):
+        imagenet_weight_file(tmp_path, VGG19_WEIGHTS_FILE, "imagenet")
     folder, state = fake_resnet18_file
     net, declined = build_generator("unet_resnet18", **KNOBS, pretrained="none", weights_dir=folder)
     assert declined == "random (pretrained: none)"

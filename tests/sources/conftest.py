@@ -28,6 +28,14 @@ from pipeline.sources.http_fetch import FetchSettings
 SERVER_LIFETIME_S = 120  # the server shuts itself down even if a test hangs
 
 
+@pytest.fixture(autouse=True)
+def own_download_cache(tmp_path, monkeypatch) -> Path:
+    """Each test its own download cache and staging (the default is the user's ~/.cache)."""
+    cache = tmp_path / "user-cache"
+    monkeypatch.setenv("MEDGAN_CACHE_DIR", str(cache))
+    return cache
+
+
 @dataclasses.dataclass
 class Route:
     body: bytes

@@ -4,7 +4,9 @@ served from 127.0.0.1."""
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
+import io
 import json
 import logging
 import sys
@@ -12,6 +14,9 @@ import types
 import urllib.parse
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+import pydicom
 import pytest
 
 from pipeline.errors import ConfigError, InputDataError
@@ -44,7 +49,17 @@ def ixi_server(server, build):
     return server, volumes
 
 
-def test_ixi_t2_download_lands_in_the_ixi_layout(ixi_server, tmp_path, fast):
+def _same_volume(written: Path, original: bytes) -> bool:
+    """Same voxels, affine and data type (the header's text fields are blanked on the way in)."""
+    a, b = nib.load(written), nib.Nifti1Image.from_bytes(gzip.decompress(original))
+    return (
+        np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+        and np.array_equal(a.affine, b.affine)
+        and a.get_data_dtype() == b.get_data_dtype()
+    )
+
+
+def test_ixi_t2_download_lands_in_the_ixi_layout(ixi_server, tmp_path, fast, own_download_cache):
     server, volumes = ixi_server
     out = tmp_path / "data" / "raw" / "mri_t2"
 
@@ -56,12 +71,11 @@ def test_ixi_t2_download_lands_in_the_ixi_layout(ixi_server, tmp_path, fast):
     assert all(r["partner_path"] == "" and r["partner_modality"] == "" for r in rows)
     for row in rows:
         assert row["path"] == f"IXI-T2/{row['subject_id']}-T2.nii.gz"
-        assert (out / row["path"]).read_bytes() == volumes[f"{row['subject_id']}-T2.nii.gz"]
+        assert _same_volume(out / row["path"], volumes[f"{row['subject_id']}-T2.nii.gz"])
     tar_sha = hashlib.sha256(server.routes["/IXI/IXI-T2.tar"].body).hexdigest()
     assert read_sums(out / ".sha256") == {"IXI-T2.tar": tar_sha}
-    assert read_sums(tmp_path / "data" / "raw" / ".downloads" / "mri_t2" / ".sha256") == {
-        "IXI-T2.tar": tar_sha
-    }
+    assert read_sums(own_download_cache / "downloads" / "mri_t2" / ".sha256") == {"IXI-T2.tar": tar_sha}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mri_t2"], "the download stays outside"
     assert _no_temporaries(out.parent)
 
 
@@ -246,7 +260,9 @@ def test_kermany_zip_lands_as_class_folders_with_a_manifest(server, build, tmp_p
     assert (out / "NORMAL" / "test_IM-0115-0001.jpeg").read_bytes() == members[
         "chest_xray/test/NORMAL/IM-0115-0001.jpeg"
     ]
-    assert sorted(p.name for p in out.iterdir()) == [".sha256", "NORMAL", "PNEUMONIA", "images.tsv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".sha256", "NORMAL", "PNEUMONIA", "deidentification.json", "images.tsv"
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------- RSNA ICH (Kaggle API)
@@ -333,7 +349,10 @@ def test_rsna_subset_download_with_kaggle_json(kaggle, tmp_path, fast):
     assert [r["image_id"] for r in rows] == chosen
     assert all(r["label"] == ("ICH" if RSNA_IMAGES[r["image_id"]] else "NO_ICH") for r in rows)
     assert all((out / r["path"]).read_bytes()[128:132] == b"DICM" for r in rows)
-    assert (out / "stage_2_train.csv").read_bytes() == _rsna_labels()  # unzipped
+    # Unzipped, and RSNA's rows for the slices laid out only, in the file's order.
+    kept = [line for line in _rsna_labels().decode().splitlines()[1:] if line.split("_")[1] in {c[3:] for c in chosen}]
+    assert (out / "stage_2_train.csv").read_text().splitlines() == ["ID,Label", *kept]
+    assert len(kept) == 6 * len(chosen)
     assert all(s.authorization and s.authorization.startswith("Basic ") for s in kaggle.server.seen)
     assert len(kaggle.server.seen) == 3  # labels + 2 slices, nothing else
 
@@ -442,14 +461,15 @@ def test_local_cq500_archive_of_study_zips(build, write, tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no scratch left
 
 
-def test_local_raw_layout_is_checked_then_copied(write, tmp_path):
+def test_local_raw_layout_is_checked_then_copied(write, build, tmp_path):
     header = "subject_id\tmodality\tpath\tpartner_path\tpartner_modality\n"
     write("raw/subjects.tsv", (header + "s01\tCT\ts01\t\t\n").encode())
-    write("raw/s01/slice.dcm", b"x")
+    write("raw/s01/slice.dcm", build.dicom(1))
     out = tmp_path / "ct_head"
 
     download_dataset("local", out, local_path=tmp_path / "inputs" / "raw", pseudonymise=False)
-    assert (out / "s01" / "slice.dcm").read_bytes() == b"x"
+    original = pydicom.dcmread(io.BytesIO(build.dicom(1)))
+    assert pydicom.dcmread(out / "s01" / "slice.dcm").PixelData == original.PixelData  # de-identified copy
 
     write("raw/subjects.tsv", (header + "s02\tCT\ts02\t\t\n").encode())
     with pytest.raises(InputDataError, match="path s02 does not exist"):
@@ -460,7 +480,7 @@ def test_local_raw_layout_is_checked_then_copied(write, tmp_path):
 # ---------------------------------------------------------------- phantom dispatch
 
 
-def test_phantom_source_calls_the_phantom_writer(tmp_path, monkeypatch):
+def test_phantom_source_calls_the_phantom_writer(tmp_path, monkeypatch, own_download_cache):
     calls = []
     fake = types.ModuleType("pipeline.sources.phantom_head")
     fake.write_phantom_dataset = lambda *args, **knobs: calls.append((args, knobs))
@@ -487,7 +507,11 @@ def test_phantom_source_calls_the_phantom_writer(tmp_path, monkeypatch):
         ]
     )
 
-    assert calls == [((tmp_path / "ct_head", "CT", 4, 1, 9), {"ct_matrix": 64, "ct_slice_mm": 5.0})]
+    [(args, knobs)] = calls
+    assert args[1:] == ("CT", 4, 1, 9) and knobs == {"ct_matrix": 64, "ct_slice_mm": 5.0}
+    # Generated in the staging area outside the output's folder, then de-identified into place.
+    assert args[0].name == "ct_head" and own_download_cache / "staging" in args[0].parents
+    assert (tmp_path / "ct_head" / "deidentification.json").is_file()
 
 
 def test_unknown_source_is_a_config_error(tmp_path):

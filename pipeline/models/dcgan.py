@@ -1,0 +1,471 @@
+"""DCGAN (Radford et al. 2016) and its conditional form (Mirza & Osindero 2014) for 1-channel
+images generated from noise: report 002, brain CT slices with and without haemorrhage.
+
+Networks (square power-of-two sizes from 16 up; report 002: 128x128, z of 100):
+  - G: z (and the one-hot class) as a 1x1 map -> transposed conv k4 s1 to 4x4 -> transposed
+    convs k4 s2 p1 doubling the size and halving the width down to ``ngf`` -> a last one to 1
+    channel and tanh. BatchNorm + ReLU after every layer but the output.
+  - D: conv k4 s2 p1 from the image (no normalisation on the input layer) -> convs k4 s2 p1
+    doubling the width from ``ndf`` down to 4x4 -> conv k4 to one logit. LeakyReLU(0.2);
+    BatchNorm in the hidden layers (``d_norm``).
+  - Weights N(0, 0.02), BatchNorm scales N(1, 0.02) (the DCGAN recipe).
+  - D's base width is a quarter of G's (``ndf`` 16 vs ``ngf`` 64): report 002's fix for a D
+    that won within one epoch.
+
+Losses (``adversarial_loss``): ``bce`` (the report's minimax loss; G maximises log D(G(z)),
+the non-saturating form), ``wgan_gp`` (Wasserstein critic with gradient penalty; a critic
+with BatchNorm would couple the images the penalty differentiates, so ``d_norm: auto`` gives
+it layer normalisation instead) and ``wgan_clip`` (weights clipped to +-``clip_value`` after
+every critic step). With ``n_critic`` > 1 the critic is updated that many times per G update
+(each engine step is one D update; G steps every ``n_critic``-th). Optimisers: Adam with
+``lr_g`` / ``lr_d`` and ``adam_betas`` (report 002: 2e-4, beta1 0.5) for every loss.
+
+Instance noise (``instance_noise_std``, ``instance_noise_epochs``): Gaussian noise of this std
+(in the [-1, 1] image range) is added to every image D sees, real and fake, in both phases,
+annealed linearly to 0 over the first ``instance_noise_epochs`` epochs.
+
+Conditional GAN (``cgan``): the class enters G as a one-hot vector concatenated with z, and D
+as one constant map per class concatenated with the image channels (concatenated maps, not a
+projection discriminator). The fakes of a step are asked for the classes of that step's real
+batch, so G sees the training class mix; ``class_balanced: true`` draws the real batches
+class-balanced instead (each class equally often), e.g. for RSNA's ~14% haemorrhage.
+
+History columns: ``D``, ``G`` losses; ``d_real`` / ``d_fake``, D's mean output on the real and
+on the fake batch of each D step before its update (probabilities for bce, raw critic values
+for the Wasserstein losses): the report's own measure is the mean of ``d_fake`` over the last
+20 epochs. ``D_accuracy`` (bce), ``gp`` and ``wasserstein`` (mean critic real - fake) as the
+loss asks; ``instance_noise_std`` when noise is on.
+
+The sample grids show fixed noise vectors drawn once from the seed and kept in the checkpoint,
+so every grid of a run (resumed or not) shows the same z. The exported sampler draws its noise
+from a CPU generator seeded per call: the same seed gives the same images on any device.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.models import EXPORT_FORMAT, DataInput, GANModel, frozen, merge_knobs
+from pipeline.models.losses import (
+    adversarial_loss, clip_weights, gradient_penalty, instance_noise_std)
+
+log = logging.getLogger(__name__)
+
+GENERATION_LOSSES = ("bce", "wgan_gp", "wgan_clip")
+D_NORMS = ("auto", "batch", "layer", "none")
+#: Smallest image side: G starts from 4x4 and needs at least two doublings.
+MIN_IMAGE_SIZE = 16
+
+DCGAN_KNOBS: dict[str, Any] = {
+    "nz": 100,                   # length of the noise vector z (report 002: 100)
+    "ngf": 64,                   # G's width at the last hidden layer; doubles towards the 4x4 start
+    "ndf": 16,                   # D's width after its first layer: a quarter of ngf (report 002)
+    "init_std": 0.02,            # N(0, std) init of every conv (DCGAN)
+    "adversarial_loss": "bce",   # bce | wgan_gp | wgan_clip
+    "d_norm": "auto",            # D's hidden-layer normalisation; auto: batch, layer for wgan_gp
+    "gp_weight": 10.0,           # wgan_gp: weight of the gradient penalty
+    "clip_value": 0.01,          # wgan_clip: critic weights clipped to +-clip_value
+    "n_critic": 1,               # D updates per G update (WGAN: 5)
+    "instance_noise_std": 0.0,   # std of the noise added to D's inputs at epoch 0 (0: off)
+    "instance_noise_epochs": 0,  # epochs over which it anneals linearly to 0
+    "lr_g": 2e-4,
+    "lr_d": 2e-4,
+    "adam_betas": [0.5, 0.999],
+    "n_fixed_noise": 64,         # fixed noise vectors kept for the sample grids
+}
+CGAN_KNOBS: dict[str, Any] = {
+    **DCGAN_KNOBS,
+    "class_names": ["healthy", "haemorrhage"],  # class i is the npz label i
+    "class_balanced": False,     # draw real batches class-balanced instead of in shuffled passes
+}
+#: Generated columns of an unconditional sample grid.
+_GRID_COLUMNS = 3
+
+
+def _n_doublings(image_size: int) -> int:
+    """Stride-2 layers between 4x4 and ``image_size`` (a power of two >= MIN_IMAGE_SIZE)."""
+    if image_size < MIN_IMAGE_SIZE or image_size & (image_size - 1):
+        raise ConfigError(f"the DCGAN takes square power-of-two images of at least {MIN_IMAGE_SIZE}, got "
+                          f"{image_size}: set train.image_size (e.g. 64 or 128)")
+    return int(math.log2(image_size)) - 2
+
+
+def _init_dcgan(net: nn.Module, std: float) -> None:
+    """DCGAN init: convs N(0, std), BatchNorm scales N(1, std) and shifts 0 (torch's global RNG)."""
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.normal_(module.weight, 1.0, std)
+            nn.init.zeros_(module.bias)
+
+
+class DCGANGenerator(nn.Module):
+    """z (B, nz) [+ one-hot (B, n_classes)] -> (B, 1, S, S) in [-1, 1]."""
+
+    def __init__(self, image_size: int, nz: int, ngf: int, n_classes: int = 0):
+        super().__init__()
+        self.nz, self.n_classes, self.image_size = nz, n_classes, image_size
+        n = _n_doublings(image_size)
+        width = ngf * 2 ** (n - 1)
+        layers: list[nn.Module] = [nn.ConvTranspose2d(nz + n_classes, width, 4, 1, 0, bias=False),
+                                   nn.BatchNorm2d(width), nn.ReLU(True)]
+        for _ in range(n - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2),
+                       nn.ReLU(True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, 1, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.n_classes:
+            z = torch.cat([z, F.one_hot(labels, self.n_classes).to(z.dtype)], dim=1)
+        return self.net(z[:, :, None, None])
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":  # normalises each image over channels and pixels: no coupling across the batch
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
+class DCGANDiscriminator(nn.Module):
+    """(B, 1, S, S) [+ class] -> (B,) logits (bce) or critic scores (Wasserstein)."""
+
+    def __init__(self, image_size: int, ndf: int, n_classes: int = 0, norm: str = "batch"):
+        super().__init__()
+        self.n_classes = n_classes
+        n = _n_doublings(image_size)
+        layers: list[nn.Module] = [nn.Conv2d(1 + n_classes, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        width = ndf
+        for _ in range(n - 1):
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=norm == "none"), _norm(norm, width * 2),
+                       nn.LeakyReLU(0.2, True)]
+            width *= 2
+        layers.append(nn.Conv2d(width, 1, 4, 1, 0, bias=False))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.n_classes:
+            maps = F.one_hot(labels, self.n_classes).to(images.dtype)[:, :, None, None]
+            images = torch.cat([images, maps.expand(-1, -1, *images.shape[-2:])], dim=1)
+        return self.net(images).flatten()
+
+
+class DCGAN(GANModel):
+    """Unconditional DCGAN: one generator G, one discriminator (critic) D."""
+
+    name = "dcgan"
+    task = "generation"
+    inputs = (DataInput("images"),)
+    knob_defaults: dict[str, Any] = DCGAN_KNOBS
+
+    def __init__(self, config: Mapping[str, Any], weights_dir: Path | None, seed: int,
+                 image_size: tuple[int, int] | None = None):
+        """``image_size`` is the training size (height, width); it fixes the networks' depth."""
+        super().__init__()
+        cfg = self.config = self.resolve_config(config)
+        if image_size is None or image_size[0] != image_size[1]:
+            raise ConfigError(f"the DCGAN takes square images, got {image_size}: set train.image_size")
+        self.image_size = int(image_size[0])
+        self.n_classes = self._n_classes(cfg)
+        self.G = DCGANGenerator(self.image_size, cfg["nz"], cfg["ngf"], self.n_classes)
+        self.D = DCGANDiscriminator(self.image_size, cfg["ndf"], self.n_classes, self._d_norm(cfg))
+        _init_dcgan(self.G, cfg["init_std"])
+        _init_dcgan(self.D, cfg["init_std"])
+        self.network_names = ("G", "D")
+        self.pretrained = {"G": f"random (DCGAN normal std {cfg['init_std']})",
+                           "D": f"random (DCGAN normal std {cfg['init_std']})"}
+        betas = tuple(cfg["adam_betas"])
+        # fused: one vectorised pass over all parameters (CPU and CUDA), as in the CycleGAN
+        self.optimizers = {"D": torch.optim.Adam(self.D.parameters(), lr=cfg["lr_d"], betas=betas, fused=True),
+                           "G": torch.optim.Adam(self.G.parameters(), lr=cfg["lr_g"], betas=betas, fused=True)}
+        self.phases = {"D": 1, "G": cfg["n_critic"]}
+        self.seed = seed
+        self.rng = torch.Generator().manual_seed(seed)
+        fixed_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+        self.fixed_noise = torch.randn(cfg["n_fixed_noise"], cfg["nz"], generator=torch.Generator().manual_seed(fixed_seed))
+        self.noise_std = instance_noise_std(0, cfg["instance_noise_std"], cfg["instance_noise_epochs"])
+        self.loss_names = self._loss_names()
+        self.visual_names = (self._visual_columns(),)
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    @classmethod
+    def resolve_config(cls, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+        cfg = merge_knobs(cls.knob_defaults, overrides, "model")
+        if cfg["adversarial_loss"] not in GENERATION_LOSSES:
+            raise ConfigError(f"model.adversarial_loss must be one of {GENERATION_LOSSES} for the {cls.name}, "
+                              f"got {cfg['adversarial_loss']!r}")
+        if cfg["d_norm"] not in D_NORMS:
+            raise ConfigError(f"model.d_norm must be one of {D_NORMS}, got {cfg['d_norm']!r}")
+        if cfg["adversarial_loss"] == "wgan_gp" and cfg["d_norm"] == "batch":
+            raise ConfigError("model.d_norm batch couples the images the gradient penalty differentiates: "
+                              "use auto, layer or none with wgan_gp")
+        for key in ("nz", "ngf", "ndf", "n_critic", "n_fixed_noise"):
+            if cfg[key] < 1:
+                raise ConfigError(f"model.{key} must be >= 1, got {cfg[key]}")
+        if cfg["instance_noise_std"] < 0 or cfg["instance_noise_epochs"] < 0 or cfg["clip_value"] <= 0:
+            raise ConfigError("model.instance_noise_std and instance_noise_epochs must be >= 0, clip_value > 0")
+        if len(cfg["adam_betas"]) != 2:
+            raise ConfigError(f"model.adam_betas needs two values, got {cfg['adam_betas']}")
+        return cfg
+
+    @staticmethod
+    def _n_classes(cfg: Mapping[str, Any]) -> int:
+        return 0
+
+    @staticmethod
+    def _d_norm(cfg: Mapping[str, Any]) -> str:
+        if cfg["d_norm"] != "auto":
+            return cfg["d_norm"]
+        return "layer" if cfg["adversarial_loss"] == "wgan_gp" else "batch"
+
+    def required_image_size(self) -> tuple[int, int]:
+        return (self.image_size, self.image_size)
+
+    def _loss_names(self) -> tuple[str, ...]:
+        kind = self.config["adversarial_loss"]
+        names = ["D", "G", "d_real", "d_fake"]
+        names += ["D_accuracy"] if kind == "bce" else ["wasserstein"]
+        if kind == "wgan_gp":
+            names.append("gp")
+        if self.config["instance_noise_std"] > 0 and self.config["instance_noise_epochs"] > 0:
+            names.append("instance_noise_std")
+        return tuple(names)
+
+    def _visual_columns(self) -> tuple[str, ...]:
+        return ("real", *(f"generated_{i + 1}" for i in range(_GRID_COLUMNS)))
+
+    # -- training --------------------------------------------------------------------------------
+
+    def start_epoch(self, epoch: int) -> None:
+        self.noise_std = instance_noise_std(epoch, self.config["instance_noise_std"],
+                                            self.config["instance_noise_epochs"])
+
+    def _use_rng_on(self, device: torch.device) -> None:
+        """Move the noise generator to the training device on first use (restarting from the seed
+        there), so its draws need no host round trip; on CPU nothing changes."""
+        if self.rng.device != device:
+            self.rng = torch.Generator(device).manual_seed(self.seed)
+
+    def _noise(self, n: int, device: torch.device) -> torch.Tensor:
+        return torch.randn(n, self.config["nz"], generator=self.rng, device=self.rng.device).to(device)
+
+    def _noisy(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` plus this epoch's instance noise (unchanged when it is 0)."""
+        if self.noise_std <= 0:
+            return images
+        noise = torch.randn(images.shape, generator=self.rng, device=self.rng.device).to(images.device)
+        return images + self.noise_std * noise.to(images.dtype)
+
+    def _labels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        return None
+
+    def _score(self, kind: str, out: torch.Tensor) -> torch.Tensor:
+        """D's mean output as history reports it: a probability for bce, the raw critic value otherwise."""
+        return torch.sigmoid(out).mean() if kind == "bce" else out.mean()
+
+    def train_phase(self, phase: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        real = batch["images"]
+        self._use_rng_on(real.device)
+        labels = self._labels(batch)
+        if phase == "D":
+            return self._discriminator_step(real, labels)
+        if phase == "G":
+            return self._generator_step(len(real), labels, real.device)
+        raise ConfigError(f"{self.name} has phases D and G, not {phase!r}")
+
+    def _discriminator_step(self, real: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        cfg, kind = self.config, self.config["adversarial_loss"]
+        with torch.no_grad(), self.autocast():
+            fake = self.G(self._noise(len(real), real.device), labels).float()
+        real_in, fake_in = self._noisy(real), self._noisy(fake)
+        with self.autocast():
+            real_out, fake_out = self.D(real_in, labels).float(), self.D(fake_in, labels).float()
+        if kind == "bce":
+            loss = adversarial_loss(kind, real_out, True) + adversarial_loss(kind, fake_out, False)
+        else:
+            loss = fake_out.mean() - real_out.mean()
+        losses = {"d_real": self._score(kind, real_out.detach()), "d_fake": self._score(kind, fake_out.detach())}
+        if kind == "bce":
+            losses["D_accuracy"] = 0.5 * ((real_out > 0).float().mean() + (fake_out < 0).float().mean())
+        else:
+            losses["wasserstein"] = (real_out.mean() - fake_out.mean()).detach()
+        if kind == "wgan_gp":
+            losses["gp"] = gp = gradient_penalty(lambda x: self.D(x, labels), real_in, fake_in, self.rng)
+            loss = loss + cfg["gp_weight"] * gp
+        self.optimizer_step("D", loss)
+        if kind == "wgan_clip":
+            clip_weights(self.D, cfg["clip_value"])
+        losses["D"] = loss
+        if "instance_noise_std" in self.loss_names:
+            losses["instance_noise_std"] = real.new_tensor(self.noise_std, dtype=torch.float32)
+        return {name: value.detach() for name, value in losses.items()}
+
+    def _generator_step(self, n: int, labels: torch.Tensor | None, device: torch.device) -> dict[str, torch.Tensor]:
+        kind = self.config["adversarial_loss"]
+        with frozen(self.D), self.autocast():
+            fake = self.G(self._noise(n, device), labels)
+            out = self.D(self._noisy(fake), labels).float()
+            # bce: the non-saturating loss (maximise log D(G(z))); Wasserstein: -mean critic(fake).
+            loss = adversarial_loss(kind, out, target_is_real=True)
+        self.optimizer_step("G", loss)
+        return {"G": loss.detach()}
+
+    # -- sample grids, state, export -------------------------------------------------------------
+
+    @torch.no_grad()
+    def compute_visuals(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        real = batch["images"]
+        n = len(real)
+        columns = self.visual_names[0][1:]
+        z = self.fixed_noise[: n * len(columns)].to(real.device)
+        if len(z) < n * len(columns):
+            raise ConfigError(f"model.n_fixed_noise {len(self.fixed_noise)} is too few for {n} rows x "
+                              f"{len(columns)} columns of the sample grid: raise it or lower train.n_samples")
+        fakes = self.G(z).float()
+        return {"real": real, **{name: fakes[i * n:(i + 1) * n] for i, name in enumerate(columns)}}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"rng": self.rng.get_state(), "rng_device": self.rng.device.type, "fixed_noise": self.fixed_noise}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        device = next(self.parameters()).device
+        self._use_rng_on(device)
+        if state.get("rng_device", "cpu") == device.type:
+            self.rng.set_state(state["rng"])
+        else:
+            log.warning("checkpoint's noise generator ran on %s, this run on %s: noise draws restart from the seed",
+                        state.get("rng_device", "cpu"), device.type)
+        self.fixed_noise = state["fixed_noise"].cpu()
+
+    def export(self) -> dict[str, Any]:
+        return {"format": EXPORT_FORMAT, "model": self.name, "config": self.config, "n_classes": self.n_classes,
+                "fixed_noise": self.fixed_noise.clone(),
+                "networks": {"G": {k: v.detach().cpu() for k, v in self.G.state_dict().items()}}}
+
+    @classmethod
+    def load_export(cls, payload: dict[str, Any], device: str | torch.device) -> "GANSampler":
+        cfg = cls.resolve_config(payload["config"])
+        height, width = (int(v) for v in payload["image_size"])
+        generator = DCGANGenerator(height, cfg["nz"], cfg["ngf"], cls._n_classes(cfg))
+        generator.load_state_dict(payload["networks"]["G"])
+        names = list(cfg.get("class_names", []))
+        return GANSampler(generator.to(device).eval(), (height, width), names, torch.device(device))
+
+
+class ConditionalDCGAN(DCGAN):
+    """DCGAN conditioned on a class (healthy / haemorrhage): G(z, y), D(x, y)."""
+
+    name = "cgan"
+    inputs = (DataInput("images", labels=True),)
+    knob_defaults = CGAN_KNOBS
+
+    def __init__(self, config: Mapping[str, Any], weights_dir: Path | None, seed: int,
+                 image_size: tuple[int, int] | None = None):
+        super().__init__(config, weights_dir, seed, image_size)
+        if self.config["class_balanced"]:
+            self.class_balanced_inputs = ("images",)
+
+    @classmethod
+    def resolve_config(cls, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+        cfg = super().resolve_config(overrides)
+        names = cfg["class_names"]
+        if len(names) < 2 or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"model.class_names needs two or more distinct names, got {names}")
+        return cfg
+
+    @staticmethod
+    def _n_classes(cfg: Mapping[str, Any]) -> int:
+        return len(cfg["class_names"])
+
+    def _visual_columns(self) -> tuple[str, ...]:
+        return ("real", *self.config["class_names"])
+
+    def check_labels(self, path: Path, labels: np.ndarray) -> None:
+        if len(labels) and labels.max() >= self.n_classes:
+            raise InputDataError(path, f"'labels' holds class {int(labels.max())}, but model.class_names names "
+                                       f"{self.n_classes} classes {self.config['class_names']}")
+        absent = sorted(set(range(self.n_classes)) - set(np.unique(labels).tolist()))
+        if absent:
+            log.warning("%s: no image of class %s", path, ", ".join(self.config["class_names"][i] for i in absent))
+
+    def _labels(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return batch["images_labels"]
+
+    @torch.no_grad()
+    def compute_visuals(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each row one fixed z, each column one class: what the label alone changes."""
+        real = batch["images"]
+        n = len(real)
+        z = self.fixed_noise[:n].to(real.device)
+        visuals = {"real": real}
+        for index, name in enumerate(self.config["class_names"]):
+            labels = torch.full((n,), index, dtype=torch.long, device=real.device)
+            visuals[name] = self.G(z, labels).float()
+        return visuals
+
+
+class GANSampler:
+    """Inference with a trained (conditional) DCGAN generator: ``sample(n, labels, seed)``."""
+
+    task = "generation"
+
+    def __init__(self, generator: DCGANGenerator, image_size: tuple[int, int], class_names: list[str],
+                 device: torch.device):
+        self.generator, self.image_size, self.device = generator, image_size, device
+        self.n_classes = generator.n_classes
+        self.class_names = class_names
+        self.nz = generator.nz
+
+    def noise(self, n: int, seed: int = 0) -> torch.Tensor:
+        """The (n, nz) noise ``sample`` uses for ``seed``, drawn on the CPU (device-independent)."""
+        return torch.randn(n, self.nz, generator=torch.Generator().manual_seed(seed))
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, labels: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
+        """Images for given noise vectors (e.g. a walk between two of them): (n, H, W) float32 in [0, 1]."""
+        labels_t = self._check_labels(len(z), labels)
+        out = []
+        for start in range(0, len(z), batch_size):
+            zz = z[start:start + batch_size].to(self.device)
+            yy = None if labels_t is None else labels_t[start:start + batch_size].to(self.device)
+            out.append(((self.generator(zz, yy).float() + 1) / 2).clamp(0, 1)[:, 0].cpu().numpy())
+        if not out:
+            return np.zeros((0, *self.image_size), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def sample(self, n: int, labels: np.ndarray | None = None, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+        """``n`` generated images (n, H, W) float32 in [0, 1]; ``labels`` (n,) class indices when
+        the generator is conditional (None otherwise). The same seed gives the same images."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        return self.generate(self.noise(n, seed), labels, batch_size)
+
+    def _check_labels(self, n: int, labels: np.ndarray | None) -> torch.Tensor | None:
+        if self.n_classes == 0:
+            if labels is not None:
+                raise ValueError("this generator is unconditional: labels must be None")
+            return None
+        if labels is None:
+            raise ValueError(f"this generator is conditional ({self.n_classes} classes {self.class_names}): "
+                             "pass labels, one class index per image")
+        labels = np.asarray(labels)
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be {n} integer class indices, got {labels.dtype} {labels.shape}")
+        if n and (labels.min() < 0 or labels.max() >= self.n_classes):
+            raise ValueError(f"labels must be in [0, {self.n_classes}), got {labels.min()}..{labels.max()}")
+        return torch.from_numpy(labels.astype(np.int64))

@@ -1,0 +1,169 @@
+"""The DCGAN and conditional DCGAN of report 002: network shapes and layout, the critic options,
+instance noise on D's inputs, and the exported sampler."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError
+from pipeline.models import load_trained, model_class
+from pipeline.models.dcgan import ConditionalDCGAN, DCGAN, DCGANDiscriminator, DCGANGenerator, GANSampler
+
+SMALL = {"ngf": 8, "ndf": 2, "nz": 10}
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_dcgan_shapes_and_layout_at_64_and_128(size):
+    model = DCGAN({}, None, 0, image_size=(size, size))
+    z = torch.randn(2, 100)
+    fake = model.G(z)
+    assert fake.shape == (2, 1, size, size)
+    assert fake.abs().max() <= 1  # tanh
+    assert model.D(fake).shape == (2,)
+    # z of 100; transposed convs k4: one s1 to 4x4, then s2 doublings up to the size
+    deconvs = [m for m in model.G.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert deconvs[0].in_channels == 100 and deconvs[0].stride == (1, 1)
+    assert [d.stride for d in deconvs[1:]] == [(2, 2)] * (int(np.log2(size)) - 2)
+    assert all(d.kernel_size == (4, 4) for d in deconvs)
+    # BatchNorm + ReLU in G but not on its output; tanh last
+    g_layers = list(model.G.net)
+    assert isinstance(g_layers[-1], nn.Tanh) and isinstance(g_layers[-2], nn.ConvTranspose2d)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in g_layers) == len(deconvs) - 1
+    # D: no normalisation on its input layer, LeakyReLU(0.2), BatchNorm in the hidden layers
+    d_layers = list(model.D.net)
+    assert isinstance(d_layers[0], nn.Conv2d) and isinstance(d_layers[1], nn.LeakyReLU)
+    assert d_layers[1].negative_slope == 0.2
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in d_layers) == int(np.log2(size)) - 3
+    # D's base width a quarter of G's
+    assert d_layers[0].out_channels * 4 == deconvs[-1].in_channels == 64
+
+
+def test_dcgan_init_is_normal_0_02():
+    torch.manual_seed(0)
+    model = DCGAN({}, None, 0, image_size=(64, 64))
+    weights = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))])
+    assert abs(weights.mean().item()) < 1e-3 and weights.std().item() == pytest.approx(0.02, rel=0.02)
+    scales = torch.cat([m.weight for m in model.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert scales.mean().item() == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("size", [12, 48, 100])
+def test_sizes_other_than_powers_of_two_are_refused(size):
+    with pytest.raises(ConfigError, match="power-of-two"):
+        DCGAN({}, None, 0, image_size=(size, size))
+
+
+def test_wgan_gp_critic_has_no_batchnorm():
+    model = DCGAN({**SMALL, "adversarial_loss": "wgan_gp"}, None, 0, image_size=(32, 32))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.D.modules())
+    assert any(isinstance(m, nn.GroupNorm) for m in model.D.modules())
+    assert model.phases == {"D": 1, "G": 1}
+    with pytest.raises(ConfigError, match="gradient penalty"):
+        DCGAN({"adversarial_loss": "wgan_gp", "d_norm": "batch"}, None, 0, image_size=(32, 32))
+    with pytest.raises(ConfigError, match="adversarial_loss"):
+        DCGAN({"adversarial_loss": "lsgan"}, None, 0, image_size=(32, 32))
+
+
+def test_n_critic_steps_d_that_many_times_per_g_step_and_clipping_bounds_the_critic():
+    model = DCGAN({**SMALL, "adversarial_loss": "wgan_clip", "n_critic": 5, "clip_value": 0.01}, None, 0,
+                  image_size=(16, 16))
+    assert model.phases == {"D": 1, "G": 5}
+    model.train_phase("D", {"images": torch.rand(4, 1, 16, 16) * 2 - 1})
+    assert max(p.abs().max().item() for p in model.D.parameters()) <= 0.01
+
+
+def test_instance_noise_reaches_both_d_inputs_with_the_scheduled_std():
+    """With std 0.5 at epoch 0 (annealed over 2 epochs), D sees real and fake images plus noise
+    of std 0.5; at epoch 1, 0.25; from epoch 2 on, the images unchanged."""
+    model = DCGAN({**SMALL, "instance_noise_std": 0.5, "instance_noise_epochs": 2}, None, 0, image_size=(16, 16))
+    d_inputs, g_outputs = [], []
+    model.D.register_forward_pre_hook(lambda module, args: d_inputs.append(args[0].detach().clone()))
+    model.G.register_forward_hook(lambda module, args, out: g_outputs.append(out.detach().float().clone()))
+    real = torch.zeros(64, 1, 16, 16)
+    for epoch, expected in ((0, 0.5), (1, 0.25), (2, 0.0)):
+        model.start_epoch(epoch)
+        d_inputs.clear()
+        g_outputs.clear()
+        out = model.train_phase("D", {"images": real})
+        assert out["instance_noise_std"].item() == pytest.approx(expected)
+        real_noise, fake_noise = d_inputs[0] - real, d_inputs[1] - g_outputs[0]
+        for noise in (real_noise, fake_noise):
+            assert noise.mean().item() == pytest.approx(0.0, abs=0.02)
+            assert noise.std().item() == pytest.approx(expected, abs=0.02)
+
+
+def test_cgan_label_enters_g_and_d():
+    model = ConditionalDCGAN({**SMALL}, None, 0, image_size=(32, 32)).eval()
+    assert model.G.net[0].in_channels == SMALL["nz"] + 2       # z concatenated with the one-hot label
+    assert model.D.net[0].in_channels == 1 + 2                 # image concatenated with one map per class
+    z = torch.randn(3, SMALL["nz"])
+    healthy, bleed = model.G(z, torch.zeros(3, dtype=torch.long)), model.G(z, torch.ones(3, dtype=torch.long))
+    assert not torch.allclose(healthy, bleed)
+    x = torch.rand(3, 1, 32, 32)
+    assert not torch.allclose(model.D(x, torch.zeros(3, dtype=torch.long)), model.D(x, torch.ones(3, dtype=torch.long)))
+
+
+def _label_only_sampler() -> GANSampler:
+    """A conditional generator whose image depends on the class alone (z weights zeroed):
+    class k's image is the same for any noise, and different from the other class's."""
+    torch.manual_seed(0)
+    generator = DCGANGenerator(16, 4, 4, n_classes=2)
+    with torch.no_grad():
+        generator.net[0].weight[:4] = 0
+    return GANSampler(generator.eval(), (16, 16), ["healthy", "haemorrhage"], torch.device("cpu"))
+
+
+def test_sampler_passes_the_asked_classes_through():
+    sampler = _label_only_sampler()
+    images = sampler.sample(4, labels=np.array([0, 1, 1, 0]), seed=3)
+    assert images.shape == (4, 16, 16) and images.dtype == np.float32
+    assert np.array_equal(images[0], images[3]) and np.array_equal(images[1], images[2])
+    assert not np.allclose(images[0], images[1])
+    swapped = sampler.sample(4, labels=np.array([1, 0, 0, 1]), seed=3)
+    assert np.array_equal(swapped[0], images[1]) and np.array_equal(swapped[1], images[0])
+
+
+def test_sampler_needs_valid_labels_when_conditional_and_none_otherwise():
+    sampler = _label_only_sampler()
+    with pytest.raises(ValueError, match="conditional"):
+        sampler.sample(2)
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        sampler.sample(2, labels=np.array([0, 2]))
+    with pytest.raises(ValueError, match="2 integer"):
+        sampler.sample(2, labels=np.array([0]))
+    unconditional = GANSampler(DCGANGenerator(16, 4, 4).eval(), (16, 16), [], torch.device("cpu"))
+    with pytest.raises(ValueError, match="unconditional"):
+        unconditional.sample(2, labels=np.array([0, 1]))
+
+
+def test_export_round_trip_gives_a_seeded_sampler(tmp_path):
+    model = ConditionalDCGAN({**SMALL, "class_names": ["healthy", "haemorrhage"]}, None, 1, image_size=(32, 32))
+    payload = {**model.export(), "image_size": [32, 32]}
+    torch.save(payload, tmp_path / "model.pt")
+    sampler = load_trained(tmp_path / "model.pt")
+    assert (sampler.task, sampler.n_classes, sampler.image_size) == ("generation", 2, (32, 32))
+    labels = np.array([0, 1, 0])
+    first, again = sampler.sample(3, labels, seed=7), sampler.sample(3, labels, seed=7)
+    assert np.array_equal(first, again) and 0 <= first.min() and first.max() <= 1
+    assert not np.array_equal(first, sampler.sample(3, labels, seed=8))
+    model.G.eval()
+    with torch.no_grad():
+        direct = (model.G(sampler.noise(3, 7), torch.from_numpy(labels)) + 1) / 2
+    np.testing.assert_allclose(first, direct.clamp(0, 1)[:, 0].numpy(), atol=1e-6)
+
+
+def test_registry_finds_the_generators_by_name():
+    assert model_class("dcgan") is DCGAN and model_class("cgan") is ConditionalDCGAN
+    assert DCGAN.task == ConditionalDCGAN.task == "generation"
+    assert [s.labels for s in ConditionalDCGAN.inputs] == [True] and [s.labels for s in DCGAN.inputs] == [False]
+    with pytest.raises(ConfigError, match="class_names"):
+        ConditionalDCGAN({"class_names": ["one"]}, None, 0, image_size=(16, 16))
+    with pytest.raises(ConfigError, match="not a known knob"):
+        DCGAN({"variant": "x"}, None, 0, image_size=(16, 16))
+
+
+def test_discriminator_outputs_one_score_per_image_at_any_supported_size():
+    for size in (16, 32):
+        assert DCGANDiscriminator(size, 4, 0, "none")(torch.rand(5, 1, size, size)).shape == (5,)
