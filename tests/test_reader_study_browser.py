@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from pipeline.reader_study.__main__ import main
 from pipeline.reader_study.make import StudySettings, make_study
 from reader_study_support import train_cgan
+from test_browser import _chromium  # Debian's chromium + chromedriver, or skip / fail in CI
 
 pytestmark = pytest.mark.browser
 
@@ -27,17 +27,6 @@ CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
                   "--window-size=1400,1000"]
 DOWNLOAD_TIMEOUT_S = 30
 N = 6
-
-
-def _chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if browser and driver:
-        return browser, driver
-    reason = "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; .ci/run must install them")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
