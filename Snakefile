@@ -21,9 +21,13 @@ include: "pipeline/rules/data.smk"
 include: "pipeline/rules/preprocess.smk"
 include: "pipeline/rules/xray.smk"
 include: "pipeline/rules/ct_slices.smk"
+include: "pipeline/rules/ct_thorax.smk"
+include: "pipeline/rules/cxr_cardiomegaly.smk"
 include: "pipeline/rules/qc.smk"
 include: "pipeline/rules/train.smk"
 include: "pipeline/rules/evaluate.smk"
+include: "pipeline/rules/seg2ct.smk"
+include: "pipeline/rules/stylegan.smk"
 include: "pipeline/rules/reader_study.smk"
 
 

@@ -19,6 +19,15 @@ and extrapolates to the recipe's epoch count.
     python -m pipeline.bench                          # both variants, 256x256, batch 1 and 32
     python -m pipeline.bench --reference ../shared/bench/reference_cyclegan.py --json bench.json
     python -m pipeline.bench --recipe cyclegan_ct_mri --configfile configs/full.yaml
+
+``--stylegan2`` times instead the StyleGAN2 G + D step (report 004; one D update with its lazy
+R1 every 16th, one G update with path length every 4th, EMA, ADA) at the asked sizes and batch
+sizes with stylegan2-ada's 128 px config unless ``--model-json`` overrides it: images/s, s/kimg
+and peak memory, printed beside stylegan2-ada-pytorch's published 13 s/kimg on a V100 and
+6.79 s/kimg on an A100 at 128x128, batch 32. Time a multiple of 16 steps to include R1 at its
+real rate. torch.compile stays off unless asked (R1 and path length differentiate twice).
+
+    python -m pipeline.bench --stylegan2 --sizes 128 --batches 32 --steps 16 --warmup 2
 """
 from __future__ import annotations
 
@@ -47,6 +56,9 @@ from pipeline.train import BatchSampler, prepare_model, resolve_config, train_st
 log = logging.getLogger(__name__)
 
 VARIANTS = ("resnet9_patchgan", "unet_resnet18")
+#: stylegan2-ada-pytorch's published training speed at 128x128 (its auto config, batch 32, one
+#: GPU; README "Expected training time"): seconds per thousand images shown.
+STYLEGAN2_ADA_PUBLISHED_S_PER_KIMG = {"V100": 13.0, "A100": 6.79}
 
 
 def device_name(device: torch.device) -> str:
@@ -139,6 +151,63 @@ def bench_variant(variant: str, size: int, batch: int, steps: int, warmup: int, 
     seconds = _time_steps(run_step, warmup, steps, device)
     flags = {"bf16": bf16, "channels_last": channels_last, "compile": compile_}
     return _result(variant, size, batch, flags, seconds, steps, flops_per_step, device)
+
+
+def bench_stylegan2(size: int, batch: int, steps: int, warmup: int, device: torch.device, bf16: bool,
+                    channels_last: bool, compile_: bool, compile_mode: str = "default",
+                    model_overrides: Mapping[str, Any] | None = None, n_images: int = 64,
+                    seed: int = 0) -> dict[str, Any]:
+    """Time the engine's StyleGAN2 step (D then G, lazy R1 / path length at their intervals) on
+    random ``size`` x ``size`` images, ``batch`` images per step."""
+    cfg = {"model": {"name": "stylegan2", **(model_overrides or {})},
+           "train": {"batch_size": batch, "bf16": bf16, "channels_last": channels_last, "compile": compile_,
+                     "compile_mode": compile_mode, "deterministic": False}}
+    cls, model_cfg, train_cfg = resolve_config(cfg)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = cls(model_cfg, None, seed, image_size=(size, size)).to(device)
+    data = {"images": (torch.rand(n_images, 1, size, size, generator=generator) * 2 - 1).to(device)}
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    sampler = BatchSampler(data, batch, None, 0.0, memory_format=memory_format)
+    plan = sampler.plan_epoch(warmup + steps, generator)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    prepare_model(model, train_cfg, device)
+    model.train()
+    _reset_peak_memory(device)
+
+    def run_step(i: int) -> None:
+        model.images_shown = i * batch
+        train_step(model, sampler.batch(plan, i), i + 1, sums, counts)
+
+    seconds = _time_steps(run_step, warmup, steps, device)
+    images_per_s = steps * batch / seconds
+    return {"name": "stylegan2", "size": size, "batch": batch, "bf16": bf16, "channels_last": channels_last,
+            "compile": compile_, "images_per_s": images_per_s, "s_per_kimg": 1000 / images_per_s,
+            "step_ms": 1000 * seconds / steps, "peak_memory_mb": _peak_memory_mb(device),
+            "threads": torch.get_num_threads(), "steps": steps,
+            "model": {k: model_cfg[k] for k in ("z_dim", "w_dim", "channel_base", "channel_max", "r1_interval",
+                                                 "pl_weight", "augment")}}
+
+
+def format_stylegan2_table(rows: Sequence[Mapping[str, Any]], device: str) -> str:
+    """The StyleGAN2 rows beside stylegan2-ada-pytorch's published s/kimg at 128x128."""
+    published = ", ".join(f"{gpu} {value:g} s/kimg" for gpu, value in STYLEGAN2_ADA_PUBLISHED_S_PER_KIMG.items())
+    header = ["configuration", "size", "batch", "bf16", "ch-last", "compile", "images/s", "s/kimg", "step ms",
+              "peak MB", "vs V100 published"]
+    lines = [f"device: {device}; torch {torch.__version__}",
+             f"stylegan2-ada-pytorch published at 128x128, batch 32: {published}", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        if "error" in row:
+            cells = [row["name"], row["size"], row["batch"], *["" for _ in header[3:-1]], row["error"]]
+        else:
+            ratio = STYLEGAN2_ADA_PUBLISHED_S_PER_KIMG["V100"] / row["s_per_kimg"] if row["size"] == 128 else None
+            cells = [row["name"], row["size"], row["batch"], row["bf16"], row["channels_last"], row["compile"],
+                     f"{row['images_per_s']:.3g}", f"{row['s_per_kimg']:.4g}", f"{row['step_ms']:.1f}",
+                     f"{row['peak_memory_mb']:.0f}", "" if ratio is None else f"{ratio:.3g}x"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def load_reference(path: Path) -> ModuleType:
@@ -332,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", type=Path, default=None,
                         help="a reference step file (make(), step()) to time beside, e.g. reference_cyclegan.py")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--stylegan2", action="store_true",
+                        help="time the StyleGAN2 G + D step (report 004) instead of the CycleGAN variants")
     recipe = parser.add_argument_group("recipe timing (instead of the step benchmark)")
     recipe.add_argument("--recipe", metavar="EXPERIMENT", default=None,
                         help="time this experiment's training recipe through the engine and extrapolate")
@@ -364,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--model-json is not valid JSON ({err})") from err
         flags = {name: on_gpu if getattr(args, name) is None else getattr(args, name)
                  for name in ("bf16", "channels_last", "compile")}
+        if args.stylegan2:
+            return _stylegan2_main(args, device, flags, overrides)
         rows = run_bench(args.variants, args.sizes, args.batches, args.steps, args.warmup, device, flags["bf16"],
                          flags["channels_last"], flags["compile"], args.compile_mode, overrides, args.reference,
                          args.images)
@@ -375,6 +448,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         write_json(args.json, {"device": name, "torch": torch.__version__, "steps": args.steps,
                                "warmup": args.warmup, "model_overrides": overrides, "rows": rows})
+    return 0
+
+
+def _stylegan2_main(args: argparse.Namespace, device: torch.device, flags: Mapping[str, bool],
+                    overrides: Mapping[str, Any]) -> int:
+    if args.steps < 1 or args.warmup < 0:
+        log.error("--steps must be >= 1 and --warmup >= 0, got %d and %d", args.steps, args.warmup)
+        return 1
+    compile_ = bool(args.compile)  # off unless asked: R1 and path length differentiate twice
+    rows = []
+    for size in args.sizes:
+        for batch in args.batches:
+            rows.append(_guarded(lambda: bench_stylegan2(
+                size, batch, args.steps, args.warmup, device, flags["bf16"], flags["channels_last"], compile_,
+                args.compile_mode, overrides, args.images), "stylegan2", size, batch))
+    name = device_name(device)
+    print(format_stylegan2_table(rows, name), flush=True)
+    if args.json is not None:
+        write_json(args.json, {"device": name, "torch": torch.__version__, "steps": args.steps,
+                               "warmup": args.warmup, "model_overrides": dict(overrides), "rows": rows,
+                               "published_s_per_kimg_128": STYLEGAN2_ADA_PUBLISHED_S_PER_KIMG})
     return 0
 
 

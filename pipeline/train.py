@@ -12,6 +12,14 @@ Every step gathers its batch on the device in one indexing operation, so the hot
 per-image Python work and never waits on the GPU: losses are summed on the device and read
 once per epoch.
 
+Schedules in images (StyleGAN's kimg): with ``train.kimg`` set, the run is counted in
+thousands of images shown instead of epochs: an "epoch" becomes a tick of ``steps_per_epoch``
+steps (history row, sample grid and checkpoint cadence as before, in ticks) and the run stops at
+the first tick end at or past ``kimg`` * 1000 images. history.csv gains a ``kimg`` column,
+run.json says ``kimg``, MLflow's step is the number of images shown, and the model reads the
+images shown before each step (``GANModel.images_shown``) for its own schedules (EMA ramp-up,
+augmentation strength). The counter is the step count times the batch, so it resumes exactly.
+
 Speed knobs: bf16 autocast, channels-last, ``torch.compile`` (mode ``reduce-overhead`` adds
 CUDA graphs), and data parallelism over the processes torchrun starts (``pipeline.distributed``).
 
@@ -67,6 +75,9 @@ log = logging.getLogger(__name__)
 #: profile of report 001 / the classic CycleGAN. The CPU profile overrides them in params.yaml.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 200,              # epochs to train in total (a resumed run continues up to this)
+    "kimg": None,               # thousands of images to show in total (StyleGAN's schedule); None: epochs decide.
+                                # When set, an "epoch" is a tick of steps_per_epoch steps and the run stops at
+                                # the first tick end with at least kimg * 1000 images shown
     "steps_per_epoch": None,    # None: ceil(largest domain size / batch_size)
     "batch_size": 1,            # images per domain per step (the global batch when distributed)
     "image_size": None,         # resize every image to image_size x image_size once at load; None keeps the data's size
@@ -90,8 +101,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 #: Knobs that change neither the numbers nor the schedule: a checkpoint written under other
 #: values of these still resumes.
-_RESUME_NEUTRAL = ("epochs", "checkpoint_every", "sample_every", "n_samples", "device", "compile", "compile_mode",
-                   "distributed", "gpus", "progress_interval_s")
+_RESUME_NEUTRAL = ("epochs", "kimg", "checkpoint_every", "sample_every", "n_samples", "device", "compile",
+                   "compile_mode", "distributed", "gpus", "progress_interval_s")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: Exit status after a SIGTERM-triggered checkpoint: what a shell reports for a process killed by
@@ -122,6 +133,8 @@ def resolve_config(cfg: Mapping[str, Any] | None) -> tuple[type[GANModel], dict[
     for key in ("epochs", "batch_size", "checkpoint_every", "sample_every", "gpus"):
         if train_knobs[key] < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {train_knobs[key]}")
+    if train_knobs["kimg"] is not None and (isinstance(train_knobs["kimg"], bool) or train_knobs["kimg"] <= 0):
+        raise ConfigError(f"train.kimg must be > 0 or null, got {train_knobs['kimg']!r}")
     if train_knobs["steps_per_epoch"] is not None and train_knobs["steps_per_epoch"] < 1:
         raise ConfigError(f"train.steps_per_epoch must be >= 1 or null, got {train_knobs['steps_per_epoch']}")
     for key in ("image_size", "crop_size"):
@@ -140,7 +153,8 @@ def load_input(path: Path, spec: DataInput) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise InputDataError(path, "file not found")
-    wanted = ["images"] + (["labels"] if spec.labels else []) + (["label_maps"] if spec.label_maps else [])
+    wanted = (["images"] + (["labels"] if spec.labels else []) + (["label_maps"] if spec.label_maps else [])
+              + (["subject_ids"] if spec.subjects else []))
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [key for key in wanted if key not in npz.files]
@@ -168,6 +182,12 @@ def load_input(path: Path, spec: DataInput) -> dict[str, np.ndarray]:
             raise InputDataError(path, f"'label_maps' must be integer classes >= 0 shaped like 'images' "
                                        f"{images.shape}, got {maps.dtype} {maps.shape}")
         arrays["label_maps"] = maps.astype(np.int64, copy=False)
+    if spec.subjects:
+        subject_ids = arrays["subject_ids"]
+        if subject_ids.shape != (len(images),) or subject_ids.dtype.kind not in "UO":
+            raise InputDataError(path, f"'subject_ids' must be {len(images)} strings (one per image), "
+                                       f"got {subject_ids.dtype} {subject_ids.shape}")
+        arrays["subject_ids"] = subject_ids.astype(str)
     return arrays
 
 
@@ -196,6 +216,9 @@ def _input_tensors(arrays: Mapping[str, np.ndarray], spec: DataInput, image_size
         tensors[spec.labels_key] = torch.from_numpy(arrays["labels"]).to(device)
     if spec.label_maps:
         tensors[spec.maps_key] = _maps_as_tensor(arrays["label_maps"], image_size, device)
+    if spec.subjects:
+        codes = np.unique(arrays["subject_ids"], return_inverse=True)[1].reshape(-1)
+        tensors[spec.subjects_key] = torch.from_numpy(codes.astype(np.int64)).to(device)
     return tensors
 
 
@@ -270,7 +293,8 @@ class BatchSampler:
     more arrays drawn with the same index: (N,) per-image values (labels) are gathered, (N, 1,
     H, W) maps are cropped and flipped exactly as the images. Inputs are drawn independently
     of each other (CycleGAN's unpaired domains). ``balance`` maps an input name to its labels
-    for class-balanced draws instead of shuffled passes.
+    for class-balanced draws instead of shuffled passes; ``subsets`` maps an input name to the
+    indices its shuffled passes run over (default: all images).
 
     ``plan_epoch`` draws an epoch's image indices, flips and crop offsets for the global batch
     from a CPU generator (reproducible and checkpointable), keeps this process's ``share`` and
@@ -282,12 +306,18 @@ class BatchSampler:
                  flip_probability: float, share: slice | None = None,
                  memory_format: torch.memory_format = torch.contiguous_format,
                  aligned: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-                 balance: Mapping[str, torch.Tensor] | None = None):
+                 balance: Mapping[str, torch.Tensor] | None = None,
+                 subsets: Mapping[str, torch.Tensor] | None = None):
         self.data, self.batch_size, self.crop_size = dict(data), batch_size, crop_size
         self.flip_probability, self.memory_format = flip_probability, memory_format
         self.share = share or slice(0, batch_size)
         self.aligned = {name: dict(arrays) for name, arrays in (aligned or {}).items()}
         self.balance = dict(balance or {})
+        self.subsets = {name: torch.as_tensor(indices, dtype=torch.long).cpu() for name, indices in (subsets or {}).items()}
+        for name, indices in self.subsets.items():
+            if name in self.balance or len(indices) == 0 or indices.min() < 0 or indices.max() >= len(self.data[name]):
+                raise ValueError(f"the draw subset of input {name!r} must be non-empty valid indices, "
+                                 "and not combined with class-balanced draws")
         for name, arrays in self.aligned.items():
             for key, array in arrays.items():
                 if len(array) != len(self.data[name]) or (array.ndim > 1 and array.shape[-2:] != self.data[name].shape[-2:]):
@@ -303,6 +333,9 @@ class BatchSampler:
             shape = (steps, self.batch_size)
             if domain in self.balance:
                 indices = _balanced_draws(self.balance[domain], steps * self.batch_size, rng).view(shape)
+            elif domain in self.subsets:
+                subset = self.subsets[domain]
+                indices = subset[_shuffled_draws(len(subset), steps * self.batch_size, rng)].view(shape)
             else:
                 indices = _shuffled_draws(len(x), steps * self.batch_size, rng).view(shape)
             flips = torch.rand(shape, generator=rng) < self.flip_probability
@@ -397,12 +430,15 @@ def _save_sample_grid(target: Path, visuals: dict[str, torch.Tensor], rows: tupl
     plt.close(fig)
 
 
-def _write_history(target: Path, rows: list[dict[str, float]], loss_names: tuple[str, ...]) -> None:
+def _write_history(target: Path, rows: list[dict[str, float]], loss_names: tuple[str, ...],
+                   with_kimg: bool = False) -> None:
+    """history.csv: epoch, step, (kimg: thousands of images shown, on a kimg schedule), the losses."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["epoch", "step", *loss_names])
+    writer.writerow(["epoch", "step", *(["kimg"] if with_kimg else []), *loss_names])
     for row in rows:
-        writer.writerow([row["epoch"], row["step"], *(format(row[name], ".10g") for name in loss_names)])
+        kimg = [format(row["kimg"], ".10g")] if with_kimg else []
+        writer.writerow([row["epoch"], row["step"], *kimg, *(format(row[name], ".10g") for name in loss_names)])
     write_text(target, buffer.getvalue())
 
 
@@ -475,6 +511,8 @@ class TrainingRun:
         first = self.data[names[0]]
         train_size = (self.cfg["crop_size"],) * 2 if self.cfg["crop_size"] else tuple(first.shape[-2:])
         self.model = cls(model_cfg, weights_dir, model_seed, image_size=train_size).to(self.device)
+        self.model.bind_training_data({**self.data, **{k: v for t in aligned.values() for k, v in t.items()}},
+                                      train_arrays)
         _check_sizes(self.data, {d: self.val[d] for d in names}, train_files, val_files, self.cfg["crop_size"],
                      self.model.size_multiple, self.model.required_image_size())
         for d in names:
@@ -486,7 +524,8 @@ class TrainingRun:
         memory_format = torch.channels_last if self.cfg["channels_last"] else torch.contiguous_format
         balance = {d: aligned[d][specs[d].labels_key] for d in self.model.class_balanced_inputs}
         self.sampler = BatchSampler(self.data, self.cfg["batch_size"], self.cfg["crop_size"],
-                                    self.cfg["flip_probability"], share, memory_format, aligned, balance)
+                                    self.cfg["flip_probability"], share, memory_format, aligned, balance,
+                                    self.model.training_subsets)
         lr_factor = functools.partial(_lr_factor, constant=self.cfg["lr_constant_epochs"],
                                       decay=self.cfg["lr_decay_epochs"])
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
@@ -494,6 +533,7 @@ class TrainingRun:
         self.data_rng = torch.Generator().manual_seed(data_seed)
         self.steps = self.cfg["steps_per_epoch"] or math.ceil(
             max(len(x) for x in self.data.values()) / self.cfg["batch_size"])
+        self.total_epochs = self._total_epochs()
         self.epoch, self.step, self.history, self.run_id, self.seconds_before = 0, 0, [], None, 0.0
         # Position inside an unfinished epoch (non-zero only in a checkpoint written on SIGTERM).
         self.step_in_epoch, self.epoch_rng_state, self.epoch_seconds = 0, None, 0.0
@@ -505,6 +545,22 @@ class TrainingRun:
         if parallel is not None and parallel.world_size > 1:
             parallel.broadcast_modules(self.model.networks().values())
         prepare_model(self.model, self.cfg, self.device, parallel)
+
+    def _total_epochs(self) -> int:
+        """Epochs (ticks) to run: train.epochs, or with train.kimg enough ticks to show that many
+        thousand images (rounded up to whole ticks, as StyleGAN's loop ends at a tick)."""
+        if self.cfg["kimg"] is None:
+            return self.cfg["epochs"]
+        return max(1, math.ceil(self.cfg["kimg"] * 1000 / (self.steps * self.cfg["batch_size"])))
+
+    @property
+    def images_shown(self) -> int:
+        """Images (global batch) shown to the model so far."""
+        return self.step * self.cfg["batch_size"]
+
+    def _metric_step(self) -> int:
+        """MLflow's step: images shown on a kimg schedule, else the epoch."""
+        return self.images_shown if self.cfg["kimg"] is not None else self.epoch
 
     def _sample_images(self, val_files: Mapping[str, Path], specs: Mapping[str, DataInput]) -> dict[str, torch.Tensor]:
         """The fixed validation images of the sample grids (with their labels and maps): evenly
@@ -535,9 +591,9 @@ class TrainingRun:
         if state.get("fingerprint") != self.fingerprint:
             log.warning("%s was written under another config, seed or data: starting afresh", path)
             return
-        if state["epoch"] > self.cfg["epochs"]:
+        if state["epoch"] > self.total_epochs:
             log.warning("%s is at epoch %d, past the %d asked for: starting afresh", path, state["epoch"],
-                        self.cfg["epochs"])
+                        self.total_epochs)
             return
         for name, net in self.model.networks().items():
             net.load_state_dict(state["networks"][name])
@@ -629,7 +685,7 @@ class TrainingRun:
                           **{f"pretrained.{k}": v for k, v in self.model.pretrained.items()},
                           **{f"domain.{d}": label for d, label in self.labels.items()}})
         started = time.perf_counter()
-        counter = progress_counter(f"train {self.experiment}", (self.cfg["epochs"] - self.epoch) * self.steps
+        counter = progress_counter(f"train {self.experiment}", (self.total_epochs - self.epoch) * self.steps
                                    - self.step_in_epoch, unit="step",
                                    interval_s=self.cfg["progress_interval_s"]) if self.is_main else None
         try:
@@ -656,20 +712,20 @@ class TrainingRun:
     def _train(self, tracker: Tracker | _NoTracking, counter: Any, started: float, tracking_uri: str, commit: str,
                dirty: bool | None) -> dict[str, Any] | None:
         train_seconds, pairs = 0.0, 0
-        while self.epoch < self.cfg["epochs"]:
+        while self.epoch < self.total_epochs:
             first_step = self.step
             finished, seconds = self._run_epoch(tracker, counter)
             train_seconds += seconds
             pairs += (self.step - first_step) * self.cfg["batch_size"]
             if finished:
-                last = self.epoch == self.cfg["epochs"]
+                last = self.epoch == self.total_epochs
                 if self.is_main:
                     if self.epoch % self.cfg["sample_every"] == 0 or last:
                         tracker.log_artifact(self._save_samples(), "samples")
-                    _write_history(self.out_dir / "history.csv", self.history, self.model.loss_names)
+                    self._write_history()
                     if self.epoch % self.cfg["checkpoint_every"] == 0 or last:
                         self._save_checkpoint(self.seconds_before + time.perf_counter() - started)
-            if self.stop_signal is not None and self.epoch < self.cfg["epochs"]:
+            if self.stop_signal is not None and self.epoch < self.total_epochs:
                 self._stop(started)
         if not self.is_main:
             return None
@@ -679,7 +735,7 @@ class TrainingRun:
         run = self._write_outputs(tracking_uri, self.seconds_before + time.perf_counter() - started,
                                   pairs / train_seconds if train_seconds else None, commit, dirty)
         tracker.log_metrics({"run_seconds": run["seconds"], "run_image_pairs_per_s": run["image_pairs_per_s"],
-                             "peak_rss_mb": run["peak_rss_mb"]}, step=self.epoch)
+                             "peak_rss_mb": run["peak_rss_mb"]}, step=self._metric_step())
         tracker.log_artifact(self.out_dir / "history.csv")
         tracker.log_artifact(self.out_dir / "run.json")
         return run
@@ -720,6 +776,7 @@ class TrainingRun:
             if cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
             self.step += 1
+            self.model.images_shown = self.images_shown - self.cfg["batch_size"]
             train_step(self.model, self.sampler.batch(plan, index), self.step, self.sums, self.counts)
             self.step_in_epoch = index + 1
             if counter is not None:
@@ -745,13 +802,14 @@ class TrainingRun:
         self.epoch += 1
         self.step_in_epoch, self.epoch_rng_state, self.epoch_seconds, self.sums, self.counts = 0, None, 0.0, {}, {}
         losses = {name: means.get(name, math.nan) for name in self.model.loss_names}
-        self.history.append({"epoch": self.epoch, "step": self.step, **losses})
+        self.history.append({"epoch": self.epoch, "step": self.step, "kimg": self.images_shown / 1000, **losses})
         if self.is_main:
-            log.info("epoch %d/%d (%.1f s): %s", self.epoch, self.cfg["epochs"], epoch_seconds,
+            log.info("epoch %d/%d (%.1f s, %.3f kimg): %s", self.epoch, self.total_epochs, epoch_seconds,
+                     self.images_shown / 1000,
                      ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
         tracker.log_metrics({**losses, **lrs, "epoch_seconds": epoch_seconds,
                              "image_pairs_per_s": self.steps * self.cfg["batch_size"] / epoch_seconds},
-                            step=self.epoch)
+                            step=self._metric_step())
         return True, seconds
 
     def _out_of_memory_advice(self) -> str:
@@ -774,10 +832,14 @@ class TrainingRun:
                           f"{self.experiment}, epoch {self.epoch}")
         return target
 
+    def _write_history(self) -> None:
+        _write_history(self.out_dir / "history.csv", self.history, self.model.loss_names,
+                       with_kimg=self.cfg["kimg"] is not None)
+
     def _write_outputs(self, tracking_uri: str, seconds: float, pairs_per_s: float | None, commit: str,
                        dirty: bool | None) -> dict[str, Any]:
         """model.pt, the final history.csv and run.json."""
-        _write_history(self.out_dir / "history.csv", self.history, self.model.loss_names)
+        self._write_history()
         image_size = list(next(iter(self.data.values())).shape[-2:])
         payload = {**self.model.export(), "image_size": image_size, "crop_size": self.cfg["crop_size"],
                    "domains": self.labels, "task": self.model.task, "pretrained": self.model.pretrained,
@@ -793,7 +855,8 @@ class TrainingRun:
                             else f"{platform.machine()} CPU, {os.cpu_count()} logical cores"),
             "world_size": self.world_size,
             "threads": torch.get_num_threads(), "pretrained": self.model.pretrained, "seconds": round(seconds, 3),
-            "epochs": self.epoch, "steps": self.step, "seed": self.seed, "params_hash": self.params_hash,
+            "epochs": self.epoch, "steps": self.step, "kimg": self.images_shown / 1000, "seed": self.seed,
+            "params_hash": self.params_hash,
             "data_version": self.data_version, "domains": self.labels, "image_size": image_size,
             "crop_size": self.cfg["crop_size"], "resumed_from_epoch": self.resumed_from,
             "image_pairs_per_s": None if pairs_per_s is None else round(pairs_per_s, 3),

@@ -29,10 +29,11 @@ _TINY_BUILD_FAILURE: list[str] = []
 
 @pytest.fixture(scope="session")
 def built_tiny_repo(tmp_path_factory, repo_root) -> Path:
-    """A copy of the repository on configs/tiny.yaml (its own git repository) after `dvc repro`
-    of the headline chain. Built once per session (~2.5 min) and shared by the end-to-end tests:
-    each must leave its outputs, params and metadata as it found them. A failed build fails
-    every user at once instead of building again."""
+    """A copy of the repository on configs/tiny.yaml (its own git repository) after `dvc repro`:
+    every experiment's chain from empty data (dvc.yaml's stages). Built once per session and
+    shared by the end-to-end tests (each experiment's test_workflow_*.py, DVC, report, Slurm), so
+    no chain is built twice; each must leave its outputs, params and metadata as it found them.
+    A failed build fails every user at once instead of building again."""
     from workflow_support import run, tiny_copy
 
     if _TINY_BUILD_FAILURE:

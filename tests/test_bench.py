@@ -86,3 +86,16 @@ def test_recipe_timing_refuses_bad_input(tmp_path, repo_root):
     (tmp_path / "model").mkdir()  # a folder with an earlier measurement would be resumed, not timed
     with pytest.raises(ConfigError, match="needs an empty --work-dir"):
         time_recipe("cyclegan_ct_mri", [], tmp_path, params_file=repo_root / "params.yaml")
+
+
+def test_bench_times_the_stylegan2_step_beside_the_published_figures(tmp_path, capsys):
+    overrides = {"z_dim": 8, "w_dim": 8, "channel_base": 64, "channel_max": 8, "r1_interval": 2, "pl_interval": 2}
+    assert main(["--stylegan2", "--device", "cpu", "--sizes", "16", "--batches", "2", "--steps", "2", "--warmup", "0",
+                 "--images", "4", "--threads", "1", "--model-json", json.dumps(overrides),
+                 "--json", str(tmp_path / "bench.json")]) == 0
+    table = capsys.readouterr().out
+    assert "V100 13 s/kimg, A100 6.79 s/kimg" in table and "| stylegan2 | 16 | 2 |" in table
+    (row,) = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert row["s_per_kimg"] == pytest.approx(1000 / row["images_per_s"])
+    assert row["step_ms"] == pytest.approx(1000 * 2 / row["images_per_s"])  # 2 images a step
+    assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("images_per_s", "s_per_kimg", "peak_memory_mb"))

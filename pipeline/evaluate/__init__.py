@@ -23,6 +23,8 @@ from pipeline.errors import ConfigError
 EVALUATORS = {
     "translation": "pipeline.evaluate.translation_cli:main",
     "generation": "pipeline.evaluate.generation:main",
+    "map_to_image": "pipeline.evaluate.map_to_image:main",
+    "encoding": "pipeline.latent.invert:main",   # a StyleGAN2 encoder: inversion of synthetic and real images
 }
 
 
@@ -32,6 +34,27 @@ def evaluator_for_task(task: str) -> Callable[[list[str] | None], int]:
         raise ConfigError(f"no evaluator for task {task!r}; known tasks: {sorted(EVALUATORS)}")
     module_name, function_name = EVALUATORS[task].split(":")
     return getattr(importlib.import_module(module_name), function_name)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> "cuda" when a CUDA device is present, else "cpu"; anything else unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_for_evaluation(path: Path, device: str, task: str, what: str):
+    """The trained model in ``path`` on ``device`` (``auto`` resolved), which must be of ``task``
+    (an InputDataError naming the file otherwise: e.g. "... is a translation model, not {what}")."""
+    from pipeline.errors import InputDataError
+    from pipeline.models import load_trained
+
+    model = load_trained(path, device=resolve_device(device))
+    if getattr(model, "task", None) != task:
+        raise InputDataError(path, f"is a {getattr(model, 'task', 'unknown')} model, not {what}")
+    return model
 
 METRICS_SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "metrics.schema.json"
 SETTING_KEYS = {"data_range", "window_center", "window_width", "sigma", "max_drop"}
@@ -43,15 +66,20 @@ GENERATION_BLOCKS = ("distribution", "per_class", "discriminator", "classifier",
 GENERATION_SETTING_KEYS = {"k", "quantile", "max_share", "last_epochs", "seed", "n_epochs", "epochs", "threshold"}
 
 
-@lru_cache(maxsize=2)
+MAP_TO_IMAGE_BLOCKS = ("distribution", "frd_per_organ", "anatomy", "style_per_organ", "diversity", "memorisation")
+"""Blocks of a map-to-image generator's metrics.json (report 003) whose numbers go to MLflow."""
+MAP_TO_IMAGE_SETTING_KEYS = GENERATION_SETTING_KEYS | {"n_real_max", "n_generated_max", "draws_per_map", "n_maps"}
+
+
+@lru_cache(maxsize=4)
 def _metrics_validator(task: str = "translation"):
-    """The whole schema for translation; for generation its $defs/generation_metrics (same $defs)."""
+    """The whole schema for translation; for another task its $defs/<task>_metrics (same $defs)."""
     import jsonschema
 
     schema = json.loads(METRICS_SCHEMA_PATH.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
-    if task == "generation":
-        schema = {"$schema": schema["$schema"], "$ref": "#/$defs/generation_metrics", "$defs": schema["$defs"]}
+    if task in ("generation", "map_to_image", "stylegan_editing"):
+        schema = {"$schema": schema["$schema"], "$ref": f"#/$defs/{task}_metrics", "$defs": schema["$defs"]}
     return jsonschema.Draft202012Validator(schema)
 
 
@@ -60,8 +88,8 @@ def validate_metrics(metrics: dict) -> None:
     (a generator's, ``task`` "generation", its $defs/generation_metrics)."""
     import jsonschema
 
-    generation = metrics.get("task") == "generation"
-    _metrics_validator("generation" if generation else "translation").validate(metrics)
+    generation = metrics.get("task") in ("generation", "map_to_image", "stylegan_editing")
+    _metrics_validator(metrics["task"] if generation else "translation").validate(metrics)
     from pipeline.evaluate.intervals import interval_problems
 
     min_subjects = (metrics.get("settings", {}).get("intervals") or {}).get("min_subjects")
@@ -93,6 +121,11 @@ def flatten_metrics(metrics: dict) -> dict[str, float]:
         elif isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node):
             flat[prefix] = float(node)
 
+    if metrics.get("task") == "map_to_image":
+        for name in MAP_TO_IMAGE_BLOCKS:
+            if metrics.get(name):
+                walk(metrics[name], name)
+        return {key: value for key, value in flat.items() if key.rsplit("/", 1)[-1] not in MAP_TO_IMAGE_SETTING_KEYS}
     if metrics.get("task") == "generation":
         for name in GENERATION_BLOCKS:
             if metrics.get(name):

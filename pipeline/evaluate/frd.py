@@ -48,8 +48,12 @@ def _quiet_radiomics() -> None:
     logging.getLogger("pykwalify").setLevel(logging.WARNING)  # PyRadiomics validates its config at INFO
 
 
-def radiomic_features(images: np.ndarray, desc: str = "radiomic features") -> tuple[np.ndarray, list[str]]:
+def radiomic_features(images: np.ndarray, desc: str = "radiomic features",
+                      masks: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
     """(N, F) float64 radiomic features of (N, H, W) slices in [0, 1], and the feature names.
+
+    ``masks`` ((N, H, W) bool, optional): extract inside each image's mask only (FRD per organ,
+    frd-score's image + mask pairs); a mask of at most one pixel gives a row of NaN.
 
     Each slice goes through a temporary float32 NIfTI file because frd-score's per-image routine
     (which builds the mask and the 2-D handling the published numbers depend on) reads files.
@@ -67,9 +71,13 @@ def radiomic_features(images: np.ndarray, desc: str = "radiomic features") -> tu
         for index, image in enumerate(progress(images, desc=desc, total=len(images), unit="image")):
             path = Path(folder) / f"{index}.nii.gz"
             sitk.WriteImage(sitk.GetImageFromArray(np.asarray(image, np.float32) * INTENSITY_SCALE), str(path))
+            mask_path = None
+            if masks is not None:
+                mask_path = Path(folder) / f"{index}.mask.nii.gz"
+                sitk.WriteImage(sitk.GetImageFromArray(np.asarray(masks[index], np.uint8)), str(mask_path))
             try:
                 result = frd.process_image_mask_pair(
-                    (path, None), feature_extractor=extractor, frd_version=FRD_VERSION
+                    (path, mask_path), feature_extractor=extractor, frd_version=FRD_VERSION
                 )
             except ValueError:  # PyRadiomics cannot bin a constant image (e.g. a collapsed generator's)
                 result = None

@@ -601,16 +601,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from pipeline import figures
     from pipeline.evaluate import validate_metrics, write_metrics
-    from pipeline.models import load_trained
+    from pipeline.evaluate import load_for_evaluation, resolve_device
 
-    if args.device == "auto":
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = resolve_device(args.device)
     try:
-        model = load_trained(args.model, device=args.device)
-        if getattr(model, "task", None) != "generation":
-            raise InputDataError(args.model, f"is a {getattr(model, 'task', 'unknown')} model, not a generator")
+        model = load_for_evaluation(args.model, args.device, "generation", "a generator")
         metrics = evaluate_generation(
             model, args.test, args.train, val=args.val, history=args.history, classifier=args.classifier,
             inception_weights=args.inception_weights, n_generated=args.n_generated, batch_size=args.batch_size,

@@ -101,14 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     from pipeline import figures
-    from pipeline.models import load_trained
+    from pipeline.evaluate import load_for_evaluation, resolve_device
 
-    if args.device == "auto":
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = resolve_device(args.device)
     try:
-        model = load_trained(args.model, device=args.device)
+        model = load_for_evaluation(args.model, args.device, "translation", "a translator")
         metrics = evaluate_translation(
             model,
             args.test_a,

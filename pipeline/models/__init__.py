@@ -32,9 +32,12 @@ MODELS = {
     "cyclegan": "pipeline.models.cyclegan:CycleGAN",
     "dcgan": "pipeline.models.dcgan:DCGAN",
     "cgan": "pipeline.models.dcgan:ConditionalDCGAN",
+    "seg2ct": "pipeline.models.seg2ct:Seg2CT",
+    "stylegan2": "pipeline.models.stylegan2:StyleGAN2",
+    "stylegan2_encoder": "pipeline.models.stylegan2_encoder:StyleGAN2Encoder",
 }
 #: What a trained model is for; each task has its evaluator (``pipeline.evaluate.EVALUATORS``).
-TASKS = ("translation", "generation")
+TASKS = ("translation", "generation", "encoding", "map_to_image")
 #: Version of the model.pt layout; bump when it changes.
 EXPORT_FORMAT = 1
 
@@ -66,12 +69,16 @@ class DataInput:
     The batch holds the images under ``name``; with ``labels`` also the npz ``labels`` array
     (class per image, int64) under ``name + "_labels"``; with ``label_maps`` the npz
     ``label_maps`` array ((N, H, W) integer classes) under ``name + "_maps"``, cropped and
-    flipped exactly as its image and resized by nearest neighbour, never interpolated.
+    flipped exactly as its image and resized by nearest neighbour, never interpolated; with
+    ``subjects`` the npz ``subject_ids`` as integer codes (N,) int64 under ``name + "_subjects"``
+    (equal codes = the same patient; codes are per file), e.g. to pair an image with another
+    patient's.
     """
 
     name: str
     labels: bool = False
     label_maps: bool = False
+    subjects: bool = False
 
     @property
     def labels_key(self) -> str:
@@ -80,6 +87,10 @@ class DataInput:
     @property
     def maps_key(self) -> str:
         return f"{self.name}_maps"
+
+    @property
+    def subjects_key(self) -> str:
+        return f"{self.name}_subjects"
 
 
 class Translator(Protocol):
@@ -152,9 +163,15 @@ class GANModel(nn.Module):
         self.mixed_precision: torch.dtype | None = None
         #: Inputs whose batches are drawn class-balanced (by their labels) instead of in shuffled passes.
         self.class_balanced_inputs: tuple[str, ...] = ()
+        #: Input name -> the image indices its batches are drawn from (default: all), e.g. every
+        #: patient but the fixed style image's; set in ``bind_training_data``.
+        self.training_subsets: dict[str, torch.Tensor] = {}
         #: Set by the engine under data-parallel training (``pipeline.distributed.DataParallel``):
         #: gradients are averaged over the processes before every optimiser step.
         self.parallel: DataParallelGroup | None = None
+        #: Images shown to the model before the current step (global batch; set by the engine
+        #: before every step), for schedules in images such as StyleGAN2's EMA ramp-up.
+        self.images_shown: int = 0
 
     @classmethod
     def resolve_config(cls, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -193,6 +210,14 @@ class GANModel(nn.Module):
     def check_labels(self, path: Path, labels: np.ndarray) -> None:
         """Raise InputDataError naming ``path`` when its labels do not fit the model (e.g. a class
         it does not know)."""
+
+    def bind_training_data(self, tensors: Mapping[str, torch.Tensor],
+                           arrays: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        """Called once by the engine before training with all training data: ``tensors`` by batch
+        key (images (N, 1, H, W) in [-1, 1] at the training size, before cropping, and their
+        aligned labels / maps / subject codes) and ``arrays`` the npz arrays per input (e.g. the
+        subject id strings), for models that use training images beyond a step's batch (e.g. a
+        style image from another patient)."""
 
     def required_image_size(self) -> tuple[int, int] | None:
         """The one (height, width) the networks take, or None when any multiple of

@@ -117,6 +117,27 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def load_vgg19_features(last_index: int, weights: Path | None) -> nn.Sequential:
+    """VGG-19 ``features`` up to ``last_index``, frozen in eval mode, with the ImageNet weights of
+    ``weights`` (a torchvision state-dict file) or randomly initialised for None."""
+    features = _vgg19_features_up_to(last_index)
+    if weights is not None:
+        prefix = "features."
+        state = {k[len(prefix):]: v for k, v in load_state_file(weights).items() if k.startswith(prefix)}
+        state = {k: v for k, v in state.items() if int(k.split(".")[0]) < len(features)}
+        try:
+            features.load_state_dict(state)
+        except RuntimeError as err:
+            raise InputDataError(weights, f"does not match torchvision VGG-19 ({err})") from err
+    return features.eval().requires_grad_(False)
+
+
+def vgg_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """1-channel [-1, 1] images -> the 3-channel ImageNet-normalised input VGG expects."""
+    x = ((x + 1) / 2).repeat(1, 3, 1, 1)
+    return (x - mean.to(x.dtype)) / std.to(x.dtype)
+
+
 class VGGPerceptualLoss(nn.Module):
     """Cycle-perceptual loss (Armanious et al., Cycle-MedGAN): sum_i w_i * L1(F_i(x), F_i(y)).
 
@@ -137,22 +158,12 @@ class VGGPerceptualLoss(nn.Module):
                               f"got {list(layer_weights)}")
         self.indices = [VGG19_LAYERS.index(name) for name in layers]
         self.layer_weights = [float(w) for w in layer_weights]
-        features = _vgg19_features_up_to(max(self.indices))
-        if weights is not None:
-            prefix = "features."
-            state = {k[len(prefix):]: v for k, v in load_state_file(weights).items() if k.startswith(prefix)}
-            state = {k: v for k, v in state.items() if int(k.split(".")[0]) < len(features)}
-            try:
-                features.load_state_dict(state)
-            except RuntimeError as err:
-                raise InputDataError(weights, f"does not match torchvision VGG-19 ({err})") from err
-        self.features = features.eval().requires_grad_(False)
+        self.features = load_vgg19_features(max(self.indices), weights)
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def _activations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = ((x + 1) / 2).repeat(1, 3, 1, 1)
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        x = vgg_input(x, self.mean, self.std)
         found = {}
         for index, layer in enumerate(self.features):
             x = layer(x)

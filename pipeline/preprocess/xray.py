@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.atomic import atomic_path
-from pipeline.errors import ConfigError, InputDataError, PipelineError
+from pipeline.errors import ConfigError, InputDataError
 from pipeline.hashing import file_sha256
 from pipeline.preprocess.extract_slices import SPLITS, save_npz, split_subjects
 from pipeline.progress import progress
@@ -231,13 +231,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _parser()
-    args = vars(parser.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        prepare_xray(**args)
-    except PipelineError as exc:
-        parser.exit(1, f"error: {exc}\n")
+    from pipeline.preprocess import run_stage_cli
+
+    run_stage_cli(_parser(), prepare_xray, argv)
 
 
 if __name__ == "__main__":

@@ -57,11 +57,33 @@ def is_ct_slices(dataset):
     )
 
 
+def is_thorax_slices(dataset):
+    """Chest CT series with six-class label maps in the TCIA layout (report 003): prepared by
+    pipeline/preprocess/thorax_slices.py (rules in ct_thorax.smk), without the volume chain."""
+    cfg = dataset_cfg(dataset)
+    return cfg.get("source") in ("phantom_tcia_thorax", "tcia") or (
+        cfg.get("source") == "local" and cfg.get("layout") == "tcia"
+    )
+
+
+def is_chexpert_layout(dataset):
+    """A downloaded dataset kept in CheXpert's own layout (phantom_chexpert, or chexpert / local
+    with keep_layout): prepared by pipeline/preprocess/chexpert_prep.py (cxr_cardiomegaly.smk)."""
+    cfg = dataset_cfg(dataset)
+    return cfg.get("source") == "phantom_chexpert" or (
+        cfg.get("source") in ("chexpert", "local")
+        and bool(cfg.get("keep_layout"))
+        and cfg.get("layout", "chexpert") == "chexpert"
+    )
+
+
 XRAY_DATASETS = [name for name in config["datasets"] if is_xray(name)]
+CHEXPERT_DATASETS = [name for name in config["datasets"] if is_chexpert_layout(name)]
 CT_SLICE_DATASETS = [name for name in config["datasets"] if is_ct_slices(name)]
+THORAX_DATASETS = [name for name in config["datasets"] if is_thorax_slices(name)]
 VOLUME_DATASETS = [
     name for name, cfg in config["datasets"].items()
-    if cfg["modality"] in ("CT", "MR") and name not in CT_SLICE_DATASETS
+    if cfg["modality"] in ("CT", "MR") and name not in CT_SLICE_DATASETS and name not in THORAX_DATASETS
 ]
 
 
@@ -102,10 +124,24 @@ def download_flags(dataset):
         flags.append("--accept-licence")
     if cfg["source"] == "phantom_head":
         flags.append(f"--n-paired {cfg.get('n_paired', 0)}")
-    if cfg["source"] in ("phantom_head", "phantom_cxr", "phantom_rsna_ich"):
+    if cfg.get("keep_layout"):
+        flags.append("--chexpert-keep-layout")
+    if cfg["source"] in ("phantom_head", "phantom_cxr", "phantom_rsna_ich", "phantom_chexpert"):
         for key, value in sorted(config.get(cfg["source"], {}).items()):
             flags.append(f"--phantom-option {shlex.quote(f'{key}={json.dumps(value)}')}")
+    flags.extend(thorax_download_flags(cfg))
     return " ".join(flags)
+
+
+def thorax_download_flags(cfg):
+    """phantom_tcia_thorax's knobs, or tcia's collection, as --phantom-option KEY=VALUE (the
+    download CLI's source-option channel)."""
+    options = {}
+    if cfg["source"] == "phantom_tcia_thorax":
+        options = config.get("phantom_tcia_thorax", {})
+    elif cfg["source"] == "tcia" or (cfg["source"] == "local" and cfg.get("layout") == "tcia"):
+        options = {"collection": cfg.get("collection", "LIDC-IDRI")}
+    return [f"--phantom-option {shlex.quote(f'{key}={json.dumps(value)}')}" for key, value in sorted(options.items())]
 
 
 WEIGHTS = config["weights"]
@@ -191,7 +227,7 @@ def stage_volumes(w):
 def preprocessing_qc(dataset):
     """The registration table and one contact sheet per stage the dataset goes through
     (X-ray classes: the prepared squares' contact sheet)."""
-    if is_xray(dataset) or is_ct_slices(dataset):
+    if is_xray(dataset) or is_ct_slices(dataset) or is_thorax_slices(dataset):
         return [f"data/slices/{dataset}/contact_sheet.png"]
     stages = ["windowed", "registered"] + (["masked"] if final_stage(dataset) == "masked" else [])
     return [f"data/registered/{dataset}/qc.csv"] + [f"data/{s}/{dataset}/contact_sheet.png" for s in stages]
@@ -225,13 +261,35 @@ def experiment_inputs(experiment):
     return {"a": exp["domain_a"], "b": exp["domain_b"]}
 
 
+MAP_TO_IMAGE_MODELS = ("seg2ct",)
+"""Models of task map_to_image (report 003): evaluated by their own rules in pipeline/rules/seg2ct.smk."""
+
+
+def is_map_to_image(experiment):
+    """A generator from a label map (report 003's seg2ct): pipeline/evaluate/map_to_image.py."""
+    exp = experiment_cfg(experiment)
+    return "inputs" in exp and exp.get("model", {}).get("name") in MAP_TO_IMAGE_MODELS
+
+
+def is_stylegan_editing(experiment):
+    """Report 004's StyleGAN2 + encoder experiment (an `encoder:` block beside `inputs:`): G is
+    trained by the shared `train` rule, everything after it by pipeline/rules/stylegan.smk."""
+    exp = experiment_cfg(experiment)
+    return "inputs" in exp and "encoder" in exp
+
+
 def is_generation(experiment):
     """A generator from noise (DCGAN, cGAN): evaluated by pipeline/evaluate/generation.py."""
-    return "inputs" in experiment_cfg(experiment)
+    return ("inputs" in experiment_cfg(experiment) and not is_map_to_image(experiment)
+            and not is_stylegan_editing(experiment))
 
 
+MAP_TO_IMAGE_EXPERIMENTS = [name for name in config["experiments"] if is_map_to_image(name)]
+STYLEGAN_EDITING_EXPERIMENTS = [name for name in config["experiments"] if is_stylegan_editing(name)]
 GENERATION_EXPERIMENTS = [name for name in config["experiments"] if is_generation(name)]
-TRANSLATION_EXPERIMENTS = [name for name in config["experiments"] if not is_generation(name)]
+TRANSLATION_EXPERIMENTS = [
+    name for name in config["experiments"] if "inputs" not in experiment_cfg(name)
+]
 
 
 def input_slices(split):
@@ -255,13 +313,19 @@ def train_input_flags(w):
 
 
 def train_weight_inputs(w):
-    """ImageNet files of report 001's networks: translation experiments only."""
+    """ImageNet files: report 001's networks (translation), report 003's perceptual VGG-19 (map to image)."""
+    if is_map_to_image(w.experiment):
+        return weight_inputs("vgg19")
+    if is_stylegan_editing(w.experiment):
+        return []
     return [] if is_generation(w.experiment) else weight_inputs("resnet18", "vgg19")
 
 
 def pretrained_flag(w):
-    """--pretrained for models with ImageNet-initialisable networks (the CycleGAN), else nothing."""
-    return "" if is_generation(w.experiment) else f"--pretrained {config['weights']['pretrained']}"
+    """--pretrained for models with ImageNet-initialisable networks (CycleGAN, seg2ct's VGG-19), else nothing."""
+    if is_generation(w.experiment) or is_stylegan_editing(w.experiment):
+        return ""
+    return f"--pretrained {config['weights']['pretrained']}"
 
 
 def domain_slices(split):
@@ -384,9 +448,56 @@ def xray_flags(w):
     return f"--label {label} --seed {config['seed']} {cli_flags(PRE.get('xray', {}))}"
 
 
+def thorax_slices_flags(w):
+    """prepare_thorax_slices' CLI flags: preprocess.thorax_slices' knobs, the dataset's label_maps, the seed."""
+    knobs = dict(PRE.get("thorax_slices", {}))
+    auto = knobs.pop("auto_rule", {})
+    label_maps = shlex.quote(str(dataset_cfg(w.dataset).get("label_maps", "raw")))
+    auto_flags = cli_flags({f"auto_{key}": value for key, value in auto.items()})
+    return f"--seed {config['seed']} --label-maps {label_maps} {cli_flags(knobs)} {auto_flags}"
+
+
+def chexpert_flags(w):
+    """prepare_chexpert's CLI flags: preprocess.chexpert's knobs and the seed."""
+    return f"--seed {config['seed']} {cli_flags(PRE.get('chexpert', {}))}"
+
+
 def ct_slices_flags(w):
     """prepare_ct_slices' CLI flags: preprocess.ct_slices' knobs and the seed."""
     return f"--seed {config['seed']} {cli_flags(PRE.get('ct_slices', {}))}"
+
+
+# Report 003, map to image (pipeline/rules/seg2ct.smk)
+def map_to_image_slices(split):
+    """data/slices/<dataset>/<split>.npz of the experiment's `images` input."""
+    return lambda w: f"data/slices/{experiment_cfg(w.experiment)['inputs']['images']}/{split}.npz"
+
+
+def segmenter_flags(w):
+    """The segmenter's knobs (experiments.<name>.segmenter) and the interval settings as CLI flags."""
+    exp = experiment_cfg(w.experiment)
+    ev = exp["evaluate"]
+    intervals = {key: ev[key] for key in ("n_boot", "min_subjects") if key in ev}
+    return f"--seed {config['seed']} {cli_flags(exp.get('segmenter', {}))} {cli_flags(intervals)}"
+
+
+def map_to_image_flags(w):
+    """The map-to-image evaluator's flags: the experiment's evaluate section and map_perturbation's knobs."""
+    exp = experiment_cfg(w.experiment)
+    ev = exp["evaluate"]
+    perturb = shlex.quote(json.dumps(config.get("map_perturbation", {}), sort_keys=True))
+    flags = [f"--seed {config['seed']}", f"--perturb-json {perturb}"]
+    if ev.get("device", "auto") != "auto":
+        flags.append(f"--device {ev['device']}")
+    if ev.get("frd") is False:
+        flags.append("--skip-frd")
+    if ev.get("frd_per_organ") is False:
+        flags.append("--skip-frd-per-organ")
+    numbers = ("n_perturbed", "batch_size", "frd_max_images", "style_min_pixels", "diversity_maps", "diversity_draws",
+               "memorisation_quantile", "memorisation_max_share", "n_figure_examples", "histogram_bins", "n_boot",
+               "min_subjects")
+    flags.append(cli_flags({key: ev[key] for key in numbers if key in ev}))
+    return " ".join(flags)
 
 
 # Reader study (pipeline/rules/reader_study.smk)
@@ -420,3 +531,47 @@ def reader_study_flags(w):
         + ("--confidence" if rs["confidence"] else "--no-confidence")
         + f" --direction {rs['direction']} --n-boot {rs['n_boot']} --seed {config['seed'] + rs['seed_offset']}"
     )
+
+
+# Report 004 (pipeline/rules/stylegan.smk): the StyleGAN2 + encoder experiment's stage flags
+
+
+def stylegan_cfg(w):
+    return experiment_cfg(w.experiment)
+
+
+def stylegan_dataset(w):
+    return experiment_inputs(w.experiment)["images"]
+
+
+def stylegan_slices(split):
+    return lambda w: f"data/slices/{stylegan_dataset(w)}/{split}.npz"
+
+
+def stylegan_intervals(w):
+    ev = stylegan_cfg(w)["evaluate"]
+    return f"--min-subjects {ev['min_subjects']} --n-boot {ev['n_boot']} --seed {config['seed']}"
+
+
+def encoder_config_json(w):
+    enc = stylegan_cfg(w)["encoder"]
+    model = {"name": "stylegan2_encoder", "generator": f"models/{w.experiment}/model.pt", **enc["model"]}
+    return json.dumps({"model": model, "train": enc["train"]}, sort_keys=True)
+
+
+def inversion_flags(w):
+    return cli_flags(stylegan_cfg(w)["inversion"])
+
+
+def separation_flags(w):
+    return cli_flags(stylegan_cfg(w)["separation"])
+
+
+def edit_flags(w):
+    knobs = dict(stylegan_cfg(w)["edit"])
+    direction = knobs.pop("direction")
+    return f"--edit-direction {direction} {cli_flags(knobs)}"
+
+
+def ctr_segmenter_flags(w):
+    return cli_flags(stylegan_cfg(w)["ctr_segmenter"])

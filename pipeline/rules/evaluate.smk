@@ -121,8 +121,8 @@ rule train_classifier:
 
 rule train_classifier_labelled:
     # Report 002's classifier: real healthy vs haemorrhage slices (labels 0 / 1) of a generation
-    # experiment's dataset, scoring the generated slices in evaluate_generation. Its own rule,
-    # as for the translation experiments.
+    # experiment's dataset, scoring the generated slices in evaluate_generation (and report 004's
+    # healthy vs cardiomegaly classifier scoring the edits). Its own rule, as for the translation experiments.
     input:
         train=lambda w: input_slices("train")(w)["train_images"],
         val=lambda w: input_slices("val")(w)["val_images"],
@@ -131,7 +131,7 @@ rule train_classifier_labelled:
         model="models/{experiment}/classifier.pt",
         summary="models/{experiment}/classifier.json",
     wildcard_constraints:
-        experiment=name_pattern(GENERATION_EXPERIMENTS),
+        experiment=name_pattern(GENERATION_EXPERIMENTS + STYLEGAN_EDITING_EXPERIMENTS),
     params:
         flags=labelled_classifier_flags,
     threads: 2

@@ -1,8 +1,10 @@
 """The download stage: materialise one dataset in ``data/raw/<dataset>`` or the pretrained weights.
 
 One source per dataset, chosen in params.yaml: the built-in ``phantom_head``,
-``phantom_cxr`` (chest radiographs laid out as a Kermany download) and ``phantom_rsna_ich``
-(haemorrhage CT slices laid out as the RSNA 2019 Kaggle data), the real
+``phantom_cxr`` (chest radiographs laid out as a Kermany download), ``phantom_chexpert`` (adult
+chest radiographs in CheXpert's layout, with truth CTR and masks) and ``phantom_rsna_ich``
+(haemorrhage CT slices laid out as the RSNA 2019 Kaggle data), ``phantom_tcia_thorax`` (chest CT
+series with six-class label images in TCIA's layout), the real ``tcia`` (NBIA REST API), the real
 ``ixi_t2``, ``cq500``, ``kermany_cxr``, ``rsna_ich`` (Kaggle), the registration-gated
 ``chexpert`` (local archive only) and ``local`` (anything already on disk).
 
@@ -44,7 +46,7 @@ from pipeline.sources.weights import PRETRAINED_CHOICES, WEIGHT_FILES, fetch_wei
 
 log = logging.getLogger(__name__)
 
-DATASET_SOURCES = ("phantom_head", "phantom_cxr", "phantom_rsna_ich", "ixi_t2", "cq500", "kermany_cxr", "rsna_ich", "chexpert", "local")
+DATASET_SOURCES = ("phantom_head", "phantom_cxr", "phantom_rsna_ich", "phantom_chexpert", "phantom_tcia_thorax", "ixi_t2", "cq500", "kermany_cxr", "rsna_ich", "tcia", "chexpert", "local")
 #: Built-in phantoms have no patient: their UIDs are re-derived with this public salt, so their
 #: raw files are the same on every machine (real data uses the private salt, pipeline.privacy).
 PHANTOM_SALT = "medgan-built-in-phantom"
@@ -81,6 +83,7 @@ def download_dataset(
     phantom_options: dict[str, Any] | None = None,
     chexpert_label: str = "Pneumonia",
     chexpert_frontal_only: bool = True,
+    chexpert_keep_layout: bool = False,
     kaggle_competition: str = RSNA_COMPETITION,
     kaggle_config_dir: str | Path | None = None,
     settings: FetchSettings = DEFAULT_SETTINGS,
@@ -101,6 +104,8 @@ def download_dataset(
     modality / n_paired / phantom_options: phantom_head's modality ("CT" or "MR"), paired test
         subjects, and extra keyword knobs (phantom_cxr: the knobs of CxrPhantomParams only).
     chexpert_label / chexpert_frontal_only: chexpert (and local layout chexpert) class choice.
+    chexpert_keep_layout: chexpert (and local layout chexpert) keep CheXpert's own folders and
+        CSVs instead of sorting into classes (pipeline.sources.chexpert.ingest_chexpert_layout).
     kaggle_competition / kaggle_config_dir: rsna_ich's competition slug and kaggle.json folder.
     settings: retries, timeouts, progress display of every download.
     pseudonymise: volume datasets (subjects.tsv) from any source but the synthetic phantoms get
@@ -131,6 +136,7 @@ def download_dataset(
             phantom_options=phantom_options,
             chexpert_label=chexpert_label,
             chexpert_frontal_only=chexpert_frontal_only,
+            chexpert_keep_layout=chexpert_keep_layout,
             kaggle_competition=kaggle_competition,
             kaggle_config_dir=kaggle_config_dir,
             settings=settings,
@@ -163,6 +169,24 @@ def _lay_out_originals(source: str, stage: Path, out_dir: Path, **options: Any) 
 
         write_phantom_rsna_dataset(stage, options["seed"], **(options["phantom_options"] or {}))
         return PHANTOM_SALT
+    if source == "phantom_tcia_thorax":
+        from pipeline.sources.phantom_tcia_thorax import write_phantom_thorax_dataset
+
+        write_phantom_thorax_dataset(stage, options["seed"], **(options["phantom_options"] or {}))
+        return PHANTOM_SALT
+    if source == "tcia" or (source == "local" and options["layout"] == "tcia"):
+        # Own pseudonyms (same salt and hash as pipeline.privacy): the generic renaming would
+        # separate label images from their slices (pipeline.sources.tcia).
+        from pipeline.sources.tcia import lay_out_tcia
+
+        salt = load_salt()
+        lay_out_tcia(source, stage, salt, options)
+        return salt
+    if source == "phantom_chexpert":
+        from pipeline.sources.phantom_chexpert import write_phantom_chexpert_dataset
+
+        write_phantom_chexpert_dataset(stage, options["seed"], **(options["phantom_options"] or {}))
+        return PHANTOM_SALT
     if (out_dir / SUMS_FILE).is_file():  # the sums recorded with the data (e.g. pulled through DVC)
         stage.mkdir(parents=True)
         shutil.copyfile(out_dir / SUMS_FILE, stage / SUMS_FILE)
@@ -180,6 +204,7 @@ def _lay_out_originals(source: str, stage: Path, out_dir: Path, **options: Any) 
         keep_archives=options["keep_archives"],
         chexpert_label=options["chexpert_label"],
         chexpert_frontal_only=options["chexpert_frontal_only"],
+        chexpert_keep_layout=options["chexpert_keep_layout"],
         kaggle_competition=options["kaggle_competition"],
         kaggle_config_dir=options["kaggle_config_dir"],
         settings=options["settings"],
@@ -204,6 +229,7 @@ def _materialise(
     keep_archives: bool,
     chexpert_label: str,
     chexpert_frontal_only: bool,
+    chexpert_keep_layout: bool,
     kaggle_competition: str,
     kaggle_config_dir: str | Path | None,
     settings: FetchSettings,
@@ -244,6 +270,7 @@ def _materialise(
             seed=seed,
             chexpert_label=chexpert_label,
             chexpert_frontal_only=chexpert_frontal_only,
+            chexpert_keep_layout=chexpert_keep_layout,
         )
     if source == "local":
         return ingest_local(
@@ -254,6 +281,7 @@ def _materialise(
             seed=seed,
             chexpert_label=chexpert_label,
             chexpert_frontal_only=chexpert_frontal_only,
+            chexpert_keep_layout=chexpert_keep_layout,
         )
     raise ConfigError(f"download source {source!r} is not one of {', '.join(DATASET_SOURCES)}")
 
@@ -339,7 +367,8 @@ def _dataset_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="phantom_head / phantom_cxr: extra knob (value parsed as YAML); repeatable",
+        help="phantom_head / phantom_cxr / phantom_tcia_thorax: extra knob; tcia: collection=<name> "
+        "(value parsed as YAML); repeatable",
     )
     parser.add_argument(
         "--pseudonymise",
@@ -361,6 +390,12 @@ def _dataset_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--chexpert-label", default="Pneumonia")
     parser.add_argument("--chexpert-frontal-only", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--chexpert-keep-layout",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="chexpert / local layout chexpert: keep CheXpert's folders and CSVs (no class sorting)",
+    )
     parser.add_argument("--kaggle-competition", default=RSNA_COMPETITION)
     parser.add_argument(
         "--kaggle-config-dir",
@@ -423,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             phantom_options=dict(args.phantom_option),
             chexpert_label=args.chexpert_label,
             chexpert_frontal_only=args.chexpert_frontal_only,
+            chexpert_keep_layout=args.chexpert_keep_layout,
             kaggle_competition=args.kaggle_competition,
             kaggle_config_dir=args.kaggle_config_dir,
             settings=_settings(args),

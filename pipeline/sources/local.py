@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.atomic import atomic_dir
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sources.archives import is_junk
-from pipeline.sources.chexpert import ingest_chexpert
+from pipeline.sources.chexpert import ingest_chexpert, ingest_chexpert_layout
 from pipeline.sources.cq500 import ingest_cq500
 from pipeline.sources.ixi import ingest_ixi_t2
 from pipeline.sources.kermany import ingest_class_folders
@@ -34,7 +34,8 @@ SUBSET_INGESTERS = {
     "kermany_cxr": ingest_class_folders,
     "rsna_ich": ingest_rsna_ich,
 }
-LAYOUTS = ("raw", "chexpert", *SUBSET_INGESTERS)
+#: "tcia" (thorax series + label images) is laid out by pipeline.sources.tcia, called from download.
+LAYOUTS = ("raw", "chexpert", "tcia", *SUBSET_INGESTERS)
 
 
 def ingest_local(
@@ -46,12 +47,15 @@ def ingest_local(
     seed: int = 0,
     chexpert_label: str = "Pneumonia",
     chexpert_frontal_only: bool = True,
+    chexpert_keep_layout: bool = False,
 ) -> Path:
     """Lay out the data at ``local_path`` in ``out_dir`` (atomically).
 
     layout: one of LAYOUTS (see the module docstring).
     n_subjects: subjects / images to keep, drawn with ``seed``; None keeps all (not for ``raw``).
     chexpert_label / chexpert_frontal_only: see pipeline.sources.chexpert.ingest_chexpert.
+    chexpert_keep_layout: layout chexpert keeps CheXpert's own folders and CSVs
+        (pipeline.sources.chexpert.ingest_chexpert_layout) instead of sorting into classes.
     """
     if layout not in LAYOUTS:
         raise ConfigError(f"local layout {layout!r} is not one of {', '.join(LAYOUTS)}")
@@ -72,6 +76,8 @@ def ingest_local(
                     "or set layout to the source it came from to draw a subset"
                 )
             ingest_raw_layout(source, tmp)
+        elif layout == "chexpert" and chexpert_keep_layout:
+            ingest_chexpert_layout(source, tmp, n_subjects=n_subjects, seed=seed)
         elif layout == "chexpert":
             ingest_chexpert(
                 source,

@@ -50,6 +50,12 @@ LOG = logging.getLogger(__name__)
 LABELS = ("NORMAL", "PNEUMONIA")
 #: Chance of each kind of device on a film that has devices (at least one is drawn).
 DEVICE_KINDS = {"ecg": 0.8, "ng_tube": 0.5, "central_line": 0.4}
+#: The heart: an ellipse with these semi-axes (chest units, times Patient.heart_size), tilted
+#: by HEART_TILT_RAD (apex down and to the patient's left).
+HEART_SEMI_AXES = (0.36, 0.26)
+HEART_TILT_RAD = -0.4
+#: The inner rib margin lies this far (chest units) inside Patient.chest_half_width.
+RIB_MARGIN = 0.06
 FINDINGS_COLUMNS = (
     "image",
     "split",
@@ -165,12 +171,20 @@ class Patient:
 
 @dataclass
 class Radiograph:
-    """One rendered film: image in [0, 1], lung-field mask and what was drawn."""
+    """One rendered film: image in [0, 1], lung-field mask and what was drawn.
+
+    ``heart`` (the cardiac silhouette) and ``thorax`` (inside the inner rib margins, from the
+    apices to the domes, mediastinum included) are the truth masks a cardiothoracic ratio is
+    measured on (pipeline/preprocess/ctr.py); drawing them takes no random numbers, so the
+    films are the same with or without them.
+    """
 
     image: np.ndarray
     lungs: np.ndarray
     effusion: bool
     devices: tuple[str, ...]
+    heart: np.ndarray | None = None
+    thorax: np.ndarray | None = None
 
 
 def draw_patient(rng: np.random.Generator, label: str, name: str, params: CxrPhantomParams) -> Patient:
@@ -198,6 +212,28 @@ def draw_patient(rng: np.random.Generator, label: str, name: str, params: CxrPha
         infection=infection,
         pattern=pattern,
     )
+
+
+def heart_width(heart_size: float) -> float:
+    """Horizontal extent of the tilted heart ellipse (chest units): 2 sqrt(a^2 cos^2 + b^2 sin^2)."""
+    a, b = HEART_SEMI_AXES
+    c, s = math.cos(HEART_TILT_RAD), math.sin(HEART_TILT_RAD)
+    return 2 * heart_size * math.sqrt((a * c) ** 2 + (b * s) ** 2)
+
+
+def thoracic_width(chest_half_width: float) -> float:
+    """Widest distance between the inner rib margins (chest units), reached at the domes."""
+    return 2 * (chest_half_width - RIB_MARGIN)
+
+
+def cardiothoracic_ratio(heart_size: float, chest_half_width: float) -> float:
+    """The CTR the renderer draws for these proportions (pose scales both widths alike)."""
+    return heart_width(heart_size) / thoracic_width(chest_half_width)
+
+
+def heart_size_for_ratio(ratio: float, chest_half_width: float) -> float:
+    """The Patient.heart_size that draws cardiothoracic ratio ``ratio`` in this chest."""
+    return ratio * thoracic_width(chest_half_width) / heart_width(1.0)
 
 
 # ---------------------------------------------------------------- rendering helpers
@@ -299,20 +335,23 @@ def render_radiograph(patient: Patient, rng: np.random.Generator, params: CxrPha
     thymus = 0.14 * (1 - patient.maturity) ** 1.5
     med_half = 0.1 + thymus * np.exp(-(((y + 0.45 * ht) / 0.22) ** 2))
     mediastinum = _edge(med_half - ax_, ramp) * _edge(y - (y_apex - 0.3), ramp)
-    heart_ax, heart_ay = 0.36 * patient.heart_size, 0.26 * patient.heart_size
-    heart_r2 = _ellipse(x, y, 0.1 + 0.2 * (patient.heart_size - 1), 0.36 * ht, heart_ax, heart_ay, -0.4)
+    heart_ax, heart_ay = HEART_SEMI_AXES[0] * patient.heart_size, HEART_SEMI_AXES[1] * patient.heart_size
+    heart_r2 = _ellipse(
+        x, y, 0.1 + 0.2 * (patient.heart_size - 1), 0.36 * ht, heart_ax, heart_ay, HEART_TILT_RAD
+    )
     heart = np.clip(1 - heart_r2, 0, None) ** 0.25
     heart_mask = _edge(1 - heart_r2, ramp / heart_ay)
 
     # lungs: between mediastinum and rib cage, from the apex down to the domes
     t = np.clip((y - y_apex) / (y_cp - y_apex), 0, 1)
-    lateral = 0.12 + (wt - 0.06 - 0.12) * (1 - (1 - t) ** 2) ** 0.6
+    lateral = 0.12 + (wt - RIB_MARGIN - 0.12) * (1 - (1 - t) ** 2) ** 0.6
     lung_region = (
         _edge(lateral - ax_, ramp)
         * _edge(ax_ - med_half, ramp)
         * _edge(y - y_apex, ramp)
         * _edge(dome_y - y, ramp)
     )
+    thorax_region = _edge(lateral - ax_, ramp) * _edge(y - y_apex, ramp) * _edge(dome_y - y, ramp)
     lungs = lung_region * (1 - heart_mask)
     air = ndimage.gaussian_filter(lungs, 0.04 / px * scale)  # thicker air column mid-lung
 
@@ -412,6 +451,8 @@ def render_radiograph(patient: Patient, rng: np.random.Generator, params: CxrPha
         lungs=lungs > 0.5,
         effusion=effusion,
         devices=tuple(devices),
+        heart=heart_mask > 0.5,
+        thorax=thorax_region > 0.5,
     )
 
 

@@ -61,3 +61,16 @@ def test_a_file_that_is_no_model_is_named(tmp_path, caplog):
         assert main(["--model", str(not_a_model), "--out", str(tmp_path / "m.json")]) == 1
     assert f"{not_a_model}: cannot be read as a model file" in caplog.text
     assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("name, wanted", [("dcgan", "translation"), ("cyclegan", "generation")])
+def test_an_evaluator_refuses_a_model_of_another_task(exports, name, wanted):
+    """Every evaluator loads its model through pipeline.evaluate.load_for_evaluation: a model of
+    another task is an error naming the file, before any data is read."""
+    from pipeline.errors import InputDataError
+    from pipeline.evaluate import load_for_evaluation
+
+    actual = trained_task(exports[name])
+    with pytest.raises(InputDataError, match=f"{exports[name]}: is a {actual} model, not an evaluable thing"):
+        load_for_evaluation(exports[name], "auto", wanted, "an evaluable thing")
+    assert load_for_evaluation(exports[name], "auto", actual, "x").task == actual

@@ -39,6 +39,8 @@ class IdentityTranslator:
 
 
 class BlurTranslator:
+    task = "translation"
+
     def translate(self, direction: str, images: np.ndarray) -> np.ndarray:
         return gaussian_filter(images, sigma=(0, 1.5, 1.5)).astype(np.float32)
 

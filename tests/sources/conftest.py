@@ -113,7 +113,7 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             path = urlsplit(self.path).path
             with server._lock:
                 server.seen.append(Seen(path, self.headers.get("Range"), self.headers.get("Authorization")))
-                route = server.routes.get(path)
+                route = server.routes.get(self.path) or server.routes.get(path)  # "path?query" routes first (TCIA's API)
                 status_first = route.statuses_first.pop(0) if route and route.statuses_first else None
                 drop_after = route.drop_after if route else None
                 if route:

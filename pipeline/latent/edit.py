@@ -1,0 +1,382 @@
+"""Disease-aware editing (report 004, Fig. 2C-D): move held-out healthy codes along a latent
+direction toward cardiomegaly and measure what the edit did.
+
+Directions (both unit vectors in w, or in flattened W+ when the codes differ per layer):
+- ``encoder_pair`` (the report's recipe): v = normalise(mean_k E(I*_k) - E(I_k)) over the first
+  ``direction_pairs`` patients of the phantom's CTR ladder, I the patient's own healthy render
+  and I* the same patient rendered with the ladder's largest heart (the report edited I by hand
+  in an image editor; here the pair is exact). Those patients are left out of the ladder check.
+- ``lda``: the separation stage's LDA normal (pointing toward cardiomegaly); absent when the
+  separation stage had too few codes of a class to fit LDA.
+
+Each held-out (validation / test) healthy image's optimised code w (up to ``max_images``) becomes w + alpha v for
+every alpha in ``alphas``; alpha 0 is the unedited reconstruction. Measures per edited image:
+- CTR, from the label map a heart / thorax segmenter (``pipeline/evaluate/segmenter.py``, the
+  U-Net of pipeline/evaluate/segmenter.py, trained by its own rule on phantom slices with truth maps) predicts, through
+  ``pipeline.preprocess.ctr.ctr_from_masks``; the segmenter's own CTR error on the held-out
+  phantom test slices (|CTR from predicted map - truth CTR|) is reported beside it;
+- the real-data classifier's cardiomegaly probability (``pipeline/evaluate/classifier.py``,
+  trained on real train slices by its own rule);
+- identity: SSIM between the edited image and the unedited reconstruction over the pixels
+  outside the heart (outside the union of the heart masks predicted in both), the skimage SSIM
+  map (Wang et al. window, data range 1) averaged over those pixels;
+- on the phantom's ladder patients (not used for the direction): SSIM of the edited image against
+  the patient's true render at the ladder CTR nearest the CTR the edit reached.
+CTR change per unit alpha: the least-squares slope of CTR on alpha per image, averaged, with the
+subject-bootstrap interval; the same for the classifier probability.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.atomic import atomic_path, write_json
+from pipeline.errors import ConfigError, InputDataError, PipelineError
+
+log = logging.getLogger("pipeline.latent.edit")
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "alphas": [0.0, 1.0, 2.0, 3.0, 4.0],   # steps along the unit direction (w units)
+    "direction": "encoder_pair",           # the headline direction: encoder_pair | lda
+    "direction_pairs": 1,                  # ladder patients whose (healthy, enlarged) pair makes v (report: 1)
+    "max_images": 32,                      # held-out healthy test images edited
+    "n_figure_images": 4,                  # rows of the edit-sequence figure
+}
+DIRECTIONS = ("encoder_pair", "lda")
+
+
+def unit_direction(difference: np.ndarray, per_layer: bool) -> np.ndarray:
+    """A (num_ws, w_dim) code difference as a unit (num_ws, w_dim) step: in W (``per_layer`` False)
+    the first layer's w normalised and repeated; in W+ the whole flattened difference normalised."""
+    difference = np.asarray(difference, np.float64)
+    if per_layer:
+        norm = np.linalg.norm(difference)
+        if norm == 0:
+            raise ConfigError("the edit direction is zero: the encoder codes of the pair are identical")
+        return difference / norm
+    w = difference[0]
+    norm = np.linalg.norm(w)
+    if norm == 0:
+        raise ConfigError("the edit direction is zero: the encoder codes of the pair are identical")
+    return np.repeat((w / norm)[None], len(difference), axis=0)
+
+
+def direction_as_code(vector: np.ndarray, num_ws: int, w_dim: int) -> np.ndarray:
+    """A unit vector of w_dim (repeated over layers) or num_ws * w_dim entries as a (num_ws, w_dim) step."""
+    vector = np.asarray(vector, np.float64).ravel()
+    if vector.size == w_dim:
+        return np.repeat(vector[None], num_ws, axis=0)
+    if vector.size == num_ws * w_dim:
+        return vector.reshape(num_ws, w_dim)
+    raise ConfigError(f"the LDA direction has {vector.size} entries, codes have {w_dim} (W) or {num_ws * w_dim} (W+)")
+
+
+def apply_edit(codes: np.ndarray, step: np.ndarray, alphas: list[float]) -> np.ndarray:
+    """(n, num_ws, w_dim) codes -> (n, n_alphas, num_ws, w_dim) codes w + alpha v."""
+    alphas_arr = np.asarray(alphas, np.float64)[None, :, None, None]
+    return np.asarray(codes, np.float64)[:, None] + alphas_arr * np.asarray(step)[None, None]
+
+
+def slopes(alphas: list[float], values: np.ndarray) -> np.ndarray:
+    """Least-squares slope of each row of ``values`` (n, n_alphas) on alpha (NaN entries left out)."""
+    x = np.asarray(alphas, np.float64)
+    out = np.full(len(values), np.nan)
+    for i, row in enumerate(np.asarray(values, np.float64)):
+        keep = np.isfinite(row)
+        if keep.sum() >= 2 and np.ptp(x[keep]) > 0:
+            out[i] = np.polyfit(x[keep], row[keep], 1)[0]
+    return out
+
+
+def ssim_outside(reference: np.ndarray, test: np.ndarray, outside: np.ndarray) -> float:
+    """Mean of the SSIM map of two [0, 1] images over the ``outside`` pixels (NaN if none)."""
+    from skimage.metrics import structural_similarity
+
+    from pipeline.evaluate.image_metrics import SSIM_SETTINGS
+
+    if not outside.any():
+        return float("nan")
+    _, ssim_map = structural_similarity(reference.astype(np.float64), test.astype(np.float64), data_range=1.0,
+                                        gaussian_weights=SSIM_SETTINGS["gaussian_weights"],
+                                        sigma=SSIM_SETTINGS["sigma"],
+                                        use_sample_covariance=SSIM_SETTINGS["use_sample_covariance"],
+                                        K1=SSIM_SETTINGS["K1"], K2=SSIM_SETTINGS["K2"], full=True)
+    return float(ssim_map[outside].mean())
+
+
+def measure_ctr(maps: np.ndarray) -> np.ndarray:
+    from pipeline.preprocess.ctr import ctr_from_masks
+
+    return np.array([ctr_from_masks(m) for m in maps], np.float64)
+
+
+def _summary(values: np.ndarray, subjects: np.ndarray, policy) -> dict:
+    from pipeline.evaluate.translation import summarise
+
+    return summarise(np.asarray(values, np.float64), subjects, policy)
+
+
+class EditMeasures:
+    """The segmenter and the classifier, applied to stacks of images in [0, 1]."""
+
+    def __init__(self, segmenter_path: Path, classifier_path: Path):
+        from pipeline.evaluate.classifier import load_classifier
+        from pipeline.evaluate.segmenter import load_segmenter
+
+        self.segmenter, self.segmenter_checkpoint = load_segmenter(segmenter_path)
+        names = list(self.segmenter_checkpoint["organ_names"])
+        if names[:3] != ["background", "thorax", "heart"]:
+            raise InputDataError(Path(segmenter_path), f"segments {names}, not background / thorax / heart")
+        self.classifier, self.classifier_checkpoint = load_classifier(classifier_path)
+
+    def maps(self, images: np.ndarray) -> np.ndarray:
+        from pipeline.evaluate.segmenter import predict_maps
+
+        return predict_maps(self.segmenter, images)
+
+    def probability(self, images: np.ndarray) -> np.ndarray:
+        from pipeline.evaluate.classifier import probability_of_b
+
+        return probability_of_b(self.classifier, self.classifier_checkpoint, images)
+
+
+def edit_block(sampler, measures: EditMeasures, codes: np.ndarray, subjects: np.ndarray, step: np.ndarray,
+               alphas: list[float], policy) -> tuple[dict, dict[str, np.ndarray]]:
+    """Edit every code along ``step`` and measure CTR, probability and identity per alpha."""
+    from pipeline.latent.invert import render
+
+    edited = apply_edit(codes, step, alphas)
+    n, n_alpha = edited.shape[:2]
+    images = render(sampler, torch.from_numpy(edited.reshape(n * n_alpha, *edited.shape[2:])).float())
+    maps = measures.maps(images)
+    ctr = measure_ctr(maps).reshape(n, n_alpha)
+    probability = measures.probability(images).reshape(n, n_alpha)
+    images = images.reshape(n, n_alpha, *images.shape[1:])
+    maps = maps.reshape(n, n_alpha, *maps.shape[1:])
+    base = int(np.argmin(np.abs(np.asarray(alphas))))
+    identity = np.full((n, n_alpha), np.nan)
+    for i in range(n):
+        for a in range(n_alpha):
+            if a != base:
+                outside = ~((maps[i, a] == 2) | (maps[i, base] == 2))
+                identity[i, a] = ssim_outside(images[i, base], images[i, a], outside)
+    edited_cols = [a for a in range(n_alpha) if a != base]
+    block = {
+        "n_images": int(n), "n_subjects": int(len(np.unique(subjects))),
+        "alphas": [float(a) for a in alphas],
+        "ctr_per_alpha": [{"alpha": float(alpha), **_summary(ctr[:, a], subjects, policy)}
+                          for a, alpha in enumerate(alphas)],
+        "ctr_slope_per_unit_alpha": _summary(slopes(alphas, ctr), subjects, policy),
+        "probability_per_alpha": [{"alpha": float(alpha), **_summary(probability[:, a], subjects, policy)}
+                                  for a, alpha in enumerate(alphas)],
+        "probability_slope_per_unit_alpha": _summary(slopes(alphas, probability), subjects, policy),
+        "identity_ssim_outside_heart": _summary(np.nanmean(identity[:, edited_cols], axis=1)
+                                                if edited_cols else np.full(n, np.nan), subjects, policy),
+    }
+    return block, {"images": images, "ctr": ctr, "probability": probability}
+
+
+def ladder_block(sampler, measures: EditMeasures, ladder: dict[str, np.ndarray], ladder_codes: np.ndarray,
+                 patients: np.ndarray, step: np.ndarray, alphas: list[float], policy) -> dict | None:
+    """SSIM of each edit of a ladder patient's own render against its true render at the nearest CTR."""
+    from pipeline.evaluate.image_metrics import ssim_per_image
+
+    if not len(patients):
+        return None
+    block, out = edit_block(sampler, measures, ladder_codes[patients], ladder["subject_ids"][patients].astype(str),
+                            step, alphas, policy)
+    truth_ctr = ladder["ctr"][patients]
+    per_image = []
+    for i, p in enumerate(patients):
+        nearest = [int(np.nanargmin(np.abs(truth_ctr[i] - c))) if np.isfinite(c) else None for c in out["ctr"][i]]
+        values = [ssim_per_image(ladder["images"][p][k][None], out["images"][i, a][None])[0]
+                  for a, k in enumerate(nearest) if k is not None]
+        per_image.append(np.mean(values) if values else np.nan)
+    subjects = ladder["subject_ids"][patients].astype(str)
+    return {"n_patients": int(len(patients)),
+            "what": "SSIM (full image) of each edit against the same patient's true render at the ladder CTR "
+                    "nearest the CTR measured on the edit, mean over alphas",
+            "ssim_vs_true_render": _summary(np.asarray(per_image), subjects, policy),
+            "ctr_slope_per_unit_alpha": block["ctr_slope_per_unit_alpha"]}
+
+
+def segmenter_ctr_error(measures: EditMeasures, test: dict[str, np.ndarray], policy) -> dict:
+    """|CTR(predicted map) - truth CTR| on held-out phantom slices (real data has no truth: null)."""
+    truth = test.get("ctr")
+    if truth is None or not np.isfinite(truth).any():
+        return {"ctr_abs_error": None, "reason": "the test slices carry no truth CTR (real data)"}
+    keep = np.isfinite(truth)
+    predicted = measure_ctr(measures.maps(test["images"][keep]))
+    subjects = test["subject_ids"][keep].astype(str)
+    return {"what": "segmenter's CTR error on held-out phantom test slices: |CTR of the predicted map - truth CTR|",
+            "ctr_abs_error": _summary(np.abs(predicted - truth[keep]), subjects, policy),
+            "n_no_ctr": int(np.sum(~np.isfinite(predicted)))}
+
+
+def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direction_path: Path, ladder_path: Path,
+              test_path: Path, segmenter_path: Path, classifier_path: Path, settings: dict[str, Any], seed: int,
+              policy) -> tuple[dict, dict[str, np.ndarray]]:
+    from pipeline.latent.invert import load_test_images
+    from pipeline.models import load_trained
+    from pipeline.models.stylegan2_encoder import load_frozen_generator
+
+    if settings["direction"] not in DIRECTIONS:
+        raise ConfigError(f"edit.direction must be one of {DIRECTIONS}, got {settings['direction']!r}")
+    alphas = [float(a) for a in settings["alphas"]]
+    if len(alphas) < 2 or 0.0 not in alphas:
+        raise ConfigError(f"edit.alphas needs 0 (the unedited reconstruction) and at least one more value, got {alphas}")
+    sampler = load_frozen_generator(generator_path, "cpu")
+    encoder = load_trained(encoder_path, "cpu")
+    num_ws, w_dim = int(sampler.num_ws), int(sampler.w_dim)
+    with np.load(codes_path, allow_pickle=False) as data:
+        codes = {k: data[k] for k in data.files}
+    with np.load(ladder_path, allow_pickle=False) as data:
+        ladder = {k: data[k] for k in data.files}
+    with np.load(direction_path, allow_pickle=False) as data:
+        lda_vector = data["direction"]
+    test = load_test_images(test_path, sampler.image_size)
+    measures = EditMeasures(segmenter_path, classifier_path)
+
+    n_pairs = int(settings["direction_pairs"])
+    if not 1 <= n_pairs < len(ladder["images"]):
+        raise ConfigError(f"edit.direction_pairs must be in 1..{len(ladder['images']) - 1} (ladder of "
+                          f"{len(ladder['images'])} patients; the rest check the edits), got {n_pairs}")
+    base_idx = ladder["base_index"].astype(int)
+    enlarged_idx = np.nanargmax(ladder["ctr"], axis=1)
+    pairs = range(n_pairs)
+    base_images = np.stack([ladder["images"][p, base_idx[p]] for p in pairs])
+    enlarged_images = np.stack([ladder["images"][p, enlarged_idx[p]] for p in pairs])
+    difference = (encoder.encode(enlarged_images).numpy() - encoder.encode(base_images).numpy()).mean(axis=0)
+    per_layer = codes["real_codes_optimisation"].shape[1] > 1 and not np.allclose(
+        codes["real_codes_optimisation"], codes["real_codes_optimisation"][:, :1])
+    steps = {"encoder_pair": unit_direction(difference, per_layer)}
+    if lda_vector.size:
+        steps["lda"] = direction_as_code(lda_vector, num_ws, w_dim)
+    elif settings["direction"] == "lda":
+        raise InputDataError(Path(direction_path), "holds no LDA direction (too few codes of a class to fit LDA): "
+                                                   "use edit.direction encoder_pair")
+
+    healthy = np.flatnonzero(codes["real_labels"] == 0)[: int(settings["max_images"])]
+    if not len(healthy):
+        raise InputDataError(Path(codes_path), "no healthy (label 0) test codes to edit")
+    real_codes = codes["real_codes_optimisation"][healthy]
+    subjects = codes["real_subject_ids"][healthy].astype(str)
+    ladder_codes = codes.get("ladder_codes_optimisation")
+    check_patients = np.arange(n_pairs, len(ladder["images"]))
+
+    section: dict[str, Any] = {
+        "what": "edits of held-out healthy test images along a latent direction toward cardiomegaly",
+        "settings": {**settings, "seed": seed},
+        "headline_direction": settings["direction"],
+        "direction_pairs": {"patients": [str(s) for s in ladder["subject_ids"][:n_pairs]],
+                            "base_ctr": [float(ladder["ctr"][p, base_idx[p]]) for p in pairs],
+                            "enlarged_ctr": [float(ladder["ctr"][p, enlarged_idx[p]]) for p in pairs]},
+        "ctr_segmenter": segmenter_ctr_error(measures, test, policy),
+        "directions": {},
+    }
+    figures: dict[str, np.ndarray] = {"alphas": np.asarray(alphas)}
+    for name, step in steps.items():
+        block, out = edit_block(sampler, measures, real_codes, subjects, step, alphas, policy)
+        if ladder_codes is not None:
+            block["vs_true_ladder"] = ladder_block(sampler, measures, ladder, ladder_codes, check_patients, step,
+                                                   alphas, policy)
+        section["directions"][name] = block
+        figures.update({f"{name}_images": out["images"][: settings["n_figure_images"]], f"{name}_ctr": out["ctr"],
+                        f"{name}_probability": out["probability"]})
+    return section, figures
+
+
+def edit_figures(figures: dict[str, np.ndarray], headline: str, sequence_png: Path, curves_png: Path) -> None:
+    """Edit sequences with the measured CTR under each image, and CTR / probability against alpha."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = figures["alphas"]
+    images, ctr = figures[f"{headline}_images"], figures[f"{headline}_ctr"]
+    fig, axes = plt.subplots(len(images), len(alphas), figsize=(1.6 * len(alphas), 1.8 * len(images)), squeeze=False)
+    for r in range(len(images)):
+        for c, alpha in enumerate(alphas):
+            ax = axes[r][c]
+            ax.imshow(images[r, c], cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(f"CTR {ctr[r, c]:.2f}" if np.isfinite(ctr[r, c]) else "CTR -", fontsize=7)
+            if r == 0:
+                ax.set_title(f"alpha {alpha:g}", fontsize=7)
+    fig.suptitle(f"Edits along the {headline} direction (CTR measured by the segmenter)", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(sequence_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for name in DIRECTIONS:
+        if f"{name}_ctr" not in figures:
+            continue
+        for ax, key in zip(axes, ("ctr", "probability")):
+            values = figures[f"{name}_{key}"]
+            ax.errorbar(alphas, np.nanmean(values, axis=0), yerr=np.nanstd(values, axis=0), label=name, capsize=3)
+    axes[0].set_ylabel("measured CTR")
+    axes[1].set_ylabel("classifier P(cardiomegaly)")
+    for ax in axes:
+        ax.set_xlabel("alpha")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(curves_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.latent.edit", description=__doc__.splitlines()[0])
+    for name, help_text in (("generator", "G's model.pt"), ("encoder", "the encoder's model.pt"),
+                            ("codes", "the inversion stage's codes npz"), ("direction", "the separation stage's npz"),
+                            ("ladder", "ctr_ladder.npz of the phantom"), ("test", "test slices npz"),
+                            ("segmenter", "heart / thorax segmenter.pt"), ("classifier", "classifier.pt")):
+        parser.add_argument(f"--{name}", type=Path, required=True, help=help_text)
+    parser.add_argument("--alphas", type=float, nargs="+", default=DEFAULT_SETTINGS["alphas"])
+    parser.add_argument("--edit-direction", choices=DIRECTIONS, default=DEFAULT_SETTINGS["direction"])
+    for key in ("direction_pairs", "max_images", "n_figure_images"):
+        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=DEFAULT_SETTINGS[key])
+    parser.add_argument("--min-subjects", type=int, default=8)
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-json", type=Path, required=True)
+    parser.add_argument("--sequence-figure", type=Path, required=True)
+    parser.add_argument("--curves-figure", type=Path, required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.evaluate.intervals import IntervalPolicy
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    settings = {"alphas": list(args.alphas), "direction": args.edit_direction, "direction_pairs": args.direction_pairs,
+                "max_images": args.max_images, "n_figure_images": args.n_figure_images}
+    torch.manual_seed(args.seed)
+    try:
+        policy = IntervalPolicy(min_subjects=args.min_subjects, n_boot=args.n_boot, seed=args.seed)
+        section, figures = run_edits(args.generator, args.encoder, args.codes, args.direction, args.ladder, args.test,
+                                     args.segmenter, args.classifier, settings, args.seed, policy)
+    except PipelineError as err:
+        log.error("%s", err)
+        return 1
+    edit_figures(figures, settings["direction"], args.sequence_figure, args.curves_figure)
+    write_json(args.out_json, section)
+    head = section["directions"][settings["direction"]]
+    log.info("edit (%s): CTR slope %s per unit alpha, identity SSIM %s", settings["direction"],
+             head["ctr_slope_per_unit_alpha"]["mean"], head["identity_ssim_outside_heart"]["mean"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,621 @@
+"""Built-in normal-dose thorax CT with six-class label maps, laid out as a TCIA series download.
+
+Report 003 trained on 20 hand-labelled slices of 12 TCIA lung-CT patients. This phantom gives the
+same kind of data offline: per patient one study with one axial series, one DICOM file a slice,
+in TCIA's folder layout, plus the label images a user would supply for them (the layout the
+``tcia`` source and ``local`` layout ``tcia`` read, pipeline.sources.tcia):
+
+    <PatientID>/<StudyInstanceUID>/<SeriesInstanceUID>/<NNNN>.dcm    NNNN = 0001.. from head to feet
+    labels/<PatientID>/<StudyInstanceUID>/<SeriesInstanceUID>/<NNNN>.png   grey {0,50,100,150,200,230}
+    subjects.tsv                                                     subject_id, modality, path
+    truth/<PatientID>/.../<NNNN>_tissue.png, truth/tissues.tsv       (tests only: tissue per pixel)
+
+Each slice is drawn analytically in mm on the axial plane (painter's order, later structures
+cover earlier ones): body outline with skin, subcutaneous fat and a muscle layer (thicker behind,
+the paraspinal muscles), mediastinal fat; two lungs whose cross-section follows the level along
+the lungs (zero at the apex, largest at ``lung_peak_level``, shrinking towards the bases) with a
+branching 2-D tree of vessels and one of airways growing outward from each hilum plus scattered
+vessel cross-sections; heart, ascending / descending aorta, pulmonary trunk and superior vena cava
+(upper levels); trachea above the carina, main bronchi below; oesophagus; vertebral body with
+cortex, posterior arch and spinous process, spinal canal with cord; ribs along the chest wall,
+sternum, scapulae (upper levels). Every size, position and HU is drawn per patient from a
+[low, high] range in params (``phantom_tcia_thorax``). Texture: smoothed random fields per tissue
+(lung parenchyma, fat, muscle, marrow), a Gaussian point-spread function (``psf_mm``) and
+correlated noise (``noise_hu``). Pixels are stored through RescaleSlope / Intercept; half the
+patients use TCIA's common unsigned form (intercept -1024), the other half signed values with
+intercept 0, so a reader that ignores the modality LUT is caught.
+
+The stack: ``slices_per_patient`` slices ``slice_mm`` apart around ``stack_level`` (a share of the
+lung height from the apex), so the slicing stage can pick 1-2 slices a patient at a similar level
+(pipeline.preprocess.thorax_slices). Each slice's label map is written from the same structures
+that were painted (``structure_labels``: structure -> class of pipeline.preprocess.thorax_labels),
+so label and HU agree by construction; the tests read both back independently.
+
+Ids are pseudonymous (``THX-<hex>`` patients, ``2.25.<hash>`` UIDs); the header carries a
+PatientName / StudyDate / InstitutionName marker so that the de-identification at the door
+(pipeline.sources.deidentify) is exercised on every build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.valuerep import DSfloat
+from scipy import ndimage
+
+from pipeline.atomic import atomic_dir
+from pipeline.errors import ConfigError
+from pipeline.preprocess.thorax_labels import CLASS_NAMES, GREY_VALUES
+from pipeline.progress import progress
+
+LOG = logging.getLogger(__name__)
+
+SEED_CODE = 18  # mixed into every seed: these patients are not the other phantoms'
+LABELS_FOLDER = "labels"
+TRUTH_FOLDER = "truth"
+SUBJECTS_COLUMNS = ("subject_id", "modality", "path")
+#: Header values that stand in for patient identity; de-identification must remove them.
+IDENTITY_MARKERS = {"PatientName": "PHANTOM^THORAX", "StudyDate": "20190314",
+                    "InstitutionName": "Phantom General Hospital", "PatientBirthDate": "19600101"}  # fmt: skip
+UNSIGNED_INTERCEPT = -1024
+STORED_MAX_UNSIGNED = 4095
+MIN_HU = -1024
+
+#: Tissues (index = value in truth/*_tissue.png) and the HU knob each draws from.
+TISSUES = ("air", "lung", "fat", "skin", "muscle", "blood", "trabecular_bone", "cortical_bone", "csf", "cord",
+           "airway_air")  # fmt: skip
+#: Structures the painter draws (each is one tissue, or bone with a cortex).
+STRUCTURES = ("outside_air", "skin", "subcutaneous_fat", "muscle", "mediastinal_fat", "oesophagus", "trachea_wall",
+              "lung", "pulmonary_vessels", "airways", "heart", "aorta", "great_vessels", "vertebra", "ribs",
+              "sternum", "scapulae", "spinal_canal", "spinal_cord")  # fmt: skip
+DEFAULT_STRUCTURE_LABELS = {
+    "outside_air": "background", "skin": "body", "subcutaneous_fat": "body", "muscle": "body",
+    "mediastinal_fat": "body", "oesophagus": "body", "trachea_wall": "body", "lung": "lungs",
+    "pulmonary_vessels": "lungs", "airways": "lungs", "heart": "heart_vessels", "aorta": "heart_vessels",
+    "great_vessels": "heart_vessels", "vertebra": "bone", "ribs": "bone", "sternum": "bone", "scapulae": "bone",
+    "spinal_canal": "spinal_canal", "spinal_cord": "spinal_canal",
+}  # fmt: skip
+DEFAULT_TISSUE_HU = {
+    "air": (-1000.0, -1000.0), "lung": (-870.0, -830.0), "fat": (-110.0, -90.0), "skin": (30.0, 50.0),
+    "muscle": (40.0, 55.0), "blood": (35.0, 50.0), "trabecular_bone": (200.0, 300.0),
+    "cortical_bone": (900.0, 1300.0), "csf": (5.0, 15.0), "cord": (30.0, 40.0), "airway_air": (-1000.0, -980.0),
+}  # fmt: skip
+DEFAULT_TEXTURE_HU = {"lung": 25.0, "fat": 8.0, "muscle": 6.0, "trabecular_bone": 40.0, "blood": 3.0}
+
+
+def _knob(default: Any, help_text: str) -> Any:
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help_text})
+    return field(default=default, metadata={"help": help_text})
+
+
+RANGE_KNOBS = ("body_half_width_mm", "body_half_depth_mm", "skin_mm", "fat_mm", "muscle_mm", "posterior_muscle_mm",
+               "lung_height_mm", "lung_peak_level", "stack_level", "mediastinum_half_width_mm", "heart_radius_mm",
+               "heart_left_mm", "heart_top_level", "aorta_radius_mm", "trachea_radius_mm", "carina_level",
+               "oesophagus_radius_mm", "vertebra_radius_mm", "spinal_canal_radius_mm", "cord_radius_mm",
+               "cortex_mm", "rib_thickness_mm", "sternum_half_width_mm", "scapula_length_mm",
+               "scapula_bottom_level", "vessel_root_radius_mm", "airway_root_radius_mm")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ThoraxPhantomParams:
+    """Every knob of the thorax phantom (params.yaml: phantom_tcia_thorax; documented in the schema).
+
+    Pairs are [low, high] ranges each patient draws one value from (uniform)."""
+
+    n_patients: int = _knob(24, "Patients (one study, one axial series each).")
+    slices_per_patient: int = _knob(4, "Axial slices per series around stack_level.")
+    slice_mm: float = _knob(5.0, "Slice thickness = spacing (mm).")
+    matrix: int = _knob(256, "Rows = columns of each slice (TCIA: 512).")
+    pixel_mm: float = _knob(1.5, "In-plane pixel spacing (mm).")
+    noise_hu: float = _knob(12.0, "Standard deviation of the (correlated) image noise (HU).")
+    noise_correlation_mm: float = _knob(0.8, "Gaussian smoothing of the noise (mm): CT noise is correlated.")
+    psf_mm: float = _knob(0.6, "Gaussian point-spread function sigma (mm).")
+    texture_mm: float = _knob(2.0, "Smoothing of the per-tissue texture fields (mm).")
+    tissue_hu: dict = _knob(DEFAULT_TISSUE_HU, "Tissue -> [low, high] HU; each patient draws one value per tissue.")
+    texture_hu: dict = _knob(DEFAULT_TEXTURE_HU, "Tissue -> standard deviation (HU) of its smoothed texture field.")
+    structure_labels: dict = _knob(DEFAULT_STRUCTURE_LABELS, "Structure -> label class (thorax_labels.CLASS_NAMES).")
+    body_half_width_mm: tuple[float, float] = _knob((140.0, 175.0), "Body outline: half width (left-right).")
+    body_half_depth_mm: tuple[float, float] = _knob((95.0, 125.0), "Body outline: half depth (front-back).")
+    skin_mm: tuple[float, float] = _knob((1.5, 2.5), "Skin thickness.")
+    fat_mm: tuple[float, float] = _knob((8.0, 25.0), "Subcutaneous fat thickness.")
+    muscle_mm: tuple[float, float] = _knob((8.0, 15.0), "Chest wall muscle thickness (front and sides).")
+    posterior_muscle_mm: tuple[float, float] = _knob((25.0, 40.0), "Muscle thickness behind (paraspinal).")
+    lung_height_mm: tuple[float, float] = _knob((220.0, 280.0), "Apex-to-base lung height.")
+    lung_peak_level: tuple[float, float] = _knob((0.6, 0.7), "Level (share of the lung height from the apex) of the largest lung cross-section.")
+    stack_level: tuple[float, float] = _knob((0.55, 0.7), "Level of the stack's middle slice (share of the lung height).")
+    mediastinum_half_width_mm: tuple[float, float] = _knob((22.0, 32.0), "Half width of the mediastinum between the lungs.")
+    heart_radius_mm: tuple[float, float] = _knob((45.0, 60.0), "Heart: largest radius (its long axis).")
+    heart_left_mm: tuple[float, float] = _knob((15.0, 35.0), "Heart centre: shift to the patient's left.")
+    heart_top_level: tuple[float, float] = _knob((0.38, 0.48), "Level where the heart appears (above: great vessels).")
+    aorta_radius_mm: tuple[float, float] = _knob((10.0, 14.0), "Descending aorta radius (ascending: 1.3 x).")
+    trachea_radius_mm: tuple[float, float] = _knob((8.0, 11.0), "Trachea lumen radius.")
+    carina_level: tuple[float, float] = _knob((0.35, 0.45), "Level of the carina (trachea above, main bronchi below).")
+    oesophagus_radius_mm: tuple[float, float] = _knob((6.0, 9.0), "Oesophagus radius.")
+    vertebra_radius_mm: tuple[float, float] = _knob((14.0, 18.0), "Vertebral body radius.")
+    spinal_canal_radius_mm: tuple[float, float] = _knob((7.0, 9.0), "Spinal canal radius.")
+    cord_radius_mm: tuple[float, float] = _knob((4.0, 5.5), "Spinal cord radius.")
+    cortex_mm: tuple[float, float] = _knob((1.5, 2.5), "Cortical bone thickness of every bone.")
+    rib_thickness_mm: tuple[float, float] = _knob((8.0, 11.0), "Rib cross-section thickness.")
+    n_ribs_per_side: tuple[int, int] = _knob((6, 8), "Rib cross-sections per side on a slice.")
+    sternum_half_width_mm: tuple[float, float] = _knob((14.0, 20.0), "Sternum half width.")
+    scapula_length_mm: tuple[float, float] = _knob((50.0, 75.0), "Scapula blade half length on the slice.")
+    scapula_bottom_level: tuple[float, float] = _knob((0.6, 0.75), "Level below which the scapulae are gone.")
+    vessel_root_radius_mm: tuple[float, float] = _knob((4.0, 6.0), "Radius of each lung's vessel tree at the hilum.")
+    airway_root_radius_mm: tuple[float, float] = _knob((3.0, 4.5), "Lumen radius of each lung's airway tree at the hilum.")
+    vessel_generations: int = _knob(6, "Branchings of each vessel tree (airway trees: two fewer).")
+    vessel_dots_per_lung: int = _knob(40, "Vessel cross-sections scattered in each lung.")
+
+    def __post_init__(self) -> None:
+        for name in RANGE_KNOBS:
+            value = tuple(float(v) for v in getattr(self, name))
+            object.__setattr__(self, name, value)
+            if len(value) != 2 or not 0 < value[0] <= value[1]:
+                raise ConfigError(f"phantom_tcia_thorax.{name}: need [low, high] with 0 < low <= high, got {value}")
+        for name in ("lung_peak_level", "stack_level", "heart_top_level", "carina_level", "scapula_bottom_level"):
+            if getattr(self, name)[1] >= 1:
+                raise ConfigError(f"phantom_tcia_thorax.{name}: levels are shares of the lung height, < 1")
+        ribs = tuple(int(v) for v in self.n_ribs_per_side)
+        object.__setattr__(self, "n_ribs_per_side", ribs)
+        if len(ribs) != 2 or not 0 <= ribs[0] <= ribs[1]:
+            raise ConfigError(f"phantom_tcia_thorax.n_ribs_per_side: need [low, high], got {ribs}")
+        for name in ("n_patients", "slices_per_patient", "slice_mm", "matrix", "pixel_mm"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"phantom_tcia_thorax.{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("noise_hu", "noise_correlation_mm", "psf_mm", "texture_mm", "vessel_generations",
+                     "vessel_dots_per_lung"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ConfigError(f"phantom_tcia_thorax.{name}: must be >= 0, got {getattr(self, name)}")
+        self._check_tables()
+
+    def _check_tables(self) -> None:
+        tissue_hu = {k: tuple(float(x) for x in v) for k, v in {**DEFAULT_TISSUE_HU, **self.tissue_hu}.items()}
+        unknown = sorted(set(self.tissue_hu) - set(TISSUES)) + sorted(set(self.texture_hu) - set(TISSUES))
+        if unknown:
+            raise ConfigError(f"phantom_tcia_thorax.tissue_hu / texture_hu: unknown tissues {unknown}; known {TISSUES}")
+        for name, (low, high) in tissue_hu.items():
+            if low > high:
+                raise ConfigError(f"phantom_tcia_thorax.tissue_hu.{name}: need [low, high], got {[low, high]}")
+        object.__setattr__(self, "tissue_hu", tissue_hu)
+        object.__setattr__(self, "texture_hu", {**DEFAULT_TEXTURE_HU, **self.texture_hu})
+        labels = {**DEFAULT_STRUCTURE_LABELS, **self.structure_labels}
+        bad = {k: v for k, v in labels.items() if k not in STRUCTURES or v not in CLASS_NAMES}
+        if bad:
+            raise ConfigError(
+                f"phantom_tcia_thorax.structure_labels: {bad} is not structure -> class; structures {STRUCTURES}, "
+                f"classes {CLASS_NAMES}"
+            )
+        object.__setattr__(self, "structure_labels", labels)
+
+
+# ----------------------------------------------------------------------------- anatomy
+
+
+@dataclass
+class Tree:
+    """A 2-D branching tree: segments (x0, y0, x1, y1, radius) in mm."""
+
+    segments: np.ndarray
+
+
+@dataclass
+class Anatomy:
+    """One patient's drawn values (mm, HU); trees are per lung."""
+
+    values: dict[str, float]
+    hu: dict[str, float]
+    vessel_trees: list[Tree]
+    airway_trees: list[Tree]
+    rib_angles: list[np.ndarray]
+    vessel_dots: list[np.ndarray]  # per lung: (n, 3) unit-disc positions and radius in mm
+
+
+def _grow_tree(rng: np.random.Generator, start: tuple[float, float], angle: float, length: float, radius: float,
+               generations: int) -> Tree:  # fmt: skip
+    """Segments of a bifurcating tree: each child turns 20-40 degrees, 0.75 x length, 0.72 x radius."""
+    segments = []
+    stack = [(start[0], start[1], angle, length, radius, generations)]
+    while stack:
+        x, y, a, length_mm, r, left = stack.pop()
+        x1, y1 = x + length_mm * np.cos(a), y + length_mm * np.sin(a)
+        segments.append((x, y, x1, y1, r))
+        if left > 0:
+            for sign in (-1, 1):
+                turn = sign * np.deg2rad(rng.uniform(20, 40))
+                stack.append((x1, y1, a + turn, length_mm * rng.uniform(0.68, 0.82), r * 0.72, left - 1))
+    return Tree(np.asarray(segments, dtype=np.float64))
+
+
+def draw_anatomy(rng: np.random.Generator, params: ThoraxPhantomParams) -> Anatomy:
+    values = {name: float(rng.uniform(*getattr(params, name))) for name in RANGE_KNOBS}
+    hu = {name: float(rng.uniform(*params.tissue_hu[name])) for name in TISSUES}
+    half_w = values["body_half_width_mm"]
+    vessel_trees, airway_trees, dots = [], [], []
+    for side in (-1, 1):  # -1: patient right (image left), +1: patient left
+        hilum = (side * (values["mediastinum_half_width_mm"] + 8.0), -5.0)
+        outward = 0.0 if side > 0 else np.pi
+        lung_width = half_w - values["mediastinum_half_width_mm"]
+        vessel_trees.append(_grow_tree(rng, hilum, outward + rng.uniform(-0.3, 0.3), 0.28 * lung_width,
+                                       values["vessel_root_radius_mm"], params.vessel_generations))  # fmt: skip
+        airway_trees.append(_grow_tree(rng, hilum, outward + rng.uniform(-0.4, 0.4), 0.25 * lung_width,
+                                       values["airway_root_radius_mm"], max(params.vessel_generations - 2, 0)))  # fmt: skip
+        n = params.vessel_dots_per_lung
+        radius = np.sqrt(rng.random(n))
+        theta = rng.uniform(0, 2 * np.pi, n)
+        dots.append(np.stack([radius * np.cos(theta), radius * np.sin(theta), rng.uniform(0.8, 2.2, n)], axis=1))
+    n_ribs = [int(rng.integers(params.n_ribs_per_side[0], params.n_ribs_per_side[1] + 1)) for _ in range(2)]
+    # Rib angles around the chest wall (0 = patient's side, pi/2 = back), from front-side to back.
+    rib_angles = [np.sort(rng.uniform(-0.35 * np.pi, 0.42 * np.pi, n)) for n in n_ribs]
+    return Anatomy(values, hu, vessel_trees, airway_trees, rib_angles, dots)
+
+
+# ----------------------------------------------------------------------------- painting
+
+
+class Canvas:
+    """Structure and tissue per pixel, painted in order; grid in mm (x to the patient's left, y back)."""
+
+    def __init__(self, matrix: int, pixel_mm: float):
+        centre = (matrix - 1) / 2
+        coords = (np.arange(matrix) - centre) * pixel_mm
+        self.y, self.x = np.meshgrid(coords, coords, indexing="ij")
+        self.pixel_mm = pixel_mm
+        self.structure = np.zeros((matrix, matrix), np.uint8)
+        self.tissue = np.zeros((matrix, matrix), np.uint8)
+
+    def paint(self, mask: np.ndarray, structure: str, tissue: str) -> None:
+        self.structure[mask] = STRUCTURES.index(structure)
+        self.tissue[mask] = TISSUES.index(tissue)
+
+    def _box(self, x0: float, x1: float, y0: float, y1: float) -> tuple[slice, slice]:
+        """Rows and columns of the grid covering [x0, x1] x [y0, y1] mm (a margin of a pixel)."""
+        origin, n = self.x[0, 0], self.x.shape[0]
+        columns = slice(max(int((x0 - origin) / self.pixel_mm), 0), min(int((x1 - origin) / self.pixel_mm) + 2, n))
+        rows = slice(max(int((y0 - origin) / self.pixel_mm), 0), min(int((y1 - origin) / self.pixel_mm) + 2, n))
+        return rows, columns
+
+    def ellipse(self, cx: float, cy: float, ax: float, ay: float, angle: float = 0.0) -> np.ndarray:
+        """Boolean mask of an ellipse (half axes ax, ay mm, turned by ``angle``), computed in its box."""
+        mask = np.zeros(self.x.shape, bool)
+        reach = max(ax, ay)
+        box = self._box(cx - reach, cx + reach, cy - reach, cy + reach)
+        dx, dy = self.x[box] - cx, self.y[box] - cy
+        c, s = np.cos(angle), np.sin(angle)
+        u, v = c * dx + s * dy, -s * dx + c * dy
+        mask[box] = (u / max(ax, 1e-6)) ** 2 + (v / max(ay, 1e-6)) ** 2 <= 1.0
+        return mask
+
+    def bone(self, inner: np.ndarray, outer: np.ndarray, structure: str) -> None:
+        """A bone: cortex between ``outer`` and ``inner``, marrow inside ``inner``."""
+        self.paint(outer, structure, "cortical_bone")
+        self.paint(inner & outer, structure, "trabecular_bone")
+
+    def segments(self, tree: Tree, inside: np.ndarray, structure: str, tissue: str, scale: float = 1.0) -> None:
+        """Thick line segments (radius x ``scale``), only where ``inside``; each within its bounding box."""
+        for x0, y0, x1, y1, r in tree.segments:
+            r = r * scale
+            box = self._box(min(x0, x1) - r, max(x0, x1) + r, min(y0, y1) - r, max(y0, y1) + r)
+            px, py = self.x[box], self.y[box]
+            if px.size == 0:
+                continue
+            dx, dy = x1 - x0, y1 - y0
+            t = np.clip(((px - x0) * dx + (py - y0) * dy) / max(dx * dx + dy * dy, 1e-9), 0, 1)
+            near = (px - x0 - t * dx) ** 2 + (py - y0 - t * dy) ** 2 <= r * r
+            mask = near & inside[box]
+            self.structure[box][mask] = STRUCTURES.index(structure)
+            self.tissue[box][mask] = TISSUES.index(tissue)
+
+
+def _lung_scale(level: float, peak: float) -> float:
+    """Lung cross-section scale at ``level``: 0 at the apex (0) and at the base (1), 1 at ``peak``."""
+    span = peak if level < peak else 1 - peak
+    return float(np.sqrt(max(1 - ((level - peak) / span) ** 2, 0.0)))
+
+
+def paint_slice(anatomy: Anatomy, level: float, params: ThoraxPhantomParams) -> Canvas:
+    """The structures of one axial slice at ``level`` (share of the lung height from the apex)."""
+    v = anatomy.values
+    cv = Canvas(params.matrix, params.pixel_mm)
+    aw, ad = v["body_half_width_mm"], v["body_half_depth_mm"]
+    # Body narrows a little towards the apex.
+    taper = 0.85 + 0.15 * min(level / max(v["lung_peak_level"], 1e-6), 1.0)
+    aw, ad = aw * taper, ad * (0.92 + 0.08 * taper)
+    body = cv.ellipse(0, 0, aw, ad)
+    cv.paint(body, "skin", "skin")
+    skin, fat, muscle, back = v["skin_mm"], v["fat_mm"], v["muscle_mm"], v["posterior_muscle_mm"]
+    cv.paint(cv.ellipse(0, 0, aw - skin, ad - skin), "subcutaneous_fat", "fat")
+    wall = skin + fat
+    cv.paint(cv.ellipse(0, 0, aw - wall, ad - wall), "muscle", "muscle")
+    # Thoracic cavity: inside the muscle; its back wall is thicker (paraspinal muscles).
+    cav_w = aw - wall - muscle
+    cav_front, cav_back = ad - wall - muscle, ad - wall - back
+    cav_cy = (cav_back - cav_front) / 2
+    cav_d = (cav_back + cav_front) / 2
+    cavity = cv.ellipse(0, cav_cy, cav_w, cav_d)
+    cv.paint(cavity, "mediastinal_fat", "fat")
+    # Scapulae (upper levels): thin blades behind the ribs, in the back muscle.
+    if level < v["scapula_bottom_level"]:
+        for side in (-1, 1):
+            length = v["scapula_length_mm"]
+            cx, cy = side * 0.55 * cav_w, ad - wall - 0.5 * back + 4
+            angle = side * np.deg2rad(-20)
+            outer = cv.ellipse(cx, cy, length, 5.0, angle) & body
+            inner = cv.ellipse(cx, cy, length - v["cortex_mm"], 5.0 - v["cortex_mm"], angle)
+            cv.bone(inner, outer, "scapulae")
+    # Ribs: cross-sections along the chest wall, just outside the cavity.
+    for side, angles in zip((-1, 1), anatomy.rib_angles, strict=True):
+        r = v["rib_thickness_mm"] / 2
+        for a in angles:
+            cx = side * (cav_w + r * 0.6) * np.cos(a)
+            cy = cav_cy + (cav_d + r * 0.6) * np.sin(a)
+            along = np.arctan2(np.cos(a), -side * np.sin(a))  # long axis along the wall
+            outer = cv.ellipse(cx, cy, 1.8 * r, r, along)
+            inner = cv.ellipse(cx, cy, 1.8 * r - v["cortex_mm"], r - v["cortex_mm"], along)
+            cv.bone(inner, outer, "ribs")
+    # Sternum at the front.
+    sw = v["sternum_half_width_mm"]
+    st_cy = -(ad - wall - muscle / 2)
+    cv.bone(cv.ellipse(0, st_cy, sw - v["cortex_mm"], 7.0 - v["cortex_mm"]), cv.ellipse(0, st_cy, sw, 7.0), "sternum")
+    # Lungs: two ellipses in the cavity, apart by the mediastinum, scaled by the level.
+    scale = _lung_scale(level, v["lung_peak_level"])
+    mw = v["mediastinum_half_width_mm"]
+    vr = v["vertebra_radius_mm"]
+    vert_cy = cav_cy + cav_d - 0.6 * vr
+    lungs = np.zeros_like(body)
+    lung_masks = []
+    for side in (-1, 1):
+        half = (cav_w - mw) / 2
+        lcx = side * (mw + half)
+        lung = cv.ellipse(lcx, cav_cy + 4, half * (0.3 + 0.7 * scale), cav_d * (0.25 + 0.75 * scale)) & cavity
+        lung &= ~cv.ellipse(0, vert_cy, vr + 14, vr + 10)  # the spine and its muscles
+        lung &= np.abs(cv.x) > mw
+        lung_masks.append((lung, lcx, half, cav_d))
+        lungs |= lung
+    # Heart (from heart_top_level), shifted left and forward; it pushes the left lung aside.
+    heart_mask = np.zeros_like(body)
+    if level >= v["heart_top_level"]:
+        grow = min((level - v["heart_top_level"]) / 0.25, 1.0)
+        hr = v["heart_radius_mm"] * (0.55 + 0.45 * grow)
+        heart_mask = cv.ellipse(v["heart_left_mm"], cav_cy - 0.35 * cav_d + 0.5 * hr * 0.4, hr, 0.78 * hr,
+                                np.deg2rad(-35)) & cavity  # fmt: skip
+    lungs &= ~cv.ellipse(v["heart_left_mm"], cav_cy - 0.35 * cav_d + 0.2 * v["heart_radius_mm"],
+                         v["heart_radius_mm"] * 1.05 if level >= v["heart_top_level"] else 0.0,
+                         0.8 * v["heart_radius_mm"], np.deg2rad(-35))  # fmt: skip
+    cv.paint(lungs, "lung", "lung")
+    for (lung, lcx, half, depth), vessels, airways, dots in zip(
+        lung_masks, anatomy.vessel_trees, anatomy.airway_trees, anatomy.vessel_dots, strict=True
+    ):
+        inside = lung & lungs
+        wobble = 0.7 + 0.3 * np.cos(7 * level)  # trees change calibre with the level
+        cv.segments(vessels, inside, "pulmonary_vessels", "blood", wobble)
+        wall = Tree(airways.segments * np.array([1, 1, 1, 1, 1.35]))
+        cv.segments(wall, inside, "airways", "muscle", wobble)  # bronchial wall (inside the lung label)
+        cv.segments(airways, inside, "airways", "airway_air", wobble)
+        for dx, dy, r in dots:
+            cv.paint(cv.ellipse(lcx + dx * half * scale, cav_cy + dy * depth * scale * 0.9, r, r) & inside,
+                     "pulmonary_vessels", "blood")  # fmt: skip
+    if heart_mask.any():
+        cv.paint(heart_mask, "heart", "blood")
+    # Vertebra: body with cortex, canal with cord behind it, arch and spinous process.
+    cortex = v["cortex_mm"]
+    canal_r = v["spinal_canal_radius_mm"]
+    canal_cy = vert_cy + vr + canal_r + 2
+    arch = cv.ellipse(0, canal_cy + 2, canal_r + 7, canal_r + 8) & (cv.y > vert_cy)  # pedicles reach the body
+    arch |= cv.ellipse(0, canal_cy + canal_r + 14, 4.0, 14.0)
+    cv.bone(cv.ellipse(0, canal_cy + 2, canal_r + 7 - cortex, canal_r + 8 - cortex) & arch, arch, "vertebra")
+    cv.bone(cv.ellipse(0, vert_cy, vr - cortex, vr - cortex), cv.ellipse(0, vert_cy, vr, vr), "vertebra")
+    cv.paint(cv.ellipse(0, canal_cy, canal_r, canal_r), "spinal_canal", "csf")
+    cv.paint(cv.ellipse(0, canal_cy, v["cord_radius_mm"], v["cord_radius_mm"] * 0.85), "spinal_cord", "cord")
+    # Descending aorta: left in front of the spine.
+    ar = v["aorta_radius_mm"]
+    cv.paint(cv.ellipse(vr * 0.9 + ar * 0.4, vert_cy - vr - ar * 0.6, ar, ar), "aorta", "blood")
+    # Oesophagus: right in front of the spine, behind the trachea.
+    er = v["oesophagus_radius_mm"]
+    oes_cy = vert_cy - vr - er - 1
+    cv.paint(cv.ellipse(-er * 0.5, oes_cy, er, er * 0.8), "oesophagus", "muscle")
+    # Airway: trachea above the carina, two main bronchi below it (both with a wall).
+    tr = v["trachea_radius_mm"]
+    tr_cy = oes_cy - er - tr - 3
+    if level < v["carina_level"]:
+        centres = [(0.0, tr_cy, tr)]
+    else:
+        spread = min((level - v["carina_level"]) * 250, mw + 6)
+        centres = [(side * (tr + spread), tr_cy + 4, tr * 0.75) for side in (-1, 1)] if spread < mw + 6 else []
+    for cx, cy, r in centres:
+        cv.paint(cv.ellipse(cx, cy, r + 1.8, r + 1.8) & ~lungs, "trachea_wall", "muscle")
+        cv.paint(cv.ellipse(cx, cy, r, r), "airways", "airway_air")
+    # Great vessels above the heart: ascending aorta, pulmonary trunk, superior vena cava.
+    gv_cy = tr_cy - tr - 1.3 * ar - 6
+    if level < v["heart_top_level"] + 0.08:
+        cv.paint(cv.ellipse(-4, gv_cy, 1.3 * ar, 1.3 * ar) & cavity, "great_vessels", "blood")
+        cv.paint(cv.ellipse(-4 - 1.3 * ar - 8, gv_cy + 2, 0.8 * ar, 0.8 * ar) & cavity, "great_vessels", "blood")
+        if level > v["carina_level"] - 0.05:
+            cv.paint(cv.ellipse(1.3 * ar + 8, gv_cy - 4, 1.1 * ar, 1.1 * ar) & cavity, "great_vessels", "blood")
+    cv.paint(~body, "outside_air", "air")
+    return cv
+
+
+# ----------------------------------------------------------------------------- HU
+
+
+def render_hu(cv: Canvas, anatomy: Anatomy, rng: np.random.Generator, params: ThoraxPhantomParams) -> np.ndarray:
+    """HU of a painted slice: tissue values + smoothed textures, the PSF, correlated noise."""
+    px = params.pixel_mm
+    hu = np.zeros(cv.tissue.shape, np.float32)
+    for index, name in enumerate(TISSUES):
+        where = cv.tissue == index
+        if not where.any():
+            continue
+        value = np.full(hu.shape, anatomy.hu[name], np.float32)
+        texture = float(params.texture_hu.get(name, 0.0))
+        if texture > 0:
+            field_ = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), params.texture_mm / px)
+            field_ *= texture / max(float(field_.std()), 1e-6)
+            value += field_
+        hu[where] = value[where]
+    if params.psf_mm > 0:
+        hu = ndimage.gaussian_filter(hu, params.psf_mm / px)
+    if params.noise_hu > 0:
+        noise = rng.standard_normal(hu.shape).astype(np.float32)
+        if params.noise_correlation_mm > 0:
+            noise = ndimage.gaussian_filter(noise, params.noise_correlation_mm / px)
+        noise *= params.noise_hu / max(float(noise.std()), 1e-6)
+        hu = hu + noise
+    return np.maximum(hu, MIN_HU).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _uid(*parts: object) -> str:
+    """A valid DICOM UID under 2.25 from a hash of the object's place (pseudonymous, stable)."""
+    return "2.25." + str(int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:15], "big"))
+
+
+def patient_id(seed: int, index: int) -> str:
+    return "THX-" + hashlib.sha256(f"thorax-phantom:{seed}:{index}".encode()).hexdigest()[:8].upper()
+
+
+def _ds(value: float) -> DSfloat:
+    return DSfloat(float(value), auto_format=True)
+
+
+def slice_dataset(hu: np.ndarray, *, pid: str, study: str, series: str, sop: str, number: int, z_mm: float,
+                  signed: bool, params: ThoraxPhantomParams) -> pydicom.Dataset:  # fmt: skip
+    """One axial CT slice as TCIA serves it (rows = patient front to back, columns = right to left)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop
+    ds.PatientID = pid
+    for keyword, value in IDENTITY_MARKERS.items():
+        setattr(ds, keyword, value)
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.Modality = "CT"
+    ds.BodyPartExamined = "CHEST"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.InstanceNumber = number
+    half = (params.matrix - 1) / 2 * params.pixel_mm
+    ds.ImagePositionPatient = [_ds(-half), _ds(-half), _ds(z_mm)]
+    ds.ImageOrientationPatient = [_ds(v) for v in (1, 0, 0, 0, 1, 0)]
+    ds.PixelSpacing = [_ds(params.pixel_mm), _ds(params.pixel_mm)]
+    ds.SliceThickness = _ds(params.slice_mm)
+    ds.Rows, ds.Columns = hu.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.RescaleSlope = 1
+    ds.WindowCenter = -600
+    ds.WindowWidth = 1500
+    if signed:
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.RescaleIntercept = 16, 15, 1, 0
+        stored = np.clip(np.round(hu), -32768, 32767).astype(np.int16)
+    else:
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.RescaleIntercept = 12, 11, 0, UNSIGNED_INTERCEPT
+        stored = np.clip(np.round(hu) - UNSIGNED_INTERCEPT, 0, STORED_MAX_UNSIGNED).astype(np.uint16)
+    ds.PixelData = np.ascontiguousarray(stored).tobytes()
+    return ds
+
+
+def label_map_of(cv: Canvas, params: ThoraxPhantomParams) -> np.ndarray:
+    """Grey-value label image (report 003's encoding) from the painted structures."""
+    lookup = np.array([GREY_VALUES[CLASS_NAMES.index(params.structure_labels[s])] for s in STRUCTURES], np.uint8)
+    return lookup[cv.structure]
+
+
+def patient_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent generators for a patient's anatomy and its image noise / texture."""
+    anatomy, noise = np.random.SeedSequence([seed, SEED_CODE, index]).spawn(2)
+    return np.random.default_rng(anatomy), np.random.default_rng(noise)
+
+
+def slice_levels(anatomy: Anatomy, params: ThoraxPhantomParams) -> np.ndarray:
+    """Levels (share of the lung height from the apex) of a patient's slices, head to feet."""
+    offsets = (np.arange(params.slices_per_patient) - (params.slices_per_patient - 1) / 2) * params.slice_mm
+    return anatomy.values["stack_level"] + offsets / anatomy.values["lung_height_mm"]
+
+
+def write_patient(root: Path, index: int, seed: int, params: ThoraxPhantomParams) -> str:
+    """Render and write one patient's series, label images and truth; return its relative folder."""
+    anatomy_rng, noise_rng = patient_rngs(seed, index)
+    anatomy = draw_anatomy(anatomy_rng, params)
+    pid = patient_id(seed, index)
+    study, series = _uid("thorax", seed, index, "study"), _uid("thorax", seed, index, "series")
+    folder = f"{pid}/{study}/{series}"
+    for sub in ("", f"{LABELS_FOLDER}/", f"{TRUTH_FOLDER}/"):
+        (root / sub / folder).mkdir(parents=True)
+    height = anatomy.values["lung_height_mm"]
+    for k, level in enumerate(slice_levels(anatomy, params)):
+        canvas = paint_slice(anatomy, float(level), params)
+        hu = render_hu(canvas, anatomy, noise_rng, params)
+        name = f"{k + 1:04d}"
+        ds = slice_dataset(hu, pid=pid, study=study, series=series, sop=_uid("thorax", seed, index, "sop", k),
+                           number=k + 1, z_mm=-level * height, signed=index % 2 == 1, params=params)  # fmt: skip
+        ds.save_as(root / folder / f"{name}.dcm", enforce_file_format=True)
+        Image.fromarray(label_map_of(canvas, params)).save(root / LABELS_FOLDER / folder / f"{name}.png")
+        Image.fromarray(canvas.tissue).save(root / TRUTH_FOLDER / folder / f"{name}_tissue.png")
+    return folder
+
+
+def write_phantom_thorax_dataset(out_dir: str | Path, seed: int, **knobs: Any) -> Path:
+    """The download stage's phantom_tcia_thorax source: generate the TCIA-layout set in ``out_dir``.
+
+    ``knobs`` are ThoraxPhantomParams' fields. Written beside ``out_dir`` and swapped in whole.
+    """
+    if seed < 0:
+        raise ConfigError(f"seed: must be >= 0, got {seed}")
+    known = {f.name for f in dataclasses.fields(ThoraxPhantomParams)}
+    unknown = sorted(set(knobs) - known)
+    if unknown:
+        raise ConfigError(f"phantom_tcia_thorax: unknown knobs {unknown}; known: {sorted(known)}")
+    params = ThoraxPhantomParams(**knobs)
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        rows = []
+        for index in progress(range(params.n_patients), "thorax phantoms", unit="patient"):
+            folder = write_patient(tmp, index, seed, params)
+            rows.append((folder.split("/")[0], "CT", folder))
+        with open(tmp / "subjects.tsv", "w", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(SUBJECTS_COLUMNS)
+            writer.writerows(rows)
+        with open(tmp / TRUTH_FOLDER / "tissues.tsv", "w", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(("value", "tissue"))
+            writer.writerows(enumerate(TISSUES))
+    LOG.info("phantom_tcia_thorax: %d patients x %d slices, %.1f s", params.n_patients, params.slices_per_patient,
+             time.perf_counter() - started)  # fmt: skip
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--n-patients", type=int, default=ThoraxPhantomParams.n_patients)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    write_phantom_thorax_dataset(args.out, args.seed, n_patients=args.n_patients)
+
+
+if __name__ == "__main__":
+    main()
