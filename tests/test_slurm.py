@@ -134,7 +134,7 @@ def slurm_run(tmp_path_factory, repo_root):
         assert proc.returncode == 0, f"snakemake through Slurm failed:\n{output[-6000:]}\n{cluster.logs()}"
         print(f"Slurm run: {seconds:.0f} s for {sum(len(v) for v in _job_ids_per_rule(work).values())} jobs")
         yield work, cluster, postgres.uri, server.artifacts, cancelled, output, seconds
-        assert planned_jobs(work) == {}, "a second invocation has nothing left to do"
+        assert planned_jobs(work, TARGET) == {}, "a second invocation has nothing left to do"
 
 
 def test_every_job_ran_as_a_slurm_job(slurm_run):
