@@ -24,11 +24,6 @@ SEGMENTER_MIN_DICE = 0.6
 """Mean organ Dice (classes 1-5) the segmenter must reach on held-out real phantom slices."""
 
 
-@pytest.fixture(scope="module")
-def tiny_run(built_tiny_repo: Path) -> Path:
-    return built_tiny_repo
-
-
 def _numbers(node):
     if isinstance(node, dict):
         for value in node.values():
@@ -41,8 +36,8 @@ def _numbers(node):
 
 
 @pytest.mark.slow
-def test_seg2ct_target_from_empty_data_and_reruns(tiny_run: Path):
-    work = tiny_run
+def test_seg2ct_target_from_empty_data_and_reruns(built_tiny_repo: Path):
+    work = built_tiny_repo
     metrics = json.loads((work / TARGET).read_text())
     assert metrics["task"] == "map_to_image"
     assert all(math.isfinite(x) for x in _numbers(metrics))
@@ -67,7 +62,7 @@ def test_seg2ct_target_from_empty_data_and_reruns(tiny_run: Path):
 
 
 @pytest.mark.slow
-def test_segmenter_beats_a_stated_dice_on_heldout_phantom_slices(tiny_run: Path, repo_root: Path, tmp_path: Path):
+def test_segmenter_beats_a_stated_dice_on_heldout_phantom_slices(built_tiny_repo: Path, repo_root: Path, tmp_path: Path):
     """Trained with the default profile's segmenter knobs on the tiny run's real phantom slices;
     its Dice on the held-out test patients bounds what the generated images' Dice can show."""
     from pipeline.config import read_yaml_mapping
@@ -75,7 +70,7 @@ def test_segmenter_beats_a_stated_dice_on_heldout_phantom_slices(tiny_run: Path,
     from pipeline.preprocess.thorax_labels import CLASS_NAMES
 
     settings = read_yaml_mapping(repo_root / "params.yaml")["experiments"]["seg2ct_style"]["segmenter"]
-    slices = tiny_run / "data" / "slices" / "ct_thorax"
+    slices = built_tiny_repo / "data" / "slices" / "ct_thorax"
     summary = train_segmenter(slices / "train.npz", slices / "val.npz", slices / "test.npz", list(CLASS_NAMES),
                               dict(settings) | {"threads": 1}, 0, tmp_path / "segmenter.pt", tmp_path / "segmenter.json",
                               n_boot=200)

@@ -317,6 +317,38 @@ def _input_block(path: Path, data: dict[str, np.ndarray]) -> dict:
     return block
 
 
+
+def inception_and_radiomic_features(real: np.ndarray, generated: np.ndarray, inception_weights: Path | None,
+                                    frd: bool, frd_max_images: int, batch_size: int, device: str):
+    """Inception (FID / KID) and radiomic (FRD) features of a real and a generated set, for
+    ``distribution_block``: (features, radiomic_rows, problems), a feature space whose weights are
+    missing or which fails being left out with its reason in ``problems``."""
+    problems: dict[str, str | None] = {"frd": None if frd else "FRD switched off (evaluate.frd: false)"}
+    problems["inception"] = (fid_module.inception_weights_problem(inception_weights) if inception_weights is not None
+                             else "no Inception weights file given")
+    features: dict[str, dict[str, np.ndarray]] = {}
+    if problems["inception"] is None:
+        try:
+            extractor = fid_module.load_inception(inception_weights, device=device)
+            features["inception"] = {
+                "real": fid_module.inception_features(extractor, real, batch_size, device),
+                "generated": fid_module.inception_features(extractor, generated, batch_size, device),
+            }
+        except RuntimeError as err:
+            problems["inception"] = (f"Inception weights at {inception_weights} do not load into torch-fidelity's "
+                                     f"network ({str(err).splitlines()[0][:200]})")
+    radiomic_rows = {"real": fixed_sample_indices(len(real), frd_max_images),
+                     "generated": fixed_sample_indices(len(generated), frd_max_images)}
+    if frd:
+        try:
+            features["radiomics"] = {
+                "real": frd_module.radiomic_features(real[radiomic_rows["real"]], "radiomics real")[0],
+                "generated": frd_module.radiomic_features(generated[radiomic_rows["generated"]], "radiomics generated")[0],
+            }
+        except (ValueError, RuntimeError) as err:
+            problems["frd"] = f"radiomic feature extraction failed: {str(err)[:200]}"
+    return features, radiomic_rows, problems
+
 def evaluate_generation(
     model: Sampler,
     test: Path,
@@ -376,30 +408,8 @@ def evaluate_generation(
     generated_ids = np.array([f"generated_{i}" for i in range(len(generated))])
     real_subjects = test_data["subject_ids"].astype(str)
 
-    problems: dict[str, str | None] = {"inception": None, "frd": None if frd else "FRD switched off (evaluate.frd: false)"}
-    features: dict[str, dict[str, np.ndarray] | None] = {}
-    problems["inception"] = (fid_module.inception_weights_problem(inception_weights) if inception_weights is not None
-                             else "no Inception weights file given")
-    if problems["inception"] is None:
-        try:
-            extractor = fid_module.load_inception(inception_weights, device=device)
-            features["inception"] = {
-                "real": fid_module.inception_features(extractor, test_data["images"], batch_size, device),
-                "generated": fid_module.inception_features(extractor, generated, batch_size, device),
-            }
-        except RuntimeError as err:
-            problems["inception"] = (f"Inception weights at {inception_weights} do not load into torch-fidelity's "
-                                     f"network ({str(err).splitlines()[0][:200]})")
-    radiomic_rows = {"real": fixed_sample_indices(len(test_data["images"]), frd_max_images),
-                     "generated": fixed_sample_indices(len(generated), frd_max_images)}
-    if frd:
-        try:
-            features["radiomics"] = {
-                "real": frd_module.radiomic_features(test_data["images"][radiomic_rows["real"]], "radiomics real")[0],
-                "generated": frd_module.radiomic_features(generated[radiomic_rows["generated"]], "radiomics generated")[0],
-            }
-        except (ValueError, RuntimeError) as err:
-            problems["frd"] = f"radiomic feature extraction failed: {str(err)[:200]}"
+    features, radiomic_rows, problems = inception_and_radiomic_features(
+        test_data["images"], generated, inception_weights, frd, frd_max_images, batch_size, device)
     network = embedding.build_random_vgg()
     embed = lambda images: embedding.embed(images, batch_size, network, device)
     features["embedding"] = {"real": embed(test_data["images"]), "generated": embed(generated)}

@@ -55,7 +55,7 @@ from pipeline.evaluate import memorisation as memorisation_module
 from pipeline.evaluate import organ_style
 from pipeline.evaluate import prdc as prdc_module
 from pipeline.evaluate.dice import DEFINITION as DICE_DEFINITION, dice_per_class
-from pipeline.evaluate.generation import distribution_block
+from pipeline.evaluate.generation import distribution_block, inception_and_radiomic_features
 from pipeline.evaluate.intervals import IntervalPolicy
 from pipeline.evaluate.segmenter import load_map_slices, load_segmenter, predict_maps
 from pipeline.evaluate.translation import fixed_sample_indices, frd_block, summarise, unavailable_frd
@@ -257,31 +257,8 @@ def evaluate_map_to_image(
     generated_ids = np.array([f"generated_{i}" for i in range(len(generated))])
 
     # distribution: FID / KID / FRD / PRDC as the generation evaluator
-    problems: dict[str, str | None] = {"frd": None if frd else "FRD switched off (evaluate.frd: false)"}
-    problems["inception"] = (fid_module.inception_weights_problem(inception_weights) if inception_weights is not None
-                             else "no Inception weights file given")
-    features: dict = {}
-    if problems["inception"] is None:
-        try:
-            extractor = fid_module.load_inception(inception_weights, device=device)
-            features["inception"] = {
-                "real": fid_module.inception_features(extractor, test_data["images"], batch_size, device),
-                "generated": fid_module.inception_features(extractor, generated, batch_size, device),
-            }
-        except RuntimeError as err:
-            problems["inception"] = (f"Inception weights at {inception_weights} do not load into torch-fidelity's "
-                                     f"network ({str(err).splitlines()[0][:200]})")
-    radiomic_rows = {"real": fixed_sample_indices(len(test_data["images"]), frd_max_images),
-                     "generated": fixed_sample_indices(len(generated), frd_max_images)}
-    if frd:
-        try:
-            features["radiomics"] = {
-                "real": frd_module.radiomic_features(test_data["images"][radiomic_rows["real"]], "radiomics real")[0],
-                "generated": frd_module.radiomic_features(generated[radiomic_rows["generated"]],
-                                                          "radiomics generated")[0],
-            }
-        except (ValueError, RuntimeError) as err:
-            problems["frd"] = f"radiomic feature extraction failed: {str(err)[:200]}"
+    features, radiomic_rows, problems = inception_and_radiomic_features(
+        test_data["images"], generated, inception_weights, frd, frd_max_images, batch_size, device)
     network = embedding.build_random_vgg()
     embed = lambda images: embedding.embed(images, batch_size, network, device)
     features["embedding"] = {"real": embed(test_data["images"]), "generated": embed(generated)}
