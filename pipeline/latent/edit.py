@@ -11,11 +11,11 @@ Directions (both unit vectors in w, or in flattened W+ when the codes differ per
 
 Each held-out (validation / test) healthy image's optimised code w (up to ``max_images``) becomes w + alpha v for
 every alpha in ``alphas``; alpha 0 is the unedited reconstruction. Measures per edited image:
-- CTR, from the label map a heart / thorax segmenter (``pipeline/evaluate/segmenter.py``, the
-  U-Net of pipeline/evaluate/segmenter.py, trained by its own rule on phantom slices with truth maps) predicts, through
+- CTR, from the label map a heart / thorax segmenter (``pipeline/evaluate/measures/segmenter.py``, the
+  U-Net of pipeline/evaluate/measures/segmenter.py, trained by its own rule on phantom slices with truth maps) predicts, through
   ``pipeline.preprocess.ctr.ctr_from_masks``; the segmenter's own CTR error on the held-out
   phantom test slices (|CTR from predicted map - truth CTR|) is reported beside it;
-- the real-data classifier's cardiomegaly probability (``pipeline/evaluate/classifier.py``,
+- the real-data classifier's cardiomegaly probability (``pipeline/evaluate/measures/classifier.py``,
   trained on real train slices by its own rule);
 - identity: SSIM between the edited image and the unedited reconstruction over the pixels
   outside the heart (outside the union of the heart masks predicted in both), the skimage SSIM
@@ -98,7 +98,7 @@ def ssim_outside(reference: np.ndarray, test: np.ndarray, outside: np.ndarray) -
     """Mean of the SSIM map of two [0, 1] images over the ``outside`` pixels (NaN if none)."""
     from skimage.metrics import structural_similarity
 
-    from pipeline.evaluate.image_metrics import SSIM_SETTINGS
+    from pipeline.evaluate.measures.image_metrics import SSIM_SETTINGS
 
     if not outside.any():
         return float("nan")
@@ -117,7 +117,7 @@ def measure_ctr(maps: np.ndarray) -> np.ndarray:
 
 
 def _summary(values: np.ndarray, subjects: np.ndarray, policy) -> dict:
-    from pipeline.evaluate.translation import summarise
+    from pipeline.evaluate.measures.summary import summarise
 
     return summarise(np.asarray(values, np.float64), subjects, policy)
 
@@ -126,8 +126,8 @@ class EditMeasures:
     """The segmenter and the classifier, applied to stacks of images in [0, 1]."""
 
     def __init__(self, segmenter_path: Path, classifier_path: Path):
-        from pipeline.evaluate.classifier import load_classifier
-        from pipeline.evaluate.segmenter import load_segmenter
+        from pipeline.evaluate.measures.classifier import load_classifier
+        from pipeline.evaluate.measures.segmenter import load_segmenter
 
         self.segmenter, self.segmenter_checkpoint = load_segmenter(segmenter_path)
         names = list(self.segmenter_checkpoint["organ_names"])
@@ -136,12 +136,12 @@ class EditMeasures:
         self.classifier, self.classifier_checkpoint = load_classifier(classifier_path)
 
     def maps(self, images: np.ndarray) -> np.ndarray:
-        from pipeline.evaluate.segmenter import predict_maps
+        from pipeline.evaluate.measures.segmenter import predict_maps
 
         return predict_maps(self.segmenter, images)
 
     def probability(self, images: np.ndarray) -> np.ndarray:
-        from pipeline.evaluate.classifier import probability_of_b
+        from pipeline.evaluate.measures.classifier import probability_of_b
 
         return probability_of_b(self.classifier, self.classifier_checkpoint, images)
 
@@ -185,7 +185,7 @@ def edit_block(sampler, measures: EditMeasures, codes: np.ndarray, subjects: np.
 def ladder_block(sampler, measures: EditMeasures, ladder: dict[str, np.ndarray], ladder_codes: np.ndarray,
                  patients: np.ndarray, step: np.ndarray, alphas: list[float], policy) -> dict | None:
     """SSIM of each edit of a ladder patient's own render against its true render at the nearest CTR."""
-    from pipeline.evaluate.image_metrics import ssim_per_image
+    from pipeline.evaluate.measures.image_metrics import ssim_per_image
 
     if not len(patients):
         return None
@@ -356,7 +356,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.evaluate.intervals import IntervalPolicy
+    from pipeline.evaluate.measures.intervals import IntervalPolicy
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)

@@ -227,7 +227,7 @@ def reconstruction_loss_for(pretrained: str, weights_dir: Path, settings: dict[s
 
 
 def _summary(values: np.ndarray, subjects: np.ndarray, policy) -> dict:
-    from pipeline.evaluate.translation import summarise
+    from pipeline.evaluate.measures.summary import summarise
 
     return summarise(np.asarray(values, np.float64), subjects, policy)
 
@@ -238,7 +238,7 @@ def run_inversion(generator_path: Path, encoder_path: Path, test_path: Path, set
     """The inversion section and the codes / images npz content (with ``ladder_path``, the phantom's
     CTR ladder, also the optimised codes of each ladder patient's own healthy render, for the edit
     stage's check against the true renders)."""
-    from pipeline.evaluate.image_metrics import SSIM_SETTINGS, psnr_per_image, ssim_per_image
+    from pipeline.evaluate.measures.image_metrics import SSIM_SETTINGS, psnr_per_image, ssim_per_image
     from pipeline.models import load_trained
     from pipeline.models.stylegan2_encoder import load_frozen_generator
 
@@ -385,7 +385,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.evaluate.intervals import IntervalPolicy
+    from pipeline.evaluate.measures.intervals import IntervalPolicy
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)

@@ -74,6 +74,7 @@ def _make(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from pipeline.atomic import write_json
     from pipeline.errors import InputDataError
+    from pipeline.evaluate.cli import log_to_run
     from pipeline.reader_study.score import answer_figure, mlflow_metrics, read_answers, read_key, score_study
 
     key = read_key(args.key)
@@ -98,10 +99,8 @@ def _score(args: argparse.Namespace) -> int:
         auc_text = "n/a" if auc["value"] is None else f"{auc['value']:.2f} [{auc['ci95'][0]:.2f}, {auc['ci95'][1]:.2f}]"
         log.info("%s: accuracy %d/%d = %.2f [%.2f, %.2f], fakes taken for real %.2f, AUC %s", name, acc["k"], acc["n"],
                  acc["value"], *acc["ci95"], block["fakes_taken_for_real"]["value"], auc_text)
-    if args.run_json is not None:
-        from pipeline.tracking import log_evaluation
-
-        run_id = log_evaluation(args.run_json, mlflow_metrics(scores), [out, figure], args.tracking_uri)
+    run_id = log_to_run(args.run_json, mlflow_metrics(scores), [out, figure], args.tracking_uri)
+    if run_id is not None:
         log.info("scores logged to MLflow run %s", run_id)
     log.info("wrote %s and %s", out, figure)
     return 0

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError, InputDataError, PipelineError
-from pipeline.evaluate.translation import load_test_slices
+from pipeline.evaluate.measures.slices import load_test_slices
 
 #: Translation directions a study can show, and which test set is the source / the real one.
 DIRECTION_DOMAINS = {"a_to_b": ("a", "b"), "b_to_a": ("b", "a")}

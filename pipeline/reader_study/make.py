@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.atomic import atomic_dir
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.evaluate.translation import load_test_slices
+from pipeline.evaluate.measures.slices import load_test_slices
 from pipeline.hashing import file_sha256
 from pipeline.reader_study import FAKE, KEY_FORMAT, PICKS, REAL
 from pipeline.reader_study.draw import (

@@ -266,7 +266,7 @@ MAP_TO_IMAGE_MODELS = ("seg2ct",)
 
 
 def is_map_to_image(experiment):
-    """A generator from a label map (report 003's seg2ct): pipeline/evaluate/map_to_image.py."""
+    """A generator from a label map (report 003's seg2ct): pipeline/evaluate/tasks/map_to_image.py."""
     exp = experiment_cfg(experiment)
     return "inputs" in exp and exp.get("model", {}).get("name") in MAP_TO_IMAGE_MODELS
 
@@ -279,7 +279,7 @@ def is_stylegan_editing(experiment):
 
 
 def is_generation(experiment):
-    """A generator from noise (DCGAN, cGAN): evaluated by pipeline/evaluate/generation.py."""
+    """A generator from noise (DCGAN, cGAN): evaluated by pipeline/evaluate/tasks/generation.py."""
     return ("inputs" in experiment_cfg(experiment) and not is_map_to_image(experiment)
             and not is_stylegan_editing(experiment))
 

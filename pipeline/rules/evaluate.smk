@@ -114,7 +114,7 @@ rule train_classifier:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.evaluate.classifier --train-a {input.train_a} --train-b {input.train_b} "
+        "python -m pipeline.evaluate.measures.classifier --train-a {input.train_a} --train-b {input.train_b} "
         "--val-a {input.val_a} --val-b {input.val_b} --test-a {input.test_a} --test-b {input.test_b} "
         "{params.flags} --out-model {output.model} --out-json {output.summary} > {log} 2>&1"
 
@@ -144,13 +144,13 @@ rule train_classifier_labelled:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.evaluate.classifier --train {input.train} --val {input.val} --test {input.test} "
+        "python -m pipeline.evaluate.measures.classifier --train {input.train} --val {input.val} --test {input.test} "
         "{params.flags} --out-model {output.model} --out-json {output.summary} > {log} 2>&1"
 
 
 rule evaluate_generation:
     # Generators (DCGAN, cGAN): distribution measures, report 002's D(G(z)) and classifier scores,
-    # train-on-synthetic, memorisation (pipeline/evaluate/generation.py, reached through
+    # train-on-synthetic, memorisation (pipeline/evaluate/tasks/generation.py, reached through
     # `python -m pipeline.evaluate`, which dispatches on the model's task). metrics.json last.
     input:
         model="models/{experiment}/model.pt",

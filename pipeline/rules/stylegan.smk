@@ -44,7 +44,7 @@ rule train_encoder:
 
 
 rule train_ctr_segmenter:
-    # Heart / thorax U-Net (pipeline/evaluate/segmenter.py) on the phantom's truth maps: it
+    # Heart / thorax U-Net (pipeline/evaluate/measures/segmenter.py) on the phantom's truth maps: it
     # measures the CTR of edited images; its own CTR error on held-out phantoms is in the edit section.
     input:
         train=stylegan_slices("train"),
@@ -68,7 +68,7 @@ rule train_ctr_segmenter:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.evaluate.segmenter --train {input.train} --val {input.val} --test {input.test} "
+        "python -m pipeline.evaluate.measures.segmenter --train {input.train} --val {input.val} --test {input.test} "
         "--organ-names background thorax heart {params.flags} {params.intervals} "
         "--out-model {output.model} --out-json {output.summary} > {log} 2>&1"
 
@@ -240,7 +240,7 @@ rule assemble_stylegan:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.latent.assemble --experiment {wildcards.experiment} --generation {input.generation} "
+        "python -m pipeline.evaluate.tasks.editing --experiment {wildcards.experiment} --generation {input.generation} "
         "--training-run {input.training_run} --encoder-run {input.encoder_run} "
         "--encoder-history {input.encoder_history} --inversion {input.inversion} --separation {input.separation} "
         "--edit {input.edit} --segmenter {input.segmenter} --classifier {input.classifier} "

@@ -27,7 +27,7 @@ pixels at 64 px) is never predicted (measured: Dice 0 on held-out phantom slices
 the epoch with the best mean organ Dice (classes 1..) on the validation slices. Deterministic
 on CPU (seeded, torch deterministic algorithms).
 
-CLI: python -m pipeline.evaluate.segmenter --train T --val V --test H --organ-names ... --out-model M --out-json J
+CLI: python -m pipeline.evaluate.measures.segmenter --train T --val V --test H --organ-names ... --out-model M --out-json J
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ import numpy as np
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.errors import InputDataError, PipelineError
-from pipeline.evaluate.dice import DEFINITION as DICE_DEFINITION, dice_per_class
+from pipeline.evaluate.measures.dice import DEFINITION as DICE_DEFINITION, dice_per_class, dice_summary
+from pipeline.evaluate.measures.slices import load_map_slices
 from pipeline.hashing import file_sha256
 from pipeline.preprocess.thorax_labels import CLASS_NAMES
 
-log = logging.getLogger("pipeline.evaluate.segmenter")
+log = logging.getLogger("pipeline.evaluate.measures.segmenter")
 
 DEFAULT_SETTINGS = {
     "epochs": 80,
@@ -61,33 +62,6 @@ DEFAULT_SETTINGS = {
     "dice_weight": 1.0,
     "threads": 0,
 }
-
-
-def load_map_slices(path: Path, n_classes: int | None = None) -> dict[str, np.ndarray]:
-    """A slices npz with ``label_maps`` (contract of data/slices/<dataset>/), checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputDataError(path, "slices file not found")
-    with np.load(path, allow_pickle=False) as data:
-        missing = [key for key in ("images", "label_maps", "subject_ids") if key not in data.files]
-        if missing:
-            raise InputDataError(path, f"no array {missing}: map-to-image slices need images, label_maps, subject_ids")
-        out = {key: data[key] for key in data.files}
-    images, maps = out["images"], out["label_maps"]
-    if images.ndim != 3 or maps.shape != images.shape:
-        raise InputDataError(path, f"images {images.shape} and label_maps {maps.shape} must both be (N, H, W)")
-    if len(images) == 0:
-        raise InputDataError(path, "no slices")
-    if not np.all(np.isfinite(images)) or images.min() < 0.0 or images.max() > 1.0:
-        raise InputDataError(path, "images must be finite and in [0, 1]")
-    if not np.issubdtype(maps.dtype, np.integer) or maps.min() < 0:
-        raise InputDataError(path, f"label_maps must hold non-negative class indices, got dtype {maps.dtype}")
-    if n_classes is not None and maps.max() >= n_classes:
-        raise InputDataError(path, f"label_maps holds class {int(maps.max())}, the label map has {n_classes} classes "
-                             "(class indices 0..n-1, not grey values)")
-    out["images"] = images.astype(np.float32)
-    out["label_maps"] = maps.astype(np.int64)
-    return out
 
 
 def build_unet(n_classes: int, width: int = 16, depth: int = 3):
@@ -227,18 +201,6 @@ def fit_segmenter(train: dict[str, np.ndarray], val: dict[str, np.ndarray], n_cl
     return network, {k: v for k, v in best.items() if k != "state"}, history
 
 
-def dice_block(network, data: dict[str, np.ndarray], organ_names: list[str], policy) -> dict:
-    """Dice per class of the segmenter on real slices, mean over slices with the subject-bootstrap interval."""
-    from pipeline.evaluate.translation import summarise
-
-    scores = dice_per_class(predict_maps(network, data["images"]), data["label_maps"], len(organ_names))
-    subjects = data["subject_ids"].astype(str)
-    per_class = {name: summarise(scores[:, c], subjects, policy) for c, name in enumerate(organ_names)}
-    organ_mean = np.nanmean(scores[:, 1:], axis=1) if np.isfinite(scores[:, 1:]).any() else np.full(len(scores), np.nan)
-    return {"n_images": len(scores), "n_subjects": int(len(np.unique(subjects))), "per_class": per_class,
-            "mean_organ_dice": summarise(organ_mean, subjects, policy)}
-
-
 def load_segmenter(path: Path):
     """(network in eval mode, checkpoint dict) from segmenter.pt."""
     import torch
@@ -258,7 +220,7 @@ def train_segmenter(train: Path, val: Path, test: Path, organ_names: list[str], 
     """Train, select on val, score val and test, write segmenter.pt and segmenter.json atomically."""
     import torch
 
-    from pipeline.evaluate.intervals import IntervalPolicy
+    from pipeline.evaluate.measures.intervals import IntervalPolicy
 
     started = time.perf_counter()
     n_classes = len(organ_names)
@@ -278,8 +240,9 @@ def train_segmenter(train: Path, val: Path, test: Path, organ_names: list[str], 
         "history": history,
         "inputs": {name: {"path": str(p), "sha256": file_sha256(p), "n_images": len(data[name]["images"])}
                    for name, p in (("train", Path(train)), ("val", Path(val)), ("test", Path(test)))},
-        "val": dice_block(network, data["val"], organ_names, policy),
-        "test": dice_block(network, data["test"], organ_names, policy),
+        **{split: dice_summary(predict_maps(network, data[split]["images"]), data[split]["label_maps"],
+                               data[split]["subject_ids"].astype(str), organ_names, policy)[0]
+           for split in ("val", "test")},
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     with atomic_path(out_model) as tmp:
@@ -290,7 +253,7 @@ def train_segmenter(train: Path, val: Path, test: Path, organ_names: list[str], 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate.segmenter", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate.measures.segmenter", description=__doc__.splitlines()[0])
     for split in ("train", "val", "test"):
         parser.add_argument(f"--{split}", type=Path, required=True, help=f"real {split} slices npz with label_maps")
     parser.add_argument("--organ-names", nargs="+", default=list(CLASS_NAMES),

@@ -5,6 +5,13 @@ segmenter, the classifier) writes its own file; this light step only reads them,
 ``headline`` of the numbers the report and the issue ask for, validates the whole against
 metrics.schema.json ($defs/stylegan_editing_metrics) and logs the headline and the figures into
 G's MLflow training run. Changing an edit knob therefore reruns the edit stage and this step only.
+
+This is the evaluator of the StyleGAN editing task (metrics.json task ``stylegan_editing``); the
+stages that measure (inversion, LDA separation, edits) stay in pipeline/latent, beside the latent
+space they work in, and write their sections for it. Not in ``EVALUATORS``: that registry is keyed
+by the task of a trained model, and no one model.pt stands for this chain (rule assemble_stylegan).
+
+CLI: python -m pipeline.evaluate.tasks.editing --experiment E --generation sections/generation.json ... --out metrics.json
 """
 from __future__ import annotations
 
@@ -18,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputDataError, PipelineError
+from pipeline.evaluate.cli import log_to_run
+from pipeline.evaluate.metrics_json import write_metrics
 
-log = logging.getLogger("pipeline.latent.assemble")
+log = logging.getLogger("pipeline.evaluate.tasks.editing")
 
 TASK = "stylegan_editing"
 #: run.json keys of G's training copied into metrics.json when present (speed and budget).
@@ -116,7 +125,7 @@ def assemble(experiment: str, generation: Path, training_run: Path, encoder_run:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.latent.assemble", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate.tasks.editing", description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", required=True)
     for name in ("generation", "training-run", "encoder-run", "encoder-history", "inversion", "separation", "edit",
                  "segmenter", "classifier"):
@@ -132,8 +141,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.evaluate import write_metrics
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
@@ -141,11 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                            args.inversion, args.separation, args.edit, args.segmenter, args.classifier,
                            args.min_subjects, args.n_boot, args.seed)
         write_metrics(args.out, metrics)
-        if not args.no_tracking:
-            from pipeline.tracking import log_evaluation
-
-            numbers = {f"headline/{k}": v for k, v in metrics["headline"].items() if v is not None}
-            log_evaluation(args.training_run, numbers, [args.out, *args.figures], args.tracking_uri)
+        numbers = {f"headline/{k}": v for k, v in metrics["headline"].items() if v is not None}
+        log_to_run(None if args.no_tracking else args.training_run, numbers, [args.out, *args.figures],
+                   args.tracking_uri)
     except PipelineError as err:
         log.error("%s", err)
         return 1

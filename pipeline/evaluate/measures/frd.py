@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.evaluate.fid import frechet_distance
+from pipeline.evaluate.measures.fid import frechet_distance
 from pipeline.progress import progress
 
 FRD_VERSION = "v1"

@@ -4,15 +4,15 @@ The generation evaluator's questions, plus the two that report 003's claims need
 
 - **Distribution** (``distribution``): FID / KID (Inception, null with the reason when its weights
   are not on disk), FRD and PRDC (random VGG-16) of all generated images (from the test maps and
-  from the perturbed maps) vs the real test slices, as pipeline.evaluate.generation computes them;
+  from the perturbed maps) vs the real test slices, as pipeline.evaluate.measures.distribution computes them;
   **FRD per organ** (``frd_per_organ``): frd-score's radiomics inside each organ's mask (the real
   slice's own map, the generated image's input map).
 - **Anatomical faithfulness** (``anatomy``): the U-Net segmenter trained on real slices
-  (pipeline.evaluate.segmenter, its own rule) reads a map back from each generated image; Dice
+  (pipeline.evaluate.measures.segmenter, its own rule) reads a map back from each generated image; Dice
   per organ against the map the image was generated from, for the test maps and the perturbed
   maps, beside the segmenter's own Dice on the real test slices (a low Dice on generated images
   is the generator's only where the segmenter scores high on real ones).
-- **Style per organ** (``style_per_organ``, pipeline.evaluate.organ_style): for the images
+- **Style per organ** (``style_per_organ``, pipeline.evaluate.measures.organ_style): for the images
   generated from the test maps, per organ the Gram distance and the Wasserstein-1 distance of
   intensities (HU) to the style image's same organ vs to the content image's (the real test
   slice the map belongs to); ``difference`` = to-content minus to-style (positive: nearer the
@@ -23,7 +23,7 @@ The generation evaluator's questions, plus the two that report 003's claims need
   and of 1 - SSIM (skimage, data range 1). Beside it the same measures between the real test
   slices of different patients (what "different images" looks like in this data).
 - **Memorisation** (``memorisation``): every generated image's nearest training slice vs the
-  held-out slices' (pipeline.evaluate.memorisation), pixels and random VGG-16 features. With
+  held-out slices' (pipeline.evaluate.measures.memorisation), pixels and random VGG-16 features. With
   ~20 training images copies are the main risk.
 - What the perceptual losses used (``perceptual_weights``: "imagenet" or "random"), from the model.
 
@@ -48,22 +48,29 @@ import numpy as np
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import InputDataError, PipelineError
-from pipeline.evaluate import embedding
-from pipeline.evaluate import fid as fid_module
-from pipeline.evaluate import frd as frd_module
-from pipeline.evaluate import memorisation as memorisation_module
-from pipeline.evaluate import organ_style
-from pipeline.evaluate import prdc as prdc_module
-from pipeline.evaluate.dice import DEFINITION as DICE_DEFINITION, dice_per_class
-from pipeline.evaluate.generation import distribution_block, inception_and_radiomic_features
-from pipeline.evaluate.intervals import IntervalPolicy
-from pipeline.evaluate.segmenter import load_map_slices, load_segmenter, predict_maps
-from pipeline.evaluate.translation import fixed_sample_indices, frd_block, summarise, unavailable_frd
+from pipeline.evaluate import cli
+from pipeline.evaluate.measures import embedding
+from pipeline.evaluate.measures import fid as fid_module
+from pipeline.evaluate.measures import frd as frd_module
+from pipeline.evaluate.measures import memorisation as memorisation_module
+from pipeline.evaluate.measures import organ_style
+from pipeline.evaluate.measures import prdc as prdc_module
+from pipeline.evaluate.measures.dice import DEFINITION as DICE_DEFINITION, dice_summary
+from pipeline.evaluate.measures.distribution import (
+    distribution_block,
+    frd_block,
+    inception_and_radiomic_features,
+    unavailable_frd,
+)
+from pipeline.evaluate.measures.intervals import IntervalPolicy
+from pipeline.evaluate.measures.segmenter import load_segmenter, predict_maps
+from pipeline.evaluate.measures.slices import fixed_sample_indices, load_map_slices
+from pipeline.evaluate.measures.summary import summarise
 from pipeline.generate_from_maps import generate, perturbed_maps, write_generated
 from pipeline.hashing import file_sha256
 from pipeline.preprocess.thorax_labels import CLASS_NAMES, GREY_VALUES
 
-log = logging.getLogger("pipeline.evaluate.map_to_image")
+log = logging.getLogger("pipeline.evaluate.tasks.map_to_image")
 
 PERTURB_SEED_OFFSET = 1
 DIVERSITY_SEED_OFFSET = 2
@@ -75,22 +82,6 @@ def _intensity(test: dict[str, np.ndarray]) -> tuple[tuple[float, float], str]:
         lo, hi = (float(v) for v in np.asarray(test["hu_window"]).ravel()[:2])
         return (lo, hi), f"HU (hu = {lo:g} + x * ({hi:g} - {lo:g}), the slices' hu_window)"
     return (0.0, 1.0), "[0, 1] slice units (the slices carry no hu_window)"
-
-
-def dice_summary(predicted: np.ndarray, reference: np.ndarray, subjects: np.ndarray, organ_names: list[str],
-                 policy: IntervalPolicy, compares: str) -> tuple[dict, np.ndarray]:
-    """Dice per class (mean over images, interval over subjects) and the mean over organs (classes 1..)."""
-    scores = dice_per_class(predicted, reference, len(organ_names))
-    organs = scores[:, 1:]
-    organ_mean = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in organs])
-    block = {
-        "compares": compares,
-        "n_images": len(scores),
-        "n_subjects": int(len(np.unique(np.asarray(subjects).astype(str)))),
-        "per_class": {name: summarise(scores[:, c], subjects, policy) for c, name in enumerate(organ_names)},
-        "mean_organ_dice": summarise(organ_mean, subjects, policy),
-    }
-    return block, scores
 
 
 def _verdict(difference: dict) -> str:
@@ -256,7 +247,7 @@ def evaluate_map_to_image(
     generated_maps = np.concatenate([test_data["label_maps"].astype(np.uint8), maps_perturbed])
     generated_ids = np.array([f"generated_{i}" for i in range(len(generated))])
 
-    # distribution: FID / KID / FRD / PRDC as the generation evaluator
+    # distribution: FID / KID / FRD / PRDC, as for any generator
     features, radiomic_rows, problems = inception_and_radiomic_features(
         test_data["images"], generated, inception_weights, frd, frd_max_images, batch_size, device)
     network = embedding.build_random_vgg()
@@ -382,7 +373,7 @@ def save_samples(target: Path, test: dict, from_test: np.ndarray, model, train: 
                  source_index: np.ndarray, from_perturbed: np.ndarray, diversity_maps: np.ndarray,
                  diversity_images: np.ndarray, n_examples: int, intensity: tuple[float, float], bins: int,
                  dice_test: np.ndarray) -> None:
-    """samples.npz for the figures (pipeline.evaluate.map_to_image_figures)."""
+    """samples.npz for the figures (pipeline.evaluate.tasks.map_to_image_figures)."""
     rows = fixed_sample_indices(len(from_test), n_examples)
     style_image = getattr(model, "style_image", None)
     style_map = getattr(model, "style_map", None)
@@ -412,13 +403,12 @@ def save_samples(target: Path, test: dict, from_test: np.ndarray, model, train: 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate.map_to_image", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="trained map-to-image model.pt")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate.tasks.map_to_image", description=__doc__.splitlines()[0])
+    cli.add_common_arguments(parser, "trained map-to-image model.pt")
     parser.add_argument("--test", type=Path, required=True, help="real test slices npz with label_maps")
     parser.add_argument("--train", type=Path, required=True, help="training slices (memorisation, perturbed maps)")
-    parser.add_argument("--segmenter", type=Path, required=True, help="segmenter.pt (pipeline.evaluate.segmenter)")
+    parser.add_argument("--segmenter", type=Path, required=True, help="segmenter.pt (pipeline.evaluate.measures.segmenter)")
     parser.add_argument("--inception-weights", type=Path, help="pt_inception-2015-12-05-6726825d.pth")
-    parser.add_argument("--out", type=Path, required=True, help="metrics.json to write")
     parser.add_argument("--n-perturbed", type=int, default=40, help="images generated from perturbed training maps")
     parser.add_argument("--perturb-json", default="{}", help="map_perturbation knobs as a JSON object")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -433,62 +423,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memorisation-max-share", type=float, default=0.2)
     parser.add_argument("--n-figure-examples", type=int, default=4)
     parser.add_argument("--histogram-bins", type=int, default=40)
-    parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--min-subjects", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--samples-out", type=Path, help="samples.npz for the figures")
     parser.add_argument("--generated-out", type=Path, help="npz of the images from perturbed maps (with their maps)")
     parser.add_argument("--figures-dir", type=Path, help="draw the figures here (needs --samples-out)")
     parser.add_argument("--history", type=Path, help="training history.csv (accepted for the rule; not read)")
-    parser.add_argument("--run-json", type=Path, help="run.json of the training run: log metrics to its MLflow run")
     args = parser.parse_args(argv)
     if args.figures_dir is not None and (args.samples_out is None or args.generated_out is None):
         parser.error("--figures-dir needs --samples-out and --generated-out")
     return args
 
 
+def report(metrics: dict) -> None:
+    """Log the mean organ Dice of generated images beside the segmenter's own, and a warning when
+    memorisation is flagged."""
+    dice = metrics["anatomy"]
+    log.info("mean organ Dice: generated (test maps) %s, segmenter on real test %s",
+             dice["generated_test_maps"]["mean_organ_dice"]["mean"], dice["segmenter_real_test"]["mean_organ_dice"]["mean"])
+    if metrics["memorisation"]["flagged"]:
+        log.warning("generated images are closer to training slices than new patients' slices are: possible copies")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    from pipeline.evaluate import flatten_metrics, validate_metrics, write_metrics
-    from pipeline.evaluate import map_to_image_figures as figures
-    from pipeline.evaluate import load_for_evaluation, resolve_device
+    from pipeline.evaluate.tasks import map_to_image_figures as figures
 
-    args.device = resolve_device(args.device)
-    try:
-        model = load_for_evaluation(args.model, args.device, "map_to_image", "a map-to-image generator")
-        metrics = evaluate_map_to_image(
+    def evaluate(model, device: str) -> dict:
+        return evaluate_map_to_image(
             model, args.test, args.train, args.segmenter, inception_weights=args.inception_weights,
             n_perturbed=args.n_perturbed, perturb=json.loads(args.perturb_json), batch_size=args.batch_size,
             fid_eps=args.fid_eps, frd=not args.skip_frd, frd_per_organ=not args.skip_frd_per_organ,
             frd_max_images=args.frd_max_images, style_min_pixels=args.style_min_pixels,
             diversity_maps=args.diversity_maps, diversity_draws=args.diversity_draws,
             memorisation_quantile=args.memorisation_quantile, memorisation_max_share=args.memorisation_max_share,
-            n_figure_examples=args.n_figure_examples, histogram_bins=args.histogram_bins, device=args.device,
-            intervals_policy=IntervalPolicy(min_subjects=args.min_subjects, n_boot=args.n_boot, seed=args.seed),
-            seed=args.seed, samples_out=args.samples_out, generated_out=args.generated_out,
+            n_figure_examples=args.n_figure_examples, histogram_bins=args.histogram_bins, device=device,
+            intervals_policy=cli.interval_policy(args), seed=args.seed, samples_out=args.samples_out,
+            generated_out=args.generated_out,
         )
-        metrics["model"] = {"path": str(args.model), "sha256": file_sha256(args.model)}
-        validate_metrics(metrics)
-        drawn = []
-        if args.figures_dir is not None:
-            drawn = figures.draw_all(args.samples_out, args.generated_out, args.figures_dir)
-        write_metrics(args.out, metrics)
-    except PipelineError as err:
-        log.error("%s", err)
-        return 1
-    dice = metrics["anatomy"]
-    log.info("mean organ Dice: generated (test maps) %s, segmenter on real test %s",
-             dice["generated_test_maps"]["mean_organ_dice"]["mean"], dice["segmenter_real_test"]["mean_organ_dice"]["mean"])
-    if metrics["memorisation"]["flagged"]:
-        log.warning("generated images are closer to training slices than new patients' slices are: possible copies")
-    if args.run_json is not None:
-        from pipeline.tracking import log_evaluation
 
-        outputs = [args.out, args.samples_out, args.generated_out, *drawn]
-        log_evaluation(args.run_json, flatten_metrics(metrics), [p for p in outputs if p is not None])
-    return 0
+    def draw_figures(metrics: dict) -> list[Path]:
+        if args.figures_dir is None:
+            return []
+        return figures.draw_all(args.samples_out, args.generated_out, args.figures_dir)
+
+    return cli.run_evaluation(args, "map_to_image", "a map-to-image generator", evaluate, draw_figures,
+                              outputs=[args.samples_out, args.generated_out], report=report, log=log)
 
 
 if __name__ == "__main__":

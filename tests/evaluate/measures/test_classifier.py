@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluate import classifier
+from pipeline.evaluate.measures import classifier
 
 SIZE = 16
 

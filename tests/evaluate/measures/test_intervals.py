@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from pipeline.evaluate import intervals
-from pipeline.evaluate.fid import KernelInceptionDistance, frechet_distance
-from pipeline.evaluate.intervals import IntervalPolicy
+from pipeline.evaluate.measures import intervals
+from pipeline.evaluate.measures.fid import KernelInceptionDistance, frechet_distance
+from pipeline.evaluate.measures.intervals import IntervalPolicy
 
 POLICY = IntervalPolicy(min_subjects=2, n_boot=2000, seed=0)
 

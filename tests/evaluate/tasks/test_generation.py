@@ -11,11 +11,12 @@ import pytest
 from generation_support import CopySampler, FreshSampler, make_split, write_npz
 from pipeline import figures
 from pipeline.errors import InputDataError
-from pipeline.evaluate import embedding, flatten_metrics, validate_metrics, write_metrics
-from pipeline.evaluate import prdc as prdc_module
-from pipeline.evaluate.classifier import train_label_classifier
-from pipeline.evaluate.generation import discriminator_block, evaluate_generation
-from pipeline.evaluate.intervals import IntervalPolicy
+from pipeline.evaluate.measures import embedding
+from pipeline.evaluate.metrics_json import flatten_metrics, validate_metrics, write_metrics
+from pipeline.evaluate.measures import prdc as prdc_module
+from pipeline.evaluate.measures.classifier import train_label_classifier
+from pipeline.evaluate.tasks.generation import discriminator_block, evaluate_generation
+from pipeline.evaluate.measures.intervals import IntervalPolicy
 
 POLICY = IntervalPolicy(min_subjects=3, n_boot=100, seed=0)
 CLASSIFIER = dict(epochs=20, batch_size=8, lr=3e-3, width=8, n_blocks=3, image_size=32, patience=20)
@@ -162,7 +163,7 @@ def test_cli_on_a_real_exported_conditional_dcgan(files, tmp_path):
     """The CLI end to end on model.pt of the real (untrained) cGAN: loads it, scores it, draws the figures."""
     import torch
 
-    from pipeline.evaluate import generation
+    from pipeline.evaluate.tasks import generation
     from pipeline.models import model_class
 
     cgan = model_class("cgan")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluate import prdc
+from pipeline.evaluate.measures import prdc
 
 
 def brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:

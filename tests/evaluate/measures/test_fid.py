@@ -8,7 +8,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from pipeline.evaluate import fid
+from pipeline.evaluate.measures import fid
 
 
 def symmetric_reference(features_a: np.ndarray, features_b: np.ndarray) -> float:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluate.regions import change_inside_mask, difference_maps, upscale_bicubic
+from pipeline.evaluate.measures.regions import change_inside_mask, difference_maps, upscale_bicubic
 
 
 def test_share_of_change_inside_the_mask():

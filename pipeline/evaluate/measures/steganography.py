@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from pipeline.evaluate.image_metrics import ssim_per_image
+from pipeline.evaluate.measures.image_metrics import ssim_per_image
 
 
 def blur(images: np.ndarray, sigma: float) -> np.ndarray:

@@ -5,26 +5,26 @@ Reports 002-004 ask the same questions of a generator, so they share this evalua
 - **Distribution** (``distribution``; for a conditional generator also ``per_class``): FID and
   KID in the standard Inception space (null with the reason when its weights are not on disk),
   FRD in radiomic space, and precision / recall / density / coverage (k = 5) in the random
-  VGG-16 space of pipeline.evaluate.embedding, between the real test slices and generated ones.
+  VGG-16 space of pipeline.evaluate.measures.embedding, between the real test slices and generated ones.
 - **The report's own measure** (``discriminator``): the mean of D's output on generated images
   over the last epochs of training (default 20), read from history.csv's ``d_fake`` column.
 - **Classifier utility** (``classifier``, ``tstr``): the classifier trained on real healthy vs
-  haemorrhage slices (pipeline.evaluate.classifier), its held-out accuracy on real slices, and
+  haemorrhage slices (pipeline.evaluate.measures.classifier), its held-out accuracy on real slices, and
   the share of generated slices asked to be of a class that it calls that class (report 002's
   45.3% for haemorrhage); train-on-synthetic / test-on-real: the same network and settings
   trained on generated slices only and on real + generated, selected on the real validation
   slices, tested on the real test slices.
-- **Memorisation** (``memorisation``, pipeline.evaluate.memorisation): does the generator
+- **Memorisation** (``memorisation``, pipeline.evaluate.measures.memorisation): does the generator
   return training slices, exactly, mirrored or with a little noise?
 
 Sampling: a conditional generator is asked for ``n_generated`` images of every class, an
 unconditional one for ``n_generated`` in all, with ``seed``; the train-on-synthetic set is drawn
 with seed + 1 (not the images that are scored), the noise walk with seeds + 2 and + 3.
 Generated images are independent draws, so each is its own unit ("subject") in every interval;
-real test slices are grouped by patient. Intervals follow pipeline.evaluate.intervals (subject
+real test slices are grouped by patient. Intervals follow pipeline.evaluate.measures.intervals (subject
 bootstrap for per-image means, two-set subject jackknife for set-level statistics).
 
-CLI: python -m pipeline.evaluate.generation --model model.pt --test test.npz --train train.npz ...
+CLI: python -m pipeline.evaluate.tasks.generation --model model.pt --test test.npz --train train.npz ...
 (``python -m pipeline.evaluate`` dispatches here for models whose task is "generation").
 """
 
@@ -39,22 +39,18 @@ import numpy as np
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import InputDataError, PipelineError
-from pipeline.evaluate import embedding, intervals, memorisation as memorisation_module, prdc as prdc_module
-from pipeline.evaluate import fid as fid_module
-from pipeline.evaluate import frd as frd_module
-from pipeline.evaluate.intervals import IntervalPolicy
-from pipeline.evaluate.translation import (
-    distance_blocks,
-    fixed_sample_indices,
-    frd_block,
-    load_test_slices,
-    summarise,
-    unavailable_frd,
-)
+from pipeline.evaluate import cli
+from pipeline.evaluate.measures import embedding, memorisation as memorisation_module, prdc as prdc_module
+from pipeline.evaluate.measures import fid as fid_module
+from pipeline.evaluate.measures import frd as frd_module
+from pipeline.evaluate.measures.distribution import distribution_block, inception_and_radiomic_features
+from pipeline.evaluate.measures.intervals import IntervalPolicy
+from pipeline.evaluate.measures.slices import fixed_sample_indices, load_labelled_slices, load_test_slices
+from pipeline.evaluate.measures.summary import summarise
 from pipeline.hashing import file_sha256
 from pipeline.models import Sampler  # noise(n, seed) / generate(z, labels), where present, draw the walk
 
-log = logging.getLogger("pipeline.evaluate.generation")
+log = logging.getLogger("pipeline.evaluate.tasks.generation")
 
 DEFAULT_CLASS_NAMES = ("healthy", "haemorrhage")
 """Label 0 and 1 of the labelled slices (contract: ``labels``, 1 = RSNA's ``any``)."""
@@ -79,73 +75,6 @@ def generate_sets(sampler: Sampler, n_generated: int, seed: int, shape: tuple[in
         labels = np.repeat(np.arange(sampler.n_classes, dtype=np.int64), n_generated)
         return draw(sampler, len(labels), labels, seed, shape), labels
     return draw(sampler, n_generated, None, seed, shape), None
-
-
-def _null_interval(reason: str) -> dict:
-    return {"ci95": None, "ci95_reason": reason, "ci_method": "subject_jackknife"}
-
-
-def prdc_block(real_features: np.ndarray, real_subjects: np.ndarray, generated_features: np.ndarray,
-               generated_ids: np.ndarray, policy: IntervalPolicy) -> dict:
-    """Precision / recall / density / coverage with their jackknife intervals, or null with the reason."""
-    k = prdc_module.NEAREST_K
-    block = {"feature_space": embedding.SETTINGS["name"], "k": k, "n_real": len(real_features),
-             "n_generated": len(generated_features), "reason": None}
-    problem = prdc_module.too_few_samples(len(real_features), len(generated_features), k)
-    if problem:
-        return block | {"reason": problem} | {m: {"value": None} | _null_interval(problem) for m in prdc_module.MEASURES}
-    measures = prdc_module.PRDC(real_features, generated_features, k)
-    values = measures()
-    for name in prdc_module.MEASURES:
-        statistic = lambda r, g, name=name: (measures(r, g) or {}).get(name)
-        block[name] = {"value": values[name]} | intervals.two_set_ci(
-            statistic, real_subjects, generated_ids, policy, lower_bound=0.0
-        )
-    return block
-
-
-def distribution_block(
-    real_rows: np.ndarray,
-    generated_rows: np.ndarray,
-    real_subjects: np.ndarray,
-    generated_ids: np.ndarray,
-    features: dict[str, dict[str, np.ndarray] | None],
-    radiomic_rows: dict[str, np.ndarray],
-    problems: dict[str, str | None],
-    fid_eps: float,
-    policy: IntervalPolicy,
-    compares: str,
-) -> dict:
-    """FID / KID / FRD / PRDC of the real rows vs the generated rows (indices into the evaluated sets)."""
-    block = {
-        "compares": compares,
-        "n_real": len(real_rows),
-        "n_real_subjects": int(len(np.unique(real_subjects[real_rows].astype(str)))),
-        "n_generated": len(generated_rows),
-    }
-    if problems["inception"] is None:
-        inception = features["inception"]
-        block |= distance_blocks(inception["real"][real_rows], real_subjects[real_rows],
-                                 inception["generated"][generated_rows], generated_ids[generated_rows], fid_eps, policy)
-        block["fid"]["compares"] = compares
-    else:
-        block |= fid_module.unavailable_distances(problems["inception"])
-        block["fid"] |= {"compares": None} | _null_interval(problems["inception"])
-        block["kid"] |= _null_interval(problems["inception"])
-    if problems["frd"] is None:
-        real_pick = np.intersect1d(radiomic_rows["real"], real_rows)
-        generated_pick = np.intersect1d(radiomic_rows["generated"], generated_rows)
-        lookup = lambda rows, pick: np.searchsorted(rows, pick)
-        block["frd"] = frd_block(
-            features["radiomics"]["real"][lookup(radiomic_rows["real"], real_pick)], real_subjects[real_pick],
-            features["radiomics"]["generated"][lookup(radiomic_rows["generated"], generated_pick)],
-            generated_ids[generated_pick], policy,
-        )
-    else:
-        block["frd"] = unavailable_frd(problems["frd"])
-    block["prdc"] = prdc_block(features["embedding"]["real"][real_rows], real_subjects[real_rows],
-                               features["embedding"]["generated"][generated_rows], generated_ids[generated_rows], policy)
-    return block
 
 
 def discriminator_block(history_csv: Path | None, last_epochs: int) -> dict:
@@ -202,7 +131,7 @@ def classifier_blocks(
     policy: IntervalPolicy,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """The real-data classifier on the real test slices and on the generated ones."""
-    from pipeline.evaluate.classifier import load_classifier, probability_of_b
+    from pipeline.evaluate.measures.classifier import load_classifier, probability_of_b
 
     network, checkpoint = load_classifier(classifier)
     p_real = probability_of_b(network, checkpoint, test["images"], batch_size)
@@ -263,7 +192,7 @@ def tstr_block(
     """
     import torch
 
-    from pipeline.evaluate.classifier import DEFAULT_SETTINGS, _logits, fit_classifier, load_classifier, to_tensor
+    from pipeline.evaluate.measures.classifier import DEFAULT_SETTINGS, predict_logits, fit_classifier, load_classifier, to_tensor
 
     _, checkpoint = load_classifier(classifier)
     settings = DEFAULT_SETTINGS | checkpoint.get("settings", {})
@@ -289,7 +218,7 @@ def tstr_block(
     }
     for name, (images, y) in variants.items():
         network, best, _ = fit_classifier(to_tensor(images, size), torch.from_numpy(y), x_val, y_val, settings, seed)
-        predicted = _logits(network, x_test, settings["batch_size"]).argmax(dim=1).numpy()
+        predicted = predict_logits(network, x_test, settings["batch_size"]).argmax(dim=1).numpy()
         correct = (predicted == test["labels"]).astype(np.float64)
         recalls = [float(correct[test["labels"] == c].mean()) for c in (0, 1) if (test["labels"] == c).any()]
         block[name] = {
@@ -303,8 +232,6 @@ def tstr_block(
 
 def load_labelled(path: Path, need_labels: bool) -> dict[str, np.ndarray]:
     """A slices npz, checked; with its 0 / 1 ``labels`` checked too when the evaluation needs them."""
-    from pipeline.evaluate.classifier import load_labelled_slices
-
     return load_labelled_slices(path) if need_labels else load_test_slices(path)
 
 
@@ -316,38 +243,6 @@ def _input_block(path: Path, data: dict[str, np.ndarray]) -> dict:
         block["n_per_label"] = [int((data["labels"] == c).sum()) for c in (0, 1)]
     return block
 
-
-
-def inception_and_radiomic_features(real: np.ndarray, generated: np.ndarray, inception_weights: Path | None,
-                                    frd: bool, frd_max_images: int, batch_size: int, device: str):
-    """Inception (FID / KID) and radiomic (FRD) features of a real and a generated set, for
-    ``distribution_block``: (features, radiomic_rows, problems), a feature space whose weights are
-    missing or which fails being left out with its reason in ``problems``."""
-    problems: dict[str, str | None] = {"frd": None if frd else "FRD switched off (evaluate.frd: false)"}
-    problems["inception"] = (fid_module.inception_weights_problem(inception_weights) if inception_weights is not None
-                             else "no Inception weights file given")
-    features: dict[str, dict[str, np.ndarray]] = {}
-    if problems["inception"] is None:
-        try:
-            extractor = fid_module.load_inception(inception_weights, device=device)
-            features["inception"] = {
-                "real": fid_module.inception_features(extractor, real, batch_size, device),
-                "generated": fid_module.inception_features(extractor, generated, batch_size, device),
-            }
-        except RuntimeError as err:
-            problems["inception"] = (f"Inception weights at {inception_weights} do not load into torch-fidelity's "
-                                     f"network ({str(err).splitlines()[0][:200]})")
-    radiomic_rows = {"real": fixed_sample_indices(len(real), frd_max_images),
-                     "generated": fixed_sample_indices(len(generated), frd_max_images)}
-    if frd:
-        try:
-            features["radiomics"] = {
-                "real": frd_module.radiomic_features(real[radiomic_rows["real"]], "radiomics real")[0],
-                "generated": frd_module.radiomic_features(generated[radiomic_rows["generated"]], "radiomics generated")[0],
-            }
-        except (ValueError, RuntimeError) as err:
-            problems["frd"] = f"radiomic feature extraction failed: {str(err)[:200]}"
-    return features, radiomic_rows, problems
 
 def evaluate_generation(
     model: Sampler,
@@ -385,7 +280,7 @@ def evaluate_generation(
     inception_weights: the standard FID file (absent: FID / KID null with the reason).
     n_generated: images per class (conditional) or in all (unconditional), default 200.
     frd / frd_max_images: FRD on at most this many evenly spaced images per set (~0.4 s an image).
-    memorisation_quantile, memorisation_max_share: see pipeline.evaluate.memorisation.
+    memorisation_quantile, memorisation_max_share: see pipeline.evaluate.measures.memorisation.
     d_fake_last_epochs: epochs averaged in the discriminator measure (report 002: 20).
     tstr: train-on-synthetic / test-on-real (conditional generator, classifier and val needed).
     n_figure_examples, walk_steps, n_nearest_pairs: what samples_out keeps for the figures.
@@ -564,15 +459,14 @@ def save_samples(target: Path, sampler: Sampler, generated: np.ndarray, generate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate.generation", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="trained model.pt of a generator")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate.tasks.generation", description=__doc__.splitlines()[0])
+    cli.add_common_arguments(parser, "trained model.pt of a generator")
     parser.add_argument("--test", type=Path, required=True, help="real held-out test.npz")
     parser.add_argument("--train", type=Path, required=True, help="the generator's training slices (memorisation)")
     parser.add_argument("--val", type=Path, help="real validation slices (train-on-synthetic selection)")
     parser.add_argument("--history", type=Path, help="training history.csv (D(G(z)) measure, training curves)")
     parser.add_argument("--classifier", type=Path, help="classifier.pt trained on real labelled slices")
     parser.add_argument("--inception-weights", type=Path, help="pt_inception-2015-12-05-6726825d.pth")
-    parser.add_argument("--out", type=Path, required=True, help="metrics.json to write")
     parser.add_argument("--class-names", nargs=2, default=list(DEFAULT_CLASS_NAMES), metavar=("NAME0", "NAME1"))
     parser.add_argument("--n-generated", type=int, default=200, help="images per class (conditional) or in all")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -586,61 +480,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-figure-examples", type=int, default=8)
     parser.add_argument("--walk-steps", type=int, default=8)
     parser.add_argument("--n-nearest-pairs", type=int, default=6)
-    parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--min-subjects", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--samples-out", type=Path, help="samples.npz for the figures")
     parser.add_argument("--per-image-out", type=Path, help="npz of every per-image value")
     parser.add_argument("--sample-grid", type=Path, help="draw real vs generated per class here")
     parser.add_argument("--noise-walk", type=Path, help="draw the walk between two noise vectors here")
     parser.add_argument("--nearest-pairs", type=Path, help="draw the generated images nearest to training ones here")
     parser.add_argument("--training-curves", type=Path, help="draw losses and D(x), D(G(z)) here (needs --history)")
-    parser.add_argument("--run-json", type=Path, help="run.json of the training run: log metrics to its MLflow run")
     args = parser.parse_args(argv)
-    for flag in ("sample_grid", "noise_walk", "nearest_pairs"):
-        if getattr(args, flag) is not None and args.samples_out is None:
-            parser.error(f"--{flag.replace('_', '-')} needs --samples-out")
-    if args.training_curves is not None and args.history is None:
-        parser.error("--training-curves needs --history")
+    cli.require_with(parser, args, ("sample_grid", "noise_walk", "nearest_pairs"), "samples_out")
+    cli.require_with(parser, args, ("training_curves",), "history")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    from pipeline import figures
-    from pipeline.evaluate import validate_metrics, write_metrics
-    from pipeline.evaluate import load_for_evaluation, resolve_device
-
-    args.device = resolve_device(args.device)
-    try:
-        model = load_for_evaluation(args.model, args.device, "generation", "a generator")
-        metrics = evaluate_generation(
-            model, args.test, args.train, val=args.val, history=args.history, classifier=args.classifier,
-            inception_weights=args.inception_weights, n_generated=args.n_generated, batch_size=args.batch_size,
-            fid_eps=args.fid_eps, frd=not args.skip_frd, frd_max_images=args.frd_max_images,
-            memorisation_quantile=args.memorisation_quantile, memorisation_max_share=args.memorisation_max_share,
-            d_fake_last_epochs=args.d_fake_last_epochs, tstr=not args.skip_tstr,
-            class_names=tuple(args.class_names), n_figure_examples=args.n_figure_examples,
-            walk_steps=args.walk_steps, n_nearest_pairs=args.n_nearest_pairs, device=args.device,
-            intervals_policy=IntervalPolicy(min_subjects=args.min_subjects, n_boot=args.n_boot, seed=args.seed),
-            seed=args.seed, samples_out=args.samples_out, per_image_out=args.per_image_out,
-        )
-        metrics["model"] = {"path": str(args.model), "sha256": file_sha256(args.model)}
-        validate_metrics(metrics)
-        if args.sample_grid is not None:
-            figures.generated_grid(args.samples_out, args.sample_grid)
-        if args.noise_walk is not None:
-            figures.noise_walk(args.samples_out, args.noise_walk)
-        if args.nearest_pairs is not None:
-            figures.nearest_pairs(args.samples_out, args.nearest_pairs)
-        if args.training_curves is not None:
-            figures.gan_training_curves(args.history, args.training_curves)
-        write_metrics(args.out, metrics)
-    except PipelineError as err:
-        log.error("%s", err)
-        return 1
+def report(metrics: dict) -> None:
+    """Log PRDC and the memorisation share, and a warning when memorisation is flagged."""
     memo = metrics["memorisation"]
     log.info("PRDC %s; memorisation share (pixels) %.3f%s",
              {m: round(metrics["distribution"]["prdc"][m]["value"], 3) for m in prdc_module.MEASURES}
@@ -649,14 +502,35 @@ def main(argv: list[str] | None = None) -> int:
     if memo["flagged"]:
         log.warning("the generator returns images closer to training slices than new patients' slices are: "
                     "it may reproduce patient anatomy")
-    if args.run_json is not None:
-        from pipeline.evaluate import flatten_metrics
-        from pipeline.tracking import log_evaluation
 
-        outputs = (args.out, args.samples_out, args.per_image_out, args.sample_grid, args.noise_walk,
-                   args.nearest_pairs, args.training_curves)
-        log_evaluation(args.run_json, flatten_metrics(metrics), [path for path in outputs if path is not None])
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from pipeline import figures
+
+    def evaluate(model, device: str) -> dict:
+        return evaluate_generation(
+            model, args.test, args.train, val=args.val, history=args.history, classifier=args.classifier,
+            inception_weights=args.inception_weights, n_generated=args.n_generated, batch_size=args.batch_size,
+            fid_eps=args.fid_eps, frd=not args.skip_frd, frd_max_images=args.frd_max_images,
+            memorisation_quantile=args.memorisation_quantile, memorisation_max_share=args.memorisation_max_share,
+            d_fake_last_epochs=args.d_fake_last_epochs, tstr=not args.skip_tstr,
+            class_names=tuple(args.class_names), n_figure_examples=args.n_figure_examples,
+            walk_steps=args.walk_steps, n_nearest_pairs=args.n_nearest_pairs, device=device,
+            intervals_policy=cli.interval_policy(args), seed=args.seed, samples_out=args.samples_out,
+            per_image_out=args.per_image_out,
+        )
+
+    samples = args.samples_out
+    draw_figures = lambda metrics: cli.draw([
+        (args.sample_grid, lambda out: figures.generated_grid(samples, out)),
+        (args.noise_walk, lambda out: figures.noise_walk(samples, out)),
+        (args.nearest_pairs, lambda out: figures.nearest_pairs(samples, out)),
+        (args.training_curves, lambda out: figures.gan_training_curves(args.history, out)),
+    ])
+    return cli.run_evaluation(args, "generation", "a generator", evaluate, draw_figures,
+                              outputs=[args.samples_out, args.per_image_out], report=report, log=log)
 
 
 if __name__ == "__main__":

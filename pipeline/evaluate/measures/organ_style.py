@@ -4,7 +4,7 @@ Report 003 transfers texture organ by organ from a style image (another patient)
 content image fixes the anatomy. For each organ and generated image two distances are measured,
 each to the style image's same organ and to the content image's same organ:
 
-- **Gram distance**: features of a fixed random VGG-16 trunk (pipeline.evaluate.embedding's
+- **Gram distance**: features of a fixed random VGG-16 trunk (pipeline.evaluate.measures.embedding's
   network, the same on every machine; Ustyuzhaninov et al. 2017 showed random shallow filters'
   Gram matrices describe texture) at relu1_2 (full size) and relu2_2 (half size). Per layer
   and organ the Gram matrix is G = F_m F_m^T / (C * A), F_m the features times the organ's mask
@@ -39,7 +39,7 @@ def organ_features(images: np.ndarray, network=None) -> list[np.ndarray]:
     """[(N, C, H, W) relu1_2, (N, C, H/2, W/2) relu2_2] float64 features of (N, H, W) slices in [0, 1]."""
     import torch
 
-    from pipeline.evaluate.embedding import build_random_vgg
+    from pipeline.evaluate.measures.embedding import build_random_vgg
 
     network = network if network is not None else build_random_vgg()
     out = []

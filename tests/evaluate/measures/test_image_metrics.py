@@ -5,7 +5,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
-from pipeline.evaluate.image_metrics import (
+from pipeline.evaluate.measures.image_metrics import (
     mae_hu_per_image,
     mae_per_image,
     psnr_per_image,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from pipeline.evaluate.image_metrics import ssim_per_image
-from pipeline.evaluate.steganography import add_noise, blur, steganography_check
+from pipeline.evaluate.measures.image_metrics import ssim_per_image
+from pipeline.evaluate.measures.steganography import add_noise, blur, steganography_check
 
 AMPLITUDE = 0.01
 

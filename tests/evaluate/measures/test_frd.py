@@ -6,7 +6,7 @@ import SimpleITK as sitk
 from skimage.data import shepp_logan_phantom
 from skimage.transform import resize
 
-from pipeline.evaluate import fid, frd
+from pipeline.evaluate.measures import fid, frd
 
 
 def phantom_set(n: int, shift: float, contrast: float, seed: int) -> np.ndarray:

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.evaluate.measures.intervals import IntervalPolicy
+from pipeline.evaluate.measures.summary import summarise
+
 DEFINITION = ("Dice_c = 2|P_c & R_c| / (|P_c| + |R_c|) per image and class c, pixels counted; NaN (left out of "
               "means) when c is absent from both maps")
 
@@ -36,3 +39,20 @@ def dice_per_class(predicted: np.ndarray, reference: np.ndarray, n_classes: int)
         with np.errstate(divide="ignore", invalid="ignore"):
             scores[:, c] = np.where(total > 0, 2.0 * overlap / np.maximum(total, 1), np.nan)
     return scores
+
+
+def dice_summary(predicted: np.ndarray, reference: np.ndarray, subjects: np.ndarray, organ_names: list[str],
+                 policy: IntervalPolicy, compares: str | None = None) -> tuple[dict, np.ndarray]:
+    """Dice per class (mean over images, interval over subjects) and the mean over organs (classes 1..),
+    led by what it ``compares`` when given; also the (N, n_classes) scores."""
+    scores = dice_per_class(predicted, reference, len(organ_names))
+    organs = scores[:, 1:]
+    organ_mean = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in organs])
+    block = {} if compares is None else {"compares": compares}
+    block |= {
+        "n_images": len(scores),
+        "n_subjects": int(len(np.unique(np.asarray(subjects).astype(str)))),
+        "per_class": {name: summarise(scores[:, c], subjects, policy) for c, name in enumerate(organ_names)},
+        "mean_organ_dice": summarise(organ_mean, subjects, policy),
+    }
+    return block, scores

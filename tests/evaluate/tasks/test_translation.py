@@ -11,19 +11,19 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from pipeline.errors import InputDataError, PipelineError
-from pipeline.evaluate import fid as fid_module
-from pipeline.evaluate import frd as frd_module
-from pipeline.evaluate import flatten_metrics, validate_metrics, write_metrics
-from pipeline.evaluate.image_metrics import mae_per_image, psnr_per_image, ssim_per_image
-from pipeline.evaluate.intervals import IntervalPolicy
-from pipeline.evaluate.translation import evaluate_translation
+from pipeline.evaluate.measures import fid as fid_module
+from pipeline.evaluate.measures import frd as frd_module
+from pipeline.evaluate.metrics_json import flatten_metrics, validate_metrics, write_metrics
+from pipeline.evaluate.measures.image_metrics import mae_per_image, psnr_per_image, ssim_per_image
+from pipeline.evaluate.measures.intervals import IntervalPolicy
+from pipeline.evaluate.tasks.translation import evaluate_translation
 
 SIZE = 32
 
 
 @pytest.fixture(autouse=True)
 def cheap_radiomics(monkeypatch):
-    """Coarse block means stand in for PyRadiomics (~0.4 s an image); tests/evaluate/test_frd.py runs the real one."""
+    """Coarse block means stand in for PyRadiomics (~0.4 s an image); tests/evaluate/measures/test_frd.py runs the real one."""
 
     def block_means(images, desc=""):
         blocks = images.reshape(len(images), 4, SIZE // 4, 4, SIZE // 4).mean(axis=(2, 4))
@@ -135,7 +135,7 @@ def test_identity_translator_metrics(test_sets, tmp_path):
 def test_frd_classifier_regions_steganography_and_intervals(test_sets, tmp_path):
     import torch
 
-    from pipeline.evaluate import classifier as classifier_module
+    from pipeline.evaluate.measures import classifier as classifier_module
 
     path_a, path_b = test_sets
     with np.load(path_a) as npz:
@@ -347,7 +347,7 @@ def test_cli_writes_valid_metrics_and_logs_to_the_run(test_sets, tmp_path, monke
         sys.modules,
         "pipeline.tracking",
         types.SimpleNamespace(
-            log_evaluation=lambda run, metrics, artifacts: logged.update(
+            log_evaluation=lambda run, metrics, artifacts, tracking_uri=None: logged.update(
                 run=run, metrics=metrics, artifacts=artifacts
             )
         ),

@@ -11,8 +11,8 @@ The same network serves labelled data (report 002: healthy vs any haemorrhage, l
 the slices' ``labels`` array), and the generation evaluator retrains it on synthetic slices
 (train-on-synthetic / test-on-real) with the settings stored in its checkpoint.
 
-CLI: python -m pipeline.evaluate.classifier --train-a A --train-b B --val-a ... --out-model classifier.pt
-     python -m pipeline.evaluate.classifier --train T --val V --test H --class-names healthy haemorrhage ...
+CLI: python -m pipeline.evaluate.measures.classifier --train-a A --train-b B --val-a ... --out-model classifier.pt
+     python -m pipeline.evaluate.measures.classifier --train T --val V --test H --class-names healthy haemorrhage ...
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import numpy as np
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.errors import InputDataError, PipelineError
+from pipeline.evaluate.measures.slices import load_labelled_slices, load_test_slices
 
-log = logging.getLogger("pipeline.evaluate.classifier")
+log = logging.getLogger("pipeline.evaluate.measures.classifier")
 
 
 def build_network(width: int = 16, n_blocks: int = 3):
@@ -63,7 +64,8 @@ def to_tensor(images: np.ndarray, image_size: int | None):
     return tensor
 
 
-def _logits(network, tensor, batch_size: int):
+def predict_logits(network, tensor, batch_size: int):
+    """Logits of an (N, 1, S, S) tensor in eval mode, ``batch_size`` images at a time, without gradients."""
     import torch
 
     network.eval()
@@ -119,7 +121,7 @@ def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0
             loss = loss_fn(network(images), y_train[batch])
             loss.backward()
             optimiser.step()
-        val_logits = _logits(network, x_val, batch_size)
+        val_logits = predict_logits(network, x_val, batch_size)
         val_loss = float(loss_fn(val_logits, y_val))
         _, val_balanced, _ = _scores(val_logits, y_val)
         history.append({"epoch": epoch, "train_loss": loss.item(), "val_loss": val_loss, "val_balanced_accuracy": val_balanced})
@@ -148,7 +150,7 @@ def _finish(network, best, history, x_test, y_test, class_names, labels_text, co
     import torch
 
     test_accuracy, test_balanced, test_per_class = _scores(
-        _logits(network, x_test, settings["batch_size"]), y_test
+        predict_logits(network, x_test, settings["batch_size"]), y_test
     )
     checkpoint = {
         "state_dict": best["state"],
@@ -223,8 +225,6 @@ def train_classifier(
     """
     import torch
 
-    from pipeline.evaluate.translation import load_test_slices
-
     started = _prepare(threads)
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "width": width,
                 "n_blocks": n_blocks, "image_size": image_size, "flip_probability": flip_probability,
@@ -244,21 +244,6 @@ def train_classifier(
     return _finish(network, best, history, x_test, y_test, domain_names, labels_text,
                    {"train": n_train, "val": n_val, "test": n_test}, settings, seed, out_model, out_json, started,
                    {"domain_names": list(domain_names)})
-
-
-def load_labelled_slices(path: Path, label_key: str = "labels") -> dict[str, np.ndarray]:
-    """A slices npz with a per-image 0 / 1 label array (contract: ``labels``, 1 = any haemorrhage)."""
-    from pipeline.evaluate.translation import load_test_slices
-
-    data = load_test_slices(path)
-    if label_key not in data:
-        raise InputDataError(path, f"missing array '{label_key}' (one 0 / 1 label per image)")
-    labels = np.asarray(data[label_key])
-    if labels.shape != (len(data["images"]),) or not np.isin(labels, (0, 1)).all():
-        raise InputDataError(path, f"'{label_key}' must hold one label 0 or 1 per image, got shape {labels.shape} "
-                             f"and values {sorted(np.unique(labels).tolist())[:5]}")
-    data[label_key] = labels.astype(np.int64)
-    return data
 
 
 def train_label_classifier(
@@ -316,13 +301,13 @@ def probability_of_b(network, checkpoint: dict, images: np.ndarray, batch_size: 
     """P(domain b) of each (N, H, W) slice in [0, 1]."""
     import torch
 
-    logits = _logits(network, to_tensor(images, checkpoint["image_size"]), batch_size)
+    logits = predict_logits(network, to_tensor(images, checkpoint["image_size"]), batch_size)
     return torch.softmax(logits, dim=1)[:, 1].double().numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate.classifier", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate.measures.classifier", description=__doc__.splitlines()[0])
     for split in ("train", "val", "test"):
         parser.add_argument(f"--{split}", type=Path, help=f"{split}.npz with a label per slice (labelled mode)")
         for domain in ("a", "b"):

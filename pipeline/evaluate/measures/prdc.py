@@ -14,7 +14,7 @@ generated sample Y_j a radius s_j among the generated ones; with N real and M ge
 
 Density and coverage are the paper's outlier-robust replacements of precision and recall: an
 outlier among the reals inflates one ball, not the whole estimate. Distances are Euclidean in
-whatever feature space the caller passes (pipeline.evaluate.embedding names the one the
+whatever feature space the caller passes (pipeline.evaluate.measures.embedding names the one the
 generation evaluator uses). Implemented from the paper's definitions with exact pairwise
 distances (sets here hold hundreds, not tens of thousands, of images).
 """

@@ -21,7 +21,7 @@ training slices, exact, flipped or with slight noise, puts nearly all of them th
 windows and datasets.
 
 Distances: pixel space is the root-mean-square difference of the [0, 1] slices (same units as
-the slices, comparable across sizes); the feature space is pipeline.evaluate.embedding's random
+the slices, comparable across sizes); the feature space is pipeline.evaluate.measures.embedding's random
 VGG-16 (Euclidean distance of L2-normalised features). The interval of the share is the
 two-set subject jackknife (``intervals.two_set_ci``): held-out patients and generated images are
 left out in turn, because tau moves with the held-out set. Nearest neighbours are searched exactly, in chunks, so memory stays bounded for
@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.evaluate import intervals
-from pipeline.evaluate.intervals import IntervalPolicy
-from pipeline.evaluate.prdc import pairwise_distances
+from pipeline.evaluate.measures import intervals
+from pipeline.evaluate.measures.intervals import IntervalPolicy
+from pipeline.evaluate.measures.prdc import pairwise_distances
 
 CHUNK = 512
 """Queries and references per block of the exact nearest-neighbour search (memory ~ CHUNK^2 floats)."""

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from generation_support import CopySampler, FreshSampler, make_split
-from pipeline.evaluate import embedding, memorisation
-from pipeline.evaluate.intervals import IntervalPolicy
+from pipeline.evaluate.measures import embedding, memorisation
+from pipeline.evaluate.measures.intervals import IntervalPolicy
 
 POLICY = IntervalPolicy(min_subjects=3, n_boot=100, seed=0)
 N_GENERATED = 60

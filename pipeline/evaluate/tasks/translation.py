@@ -7,12 +7,18 @@ real-data classifier assigns to the target domain, the share of change inside a 
 where the test npz carries one, and, where the source npz carries the same anatomy rendered in
 the other modality (phantom ``partner``), paired SSIM / PSNR / MAE, with MAE in HU when the
 target is CT. Every block states the data range and the normalisation its numbers depend on;
-every measured number carries a 95% interval over subjects (pipeline/evaluate/intervals.py: a subject
-bootstrap for per-image metrics, a subject jackknife for FID / KID / FRD), or null with the reason.
+every measured number carries a 95% interval over subjects (pipeline.evaluate.measures.intervals: a
+subject bootstrap for per-image metrics, a subject jackknife for FID / KID / FRD), or null with the reason.
+
+CLI: python -m pipeline.evaluate --model M --test-a A --test-b B --out metrics.json ...
+(``python -m pipeline.evaluate`` dispatches here for models whose task is "translation").
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
 from pathlib import Path
 from typing import Protocol
 
@@ -21,13 +27,17 @@ import numpy as np
 from pipeline.atomic import atomic_path
 from pipeline.hashing import file_sha256
 from pipeline.errors import ConfigError, InputDataError, PipelineError
-from pipeline.evaluate import intervals
-from pipeline.evaluate.intervals import IntervalPolicy
-from pipeline.evaluate import fid as fid_module
-from pipeline.evaluate import frd as frd_module
-from pipeline.evaluate.regions import change_inside_mask
-from pipeline.evaluate.steganography import steganography_check
-from pipeline.evaluate.image_metrics import (
+from pipeline.evaluate import cli
+from pipeline.evaluate.measures import intervals
+from pipeline.evaluate.measures.intervals import IntervalPolicy
+from pipeline.evaluate.measures import fid as fid_module
+from pipeline.evaluate.measures import frd as frd_module
+from pipeline.evaluate.measures.distribution import distance_blocks, frd_block, unavailable_frd
+from pipeline.evaluate.measures.regions import change_inside_mask
+from pipeline.evaluate.measures.slices import fixed_sample_indices, load_test_slices
+from pipeline.evaluate.measures.steganography import steganography_check
+from pipeline.evaluate.measures.summary import summarise
+from pipeline.evaluate.measures.image_metrics import (
     DATA_RANGE,
     SSIM_SETTINGS,
     mae_hu_per_image,
@@ -35,6 +45,8 @@ from pipeline.evaluate.image_metrics import (
     psnr_per_image,
     ssim_per_image,
 )
+
+log = logging.getLogger("pipeline.evaluate.tasks.translation")
 
 REVERSE = {"a_to_b": "b_to_a", "b_to_a": "a_to_b"}
 DOMAINS = {"a_to_b": ("a", "b"), "b_to_a": ("b", "a")}
@@ -44,46 +56,6 @@ RESERVED_KEYS = {"schema_version", "direction_names", "inputs", "settings", "mod
 
 class Translator(Protocol):
     def translate(self, direction: str, images: np.ndarray) -> np.ndarray: ...
-
-
-def load_test_slices(path: Path) -> dict[str, np.ndarray]:
-    """Read a test.npz (contract: images, subject_ids, slice_index, optional partner/has_partner)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputDataError(path, "test slices not found")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as err:
-        raise InputDataError(path, f"not a readable npz file ({err})") from err
-    for key in ("images", "subject_ids", "slice_index"):
-        if key not in data:
-            raise InputDataError(path, f"missing array '{key}'")
-    images = data["images"]
-    if images.ndim != 3 or len(images) == 0:
-        raise InputDataError(path, f"'images' must be a non-empty (N, H, W) stack, got shape {images.shape}")
-    if len(data["subject_ids"]) != len(images) or len(data["slice_index"]) != len(images):
-        raise InputDataError(path, "'subject_ids' and 'slice_index' must have one entry per image")
-    if "partner" in data:
-        if data["partner"].shape != images.shape:
-            raise InputDataError(
-                path, f"'partner' shape {data['partner'].shape} differs from 'images' {images.shape}"
-            )
-        if "has_partner" not in data or len(data["has_partner"]) != len(images):
-            raise InputDataError(path, "'partner' needs a 'has_partner' flag per image")
-    for key in ("images", "partner"):
-        if key in data:
-            values = data[key] if key == "images" else data[key][data["has_partner"].astype(bool)]
-            if values.size and (not np.all(np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0):
-                raise InputDataError(path, f"'{key}' must be finite and in [0, 1]")
-            data[key] = data[key].astype(np.float32)
-    if "region_mask" in data:
-        if data["region_mask"].shape != images.shape or data["region_mask"].dtype != bool:
-            raise InputDataError(
-                path, f"'region_mask' must be bool of the images' shape {images.shape}, got "
-                f"{data['region_mask'].dtype} {data['region_mask'].shape}"
-            )
-    return data
 
 
 def normalisation_text(
@@ -115,22 +87,6 @@ def translate_all(model: Translator, direction: str, images: np.ndarray, batch_s
     if not np.all(np.isfinite(translated)) or translated.min() < 0.0 or translated.max() > 1.0:
         raise PipelineError(f"translator '{direction}' returned values outside [0, 1] or not finite")
     return translated
-
-
-def summarise(values: np.ndarray, subject_ids: np.ndarray, policy: IntervalPolicy) -> dict:
-    """Mean / std (ddof 0) / n of per-image values with the subject-bootstrap 95% interval of the mean.
-
-    Infinities (identical images in PSNR) are counted apart and left out of mean, std and interval.
-    """
-    finite = values[np.isfinite(values)]
-    return {
-        "mean": float(finite.mean()) if finite.size else None,
-        "std": float(finite.std()) if finite.size else None,
-        "n": int(values.size),
-        "n_infinite": int(values.size - finite.size),
-        "n_subjects": int(len(np.unique(np.asarray(subject_ids).astype(str)))),
-    } | (intervals.mean_ci(values, subject_ids, policy) if finite.size else
-         {"ci95": None, "ci95_reason": "no finite value", "ci_method": "subject_bootstrap"})
 
 
 def paired_block(
@@ -172,11 +128,6 @@ def paired_block(
             "note": "HU = center - width/2 + v*width; MAE within the window range only (values outside were clipped)",
         }
     return block, per_image
-
-
-def fixed_sample_indices(n_images: int, n_examples: int) -> np.ndarray:
-    """Evenly spaced indices: the same test images every run, spread over subjects and slices."""
-    return np.unique(np.linspace(0, n_images - 1, num=min(n_examples, n_images)).round().astype(int))
 
 
 def direction_metrics(
@@ -238,61 +189,6 @@ def direction_metrics(
         values |= {f"paired_{key}": array for key, array in paired_values.items()}
         values["paired_index"] = np.flatnonzero(has_partner)
     return block, values
-
-
-def distance_blocks(
-    real: np.ndarray,
-    real_subjects: np.ndarray,
-    generated: np.ndarray,
-    generated_subjects: np.ndarray,
-    fid_eps: float,
-    policy: IntervalPolicy,
-) -> dict:
-    """FID and KID blocks of Inception features with their subject-jackknife intervals.
-
-    FID's interval needs the sample route of the Fréchet distance (each set at most 2048 images);
-    beyond that every replicate would need a 2048 x 2048 matrix square root, and it is null.
-    """
-    blocks = fid_module.distribution_distances(real, generated, fid_eps, real_subjects, generated_subjects)
-    if blocks["fid"]["value"] is None or max(len(real), len(generated)) > fid_module.FEATURE_DIM:
-        blocks["fid"] |= {"ci95": None, "ci_method": "subject_jackknife", "ci95_reason": blocks["fid"]["reason"]
-                          or f"more than {fid_module.FEATURE_DIM} images in a set: no affordable interval"}
-    else:
-        blocks["fid"] |= intervals.two_set_ci(
-            lambda r, g: fid_module.frechet_distance_low_rank(real[r], generated[g]),
-            real_subjects, generated_subjects, policy, lower_bound=0.0,
-        )
-    kid = fid_module.KernelInceptionDistance(real, generated, real_subjects, generated_subjects)
-    blocks["kid"] |= intervals.two_set_ci(kid, real_subjects, generated_subjects, policy)
-    return blocks
-
-
-def frd_block(
-    real: np.ndarray, real_subjects: np.ndarray, generated: np.ndarray, generated_subjects: np.ndarray,
-    policy: IntervalPolicy,
-) -> dict:
-    """The "frd" block of radiomic features of real target images vs translations, with its interval."""
-    value, distance, n_features, reason = frd_module.frd_from_features(real, generated)
-    interval = {"ci95": None, "ci95_reason": reason, "ci_method": "subject_jackknife"}
-    if value is not None:
-        interval = intervals.two_set_ci(
-            lambda r, g: frd_module.frd_from_features(real[r], generated[g])[0], real_subjects, generated_subjects,
-            policy,
-        )
-    return {
-        "value": value,
-        "frechet_distance": distance,
-        "n_features": n_features,
-        "n_real": int((~np.isnan(real).any(axis=1)).sum()),
-        "n_generated": int((~np.isnan(generated).any(axis=1)).sum()),
-        "reason": reason,
-    } | interval
-
-
-def unavailable_frd(reason: str) -> dict:
-    """The "frd" block when FRD is switched off or the features could not be extracted."""
-    return {"value": None, "frechet_distance": None, "n_features": 0, "n_real": 0, "n_generated": 0,
-            "reason": reason, "ci95": None, "ci95_reason": reason, "ci_method": "subject_jackknife"}
 
 
 def classifier_share_block(
@@ -374,7 +270,7 @@ def evaluate_translation(
     n_figure_examples: fixed test images per direction saved to ``samples_out`` (default 4).
     device: where Inception runs (default cpu).
     per_image_out: optional npz with every per-image value (for a bootstrap over subjects).
-    classifier: classifier.pt from pipeline.evaluate.classifier (None: classifier blocks null with the reason).
+    classifier: classifier.pt from pipeline.evaluate.measures.classifier (None: classifier blocks null with the reason).
     frd: compute FRD (default True; PyRadiomics costs ~0.4 s per 64x64 image on one core).
     frd_max_images: at most this many evenly spaced images per set enter FRD (default 200).
     intervals_policy: minimum subjects, bootstrap replicates and seed of every interval (intervals.py).
@@ -435,7 +331,7 @@ def evaluate_translation(
 
     classifier_info, classifier_problem = None, "no classifier given"
     if classifier is not None:
-        from pipeline.evaluate.classifier import load_classifier, probability_of_b
+        from pipeline.evaluate.measures.classifier import load_classifier, probability_of_b
 
         network, checkpoint = load_classifier(classifier)
         classifier_problem = None
@@ -594,3 +490,140 @@ def save_samples(
             arrays[f"{way}_region_mask"] = src["region_mask"][picks]
     with atomic_path(target) as tmp:
         np.savez_compressed(tmp, **arrays)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=(
+        "Translation evaluator CLI: python -m pipeline.evaluate --model M --test-a A --test-b B --out metrics.json ..."))
+    cli.add_common_arguments(parser, "trained model.pt (pipeline.models.load_trained)")
+    parser.add_argument("--test-a", type=Path, required=True, help="test.npz of domain a")
+    parser.add_argument("--test-b", type=Path, required=True, help="test.npz of domain b")
+    parser.add_argument(
+        "--inception-weights", type=Path, required=True, help="pt_inception-2015-12-05-6726825d.pth"
+    )
+    parser.add_argument(
+        "--samples-out", type=Path, help="samples.npz (fixed examples) for the triplet figure"
+    )
+    parser.add_argument("--per-image-out", type=Path, help="npz of every per-image value (bootstrap input)")
+    parser.add_argument(
+        "--direction-names", nargs=2, default=["ct_to_mri", "mri_to_ct"], metavar=("A_TO_B", "B_TO_A")
+    )
+    parser.add_argument(
+        "--modalities", nargs=2, default=["ct", "mri"], metavar=("A", "B"), help="modality of a and b"
+    )
+    parser.add_argument(
+        "--ct-window",
+        nargs=2,
+        type=float,
+        metavar=("CENTER", "WIDTH"),
+        help="HU window the CT slices were made with; omit when each series used its own (no MAE in HU then)",
+    )
+    parser.add_argument(
+        "--mri-percentiles", nargs=2, type=float, default=[0.5, 99.5], metavar=("LOW", "HIGH")
+    )
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--fid-eps", type=float, default=1e-6)
+    parser.add_argument("--n-figure-examples", type=int, default=4, help="fixed test images per direction")
+    parser.add_argument("--classifier", type=Path, help="classifier.pt (pipeline.evaluate.measures.classifier)")
+    parser.add_argument("--skip-frd", action="store_true", help="leave FRD null (PyRadiomics ~0.4 s an image)")
+    parser.add_argument("--frd-max-images", type=int, default=200, help="evenly spaced images per set in FRD")
+    parser.add_argument("--stego-blur-sigma", type=float, default=1.0, help="Gaussian blur of G(x), pixels")
+    parser.add_argument("--stego-noise-sigma", type=float, default=0.02, help="Gaussian noise on G(x), [0,1] units")
+    parser.add_argument("--stego-max-drop", type=float, default=0.1, help="cycle-SSIM drop that raises the flag")
+    parser.add_argument("--histogram-bins", type=int, default=64)
+    parser.add_argument("--diff-upscale-size", type=int, default=256, help="bicubic size of the difference maps")
+    parser.add_argument(
+        "--triplets", type=Path, help="also draw the triplet figure here (needs --samples-out)"
+    )
+    parser.add_argument(
+        "--labels", nargs=2, default=["CT", "T2 MRI"], metavar=("A", "B"), help="domain names in figures"
+    )
+    parser.add_argument("--sample-grid", type=Path, help="draw real vs translated samples here (needs --samples-out)")
+    parser.add_argument("--difference-maps", type=Path, help="draw |G(x) - x| maps here (needs --samples-out)")
+    parser.add_argument("--histograms", type=Path, help="draw intensity histograms here (needs --samples-out)")
+    parser.add_argument("--metrics-table", type=Path, help="draw the headline metrics as a table image here")
+    parser.add_argument("--history", type=Path, help="training history.csv, for --loss-curves")
+    parser.add_argument("--loss-curves", type=Path, help="also draw the loss curves here (needs --history)")
+    parser.add_argument(
+        "--extra-figures", type=Path, nargs="*", default=[], help="more files to log to MLflow"
+    )
+    args = parser.parse_args(argv)
+    cli.require_with(parser, args, ("triplets", "sample_grid", "difference_maps", "histograms"), "samples_out")
+    if (args.loss_curves is None) != (args.history is None):
+        parser.error("--loss-curves and --history go together")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.evaluate`` hands a translator's model.pt here: evaluate both directions,
+    optionally draw the figures (triplets, sample grid, difference maps, histograms, metrics table,
+    loss curves), write metrics.json last, optionally log to the training's MLflow run."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from pipeline import figures
+
+    def evaluate(model, device: str) -> dict:
+        return evaluate_translation(
+            model,
+            args.test_a,
+            args.test_b,
+            inception_weights=args.inception_weights,
+            directions={"a_to_b": args.direction_names[0], "b_to_a": args.direction_names[1]},
+            modalities={"a": args.modalities[0], "b": args.modalities[1]},
+            ct_window=None if args.ct_window is None else tuple(args.ct_window),
+            mri_percentiles=tuple(args.mri_percentiles),
+            batch_size=args.batch_size,
+            fid_eps=args.fid_eps,
+            seed=args.seed,
+            n_figure_examples=args.n_figure_examples,
+            device=device,
+            samples_out=args.samples_out,
+            per_image_out=args.per_image_out,
+            classifier=args.classifier,
+            frd=not args.skip_frd,
+            frd_max_images=args.frd_max_images,
+            intervals_policy=cli.interval_policy(args),
+            stego_blur_sigma=args.stego_blur_sigma,
+            stego_noise_sigma=args.stego_noise_sigma,
+            stego_max_drop=args.stego_max_drop,
+            histogram_bins=args.histogram_bins,
+        )
+
+    labels = tuple(args.labels)
+    samples = args.samples_out
+
+    def draw_figures(metrics: dict) -> list[Path]:
+        return cli.draw([
+            (args.triplets, lambda out: figures.triplets(samples, out, labels=labels)),
+            (args.sample_grid, lambda out: figures.sample_grid(samples, out, labels=labels)),
+            (args.difference_maps, lambda out: figures.difference_maps(samples, out, labels, args.diff_upscale_size)),
+            (args.histograms, lambda out: figures.intensity_histograms(samples, out, labels=labels)),
+            (args.metrics_table, lambda out: figures.metrics_table(metrics, out)),
+            (args.loss_curves, lambda out: figures.loss_curves(args.history, out)),
+        ])
+
+    return cli.run_evaluation(args, "translation", "a translator", evaluate, draw_figures,
+                              outputs=[args.samples_out, args.per_image_out, *args.extra_figures],
+                              report=report, log=log)
+
+
+def report(metrics: dict) -> None:
+    """Log the headline of each direction, and a warning when the steganography check flags it."""
+    for name in metrics["direction_names"]:
+        block, fid = metrics[name], metrics[name]["fid"]
+        frd = block["frd"]
+        log.info(
+            "%s: SSIM %.3f, cycle SSIM %.3f, FID %s, FRD %s",
+            name,
+            block["ssim"]["mean"],
+            block["ssim_cycle"]["mean"],
+            f"{fid['value']:.2f}" if fid["value"] is not None else f"null ({fid['reason']})",
+            f"{frd['value']:.2f}" if frd["value"] is not None else f"null ({frd['reason']})",
+        )
+        if block["steganography"]["flagged"]:
+            log.warning("%s: cycle SSIM drops by more than %g when G(x) is blurred or noised: the generator "
+                        "may hide the source in imperceptible signal", name, block["steganography"]["max_drop"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
