@@ -48,6 +48,7 @@ import gzip
 import io
 import json
 import logging
+import re
 import shutil
 import struct
 import tarfile
@@ -55,6 +56,7 @@ import zipfile
 import zlib
 from importlib.metadata import version
 from pathlib import Path
+from typing import BinaryIO
 
 import nibabel as nib
 import pydicom
@@ -110,6 +112,18 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 TAR_MAGIC_AT, TAR_MAGIC = slice(257, 262), b"ustar"
 ARCHIVE_KINDS = ("gzip", "zip", "tar")
+#: Explicit-VR PatientName, PatientID and AccessionNumber elements, little- and big-endian: bytes
+#: no table or text holds; a file that has them but does not start as DICOM (a junk byte before
+#: the data set, a data set inside another binary) is refused rather than copied.
+DICOM_ELEMENTS = re.compile(
+    b"|".join(
+        re.escape(signature)
+        for signature in (b"\x10\x00\x10\x00PN", b"\x10\x00\x20\x00LO", b"\x08\x00\x50\x00SH",
+                          b"\x00\x10\x00\x10PN", b"\x00\x10\x00\x20LO", b"\x00\x08\x00\x50SH")
+    )
+)  # fmt: skip
+DICOM_ELEMENT_BYTES = 6
+SCAN_CHUNK_BYTES = 1 << 20
 #: PNG chunks needed to decode and display an image (PNG spec 11.2-11.3); the rest is dropped.
 PNG_KEPT_CHUNKS = frozenset(
     {
@@ -413,9 +427,37 @@ def _kind_of(head: bytes, name: str) -> str:
     return "other"
 
 
+def _holds_dicom_elements(handle: BinaryIO, head: bytes) -> bool:
+    """Whether the rest of a stream (after ``head``) or ``head`` holds DICOM_ELEMENTS."""
+    window = head
+    while True:
+        if DICOM_ELEMENTS.search(window):
+            return True
+        chunk = handle.read(SCAN_CHUNK_BYTES)
+        if not chunk:
+            return False
+        window = window[-DICOM_ELEMENT_BYTES:] + chunk
+
+
+def _kind_of_stream(handle: BinaryIO, name: str) -> str:
+    """_kind_of, and ``dicom elements`` for what would be "other" but holds DICOM elements."""
+    head = handle.read(HEAD_BYTES)
+    kind = _kind_of(head, name)
+    return "dicom elements" if kind == "other" and _holds_dicom_elements(handle, head) else kind
+
+
+def _refuse_dicom_elements(source: Path, kind: str) -> None:
+    if kind == "dicom elements":
+        raise InputDataError(
+            source, "holds DICOM elements (PatientName, PatientID or AccessionNumber) but does not "
+            "start as a DICOM file or data set: it would be copied with them",
+        )  # fmt: skip
+
+
 def _kind(path: Path) -> str:
     with open(path, "rb") as handle:
-        kind = _kind_of(handle.read(HEAD_BYTES), path.name)
+        kind = _kind_of_stream(handle, path.name)
+    _refuse_dicom_elements(path, kind)
     if kind == "other" and path.suffix.lower() in DICOM_SUFFIXES:
         raise InputDataError(
             path, "named like a DICOM file but is not DICOM (no preamble, and not a data set)"
@@ -435,19 +477,19 @@ def _gunzip(source: Path) -> bytes:
         raise InputDataError(source, f"a corrupt gzip stream ({exc}); it could hide a DICOM file") from exc
 
 
-def _archive_member_heads(source: Path, kind: str) -> list[tuple[str, bytes]]:
-    """(name, first bytes) of every file in a zip or tar archive."""
+def _archive_member_kinds(source: Path, kind: str) -> list[str]:
+    """What every file in a zip or tar archive is."""
     try:
         if kind == "zip":
             with zipfile.ZipFile(source) as archive:
                 return [
-                    (info.filename, archive.open(info).read(HEAD_BYTES))
+                    _kind_of_stream(archive.open(info), info.filename)
                     for info in archive.infolist()
                     if not info.is_dir()
                 ]
         with tarfile.open(source) as archive:
             return [
-                (member.name, archive.extractfile(member).read(HEAD_BYTES))
+                _kind_of_stream(archive.extractfile(member), member.name)
                 for member in archive.getmembers()
                 if member.isfile()
             ]
@@ -459,9 +501,8 @@ def _archive_member_heads(source: Path, kind: str) -> list[tuple[str, bytes]]:
 
 def _refuse_archive_of_images(source: Path, kind: str) -> None:
     """An archive is copied only if nothing in it is a kind the door de-identifies."""
-    members = _archive_member_heads(source, kind)
-    for number, (name, head) in enumerate(members, 1):
-        inner = _kind_of(head, name)
+    members = _archive_member_kinds(source, kind)
+    for number, inner in enumerate(members, 1):
         if inner != "other":  # the member's name may itself identify: only its number is said
             raise InputDataError(
                 source,
@@ -507,7 +548,8 @@ def _deidentify_file(
     kind, gzipped = _kind(source), False
     if kind == "gzip":
         data = _gunzip(source)
-        inner = _kind_of(data[:HEAD_BYTES], source.name.removesuffix(".gz"))
+        inner = _kind_of_stream(io.BytesIO(data), source.name.removesuffix(".gz"))
+        _refuse_dicom_elements(source, inner)
         if inner in ARCHIVE_KINDS:
             raise InputDataError(
                 source, f"a {inner} archive inside a gzip stream: unpack it in the dataset folder"
@@ -579,6 +621,8 @@ def deidentify_dataset(
             "dicom": list(DEIDENTIFICATION_METHOD),
             "nifti": f"text fields blanked ({', '.join(NIFTI_TEXT_FIELDS)}); header extensions dropped",
             "jpeg_png": "metadata segments and chunks removed; compressed pixels unchanged",
+            "containers": "DICOM known by content; gzip streams de-identified and gzipped again; "
+            "zip / tar archives holding images refused",
             "on_pixel_risk": on_pixel_risk,
             "files": dict(sorted(summary.counts.items())),
             "excluded": summary.excluded,

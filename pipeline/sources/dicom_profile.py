@@ -13,13 +13,15 @@ What comes from ``dicom-anonymizer`` and what is this project's own:
   replaced by a dummy (the library's own reading of D on a sequence), K and X/Z/U* kept and
   cleaned item by item (U*: the references inside stay, their UIDs replaced).
 * **Ours**: UIDs. Every UI value at every depth (file meta included) that is not a well-known
-  DICOM UID (pydicom's UID registry: transfer syntaxes, SOP classes, coding schemes...) becomes
+  DICOM UID (pydicom's UID registry: transfer syntaxes, SOP classes, well-known frames of
+  reference...) becomes
   ``2.25.`` + 128 bits of HMAC-SHA256(salt, UID). The map is a function, not a table, so the
   same original UID gets the same new one in every file and every run: a ReferencedSOPInstanceUID
   in one file equals the new SOPInstanceUID of the file it points to. The library instead draws
   a random UID for any value it has not seen, and empties the UIDs inside X/Z/U* sequences.
 * **Ours**: attributes the table does not list are judged by VR: every person name (PN) and
-  application entity title (AE) is emptied, every date and time (DA, DT, TM) removed; group
+  application entity title (AE) is emptied, every date and time (DA, DT, TM) removed (the
+  library's X, which leaves a DA as 00010101); group
   length elements (stale once values change) and private elements are removed at every depth.
 
 :func:`find_survivor` is the check after writing: it walks every element of the written file
@@ -33,7 +35,7 @@ import functools
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from dicomanonymizer import simpledicomanonymizer as library
 from pydicom._uid_dict import UID_dictionary  # pydicom's copy of the PS3.6 UID registry
@@ -231,6 +233,14 @@ def placeholders() -> frozenset[str]:
     return frozenset(values)
 
 
+def _whole(values: Iterable[str], word_characters: str) -> re.Pattern | None:
+    """A pattern finding any of ``values`` not inside a longer run of ``word_characters``."""
+    alternatives = "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
+    if not alternatives:
+        return None
+    return re.compile(rf"(?<![{word_characters}])(?:{alternatives})(?![{word_characters}])")
+
+
 @dataclasses.dataclass
 class OriginalValues:
     """Every identifying value of an original file, at every depth, with the path it came from."""
@@ -267,18 +277,12 @@ class OriginalValues:
     @functools.cached_property
     def _word_pattern(self) -> re.Pattern | None:
         """Any original word, not as part of a longer word (so "ANON" is not found in "ANONYMIZED")."""
-        if not self.words:
-            return None
-        alternatives = "|".join(re.escape(w) for w in sorted(self.words, key=len, reverse=True))
-        return re.compile(rf"(?<![A-Z0-9_])(?:{alternatives})(?![A-Z0-9_])")
+        return _whole(self.words, "A-Z0-9_")
 
     @functools.cached_property
     def _uid_pattern(self) -> re.Pattern | None:
         """Any original UID in a text, not as part of a longer UID."""
-        if not self.uids:
-            return None
-        alternatives = "|".join(re.escape(u) for u in sorted(self.uids, key=len, reverse=True))
-        return re.compile(rf"(?<![0-9.])(?:{alternatives})(?![0-9.])")
+        return _whole(self.uids, "0-9.")
 
     def survivor(self, path: str, element: DataElement) -> str | None:
         """Why ``element`` (at ``path`` of the written file) still identifies, or None."""
