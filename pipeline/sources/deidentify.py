@@ -2,23 +2,24 @@
 
 Every source (the built-in phantoms too, so the real path runs on every build) is laid out in a
 private staging folder outside the repository, pseudonymised there (pipeline.privacy), and then
-written into ``data/raw/<dataset>`` by :func:`deidentify_dataset`, file by file:
+written into ``data/raw/<dataset>`` by :func:`deidentify_dataset`, file by file. What a file is
+is decided by its content, never by its name alone:
 
-* **DICOM**: the DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile, with the
-  action of every attribute taken from Table E.1-1 as shipped by ``dicom-anonymizer``
-  (KitwareMedical; its 2026c table, ``PROFILE_TABLE``), not from a list kept here. On top of it:
-  every UID is replaced by ``2.25.<128 bits of HMAC-SHA256(salt, UID)>`` (the same original UID
-  always gets the same new one, so series still group and studies still link, and a rerun writes
-  the same bytes); PatientID becomes the salted pseudonym of the original id (pipeline.privacy),
-  so the files of one patient still group where no folder says so (RSNA's one slice per file),
-  while PatientName and the other ids are emptied or replaced by a dummy; all private tags are removed; dates are removed (no stage needs an interval);
-  SeriesDescription keeps only the reconstruction words windowing reads to skip bone and lung
-  series (``DESCRIPTION_WORDS``: the profile's Clean Descriptors option). Pixel data and every
-  attribute that defines geometry and intensity (spacing, positions, orientation, rescale,
-  windows, photometric interpretation, bit depth) are outside the table and kept as they are.
-  The file records what was done: PatientIdentityRemoved YES, DeidentificationMethod and its
-  code sequence (DCM 113100 Basic profile, 113105 Clean Descriptors), and
-  LongitudinalTemporalInformationModified REMOVED.
+* **DICOM** (a Part 10 file, or a data set written without preamble and file meta, as PACS
+  exports often are: ``IM000001``): the DICOM PS3.15 Annex E Basic Application Level
+  Confidentiality Profile at every depth (pipeline.sources.dicom_profile: Table E.1-1 as shipped
+  by ``dicom-anonymizer``, applied into every kept sequence; every UID that is not a well-known
+  DICOM UID replaced by ``2.25.<128 bits of HMAC-SHA256(salt, UID)>``, so references between
+  files still resolve and a rerun writes the same bytes). On top of the table: PatientID becomes
+  the salted pseudonym of the original id (pipeline.privacy), so the files of one patient still
+  group where no folder says so (RSNA's one slice per file); all private tags are removed; dates
+  are removed (no stage needs an interval); SeriesDescription keeps only the reconstruction words
+  windowing reads to skip bone and lung series (``DESCRIPTION_WORDS``: the profile's Clean
+  Descriptors option); the file meta and the 128-byte preamble (which may hold a TIFF header in
+  dual-format files) are written afresh. Pixel data and every attribute that defines geometry
+  and intensity are outside the table and kept as they are. The file records what was done:
+  PatientIdentityRemoved YES, DeidentificationMethod and its code sequence (DCM 113100 Basic
+  profile, 113105 Clean Descriptors), and LongitudinalTemporalInformationModified REMOVED.
 * **Pixel-level risk**: a DICOM file that declares burned-in annotation, a secondary capture or
   a screen save, is left out and listed with the reason in ``deidentification.json``
   (``on_pixel_risk: exclude``) or stops the run (``stop``); a DICOMDIR (an index of patients) is
@@ -28,54 +29,55 @@ written into ``data/raw/<dataset>`` by :func:`deidentify_dataset`, file by file:
   they are.
 * **JPEG / PNG**: metadata segments and chunks (EXIF, XMP, comments, text, time, private chunks)
   are removed by rewriting the container only: the compressed pixels are copied byte for byte.
+* **gzip**: the stream is opened and its content judged as above; a gzipped DICOM, JPEG or PNG
+  is de-identified and gzipped again under the same name (no name or time in the gzip header).
+* **zip and tar archives** that hold DICOM, NIfTI, JPEG, PNG or another archive stop the run,
+  naming the archive: their members would otherwise pass the door untouched. Unpack them first.
 * Any other file (the layout's own tables, download sums) is copied as it is.
 
-After writing, every DICOM file is checked against its original (:func:`check_deidentified`):
-a file that still holds an identifying value stops the run, naming the file and the field.
+After writing, every DICOM file is read back and checked against its original at every depth
+(:func:`check_deidentified`): a file that still holds an identifying value stops the run, naming
+the file and the path of the element; nothing of the run is left in ``data/raw``.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import gzip
-import hashlib
-import hmac
 import io
 import json
 import logging
 import re
 import shutil
 import struct
-from collections.abc import Iterator
+import tarfile
+import zipfile
+import zlib
 from importlib.metadata import version
 from pathlib import Path
+from typing import BinaryIO
 
 import nibabel as nib
 import pydicom
-from dicomanonymizer import simpledicomanonymizer
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.misc import is_dicom
 from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pipeline.atomic import atomic_dir
+from pipeline.atomic import atomic_dir, atomic_path
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.preprocess.window import SHARP_KERNEL_WORDS, values_kept_out_of_logs
 from pipeline.privacy import pseudonym
+from pipeline.sources.dicom_profile import PROFILE_TABLE, apply_profile, find_survivor, salted_uid
+
+__all__ = ["salted_uid"]  # re-exported: tcia names its cached series by the UIDs written here
 
 log = logging.getLogger(__name__)
 
 LIBRARY = "dicom-anonymizer"
-#: PS3.15 Table E.1-1 edition, as a module of dicom-anonymizer's dicom_anonymization_databases.
-PROFILE_TABLE = "dicomfields_2026c"
 RECORD_FILE = "deidentification.json"
 PIXEL_RISK_ACTIONS = ("exclude", "stop")
-#: UIDs derived from a hash live under 2.25 (PS3.5 B.2: a UUID-style integer root).
-UID_ROOT = "2.25."
-UID_HASH_BYTES = 16
 #: SeriesDescription words windowing reads (bone / lung reconstructions); nothing else is kept.
 DESCRIPTION_WORDS = SHARP_KERNEL_WORDS
 #: Secondary Capture Image Storage and its multi-frame variants share this SOP Class prefix.
@@ -84,24 +86,44 @@ MEDIA_DIRECTORY_CLASS = "1.2.840.10008.1.3.10"
 #: DeidentificationMethodCodeSequence items (CID 7050): code value -> meaning.
 PROFILE_CODES = {"113100": "Basic Application Confidentiality Profile", "113105": "Clean Descriptors Option"}
 DEIDENTIFICATION_METHOD = (
-    "PS3.15 E.1-1 Basic Profile via dicom-anonymizer",
+    "PS3.15 E.1-1 Basic Profile at every depth",
     "UIDs and PatientID from a salted hash",
     "dates and private tags removed",
     "SeriesDescription cleaned to reconstruction words",
 )
-#: Original values shorter than this are not searched for elsewhere in a file (too common).
-MIN_SEARCHED_CHARS = 4
-#: VRs searched for leftover identity: free text, names and dates (numbers and UIDs could hold
-#: an id by chance; coded strings such as ImageType hold defined terms, never a name).
-SEARCHED_VRS = frozenset({"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT"})
-#: Besides every person name, the values of these kinds of fields (PatientID, AccessionNumber,
-#: PatientBirthDate...) are searched for in the whole header; other fields are checked in place
-#: only (an InstitutionName is often also part of a Manufacturer that is rightly kept).
-SEARCHED_FIELD_ENDINGS = ("ID", "IDs", "Number", "Date")
+#: The encoding a data set without file meta was read in -> the transfer syntax to record.
+RAW_ENCODINGS = {
+    (True, True): ImplicitVRLittleEndian,
+    (False, True): ExplicitVRLittleEndian,
+    (False, False): ExplicitVRBigEndian,
+}
 #: Text fields of a NIfTI-1 / NIfTI-2 header.
 NIFTI_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+#: Bytes read to tell what a file is: the DICOM preamble and prefix end at 132, tar's magic at 262.
+HEAD_BYTES = 512
+DICOM_PREFIX_AT = slice(128, 132)
+#: A composite instance always holds SOPClassUID (0008,0016), so a data set written without
+#: preamble starts with an element of group 0002 (file meta) or 0008, little- or big-endian.
+#: Text never holds a NUL byte, so no table or checksum file starts like this.
+RAW_DATA_SET_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
+GZIP_MAGIC = b"\x1f\x8b"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+TAR_MAGIC_AT, TAR_MAGIC = slice(257, 262), b"ustar"
+ARCHIVE_KINDS = ("gzip", "zip", "tar")
+#: Explicit-VR PatientName, PatientID and AccessionNumber elements, little- and big-endian: bytes
+#: no table or text holds; a file that has them but does not start as DICOM (a junk byte before
+#: the data set, a data set inside another binary) is refused rather than copied.
+DICOM_ELEMENTS = re.compile(
+    b"|".join(
+        re.escape(signature)
+        for signature in (b"\x10\x00\x10\x00PN", b"\x10\x00\x20\x00LO", b"\x08\x00\x50\x00SH",
+                          b"\x00\x10\x00\x10PN", b"\x00\x10\x00\x20LO", b"\x00\x08\x00\x50SH")
+    )
+)  # fmt: skip
+DICOM_ELEMENT_BYTES = 6
+SCAN_CHUNK_BYTES = 1 << 20
 #: PNG chunks needed to decode and display an image (PNG spec 11.2-11.3); the rest is dropped.
 PNG_KEPT_CHUNKS = frozenset(
     {
@@ -151,31 +173,6 @@ class PixelRiskError(InputDataError):
 # ------------------------------------------------------------------------------ DICOM
 
 
-def salted_uid(original: str, salt: str) -> str:
-    """``2.25.`` + 128 bits of HMAC-SHA256(salt, original): stable, and irreversible without the salt."""
-    digest = hmac.new(salt.encode(), original.encode(), hashlib.sha256).digest()[:UID_HASH_BYTES]
-    return UID_ROOT + str(int.from_bytes(digest, "big"))
-
-
-@functools.cache
-def _profile_table() -> dict:
-    return simpledicomanonymizer.initialize_actions(PROFILE_TABLE)
-
-
-def _profile_actions() -> dict:
-    """Table E.1-1's Basic profile: tag (or tag range) -> action, from the library's table."""
-    return dict(_profile_table())
-
-
-def _uids(ds: Dataset) -> Iterator[str]:
-    """Every UID value in a dataset and its file meta, sequences included."""
-    for dataset in (getattr(ds, "file_meta", None) or Dataset(), ds):
-        for element in dataset.iterall():
-            if element.VR == "UI" and element.value:
-                values = list(element.value) if element.VM > 1 else [element.value]
-                yield from (str(v) for v in values if v)
-
-
 def pixel_risk(ds: Dataset) -> str | None:
     """Why a file's pixels may show identity, or None."""
     if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
@@ -196,18 +193,52 @@ def _clean_description(text: str) -> str:
     return " ".join(word for word in str(text).upper().split() if word in DESCRIPTION_WORDS)
 
 
-def deidentify_dicom_dataset(ds: Dataset, salt: str) -> None:
-    """Apply the Basic profile (plus the choices in the module docstring) to ``ds`` in place."""
+def _is_clean_description(text: str) -> bool:
+    """A value made of nothing but DESCRIPTION_WORDS is rightly left as it is (``BONE``)."""
+    return text == _clean_description(text)
+
+
+def _transfer_syntax(ds: Dataset, source: Path) -> str:
+    """The transfer syntax to write: the file meta's, else the encoding a data set without file
+    meta was read in (such a data set cannot say which compression its pixels use)."""
+    recorded = ds.get("file_meta", Dataset()).get("TransferSyntaxUID")
+    if recorded:
+        return recorded
+    if "PixelData" in ds and ds["PixelData"].is_undefined_length:
+        raise InputDataError(
+            source, "compressed pixel data in a data set without file meta (transfer syntax unknown)"
+        )
+    encoding = RAW_ENCODINGS.get(ds.original_encoding)
+    if encoding is None:
+        raise InputDataError(source, f"an encoding DICOM does not define ({ds.original_encoding})")
+    return encoding
+
+
+def _fresh_file_meta(ds: Dataset, transfer_syntax: str, salt: str) -> FileMetaDataset:
+    """File meta made anew: nothing of the original's (source AE title, private information,
+    implementation names) is carried over but the transfer syntax and the SOP class and instance."""
+    original = ds.get("file_meta") or FileMetaDataset()
+    apply_profile(original, salt)  # its UIDs, where the data set lacks them
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = transfer_syntax
+    for meta_keyword, keyword in (
+        ("MediaStorageSOPClassUID", "SOPClassUID"),
+        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+    ):
+        value = ds.get(keyword) or original.get(meta_keyword)
+        if value:
+            setattr(meta, meta_keyword, value)
+    return meta
+
+
+def deidentify_dicom_dataset(ds: Dataset, salt: str, source: Path = Path("<data set>")) -> None:
+    """Apply the Basic profile at every depth (and the choices in the module docstring) in place."""
     description = _clean_description(ds.get("SeriesDescription", ""))
     patient_id = str(ds.get("PatientID", "") or "").strip()
-    # The library replaces UIDs through its module-level map; filling it first with salted
-    # values makes every replacement (sequences included) stable across files and runs.
-    simpledicomanonymizer.dictionary.clear()
-    simpledicomanonymizer.dictionary.update({uid: salted_uid(uid, salt) for uid in _uids(ds)})
-    try:
-        simpledicomanonymizer.anonymize_dataset(ds, delete_private_tags=True, base_rules_gen=_profile_actions)
-    finally:
-        simpledicomanonymizer.dictionary.clear()
+    transfer_syntax = _transfer_syntax(ds, source)
+    apply_profile(ds, salt)
+    ds.file_meta = _fresh_file_meta(ds, transfer_syntax, salt)
+    ds.preamble = b"\x00" * 128
     if description:
         ds.SeriesDescription = description
     if patient_id:  # slices of one patient still group (RSNA: one slice per file, no folders)
@@ -223,81 +254,65 @@ def deidentify_dicom_dataset(ds: Dataset, salt: str) -> None:
     ds.LongitudinalTemporalInformationModified = "REMOVED"
 
 
-def _identifying_elements(ds: Dataset) -> Iterator[DataElement]:
-    """Every non-empty top-level attribute (file meta included) the profile changes."""
-    actions = _profile_actions()
-    keep = simpledicomanonymizer.keep
-    for dataset in (getattr(ds, "file_meta", None) or Dataset(), ds):
-        for element in dataset:
-            if element.tag.is_private or element.VR == "SQ" or element.value in (None, "", b""):
-                continue
-            if actions.get((element.tag.group, element.tag.element), keep) is not keep:
-                yield element
+def read_dicom(data: bytes, source: Path, stop_before_pixels: bool = False) -> Dataset:
+    """A DICOM file or a data set written without preamble; InputDataError naming ``source``
+    when pydicom cannot read it as an instance."""
+    with_preamble = data[DICOM_PREFIX_AT] == b"DICM"
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=not with_preamble, stop_before_pixels=stop_before_pixels)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise InputDataError(source, f"unreadable DICOM file ({exc})") from exc
+    if not with_preamble and "SOPClassUID" not in ds:
+        raise InputDataError(
+            source, "has no DICOM preamble and does not read as a DICOM instance (no SOPClassUID)"
+        )
+    return ds
 
 
-@functools.cache
-def _placeholders() -> frozenset[str]:
-    """The dummy values the library writes (\"ANONYMIZED\", 00010101...): finding one of them
-    unchanged means the input was de-identified before, not that identity survived."""
-    values = set()
-    for vr, sample in (("PN", "A"), ("LO", "A"), ("CS", "A"), ("DA", "20000101"), ("TM", "1200"),
-                       ("DT", "20000101"), ("AS", "040Y"), ("DS", "1"), ("IS", "1"), ("UR", "a")):  # fmt: skip
-        for action in (simpledicomanonymizer.replace_element, simpledicomanonymizer.empty_element):
-            element = DataElement(0x00100010, vr, sample)
-            action(element)
-            values.add(str(element.value))
-    return frozenset(values)
+def _unpacked(data: bytes) -> bytes:
+    return gzip.decompress(data) if data.startswith(GZIP_MAGIC) else data
 
 
-def _header_text(ds: Dataset) -> str:
-    """Every text value in a header, sequences included, upper-cased for searching."""
-    parts = []
-    for dataset in (getattr(ds, "file_meta", None) or Dataset(), ds):
-        parts.extend(str(e.value) for e in dataset.iterall() if e.VR in SEARCHED_VRS and e.value is not None)
-    return "\x00".join(parts).upper()
+def check_deidentified(original: Dataset, written: Path, name: Path | None = None) -> None:
+    """Stop (InputDataError naming the file and the element's path) when ``written`` (gzipped or
+    not) still holds, at any depth, an identifying value of ``original`` from any depth: the same
+    value in an attribute the profile changes, an original UID, a person name, id, number or date
+    of the original in any text value, or a private tag."""
+    ds = read_dicom(_unpacked(written.read_bytes()), name or written, stop_before_pixels=True)
+    reason = find_survivor(original, ds, kept_as_is=_is_clean_description)
+    if reason is not None:
+        raise InputDataError(name or written, reason)
 
 
-def _holds_word(text: str, word: str) -> bool:
-    """``word`` in ``text`` not as part of a longer word (so "ANON" is not found in "ANONYMIZED")."""
-    return re.search(rf"(?<![A-Z0-9_]){re.escape(word.upper())}(?![A-Z0-9_])", text) is not None
+def _deidentified_dicom(data: bytes, source: Path, salt: str) -> bytes:
+    """The de-identified file's bytes."""
+    ds = read_dicom(data, source)
+    try:
+        deidentify_dicom_dataset(ds, salt, source)
+        buffer = io.BytesIO()
+        # A data set without SOP class or instance (not a valid instance, but de-identified all
+        # the same) is written as it came, without the file meta's required elements.
+        complete = "MediaStorageSOPClassUID" in ds.file_meta and "MediaStorageSOPInstanceUID" in ds.file_meta
+        ds.save_as(buffer, enforce_file_format=complete)
+    except (ValueError, TypeError, KeyError, struct.error) as exc:
+        raise InputDataError(source, f"cannot be de-identified ({type(exc).__name__}: {exc})") from exc
+    return buffer.getvalue()
 
 
-def check_deidentified(original: Dataset, written: Path) -> None:
-    """Stop (InputDataError naming the file and the field) when ``written`` still holds an
-    identifying value of ``original``: the same value in a field the profile changes; a person
-    name, id, number or date of the original anywhere in the written header's text; a private tag."""
-    ds = pydicom.dcmread(written, stop_before_pixels=True)
-    text = _header_text(ds)
-    for element in _identifying_elements(original):
-        field, value = element.keyword or str(element.tag), str(element.value)
-        kept = (ds.file_meta if element.tag.group == 0x0002 else ds).get(element.tag)
-        unchanged = kept is not None and str(kept.value) == value
-        if unchanged and value not in _placeholders() and value != _clean_description(value):
-            raise InputDataError(written, f"de-identification left {field} unchanged")
-        if element.VR == "PN" or (element.VR in SEARCHED_VRS and field.endswith(SEARCHED_FIELD_ENDINGS)):
-            words = value.replace("^", " ").split() if element.VR == "PN" else [value.strip()]
-            for word in words:
-                if (
-                    len(word) >= MIN_SEARCHED_CHARS
-                    and word not in _placeholders()
-                    and _holds_word(text, word)
-                ):
-                    raise InputDataError(written, f"the value of {field} is still in the header")
-    private = [str(e.tag) for e in ds.iterall() if e.tag.is_private]
-    if private:
-        raise InputDataError(written, f"private tags remain: {', '.join(private[:5])}")
+def _write_checked_dicom(
+    data: bytes, source: Path, target: Path, salt: str, original: Dataset, gzipped: bool = False
+) -> None:
+    """De-identify, write under a temporary name, read back and check against ``original`` (the
+    header as read), then move into place: a file that fails the check is never left behind."""
+    written = _deidentified_dicom(data, source, salt)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(_gzip(written) if gzipped else written)
+        check_deidentified(original, tmp, name=target)
 
 
 def deidentify_dicom_file(source: Path, target: Path, salt: str) -> None:
-    try:
-        ds = pydicom.dcmread(source)
-        original = pydicom.dcmread(source, stop_before_pixels=True)  # untouched, for the check
-    except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
-        raise InputDataError(source, f"unreadable DICOM file ({exc})") from exc
-    deidentify_dicom_dataset(ds, salt)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(target)
-    check_deidentified(original, target)
+    data = source.read_bytes()
+    _write_checked_dicom(data, source, target, salt, read_dicom(data, source, stop_before_pixels=True))
 
 
 # ------------------------------------------------------------------------------ NIfTI
@@ -390,36 +405,126 @@ def strip_jpeg_metadata(data: bytes, source: Path) -> bytes:
     return b"".join(out)
 
 
-# ------------------------------------------------------------------------------ datasets
+# ------------------------------------------------------------------------------ what a file is
 
 
-def _kind(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(NIFTI_SUFFIXES):
+def _kind_of(head: bytes, name: str) -> str:
+    """What a file is, from its first HEAD_BYTES bytes (and, for NIfTI, its name)."""
+    if name.lower().endswith(NIFTI_SUFFIXES):
         return "nifti"
-    with open(path, "rb") as handle:
-        head = handle.read(8)
     if head.startswith(PNG_SIGNATURE):
         return "png"
     if head.startswith(JPEG_SOI):
         return "jpeg"
-    if is_dicom(path):
-        return "dicom"
-    if path.suffix.lower() in DICOM_SUFFIXES:  # no preamble: cannot be told from other bytes safely
-        raise InputDataError(path, "named like a DICOM file but has no DICOM preamble ('DICM' missing)")
+    if head[DICOM_PREFIX_AT] == b"DICM" or head.startswith(RAW_DATA_SET_STARTS):
+        return "dicom"  # a raw data set pydicom cannot read is refused, never copied
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZIP_MAGICS):
+        return "zip"
+    if head[TAR_MAGIC_AT] == TAR_MAGIC:
+        return "tar"
     return "other"
 
 
-def _deidentify_file(
-    source: Path, target: Path, relative: str, salt: str, on_pixel_risk: str, summary: Summary
-) -> None:
-    kind = _kind(source)
+def _holds_dicom_elements(handle: BinaryIO, head: bytes) -> bool:
+    """Whether the rest of a stream (after ``head``) or ``head`` holds DICOM_ELEMENTS."""
+    window = head
+    while True:
+        if DICOM_ELEMENTS.search(window):
+            return True
+        chunk = handle.read(SCAN_CHUNK_BYTES)
+        if not chunk:
+            return False
+        window = window[-DICOM_ELEMENT_BYTES:] + chunk
+
+
+def _kind_of_stream(handle: BinaryIO, name: str) -> str:
+    """_kind_of, and ``dicom elements`` for what would be "other" but holds DICOM elements."""
+    head = handle.read(HEAD_BYTES)
+    kind = _kind_of(head, name)
+    return "dicom elements" if kind == "other" and _holds_dicom_elements(handle, head) else kind
+
+
+def _refuse_dicom_elements(source: Path, kind: str) -> None:
+    if kind == "dicom elements":
+        raise InputDataError(
+            source, "holds DICOM elements (PatientName, PatientID or AccessionNumber) but does not "
+            "start as a DICOM file or data set: it would be copied with them",
+        )  # fmt: skip
+
+
+def _kind(path: Path) -> str:
+    with open(path, "rb") as handle:
+        kind = _kind_of_stream(handle, path.name)
+    _refuse_dicom_elements(path, kind)
+    if kind == "other" and path.suffix.lower() in DICOM_SUFFIXES:
+        raise InputDataError(
+            path, "named like a DICOM file but is not DICOM (no preamble, and not a data set)"
+        )
+    return kind
+
+
+def _gzip(data: bytes) -> bytes:
+    """gzip with no file name and no time in the header: the same input gives the same bytes."""
+    return gzip.compress(data, mtime=0)
+
+
+def _gunzip(source: Path) -> bytes:
+    try:
+        return gzip.decompress(source.read_bytes())
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputDataError(source, f"a corrupt gzip stream ({exc}); it could hide a DICOM file") from exc
+
+
+def _archive_member_kinds(source: Path, kind: str) -> list[str]:
+    """What every file in a zip or tar archive is."""
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(source) as archive:
+                return [
+                    _kind_of_stream(archive.open(info), info.filename)
+                    for info in archive.infolist()
+                    if not info.is_dir()
+                ]
+        with tarfile.open(source) as archive:
+            return [
+                _kind_of_stream(archive.extractfile(member), member.name)
+                for member in archive.getmembers()
+                if member.isfile()
+            ]
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise InputDataError(
+            source, f"a {kind} archive that cannot be opened ({exc}); it could hide DICOM files"
+        ) from exc
+
+
+def _refuse_archive_of_images(source: Path, kind: str) -> None:
+    """An archive is copied only if nothing in it is a kind the door de-identifies."""
+    members = _archive_member_kinds(source, kind)
+    for number, inner in enumerate(members, 1):
+        if inner != "other":  # the member's name may itself identify: only its number is said
+            raise InputDataError(
+                source,
+                f"a {kind} archive holding {inner} (member {number} of {len(members)}): its members "
+                "would pass de-identification untouched; unpack it in the dataset folder instead",
+            )
+
+
+# ------------------------------------------------------------------------------ datasets
+
+
+def _deidentify_image(
+    kind: str, data: bytes, source: Path, target: Path, relative: str, salt: str, on_pixel_risk: str,
+    summary: Summary, gzipped: bool,
+) -> bool:  # fmt: skip
+    """De-identify one DICOM, JPEG or PNG held in ``data``; False when the file was left out."""
     if kind == "dicom":
-        header = pydicom.dcmread(source, stop_before_pixels=True)
+        header = read_dicom(data, source, stop_before_pixels=True)
         sop_class = str(header.get("file_meta", Dataset()).get("MediaStorageSOPClassUID", ""))
         if sop_class == MEDIA_DIRECTORY_CLASS:
             summary.excluded.append({"path": relative, "reason": "DICOMDIR (an index listing patients)"})
-            return
+            return False
         risk = pixel_risk(header)
         if risk is not None:
             if on_pixel_risk == "stop":
@@ -428,18 +533,42 @@ def _deidentify_file(
                 )
             summary.excluded.append({"path": relative, "reason": risk})
             log.warning("%s: left out: %s", relative, risk)
+            return False
+        _write_checked_dicom(data, source, target, salt, header, gzipped)
+        return True
+    stripped = (strip_png_metadata if kind == "png" else strip_jpeg_metadata)(data, source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(_gzip(stripped) if gzipped else stripped)
+    return True
+
+
+def _deidentify_file(
+    source: Path, target: Path, relative: str, salt: str, on_pixel_risk: str, summary: Summary
+) -> None:
+    kind, gzipped = _kind(source), False
+    if kind == "gzip":
+        data = _gunzip(source)
+        inner = _kind_of_stream(io.BytesIO(data), source.name.removesuffix(".gz"))
+        _refuse_dicom_elements(source, inner)
+        if inner in ARCHIVE_KINDS:
+            raise InputDataError(
+                source, f"a {inner} archive inside a gzip stream: unpack it in the dataset folder"
+            )
+        if inner in ("dicom", "png", "jpeg"):
+            kind, gzipped = inner, True
+    if kind in ("zip", "tar"):
+        _refuse_archive_of_images(source, kind)
+    if kind in ("dicom", "png", "jpeg"):
+        data = data if gzipped else source.read_bytes()
+        if not _deidentify_image(kind, data, source, target, relative, salt, on_pixel_risk, summary, gzipped):
             return
-        deidentify_dicom_file(source, target, salt)
     elif kind == "nifti":
         deidentify_nifti_file(source, target)
-    elif kind in ("png", "jpeg"):
-        strip = strip_png_metadata if kind == "png" else strip_jpeg_metadata
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(strip(source.read_bytes(), source))
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-    summary.count(kind)
+        kind = "other"
+    summary.count(f"{kind} (gzip)" if gzipped else kind)
 
 
 def _drop_rows_without_files(out: Path, summary: Summary) -> None:
@@ -492,6 +621,8 @@ def deidentify_dataset(
             "dicom": list(DEIDENTIFICATION_METHOD),
             "nifti": f"text fields blanked ({', '.join(NIFTI_TEXT_FIELDS)}); header extensions dropped",
             "jpeg_png": "metadata segments and chunks removed; compressed pixels unchanged",
+            "containers": "DICOM known by content; gzip streams de-identified and gzipped again; "
+            "zip / tar archives holding images refused",
             "on_pixel_risk": on_pixel_risk,
             "files": dict(sorted(summary.counts.items())),
             "excluded": summary.excluded,
