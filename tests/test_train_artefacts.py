@@ -1,6 +1,6 @@
-"""What a run leaves behind, on its own: history.csv as the rows say, run names, dead writes'
-temporaries cleared, and one run's files and MLflow record written by ``RunArtefacts`` without
-the loop."""
+"""What a run leaves behind, on its own: history.csv as the rows say, run names, throughput
+named by what it counts, dead writes' temporaries cleared, and one run's files and MLflow record
+written by ``RunArtefacts`` without the loop."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,8 @@ import mlflow
 import pytest
 import torch
 
-from pipeline.engine.artefacts import RunArtefacts, RunIdentity, remove_stale_temporaries, write_history
+from pipeline.engine.artefacts import (RunArtefacts, RunIdentity, remove_stale_temporaries, throughput_unit,
+                                       write_history)
 from pipeline.engine.checkpoint import Progress
 from pipeline.engine.knobs import resolve_config
 from pipeline.models import load_trained
@@ -33,6 +34,11 @@ def test_history_has_a_row_per_epoch_with_ten_significant_digits(tmp_path):
     table = read_csv(tmp_path / "kimg.csv")
     assert table[0] == ["epoch", "step", "kimg", "G", "D"] and [r[2] for r in table[1:]] == ["0.012", "0.024"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "kimg.csv"]  # no temporary left
+
+
+def test_throughput_is_named_by_what_one_batch_element_is():
+    assert throughput_unit(("images",)) == "images"
+    assert throughput_unit(("a", "b")) == "image_pairs"
 
 
 def test_run_name_is_experiment_variant_or_model_and_the_knobs_hash():
@@ -85,6 +91,7 @@ def test_run_artefacts_write_the_files_and_the_mlflow_run(dcgan, tmp_path):
     artefacts.tracker.finish("FINISHED")
 
     assert json.loads((out / "run.json").read_text()) == run
+    assert run["images_per_s"] == 6.0 and "image_pairs_per_s" not in run
     assert (run["epochs"], run["steps"], run["kimg"], run["image_size"]) == (1, 3, 0.012, [16, 16])
     assert run["domains"] == {"images": "ct_brain"} and run["run_name"] == identity.run_name
     assert read_csv(out / "history.csv")[0][:3] == ["epoch", "step", "kimg"]  # kimg schedule
@@ -94,6 +101,8 @@ def test_run_artefacts_write_the_files_and_the_mlflow_run(dcgan, tmp_path):
     logged = client.get_run(run["run_id"])
     assert logged.info.status == "FINISHED" and logged.data.tags["domain.images"] == "ct_brain"
     assert logged.data.params["model.name"] == "dcgan" and logged.data.tags["data_version"] == "data-v1"
+    assert [(m.step, m.value) for m in client.get_metric_history(run["run_id"], "images_per_s")] == [(12, 8.0)]
+    assert [m.value for m in client.get_metric_history(run["run_id"], "run_images_per_s")] == [6.0]
     assert [(m.step, m.value) for m in client.get_metric_history(run["run_id"], "G")] == [(12, 0.5)]
     assert {a.path for a in client.list_artifacts(run["run_id"])} >= {"history.csv", "run.json", "samples"}
 

@@ -46,6 +46,12 @@ class RunIdentity:
         return f"{self.experiment}-{model.get('variant', model['name'])}-{self.params_hash[:8]}"
 
 
+def throughput_unit(input_names: tuple[str, ...]) -> str:
+    """What one element of a batch is, to name throughput by: an image for a model of one input
+    (DCGAN, StyleGAN2, seg2ct's image with its map), an image pair for two (CycleGAN's a and b)."""
+    return {1: "images", 2: "image_pairs"}.get(len(input_names), "image_tuples")
+
+
 def save_sample_grid(target: Path, visuals: dict[str, torch.Tensor], rows: tuple[tuple[str, ...], ...],
                      labels: Mapping[str, str], title: str) -> None:
     """One row per sample and visual group (e.g. original / translated / cycle-reconstructed).
@@ -122,8 +128,9 @@ class RunArtefacts:
         self.device, self.world_size = device, world_size
         self.tracker: Tracker | NoTracking = NoTracking()
         self.commit, self.dirty = "unknown", None
-        #: run.json's and MLflow's name of the training throughput
-        self.throughput_key = "image_pairs_per_s"
+        self.throughput_unit = throughput_unit(model.input_names())
+        #: run.json's and MLflow's name of the training throughput, e.g. images_per_s
+        self.throughput_key = f"{self.throughput_unit}_per_s"
 
     @property
     def train_knobs(self) -> dict[str, Any]:

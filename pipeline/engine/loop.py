@@ -218,7 +218,8 @@ class TrainingRun:
         run = self.artefacts.finish(self.progress, self._seconds_so_far(started),
                                     images / train_seconds if train_seconds else None, self.data.image_size,
                                     self.resumed_from, tracking_uri, self._metric_step())
-        log.info("done: run %s, %.1f s, %s image pairs/s", run["run_id"], run["seconds"], run["image_pairs_per_s"])
+        log.info("done: run %s, %.1f s, %s %s/s", run["run_id"], run["seconds"], run[self.artefacts.throughput_key],
+                 self.artefacts.throughput_unit.replace("_", " "))
         return run
 
     def _seconds_so_far(self, started: float) -> float:
