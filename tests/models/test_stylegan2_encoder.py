@@ -5,7 +5,7 @@ import torch
 
 from pipeline.models import model_class
 from pipeline.models.stylegan2_encoder import SynthesisFeatures, content_loss
-from pipeline.train import train_step
+from pipeline.engine.step import train_step
 from stylegan_standin import TinyStyleGAN
 
 
