@@ -107,6 +107,13 @@ def test_a_fresh_study_draws_its_own_secret_and_its_key_rebuilds_it_byte_for_byt
                  "--test-a", str(cyclegan["test_a"]), "--test-b", str(cyclegan["test_b"]), "--out", str(again)]) == 0
     rebuilt, original = files_of(again), files_of(first)
     assert rebuilt.keys() == original.keys() and all(rebuilt[name] == original[name] for name in original)
+    # A new study in the same folder (a rerun) replaces it; every key issued stays in <folder>_keys/.
+    make_translation(cyclegan, first)
+    archive = tmp_path / "first_keys"
+    assert sorted(p.name for p in archive.iterdir()) == sorted(
+        f"{k['study_id']}.json" for k in (keys[0], json.loads((first / "key.json").read_text())))
+    assert json.loads((archive / f"{keys[0]['study_id']}.json").read_text()) == keys[0]
+    assert stat.S_IMODE((archive / f"{keys[0]['study_id']}.json").stat().st_mode) == 0o600
     # Neither the secret nor the counts leave key.json.
     for name in ("study.html", "study.json"):
         text = (first / name).read_text()
@@ -118,7 +125,8 @@ def test_a_rebuild_refuses_inputs_the_key_was_not_drawn_from(cyclegan, translati
     with pytest.raises(InputDataError, match=r"dom_a/test.npz: is not the real the key was drawn from"):
         from pipeline.reader_study.make import rebuild_study
 
-        rebuild_study(key, cyclegan["model"], tmp_path / "swapped", test_a=cyclegan["test_b"], test_b=cyclegan["test_a"])
+        rebuild_study(key, cyclegan["model"], tmp_path / "swapped", test_a=cyclegan["test_b"],
+                      test_b=cyclegan["test_a"])
     assert not (tmp_path / "swapped").exists()
     broken = json.loads(key.read_text())
     broken["secret"] = "not-hex"
@@ -499,24 +507,37 @@ def test_cli_make_takes_missing_values_from_params(cyclegan, tmp_path, repo_root
 
 
 @pytest.mark.slow
-def test_the_tiny_profile_builds_a_study_from_its_own_chain_and_reruns_on_a_changed_knob(repo_root, tmp_path):
-    """configs/tiny.yaml end to end: Snakemake builds the phantoms, slices and the tiny CycleGAN,
-    then the study from the tiny test sets (2 slices each); a changed knob rebuilds it."""
-    import yaml
-    from workflow_support import run, tiny_copy
+def test_the_tiny_profile_builds_a_study_and_a_changed_knob_draws_a_new_one(built_tiny_repo, tmp_path):
+    """configs/tiny.yaml end to end: the session's tiny chain (its 2-slice test sets, its CycleGAN)
+    gives a study through the Snakemake rule; a changed knob reruns it, and the first key is kept.
+    Leaves the built repository as it found it."""
+    import shutil
 
-    work = tiny_copy(repo_root, tmp_path / "repo", git=False)
+    import yaml
+    from workflow_support import run
+
+    work = built_tiny_repo
     target = "results/cyclegan_ct_mri/reader_study"
-    run(["snakemake", "--cores", "2", "--", target], work)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    study = json.loads((work / target / "study.json").read_text())
-    key = json.loads((work / target / "key.json").read_text())
-    assert study["page"]["n_images"] == params["reader_study"]["n_images"] == len(key["images"])
-    assert study["generated"]["direction"] == params["reader_study"]["direction"]
-    assert {p.name for p in (work / target).iterdir() if p.name != ".snakemake_timestamp"} == {
-        "study.html", "key.json", "study.json", "images"}
-    (tmp_path / "other.yaml").write_text(yaml.safe_dump({"reader_study": {"n_images": 1}}))
-    run(["snakemake", "--cores", "1", "--allowed-rules", "reader_study", "--configfile", str(tmp_path / "other.yaml"),
-         "--", target], work)
-    other = json.loads((work / target / "key.json").read_text())
-    assert len(other["images"]) == 1 and other["secret"] != key["secret"]
+    made = [work / target, work / "results/cyclegan_ct_mri/reader_study_keys", work / "logs/reader_study"]
+    assert not any(path.exists() for path in made)
+    command = ["snakemake", "--cores", "1", "--allowed-rules", "reader_study"]
+    try:
+        run([*command, "--", target], work)
+        params = yaml.safe_load((work / "params.yaml").read_text())
+        study = json.loads((work / target / "study.json").read_text())
+        key = json.loads((work / target / "key.json").read_text())
+        assert study["page"]["n_images"] == params["reader_study"]["n_images"] == len(key["images"])
+        assert study["generated"]["direction"] == params["reader_study"]["direction"]
+        assert {p.name for p in (work / target).iterdir() if p.name != ".snakemake_timestamp"} == {
+            "study.html", "key.json", "study.json", "images"}
+        other_knobs = tmp_path / "other.yaml"
+        other_knobs.write_text(yaml.safe_dump({"reader_study": {"n_images": 1}}))
+        run([*command, "--configfile", str(other_knobs), "--", target], work)
+        other = json.loads((work / target / "key.json").read_text())
+        assert len(other["images"]) == 1 and other["secret"] != key["secret"]
+        kept = {p.name for p in made[1].iterdir()}
+        assert kept == {f"{key['study_id']}.json", f"{other['study_id']}.json"}
+    finally:
+        run(["snakemake", "--cleanup-metadata", target], work, check=False)
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)

@@ -174,18 +174,18 @@ def test_pooled_interval_covers_the_mean_over_readers_and_images():
     """Obuchowski-Rockette-Hillis: readers drawn from a population of abilities, images with an
     effect every reader shares; the truth is the population mean accuracy, computed apart."""
     rng = np.random.default_rng(34)
-    mean_ability, ability_sd, case_sd = 1.2, 0.4, 0.7
+    mean_ability, ability_sd, case_sd = 1.2, 0.6, 0.5  # readers differ: an interval for fixed readers covers 0.84
     abilities = rng.normal(mean_ability, ability_sd, 2_000_000)
     true_accuracy = norm.cdf(abilities / 2 / np.sqrt(1 + case_sd ** 2)).mean()
     covered = []
     for _ in range(400):
         is_fake = coins(rng, 40)
         key = synthetic_key([FAKE if f else REAL for f in is_fake])
-        said, confidence = simulated_readers(rng, is_fake, rng.normal(mean_ability, ability_sd, 5), case_sd)
-        pooled = score_study(key, [reader(f"r{j}", key, said[j], confidence[j]) for j in range(5)])["pooled"]
+        said, confidence = simulated_readers(rng, is_fake, rng.normal(mean_ability, ability_sd, 6), case_sd)
+        pooled = score_study(key, [reader(f"r{j}", key, said[j], confidence[j]) for j in range(6)])["pooled"]
         low, high = pooled["accuracy"]["ci95"]
         covered.append(low <= true_accuracy <= high)
-    assert np.mean(covered) >= 0.92
+    assert np.mean(covered) >= 0.93
 
 
 def test_auc_interval_covers_the_true_auc_at_about_the_nominal_rate():

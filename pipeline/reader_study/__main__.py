@@ -90,7 +90,8 @@ def _make(args: argparse.Namespace) -> int:
     study = make_study(args.experiment, paths["model"], paths["out"], settings,
                        checkpoint=paths["checkpoint"] if settings.pick == "best_by_discriminator" else None, **inputs)
     log.info("study %s: %d images (pick %s) in %s; give readers only %s; key.json holds the secret",
-             study["study_id"], study["page"]["n_images"], settings.pick, paths["out"], Path(paths["out"]) / "study.html")
+             study["study_id"], study["page"]["n_images"], settings.pick, paths["out"],
+             Path(paths["out"]) / "study.html")
     return 0
 
 

@@ -205,7 +205,8 @@ def best_of(candidates: np.ndarray, k: int, scorer: Scorer | None, labels: np.nd
     return np.arange(n) * k + scores.reshape(n, k).argmax(axis=1), scores
 
 
-def _candidate_record(record: dict[str, Any], scores: np.ndarray | None, slot: int, candidate: int, k: int) -> dict[str, Any]:
+def _candidate_record(record: dict[str, Any], scores: np.ndarray | None, slot: int, candidate: int,
+                      k: int) -> dict[str, Any]:
     if scores is not None:
         record["d_score"] = float(scores[candidate])
         record["candidate_d_scores"] = [float(s) for s in scores[slot * k:(slot + 1) * k]]

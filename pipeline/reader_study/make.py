@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import atomic_dir
+from pipeline.atomic import atomic_dir, atomic_path
 from pipeline.errors import ConfigError, InputDataError, PipelineError
 from pipeline.hashing import file_sha256
 from pipeline.reader_study import FAKE, KEY_FORMAT, PICKS, REAL, REAL_PROBABILITY
@@ -99,8 +99,8 @@ def _check_inputs(inputs: dict[str, dict[str, str]], expected: dict[str, dict[st
         if given is None:
             raise ConfigError(f"the key was drawn with a {role} input ({record['file']}); none was given")
         if given["sha256"] != record["sha256"]:
-            raise InputDataError(given["file"], f"is not the {role} the key was drawn from ({record['file']}, "
-                                                f"sha256 {record['sha256'][:12]}...): the rebuild would not be the same study")
+            raise InputDataError(given["file"], f"is not the {role} the key was drawn from ({record['file']}, sha256 "
+                                                f"{record['sha256'][:12]}...): the rebuild would not be the same study")
 
 
 def make_study(experiment: str, model_path: Path, out_dir: Path, settings: StudySettings, *,
@@ -210,10 +210,29 @@ def make_study(experiment: str, model_path: Path, out_dir: Path, settings: Study
             (tmp / "images" / f"{token}.png").write_bytes(pixels_png(data, shape))
         (tmp / "study.html").write_bytes(page_bytes)
         key_path = tmp / "key.json"
-        key_path.touch(mode=KEY_FILE_MODE)
+        key_path.touch()
+        key_path.chmod(KEY_FILE_MODE)
         key_path.write_text(json.dumps(key, indent=2, sort_keys=True, allow_nan=False) + "\n")
         (tmp / "study.json").write_text(json.dumps(study, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    _archive_key(out_dir, study_id, (out_dir / "key.json").read_bytes())
     return study
+
+
+def key_archive(out_dir: Path) -> Path:
+    """Where every key a study folder ever held is kept: beside it, never replaced."""
+    return Path(out_dir).with_name(Path(out_dir).name + "_keys")
+
+
+def _archive_key(out_dir: Path, study_id: str, key_bytes: bytes) -> None:
+    """A new make (or a Snakemake rerun, which deletes the folder first) draws a new study; the
+    key of one that readers already answer must survive it, or their answers cannot be scored."""
+    archive = key_archive(out_dir)
+    archive.mkdir(parents=True, exist_ok=True)
+    target = archive / f"{study_id}.json"
+    if not target.exists():
+        with atomic_path(target) as tmp:
+            tmp.chmod(KEY_FILE_MODE)
+            tmp.write_bytes(key_bytes)
 
 
 def rebuild_study(key_path: Path, model_path: Path, out_dir: Path, *, test_a: Path | None = None,
