@@ -524,12 +524,13 @@ def reader_study_flags(w):
     """Every knob as a flag (so --config overrides reach the study and a changed knob reruns it)."""
     rs = READER_STUDY
     data = " ".join(f"--{name.replace('_', '-')} {path}" for name, path in reader_study_data(w).items())
+    presets = " ".join(f"--window-preset {name}:{low:g}:{high:g}" for name, (low, high) in rs["window_presets"].items())
     return (
-        f"{data} --n-per-class {rs['n_per_class']} --pick {rs['pick']} "
-        f"--candidates-per-image {rs['candidates_per_image']} --display-size {rs['display_size']} "
-        "--display-window " + " ".join(f"{v:g}" for v in rs["display_window"]) + " "
+        f"{data} --n-images {rs['n_images']} --pick {rs['pick']} "
+        f"--candidates-per-image {rs['candidates_per_image']} "
+        "--display-window " + " ".join(f"{v:g}" for v in rs["display_window"]) + f" {presets} "
         + ("--confidence" if rs["confidence"] else "--no-confidence")
-        + f" --direction {rs['direction']} --n-boot {rs['n_boot']} --seed {config['seed'] + rs['seed_offset']}"
+        + f" --direction {rs['direction']}"
     )
 
 
