@@ -26,10 +26,10 @@ setup: $(BIN)/snakemake
 quickstart: setup
 	$(BIN)/snakemake --cores $(CORES) results/cyclegan_ct_mri/metrics.json
 
-# Test modules are the work units, the users of one shared build stay together, the long
-# builds start first (tests/conftest.py); TEST_WORKERS=0 runs in one process.
+# Test modules are the work units, the users of one shared build are one unit, the long builds
+# start first (tests/conftest.py: work_unit); TEST_WORKERS=0 runs in one process.
 test: setup
-	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -1,6 +1,7 @@
 """Shared fixtures. Tests build their own small data; nothing binary is checked in."""
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -25,37 +26,53 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
         "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
     )
 
-#: Session-wide builds -> the xdist group of every test module that uses one (one worker builds it once).
-SHARED_BUILD_GROUPS = {"built_tiny_repo": "tiny_build"}
-#: Groups started first, longest first, so that the long chains overlap the many short tests.
-FIRST_GROUPS = ("tiny_build", "phi_build")
+#: Session builds shared by several test modules (conftest.built_tiny_repo; phi_support's build on
+#: marked inputs, used by test_phi and test_snakemake_restart) -> the xdist work unit of the
+#: modules that name them, so that one worker builds each once and runs all its users.
+SHARED_BUILDS = {"built_tiny_repo": "tiny_build", "uninterrupted_build": "phi_build"}
+#: Units started first, longest first, so that the long chains overlap the many short tests.
+FIRST_UNITS = ("tiny_build", "phi_build")
 
 
-@pytest.hookimpl(tryfirst=True)
+@functools.cache
+def work_unit(module: str) -> str:
+    """The xdist work unit of a test module (its path from the repository root): the shared build
+    it names, else the module itself (its module fixtures are then built once)."""
+    text = (REPO / module).read_text()
+    return next((unit for name, unit in SHARED_BUILDS.items() if name in text), module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`pytest -n N --dist loadscope` (`make test`): xdist's scope scheduling with work_unit as
+    the scope. (xdist's own loadgroup marks the group in the test's node id, which pytest 9.2
+    no longer lets a plugin change.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedBuildScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid.split("::", 1)[0])
+
+    return SharedBuildScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Work units for `pytest -n N --dist loadgroup`: a test module is one unit (its module
-    fixtures are built once), modules sharing a session build are one unit (``xdist_group`` mark,
-    e.g. every user of built_tiny_repo; test_phi and test_snakemake_restart mark themselves
-    ``phi_build``), and on xdist workers the long units come first (with --no-loadscope-reorder)."""
-    module_group = {}
-    for item in items:
-        for fixture, group in SHARED_BUILD_GROUPS.items():
-            if fixture in getattr(item, "fixturenames", ()):
-                module_group[item.path] = group
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(module_group.get(item.path, item.path.relative_to(REPO).as_posix())))
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        group_of = {item: item.get_closest_marker("xdist_group").args[0] for item in items}
-        slow_groups = {group_of[item] for item in items if item.get_closest_marker("slow")}
+    """On xdist workers, whose collection order is the order units are handed out (with
+    --no-loadscope-reorder): the shared builds first, then modules with slow tests, then the rest."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    unit_of = {item: work_unit(item.nodeid.split("::", 1)[0]) for item in items}
+    slow_units = {unit_of[item] for item in items if item.get_closest_marker("slow")}
 
-        def rank(item) -> int:
-            group = group_of[item]
-            if group in FIRST_GROUPS:
-                return FIRST_GROUPS.index(group)
-            return len(FIRST_GROUPS) + (0 if group in slow_groups else 1)
+    def rank(item) -> int:
+        unit = unit_of[item]
+        if unit in FIRST_UNITS:
+            return FIRST_UNITS.index(unit)
+        return len(FIRST_UNITS) + (0 if unit in slow_units else 1)
 
-        items.sort(key=rank)  # stable: collection order within a rank
+    items.sort(key=rank)  # stable: collection order within a rank
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +91,7 @@ def built_tiny_repo(tmp_path_factory, repo_root) -> Path:
     end-to-end tests (each experiment's test_workflow_*.py, DVC, report, Slurm), so no chain is
     built twice; each must leave its outputs, params and metadata as it found them. A failed
     build fails every user at once instead of building again. Under pytest-xdist its users
-    share one worker (conftest.pytest_collection_modifyitems)."""
+    share one worker (work_unit)."""
     from workflow_support import build_dvc_stages, tiny_copy
 
     if _TINY_BUILD_FAILURE:

@@ -18,9 +18,6 @@ from phi_support import FILE_MARKER, FOLDER_MARKER, MARKERS, scanned_paths, shar
 from pipeline.privacy import find_markers
 from workflow_support import TARGET, run
 
-#: One worker builds the marked-input chain once for both PHI and restart tests (conftest.py).
-pytestmark = pytest.mark.xdist_group("phi_build")
-
 #: The project's own code, which holds the markers as test constants, is not searched.
 NOT_SEARCHED = ("tests", ".git")
 #: The DVC stages the headline target (and the X-ray image set's download) built.

@@ -17,9 +17,6 @@ import torch
 from phi_support import marked_copy, shared_inputs, uninterrupted_build
 from workflow_support import BIN, TARGET, run
 
-#: One worker builds the marked-input chain once for both PHI and restart tests (conftest.py).
-pytestmark = pytest.mark.xdist_group("phi_build")
-
 #: Kill once this many registered volumes exist: inside a dataset's register job, before training.
 KILL_AFTER_REGISTERED = 2
 KILL_TIMEOUT_S = 300
