@@ -5,6 +5,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
+# pytest-xdist workers of `make test`: the long end-to-end builds overlap the short tests.
+TEST_WORKERS ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
@@ -24,8 +26,10 @@ setup: $(BIN)/snakemake
 quickstart: setup
 	$(BIN)/snakemake --cores $(CORES) results/cyclegan_ct_mri/metrics.json
 
+# Test modules are the work units, the users of one shared build are one unit, the long builds
+# start first (tests/conftest.py: work_unit); TEST_WORKERS=0 runs in one process.
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -19,7 +19,8 @@ rule preprocessing_panel:
         raw_path=panel_raw_path,
         modality=lambda w: modality(w.dataset),
         subject=panel_subject,
-        masked=lambda w, input: f"--masked {input.masked}" if input.masked else "",
+        registered=panel_stage("registered", as_input=False),
+        masked=lambda w: f"--masked {panel_stage('masked', as_input=False)(w)}" if final_stage(w.dataset) == "masked" else "",
     log:
         "logs/figures/{experiment}/preprocessing_{dataset}.log",
     conda:
@@ -27,7 +28,7 @@ rule preprocessing_panel:
     shell:
         "python -m pipeline.figures preprocessing --raw {params.raw_path:q} "
         "--modality {params.modality} --windowed {input.windowed} "
-        "--registered {input.registered} {params.masked} --subject {params.subject} "
+        "--registered {params.registered} {params.masked} --subject {params.subject} "
         "--out {output} > {log} 2>&1"
 
 
