@@ -11,7 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: setup quickstart test test-fast gpu-check lint clean pull report ui
+.PHONY: setup quickstart verdicts proof test test-fast gpu-check lint clean pull report ui
 
 $(BIN)/snakemake: requirements.txt requirements-slurm.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,15 @@ report: setup
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# Every experiment's verdict from empty data, one at a time, timed (results/timings_<profile>.json,
+# results/verdicts_<profile>.md): the default profile (each within 10 min on 2 idle cores) and the
+# proof profile (configs/proof.yaml: each within 45 min on 2 idle cores). Run on an idle machine.
+verdicts: setup
+	PYTHON=$(abspath $(BIN)/python) SNAKEMAKE=$(abspath $(BIN)/snakemake) CORES=$(CORES) scripts/run_profile.sh default
+
+proof: setup
+	PYTHON=$(abspath $(BIN)/python) SNAKEMAKE=$(abspath $(BIN)/snakemake) CORES=$(CORES) scripts/run_profile.sh proof
 
 lint: setup
 	$(BIN)/snakemake --lint
