@@ -28,7 +28,8 @@ What comes from ``dicom-anonymizer`` and what is this project's own:
   private elements, command elements (group 0000), elements pydicom's dictionary does not know
   (an implicit-VR file gives their bytes as ``UN``, unread) and whole overlay groups (60xx: the
   table removes their data and comments, a label or description left behind is free text) are
-  removed at every depth.
+  removed at every depth, and so is EncryptedAttributesSequence (the original identity, encrypted
+  for a key holder).
 
 :func:`find_survivor` is the check after writing: it walks every element of the written file
 at every depth and compares it with every identifying value of the original at every depth.
@@ -88,6 +89,10 @@ KEPT_FREE_TEXT = frozenset(
         "CodingSchemeVersion", "CodeMeaning", "LongCodeValue", "URNCodeValue",
     )
 )  # fmt: skip
+#: Sequences the table does not list that are removed whole (ours): EncryptedAttributesSequence
+#: holds the original attributes, encrypted so that a key holder can re-identify the patient, in a
+#: CMS envelope that names its recipients in clear; no stage re-identifies.
+REMOVED_SEQUENCES = frozenset({tag_for_keyword("EncryptedAttributesSequence")})
 #: Numbers written as text: a value that does not read as a number is text in the wrong place.
 NUMBER_STRING_VRS = ("DS", "IS")
 COMMAND_GROUP = 0x0000
@@ -170,13 +175,15 @@ def table_action(tag: BaseTag) -> Action | None:
 
 
 def action_for(element: DataElement) -> Action:
-    """The action for one element: the table's, else keep for KEPT_FREE_TEXT, else the VR rule for
-    unlisted attributes, else keep."""
+    """The action for one element: the table's, else keep for KEPT_FREE_TEXT, remove for
+    REMOVED_SEQUENCES, else the VR rule for unlisted attributes, else keep."""
     action = table_action(element.tag)
     if action is not None:
         return action
     if element.tag in KEPT_FREE_TEXT:
         return library.keep
+    if element.tag in REMOVED_SEQUENCES:
+        return remove
     return UNLISTED_VR_ACTIONS.get(element.VR, library.keep)
 
 

@@ -193,6 +193,19 @@ def _with_element_before_sop_class(ds: Dataset, element: bytes, path: Path) -> P
     return path
 
 
+def test_the_original_identity_encrypted_by_an_earlier_de_identifier_is_removed(tmp_path):
+    """PS3.15 lets a de-identifier keep the original attributes encrypted for a key holder; the CMS
+    envelope names its recipient in clear, and no stage here re-identifies."""
+    ds = _slice()
+    encrypted = Dataset()
+    encrypted.EncryptedContentTransferSyntaxUID = "1.2.840.10008.1.2.1"
+    encrypted.EncryptedContent = b"0\x82CN=QXRECIPIENTQX,O=QXHOSPQX" + b"\x00" * 8
+    ds.EncryptedAttributesSequence = Sequence([encrypted])
+    written = _through(_saved(ds, tmp_path / "in.dcm"), tmp_path)
+    assert _markers_in(written, ["QXRECIPIENTQX", "QXHOSPQX"]) == []
+    assert "EncryptedAttributesSequence" not in pydicom.dcmread(io.BytesIO(written))
+
+
 def test_a_command_element_in_a_stored_file_is_removed_not_a_stop(tmp_path):
     """(0000,0902) ErrorComment, a message's element, in a file: pydicom will not write it back."""
     error_comment = b"\x00\x00\x02\x09LO\x0a\x00QXERRORQX "
