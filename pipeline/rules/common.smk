@@ -665,3 +665,10 @@ def edit_flags(w):
 
 def ctr_segmenter_flags(w):
     return cli_flags(stylegan_cfg(w)["ctr_segmenter"])
+
+
+def verdict_claims(w):
+    claims = experiment_cfg(w.experiment).get("claims") or []
+    if not claims:
+        raise ValueError(f"params.yaml: experiments.{w.experiment}.claims is empty: nothing to judge")
+    return json.dumps(claims, sort_keys=True)
