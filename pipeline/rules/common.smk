@@ -540,6 +540,13 @@ def stylegan_cfg(w):
     return experiment_cfg(w.experiment)
 
 
+def gpus_for(device):
+    """The `gpu` resource of a job whose networks run on ``device``: one GPU for cuda (a cluster
+    executor then places it on a GPU node), none for cpu or auto (auto uses CUDA when the node
+    it lands on has one)."""
+    return 1 if device == "cuda" else 0
+
+
 def stylegan_dataset(w):
     return experiment_inputs(w.experiment)["images"]
 
