@@ -91,3 +91,104 @@ def test_simulated_gpu_moves_modules_as_cuda_does_and_runs_bf16_autocast():
         assert weight.grad.device == CUDA and weight.grad.shape == weight.shape
         optimizer.step()
         assert optimizer.state[weight]["exp_avg"].device == CUDA
+
+
+def test_grouped_convolution_backward_counts_each_multiply_once():
+    """StyleGAN2's modulated convolutions are grouped (one group per image): the FLOPs of a grouped
+    convolution's forward and backward equal those of its groups run as separate convolutions
+    (torch's own formula counts the weight gradient once per group too many)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.device_check.cost import fake_cpu, flop_counter
+
+    groups, c_in, c_out = 4, 8, 16
+    with fake_cpu():
+        x = torch.randn(1, groups * c_in, 32, 32, requires_grad=True)
+        weight = torch.randn(groups * c_out, c_in, 3, 3, requires_grad=True)
+        with flop_counter() as grouped:
+            torch.nn.functional.conv2d(x, weight, padding=1, groups=groups).sum().backward()
+        with FlopCounterMode(display=False) as separate:  # groups of 1: torch's formula is right
+            for g in range(groups):
+                part = x[:, g * c_in:(g + 1) * c_in].detach().requires_grad_(True)
+                kernel = weight[g * c_out:(g + 1) * c_out].detach().requires_grad_(True)
+                torch.nn.functional.conv2d(part, kernel, padding=1).sum().backward()
+    assert grouped.get_total_flops() == separate.get_total_flops() == 3 * groups * c_out * c_in * 9 * 32 * 32 * 2
+
+
+def test_peak_memory_counts_live_storage_once():
+    from pipeline.device_check.cost import PeakMemory, fake_cpu
+
+    mib = 2 ** 20
+    with fake_cpu():
+        tracker = PeakMemory()
+        with tracker:
+            a = torch.zeros(256, 1024)          # 1 MiB
+            view = a[:128]                      # a view: no new storage
+            b = torch.zeros(512, 1024)          # 2 MiB
+            del a, view
+            c = torch.zeros(256, 1024)          # 1 MiB, after a was freed
+    assert tracker.peak == 3 * mib and tracker.current == 3 * mib
+    del b, c
+
+
+def test_full_profile_step_counts():
+    """Steps each full profile runs, from the reports' schedules: 3000 kimg at batch 32, 200 epochs
+    x 4,000 iterations, 100 epochs of report 003's 20 images at batch 1."""
+    from pipeline.device_check.profiles import experiments
+    from pipeline.device_check.projection import training_steps
+
+    runs = {(e.name, r.role): r for e in experiments(FULL) for r in e.networks}
+    assert training_steps(FULL, runs["stylegan_cxr_cardiomegaly", "model"])[0] == 3000 * 1000 // 32
+    assert training_steps(FULL, runs["stylegan_cxr_cardiomegaly", "encoder"])[0] == 50 * 500
+    assert training_steps(FULL, runs["cyclegan_cxr_pneumonia", "model"])[0] == 200 * 4000
+    assert training_steps(FULL, runs["seg2ct_style", "model"])[0] == 100 * 20
+
+
+def test_device_overlay_puts_every_device_knob_on_the_cpu():
+    from pipeline.config import deep_merge, validate_params
+    from pipeline.device_check.report import device_overlay
+
+    merged = deep_merge(FULL, device_overlay(FULL, "cpu"))
+    validate_params(merged)
+    found = []
+
+    def walk(node, path):
+        for key, value in node.items():
+            if key == "device":
+                found.append((path, value))
+            elif isinstance(value, dict):
+                walk(value, f"{path}.{key}")
+
+    walk(merged["experiments"], "experiments")
+    assert len(found) >= 2 * len(EXPECTED_STEP) + 3  # train + evaluate each; the encoder, inversion, edits
+    assert {value for _, value in found} == {"cpu"}
+    assert not merged["experiments"]["cyclegan_ct_mri"]["train"]["compile"]
+
+
+def test_smoke_summary_reads_time_reports_and_benchmarks(tmp_path):
+    """A run timed by /usr/bin/time -v as the script times it: wall, CPU and the peak RSS of a
+    process that holds ~200 MB; a job's benchmark file is summed under its rule."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from pipeline.device_check.report import smoke_summary
+
+    if shutil.which("/usr/bin/time") is None:
+        pytest.skip("GNU time is not installed")
+    (tmp_path / "runs").mkdir()
+    repo = tmp_path / "repo"
+    shutil.copy(ROOT / "params.yaml", repo.mkdir() or repo / "params.yaml")
+    subprocess.run(["/usr/bin/time", "-v", "-o", str(tmp_path / "runs" / "dcgan_ct_brain.time"), sys.executable,
+                    "-c", "x = bytearray(200 * 2**20); x[::4096] = b'1' * len(x[::4096])"], check=True)
+    (tmp_path / "runs" / "dcgan_ct_brain.json").write_text(json.dumps(
+        {"experiment": "dcgan_ct_brain", "configs": [], "load_before": "1.0 1.0 1.0", "exit": 0}))
+    (repo / "benchmarks" / "train").mkdir(parents=True)
+    (repo / "benchmarks" / "train" / "dcgan_ct_brain.tsv").write_text(
+        "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+        "12.5\t0:00:12\t900.0\t1000\t800\t850\t0\t1\t1.0\t11.0\n")
+    entry = smoke_summary(tmp_path)["dcgan_ct_brain"]
+    assert 200 <= entry["peak_rss_mb"] < 400 and entry["exit_status"] == 0
+    assert entry["rules"]["train"] == {"jobs": 1, "cpu_s": 11.0, "wall_s": 12.5, "max_rss_mb": 900.0}
+    assert "ct_haemorrhage" in entry["datasets"]

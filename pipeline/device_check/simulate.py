@@ -41,7 +41,6 @@ import torch
 from torch._subclasses import fake_tensor
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.overrides import TorchFunctionMode
-from torch.utils.weak import WeakIdKeyDictionary
 
 #: The device the checks run on.
 CUDA = torch.device("cuda", 0)
@@ -166,31 +165,30 @@ class _NoTracking:
         return iter(())
 
 
-class _StrongMemo(dict):
-    """FakeTensorMode's real -> fake memo without weak references (which forbid swap_tensors);
-    a deep copy of a fake tensor shares it, as it shares the mode."""
+def _forget(tensor: torch.Tensor) -> None:
+    """Drop FakeTensorMode's weak references to ``tensor`` (its real -> fake memo, its tensor ids,
+    its constants' aliases), which forbid swap_tensors; the memo then simply misses it."""
+    mode = getattr(tensor, "fake_mode", None)
+    if mode is None:
+        return
+    converter = mode.fake_tensor_converter
+    memo = converter.meta_converter.tensor_memo
+    for key in [k for k, ref in list(memo.data.items()) if ref() is tensor]:
+        memo.data.pop(key, None)
+    converter.meta_converter.describer.lookup_tensor.pop(tensor, None)
+    for refs in converter.constant_storage_mapping.values():
+        refs[:] = [ref for ref in refs if ref() is not tensor]
 
-    def __deepcopy__(self, memo: dict) -> "_StrongMemo":
-        return self
+
+_swap_tensors = torch.utils.swap_tensors
 
 
-class _StrongIdRef:
-    """A strong stand-in for torch.utils.weak.WeakIdRef (hash and equality by identity), for the
-    fake-tensor describer's tensor -> id table, whose weak references forbid swap_tensors."""
-
-    __slots__ = ("_obj",)
-
-    def __init__(self, obj: Any, callback: Any = None):
-        self._obj = obj
-
-    def __call__(self) -> Any:
-        return self._obj
-
-    def __hash__(self) -> int:
-        return id(self._obj)
-
-    def __eq__(self, other: object) -> bool:
-        return callable(other) and other() is self._obj
+def _swap_fake_tensors(t1: torch.Tensor, t2: torch.Tensor) -> None:
+    """torch.utils.swap_tensors (what Module.to uses on fake parameters) after dropping the
+    fake mode's weak references to both."""
+    _forget(t1)
+    _forget(t2)
+    _swap_tensors(t1, t2)
 
 
 def _leaves(roots: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -236,19 +234,25 @@ def _zero_grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_gra
 def fake_tensors() -> Iterator[FakeTensorMode]:
     """A FakeTensorMode (real tensors met inside become fake) in which ``Module.to`` works on fake
     parameters, keeping their identity (swap_tensors, which FakeTensorMode's weak references
-    would forbid), and torch.save / torch.load skip tensor data (a model.pt of fake tensors)."""
+    would forbid), torch.save / torch.load skip tensor data (a model.pt of fake tensors), and
+    host reads give stand-ins (raising inside ``training_step``)."""
     swap = torch.__future__.get_swap_module_params_on_conversion()
     tracker = fake_tensor.fake_tensor_tls.non_strict_export_fake_tensor_tracker
     torch.__future__.set_swap_module_params_on_conversion(True)
     fake_tensor.fake_tensor_tls.non_strict_export_fake_tensor_tracker = _NoTracking()
     try:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
-        # The real -> fake memo and the describer's tensor ids hold weak references too; strong
-        # ones keep the (data-less) fakes alive for the block instead.
-        converter = mode.fake_tensor_converter.meta_converter
-        converter.tensor_memo = _StrongMemo()
-        converter.describer.lookup_tensor = WeakIdKeyDictionary(ref_type=_StrongIdRef)
-        with mode, torch.serialization.skip_data(materialize_fake_tensors=True):
+        with contextlib.ExitStack() as stack:
+            for patch in _host_read_patches():
+                stack.enter_context(patch)
+            stack.enter_context(mock.patch("torch.utils.swap_tensors", _swap_fake_tensors))
+            # A deep copy of a module (StyleGAN2's G_ema) copies its fake tensors, and with them
+            # their mode: share the one mode instead (it is the context, not data).
+            stack.enter_context(mock.patch.object(FakeTensorMode, "__deepcopy__", lambda self, memo: self,
+                                                  create=True))
+            stack.enter_context(mode)
+            stack.enter_context(torch.serialization.skip_data(materialize_fake_tensors=True))
+            _HOST_READS.reads.clear()
             yield mode
     finally:
         fake_tensor.fake_tensor_tls.non_strict_export_fake_tensor_tracker = tracker
@@ -265,9 +269,6 @@ def simulated_cuda() -> Iterator[FakeTensorMode]:
         stack.enter_context(mock.patch("torch.Tensor.backward", _tensor_backward))
         stack.enter_context(mock.patch("torch.autograd.backward", _zero_backward))
         stack.enter_context(mock.patch("torch.autograd.grad", _zero_grad))
-        for patch in _host_read_patches():
-            stack.enter_context(patch)
         mode = stack.enter_context(fake_tensors())
         stack.enter_context(_GeneratorDeviceCheck())
-        _HOST_READS.reads.clear()
         yield mode
