@@ -70,7 +70,7 @@ def test_simulated_gpu_raises_where_a_gpu_would():
         assert torch.randn(3, generator=torch.Generator("cuda"), device=CUDA).device == CUDA
         with training_step(), pytest.raises(HostReadInStepError, match="inside a training step"):
             float(on_gpu.sum())
-        assert float(on_gpu.sum()) == 0.0 and host_reads()["float()"] == 1  # outside a step: a stand-in, counted
+        assert float(on_gpu.sum()) == 1.0 and host_reads()["float()"] == 1  # outside a step: a stand-in, counted
         with pytest.raises(TypeError, match="cuda"):
             on_gpu.numpy()
 

@@ -119,6 +119,52 @@ def check_inference(exp: Experiment, model_path: Path, device: torch.device) -> 
     return {"what": f"model.pt on {device}: one batch of {batch}", **{k: list(v) for k, v in out.items()}}
 
 
+def check_evaluation(exp: Experiment, device: torch.device) -> dict[str, Any]:
+    """The evaluation's own networks on one batch at the profile's size on ``device``: the
+    real-data classifier (one epoch of training on a batch, then scoring: the train_classifier
+    rules, the classifier and train-on-synthetic measures, the edits' probability), the
+    memorisation embedding, and for label maps the segmenter (one epoch, then predicting: the
+    segmenter rules, the anatomy measure, the edits' CTR) and the per-organ style features.
+    (Inception needs its weight file, which the machines running this check may lack: its
+    extractor is torch-fidelity's, moved to the device with its inputs by fid.py.)"""
+    from pipeline.evaluate.measures import embedding
+    from pipeline.evaluate.measures.classifier import DEFAULT_SETTINGS as CLASSIFIER, fit_classifier
+    from pipeline.evaluate.measures.classifier import probability_of_b, to_tensor
+
+    section, run = exp.section, exp.networks[0]
+    size = int(run.train.get("image_size") or run.stored_size)
+    batch = int(section.get("evaluate", {}).get("batch_size", 16))
+    images = _images(batch, size)
+    out: dict[str, Any] = {}
+    settings = {**CLASSIFIER, **{k: v for k, v in section.get("classifier", {}).items() if k in CLASSIFIER},
+                "epochs": 1}
+    settings["image_size"] = settings["image_size"] or None
+    labels = torch.arange(batch) % 2
+    x = to_tensor(images, settings["image_size"])
+    network, _, _ = fit_classifier(x, labels, x, labels, settings, 0, str(device))
+    expect(next(network.parameters()).device.type == device.type, f"{exp.name}: classifier trained off {device}")
+    out["classifier_probability"] = list(probability_of_b(network, {"image_size": settings["image_size"]},
+                                                          images).shape)
+    out["embedding"] = list(embedding.embed(images, batch, None, str(device)).shape)
+    segmenter_section = section.get("segmenter") or section.get("ctr_segmenter")
+    if segmenter_section is not None:
+        from pipeline.evaluate.measures import organ_style
+        from pipeline.evaluate.measures.segmenter import DEFAULT_SETTINGS as SEGMENTER, fit_segmenter, predict_maps
+
+        seg = {**SEGMENTER, **{k: v for k, v in segmenter_section.items() if k in SEGMENTER}, "epochs": 1}
+        n_labels = int(section["model"].get("n_labels", 6)) if exp.kind == "map_to_image" else 3
+        maps = (np.arange(size)[None, :, None] * n_labels // size).repeat(batch, 0).repeat(size, 2).astype(np.int64)
+        data = {"images": images, "label_maps": maps, "subject_ids": np.array([f"p{i % 8}" for i in range(batch)])}
+        seg_network, _, _ = fit_segmenter(data, data, n_labels, seg, 0, str(device))
+        out["segmenter_maps"] = list(predict_maps(seg_network, images, batch).shape)
+        if exp.kind == "map_to_image":
+            # The per-organ style features on the device (the VGG there, as the evaluator's after
+            # embed() moved it); their masked Grams are host work in float64 (organ_style.masked_grams).
+            vgg = embedding.build_random_vgg().to(device)
+            out["organ_style_features"] = [list(f.shape) for f in organ_style.organ_features(images[:1], vgg)]
+    return {"what": f"evaluation networks on {device}: one batch of {batch} at {size} px", **out}
+
+
 def _write_slices(path: Path, n: int, size: int, labels: bool = True, ladder: bool = False) -> Path:
     subjects = np.array([f"patient{i % 8}" for i in range(n)])
     if ladder:
@@ -182,6 +228,7 @@ def check_experiment(exp: Experiment, device: str, workdir: Path) -> list[dict[s
                 _, paths[run.role] = timed(f"training {run.role}", lambda: check_training(
                     run, torch_device, step_context, workdir, overrides))
             timed("model.pt inference", lambda: check_inference(exp, paths["model"], torch_device))
+            timed("evaluation networks", lambda: check_evaluation(exp, torch_device))
             if exp.kind == "stylegan":
                 timed("latent stages", lambda: check_latent(exp, paths["model"], paths["encoder"], torch_device,
                                                             workdir))

@@ -94,9 +94,13 @@ def row(name: str, what: str, cost: Mapping[str, Any], steps: int, steps_why: st
     tflops, why = assumed_tflops(batch, bf16)
     flops = cost["flops_per_step"] * steps
     memory = cost["memory"]
+    # At small batches a step can be bound by kernel launches, not FLOPs: the reference's own batch-1
+    # step time is a second estimate for those rows.
+    floor = steps / H100_REFERENCE[1][0] / 3600 if batch <= 4 else None
     return {"experiment": name, "what": what, "tflop_per_step": cost["flops_per_step"] / 1e12, "steps": steps,
             "steps_from": steps_why, "pflop": flops / 1e15, "assumed_tflops": tflops, "assumed_from": why,
-            "h100_hours": flops / (tflops * 1e12) / 3600, "peak_memory_gb": memory["peak"] / 1e9,
+            "h100_hours": flops / (tflops * 1e12) / 3600, "h100_hours_at_reference_step_time": floor,
+            "peak_memory_gb": memory["peak"] / 1e9,
             "memory_gb": {k: round(v / 1e9, 2) for k, v in memory.items()},
             "fits_80gb": memory["peak"] / 1e9 < H100_MEMORY_GB}
 

@@ -24,10 +24,12 @@
 Host reads. Fake tensors hold no values, so reading one on the host (``.item()``, ``float(t)``,
 ``int(t)``, ``if t:``, ``.tolist()``, ``.numpy()``) cannot give the real value. Inside
 ``training_step()`` such a read raises ``HostReadInStepError``: in a training step it is a host
-synchronisation, which the engine forbids. Elsewhere (setup, evaluation, inversion) it returns
-zeros of the right shape and type and is counted (``reads``): a device check then follows every
-device path of the host code with stand-in values (not its value-dependent branches), and the
-count shows where a loop waits for the GPU. ``.numpy()`` of a CUDA tensor raises as on a GPU.
+synchronisation, which the engine forbids. Elsewhere (setup, evaluation, inversion) a scalar read
+gives 1 (so counts and norms divide), a condition False (checks that raise on bad input test for
+True) and an array read zeros of the right shape and type, and is
+counted (``host_reads``): a device check then follows the device paths of the host code with
+stand-in values (not every value-dependent branch), and the count shows where a loop waits for
+the GPU. ``.numpy()`` of a CUDA tensor raises, as on a GPU.
 """
 from __future__ import annotations
 
@@ -71,8 +73,10 @@ class _HostReads:
 _HOST_READS = _HostReads()
 
 
-def _zero_value(tensor: torch.Tensor) -> Any:
-    return False if tensor.dtype == torch.bool else 0.0 if tensor.dtype.is_floating_point else 0
+def _stand_in(tensor: torch.Tensor) -> Any:
+    """A read number is 1 (not 0, so counts and norms divide); a read condition is False (the
+    checks that raise on bad input test for True)."""
+    return False if tensor.dtype == torch.bool else 1.0 if tensor.dtype.is_floating_point else 1
 
 
 def _host_read_patches() -> list[Any]:
@@ -94,8 +98,8 @@ def _host_read_patches() -> list[Any]:
                             "the tensor to host memory first.")
         return np.zeros(tuple(tensor.shape), _numpy_dtype(tensor.dtype))
 
-    return [wrap("item", _zero_value), wrap("__float__", lambda t: 0.0), wrap("__int__", lambda t: 0),
-            wrap("__index__", lambda t: 0), wrap("__bool__", lambda t: False),
+    return [wrap("item", _stand_in), wrap("__float__", lambda t: 1.0), wrap("__int__", lambda t: 1),
+            wrap("__index__", lambda t: 1), wrap("__bool__", lambda t: False),
             wrap("tolist", lambda t: np.zeros(tuple(t.shape), _numpy_dtype(t.dtype)).tolist()),
             wrap("numpy", numpy_of)]
 
@@ -236,9 +240,9 @@ def fake_tensors() -> Iterator[FakeTensorMode]:
     parameters, keeping their identity (swap_tensors, which FakeTensorMode's weak references
     would forbid), torch.save / torch.load skip tensor data (a model.pt of fake tensors), and
     host reads give stand-ins (raising inside ``training_step``)."""
-    swap = torch.__future__.get_swap_module_params_on_conversion()
+    # Module._apply always swaps fake parameters (swap_tensors keeps their identity); that needs
+    # no weak references to them: the tracker of live fakes is set aside, the memos forget them.
     tracker = fake_tensor.fake_tensor_tls.non_strict_export_fake_tensor_tracker
-    torch.__future__.set_swap_module_params_on_conversion(True)
     fake_tensor.fake_tensor_tls.non_strict_export_fake_tensor_tracker = _NoTracking()
     try:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -256,7 +260,6 @@ def fake_tensors() -> Iterator[FakeTensorMode]:
             yield mode
     finally:
         fake_tensor.fake_tensor_tls.non_strict_export_fake_tensor_tracker = tracker
-        torch.__future__.set_swap_module_params_on_conversion(swap)
 
 
 @contextlib.contextmanager

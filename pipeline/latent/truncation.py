@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.evaluate.cli import resolve_device
+    from pipeline.devices import resolve_device
     from pipeline.models.stylegan2_encoder import load_frozen_generator
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

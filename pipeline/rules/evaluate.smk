@@ -69,6 +69,7 @@ rule evaluate:
     threads: 8  # capped at --cores by Snakemake: on a laptop training runs alone
     resources:
         **job_resources(config, "evaluate"),
+        gpu=section_gpus("evaluate"),
     benchmark:
         "benchmarks/evaluate/{experiment}.tsv"
     log:
@@ -107,6 +108,7 @@ rule train_classifier:
     threads: 2
     resources:
         **job_resources(config, "train_classifier"),
+        gpu=section_gpus("classifier"),
     benchmark:
         "benchmarks/train_classifier/{experiment}.tsv"
     log:
@@ -137,6 +139,7 @@ rule train_classifier_labelled:
     threads: 2
     resources:
         **job_resources(config, "train_classifier"),
+        gpu=section_gpus("classifier"),
     benchmark:
         "benchmarks/train_classifier/{experiment}.tsv"
     log:
@@ -187,6 +190,7 @@ rule evaluate_generation:
     threads: 8  # capped at --cores by Snakemake
     resources:
         **job_resources(config, "evaluate"),
+        gpu=section_gpus("evaluate"),
     benchmark:
         "benchmarks/evaluate/{experiment}.tsv"
     log:

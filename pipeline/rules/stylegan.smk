@@ -62,6 +62,7 @@ rule train_ctr_segmenter:
     threads: 2
     resources:
         **job_resources(config, "train_classifier"),
+        gpu=section_gpus("ctr_segmenter"),
     benchmark:
         "benchmarks/train_ctr_segmenter/{experiment}.tsv"
     log:
@@ -106,7 +107,7 @@ rule evaluate_stylegan_generator:
     threads: 8
     resources:
         **job_resources(config, "evaluate"),
-        gpu=lambda w: gpus_for(stylegan_cfg(w)["evaluate"]["device"]),
+        gpu=section_gpus("evaluate"),
     benchmark:
         "benchmarks/evaluate/{experiment}.tsv"
     log:
@@ -146,7 +147,7 @@ rule invert:
         weights_dir=config["weights"]["dir"],
     threads: 2
     resources:
-        gpu=lambda w: gpus_for(stylegan_cfg(w)["inversion"]["device"]),
+        gpu=section_gpus("inversion"),
     benchmark:
         "benchmarks/invert/{experiment}.tsv"
     log:
@@ -206,7 +207,7 @@ rule edit:
         intervals=stylegan_intervals,
     threads: 2
     resources:
-        gpu=lambda w: gpus_for(stylegan_cfg(w)["edit"]["device"]),
+        gpu=section_gpus("edit"),
     benchmark:
         "benchmarks/edit/{experiment}.tsv"
     log:
