@@ -192,3 +192,30 @@ def test_smoke_summary_reads_time_reports_and_benchmarks(tmp_path):
     assert 200 <= entry["peak_rss_mb"] < 400 and entry["exit_status"] == 0
     assert entry["rules"]["train"] == {"jobs": 1, "cpu_s": 11.0, "wall_s": 12.5, "max_rss_mb": 900.0}
     assert "ct_haemorrhage" in entry["datasets"]
+
+
+def test_classic_cyclegan_step_costs_what_the_reference_step_costs():
+    """REFERENCE.md: the reference-style CycleGAN step (ResNet-9 G, 70x70 PatchGAN, 256 px, one
+    image pair) costs ~1.86 TFLOP; the engine's classic step, as report 000's full profile runs it,
+    must count the same (the projection's FLOPs rest on this count)."""
+    from pipeline.device_check.cost import training_step_cost
+    from pipeline.device_check.profiles import experiments
+
+    run = experiments(FULL, ["cyclegan_cxr_pneumonia"])[0].networks[0]
+    cost = training_step_cost(run)
+    assert cost["flops_per_step"] / 1e12 == pytest.approx(1.86, rel=0.02)
+    assert 0 < cost["memory"]["weights"] < cost["memory"]["peak"] < 80e9
+
+
+def test_cli_checks_a_profile_and_prints_its_projection(tmp_path, capsys):
+    import json
+
+    from pipeline.device_check.__main__ import main
+
+    tiny = [str(ROOT / "configs" / "tiny.yaml")]
+    params = str(ROOT / "params.yaml")
+    assert main(["check", "--params", params, "--configfile", *tiny, "--experiments", "dcgan_ct_brain",
+                 "--json", str(tmp_path / "check.json")]) == 0
+    assert "dcgan_ct_brain" in json.loads((tmp_path / "check.json").read_text())
+    assert main(["project", "--params", params, "--configfile", *tiny, "--experiments", "dcgan_ct_brain"]) == 0
+    assert "| dcgan_ct_brain | train dcgan |" in capsys.readouterr().out
