@@ -11,7 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: setup quickstart verdicts proof test test-fast gpu-check lint clean pull report ui
+.PHONY: setup quickstart verdicts proof test test-fast gpu-check full-smoke device-check lint clean pull report ui
 
 $(BIN)/snakemake: requirements.txt requirements-slurm.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ test-fast: setup
 GPU_CHECK_OUT ?= gpu-check
 gpu-check: setup
 	PYTHON=$(abspath $(BIN)/python) REFERENCE=$(REFERENCE) scripts/gpu_check.sh $(GPU_CHECK_OUT)
+
+# Every experiment's full profile cut to a couple of steps, at full size, end to end through Snakemake
+# (configs/full_smoke.yaml; hours on a CPU): times and peak memory -> $(FULL_SMOKE_OUT)/results.md (docs/engine.md).
+FULL_SMOKE_OUT ?= full-smoke
+full-smoke: setup
+	PYTHON=$(abspath $(BIN)/python) scripts/full_smoke.sh $(FULL_SMOKE_OUT) $(EXPERIMENTS)
+
+# The device check of configs/full.yaml on a simulated GPU (what CI runs in tests/test_device_check.py).
+device-check: setup
+	$(BIN)/python -m pipeline.device_check check
 
 # After `git clone`: outputs from the DVC remote, marked up to date for Snakemake (see README).
 pull: setup

@@ -338,6 +338,19 @@ def experiment_cfg(experiment):
     return config["experiments"][experiment]
 
 
+def gpus_for(device):
+    """The `gpu` resource of a job whose networks run on ``device``: one GPU for cuda (a cluster
+    executor then places it on a GPU node), none for cpu or auto (auto uses CUDA when the node
+    it lands on has one)."""
+    return 1 if device == "cuda" else 0
+
+
+def section_gpus(section):
+    """Input function of a rule's `gpu` resource: from its experiment's ``section`` (e.g.
+    classifier, segmenter, evaluate) ``device`` knob."""
+    return lambda w: gpus_for(experiment_cfg(w.experiment).get(section, {}).get("device", "auto"))
+
+
 def experiment_inputs(experiment):
     """The model's named inputs -> dataset: a generation experiment's `inputs`, or a translation
     experiment's domain_a / domain_b as CycleGAN's inputs a / b."""
@@ -628,6 +641,7 @@ def reader_study_flags(w):
 
 def stylegan_cfg(w):
     return experiment_cfg(w.experiment)
+
 
 
 def stylegan_dataset(w):

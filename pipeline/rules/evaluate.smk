@@ -70,6 +70,7 @@ rule evaluate:
     threads: 8  # capped at --cores by Snakemake: on a laptop training runs alone
     resources:
         **job_resources(config, "evaluate"),
+        gpu=section_gpus("evaluate"),
     benchmark:
         "benchmarks/evaluate/{experiment}.tsv"
     log:
@@ -108,6 +109,7 @@ rule train_classifier:
     threads: 2
     resources:
         **job_resources(config, "train_classifier"),
+        gpu=section_gpus("classifier"),
     benchmark:
         "benchmarks/train_classifier/{experiment}.tsv"
     log:
@@ -138,6 +140,7 @@ rule train_classifier_labelled:
     threads: 2
     resources:
         **job_resources(config, "train_classifier"),
+        gpu=section_gpus("classifier"),
     benchmark:
         "benchmarks/train_classifier/{experiment}.tsv"
     log:
@@ -188,6 +191,7 @@ rule evaluate_generation:
     threads: 8  # capped at --cores by Snakemake
     resources:
         **job_resources(config, "evaluate"),
+        gpu=section_gpus("evaluate"),
     benchmark:
         "benchmarks/evaluate/{experiment}.tsv"
     log:
