@@ -26,6 +26,7 @@ from pipeline.reader_study import ANSWER_COLUMNS
 from pipeline.reader_study.__main__ import main
 from pipeline.reader_study.draw import draw_truths, model_task, spread_over_subjects
 from pipeline.reader_study.make import StudySettings, make_study
+from pipeline.reader_study.render import lattice_levels
 from pipeline.reader_study.score import read_answers, read_key, score_study
 from reader_study_support import N_SUBJECTS, SIZE, train_cgan, train_cyclegan
 
@@ -247,6 +248,65 @@ def test_every_image_is_encoded_alike_and_bytes_tell_nothing(cyclegan, translati
                              secret=secret_with(N, lambda t: t.count("real") != key["n_real"]))
     blank = lambda text: re.sub(r'"pixels":"[^"]*"|img-[0-9a-f]{10}|\b[0-9a-f]{12}\b', "X", text)
     assert blank(page) == blank((other / "study.html").read_text())
+
+
+def test_the_organisers_images_folder_tells_nothing_by_its_file_sizes(translation_study):
+    """images/ is not for readers, but a folder sent by mistake must not give the key away as the
+    first version's PNGs did: a compressed PNG's size follows the content (a noisy generated image
+    compresses worse), so every copy is stored uncompressed and has one size."""
+    files = sorted((translation_study / "images").glob("*.png"))
+    assert len(files) == N
+    assert len({path.stat().st_size for path in files}) == 1
+    assert files[0].stat().st_size >= SIZE * SIZE * 2  # the pixels are all there, not compressed
+
+
+def decoded_pixels(folder: Path) -> list[np.ndarray]:
+    """Every image of a study's page as the reader's computer decodes it (16-bit codes)."""
+    images = page_data((folder / "study.html").read_text())["images"]
+    return [np.frombuffer(base64.b64decode(image["pixels"]), dtype="<u2") for image in images]
+
+
+def stored_at(path: Path, out: Path, levels: int) -> Path:
+    """A copy of a test set whose values sit on the grid k / ``levels``, as the X-ray stage stores
+    8-bit films (k / 255) or a CT window of integer HU without resampling stores k / width."""
+    with np.load(path) as npz:
+        data = {name: npz[name] for name in npz.files}
+    data["images"] = (np.rint(data["images"].astype(np.float64) * levels) / levels).astype(np.float32)
+    np.savez(out, **data)
+    return out
+
+
+def test_real_images_stored_at_8_bit_lend_their_grid_to_every_image(cyclegan, tmp_path):
+    """The X-ray test sets hold 8-bit values (k / 255: every 16-bit code a multiple of 257); a
+    translator's output is continuous. A reader who calls an image real when all its codes are
+    multiples of 257 (or when it has at most 256 distinct values) would be right every time, and a
+    narrow window would show the real images banded and the generated ones smooth. Every image is
+    therefore shown on the real images' grid: the attack finds the same for every image."""
+    test_b = stored_at(cyclegan["test_b"], tmp_path / "test_b.npz", 255)
+    folder = tmp_path / "study"
+    make_study("rs_cyclegan", cyclegan["model"], folder, SETTINGS, test_a=cyclegan["test_a"], test_b=test_b,
+               secret=secret_with(N, lambda t: 8 <= t.count("real") <= 16))
+    key = json.loads((folder / "key.json").read_text())
+    pixels = decoded_pixels(folder)
+    assert {bool((codes % 257 == 0).all()) for codes in pixels} == {True}
+    assert max(len(np.unique(codes)) for codes in pixels) <= 256
+    # The real images are shown exactly as stored; the generated ones were moved to that grid.
+    with np.load(test_b) as npz:
+        stored = npz["images"]
+    for codes, entry in zip(pixels, key["images"]):
+        if entry["truth"] == "real":
+            assert (codes.reshape(SIZE, SIZE) == np.rint(stored[entry["source"]["index"]] * 255).astype(int) * 257).all()
+    assert json.loads((folder / "study.json").read_text())["display"]["stored_levels"] == 255
+
+
+@pytest.mark.parametrize("levels", [1, 2, 255, 256, 2000, 4095, 65534])
+def test_the_grid_of_the_real_images_is_found(levels, tmp_path):
+    rng = np.random.default_rng(levels)
+    values = np.clip(rng.normal(0.4, 0.3, (5, 16, 16)), 0, 1)
+    on_grid = (np.rint(values * levels) / levels).astype(np.float32)
+    assert lattice_levels(on_grid) == levels
+    assert lattice_levels(values.astype(np.float32)) is None  # continuous values: no grid
+    assert lattice_levels((np.rint(values * 65535) / 65535).astype(np.float32)) is None  # the page's own 16 bits
 
 
 def test_page_is_self_contained_and_holds_no_trace_of_the_key(translation_study):

@@ -24,7 +24,7 @@ from pipeline.reader_study.draw import (
     DIRECTION_DOMAINS, Drawn, TestSet, check_secret, class_donor_labels, draw_real, draw_truths,
     generated_by_sampling, generated_by_translation, load_discriminator, model_task, new_secret, require_supply,
     stream)
-from pipeline.reader_study.render import check_window, encode_pixels, pixels_png, render_page
+from pipeline.reader_study.render import check_window, encode_pixels, lattice_levels, pixels_png, render_page
 
 #: Random image ids: "img-" and this many hex digits (ids reveal nothing; they only have to be unique).
 TOKEN_BYTES = 5
@@ -166,7 +166,8 @@ def make_study(experiment: str, model_path: Path, out_dir: Path, settings: Study
     shape = _common_shape(reals, fakes)
     sides = {REAL: iter(zip(reals.images, reals.provenance)), FAKE: iter(zip(fakes.images, fakes.provenance))}
     shown = [next(sides[truth]) for truth in truths]
-    pixels = [encode_pixels(image) for image, _ in shown]
+    levels = lattice_levels(real_set.data["images"])
+    pixels = [encode_pixels(image, levels) for image, _ in shown]
     tokens = _tokens(n, secret)
     digest = hashlib.sha256()
     for token, data in zip(tokens, pixels):
@@ -194,7 +195,11 @@ def make_study(experiment: str, model_path: Path, out_dir: Path, settings: Study
                              "every image alike",
                     "initial_window": list(window), "window_presets": settings.record()["window_presets"],
                     "encoding": "16-bit little-endian raw pixels (stored [0, 1] values x 65535, rounded), base64; "
-                                "the same number of bytes for every image; window / level applied in the page"},
+                                "the same number of bytes for every image; window / level applied in the page",
+                    "stored_levels": levels,
+                    "levels": "null: the real test set's values are continuous; a number L: they sit on the grid "
+                              "k / L (e.g. 8-bit films, L = 255), and every image shown, generated ones included, "
+                              "is rounded to that grid first, so precision tells nothing"},
         "page": {"file": "study.html", "sha256": hashlib.sha256(page_bytes).hexdigest(), "n_images": n},
         "files": {"for_readers": ["study.html"], "kept_by_the_organiser": ["key.json", "study.json", "images/"]},
         "not_here": "the secret and the real / generated counts are in key.json only",
