@@ -79,7 +79,7 @@ def bound_model(slices, **knobs) -> Seg2CT:
     model.bind_training_data({"images": torch.from_numpy(data["images"])[:, None] * 2 - 1,
                               "images_maps": torch.from_numpy(data["label_maps"].astype(np.int64))[:, None],
                               "images_subjects": torch.from_numpy(codes)},
-                             {"images": {"subject_ids": data["subject_ids"]}})
+                             {"images": {"subject_ids": data["subject_ids"], "label_maps": data["label_maps"]}})
     return model
 
 
