@@ -71,7 +71,8 @@ SCORING_NETWORK: dict[str, str | dict[str, str]] = {
 }
 #: Independent random streams of one study secret, one per use (so changing one draw never
 #: shifts another).
-STREAMS = {"truth": 1, "real": 2, "source": 3, "sampler": 4, "class_donors": 5, "tokens": 6, "shared_patients": 7}
+STREAMS = {"truth": 1, "real": 2, "source": 3, "sampler": 4, "class_donors": 5, "tokens": 6,
+           "shared_patients": 7}
 #: Bytes of operating-system randomness in a study secret (256 bits: beyond any brute force).
 SECRET_BYTES = 32
 #: Images a discriminator scores per forward pass.
@@ -136,8 +137,10 @@ def split_shared_patients(source: TestSet, real: TestSet, secret: str) -> tuple[
     order = stream(secret, "shared_patients").permutation(len(shared))
     to_source = {shared[i] for i in order[:len(shared) // 2]}
     to_real = set(shared) - to_source
-    note = (lambda kept, side: f" ({len(kept)} of the {len(shared)} patients in both test sets are kept for {side})"
-            if shared else "")
+
+    def note(kept: set[str], side: str) -> str:
+        return f" ({len(kept)} of the {len(shared)} patients in both test sets are kept for {side})" if shared else ""
+
     return (Patients(frozenset(source_ids - to_real), note(to_real, "the real images")),
             Patients(frozenset(real_ids - to_source), note(to_source, "the translations")), len(shared))
 
