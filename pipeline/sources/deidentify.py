@@ -63,8 +63,8 @@ from pydicom.sequence import Sequence
 
 from pipeline.atomic import atomic_dir
 from pipeline.errors import ConfigError, InputDataError
-from pipeline.preprocess.window import SHARP_KERNEL_WORDS, values_kept_out_of_logs
-from pipeline.privacy import pseudonym
+from pipeline.labels import SHARP_KERNEL_WORDS
+from pipeline.privacy import pseudonym, values_kept_out_of_logs
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ from scipy import ndimage
 
 from pipeline.atomic import atomic_dir
 from pipeline.errors import ConfigError
-from pipeline.preprocess.ctr import BACKGROUND, HEART, THORAX
+from pipeline.labels import CTR_BACKGROUND, CTR_HEART, CTR_THORAX
 from pipeline.sources.phantom_cxr import (
     CxrPhantomParams,
     Patient,
@@ -263,9 +263,9 @@ def draw_adult(rng: np.random.Generator, patient_id: str, params: ChexpertPhanto
 
 def label_map_of(film) -> np.ndarray:
     """The truth label map of a rendered film: 0 background, 1 thorax, 2 heart (heart wins)."""
-    label_map = np.full(film.image.shape, BACKGROUND, np.uint8)
-    label_map[film.thorax] = THORAX
-    label_map[film.heart] = HEART
+    label_map = np.full(film.image.shape, CTR_BACKGROUND, np.uint8)
+    label_map[film.thorax] = CTR_THORAX
+    label_map[film.heart] = CTR_HEART
     return label_map
 
 

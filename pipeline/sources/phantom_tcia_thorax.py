@@ -58,7 +58,8 @@ from scipy import ndimage
 
 from pipeline.atomic import atomic_dir
 from pipeline.errors import ConfigError
-from pipeline.preprocess.thorax_labels import CLASS_NAMES, GREY_VALUES
+from pipeline.labels import THORAX_CLASS_NAMES as CLASS_NAMES
+from pipeline.labels import THORAX_GREY_VALUES as GREY_VALUES
 from pipeline.progress import progress
 
 LOG = logging.getLogger(__name__)
