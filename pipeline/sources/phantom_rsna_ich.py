@@ -47,32 +47,35 @@ and the quirk for the set), so turning haemorrhage or the quirk off changes noth
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import csv
-import dataclasses
-import hashlib
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
-from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pydicom.valuerep import DSfloat
 from scipy import ndimage
 
 from pipeline.atomic import atomic_dir
 from pipeline.errors import ConfigError
 from pipeline.progress import progress
 from pipeline.sources import phantom_head as head_phantom
+from pipeline.sources.phantom_toolkit import (
+    StoredPixels,
+    check_seed,
+    ct_slice_dataset,
+    draw_uniform,
+    hashed_hex,
+    knobs_from_schema,
+    params_from_knobs,
+    phantom_main,
+    random_streams,
+    save_png,
+)
+from pipeline.sources.real_datasets import scratch_folder, write_table
 from pipeline.sources.rsna_ich import RSNA_IMAGE_FOLDER, RSNA_LABELS, build_rsna_ich, read_rsna_labels
 from pipeline.sources.rsna_labels import SUBTYPES, write_subtype_labels
 
@@ -85,13 +88,11 @@ SET_STREAM = 2**32 - 1
 TRUTH_FOLDER = "truth"
 BLEEDS_COLUMNS = ("patient_id", "subtype", "first_slice", "last_slice", "blood_hu", "size_mm", "thickness_mm")
 # Stored values of ordinary files: HU + 1024 as unsigned 12-bit, as most RSNA files are.
-RESCALE_INTERCEPT = -1024
-BITS_STORED = 12
+PLAIN = StoredPixels(bits_stored=12, signed=False, rescale_intercept=-1024)
 # The quirk: intercept 0, two's complement in 12 bits; those scanners clipped air at -1000 HU.
-QUIRK_INTERCEPT = 0
+QUIRK = StoredPixels(bits_stored=12, signed=False, rescale_intercept=0)
 QUIRK_FLOOR_HU = -1000
-WINDOW_CENTER_HU = 40
-WINDOW_WIDTH_HU = 80
+BRAIN_WINDOW = (40, 80)
 # Anatomical regions on a slice, from the rendered tissue fractions.
 VENTRICLE_MIN_DEPTH_MM = 15.0  # CSF this deep under the inner table is ventricle (or cistern)
 PARENCHYMA_MIN_DEPTH_MM = 8.0  # a parenchymal bleed's centre lies at least this deep
@@ -102,73 +103,17 @@ HARMONICS = 3  # random harmonics shaping an irregular parenchymal blob
 RAY_HALF_WIDTH_RAD = 0.05  # pixels this close in angle to a direction lie on its ray
 
 
-def _knob(default: Any, help_text: str) -> Any:
-    return field(default=default, metadata={"help": help_text})
-
-
-@dataclass(frozen=True)
+@knobs_from_schema("phantom_rsna_ich")
 class RsnaPhantomParams:
-    """Every knob of the RSNA-layout phantom (params.yaml: phantom_rsna_ich; documented in the schema)."""
+    """Every knob of the RSNA-layout phantom: params.yaml's phantom_rsna_ich, documented (with
+    ranges and defaults) in the schema."""
 
-    n_patients: int = _knob(20, "Patients (one study, one axial series each).")
-    slices_per_patient: int = _knob(5, "Consecutive axial slices per patient.")
-    haemorrhage_fraction: float = _knob(0.14, "Share of all slices with any haemorrhage (RSNA: ~0.14).")
-    subtype_weights: tuple[float, ...] = _knob(
-        (0.021, 0.243, 0.176, 0.240, 0.317),
-        "Relative frequency of epidural, intraparenchymal, intraventricular, subarachnoid, subdural "
-        "(RSNA stage 2 label counts).",
-    )
-    second_subtype_probability: float = _knob(0.3, "Chance a bleeding patient has a second subtype.")
-    blood_hu: tuple[float, float] = _knob((50.0, 90.0), "Acute blood HU; each bleed draws one value in this range.")
-    min_bleed_mm2: float = _knob(20.0, "A subtype counts on a slice only with at least this area of blood.")
-    epidural_length_mm: tuple[float, float] = _knob((12.0, 30.0), "Epidural lens: half-length along the inner table.")
-    epidural_thickness_mm: tuple[float, float] = _knob((8.0, 20.0), "Epidural lens: greatest thickness.")
-    subdural_length_mm: tuple[float, float] = _knob((35.0, 80.0), "Subdural crescent: half-length along the convexity.")
-    subdural_thickness_mm: tuple[float, float] = _knob((3.0, 12.0), "Subdural crescent: greatest thickness.")
-    parenchymal_radius_mm: tuple[float, float] = _knob((6.0, 20.0), "Intraparenchymal blob: mean radius.")
-    parenchymal_irregularity: float = _knob(0.3, "Intraparenchymal blob: radius varies by +- this share.")
-    ventricle_fill: tuple[float, float] = _knob((0.2, 0.7), "Intraventricular: share of the ventricles filled, from posterior.")
-    subarachnoid_radius_mm: tuple[float, float] = _knob((15.0, 35.0), "Subarachnoid: radius of the blood-filled CSF around a centre.")
-    mass_effect: float = _knob(0.5, "Brain pushed away from epidural, subdural and parenchymal bleeds by this share of their thickness.")
-    quirk_fraction: float = _knob(0.2, "Share of patients whose files carry RSNA's 12-bit pixel-representation quirk.")
-    matrix: int = _knob(512, "Rows = columns of each slice (RSNA: 512).")
-    pixel_mm: float = _knob(0.49, "In-plane pixel spacing (mm).")
-    slice_mm: float = _knob(5.0, "Slice thickness = spacing (mm).")
-    slice_subsamples: int = _knob(3, "Samples averaged through each slice (through-plane partial volume).")
-    stack_offset_mm: float = _knob(15.0, "The stack's centre is shifted along z by up to +- this from the head centre.")
-    noise_hu: float = _knob(5.0, "Standard deviation of the Gaussian noise (HU).")
-    template_resolution_mm: int = _knob(1, "MNI152 template resolution the anatomy is sampled from (1 or 2 mm).")
-
-    def __post_init__(self) -> None:
-        for name in ("subtype_weights", "blood_hu", "epidural_length_mm", "epidural_thickness_mm",
-                     "subdural_length_mm", "subdural_thickness_mm", "parenchymal_radius_mm",
-                     "ventricle_fill", "subarachnoid_radius_mm"):  # fmt: skip
-            value = tuple(float(v) for v in getattr(self, name))
-            object.__setattr__(self, name, value)
-        if len(self.subtype_weights) != len(SUBTYPES) or min(self.subtype_weights) < 0 or sum(self.subtype_weights) <= 0:
+    def check(self) -> None:
+        if sum(self.subtype_weights) <= 0:
             raise ConfigError(
-                f"phantom_rsna_ich.subtype_weights: need {len(SUBTYPES)} non-negative weights "
-                f"({', '.join(SUBTYPES)}) with a positive sum, got {self.subtype_weights}"
+                f"phantom_rsna_ich.subtype_weights: need weights ({', '.join(SUBTYPES)}) with a positive sum, "
+                f"got {self.subtype_weights}"
             )
-        for name in ("blood_hu", "epidural_length_mm", "epidural_thickness_mm", "subdural_length_mm",
-                     "subdural_thickness_mm", "parenchymal_radius_mm", "ventricle_fill", "subarachnoid_radius_mm"):  # fmt: skip
-            low_high = getattr(self, name)
-            if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
-                raise ConfigError(f"phantom_rsna_ich.{name}: need [low, high] with 0 < low <= high, got {low_high}")
-        if self.ventricle_fill[1] > 1:
-            raise ConfigError(f"phantom_rsna_ich.ventricle_fill: shares must be <= 1, got {self.ventricle_fill}")
-        for name in ("n_patients", "slices_per_patient", "matrix", "pixel_mm", "slice_mm", "slice_subsamples"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"phantom_rsna_ich.{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("haemorrhage_fraction", "second_subtype_probability", "mass_effect", "quirk_fraction",
-                     "parenchymal_irregularity"):  # fmt: skip
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"phantom_rsna_ich.{name}: must lie in [0, 1], got {getattr(self, name)}")
-        for name in ("min_bleed_mm2", "stack_offset_mm", "noise_hu"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"phantom_rsna_ich.{name}: must be >= 0, got {getattr(self, name)}")
-        if self.template_resolution_mm not in (1, 2):
-            raise ConfigError(f"phantom_rsna_ich.template_resolution_mm: must be 1 or 2, got {self.template_resolution_mm}")
 
     def head_params(self) -> head_phantom.PhantomParams:
         """The head phantom's knobs for this grid; its anatomy knobs keep their defaults."""
@@ -275,10 +220,6 @@ class BleedShape:
         return self.size_mm / 3 if self.subtype == "intraparenchymal" else 0.0
 
 
-def _uniform(rng: np.random.Generator, low_high: tuple[float, float]) -> float:
-    return float(rng.uniform(*low_high))
-
-
 def _angles(shape: tuple[int, int], centre: np.ndarray) -> np.ndarray:
     """Angle of each pixel seen from ``centre``: 0 anterior (-j), pi/2 the patient's left (+i)."""
     i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
@@ -293,18 +234,18 @@ def draw_shape(
     rng: np.random.Generator, subtype: str, regions: SliceRegions, params: RsnaPhantomParams
 ) -> BleedShape:
     """A bleed's geometry, placed on the run's middle slice (``regions``)."""
-    blood_hu = _uniform(rng, params.blood_hu)
+    blood_hu = draw_uniform(rng, params.blood_hu)
     point = (float(regions.centre[0]), float(regions.centre[1]))
     harmonics: tuple[tuple[float, float], ...] = ()
     size, thickness, angle = 0.0, 0.0, 0.0
     if subtype == "epidural":
-        size, thickness = _uniform(rng, params.epidural_length_mm), _uniform(rng, params.epidural_thickness_mm)
+        size, thickness = draw_uniform(rng, params.epidural_length_mm), draw_uniform(rng, params.epidural_thickness_mm)
         angle = float(rng.uniform(-np.pi, np.pi))
     elif subtype == "subdural":
-        size, thickness = _uniform(rng, params.subdural_length_mm), _uniform(rng, params.subdural_thickness_mm)
+        size, thickness = draw_uniform(rng, params.subdural_length_mm), draw_uniform(rng, params.subdural_thickness_mm)
         angle = float(rng.choice([-1, 1]) * rng.uniform(np.pi / 4, 3 * np.pi / 4))  # a lateral convexity
     elif subtype == "intraparenchymal":
-        size = _uniform(rng, params.parenchymal_radius_mm)
+        size = draw_uniform(rng, params.parenchymal_radius_mm)
         candidates = np.argwhere(regions.parenchyma & (regions.depth_mm > PARENCHYMA_MIN_DEPTH_MM + size / 2))
         if len(candidates) == 0:
             candidates = np.argwhere(regions.parenchyma)
@@ -314,9 +255,9 @@ def draw_shape(
         amplitudes *= params.parenchymal_irregularity / max(float(amplitudes.sum()), 1e-9)
         harmonics = tuple((float(a), float(rng.uniform(0, 2 * np.pi))) for a in amplitudes)
     elif subtype == "intraventricular":
-        size = _uniform(rng, params.ventricle_fill)
+        size = draw_uniform(rng, params.ventricle_fill)
     else:  # subarachnoid
-        size = _uniform(rng, params.subarachnoid_radius_mm)
+        size = draw_uniform(rng, params.subarachnoid_radius_mm)
         candidates = np.argwhere(regions.subarachnoid > 0)
         if len(candidates):
             point = tuple(float(v) for v in candidates[rng.integers(len(candidates))])
@@ -442,7 +383,7 @@ class RenderedPatient:
 
 def patient_rngs(seed: int, index: int) -> tuple[np.random.Generator, ...]:
     """Independent generators for a patient's anatomy, noise and bleed geometry."""
-    return tuple(np.random.default_rng(s) for s in np.random.SeedSequence([seed, SEED_CODE, index]).spawn(3))
+    return random_streams(3, seed, SEED_CODE, index)
 
 
 def stack_grid(params: RsnaPhantomParams, offset_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -535,7 +476,7 @@ def render_patient(index: int, seed: int, planned: list[PlannedBleed], params: R
 
 def _hex_id(length: int, *parts: object) -> str:
     """RSNA-style pseudonymous id ``ID_<hex>``, a hash of the seed and the object's place."""
-    return "ID_" + hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:length]
+    return "ID_" + hashed_hex(length, *parts)
 
 
 def image_ids(seed: int, index: int, n_slices: int) -> list[str]:
@@ -545,11 +486,11 @@ def image_ids(seed: int, index: int, n_slices: int) -> list[str]:
 
 def stored_values(hu: np.ndarray, quirk: bool) -> np.ndarray:
     """Unsigned 12-bit stored values: HU + 1024, or for a quirk file HU (>= -1000) in two's complement."""
-    wrap = 2**BITS_STORED
+    wrap = 2**PLAIN.bits_stored
     if quirk:
         clipped = np.clip(np.round(hu), QUIRK_FLOOR_HU, wrap + QUIRK_FLOOR_HU - 1).astype(np.int32)
         return (clipped % wrap).astype(np.uint16)
-    return np.clip(np.round(hu) - RESCALE_INTERCEPT, 0, wrap - 1).astype(np.uint16)
+    return np.clip(np.round(hu) - PLAIN.rescale_intercept, 0, wrap - 1).astype(np.uint16)
 
 
 @contextlib.contextmanager
@@ -564,51 +505,16 @@ def _rsna_uids_allowed() -> Iterator[None]:
         settings.reading_validation_mode, settings.writing_validation_mode = previous
 
 
-def _ds(value: float) -> DSfloat:
-    return DSfloat(float(value), auto_format=True)
-
-
 def write_slice(path: Path, hu_slice: np.ndarray, image_id: str, patient_id: str, study_id: str,
                 series_id: str, position_lps: np.ndarray, quirk: bool, params: RsnaPhantomParams) -> None:  # fmt: skip
     """One RSNA-like single-slice CT file; ``hu_slice`` is (rows, columns)."""
+    ds = ct_slice_dataset(
+        stored_values(hu_slice, quirk), QUIRK if quirk else PLAIN, sop_uid=image_id, study_uid=study_id,
+        series_uid=series_id, patient_id=patient_id, position_lps=position_lps, orientation=(1, 0, 0, 0, 1, 0),
+        pixel_spacing=(params.pixel_mm, params.pixel_mm), slice_mm=params.slice_mm, window=BRAIN_WINDOW,
+    )  # fmt: skip
     with _rsna_uids_allowed():
-        _slice_dataset(hu_slice, image_id, patient_id, study_id, series_id, position_lps, quirk, params).save_as(
-            path, enforce_file_format=True
-        )
-
-
-def _slice_dataset(hu_slice: np.ndarray, image_id: str, patient_id: str, study_id: str, series_id: str,
-                   position_lps: np.ndarray, quirk: bool, params: RsnaPhantomParams) -> pydicom.Dataset:  # fmt: skip
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = image_id
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = image_id
-    ds.PatientID = patient_id
-    ds.StudyInstanceUID = study_id
-    ds.SeriesInstanceUID = series_id
-    ds.Modality = "CT"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.ImagePositionPatient = [_ds(v) for v in position_lps]
-    ds.ImageOrientationPatient = [_ds(v) for v in (1, 0, 0, 0, 1, 0)]
-    ds.PixelSpacing = [_ds(params.pixel_mm), _ds(params.pixel_mm)]
-    ds.SliceThickness = _ds(params.slice_mm)
-    ds.Rows, ds.Columns = hu_slice.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = BITS_STORED
-    ds.HighBit = BITS_STORED - 1
-    ds.PixelRepresentation = 0
-    ds.RescaleIntercept = QUIRK_INTERCEPT if quirk else RESCALE_INTERCEPT
-    ds.RescaleSlope = 1
-    ds.WindowCenter = WINDOW_CENTER_HU
-    ds.WindowWidth = WINDOW_WIDTH_HU
-    ds.PixelData = np.ascontiguousarray(stored_values(hu_slice, quirk)).tobytes()
-    return ds
+        ds.save_as(path, enforce_file_format=True)
 
 
 def _write_patient(root: Path, index: int, seed: int, patient: RenderedPatient, quirk: bool,
@@ -624,9 +530,7 @@ def _write_patient(root: Path, index: int, seed: int, patient: RenderedPatient, 
         position = lps_from_ras @ (patient.affine[:3, :3] @ np.array([0.0, 0.0, k]) + patient.affine[:3, 3])
         write_slice(root / RSNA_IMAGE_FOLDER / f"{image_id}.dcm", patient.hu[..., k].T, image_id, patient_id,
                     study_id, series_id, position, quirk, params)  # fmt: skip
-        Image.fromarray(np.ascontiguousarray(patient.blood_labels[..., k].T)).save(
-            root / TRUTH_FOLDER / f"{image_id}_haemorrhage.png"
-        )
+        save_png(patient.blood_labels[..., k].T, root / TRUTH_FOLDER / f"{image_id}_haemorrhage.png")
         labels[image_id] = patient.labels[k]
     rows = [
         {"patient_id": patient_id, "subtype": bleed.subtype, "first_slice": run.first, "last_slice": run.last,
@@ -644,20 +548,14 @@ def write_phantom_rsna_dataset(out_dir: str | Path, seed: int, **knobs: Any) -> 
     ``stage_2_train/ID_<hex>.dcm``, ``stage_2_train.csv`` and ``images.tsv`` (placed by
     pipeline.sources.rsna_ich), plus ``truth/``.
     """
-    if seed < 0:
-        raise ConfigError(f"seed: must be >= 0, got {seed}")
-    known = {f.name for f in dataclasses.fields(RsnaPhantomParams)}
-    unknown = sorted(set(knobs) - known)
-    if unknown:
-        raise ConfigError(f"phantom_rsna_ich: unknown knobs {unknown}; known: {sorted(known)}")
-    params = RsnaPhantomParams(**knobs)
-    plan_seed, quirk_seed = np.random.SeedSequence([seed, SEED_CODE, SET_STREAM]).spawn(2)
-    plan = plan_haemorrhages(np.random.default_rng(plan_seed), params)
-    quirky = np.random.default_rng(quirk_seed).random(params.n_patients) < params.quirk_fraction
+    check_seed(seed)
+    params = params_from_knobs(RsnaPhantomParams, knobs)
+    plan_rng, quirk_rng = random_streams(2, seed, SEED_CODE, SET_STREAM)
+    plan = plan_haemorrhages(plan_rng, params)
+    quirky = quirk_rng.random(params.n_patients) < params.quirk_fraction
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    with atomic_dir(out_dir) as tmp:
-        scratch = Path(tempfile.mkdtemp(prefix=".generate.", dir=tmp))
+    with atomic_dir(out_dir) as tmp, scratch_folder(tmp) as scratch:
         (scratch / RSNA_IMAGE_FOLDER).mkdir()
         (scratch / TRUTH_FOLDER).mkdir()
         labels: dict[str, np.ndarray] = {}
@@ -671,11 +569,7 @@ def write_phantom_rsna_dataset(out_dir: str | Path, seed: int, **knobs: Any) -> 
         images = {image_id: scratch / RSNA_IMAGE_FOLDER / f"{image_id}.dcm" for image_id in labels}
         build_rsna_ich(tmp, scratch / RSNA_LABELS, read_rsna_labels(scratch / RSNA_LABELS), images, move=True)
         (scratch / TRUTH_FOLDER).rename(tmp / TRUTH_FOLDER)
-        with open(tmp / TRUTH_FOLDER / "bleeds.tsv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, BLEEDS_COLUMNS, delimiter="\t", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(bleed_rows)
-        shutil.rmtree(scratch)
+        write_table(tmp / TRUTH_FOLDER / "bleeds.tsv", BLEEDS_COLUMNS, bleed_rows)
     positive = sum(int(v[-1]) for v in labels.values())
     LOG.info(
         "phantom_rsna_ich: %d patients, %d slices, %d with haemorrhage, %d quirk patients, %.1f s",
@@ -684,25 +578,7 @@ def write_phantom_rsna_dataset(out_dir: str | Path, seed: int, **knobs: Any) -> 
     return out_dir
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="Dataset folder, e.g. data/raw/ct_haemorrhage.")
-    parser.add_argument("--seed", type=int, required=True)
-    for knob in dataclasses.fields(RsnaPhantomParams):
-        flag = "--" + knob.name.replace("_", "-")
-        help_text = knob.metadata["help"] + " (default: %(default)s)"
-        if isinstance(knob.default, tuple):
-            parser.add_argument(flag, type=float, nargs=len(knob.default), default=knob.default, help=help_text)
-        else:
-            parser.add_argument(flag, type=type(knob.default), default=knob.default, help=help_text)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = vars(_parser().parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    out, seed = args.pop("out"), args.pop("seed")
-    write_phantom_rsna_dataset(out, seed, **args)
+main = phantom_main(__doc__, RsnaPhantomParams, write_phantom_rsna_dataset)
 
 
 if __name__ == "__main__":
