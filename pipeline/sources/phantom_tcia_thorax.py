@@ -9,6 +9,7 @@ in TCIA's folder layout, plus the label images a user would supply for them (the
     labels/<PatientID>/<StudyInstanceUID>/<SeriesInstanceUID>/<NNNN>.png   grey {0,50,100,150,200,230}
     subjects.tsv                                                     subject_id, modality, path
     truth/<PatientID>/.../<NNNN>_tissue.png, truth/tissues.tsv       (tests only: tissue per pixel)
+    truth/textures.tsv                                               each patient's texture (below)
 
 Each slice is drawn analytically in mm on the axial plane (painter's order, later structures
 cover earlier ones): body outline with skin, subcutaneous fat and a muscle layer (thicker behind,
@@ -19,9 +20,16 @@ vessel cross-sections; heart, ascending / descending aorta, pulmonary trunk and 
 (upper levels); trachea above the carina, main bronchi below; oesophagus; vertebral body with
 cortex, posterior arch and spinous process, spinal canal with cord; ribs along the chest wall,
 sternum, scapulae (upper levels). Every size, position and HU is drawn per patient from a
-[low, high] range in params (``phantom_tcia_thorax``). Texture: smoothed random fields per tissue
-(lung parenchyma, fat, muscle, marrow), a Gaussian point-spread function (``psf_mm``) and
-correlated noise (``noise_hu``). Pixels are stored through RescaleSlope / Intercept; half the
+[low, high] range in params (``phantom_tcia_thorax``).
+
+**Each patient has its own texture** (report 003 transfers another patient's texture organ by
+organ, so the data must let textures differ), drawn from its own random stream so that anatomy
+and label maps do not depend on it: a reconstruction kernel (one sharpness sets the PSF, the edge
+overshoot, the noise grain and the noise gain together, as one kernel does), a noise level (dose),
+a lung parenchyma pattern (band-pass noise shown as nodules or as a reticular network, with its
+own scale and contrast) and the tissue means; smoothed fields texture fat, muscle, marrow and
+blood. ``truth/textures.tsv`` records each patient's texture; ``most_different_textures`` picks
+two patients whose textures differ most. Pixels are stored through RescaleSlope / Intercept; half the
 patients use TCIA's common unsigned form (intercept -1024), the other half signed values with
 intercept 0, so a reader that ignores the modality LUT is caught.
 
@@ -38,8 +46,11 @@ PatientName / StudyDate / InstitutionName marker so that the de-identification a
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +60,7 @@ import pydicom
 from scipy import ndimage
 
 from pipeline.atomic import atomic_dir
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputDataError
 from pipeline.labels import THORAX_CLASS_NAMES as CLASS_NAMES
 from pipeline.labels import THORAX_GREY_VALUES as GREY_VALUES
 from pipeline.progress import progress
@@ -79,6 +90,17 @@ SEED_CODE = 18  # mixed into every seed: these patients are not the other phanto
 LABELS_FOLDER = "labels"
 TRUTH_FOLDER = "truth"
 SUBJECTS_COLUMNS = ("subject_id", "modality", "path")
+TEXTURES_TSV = "textures.tsv"
+#: Tissues whose per-patient mean is part of the texture record.
+TEXTURE_TISSUES = ("lung", "fat", "muscle", "blood")
+#: truth/textures.tsv: one row a patient (what makes its texture its own).
+TEXTURE_COLUMNS = ("subject_id", "kernel_sharpness", "psf_mm", "edge_enhancement", "noise_correlation_mm", "noise_hu",
+                   "lung_pattern_mm", "lung_pattern_hu", "lung_reticulation",
+                   *(f"{tissue}_hu" for tissue in TEXTURE_TISSUES))  # fmt: skip
+#: The texture columns that still show on a coarse grid (6 mm pixels): see most_different_textures.
+COARSE_TEXTURE_COLUMNS = ("lung_pattern_mm", "lung_pattern_hu", "lung_reticulation", *(f"{tissue}_hu" for tissue in TEXTURE_TISSUES))
+#: Width of the reticular pattern's lines, in standard deviations of the band-pass field.
+RETICULAR_LINE_WIDTH = 0.35
 #: Header values that stand in for patient identity; de-identification must remove them.
 IDENTITY_MARKERS = {"PatientName": "PHANTOM^THORAX", "StudyDate": "20190314",
                     "InstitutionName": "Phantom General Hospital", "PatientBirthDate": "19600101"}  # fmt: skip
@@ -375,8 +397,66 @@ def paint_slice(anatomy: Anatomy, level: float, params: ThoraxPhantomParams) -> 
 # ----------------------------------------------------------------------------- HU
 
 
-def render_hu(cv: Canvas, anatomy: Anatomy, rng: np.random.Generator, params: ThoraxPhantomParams) -> np.ndarray:
-    """HU of a painted slice: tissue values + smoothed textures, the PSF, correlated noise."""
+@dataclass(frozen=True)
+class Texture:
+    """One patient's image texture: its reconstruction kernel, noise and lung parenchyma pattern."""
+
+    kernel_sharpness: float
+    psf_mm: float
+    edge_enhancement: float
+    noise_correlation_mm: float
+    noise_hu: float
+    lung_pattern_mm: float
+    lung_pattern_hu: float
+    lung_reticulation: float
+
+
+def _by_sharpness(sharpness: float, soft_sharp: tuple[float, float]) -> float:
+    """A kernel property between its soft-kernel and its sharp-kernel value."""
+    return float(soft_sharp[0] + sharpness * (soft_sharp[1] - soft_sharp[0]))
+
+
+def draw_texture(rng: np.random.Generator, params: ThoraxPhantomParams) -> Texture:
+    """A patient's texture: one kernel (sharpness sets PSF, edge overshoot, grain and noise gain
+    together), a dose (noise level) and a lung pattern, each drawn in its [low, high] range."""
+    sharpness = draw_uniform(rng, params.kernel_sharpness)
+    dose_noise = draw_uniform(rng, params.noise_hu)
+    low_psf, high_psf = params.psf_mm
+    low_grain, high_grain = params.noise_correlation_mm
+    return Texture(
+        kernel_sharpness=sharpness,
+        psf_mm=_by_sharpness(sharpness, (high_psf, low_psf)),
+        edge_enhancement=_by_sharpness(sharpness, params.edge_enhancement),
+        noise_correlation_mm=_by_sharpness(sharpness, (high_grain, low_grain)),
+        noise_hu=dose_noise * (1 + params.kernel_noise_gain * sharpness),
+        lung_pattern_mm=draw_uniform(rng, params.lung_pattern_mm),
+        lung_pattern_hu=draw_uniform(rng, params.lung_pattern_hu),
+        lung_reticulation=draw_uniform(rng, params.lung_reticulation),
+    )
+
+
+def lung_pattern(rng: np.random.Generator, shape: tuple[int, int], texture: Texture, pixel_mm: float) -> np.ndarray:
+    """The lung parenchyma's pattern (HU, mean 0, sd ``lung_pattern_hu``): band-pass noise between
+    the pattern's scale and twice it, shown as blobs at its peaks (nodular) and as thin lines at its
+    zero crossings (reticular), mixed by ``lung_reticulation``."""
+    white = smooth_noise(rng, shape, 0.0)
+    sigma = texture.lung_pattern_mm / pixel_mm
+    band = ndimage.gaussian_filter(white, sigma) - ndimage.gaussian_filter(white, 2 * sigma)
+    band /= max(float(band.std()), 1e-6)
+    nodular = np.maximum(band, 0.0)
+    reticular = np.exp(-((band / RETICULAR_LINE_WIDTH) ** 2))
+
+    def standardised(field_: np.ndarray) -> np.ndarray:
+        return (field_ - field_.mean()) / max(float(field_.std()), 1e-6)
+
+    mixed = (1 - texture.lung_reticulation) * standardised(nodular) + texture.lung_reticulation * standardised(reticular)
+    return scaled_to_sd(mixed - mixed.mean(), texture.lung_pattern_hu).astype(np.float32)
+
+
+def render_hu(cv: Canvas, anatomy: Anatomy, texture: Texture, rng: np.random.Generator,
+              params: ThoraxPhantomParams) -> np.ndarray:  # fmt: skip
+    """HU of a painted slice: tissue means + texture fields + the lung pattern, then the patient's
+    kernel (PSF blur, edge overshoot) and its correlated noise."""
     px = params.pixel_mm
     hu = np.zeros(cv.tissue.shape, np.float32)
     for index, name in enumerate(TISSUES):
@@ -384,15 +464,48 @@ def render_hu(cv: Canvas, anatomy: Anatomy, rng: np.random.Generator, params: Th
         if not where.any():
             continue
         value = np.full(hu.shape, anatomy.hu[name], np.float32)
-        texture = float(params.texture_hu.get(name, 0.0))
-        if texture > 0:
-            value += scaled_to_sd(smooth_noise(rng, hu.shape, params.texture_mm / px), texture)
+        texture_sd = float(params.texture_hu.get(name, 0.0))
+        if texture_sd > 0:
+            value += scaled_to_sd(smooth_noise(rng, hu.shape, params.texture_mm / px), texture_sd)
+        if name == "lung":
+            value += lung_pattern(rng, hu.shape, texture, px)
         hu[where] = value[where]
-    if params.psf_mm > 0:
-        hu = ndimage.gaussian_filter(hu, params.psf_mm / px)
-    if params.noise_hu > 0:
-        hu = hu + scaled_to_sd(smooth_noise(rng, hu.shape, params.noise_correlation_mm / px), params.noise_hu)
+    if texture.psf_mm > 0:
+        hu = ndimage.gaussian_filter(hu, texture.psf_mm / px)
+    if texture.edge_enhancement > 0:
+        hu = hu + texture.edge_enhancement * (hu - ndimage.gaussian_filter(hu, params.edge_mm / px))
+    if texture.noise_hu > 0:
+        hu = hu + scaled_to_sd(smooth_noise(rng, hu.shape, texture.noise_correlation_mm / px), texture.noise_hu)
     return np.maximum(hu, MIN_HU).astype(np.float32)
+
+
+def texture_row(subject_id: str, anatomy: Anatomy, texture: Texture) -> dict[str, object]:
+    """A patient's row of truth/textures.tsv: its texture and its tissue means."""
+    row: dict[str, object] = {"subject_id": subject_id}
+    row |= {name: round(value, 4) for name, value in dataclasses.asdict(texture).items()}
+    row |= {f"{tissue}_hu": round(anatomy.hu[tissue], 2) for tissue in TEXTURE_TISSUES}
+    return row
+
+
+def most_different_textures(
+    textures_tsv: str | Path, candidates: Sequence[str] | None = None, columns: Sequence[str] = COARSE_TEXTURE_COLUMNS
+) -> tuple[str, str]:
+    """The two patients (of ``candidates``, default all) whose recorded textures differ most: the
+    largest Euclidean distance over ``columns`` of truth/textures.tsv after scaling each to unit
+    standard deviation over the table (so HU and shares weigh alike). The default columns are what
+    still shows on a coarse grid such as the default 64 px slices (6 mm pixels): tissue means and
+    the lung pattern; kernel, grain and noise matter at the phantom's own resolution."""
+    with open(textures_tsv, newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    values = np.array([[float(row[c]) for c in columns] for row in rows])
+    scaled = (values - values.mean(axis=0)) / np.maximum(values.std(axis=0), 1e-12)
+    ids = [row["subject_id"] for row in rows]
+    keep = [i for i, sid in enumerate(ids) if candidates is None or sid in set(candidates)]
+    if len(keep) < 2:
+        raise InputDataError(Path(textures_tsv), f"needs two of the patients {list(candidates or ids)[:5]}...")
+    pairs = [(float(np.linalg.norm(scaled[a] - scaled[b])), ids[a], ids[b]) for i, a in enumerate(keep) for b in keep[i + 1:]]
+    _, first, second = max(pairs)
+    return first, second
 
 
 # ----------------------------------------------------------------------------- files
@@ -429,9 +542,10 @@ def label_map_of(cv: Canvas, params: ThoraxPhantomParams) -> np.ndarray:
     return lookup[cv.structure]
 
 
-def patient_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """Independent generators for a patient's anatomy and its image noise / texture."""
-    return random_streams(2, seed, SEED_CODE, index)
+def patient_rngs(seed: int, index: int) -> tuple[np.random.Generator, ...]:
+    """Independent generators for a patient's anatomy, its image noise and its texture draw (the
+    anatomy and its label maps do not change when the texture knobs do)."""
+    return random_streams(3, seed, SEED_CODE, index)
 
 
 def slice_levels(anatomy: Anatomy, params: ThoraxPhantomParams) -> np.ndarray:
@@ -440,10 +554,12 @@ def slice_levels(anatomy: Anatomy, params: ThoraxPhantomParams) -> np.ndarray:
     return anatomy.values["stack_level"] + offsets / anatomy.values["lung_height_mm"]
 
 
-def write_patient(root: Path, index: int, seed: int, params: ThoraxPhantomParams) -> str:
-    """Render and write one patient's series, label images and truth; return its relative folder."""
-    anatomy_rng, noise_rng = patient_rngs(seed, index)
+def write_patient(root: Path, index: int, seed: int, params: ThoraxPhantomParams) -> dict[str, object]:
+    """Render and write one patient's series, label images and truth; return its textures.tsv row
+    (its folder is ``<subject_id>/<study>/<series>``)."""
+    anatomy_rng, noise_rng, texture_rng = patient_rngs(seed, index)
     anatomy = draw_anatomy(anatomy_rng, params)
+    texture = draw_texture(texture_rng, params)
     pid = patient_id(seed, index)
     study, series = hashed_uid("thorax", seed, index, "study"), hashed_uid("thorax", seed, index, "series")
     folder = f"{pid}/{study}/{series}"
@@ -452,14 +568,14 @@ def write_patient(root: Path, index: int, seed: int, params: ThoraxPhantomParams
     height = anatomy.values["lung_height_mm"]
     for k, level in enumerate(slice_levels(anatomy, params)):
         canvas = paint_slice(anatomy, float(level), params)
-        hu = render_hu(canvas, anatomy, noise_rng, params)
+        hu = render_hu(canvas, anatomy, texture, noise_rng, params)
         name = f"{k + 1:04d}"
         ds = slice_dataset(hu, pid=pid, study=study, series=series, sop=hashed_uid("thorax", seed, index, "sop", k),
                            number=k + 1, z_mm=-level * height, signed=index % 2 == 1, params=params)  # fmt: skip
         ds.save_as(root / folder / f"{name}.dcm", enforce_file_format=True)
         save_png(label_map_of(canvas, params), root / LABELS_FOLDER / folder / f"{name}.png")
         save_png(canvas.tissue, root / TRUTH_FOLDER / folder / f"{name}_tissue.png")
-    return folder
+    return {"folder": folder, **texture_row(pid, anatomy, texture)}
 
 
 def write_phantom_thorax_dataset(out_dir: str | Path, seed: int, **knobs: Any) -> Path:
@@ -472,12 +588,11 @@ def write_phantom_thorax_dataset(out_dir: str | Path, seed: int, **knobs: Any) -
     started = time.perf_counter()
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        rows = []
-        for index in progress(range(params.n_patients), "thorax phantoms", unit="patient"):
-            folder = write_patient(tmp, index, seed, params)
-            rows.append((folder.split("/")[0], "CT", folder))
-        write_table(tmp / "subjects.tsv", SUBJECTS_COLUMNS, rows)
+        patients = [write_patient(tmp, index, seed, params)
+                    for index in progress(range(params.n_patients), "thorax phantoms", unit="patient")]  # fmt: skip
+        write_table(tmp / "subjects.tsv", SUBJECTS_COLUMNS, [(p["subject_id"], "CT", p["folder"]) for p in patients])
         write_table(tmp / TRUTH_FOLDER / "tissues.tsv", ("value", "tissue"), enumerate(TISSUES))
+        write_table(tmp / TRUTH_FOLDER / TEXTURES_TSV, TEXTURE_COLUMNS, patients)
     LOG.info("phantom_tcia_thorax: %d patients x %d slices, %.1f s", params.n_patients, params.slices_per_patient,
              time.perf_counter() - started)  # fmt: skip
     return out_dir
