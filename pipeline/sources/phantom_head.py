@@ -11,6 +11,7 @@ translation can be scored against a ground truth, and every subject gets truth m
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -79,6 +80,8 @@ DISTANCE_SMOOTHING_MM = 2.0
 # Rendering first screens blocks of this many x this many voxels for "surely air" or
 # "surely brain", at the undeformed block corner.
 PRESCREEN_BLOCK = 2
+# CSF this far under the brain surface is ventricle (the rest: sulci, cisterns, the rim).
+VENTRICLE_DEPTH_MM = 15.0
 # The displacement field is white noise on a grid this many times finer than its smoothness.
 DISPLACEMENT_GRID_PER_SIGMA = 3
 UID_ROOT = "medgan-phantom"
@@ -118,6 +121,7 @@ class TissueModel:
     distance_hi_mm: np.ndarray
     brain_lo_mm: np.ndarray
     brain_hi_mm: np.ndarray
+    ventricle_centre_mm: np.ndarray
 
     @property
     def head_centre_mm(self) -> np.ndarray:
@@ -196,6 +200,11 @@ def load_tissue_model(template_resolution_mm: int) -> TissueModel:
     # Voxel-centre distances put the surface half a voxel from either side's boundary voxels.
     signed = np.where(inside, -(inside_mm - DISTANCE_GRID_MM / 2), outside_mm - DISTANCE_GRID_MM / 2)
     signed = ndimage.gaussian_filter(signed.astype(np.float32), DISTANCE_SMOOTHING_MM / DISTANCE_GRID_MM)
+    # The ventricles: the template's CSF (brain mask, neither grey nor white) deep under the surface.
+    csf_voxels = np.argwhere(mask & (grey + white < 0.5)).T.astype(float)
+    csf_mm = _affine_apply(template_affine, csf_voxels)
+    depth = ndimage.map_coordinates(signed, _affine_apply(np.linalg.inv(distance_affine), csf_mm), order=1)
+    ventricle_centre = csf_mm[:, depth < -VENTRICLE_DEPTH_MM].mean(axis=1)
     return TissueModel(
         grey=grey,
         white=white,
@@ -206,6 +215,7 @@ def load_tissue_model(template_resolution_mm: int) -> TissueModel:
         distance_hi_mm=lo + (shape - 1) * DISTANCE_GRID_MM,
         brain_lo_mm=brain_lo,
         brain_hi_mm=brain_hi,
+        ventricle_centre_mm=ventricle_centre,
     )
 
 
@@ -247,6 +257,24 @@ def draw_anatomy(rng: np.random.Generator, model: TissueModel, params: PhantomPa
         # Thicknesses are wanted in world mm; the distance lives in template mm.
         layer_outer_mm=np.cumsum([mm for _, mm in layers]) / mean_scale,
     )
+
+
+def scale_ventricles(anatomy: SubjectAnatomy, model: TissueModel, factor: float, reach_mm: float) -> SubjectAnatomy:
+    """The same subject with ventricles ``factor`` times as large (slit ventricles below 1,
+    atrophy or hydrocephalus above): a smooth radial warp about the template's ventricle centre,
+    full strength there and fading over ``reach_mm`` (Gaussian), composed with the subject's
+    deformation, so the skull and scalp around it do not move."""
+    grid_shape = anatomy.displacement_mm.shape[1:]
+    points = _affine_apply(np.linalg.inv(anatomy.displacement_vox_from_mm), np.indices(grid_shape).reshape(3, -1).astype(float))
+    offset = points - model.ventricle_centre_mm[:, None]
+    shrink = 1 + (1 / factor - 1) * np.exp(-np.sum(offset**2, axis=0) / reach_mm**2)
+    warped = model.ventricle_centre_mm[:, None] + offset * shrink
+    warped_vox = _affine_apply(anatomy.displacement_vox_from_mm, warped)
+    deformed = warped + np.stack(
+        [ndimage.map_coordinates(c, warped_vox, order=1, mode="nearest") for c in anatomy.displacement_mm]
+    )
+    displacement = (deformed - points).reshape(3, *grid_shape).astype(np.float32)
+    return dataclasses.replace(anatomy, displacement_mm=displacement)
 
 
 def _fraction_beyond(distance: np.ndarray, boundary: float, width: float) -> np.ndarray:

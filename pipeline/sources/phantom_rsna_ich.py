@@ -11,8 +11,16 @@ image, pipeline.sources.rsna_labels). The files are then placed by the real sour
 (pipeline.sources.rsna_ich.build_rsna_ich), so everything after the download reads phantom and
 real RSNA data alike.
 
+**Each patient looks like itself** (a generator needs slices that differ between patients as real
+ones do): from its own random stream each patient draws a head size and shape, a skull thickness,
+a ventricle size (a smooth warp about the ventricles, pipeline.sources.phantom_head.scale_ventricles),
+grey- and white-matter HU and a noise level (``truth/patients.tsv``), and the head phantom's pose
+draws a wider tilt and position. The anatomy is rendered on ``anatomy_matrix`` (about the
+template's 1 mm) and resampled to the file's grid, on which bleeds and noise are drawn.
+
 **Labels come first, blood second, and the labels are what was drawn.** A plan fixes which
-slices bleed: ``round(haemorrhage_fraction x slices)`` positive slices (RSNA: about 14 %), in
+slices bleed: ``round(haemorrhage_fraction x slices)`` positive slices (RSNA: about 14 % of
+whole-head series; the default: 30 % of these supratentorial stacks), in
 runs of consecutive slices of bleeding patients, each patient with one subtype drawn by
 ``subtype_weights`` (RSNA's label counts) and a second one with ``second_subtype_probability``.
 Each bleed is then drawn on every slice of its run, its size following an ellipsoid's cross
@@ -22,8 +30,8 @@ section along z, with one acute-blood value drawn in ``blood_hu`` (about 50-90 H
 * subdural: a long thin crescent along the convexity, kept off the midline (the falx);
 * intraparenchymal: an irregular blob (a radius modulated by random harmonics) in the brain;
 * intraventricular: the dependent (posterior, the patient lies supine) part of the ventricles;
-* subarachnoid: the CSF of the sulci, the rim and the cisterns within a radius of a centre,
-  so it is as thin as those spaces are.
+* subarachnoid: the CSF of the sulci, the rim and the cisterns within a radius of a centre placed
+  where those spaces are widest (blood collects there), so it is as thin as the spaces are.
 
 A subtype counts on a slice only where at least ``min_bleed_mm2`` of it is at least half blood;
 otherwise it is not drawn there at all, so a slice's CSV row is 1 exactly where blood was drawn
@@ -48,6 +56,7 @@ and the quirk for the set), so turning haemorrhage or the quirk off changes noth
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -67,12 +76,14 @@ from pipeline.sources.phantom_toolkit import (
     StoredPixels,
     check_seed,
     ct_slice_dataset,
+    draw_ranges,
     draw_uniform,
     hashed_hex,
     knobs_from_schema,
     params_from_knobs,
     phantom_main,
     random_streams,
+    resample_linear,
     save_png,
 )
 from pipeline.sources.real_datasets import scratch_folder, write_table
@@ -86,6 +97,8 @@ SEED_CODE = 3
 # Stream of the set-level draws (the plan, the quirk); patients use their index (< this).
 SET_STREAM = 2**32 - 1
 TRUTH_FOLDER = "truth"
+PATIENTS_COLUMNS = ("patient_id", "quirk", "stack_offset_mm", "bleeding", "head_scale", "skull_mm", "ventricle_scale",
+                    "grey_matter_hu", "white_matter_hu", "noise_hu")  # fmt: skip
 BLEEDS_COLUMNS = ("patient_id", "subtype", "first_slice", "last_slice", "blood_hu", "size_mm", "thickness_mm")
 # Stored values of ordinary files: HU + 1024 as unsigned 12-bit, as most RSNA files are.
 PLAIN = StoredPixels(bits_stored=12, signed=False, rescale_intercept=-1024)
@@ -97,6 +110,8 @@ BRAIN_WINDOW = (40, 80)
 VENTRICLE_MIN_DEPTH_MM = 15.0  # CSF this deep under the inner table is ventricle (or cistern)
 PARENCHYMA_MIN_DEPTH_MM = 8.0  # a parenchymal bleed's centre lies at least this deep
 SUBARACHNOID_CSF_SHARE = 0.3  # pixels with this much CSF belong to the subarachnoid spaces
+CISTERN_SMOOTHING_MM = 3.0  # subarachnoid centres: CSF within about this distance...
+CISTERN_QUANTILE = 0.75  # ...in the top quarter of the subarachnoid spaces
 MIDLINE_CLEARANCE_DEG = 8.0  # a subdural crescent stops this far (in angle) from the midline
 EDGE_SIGMA_PX = 0.5  # blood edges are blurred by this much (partial volume of the pixel)
 HARMONICS = 3  # random harmonics shaping an irregular parenchymal blob
@@ -115,17 +130,34 @@ class RsnaPhantomParams:
                 f"got {self.subtype_weights}"
             )
 
-    def head_params(self) -> head_phantom.PhantomParams:
-        """The head phantom's knobs for this grid; its anatomy knobs keep their defaults."""
+    def head_params(self, look: PatientLook, matrix: int) -> head_phantom.PhantomParams:
+        """The head phantom's knobs for one patient on a ``matrix`` grid over RSNA's field of view;
+        the rest of its anatomy knobs keep their defaults."""
+        grid = {"ct_matrix": matrix, "ct_pixel_mm": self.pixel_mm * self.matrix / matrix, "ct_slice_mm": self.slice_mm,
+                "ct_n_slices": self.slices_per_patient, "ct_slice_subsamples": self.slice_subsamples}  # fmt: skip
         return head_phantom.PhantomParams(
-            template_resolution_mm=self.template_resolution_mm,
-            ct_matrix=self.matrix,
-            ct_pixel_mm=self.pixel_mm,
-            ct_slice_mm=self.slice_mm,
-            ct_n_slices=self.slices_per_patient,
-            ct_slice_subsamples=self.slice_subsamples,
-            ct_noise_hu=self.noise_hu,
-        )
+            template_resolution_mm=self.template_resolution_mm, head_scale=look.head_scale,
+            scale_jitter=self.head_shape_jitter, rotation_deg=self.rotation_deg, translation_mm=self.translation_mm,
+            skull_mm=look.skull_mm, **grid,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PatientLook:
+    """What makes a patient's slices its own besides the deformation, pose and bleeds (one row of
+    truth/patients.tsv): head size, skull, ventricles, grey / white HU, noise."""
+
+    head_scale: float
+    skull_mm: float
+    ventricle_scale: float
+    grey_matter_hu: float
+    white_matter_hu: float
+    noise_hu: float
+
+
+def draw_look(rng: np.random.Generator, params: RsnaPhantomParams) -> PatientLook:
+    """One value a patient from each of the look's [low, high] knobs (PatientLook's order)."""
+    return PatientLook(**draw_ranges(rng, params, [f.name for f in dataclasses.fields(PatientLook)]))
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -258,7 +290,11 @@ def draw_shape(
         size = draw_uniform(rng, params.ventricle_fill)
     else:  # subarachnoid
         size = draw_uniform(rng, params.subarachnoid_radius_mm)
-        candidates = np.argwhere(regions.subarachnoid > 0)
+        # Blood collects where the CSF spaces are widest (cisterns, Sylvian fissures): centres in
+        # the widest quarter of the subarachnoid spaces, by their CSF within a few millimetres.
+        spaces = regions.subarachnoid > 0
+        width = ndimage.gaussian_filter(regions.subarachnoid, CISTERN_SMOOTHING_MM / regions.pixel_mm)
+        candidates = np.argwhere(spaces & (width >= np.quantile(width[spaces], CISTERN_QUANTILE))) if spaces.any() else []
         if len(candidates):
             point = tuple(float(v) for v in candidates[rng.integers(len(candidates))])
     return BleedShape(subtype, blood_hu, size, thickness, angle, point, harmonics)
@@ -379,19 +415,37 @@ class RenderedPatient:
     affine: np.ndarray
     bleeds: list[BleedShape]
     runs: list[PlannedBleed]
+    look: PatientLook
+    stack_offset_mm: float
 
 
 def patient_rngs(seed: int, index: int) -> tuple[np.random.Generator, ...]:
-    """Independent generators for a patient's anatomy, noise and bleed geometry."""
-    return random_streams(3, seed, SEED_CODE, index)
+    """Independent generators for a patient's anatomy, noise, bleed geometry and look."""
+    return random_streams(4, seed, SEED_CODE, index)
 
 
-def stack_grid(params: RsnaPhantomParams, offset_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
+def stack_grid(head_params: head_phantom.PhantomParams, offset_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
     """The head phantom's axial CT grid with its centre moved ``offset_mm`` along z."""
-    shape, affine = head_phantom.ct_grid(params.head_params())
+    shape, affine = head_phantom.ct_grid(head_params)
     affine = affine.copy()
     affine[2, 3] += offset_mm
     return shape, affine
+
+
+def render_anatomy(model: head_phantom.TissueModel, anatomy: head_phantom.SubjectAnatomy, look: PatientLook,
+                   offset_mm: float, params: RsnaPhantomParams) -> tuple[head_phantom.RenderedHead, np.ndarray]:  # fmt: skip
+    """Tissue fractions on the slice grid (and its affine): rendered on ``anatomy_matrix`` and
+    resampled linearly, pixel area to pixel area, when ``matrix`` is finer."""
+    coarse = min(params.anatomy_matrix, params.matrix)
+    head_params = params.head_params(look, coarse)
+    shape, affine = stack_grid(head_params, offset_mm)
+    head = head_phantom.render_head(model, anatomy, shape, affine, params.slice_subsamples, head_params.ct_pixel_mm)
+    _, fine_affine = stack_grid(params.head_params(look, params.matrix), offset_mm)
+    if coarse == params.matrix:
+        return head, fine_affine
+    fractions = resample_linear(head.fractions, params.matrix, (1, 2))
+    brain = resample_linear(head.brain, params.matrix, (0, 1))
+    return head_phantom.RenderedHead(fractions=fractions, brain=brain), fine_affine
 
 
 def _run_scale(run: PlannedBleed, k: int) -> float:
@@ -435,18 +489,21 @@ def _mix_blood(hu_slice: np.ndarray, drawn: list[tuple[BleedShape, np.ndarray]])
 
 
 def render_patient(index: int, seed: int, planned: list[PlannedBleed], params: RsnaPhantomParams) -> RenderedPatient:
-    """Render patient ``index`` (0-based): anatomy, then the planned bleeds, then noise."""
-    head_params = params.head_params()
+    """Render patient ``index`` (0-based): its look and anatomy, then the planned bleeds, then noise."""
     model = head_phantom.load_tissue_model(params.template_resolution_mm)
-    anatomy_rng, noise_rng, bleed_rng = patient_rngs(seed, index)
+    anatomy_rng, noise_rng, bleed_rng, look_rng = patient_rngs(seed, index)
+    look = draw_look(look_rng, params)
+    head_params = params.head_params(look, params.matrix)
     anatomy = head_phantom.draw_anatomy(anatomy_rng, model, head_params)
+    anatomy = head_phantom.scale_ventricles(anatomy, model, look.ventricle_scale, params.ventricle_reach_mm)
     offset = float(anatomy_rng.uniform(-params.stack_offset_mm, params.stack_offset_mm))
-    shape, affine = stack_grid(params, offset)
-    head = head_phantom.render_head(model, anatomy, shape, affine, params.slice_subsamples, params.pixel_mm)
+    head, affine = render_anatomy(model, anatomy, look, offset, params)
+    shape = head.brain.shape
     holder = head_phantom.headholder_fraction(head.head, affine, head_params)[:, :, None]
     air = head.fractions[head_phantom.TISSUES.index("air")]
-    hu = head.mix(head_phantom.TISSUE_HU) + holder * air * (head_params.holder_hu - head_phantom.TISSUE_HU["air"])
-    noise = noise_rng.normal(0.0, params.noise_hu, size=shape).astype(np.float32)
+    tissue_hu = {**head_phantom.TISSUE_HU, "grey_matter": look.grey_matter_hu, "white_matter": look.white_matter_hu}
+    hu = head.mix(tissue_hu) + holder * air * (head_params.holder_hu - tissue_hu["air"])
+    noise = noise_rng.normal(0.0, look.noise_hu, size=shape).astype(np.float32)
 
     n_slices = shape[2]
     labels = np.zeros((n_slices, len(SUBTYPES) + 1), np.uint8)
@@ -468,7 +525,7 @@ def render_patient(index: int, seed: int, planned: list[PlannedBleed], params: R
         for bleed, _ in drawn:
             labels[k, SUBTYPES.index(bleed.subtype)] = 1
         labels[k, -1] = 1
-    return RenderedPatient(hu + noise, blood_labels, labels, affine, bleeds, runs)
+    return RenderedPatient(hu + noise, blood_labels, labels, affine, bleeds, runs, look, offset)
 
 
 # ----------------------------------------------------------------------------- files
@@ -508,18 +565,19 @@ def _rsna_uids_allowed() -> Iterator[None]:
 def write_slice(path: Path, hu_slice: np.ndarray, image_id: str, patient_id: str, study_id: str,
                 series_id: str, position_lps: np.ndarray, quirk: bool, params: RsnaPhantomParams) -> None:  # fmt: skip
     """One RSNA-like single-slice CT file; ``hu_slice`` is (rows, columns)."""
-    ds = ct_slice_dataset(
-        stored_values(hu_slice, quirk), QUIRK if quirk else PLAIN, sop_uid=image_id, study_uid=study_id,
-        series_uid=series_id, patient_id=patient_id, position_lps=position_lps, orientation=(1, 0, 0, 0, 1, 0),
-        pixel_spacing=(params.pixel_mm, params.pixel_mm), slice_mm=params.slice_mm, window=BRAIN_WINDOW,
-    )  # fmt: skip
     with _rsna_uids_allowed():
+        ds = ct_slice_dataset(
+            stored_values(hu_slice, quirk), QUIRK if quirk else PLAIN, sop_uid=image_id, study_uid=study_id,
+            series_uid=series_id, patient_id=patient_id, position_lps=position_lps, orientation=(1, 0, 0, 0, 1, 0),
+            pixel_spacing=(params.pixel_mm, params.pixel_mm), slice_mm=params.slice_mm, window=BRAIN_WINDOW,
+        )  # fmt: skip
         ds.save_as(path, enforce_file_format=True)
 
 
 def _write_patient(root: Path, index: int, seed: int, patient: RenderedPatient, quirk: bool,
-                   params: RsnaPhantomParams) -> tuple[dict[str, np.ndarray], list[dict[str, object]]]:  # fmt: skip
-    """Write a patient's slices and truth; return image id -> labels and its bleeds.tsv rows."""
+                   params: RsnaPhantomParams) -> tuple[dict[str, np.ndarray], list[dict[str, object]], dict[str, object]]:  # fmt: skip
+    """Write a patient's slices and truth; return image id -> labels, its bleeds.tsv rows and its
+    patients.tsv row."""
     patient_id = _hex_id(8, "rsna-phantom", seed, index, "patient")
     study_id = _hex_id(10, "rsna-phantom", seed, index, "study")
     series_id = _hex_id(10, "rsna-phantom", seed, index, "series")
@@ -538,7 +596,10 @@ def _write_patient(root: Path, index: int, seed: int, patient: RenderedPatient, 
          "thickness_mm": round(bleed.thickness_mm, 2)}  # fmt: skip
         for run, bleed in zip(patient.runs, patient.bleeds, strict=True)
     ]
-    return labels, rows
+    look = {name: round(value, 3) for name, value in dataclasses.asdict(patient.look).items()}
+    patient_row = {"patient_id": patient_id, "quirk": int(quirk), "stack_offset_mm": round(patient.stack_offset_mm, 2),
+                   "bleeding": int(bool(patient.runs)), **look}  # fmt: skip
+    return labels, rows, patient_row
 
 
 def write_phantom_rsna_dataset(out_dir: str | Path, seed: int, **knobs: Any) -> Path:
@@ -560,16 +621,19 @@ def write_phantom_rsna_dataset(out_dir: str | Path, seed: int, **knobs: Any) -> 
         (scratch / TRUTH_FOLDER).mkdir()
         labels: dict[str, np.ndarray] = {}
         bleed_rows: list[dict[str, object]] = []
+        patient_rows: list[dict[str, object]] = []
         for index in progress(range(params.n_patients), "RSNA-layout phantoms", unit="patient"):
             patient = render_patient(index, seed, plan.get(index, []), params)
-            patient_labels, rows = _write_patient(scratch, index, seed, patient, bool(quirky[index]), params)
+            patient_labels, rows, patient_row = _write_patient(scratch, index, seed, patient, bool(quirky[index]), params)
             labels.update(patient_labels)
             bleed_rows.extend(rows)
+            patient_rows.append(patient_row)
         write_subtype_labels(scratch / RSNA_LABELS, labels)
         images = {image_id: scratch / RSNA_IMAGE_FOLDER / f"{image_id}.dcm" for image_id in labels}
         build_rsna_ich(tmp, scratch / RSNA_LABELS, read_rsna_labels(scratch / RSNA_LABELS), images, move=True)
         (scratch / TRUTH_FOLDER).rename(tmp / TRUTH_FOLDER)
         write_table(tmp / TRUTH_FOLDER / "bleeds.tsv", BLEEDS_COLUMNS, bleed_rows)
+        write_table(tmp / TRUTH_FOLDER / "patients.tsv", PATIENTS_COLUMNS, patient_rows)
     positive = sum(int(v[-1]) for v in labels.values())
     LOG.info(
         "phantom_rsna_ich: %d patients, %d slices, %d with haemorrhage, %d quirk patients, %.1f s",
