@@ -270,10 +270,15 @@ def register_inputs(w):
     }
 
 
-def register_tasks(w):
+def register_tasks(w, input):
     """The register job's tasks (pipeline.preprocess.batch): per subject the `register register`
-    command with every knob, then `register apply` for its partner. As a param, a changed knob or
-    subject list reruns the job."""
+    command with every knob, then `register apply` for its partner.
+
+    The subject list comes from the download checkpoint's manifest, which a dry run may not have
+    read yet: a param built from it would be recorded as "<TBD>" there and rerun the job and
+    everything after it. Taking ``input`` makes it a derived param that Snakemake leaves out of
+    its params check (a new subject list changes data/raw/<dataset>, an input, anyway); the
+    rule's ``knobs`` param carries the knobs, so a changed knob still reruns the job."""
     reference = f"data/registered/{w.dataset}/reference.json"
     knobs = shlex.split(cli_flags(REG))
     paired = set(paired_subjects(w.dataset))
@@ -295,9 +300,10 @@ def register_tasks(w):
     return json.dumps(tasks)
 
 
-def mask_tasks(w):
+def mask_tasks(w, input):
     """The mask job's tasks: per subject `mask_headholder apply` (and for its partner), then the
-    overlay picture of the subject."""
+    overlay picture of the subject. A derived param, as register_tasks (the mask's knobs are in
+    its own input, data/masked/<dataset>/mask.nii.gz)."""
     mask = f"data/masked/{w.dataset}/mask.nii.gz"
     paired = set(paired_subjects(w.dataset))
     tasks = []
@@ -324,7 +330,8 @@ def preprocessing_qc(dataset):
 
 
 def slice_inputs(w):
-    """The slice extractor's per-subject files: final-stage volumes and partners, QC records."""
+    """The slice extractor's per-subject files: final-stage volumes and partners, QC records
+    (used as derived params: see register_tasks)."""
     stage = final_stage(w.dataset)
     subs = subjects(w.dataset)
     return {
