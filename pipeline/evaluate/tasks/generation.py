@@ -139,7 +139,8 @@ def classifier_blocks(
     labels = test["labels"]
     correct = ((p_real > 0.5).astype(np.int64) == labels).astype(np.float64)
     subjects = test["subject_ids"].astype(str)
-    per_class = {name: (summarise(correct[labels == c], subjects[labels == c], policy) if (labels == c).any() else None)
+    per_class = {name: (summarise(correct[labels == c], subjects[labels == c], policy, share=True)
+                        if (labels == c).any() else None)
                  for c, name in enumerate(class_names)}
     recalls = [block["mean"] for block in per_class.values() if block is not None]
     block = {
@@ -148,7 +149,7 @@ def classifier_blocks(
         "class_names": list(class_names),
         "compares": "classifier trained on real slices (label 0 vs 1), applied to the real test slices and to "
         "generated ones; called class c when P(c) > 0.5",
-        "test_accuracy": summarise(correct, subjects, policy),
+        "test_accuracy": summarise(correct, subjects, policy, share=True),
         "test_accuracy_per_class": per_class,
         "test_balanced_accuracy": float(np.mean(recalls)) if len(recalls) == 2 else None,
         "generated": {},
@@ -157,9 +158,11 @@ def classifier_blocks(
         called = (p_generated > 0.5).astype(np.float64)
         block["generated"]["unconditional"] = {
             "asked": None,
-            "share_called": {class_names[1]: summarise(called, generated_ids, policy)},
-            "real_test_share_called": {class_names[1]: summarise((p_real > 0.5).astype(np.float64), subjects, policy)},
-            "real_test_prevalence": {class_names[1]: summarise((labels == 1).astype(np.float64), subjects, policy)},
+            "share_called": {class_names[1]: summarise(called, generated_ids, policy, share=True)},
+            "real_test_share_called": {class_names[1]: summarise((p_real > 0.5).astype(np.float64), subjects, policy,
+                                                                 share=True)},
+            "real_test_prevalence": {class_names[1]: summarise((labels == 1).astype(np.float64), subjects, policy,
+                                                                       share=True)},
         }
     else:
         for c, name in enumerate(class_names):
@@ -167,7 +170,8 @@ def classifier_blocks(
             p_asked = p_generated[asked] if c == 1 else 1.0 - p_generated[asked]
             block["generated"][name] = {
                 "asked": name,
-                "share_called_asked": summarise((p_asked > 0.5).astype(np.float64), generated_ids[asked], policy),
+                "share_called_asked": summarise((p_asked > 0.5).astype(np.float64), generated_ids[asked], policy,
+                                                share=True),
                 "mean_probability_asked": summarise(p_asked, generated_ids[asked], policy),
             }
     return block, {"classifier_p1_real_test": p_real, "classifier_p1_generated": p_generated}
@@ -224,7 +228,7 @@ def tstr_block(
         block[name] = {
             "n_train": len(y),
             "selected_epoch": best["epoch"],
-            "test_accuracy": summarise(correct, subjects, policy),
+            "test_accuracy": summarise(correct, subjects, policy, share=True),
             "test_balanced_accuracy": float(np.mean(recalls)) if len(recalls) == 2 else None,
         }
     return block

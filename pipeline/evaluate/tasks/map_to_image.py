@@ -109,7 +109,7 @@ def style_block(distances: dict[str, np.ndarray], subjects: np.ndarray, organ_na
                 "to_content": summarise(to_content, subjects, policy),
                 "difference": difference,
                 "share_closer_to_style": summarise(np.where(valid, (to_style < to_content).astype(float), np.nan),
-                                                   subjects, policy),
+                                                   subjects, policy, share=True),
                 "closer": _verdict(difference),
             }
         block[name] = organ
