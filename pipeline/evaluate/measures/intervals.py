@@ -93,6 +93,10 @@ METHODS = {
         "(at most the images; the number of subjects where the share is 0 or 1), t(0.975, Bell-McCaffrey df) in "
         "place of z; within [0, 1], contains the estimate"
     ),
+    "newcombe_score": (
+        "difference of two shares: Newcombe's hybrid score interval from the two shares' Wilson intervals "
+        "(generated images vs reference patients in the memorisation check)"
+    ),
     "subject_bootstrap": (
         "percentile bootstrap over subjects: each replicate resamples subjects with replacement (all images of a "
         "drawn subject, counted as often as drawn) and recomputes the statistic (pipeline/latent/separation.py)"
@@ -219,11 +223,12 @@ def _hall_t_interval(fit: _Linearised) -> tuple[float, float]:
     return fit.estimate - fit.standard_error * inverse(q), fit.estimate - fit.standard_error * inverse(-q)
 
 
-def _wilson_interval(fit: _Linearised, n_images: float, n_subjects: int) -> tuple[float, float]:
-    """Wilson's score interval on the effective sample size (see the module docstring), t quantile."""
+def _wilson_interval(fit: _Linearised, n_images: float, n_at_boundary: float) -> tuple[float, float]:
+    """Wilson's score interval on the effective sample size (see the module docstring), t quantile;
+    ``n_at_boundary``: the effective size taken when the share is 0 or 1 (no variance to estimate it)."""
     share = fit.estimate
     spread = share * (1.0 - share)
-    n_eff = min(spread / fit.standard_error**2, n_images) if spread > 0 and fit.standard_error > 0 else float(n_subjects)
+    n_eff = min(spread / fit.standard_error**2, n_images) if spread > 0 and fit.standard_error > 0 else n_at_boundary
     q2 = _t_quantile(fit.df) ** 2
     centre = (share + q2 / (2.0 * n_eff)) / (1.0 + q2 / n_eff)
     half = np.sqrt(q2) * np.sqrt(spread / n_eff + q2 / (4.0 * n_eff**2)) / (1.0 + q2 / n_eff)
@@ -265,20 +270,51 @@ def mean_ci(values: np.ndarray, subject_ids: np.ndarray, policy: IntervalPolicy,
     """
     values = np.asarray(values, np.float64)
     finite = np.isfinite(values)
-    values, subject_ids = values[finite], np.asarray(subject_ids)[finite]
-    method = "subject_wilson" if share else "subject_t"
+    if share:
+        return share_ci(values[finite], np.asarray(subject_ids)[finite], policy)
+    if not finite.any():
+        return _result(None, "subject_t", "no finite value")
+    return ratio_ci(values[finite], np.ones(int(finite.sum())), np.asarray(subject_ids)[finite], policy)
+
+
+def share_ci(values: np.ndarray, subject_ids: np.ndarray, policy: IntervalPolicy, rare_events: bool = False) -> dict:
+    """``subject_wilson`` interval of the share of 0/1 ``values``, the subject as the unit.
+
+    Where every value is 0 (or 1) there is no variance to measure the subjects' clustering by; the
+    effective size is then the number of subjects (the images of a subject counted as one: right for
+    outcomes that a subject's images share, like a classifier's call), or with ``rare_events`` the
+    number of images (Korn & Graubard's design effect 1: right for events with no reason to come in
+    clusters, like a new patient's slice that happens to be a near copy of a training slice; one
+    such cluster makes the share non-zero and brings the clustered estimate back).
+    """
+    values = np.asarray(values, np.float64)
     if values.size == 0:
-        return _result(None, method, "no finite value")
-    if not share:
-        return ratio_ci(values, np.ones(values.size), subject_ids, policy)
+        return _result(None, "subject_wilson", "no finite value")
     if not np.all((values == 0.0) | (values == 1.0)):
         raise ValueError(f"a share's values must be 0 or 1, got {np.unique(values)[:5]} ...")
     reason = too_few_subjects(policy, subject_ids)
     if reason:
-        return _result(None, method, reason)
+        return _result(None, "subject_wilson", reason)
     totals, sizes = _subject_totals(values, np.ones(values.size), subject_ids)
-    low, high = _wilson_interval(_linearise(totals, sizes), float(values.size), len(sizes))
-    return _result([float(low), float(high)], method)
+    at_boundary = float(values.size) if rare_events else float(len(sizes))
+    low, high = _wilson_interval(_linearise(totals, sizes), float(values.size), at_boundary)
+    return _result([float(low), float(high)], "subject_wilson")
+
+
+def difference_of_shares_ci(first: dict, second: dict) -> dict:
+    """Newcombe's (1998, method 10) hybrid score interval of first - second from the two shares'
+    own score intervals ({"value", "ci95"} each; independent samples): with p_i in [l_i, u_i],
+    [d - sqrt((p1 - l1)^2 + (u2 - p2)^2), d + sqrt((u1 - p1)^2 + (p2 - l2)^2)]. Inherits the
+    single intervals' respect for the range, so it behaves at shares of 0, where a Wald interval
+    of the difference collapses."""
+    if first["ci95"] is None or second["ci95"] is None:
+        return {"value": first["value"] - second["value"]} | _result(
+            None, "newcombe_score", first.get("ci95_reason") or second.get("ci95_reason"))
+    (p1, (l1, u1)), (p2, (l2, u2)) = (first["value"], first["ci95"]), (second["value"], second["ci95"])
+    difference = p1 - p2
+    low = difference - float(np.hypot(p1 - l1, u2 - p2))
+    high = difference + float(np.hypot(u1 - p1, p2 - l2))
+    return {"value": difference} | _result([low, high], "newcombe_score")
 
 
 def _leave_out_groups(subject_ids: np.ndarray, policy: IntervalPolicy) -> list[np.ndarray]:
