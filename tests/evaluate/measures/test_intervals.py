@@ -159,6 +159,26 @@ def test_a_share_interval_stays_in_the_unit_range_and_is_wilson_on_the_effective
     assert (low, high) == pytest.approx(expected, rel=1e-9)
 
 
+def test_difference_of_shares_is_newcombes_hybrid_score_interval_and_rare_events_use_the_images():
+    from statsmodels.stats.proportion import proportion_confint
+
+    # Newcombe (1998), Table II example (a): 56/70 vs 48/80, method 10 gives 0.0524 to 0.3339
+    first = {"value": 56 / 70, "ci95": list(proportion_confint(56, 70, method="wilson"))}
+    second = {"value": 48 / 80, "ci95": list(proportion_confint(48, 80, method="wilson"))}
+    result = intervals.difference_of_shares_ci(first, second)
+    assert result["value"] == pytest.approx(0.2) and result["ci_method"] == "newcombe_score"
+    assert result["ci95"] == pytest.approx([0.0524, 0.3339], abs=5e-5)
+    # no interval on either side: none on the difference, with the reason
+    missing = intervals.difference_of_shares_ci(first, {"value": 0.0, "ci95": None, "ci95_reason": "too few"})
+    assert missing["ci95"] is None and missing["ci95_reason"] == "too few"
+    # a share of 0 over 8 patients x 5 slices: rare events take the 40 slices as the size, otherwise the 8 patients
+    subjects, policy = np.repeat(np.arange(8), 5), IntervalPolicy(min_subjects=8)
+    q = scipy.stats.t.ppf(0.975, 7)
+    assert intervals.share_ci(np.zeros(40), subjects, policy)["ci95"] == pytest.approx([0.0, q**2 / (8 + q**2)])
+    rare = intervals.share_ci(np.zeros(40), subjects, policy, rare_events=True)["ci95"]
+    assert rare == pytest.approx([0.0, q**2 / (40 + q**2)])
+
+
 def test_infinities_are_left_out_and_a_ratio_interval_is_a_ratio_of_sums():
     policy = IntervalPolicy(min_subjects=2)
     values = np.array([np.inf, 10.0, 20.0, 22.0, 11.0])
