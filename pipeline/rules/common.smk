@@ -515,6 +515,11 @@ def classifier_flags(w):
     return f"--domain-names {names} --seed {config['seed']} {knobs}"
 
 
+MEMORISATION_KNOBS = ("memorisation_copy_ratio", "memorisation_max_shift", "memorisation_zooms",
+                      "memorisation_candidates", "memorisation_quantile")
+"""experiments.<name>.evaluate knobs of the memorisation check, passed as --memorisation-* flags."""
+
+
 def generation_evaluate_flags(w):
     """The generation evaluator's flags from the experiment's evaluate section."""
     ev = experiment_cfg(w.experiment)["evaluate"]
@@ -527,7 +532,7 @@ def generation_evaluate_flags(w):
         flags.append("--skip-frd")
     if ev.get("tstr") is False:
         flags.append("--skip-tstr")
-    numbers = ("n_generated", "batch_size", "frd_max_images", "memorisation_quantile", "memorisation_max_share",
+    numbers = ("n_generated", "batch_size", "frd_max_images", *MEMORISATION_KNOBS,
                "d_fake_last_epochs", "n_figure_examples", "walk_steps", "n_nearest_pairs", "n_boot", "min_subjects")
     flags.append(cli_flags({key: ev[key] for key in numbers if key in ev}))
     return " ".join(flags)
@@ -603,8 +608,7 @@ def map_to_image_flags(w):
     if ev.get("frd_per_organ") is False:
         flags.append("--skip-frd-per-organ")
     numbers = ("n_perturbed", "batch_size", "frd_max_images", "style_min_pixels", "diversity_maps", "diversity_draws",
-               "memorisation_quantile", "memorisation_max_share", "n_figure_examples", "histogram_bins", "n_boot",
-               "min_subjects")
+               *MEMORISATION_KNOBS, "n_figure_examples", "histogram_bins", "n_boot", "min_subjects")
     flags.append(cli_flags({key: ev[key] for key in numbers if key in ev}))
     return " ".join(flags)
 
