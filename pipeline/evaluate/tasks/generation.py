@@ -43,7 +43,9 @@ from pipeline.evaluate import cli
 from pipeline.evaluate.measures import embedding, memorisation as memorisation_module, prdc as prdc_module
 from pipeline.evaluate.measures import fid as fid_module
 from pipeline.evaluate.measures import frd as frd_module
+from pipeline.evaluate.measures.classifier import acceptance, beside, null_summary, real_test_check
 from pipeline.evaluate.measures.distribution import distribution_block, inception_and_radiomic_features
+from pipeline.evaluate.measures.floor import FLOOR_SET, floor_block, floor_rows, unavailable_floor
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 from pipeline.evaluate.measures.slices import fixed_sample_indices, load_labelled_slices, load_test_slices
 from pipeline.evaluate.measures.summary import summarise
@@ -142,6 +144,7 @@ def classifier_blocks(
     per_class = {name: (summarise(correct[labels == c], subjects[labels == c], policy) if (labels == c).any() else None)
                  for c, name in enumerate(class_names)}
     recalls = [block["mean"] for block in per_class.values() if block is not None]
+    check = real_test_check(p_real, labels, subjects, policy, *acceptance(checkpoint))
     block = {
         "path": str(classifier),
         "sha256": file_sha256(classifier),
@@ -151,25 +154,35 @@ def classifier_blocks(
         "test_accuracy": summarise(correct, subjects, policy),
         "test_accuracy_per_class": per_class,
         "test_balanced_accuracy": float(np.mean(recalls)) if len(recalls) == 2 else None,
+        "real_test": check,
         "generated": {},
     }
+
+    def score(values: np.ndarray, units: np.ndarray) -> dict:
+        """A share or mean probability on generated images: null with the reason when the check fails."""
+        if check["usable"]:
+            return summarise(values, units, policy)
+        return null_summary(len(values), len(np.unique(units.astype(str))), check["reason"])
+
     if generated_labels is None:
         called = (p_generated > 0.5).astype(np.float64)
         block["generated"]["unconditional"] = {
             "asked": None,
-            "share_called": {class_names[1]: summarise(called, generated_ids, policy)},
+            "share_called": {class_names[1]: score(called, generated_ids)},
             "real_test_share_called": {class_names[1]: summarise((p_real > 0.5).astype(np.float64), subjects, policy)},
             "real_test_prevalence": {class_names[1]: summarise((labels == 1).astype(np.float64), subjects, policy)},
-        }
+            "reason": check["reason"],
+        } | beside(check)
     else:
         for c, name in enumerate(class_names):
             asked = generated_labels == c
             p_asked = p_generated[asked] if c == 1 else 1.0 - p_generated[asked]
             block["generated"][name] = {
                 "asked": name,
-                "share_called_asked": summarise((p_asked > 0.5).astype(np.float64), generated_ids[asked], policy),
-                "mean_probability_asked": summarise(p_asked, generated_ids[asked], policy),
-            }
+                "share_called_asked": score((p_asked > 0.5).astype(np.float64), generated_ids[asked]),
+                "mean_probability_asked": score(p_asked, generated_ids[asked]),
+                "reason": check["reason"],
+            } | beside(check)
     return block, {"classifier_p1_real_test": p_real, "classifier_p1_generated": p_generated}
 
 
@@ -192,7 +205,8 @@ def tstr_block(
     """
     import torch
 
-    from pipeline.evaluate.measures.classifier import DEFAULT_SETTINGS, predict_logits, fit_classifier, load_classifier, to_tensor
+    from pipeline.evaluate.measures.classifier import (DEFAULT_SETTINGS, auc_with_interval, fit_classifier,
+                                                       load_classifier, predict_logits, to_tensor)
 
     _, checkpoint = load_classifier(classifier)
     settings = DEFAULT_SETTINGS | checkpoint.get("settings", {})
@@ -218,7 +232,8 @@ def tstr_block(
     }
     for name, (images, y) in variants.items():
         network, best, _ = fit_classifier(to_tensor(images, size), torch.from_numpy(y), x_val, y_val, settings, seed)
-        predicted = predict_logits(network, x_test, settings["batch_size"]).argmax(dim=1).numpy()
+        logits = predict_logits(network, x_test, settings["batch_size"])
+        predicted = logits.argmax(dim=1).numpy()
         correct = (predicted == test["labels"]).astype(np.float64)
         recalls = [float(correct[test["labels"] == c].mean()) for c in (0, 1) if (test["labels"] == c).any()]
         block[name] = {
@@ -226,6 +241,8 @@ def tstr_block(
             "selected_epoch": best["epoch"],
             "test_accuracy": summarise(correct, subjects, policy),
             "test_balanced_accuracy": float(np.mean(recalls)) if len(recalls) == 2 else None,
+            "test_auc": auc_with_interval(torch.softmax(logits, dim=1)[:, 1].double().numpy(), test["labels"],
+                                          subjects, policy),
         }
     return block
 
@@ -292,7 +309,7 @@ def evaluate_generation(
     needs_labels = conditional or classifier is not None
     test_path, train_path = Path(test), Path(train)
     test_data = load_labelled(test_path, needs_labels)
-    train_data = load_labelled(train_path, needs_labels and tstr and conditional)
+    train_data = load_labelled(train_path, conditional)  # per-class floors and train-on-synthetic need its labels
     if train_data["images"].shape[1:] != test_data["images"].shape[1:]:
         raise InputDataError(train_path, f"slice size {train_data['images'].shape[1:]} differs from {test_path}'s")
     val_data = load_labelled(Path(val), True) if (val is not None and tstr and conditional and classifier) else None
@@ -303,16 +320,26 @@ def evaluate_generation(
     generated_ids = np.array([f"generated_{i}" for i in range(len(generated))])
     real_subjects = test_data["subject_ids"].astype(str)
 
+    on_floor = floor_rows(len(train_data["images"]), len(generated))
+    floor_subjects = train_data["subject_ids"].astype(str)[on_floor]
     features, radiomic_rows, problems = inception_and_radiomic_features(
-        test_data["images"], generated, inception_weights, frd, frd_max_images, batch_size, device)
+        {"real": test_data["images"], "generated": generated, FLOOR_SET: train_data["images"][on_floor]},
+        inception_weights, frd, frd_max_images, batch_size, device)
     network = embedding.build_random_vgg()
     embed = lambda images: embedding.embed(images, batch_size, network, device)
-    features["embedding"] = {"real": embed(test_data["images"]), "generated": embed(generated)}
+    train_embedding = embed(train_data["images"])
+    features["embedding"] = {"real": embed(test_data["images"]), "generated": embed(generated),
+                             FLOOR_SET: train_embedding[on_floor]}
 
     all_real, all_generated = np.arange(len(test_data["images"])), np.arange(len(generated))
     distribution = distribution_block(
         all_real, all_generated, real_subjects, generated_ids, features, radiomic_rows, problems, fid_eps, policy,
         f"{len(generated)} generated images vs {len(all_real)} real test slices",
+    )
+    distribution["floor"] = floor_block(
+        all_real, real_subjects, floor_subjects, len(generated), features, radiomic_rows, problems, fid_eps, policy,
+        f"{len(on_floor)} real training slices ({len(np.unique(floor_subjects))} patients) vs {len(all_real)} real "
+        "test slices",
     )
     per_class, per_class_reason = None, "unconditional generator" if not conditional else None
     if conditional:
@@ -328,13 +355,19 @@ def evaluate_generation(
                 policy, f"{len(generated_rows)} generated images asked to be {name} vs {len(real_rows)} real {name} "
                 "test slices",
             ) | {"reason": None}
+            floor_of_class = np.flatnonzero(train_data["labels"][on_floor] == c)
+            per_class[name]["floor"] = unavailable_floor(f"{len(floor_of_class)} real training slices of class {name}: "
+                                                         "too few to compare") if len(floor_of_class) < 2 else floor_block(
+                real_rows, real_subjects, floor_subjects, len(generated_rows), features, radiomic_rows, problems,
+                fid_eps, policy, f"{len(floor_of_class)} real {name} training slices vs {len(real_rows)} real {name} "
+                "test slices", floor_subset=floor_of_class)
 
     train_flipped = train_data["images"][..., ::-1]
     test_flipped = test_data["images"][..., ::-1]
     memo, memo_values = memorisation_module.memorisation(
         generated, train_data["images"], test_data["images"], real_subjects,
         generated_features=features["embedding"]["generated"],
-        train_features=(embed(train_data["images"]), embed(train_flipped)),
+        train_features=(train_embedding, embed(train_flipped)),
         heldout_features=(features["embedding"]["real"], embed(test_flipped)),
         feature_space=embedding.SETTINGS["name"], quantile=memorisation_quantile, max_share=memorisation_max_share,
         policy=policy,
@@ -359,6 +392,7 @@ def evaluate_generation(
         tstr_info = tstr_block(model, Path(classifier), train_data, val_data, test_data, class_names, seed, policy)
         tstr_info["trained_on_real"] = {"test_accuracy": classifier_info["test_accuracy"],
                                         "test_balanced_accuracy": classifier_info["test_balanced_accuracy"],
+                                        "test_auc": classifier_info["real_test"]["auc"],
                                         "note": "the classifier.pt itself (same network, settings and seed)"}
         tstr_info["reason"] = None
 
@@ -379,7 +413,9 @@ def evaluate_generation(
             "fid_eps": fid_eps,
             "prdc": prdc_module.DEFINITION.format(k=prdc_module.NEAREST_K),
             "memorisation": memo["definition"],
-            "classifier": "called class 1 when P(class 1) > 0.5",
+            "classifier": "called class 1 when P(class 1) > 0.5; shares and mean probabilities null with the reason "
+            "when the classifier fails its real-test check (classifier.real_test); train-on-synthetic is never "
+            "nulled: each variant's own real-test AUC and balanced accuracy are its result",
             "intervals": policy.describe() | {"generated_units": "each generated image is its own unit"},
             "seed": seed,
         },
