@@ -216,7 +216,11 @@ def metrics_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
     row("cycle SSIM", lambda b: summary(b["ssim_cycle"]))
     row("paired SSIM", lambda b: summary(b["paired"] and b["paired"]["ssim"]))
     row("paired PSNR (dB)", lambda b: summary(b["paired"] and b["paired"]["psnr"], 2))
-    row("paired MAE (HU)", lambda b: summary(b["paired"] and b["paired"]["mae_hu"], 1))
+    body = lambda b: b["paired"] and b["paired"]["ct_body"]
+    row("paired MAE in window, whole image (HU)", lambda b: summary(b["paired"] and b["paired"]["mae_window_hu"], 1))
+    row("paired MAE in body, full HU", lambda b: summary(body(b) and body(b)["mae_hu_body"], 1))
+    row("  floor of a windowed model (HU)", lambda b: summary(body(b) and body(b)["mae_hu_body_floor"], 1))
+    row("paired PSNR in body, full HU (dB)", lambda b: summary(body(b) and body(b)["psnr_hu_body"], 2))
     row("classifier: share intended", lambda b: summary(b["classifier"].get("share_intended")))
     row("stego drop (blur / noise)", lambda b: f"{b['steganography']['blur']['drop']:.3f} / "
         f"{b['steganography']['noise']['drop']:.3f}" + (" FLAG" if b["steganography"]["flagged"] else ""))

@@ -170,6 +170,25 @@ def window_flags():
     return f"--center {window[0]:g} --width {window[1]:g}"
 
 
+def partner_window_flags(partner_modality):
+    """A CT partner is kept over the full HU range (preprocess.partner_hu_range) for the paired
+    synthetic-CT metrics; extract_slices windows it (partner_slice_flags). An MR partner: as MR."""
+    if partner_modality.upper() == "CT":
+        return "--hu-range " + " ".join(f"{v:g}" for v in PRE["partner_hu_range"])
+    return window_flags()
+
+
+def partner_slice_flags(dataset):
+    """extract_slices' flags for a dataset whose partners are CT in full HU (an MR dataset's)."""
+    window = ct_window(config)
+    if modality(dataset) == "CT" or not paired_subjects(dataset):
+        return ""
+    if window is None:
+        raise ValueError("preprocess.ct_window: preset 'file' gives no window for the phantom's CT partners")
+    low, high = PRE["partner_hu_range"]
+    return f"--partner-hu-range {low:g} {high:g} --partner-window {window[0]:g} {window[1]:g}"
+
+
 def final_stage(dataset):
     """CT goes through head-holder masking; MRI slices come straight from registration."""
     return "masked" if modality(dataset) == "CT" else "registered"
@@ -393,7 +412,7 @@ def evaluate_flags(w):
     if ev.get("frd") is False:
         flags.append("--skip-frd")
     optional = ("frd_max_images", "n_boot", "min_subjects", "stego_blur_sigma", "stego_noise_sigma", "stego_max_drop",
-                "histogram_bins", "diff_upscale_size")
+                "histogram_bins", "diff_upscale_size", "body_threshold_hu")
     flags.append(cli_flags({key: ev[key] for key in optional if key in ev}))
     return " ".join(flags)
 
@@ -495,7 +514,7 @@ def map_to_image_flags(w):
         flags.append("--skip-frd-per-organ")
     numbers = ("n_perturbed", "batch_size", "frd_max_images", "style_min_pixels", "diversity_maps", "diversity_draws",
                "memorisation_quantile", "memorisation_max_share", "n_figure_examples", "histogram_bins", "n_boot",
-               "min_subjects")
+               "min_subjects", "body_threshold_hu")
     flags.append(cli_flags({key: ev[key] for key in numbers if key in ev}))
     return " ".join(flags)
 

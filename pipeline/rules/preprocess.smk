@@ -31,7 +31,7 @@ rule window_partner:
     params:
         path=lambda w: raw_partner(w)[0],
         partner_modality=lambda w: raw_partner(w)[1],
-        window=window_flags(),
+        window=lambda w: partner_window_flags(raw_partner(w)[1]),
         percentiles=" ".join(f"{p:g}" for p in PRE["mri_percentiles"]),
     log:
         "logs/window/{dataset}/{subject}.partner.log",
@@ -180,6 +180,7 @@ rule extract_slices:
         val_fraction=SLICES["val_fraction"],
         test_fraction=SLICES["test_fraction"],
         out_dir=lambda w: f"data/slices/{w.dataset}",
+        partner_hu=lambda w: partner_slice_flags(w.dataset),
     benchmark:
         "benchmarks/slices/{dataset}.tsv"
     log:
@@ -191,4 +192,4 @@ rule extract_slices:
         "--partners {input.partners} --qc {input.qc} --reference-json {input.reference} "
         "--out-dir {params.out_dir} --axial-fraction {params.axial_fraction} --slab {params.slab} "
         "--size {params.size} --val-fraction {params.val_fraction} "
-        "--test-fraction {params.test_fraction} --seed {params.seed} > {log} 2>&1"
+        "--test-fraction {params.test_fraction} --seed {params.seed} {params.partner_hu} > {log} 2>&1"

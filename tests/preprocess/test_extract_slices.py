@@ -118,6 +118,22 @@ def test_same_reference_index_and_partner_alignment(dataset):
             assert np.allclose(partner[head], 1 - image[head], atol=1e-5)
 
 
+def test_full_hu_partners_are_stored_in_hu_and_windowed_for_display(dataset):
+    """Partner files in [0, 1] over [-1024, 3000] HU come out as partner_hu (HU) and partner (the
+    brain window of those HU, DICOM's linear function), with the range stated."""
+    data = _run(dataset, partner_hu_range=(-1024.0, 3000.0), partner_window=(40.0, 80.0))["test"]
+    flag = data["has_partner"]
+    assert set(data["subject_ids"][flag]) == PARTNERED
+    plain = _run(dataset)["test"]  # the same partner files read as they are
+    np.testing.assert_allclose(data["partner_hu"][flag], -1024.0 + 4024.0 * plain["partner"][flag], atol=1e-3)
+    windowed = np.clip((data["partner_hu"][flag].astype(np.float64) - 39.5) / 79.0 + 0.5, 0.0, 1.0)
+    np.testing.assert_allclose(data["partner"][flag], windowed, atol=1e-6)
+    assert data["partner_hu_range"].tolist() == [-1024.0, 3000.0] and data["partner_hu"].dtype == np.float32
+    assert (data["partner"][flag] == 1.0).any() and (data["partner"][flag] == 0.0).any()  # beyond 0..79 HU
+    with pytest.raises(ConfigError, match="partner_window"):
+        _run(dataset, partner_hu_range=(-1024.0, 3000.0))
+
+
 def test_display_orientation_puts_left_anterior_marker_top_right(dataset):
     image = _run(dataset)["train"]["images"][0]
     half = SIZE // 2

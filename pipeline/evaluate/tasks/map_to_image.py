@@ -25,6 +25,12 @@ The generation evaluator's questions, plus the two that report 003's claims need
 - **Memorisation** (``memorisation``): every generated image's nearest training slice vs the
   held-out slices' (pipeline.evaluate.measures.memorisation), pixels and random VGG-16 features. With
   ~20 training images copies are the main risk.
+- **Reference CT** (``reference_ct``): each image generated from a test map against the real test
+  slice that map was drawn from, in HU inside that slice's body mask, as SynthRAD scores a synthetic
+  CT (pipeline.evaluate.measures.synthetic_ct: MAE and PSNR over the HU range the slices hold, their
+  ``hu_window``). The generator is not asked to reproduce that slice (its texture comes from another
+  patient's style image, its z is random): the number says how near the generated CT comes to the
+  anatomy's own CT, not an error against a target.
 - What the perceptual losses used (``perceptual_weights``: "imagenet" or "random"), from the model.
 
 Units of the intervals: real test slices and images generated from a test map belong to the
@@ -62,10 +68,12 @@ from pipeline.evaluate.measures.distribution import (
     inception_and_radiomic_features,
     unavailable_frd,
 )
+from pipeline.evaluate.measures.image_metrics import BODY_THRESHOLD_HU
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 from pipeline.evaluate.measures.segmenter import load_segmenter, predict_maps
 from pipeline.evaluate.measures.slices import fixed_sample_indices, load_map_slices
 from pipeline.evaluate.measures.summary import summarise
+from pipeline.evaluate.measures.synthetic_ct import score_synthetic_ct
 from pipeline.generate_from_maps import generate, perturbed_maps, write_generated
 from pipeline.hashing import file_sha256
 from pipeline.preprocess.thorax_labels import CLASS_NAMES, GREY_VALUES
@@ -92,6 +100,23 @@ def _verdict(difference: dict) -> str:
     if ci is None:
         return "undecided"
     return "style" if ci[0] > 0 else "content" if ci[1] < 0 else "undecided"
+
+
+def reference_ct_block(test: dict[str, np.ndarray], from_test: np.ndarray, subjects: np.ndarray,
+                       threshold_hu: float, policy: IntervalPolicy) -> tuple[dict | None, str | None]:
+    """Images from the test maps vs the real slices of those maps in HU (module docstring), or None and the reason."""
+    if "hu_window" not in test:
+        return None, "the test slices carry no hu_window, so [0,1] does not map to HU"
+    (low, high), _ = _intensity(test)
+    to_hu = lambda images: low + np.asarray(images, np.float64) * (high - low)
+    block, _ = score_synthetic_ct(
+        to_hu(test["images"]), to_hu(from_test), subjects, policy, (low, high), threshold_hu,
+        f"image generated from the map of each real test slice, [0,1] -> HU = {low:g} + v * ({high:g} - {low:g}) "
+        "(the slices' hu_window, the range the data hold: HU beyond it were clipped when slicing)")
+    block["compares"] = ("image generated from a test map vs the real test slice of that map (its content image), "
+                         "in HU inside the real slice's body mask; the generator is not asked to reproduce that slice "
+                         "(style from another patient, random z)")
+    return block, None
 
 
 def style_block(distances: dict[str, np.ndarray], subjects: np.ndarray, organ_names: list[str],
@@ -208,6 +233,7 @@ def evaluate_map_to_image(
     diversity_draws: int = 6,
     memorisation_quantile: float = 0.05,
     memorisation_max_share: float = 0.2,
+    body_threshold_hu: float = BODY_THRESHOLD_HU,
     n_figure_examples: int = 4,
     histogram_bins: int = 40,
     device: str = "cpu",
@@ -313,6 +339,8 @@ def evaluate_map_to_image(
         policy=policy,
     )
 
+    reference_ct, reference_ct_reason = reference_ct_block(test_data, from_test, test_subjects, body_threshold_hu,
+                                                           policy)
     weights = getattr(model, "perceptual_weights", None)
     metrics = {
         "schema_version": 1,
@@ -358,6 +386,8 @@ def evaluate_map_to_image(
         "distribution": distribution,
         "frd_per_organ": frd_organs,
         "anatomy": anatomy,
+        "reference_ct": reference_ct,
+        "reference_ct_reason": reference_ct_reason,
         "style_per_organ": styles,
         "diversity": diversity,
         "memorisation": memo,
@@ -421,6 +451,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--diversity-draws", type=int, default=6)
     parser.add_argument("--memorisation-quantile", type=float, default=0.05)
     parser.add_argument("--memorisation-max-share", type=float, default=0.2)
+    parser.add_argument("--body-threshold-hu", type=float, default=BODY_THRESHOLD_HU,
+                        help="reference-CT block: body mask = real slice above this HU (largest component, filled)")
     parser.add_argument("--n-figure-examples", type=int, default=4)
     parser.add_argument("--histogram-bins", type=int, default=40)
     parser.add_argument("--samples-out", type=Path, help="samples.npz for the figures")
@@ -456,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
             frd_max_images=args.frd_max_images, style_min_pixels=args.style_min_pixels,
             diversity_maps=args.diversity_maps, diversity_draws=args.diversity_draws,
             memorisation_quantile=args.memorisation_quantile, memorisation_max_share=args.memorisation_max_share,
-            n_figure_examples=args.n_figure_examples, histogram_bins=args.histogram_bins, device=device,
+            body_threshold_hu=args.body_threshold_hu, n_figure_examples=args.n_figure_examples,
+            histogram_bins=args.histogram_bins, device=device,
             intervals_policy=cli.interval_policy(args), seed=args.seed, samples_out=args.samples_out,
             generated_out=args.generated_out,
         )
