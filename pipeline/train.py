@@ -431,14 +431,16 @@ def _save_sample_grid(target: Path, visuals: dict[str, torch.Tensor], rows: tupl
 
 
 def _write_history(target: Path, rows: list[dict[str, float]], loss_names: tuple[str, ...],
-                   with_kimg: bool = False) -> None:
-    """history.csv: epoch, step, (kimg: thousands of images shown, on a kimg schedule), the losses."""
+                   with_kimg: bool = False, lr_names: tuple[str, ...] = ()) -> None:
+    """history.csv: epoch, step, (kimg: thousands of images shown, on a kimg schedule), the losses,
+    then ``lr_<optimiser>``: the learning rate each optimiser ran the epoch with (the figures' panel)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["epoch", "step", *(["kimg"] if with_kimg else []), *loss_names])
+    writer.writerow(["epoch", "step", *(["kimg"] if with_kimg else []), *loss_names, *lr_names])
     for row in rows:
         kimg = [format(row["kimg"], ".10g")] if with_kimg else []
-        writer.writerow([row["epoch"], row["step"], *kimg, *(format(row[name], ".10g") for name in loss_names)])
+        values = (format(row.get(name, math.nan), ".10g") for name in (*loss_names, *lr_names))
+        writer.writerow([row["epoch"], row["step"], *kimg, *values])
     write_text(target, buffer.getvalue())
 
 
@@ -802,7 +804,8 @@ class TrainingRun:
         self.epoch += 1
         self.step_in_epoch, self.epoch_rng_state, self.epoch_seconds, self.sums, self.counts = 0, None, 0.0, {}, {}
         losses = {name: means.get(name, math.nan) for name in self.model.loss_names}
-        self.history.append({"epoch": self.epoch, "step": self.step, "kimg": self.images_shown / 1000, **losses})
+        self.history.append({"epoch": self.epoch, "step": self.step, "kimg": self.images_shown / 1000, **losses,
+                             **lrs})
         if self.is_main:
             log.info("epoch %d/%d (%.1f s, %.3f kimg): %s", self.epoch, self.total_epochs, epoch_seconds,
                      self.images_shown / 1000,
@@ -834,7 +837,8 @@ class TrainingRun:
 
     def _write_history(self) -> None:
         _write_history(self.out_dir / "history.csv", self.history, self.model.loss_names,
-                       with_kimg=self.cfg["kimg"] is not None)
+                       with_kimg=self.cfg["kimg"] is not None,
+                       lr_names=tuple(f"lr_{name}" for name in self.model.optimizers))
 
     def _write_outputs(self, tracking_uri: str, seconds: float, pairs_per_s: float | None, commit: str,
                        dirty: bool | None) -> dict[str, Any]:

@@ -458,10 +458,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples-out", type=Path, help="samples.npz for the figures")
     parser.add_argument("--generated-out", type=Path, help="npz of the images from perturbed maps (with their maps)")
     parser.add_argument("--figures-dir", type=Path, help="draw the figures here (needs --samples-out)")
-    parser.add_argument("--history", type=Path, help="training history.csv (accepted for the rule; not read)")
+    parser.add_argument("--history", type=Path, help="training history.csv, for --training-curves")
+    parser.add_argument("--training-curves", type=Path, help="draw the training history here (needs --history)")
     args = parser.parse_args(argv)
     if args.figures_dir is not None and (args.samples_out is None or args.generated_out is None):
         parser.error("--figures-dir needs --samples-out and --generated-out")
+    cli.require_with(parser, args, ("training_curves",), "history")
     return args
 
 
@@ -495,9 +497,10 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def draw_figures(metrics: dict) -> list[Path]:
+        drawn = cli.draw([(args.training_curves, lambda out: cli.training_curves(args.model, args.history, out))])
         if args.figures_dir is None:
-            return []
-        return figures.draw_all(args.samples_out, args.generated_out, args.figures_dir)
+            return drawn
+        return drawn + figures.draw_all(args.samples_out, args.generated_out, args.figures_dir)
 
     return cli.run_evaluation(args, "map_to_image", "a map-to-image generator", evaluate, draw_figures,
                               outputs=[args.samples_out, args.generated_out], report=report, log=log)

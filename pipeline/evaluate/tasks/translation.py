@@ -643,9 +643,11 @@ def main(argv: list[str] | None = None) -> int:
             (args.triplets, lambda out: figures.triplets(samples, out, labels=labels)),
             (args.sample_grid, lambda out: figures.sample_grid(samples, out, labels=labels)),
             (args.difference_maps, lambda out: figures.difference_maps(samples, out, labels, args.diff_upscale_size)),
-            (args.histograms, lambda out: figures.intensity_histograms(samples, out, labels=labels)),
+            (args.histograms, lambda out: figures.intensity_histograms(
+                samples, out, labels=labels,
+                normalisation=tuple(metrics["inputs"][d]["normalisation"] for d in ("a", "b")))),
             (args.metrics_table, lambda out: figures.metrics_table(metrics, out)),
-            (args.loss_curves, lambda out: figures.loss_curves(args.history, out)),
+            (args.loss_curves, lambda out: cli.training_curves(args.model, args.history, out)),
         ])
 
     return cli.run_evaluation(args, "translation", "a translator", evaluate, draw_figures,
