@@ -170,25 +170,6 @@ def window_flags():
     return f"--center {window[0]:g} --width {window[1]:g}"
 
 
-def partner_window_flags(partner_modality):
-    """A CT partner is kept over the full HU range (preprocess.partner_hu_range) for the paired
-    synthetic-CT metrics; extract_slices windows it (partner_slice_flags). An MR partner: as MR."""
-    if partner_modality.upper() == "CT":
-        return "--hu-range " + " ".join(f"{v:g}" for v in PRE["partner_hu_range"])
-    return window_flags()
-
-
-def partner_slice_flags(dataset):
-    """extract_slices' flags for a dataset whose partners are CT in full HU (an MR dataset's)."""
-    window = ct_window(config)
-    if modality(dataset) == "CT" or not paired_subjects(dataset):
-        return ""
-    if window is None:
-        raise ValueError("preprocess.ct_window: preset 'file' gives no window for the phantom's CT partners")
-    low, high = PRE["partner_hu_range"]
-    return f"--partner-hu-range {low:g} {high:g} --partner-window {window[0]:g} {window[1]:g}"
-
-
 def final_stage(dataset):
     """CT goes through head-holder masking; MRI slices come straight from registration."""
     return "masked" if modality(dataset) == "CT" else "registered"
@@ -259,6 +240,9 @@ def slice_inputs(w):
     inputs = {
         "volumes": expand(f"data/{stage}/{w.dataset}/{{s}}.nii.gz", s=subs),
         "partners": expand(f"data/{stage}/{w.dataset}/{{s}}.partner.nii.gz", s=paired),
+        # an MR dataset's partners are CT: also kept in full HU (rule window_partner_hu)
+        "partners_hu": [] if modality(w.dataset) == "CT" else
+        expand(f"data/{stage}/{w.dataset}/{{s}}.partner_hu.nii.gz", s=paired),
         "qc": expand(f"data/registered/{w.dataset}/{{s}}.qc.json", s=subs),
         "reference": f"data/registered/{w.dataset}/reference.json",
     }

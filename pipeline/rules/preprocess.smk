@@ -31,7 +31,7 @@ rule window_partner:
     params:
         path=lambda w: raw_partner(w)[0],
         partner_modality=lambda w: raw_partner(w)[1],
-        window=lambda w: partner_window_flags(raw_partner(w)[1]),
+        window=window_flags(),
         percentiles=" ".join(f"{p:g}" for p in PRE["mri_percentiles"]),
     log:
         "logs/window/{dataset}/{subject}.partner.log",
@@ -41,6 +41,26 @@ rule window_partner:
         "python -m pipeline.preprocess.window partner --input {params.path:q} "
         "--modality {params.partner_modality} --grid {input.grid} --output {output} "
         "{params.window} --percentiles {params.percentiles} > {log} 2>&1"
+
+
+rule window_partner_hu:
+    # A CT partner also over the full HU range (preprocess.partner_hu_range), for the paired
+    # synthetic-CT metrics in HU; registered like the partner, sliced into partner_hu.
+    input:
+        raw="data/raw/{dataset}",
+        grid="data/windowed/{dataset}/{subject}.nii.gz",
+    output:
+        "data/windowed/{dataset}/{subject}.partner_hu.nii.gz",
+    params:
+        path=lambda w: raw_partner(w)[0],
+        hu_range=" ".join(f"{v:g}" for v in PRE["partner_hu_range"]),
+    log:
+        "logs/window/{dataset}/{subject}.partner_hu.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m pipeline.preprocess.window partner --input {params.path:q} --modality CT "
+        "--grid {input.grid} --output {output} --hu-range {params.hu_range} > {log} 2>&1"
 
 
 rule choose_reference:
@@ -87,13 +107,15 @@ rule register:
 
 rule register_partner:
     input:
-        image="data/windowed/{dataset}/{subject}.partner.nii.gz",
+        image="data/windowed/{dataset}/{subject}.{kind}.nii.gz",
         reference="data/registered/{dataset}/reference.json",
         transforms="data/registered/{dataset}/{subject}.transforms",
     output:
-        "data/registered/{dataset}/{subject}.partner.nii.gz",
+        "data/registered/{dataset}/{subject}.{kind}.nii.gz",
+    wildcard_constraints:
+        kind="partner|partner_hu",
     log:
-        "logs/register/{dataset}/{subject}.partner.log",
+        "logs/register/{dataset}/{subject}.{kind}.log",
     conda:
         "../../envs/register.yaml"
     shell:
@@ -156,6 +178,7 @@ rule extract_slices:
         # run can then still format the command
         volumes=lambda w: slice_inputs(w)["volumes"],
         partners=lambda w: slice_inputs(w)["partners"],
+        partners_hu=lambda w: slice_inputs(w)["partners_hu"],
         qc=lambda w: slice_inputs(w)["qc"],
         reference="data/registered/{dataset}/reference.json",
         overlays=lambda w: slice_inputs(w).get("overlays", []),
@@ -180,7 +203,7 @@ rule extract_slices:
         val_fraction=SLICES["val_fraction"],
         test_fraction=SLICES["test_fraction"],
         out_dir=lambda w: f"data/slices/{w.dataset}",
-        partner_hu=lambda w: partner_slice_flags(w.dataset),
+        partner_hu_range=" ".join(f"{v:g}" for v in PRE["partner_hu_range"]),
     benchmark:
         "benchmarks/slices/{dataset}.tsv"
     log:
@@ -189,7 +212,8 @@ rule extract_slices:
         "../../envs/data.yaml"
     shell:
         "python -m pipeline.preprocess.extract_slices --volumes {input.volumes} "
-        "--partners {input.partners} --qc {input.qc} --reference-json {input.reference} "
+        "--partners {input.partners} --partners-hu {input.partners_hu} --partner-hu-range {params.partner_hu_range} "
+        "--qc {input.qc} --reference-json {input.reference} "
         "--out-dir {params.out_dir} --axial-fraction {params.axial_fraction} --slab {params.slab} "
         "--size {params.size} --val-fraction {params.val_fraction} "
-        "--test-fraction {params.test_fraction} --seed {params.seed} {params.partner_hu} > {log} 2>&1"
+        "--test-fraction {params.test_fraction} --seed {params.seed} > {log} 2>&1"
