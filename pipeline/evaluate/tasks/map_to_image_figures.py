@@ -109,18 +109,21 @@ def panels(samples_npz: Path, out_png: Path) -> None:
     _save(fig, out_png)
 
 
-def _map_key(fig, names: list[str], grey_values: np.ndarray) -> None:
-    """Which grey of the maps is which class, below the figure."""
+def _map_key(fig, names: list[str], grey_values: np.ndarray, columns: int | None = None) -> None:
+    """Which grey of the maps is which class, below the figure (``columns`` per row, default all)."""
     from matplotlib.patches import Patch
 
     handles = [Patch(facecolor=str(float(grey) / 255.0), edgecolor="black", linewidth=0.5, label=name)
                for name, grey in zip(names, grey_values)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False,
-               title="map classes", title_fontsize=7, bbox_to_anchor=(0.5, -0.02))
+    fig.subplots_adjust(bottom=0.02)  # the key takes the bottom margin's place
+    fig.legend(handles=handles, loc="upper center", ncol=columns or len(handles), fontsize=7, frameon=False,
+               title="map classes", title_fontsize=7, bbox_to_anchor=(0.5, 0.0))
 
 
-def perturbed_sheet(source_maps: np.ndarray, maps: np.ndarray, images: np.ndarray, grey_values, out_png: Path) -> None:
-    """Source map | perturbed map | generated image, one row per perturbed map."""
+def perturbed_sheet(source_maps: np.ndarray, maps: np.ndarray, images: np.ndarray, grey_values, out_png: Path,
+                    organ_names: list[str] | None = None) -> None:
+    """Source map | perturbed map | generated image, one row per perturbed map (a key of the map's
+    classes below when ``organ_names`` are given)."""
     n = len(maps)
     fig, axes = plt.subplots(max(n, 1), 3, figsize=(3 * PANEL_INCHES * 0.8, max(n, 1) * PANEL_INCHES * 0.8),
                              squeeze=False)
@@ -133,6 +136,8 @@ def perturbed_sheet(source_maps: np.ndarray, maps: np.ndarray, images: np.ndarra
                 axes[r, c].set_title(title, fontsize=7)
     if n == 0:
         axes[0, 0].axis("off")
+    if organ_names:
+        _map_key(fig, organ_names, grey_values, columns=3)
     _save(fig, out_png)
 
 
@@ -152,6 +157,8 @@ def z_draws(samples_npz: Path, out_png: Path) -> None:
     if len(maps) == 0:
         axes[0, 0].axis("off")
     fig.suptitle("several z for one map and one style", fontsize=8)
+    if "organ_names" in s:
+        _map_key(fig, [str(n) for n in s["organ_names"]], s["grey_values"])
     _save(fig, out_png)
 
 
@@ -195,7 +202,7 @@ def draw_all(samples_npz: Path, generated_npz: Path, out_dir: Path) -> list[Path
     if not Path(generated_npz).is_file():
         raise InputDataError(Path(generated_npz), "generated images file not found")
     perturbed_sheet(s["perturbed_source_maps"], s["perturbed_maps"], s["perturbed_images"], s["grey_values"],
-                    paths["perturbed"])
+                    paths["perturbed"], [str(n) for n in s.get("organ_names", [])])
     z_draws(samples_npz, paths["z_draws"])
     organ_histograms(samples_npz, paths["organ_histograms"])
     return list(paths.values())
