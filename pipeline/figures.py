@@ -23,6 +23,8 @@ from pipeline.errors import InputDataError
 
 DPI = 150
 PANEL_INCHES = 2.2
+LINE_STYLES = ("-", "--", ":", "-.")
+"""Series of one panel differ in line style too: two equal curves (e.g. constant learning rates) stay visible."""
 
 
 def _save(fig: plt.Figure, out_png: Path) -> None:
@@ -294,7 +296,7 @@ def training_curves(history_csv: Path, out_png: Path, panels: dict[str, list[str
     e.g. from ``pipeline.models.history_panels``: generator losses, discriminator losses, D on real
     and generated, schedules, learning rate), against kimg when the history has it, else epoch.
 
-    Each panel: distinct colours, its legend outside the data (right of the panel), a log y axis
+    Each panel: distinct colours and line styles, its legend outside the data (right of the panel), a log y axis
     when its values are positive and span more than ``log_ratio``. Several rows of one epoch are
     averaged (the engine writes one per epoch).
     """
@@ -316,16 +318,21 @@ def training_curves_figure(history: "pd.DataFrame", source: Path, panels: dict[s
     for ax, (panel, columns) in zip(axes.ravel(), panels.items()):
         for index, column in enumerate(columns):
             ax.plot(per_tick.index, per_tick[column], color=colours[index % len(colours)], lw=1.3,
-                    marker="o" if len(per_tick) < 20 else None, ms=3, label=column)
-        if wants_log_scale(per_tick[columns].to_numpy(dtype=float), log_ratio):
+                    ls=LINE_STYLES[index % len(LINE_STYLES)], marker="o" if len(per_tick) < 20 else None, ms=3,
+                    label=column)
+        values = per_tick[columns].to_numpy(dtype=float)
+        if wants_log_scale(values, log_ratio):
             ax.set_yscale("log")
-        else:
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))  # a learning rate as 2e-4
+        elif np.nanmin(values) >= 0 and 0 < np.nanmax(values) < 1e-2:  # a learning rate: from 0, 2.0e-04 a tick
+            ax.set_ylim(0, 1.1 * np.nanmax(values))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.1e"))
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("kimg (thousands of images shown)" if x_name == "kimg" else "epoch", fontsize=8)
         ax.tick_params(labelsize=7)
         if x_name == "epoch":
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
+            first, last = per_tick.index.min(), per_tick.index.max()
+            ax.set_xlim(first - 0.5, last + 0.5) if last - first < 4 else None  # whole epochs, even just one
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     for ax in axes.ravel()[len(panels):]:
@@ -518,8 +525,8 @@ def generated_grid(samples_npz: Path, out_png: Path) -> None:
     samples = _load_npz(samples_npz, ("row_names",))
     names = [str(name) for name in samples["row_names"]]
     rows = [row for i, name in enumerate(names) for row in (
-        (f"real {name}" if len(names) > 1 else "real", samples[f"grid_real_{i}"]),
-        (f"generated {name}" if len(names) > 1 else "generated", samples[f"grid_generated_{i}"]),
+        (f"real\n{name}" if len(names) > 1 else "real", samples[f"grid_real_{i}"]),
+        (f"generated\n{name}" if len(names) > 1 else "generated", samples[f"grid_generated_{i}"]),
     )]
     n_cols = max(1, max(len(images) for _, images in rows))
     fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * PANEL_INCHES * 0.7, len(rows) * PANEL_INCHES * 0.7),
@@ -574,8 +581,9 @@ def nearest_pairs(samples_npz: Path, out_png: Path) -> None:
         for c, (title, image, colour) in enumerate(panels):
             _show(axes[r, c], image)
             axes[r, c].set_title(title, fontsize=7, color=colour)
-    fig.suptitle(f"closest to training slices; red: nearer than the memorisation threshold {threshold:.3f} "
-                 "(a low quantile of held-out slices' distances to training)", fontsize=8)
+    fig.suptitle(f"generated images closest to training slices; red: nearer than the memorisation threshold "
+                 f"{threshold:.3f}\n(a low quantile of held-out slices' RMS distances to training, [0,1] units)",
+                 fontsize=8)
     _save(fig, out_png)
 
 
