@@ -23,6 +23,8 @@ from pipeline.errors import InputDataError
 
 DPI = 150
 PANEL_INCHES = 2.2
+CURVES_LOG_RATIO = 20.0
+"""A training-curve panel whose positive values span more than this factor gets a log y axis."""
 LINE_STYLES = ("-", "--", ":", "-.")
 """Series of one panel differ in line style too: two equal curves (e.g. constant learning rates) stay visible."""
 
@@ -64,7 +66,7 @@ def triplets(samples_npz: Path, out_png: Path, labels: tuple[str, str] = ("CT", 
     n_rows = max(len(samples[f"{w}_source"]) for w in ways)
     fig, axes = plt.subplots(n_rows, 6, figsize=(6 * PANEL_INCHES, n_rows * PANEL_INCHES), squeeze=False)
     for block, (way, (src, tgt)) in enumerate(ways.items()):
-        titles = (src, f"{src} \u2192 {tgt}", f"{src} \u2192 {tgt} \u2192 {src}")
+        titles = (src, f"{src} \u2192\n{tgt}", f"{src} \u2192 {tgt}\n\u2192 {src}")  # two lines: long names fit
         ids, slice_index = samples.get(f"{way}_subject_ids"), samples.get(f"{way}_slice_index")
         for row in range(n_rows):
             for col, (key, title) in enumerate(zip(("source", "translated", "reconstructed"), titles)):
@@ -171,6 +173,9 @@ def difference_maps(
                 if row == 0:
                     ax.set_title(f"{src}\u2192{tgt}\n" + ("G(x) \u2212 x" if kind == "signed" else "|G(x) \u2212 x|"),
                                  fontsize=8)
+    if any(f"{way}_region_mask" in samples for way in ways):
+        fig.suptitle("cyan outline: the source's region mask (the test npz's region_mask, e.g. the lung fields)",
+                     fontsize=8)
     fig.colorbar(overlays["signed"], ax=axes[:, :2].ravel().tolist(), shrink=0.8, location="bottom", pad=0.03,
                  label="G(x) \u2212 x ([0,1] units): red lighter, blue darker")
     fig.colorbar(overlays["absolute"], ax=axes[:, 2:].ravel().tolist(), shrink=0.8, location="bottom", pad=0.03,
@@ -291,20 +296,21 @@ def read_history(history_csv: Path) -> "pd.DataFrame":
 
 
 def training_curves(history_csv: Path, out_png: Path, panels: dict[str, list[str]], title: str | None = None,
-                    log_ratio: float = 100.0) -> None:
+                    log_ratio: float = CURVES_LOG_RATIO) -> None:
     """Small panels of the training history, one per kind of value (``panels``: title -> columns,
     e.g. from ``pipeline.models.history_panels``: generator losses, discriminator losses, D on real
     and generated, schedules, learning rate), against kimg when the history has it, else epoch.
 
     Each panel: distinct colours and line styles, its legend outside the data (right of the panel), a log y axis
-    when its values are positive and span more than ``log_ratio``. Several rows of one epoch are
+    when its values are positive and span more than ``log_ratio`` (default 20: a total loss of 15 would
+    flatten its terms of 0.3 on a linear axis). Several rows of one epoch are
     averaged (the engine writes one per epoch).
     """
     _save(training_curves_figure(read_history(history_csv), Path(history_csv), panels, title, log_ratio), out_png)
 
 
 def training_curves_figure(history: "pd.DataFrame", source: Path, panels: dict[str, list[str]],
-                           title: str | None = None, log_ratio: float = 100.0) -> plt.Figure:
+                           title: str | None = None, log_ratio: float = CURVES_LOG_RATIO) -> plt.Figure:
     """The figure of ``training_curves`` (open; the caller saves or inspects it)."""
     missing = sorted({c for columns in panels.values() for c in columns} - set(history.columns))
     if missing or not panels:
@@ -344,7 +350,7 @@ def training_curves_figure(history: "pd.DataFrame", source: Path, panels: dict[s
 
 
 def history_figure(history_csv: Path, model_name: str, out_png: Path, title: str | None = None,
-                   log_ratio: float = 100.0) -> None:
+                   log_ratio: float = CURVES_LOG_RATIO) -> None:
     """``training_curves`` with the panels model ``model_name`` (a registry name, e.g. run.json's
     "model") declares for its losses (``pipeline.models.history_panels``)."""
     from pipeline.models import history_panels
@@ -466,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--history", type=Path, required=True)
     cmd.add_argument("--model-name", required=True, help="registry name (run.json's model): declares each loss's kind")
     cmd.add_argument("--out", type=Path, required=True)
-    cmd.add_argument("--log-ratio", type=float, default=100.0)
+    cmd.add_argument("--log-ratio", type=float, default=CURVES_LOG_RATIO)
     cmd = commands.add_parser("preprocessing", help="raw / windowed / registered / masked of one subject")
     cmd.add_argument("--subject-id", "--subject", dest="subject_id", required=True, help="shown in the title")
     cmd.add_argument("--modality", type=str.lower, choices=["ct", "mr", "mri"], required=True)
