@@ -14,19 +14,11 @@ import logging
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 from pipeline.evaluate.metrics_json import flatten_metrics, validate_metrics, write_metrics
 from pipeline.hashing import file_sha256
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> "cuda" when a CUDA device is present, else "cpu"; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_for_evaluation(path: Path, device: str, task: str, what: str):

@@ -125,15 +125,15 @@ def _summary(values: np.ndarray, subjects: np.ndarray, policy) -> dict:
 class EditMeasures:
     """The segmenter and the classifier, applied to stacks of images in [0, 1]."""
 
-    def __init__(self, segmenter_path: Path, classifier_path: Path):
+    def __init__(self, segmenter_path: Path, classifier_path: Path, device: str = "cpu"):
         from pipeline.evaluate.measures.classifier import load_classifier
         from pipeline.evaluate.measures.segmenter import load_segmenter
 
-        self.segmenter, self.segmenter_checkpoint = load_segmenter(segmenter_path)
+        self.segmenter, self.segmenter_checkpoint = load_segmenter(segmenter_path, device)
         names = list(self.segmenter_checkpoint["organ_names"])
         if names[:3] != ["background", "thorax", "heart"]:
             raise InputDataError(Path(segmenter_path), f"segments {names}, not background / thorax / heart")
-        self.classifier, self.classifier_checkpoint = load_classifier(classifier_path)
+        self.classifier, self.classifier_checkpoint = load_classifier(classifier_path, device)
 
     def maps(self, images: np.ndarray) -> np.ndarray:
         from pipeline.evaluate.measures.segmenter import predict_maps
@@ -221,7 +221,9 @@ def segmenter_ctr_error(measures: EditMeasures, test: dict[str, np.ndarray], pol
 
 def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direction_path: Path, ladder_path: Path,
               test_path: Path, segmenter_path: Path, classifier_path: Path, settings: dict[str, Any], seed: int,
-              policy) -> tuple[dict, dict[str, np.ndarray]]:
+              policy, device: str = "cpu") -> tuple[dict, dict[str, np.ndarray]]:
+    """The edit section and the figures' arrays; G, the encoder, the segmenter and the classifier
+    run on ``device``."""
     from pipeline.latent.invert import load_test_images
     from pipeline.models import load_trained
     from pipeline.models.stylegan2_encoder import load_frozen_generator
@@ -231,8 +233,8 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
     alphas = [float(a) for a in settings["alphas"]]
     if len(alphas) < 2 or 0.0 not in alphas:
         raise ConfigError(f"edit.alphas needs 0 (the unedited reconstruction) and at least one more value, got {alphas}")
-    sampler = load_frozen_generator(generator_path, "cpu")
-    encoder = load_trained(encoder_path, "cpu")
+    sampler = load_frozen_generator(generator_path, device)
+    encoder = load_trained(encoder_path, device)
     num_ws, w_dim = int(sampler.num_ws), int(sampler.w_dim)
     with np.load(codes_path, allow_pickle=False) as data:
         codes = {k: data[k] for k in data.files}
@@ -241,7 +243,7 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
     with np.load(direction_path, allow_pickle=False) as data:
         lda_vector = data["direction"]
     test = load_test_images(test_path, sampler.image_size)
-    measures = EditMeasures(segmenter_path, classifier_path)
+    measures = EditMeasures(segmenter_path, classifier_path, device)
 
     n_pairs = int(settings["direction_pairs"])
     if not 1 <= n_pairs < len(ladder["images"]):
@@ -273,6 +275,7 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
     section: dict[str, Any] = {
         "what": "edits of held-out healthy test images along a latent direction toward cardiomegaly",
         "settings": {**settings, "seed": seed},
+        "device": str(device),
         "headline_direction": settings["direction"],
         "direction_pairs": {"patients": [str(s) for s in ladder["subject_ids"][:n_pairs]],
                             "base_ctr": [float(ladder["ctr"][p, base_idx[p]]) for p in pairs],
@@ -354,6 +357,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-subjects", type=int, default=8)
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda: where G, the "
+                                                          "encoder, the segmenter and the classifier run")
     parser.add_argument("--out-json", type=Path, required=True)
     parser.add_argument("--sequence-figure", type=Path, required=True)
     parser.add_argument("--curves-figure", type=Path, required=True)
@@ -361,6 +366,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.devices import resolve_device
     from pipeline.evaluate.measures.intervals import IntervalPolicy
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -371,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         policy = IntervalPolicy(min_subjects=args.min_subjects, n_boot=args.n_boot, seed=args.seed)
         section, figures = run_edits(args.generator, args.encoder, args.codes, args.direction, args.ladder, args.test,
-                                     args.segmenter, args.classifier, settings, args.seed, policy)
+                                     args.segmenter, args.classifier, settings, args.seed, policy,
+                                     resolve_device(args.device))
     except PipelineError as err:
         log.error("%s", err)
         return 1

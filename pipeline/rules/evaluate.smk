@@ -19,7 +19,8 @@ rule preprocessing_panel:
         raw_path=panel_raw_path,
         modality=lambda w: modality(w.dataset),
         subject=panel_subject,
-        masked=lambda w, input: f"--masked {input.masked}" if input.masked else "",
+        registered=panel_stage("registered", as_input=False),
+        masked=lambda w: f"--masked {panel_stage('masked', as_input=False)(w)}" if final_stage(w.dataset) == "masked" else "",
     log:
         "logs/figures/{experiment}/preprocessing_{dataset}.log",
     conda:
@@ -27,7 +28,7 @@ rule preprocessing_panel:
     shell:
         "python -m pipeline.figures preprocessing --raw {params.raw_path:q} "
         "--modality {params.modality} --windowed {input.windowed} "
-        "--registered {input.registered} {params.masked} --subject {params.subject} "
+        "--registered {params.registered} {params.masked} --subject {params.subject} "
         "--out {output} > {log} 2>&1"
 
 
@@ -69,6 +70,7 @@ rule evaluate:
     threads: 8  # capped at --cores by Snakemake: on a laptop training runs alone
     resources:
         **job_resources(config, "evaluate"),
+        gpu=section_gpus("evaluate"),
     benchmark:
         "benchmarks/evaluate/{experiment}.tsv"
     log:
@@ -107,6 +109,7 @@ rule train_classifier:
     threads: 2
     resources:
         **job_resources(config, "train_classifier"),
+        gpu=section_gpus("classifier"),
     benchmark:
         "benchmarks/train_classifier/{experiment}.tsv"
     log:
@@ -137,6 +140,7 @@ rule train_classifier_labelled:
     threads: 2
     resources:
         **job_resources(config, "train_classifier"),
+        gpu=section_gpus("classifier"),
     benchmark:
         "benchmarks/train_classifier/{experiment}.tsv"
     log:
@@ -187,6 +191,7 @@ rule evaluate_generation:
     threads: 8  # capped at --cores by Snakemake
     resources:
         **job_resources(config, "evaluate"),
+        gpu=section_gpus("evaluate"),
     benchmark:
         "benchmarks/evaluate/{experiment}.tsv"
     log:

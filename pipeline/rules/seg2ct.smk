@@ -22,6 +22,7 @@ rule train_segmenter:
     threads: 2
     resources:
         **job_resources(config, "train_classifier"),
+        gpu=section_gpus("segmenter"),
     benchmark:
         "benchmarks/train_segmenter/{experiment}.tsv"
     log:
@@ -69,6 +70,7 @@ rule evaluate_map_to_image:
     threads: 8  # capped at --cores by Snakemake
     resources:
         **job_resources(config, "evaluate"),
+        gpu=section_gpus("evaluate"),
     benchmark:
         "benchmarks/evaluate/{experiment}.tsv"
     log:

@@ -3,13 +3,6 @@
 # logged on the experiment's MLflow run and shown in the Snakemake report.
 
 
-def verdict_claims(w):
-    claims = experiment_cfg(w.experiment).get("claims") or []
-    if not claims:
-        raise ValueError(f"params.yaml: experiments.{w.experiment}.claims is empty: nothing to judge")
-    return json.dumps(claims, sort_keys=True)
-
-
 rule verdict:
     input:
         metrics="results/{experiment}/metrics.json",

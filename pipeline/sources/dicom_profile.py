@@ -20,9 +20,16 @@ What comes from ``dicom-anonymizer`` and what is this project's own:
   in one file equals the new SOPInstanceUID of the file it points to. The library instead draws
   a random UID for any value it has not seen, and empties the UIDs inside X/Z/U* sequences.
 * **Ours**: attributes the table does not list are judged by VR: every person name (PN) and
-  application entity title (AE) is emptied, every date and time (DA, DT, TM) removed (the
-  library's X, which leaves a DA as 00010101); group
-  length elements (stale once values change) and private elements are removed at every depth.
+  application entity title (AE) is emptied, every date and time (DA, DT, TM) removed, and every
+  free text (LO, SH, LT, ST, UT, UC, UR: descriptions, comments, labels, notes, URLs) emptied
+  except the few that name a kind of thing the stages or pydicom's LUTs read (``KEPT_FREE_TEXT``:
+  manufacturer and model, convolution kernel, LUT and rescale types, coded terms); a DS or IS
+  that does not hold a number is removed. Group length elements (stale once values change),
+  private elements, command elements (group 0000), elements pydicom's dictionary does not know
+  (an implicit-VR file gives their bytes as ``UN``, unread) and whole overlay groups (60xx: the
+  table removes their data and comments, a label or description left behind is free text) are
+  removed at every depth, and so is EncryptedAttributesSequence (the original identity, encrypted
+  for a key holder).
 
 :func:`find_survivor` is the check after writing: it walks every element of the written file
 at every depth and compares it with every identifying value of the original at every depth.
@@ -39,6 +46,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from dicomanonymizer import simpledicomanonymizer as library
 from pydicom._uid_dict import UID_dictionary  # pydicom's copy of the PS3.6 UID registry
+from pydicom.datadict import get_entry, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -50,14 +58,46 @@ PROFILE_TABLE = "dicomfields_2026c"
 #: UIDs derived from a hash live under 2.25 (PS3.5 B.2: a UUID-style integer root).
 UID_ROOT = "2.25."
 UID_HASH_BYTES = 16
-#: What the table's absence means for these VRs (ours): names and AE titles emptied, dates removed.
+
+
+def remove(dataset: Dataset, tag: BaseTag) -> None:
+    """X as the standard means it: the element is gone (the library's X leaves a DA as 00010101)."""
+    del dataset[tag]
+
+
+#: Free text: descriptions, comments, labels, notes, identifiers, URLs.
+FREE_TEXT_VRS = ("LO", "SH", "LT", "ST", "UT", "UC", "UR")
+#: What the table's absence means for these VRs (ours): names, AE titles and free text emptied
+#: (the element stays, so a Type 2 attribute stays present), dates and times removed.
 UNLISTED_VR_ACTIONS = {
     "PN": library.empty,
     "AE": library.empty,
-    "DA": library.delete,
-    "DT": library.delete,
-    "TM": library.delete,
+    **dict.fromkeys(FREE_TEXT_VRS, library.empty),
+    "DA": remove,
+    "DT": remove,
+    "TM": remove,
 }
+#: Free text the table does not list that is kept: each names a kind of thing, not a person, a
+#: place or a visit (the unit itself, DeviceSerialNumber and StationName, is in the table), and
+#: windowing (the kernel), pydicom's modality and VOI LUTs, or a code item (a terminology's term)
+#: needs it.
+KEPT_FREE_TEXT = frozenset(
+    tag_for_keyword(keyword)
+    for keyword in (
+        "Manufacturer", "ManufacturerModelName", "ConvolutionKernel", "RescaleType", "ModalityLUTType",
+        "LUTExplanation", "WindowCenterWidthExplanation", "CodeValue", "CodingSchemeDesignator",
+        "CodingSchemeVersion", "CodeMeaning", "LongCodeValue", "URNCodeValue",
+    )
+)  # fmt: skip
+#: Sequences the table does not list that are removed whole (ours): EncryptedAttributesSequence
+#: holds the original attributes, encrypted so that a key holder can re-identify the patient, in a
+#: CMS envelope that names its recipients in clear; no stage re-identifies.
+REMOVED_SEQUENCES = frozenset({tag_for_keyword("EncryptedAttributesSequence")})
+#: Numbers written as text: a value that does not read as a number is text in the wrong place.
+NUMBER_STRING_VRS = ("DS", "IS")
+COMMAND_GROUP = 0x0000
+#: Overlay planes live in the even groups 6000-601E.
+OVERLAY_GROUPS = range(0x6000, 0x6020, 2)
 #: Actions on a sequence: X removes it, Z and X/Z leave it with no item (on a UID: empty), the
 #: D family keeps the items with every value replaced by a dummy; K and X/Z/U* clean each item.
 EMPTYING = frozenset({library.empty, library.delete_or_empty})
@@ -71,10 +111,10 @@ DUMMYING = frozenset(
 )
 #: Original values shorter than this are not searched for elsewhere in a file (too common).
 MIN_SEARCHED_CHARS = 4
-#: VRs searched for leftover identity: free text, names and dates (numbers could hold an id by
-#: chance; coded strings such as ImageType hold defined terms, never a name), and UN (an
+#: VRs searched for leftover identity: free text, URLs, names and dates (numbers could hold an id
+#: by chance; coded strings such as ImageType hold defined terms, never a name), and UN (an
 #: attribute pydicom does not know, kept as bytes).
-SEARCHED_VRS = frozenset({"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT", "UN"})
+SEARCHED_VRS = frozenset({"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT", "UN"})
 #: Besides every person name, the values of these kinds of identifying fields (PatientID,
 #: AccessionNumber, AcquisitionDateTime...) are searched for in every text value of the written
 #: file; other identifying fields are compared with the same attribute only (an InstitutionName
@@ -86,7 +126,13 @@ CODED_TAGS = frozenset({0x00080100, 0x00080102, 0x00080103, 0x00080119, 0x000801
 #: ImplementationClassUID and ImplementationVersionName name the program that wrote a file (pydicom
 #: writes its own), not a patient, a site or a study: the same in the original is no survivor.
 WRITER_TAGS = frozenset({0x00020012, 0x00020013})
+#: The record of what was done, which the door writes at the top level after the profile: its
+#: words ("Basic", "text") are no survivor of a patient who bears them.
+RECORD_KEYWORDS = ("DeidentificationMethod", "DeidentificationMethodCodeSequence")
 _NAME_SEPARATORS = re.compile(r"[\^=\s]+")
+#: A UID as it can stand in a file or folder name (RSNA's ``ID_...`` "UIDs" are the provider's
+#: pseudonyms and name its files by design; only a real UID of the file is searched for).
+NAMED_UID = re.compile(r"[0-9]+(\.[0-9]+){3,}")
 
 Action = Callable[[Dataset, BaseTag], None]
 
@@ -129,12 +175,48 @@ def table_action(tag: BaseTag) -> Action | None:
 
 
 def action_for(element: DataElement) -> Action:
-    """The action for one element: the table's, else the VR rule for unlisted attributes, else keep."""
-    return table_action(element.tag) or UNLISTED_VR_ACTIONS.get(element.VR, library.keep)
+    """The action for one element: the table's, else keep for KEPT_FREE_TEXT, remove for
+    REMOVED_SEQUENCES, else the VR rule for unlisted attributes, else keep."""
+    action = table_action(element.tag)
+    if action is not None:
+        return action
+    if element.tag in KEPT_FREE_TEXT:
+        return library.keep
+    if element.tag in REMOVED_SEQUENCES:
+        return remove
+    return UNLISTED_VR_ACTIONS.get(element.VR, library.keep)
 
 
 def _is_group_length(tag: BaseTag) -> bool:
     return tag.element == 0 and tag.group != 0x0002
+
+
+def is_unknown(tag: BaseTag) -> bool:
+    """A public tag neither pydicom's dictionary (repeating groups included) nor the table knows:
+    read from an implicit-VR file its bytes are kept unread, whatever they hold."""
+    if tag.is_private or table_action(tag) is not None:
+        return False
+    try:
+        get_entry(tag)
+    except KeyError:
+        return True
+    return False
+
+
+def _always_removed(tag: BaseTag) -> bool:
+    """Private, group length, command (group 0000: a message's, not an instance's), overlay and
+    unknown elements."""
+    return (
+        tag.is_private or _is_group_length(tag) or tag.group == COMMAND_GROUP or tag.group in OVERLAY_GROUPS
+        or is_unknown(tag)
+    )  # fmt: skip
+
+
+def _not_a_number(element: DataElement) -> bool:
+    """A DS or IS value pydicom could not read as a number (it keeps such a value as text)."""
+    value = element.value
+    values = value if isinstance(value, MultiValue | list | tuple) else [value]
+    return element.VR in NUMBER_STRING_VRS and any(type(v) is str and v.strip() for v in values)
 
 
 def _values(element: DataElement) -> list[str]:
@@ -169,34 +251,51 @@ def _apply(action: Action, dataset: Dataset, tag: BaseTag) -> None:
         del dataset[tag]
 
 
-def apply_profile(dataset: Dataset, salt: str, dummies_only: bool = False) -> None:
+class ProfileError(ValueError):
+    """An element the profile cannot be applied to; the message names its path, never its value."""
+
+
+def apply_profile(dataset: Dataset, salt: str, dummies_only: bool = False, prefix: str = "") -> None:
     """Apply the Basic profile to ``dataset`` and, recursively, to every item of its sequences,
-    in place. ``dummies_only``: inside a sequence whose action is D, every value is replaced."""
+    in place. ``dummies_only``: inside a sequence whose action is D, every value is replaced.
+    ProfileError names the path of an element that cannot be read or changed."""
     for tag in list(dataset.keys()):
-        element = dataset[tag]
-        if tag.is_private or _is_group_length(tag):
+        if _always_removed(tag):
             del dataset[tag]
             continue
-        action = action_for(element)
-        if element.VR == "SQ":
-            if action is library.delete:
-                del dataset[tag]
-            elif action in EMPTYING:
-                element.value = Sequence()
-            else:
-                for item in element.value:
-                    apply_profile(item, salt, dummies_only or action in DUMMYING)
-        elif element.VR == "UI":
-            if action is library.delete:
-                del dataset[tag]
-            elif action in EMPTYING:
-                element.value = ""
-            else:
-                _new_uids(element, salt)
-        elif dummies_only:
-            _apply(library.replace, dataset, tag)
-        elif action is not library.keep:
-            _apply(action, dataset, tag)
+        path = prefix + (keyword_for_tag(tag) or str(tag).replace(" ", ""))
+        try:
+            _apply_to_element(dataset, tag, salt, dummies_only, path)
+        except ProfileError:
+            raise
+        except Exception as exc:  # pydicom signals a damaged value with many types, and may quote it
+            raise ProfileError(f"{path} cannot be de-identified ({type(exc).__name__})") from None
+
+
+def _apply_to_element(dataset: Dataset, tag: BaseTag, salt: str, dummies_only: bool, path: str) -> None:
+    element = dataset[tag]
+    action = action_for(element)
+    if element.VR == "SQ":
+        if action in (library.delete, remove):
+            del dataset[tag]
+        elif action in EMPTYING:
+            element.value = Sequence()
+        else:
+            for index, item in enumerate(element.value):
+                apply_profile(item, salt, dummies_only or action in DUMMYING, f"{path}[{index}].")
+    elif element.VR == "UI":
+        if action in (library.delete, remove):
+            del dataset[tag]
+        elif action in EMPTYING:
+            element.value = ""
+        else:
+            _new_uids(element, salt)
+    elif dummies_only:
+        _apply(library.replace, dataset, tag)
+    elif action is not library.keep:
+        _apply(action, dataset, tag)
+    elif _not_a_number(element):
+        del dataset[tag]
 
 
 # ---------------------------------------------------------------------------- the check
@@ -284,6 +383,34 @@ class OriginalValues:
         """Any original UID in a text, not as part of a longer UID."""
         return _whole(self.uids, "0-9.")
 
+    @functools.cached_property
+    def _name_patterns(self) -> list[tuple[re.Pattern, dict[str, str]]]:
+        """Original words and UIDs as they appear in a path: words between any non-alphanumeric
+        characters (``SMITH_JOHN``), UIDs between anything but digits (``1.2.3.dcm``)."""
+        uids = [u for u in self.uids if NAMED_UID.fullmatch(u)]
+        patterns = []
+        if self.words:
+            patterns.append((_whole(self.words, "A-Z0-9"), self.words))
+        if uids:
+            alternatives = "|".join(re.escape(u) for u in sorted(uids, key=len, reverse=True))
+            patterns.append((re.compile(rf"(?<![0-9.])(?:{alternatives})(?!\.?[0-9])"), self.uids))
+        return patterns
+
+    def in_name(self, name: str) -> str | None:
+        """``name`` (a file's path, folders separated by /) with each folder or file name that holds
+        an original identifying value of the file replaced by ``<the values' keywords>``, or None
+        when none does. PACS exports name folders after the patient, the accession number or the
+        date, and files after their SOPInstanceUID."""
+        parts, found_any = [], False
+        for part in name.split("/"):
+            keywords = sorted(
+                {where[m.group(0)].rsplit(".", 1)[-1] for pattern, where in self._name_patterns
+                 for m in pattern.finditer(part.upper())}
+            )  # fmt: skip
+            parts.append(f"<{','.join(keywords)}>" if keywords else part)
+            found_any = found_any or bool(keywords)
+        return "/".join(parts) if found_any else None
+
     def survivor(self, path: str, element: DataElement) -> str | None:
         """Why ``element`` (at ``path`` of the written file) still identifies, or None."""
         if element.VR == "UI":
@@ -309,14 +436,16 @@ class OriginalValues:
 
 def find_survivor(original: Dataset, written: Dataset, kept_as_is: Callable[[str], bool]) -> str | None:
     """The first element of ``written``, at any depth, that still holds an identifying value of
-    ``original`` (from any depth), or a private element; None when there is none."""
+    ``original`` (from any depth), or a private or unknown element; None when there is none."""
     values = OriginalValues.of(original, kept_as_is)
-    private = []
+    unread = []
     for path, element in walk_file(written):
-        if element.tag.is_private:
-            private.append(path)
+        if element.tag.is_private or is_unknown(element.tag):
+            unread.append(path)
+            continue
+        if path.partition("[")[0] in RECORD_KEYWORDS:
             continue
         reason = values.survivor(path, element)
         if reason is not None:
             return reason
-    return f"private tags remain: {', '.join(private[:5])}" if private else None
+    return f"private or unknown tags remain: {', '.join(unread[:5])}" if unread else None

@@ -24,6 +24,7 @@ from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.uid import CTImageStorage
 
 from pipeline.sources.deidentify import RECORD_FILE, deidentify_dataset
 
@@ -58,6 +59,11 @@ STUDY_UID = "1.2.826.0.1.3680043.8.498.27000001"
 DIMENSION_ROOT = "1.2.826.0.1.3680043.8.498.27000002."
 IRRADIATION_ROOT = "1.2.826.0.1.3680043.8.498.27000003."
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+#: SOP classes the door leaves out for their pixels, other than secondary captures (pipeline's
+#: PIXEL_RISK_CLASSES: ultrasound, ultrasound multi-frame, visible light).
+RELABELLED_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3", "1.2.840.10008.5.1.4.1.1.77.1",
+)  # fmt: skip
 BARE_NAME = "IM000001"  # how PACS exports name files: no suffix, and here no preamble either
 GZIP_NAME = "IM000002.gz"
 #: At least this many of pydicom's files must make it through the door for the test to count.
@@ -93,6 +99,17 @@ def _item(ds: Dataset, path: tuple[str, ...]) -> Dataset:
 def _reference(item: Dataset, target: Dataset) -> None:
     item.ReferencedSOPClassUID = target.SOPClassUID
     item.ReferencedSOPInstanceUID = target.SOPInstanceUID
+
+
+def _relabel_photographs(ds: Dataset) -> None:
+    """The door leaves ultrasound and visible-light photographs out (names are burned into their
+    pixels as a rule); pydicom's are most of its RLE, big-endian, palette and JPEG lossless files,
+    so they are relabelled as CT images to keep those encodings under test."""
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if any(sop_class == c or sop_class.startswith(c + ".") for c in RELABELLED_CLASSES):
+        ds.SOPClassUID = CTImageStorage
+        if "MediaStorageSOPClassUID" in getattr(ds, "file_meta", Dataset()):
+            ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
 
 
 def _mark(ds: Dataset, index: int, target: Dataset) -> None:
@@ -197,6 +214,8 @@ def stage_marked_files(stage: Path) -> dict:
                 unreadable.append(path.name)
             else:
                 read[f"{path.parent.name}/{path.name}"] = ds
+        for ds in read.values():
+            _relabel_photographs(ds)
         names = list(read)
         for index, name in enumerate(names):
             ds = read[name]

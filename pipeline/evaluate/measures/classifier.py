@@ -65,18 +65,23 @@ def to_tensor(images: np.ndarray, image_size: int | None):
 
 
 def predict_logits(network, tensor, batch_size: int):
-    """Logits of an (N, 1, S, S) tensor in eval mode, ``batch_size`` images at a time, without gradients."""
+    """Logits of an (N, 1, S, S) tensor in eval mode, ``batch_size`` images at a time, without
+    gradients, on the network's device (the batches are sent there)."""
     import torch
 
+    from pipeline.devices import module_device
+
+    device = module_device(network)
     network.eval()
     with torch.inference_mode():
-        return torch.cat([network(tensor[i : i + batch_size]) for i in range(0, len(tensor), batch_size)])
+        return torch.cat([network(tensor[i : i + batch_size].to(device)) for i in range(0, len(tensor), batch_size)])
 
 
 def _scores(logits, labels) -> tuple[float, float, list[float]]:
     """Accuracy, balanced accuracy (mean of per-class recall) and per-class accuracy."""
-    predicted = logits.argmax(dim=1)
-    per_class = [float((predicted[labels == c] == c).float().mean()) for c in (0, 1)]
+    predicted, labels = logits.argmax(dim=1), labels.to(logits.device)
+    # recall of class c as counts (no boolean indexing: no data-dependent shapes on the device)
+    per_class = [float(((predicted == c) & (labels == c)).sum().float() / (labels == c).sum().float()) for c in (0, 1)]
     return float((predicted == labels).float().mean()), float(np.mean(per_class)), per_class
 
 
@@ -87,7 +92,7 @@ DEFAULT_SETTINGS = {
 """The CLI's defaults; the experiments set their own in params.yaml (``classifier:``)."""
 
 
-def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0):
+def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0, device: str = "cpu"):
     """Train a fresh network on (x_train, y_train) and keep the epoch with the best validation score.
 
     x_*: (N, 1, S, S) tensors in [0, 1]; y_*: (N,) long labels 0 / 1. ``settings`` holds the keys
@@ -96,15 +101,18 @@ def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0
     healthy vs haemorrhage) cannot be won by always answering the larger class. Shared by the
     real-data classifier and the train-on-synthetic ones, so that they differ only in their data.
     Returns (network with the best weights, {balanced_accuracy, loss, epoch, state}, history).
+    The network and the data live on ``device``; the shuffles and flips are drawn on the CPU
+    (the same draws on any device) and copied over.
     """
     import torch
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     counts = [int((y_train == c).sum()) for c in (0, 1)]
-    network = build_network(settings["width"], settings["n_blocks"])
+    network = build_network(settings["width"], settings["n_blocks"]).to(device)
+    x_train, y_train, x_val, y_val = (t.to(device) for t in (x_train, y_train, x_val, y_val))
     optimiser = torch.optim.Adam(network.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
-    class_weights = torch.tensor([len(y_train) / (2.0 * n) for n in counts], dtype=torch.float32)
+    class_weights = torch.tensor([len(y_train) / (2.0 * n) for n in counts], dtype=torch.float32, device=device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights)
     batch_size = settings["batch_size"]
     best = {"balanced_accuracy": -1.0, "loss": float("inf"), "epoch": 0, "state": None}
@@ -113,9 +121,9 @@ def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0
         network.train()
         order = torch.randperm(len(x_train), generator=generator)
         for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+            batch = order[start : start + batch_size].to(device)
             images = x_train[batch]
-            flip = torch.rand(len(batch), generator=generator) < settings["flip_probability"]
+            flip = (torch.rand(len(batch), generator=generator) < settings["flip_probability"]).to(device)
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
             optimiser.zero_grad()
             loss = loss_fn(network(images), y_train[batch])
@@ -153,7 +161,7 @@ def _finish(network, best, history, x_test, y_test, class_names, labels_text, co
         predict_logits(network, x_test, settings["batch_size"]), y_test
     )
     checkpoint = {
-        "state_dict": best["state"],
+        "state_dict": {k: v.cpu() for k, v in best["state"].items()},
         "width": settings["width"],
         "n_blocks": settings["n_blocks"],
         "image_size": settings["image_size"],
@@ -184,13 +192,15 @@ def _finish(network, best, history, x_test, y_test, class_names, labels_text, co
     return summary
 
 
-def _prepare(threads: int) -> float:
+def _prepare(threads: int, device: str) -> float:
     import torch
+
+    from pipeline.devices import deterministic
 
     started = time.monotonic()
     if threads > 0:
         torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    deterministic(device)
     return started
 
 
@@ -212,6 +222,7 @@ def train_classifier(
     patience: int = 5,
     threads: int = 0,
     seed: int = 0,
+    device: str = "cpu",
 ) -> dict:
     """Train on real train slices (label 0 = domain a, 1 = b), keep the epoch best on val, score on test.
 
@@ -225,7 +236,7 @@ def train_classifier(
     """
     import torch
 
-    started = _prepare(threads)
+    started = _prepare(threads, device)
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "width": width,
                 "n_blocks": n_blocks, "image_size": image_size, "flip_probability": flip_probability,
                 "patience": patience}
@@ -239,7 +250,7 @@ def train_classifier(
     (x_train, y_train, n_train), (x_val, y_val, n_val), (x_test, y_test, n_test) = map(load, (train, val, test))
     if min(n_train) == 0 or min(n_val) == 0:
         raise PipelineError("the classifier needs train and val slices of both domains")
-    network, best, history = fit_classifier(x_train, y_train, x_val, y_val, settings, seed)
+    network, best, history = fit_classifier(x_train, y_train, x_val, y_val, settings, seed, device)
     labels_text = {"0": f"domain a ({domain_names[0]})", "1": f"domain b ({domain_names[1]})"}
     return _finish(network, best, history, x_test, y_test, domain_names, labels_text,
                    {"train": n_train, "val": n_val, "test": n_test}, settings, seed, out_model, out_json, started,
@@ -256,6 +267,7 @@ def train_label_classifier(
     label_key: str = "labels",
     threads: int = 0,
     seed: int = 0,
+    device: str = "cpu",
     **knobs,
 ) -> dict:
     """The same classifier on one labelled dataset: label 0 vs 1 of each slice (e.g. healthy vs any haemorrhage).
@@ -266,7 +278,7 @@ def train_label_classifier(
     """
     import torch
 
-    started = _prepare(threads)
+    started = _prepare(threads, device)
     unknown = set(knobs) - set(DEFAULT_SETTINGS)
     if unknown:
         raise ValueError(f"unknown classifier settings {sorted(unknown)}")
@@ -279,21 +291,21 @@ def train_label_classifier(
         counts[split] = [int((labels == c).sum()) for c in (0, 1)]
         if split != "test" and min(counts[split]) == 0:
             raise InputDataError(path, f"the classifier needs {split} slices of both classes, got {counts[split]}")
-    network, best, history = fit_classifier(*tensors["train"], *tensors["val"], settings, seed)
+    network, best, history = fit_classifier(*tensors["train"], *tensors["val"], settings, seed, device)
     labels_text = {"0": class_names[0], "1": class_names[1]}
     return _finish(network, best, history, *tensors["test"], class_names, labels_text, counts, settings, seed,
                    out_model, out_json, started, {"label_key": label_key})
 
 
-def load_classifier(path: Path) -> tuple[object, dict]:
-    """The trained network (eval mode, CPU) and its checkpoint metadata."""
+def load_classifier(path: Path, device: str = "cpu") -> tuple[object, dict]:
+    """The trained network (eval mode, on ``device``) and its checkpoint metadata."""
     import torch
 
     path = Path(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     network = build_network(checkpoint["width"], checkpoint["n_blocks"])
     network.load_state_dict(checkpoint["state_dict"])
-    network.eval()
+    network.to(device).eval()
     return network, checkpoint
 
 
@@ -302,10 +314,12 @@ def probability_of_b(network, checkpoint: dict, images: np.ndarray, batch_size: 
     import torch
 
     logits = predict_logits(network, to_tensor(images, checkpoint["image_size"]), batch_size)
-    return torch.softmax(logits, dim=1)[:, 1].double().numpy()
+    return torch.softmax(logits, dim=1)[:, 1].double().cpu().numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.devices import resolve_device
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate.measures.classifier", description=__doc__.splitlines()[0])
     for split in ("train", "val", "test"):
@@ -328,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=DEFAULT_SETTINGS["patience"])
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
     splits = ("train", "val", "test")
     labelled = [getattr(args, s) for s in splits]
     domains = [getattr(args, f"{s}_{d}") for s in splits for d in ("a", "b")]
@@ -344,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = train_label_classifier(
                 args.train, args.val, args.test, args.out_model, args.out_json,
                 class_names=tuple(args.names or ("healthy", "haemorrhage")), label_key=args.label_key,
-                threads=args.threads, seed=args.seed, **knobs,
+                threads=args.threads, seed=args.seed, device=device, **knobs,
             )
         else:
             summary = train_classifier(
@@ -356,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 domain_names=tuple(args.names or ("a", "b")),
                 threads=args.threads,
                 seed=args.seed,
+                device=device,
                 **knobs,
             )
     except PipelineError as err:

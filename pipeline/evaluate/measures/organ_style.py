@@ -41,15 +41,18 @@ def organ_features(images: np.ndarray, network=None) -> list[np.ndarray]:
 
     from pipeline.evaluate.measures.embedding import build_random_vgg
 
+    from pipeline.devices import module_device
+
     network = network if network is not None else build_random_vgg()
     out = []
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(images, np.float32))[:, None].repeat(1, 3, 1, 1) * 2.0 - 1.0
+        x = x.to(module_device(network))  # the VGG may have been moved to the GPU (embedding.embed does)
         done = 0
         for end in GRAM_LAYERS.values():
             x = network[done:end](x)
             done = end
-            out.append(x.double().numpy())
+            out.append(x.double().cpu().numpy())
     return out
 
 

@@ -138,25 +138,31 @@ def soft_dice_loss(logits, maps):
 
 
 def predict_maps(network, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """(N, H, W) uint8 predicted classes of (N, H, W) slices in [0, 1]."""
+    """(N, H, W) uint8 predicted classes of (N, H, W) slices in [0, 1] (run on the network's device)."""
     import torch
 
+    from pipeline.devices import module_device
+
+    device = module_device(network)
     network.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], np.float32))[:, None]
-            out.append(network(batch * 2.0 - 1.0).argmax(dim=1).to(torch.uint8).numpy())
+            out.append(network(batch.to(device) * 2.0 - 1.0).argmax(dim=1).to(torch.uint8).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.uint8)
 
 
 def fit_segmenter(train: dict[str, np.ndarray], val: dict[str, np.ndarray], n_classes: int, settings: dict,
-                  seed: int = 0):
-    """Train a fresh U-Net; keep the epoch with the best mean organ Dice on ``val``.
+                  seed: int = 0, device: str = "cpu"):
+    """Train a fresh U-Net on ``device``; keep the epoch with the best mean organ Dice on ``val``.
+    Batches are drawn and augmented on the CPU (the same draws on any device) and copied over.
 
     Returns (network with the best weights, {"epoch", "val_mean_organ_dice"}, history rows).
     """
     import torch
+
+    from pipeline.devices import deterministic
 
     side = 2 ** (settings["depth"] - 1)
     if any(s % side for s in train["images"].shape[1:]):
@@ -164,10 +170,10 @@ def fit_segmenter(train: dict[str, np.ndarray], val: dict[str, np.ndarray], n_cl
                             f"(segmenter depth {settings['depth']})")
     if settings["threads"]:
         torch.set_num_threads(settings["threads"])
-    torch.use_deterministic_algorithms(True)
+    deterministic(device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    network = build_unet(n_classes, settings["width"], settings["depth"])
+    network = build_unet(n_classes, settings["width"], settings["depth"]).to(device)
     optimiser = torch.optim.Adam(network.parameters(), lr=settings["lr"])
     x = torch.from_numpy(train["images"])[:, None]
     y = torch.from_numpy(train["label_maps"])
@@ -182,16 +188,16 @@ def fit_segmenter(train: dict[str, np.ndarray], val: dict[str, np.ndarray], n_cl
             rows = order[start : start + settings["batch_size"]]
             if len(rows) < 2:  # BatchNorm needs two images; the leftover one comes again next epoch
                 continue
-            images, maps = _augment(x[rows], y[rows], settings, generator)
+            images, maps = (t.to(device) for t in _augment(x[rows], y[rows], settings, generator))
             optimiser.zero_grad()
             logits = network(images * 2.0 - 1.0)
             loss = loss_fn(logits, maps) + settings["dice_weight"] * soft_dice_loss(logits, maps)
             loss.backward()
             optimiser.step()
-            losses.append(loss.item())
+            losses.append(loss.detach())
         val_dice = dice_per_class(predict_maps(network, val["images"]), val["label_maps"], n_classes)
         score = float(np.nanmean(val_dice[:, 1:])) if np.isfinite(val_dice[:, 1:]).any() else 0.0
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
+        history.append({"epoch": epoch, "train_loss": float(torch.stack(losses).mean()) if losses else None,
                         "val_mean_organ_dice": score})
         if score > best["val_mean_organ_dice"]:
             best = {"epoch": epoch, "val_mean_organ_dice": score,
@@ -201,8 +207,8 @@ def fit_segmenter(train: dict[str, np.ndarray], val: dict[str, np.ndarray], n_cl
     return network, {k: v for k, v in best.items() if k != "state"}, history
 
 
-def load_segmenter(path: Path):
-    """(network in eval mode, checkpoint dict) from segmenter.pt."""
+def load_segmenter(path: Path, device: str = "cpu"):
+    """(network in eval mode on ``device``, checkpoint dict) from segmenter.pt."""
     import torch
 
     path = Path(path)
@@ -212,11 +218,12 @@ def load_segmenter(path: Path):
     settings = checkpoint["settings"]
     network = build_unet(len(checkpoint["organ_names"]), settings["width"], settings["depth"])
     network.load_state_dict(checkpoint["state"])
-    return network.eval(), checkpoint
+    return network.to(device).eval(), checkpoint
 
 
 def train_segmenter(train: Path, val: Path, test: Path, organ_names: list[str], settings: dict, seed: int,
-                    out_model: Path, out_json: Path, min_subjects: int = 8, n_boot: int = 1000) -> dict:
+                    out_model: Path, out_json: Path, min_subjects: int = 8, n_boot: int = 1000,
+                    device: str = "cpu") -> dict:
     """Train, select on val, score val and test, write segmenter.pt and segmenter.json atomically."""
     import torch
 
@@ -227,7 +234,7 @@ def train_segmenter(train: Path, val: Path, test: Path, organ_names: list[str], 
     data = {name: load_map_slices(Path(p), n_classes) for name, p in (("train", train), ("val", val), ("test", test))}
     if data["train"]["images"].shape[1:] != data["test"]["images"].shape[1:]:
         raise InputDataError(test, f"slice size {data['test']['images'].shape[1:]} differs from the training slices'")
-    network, best, history = fit_segmenter(data["train"], data["val"], n_classes, settings, seed)
+    network, best, history = fit_segmenter(data["train"], data["val"], n_classes, settings, seed, device)
     policy = IntervalPolicy(min_subjects=min_subjects, n_boot=n_boot, seed=seed)
     summary = {
         "what": "U-Net segmenter (image -> organ classes) trained on real slices; its Dice on real held-out "
@@ -246,7 +253,7 @@ def train_segmenter(train: Path, val: Path, test: Path, organ_names: list[str], 
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     with atomic_path(out_model) as tmp:
-        torch.save({"state": network.state_dict(), "settings": settings, "organ_names": organ_names,
+        torch.save({"state": {k: v.cpu() for k, v in network.state_dict().items()}, "settings": settings, "organ_names": organ_names,
                     "seed": seed, "selected_epoch": best["epoch"]}, tmp)
     write_json(out_json, summary)
     return summary
@@ -263,18 +270,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-subjects", type=int, default=8)
     parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--out-model", type=Path, required=True)
     parser.add_argument("--out-json", type=Path, required=True)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.devices import resolve_device
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     settings = {key: getattr(args, key) for key in DEFAULT_SETTINGS}
     try:
         summary = train_segmenter(args.train, args.val, args.test, list(args.organ_names), settings, args.seed,
-                                  args.out_model, args.out_json, args.min_subjects, args.n_boot)
+                                  args.out_model, args.out_json, args.min_subjects, args.n_boot,
+                                  resolve_device(args.device))
     except PipelineError as err:
         log.error("%s", err)
         return 1

@@ -32,8 +32,8 @@ log = logging.getLogger("pipeline.evaluate.tasks.editing")
 
 TASK = "stylegan_editing"
 #: run.json keys of G's training copied into metrics.json when present (speed and budget).
-TRAINING_KEYS = ("seconds", "epochs", "steps", "kimg", "images_per_s", "seconds_per_kimg", "image_pairs_per_s",
-                 "device", "device_name", "peak_memory_mb", "peak_cuda_memory_mb", "params_hash", "run_id")
+TRAINING_KEYS = ("seconds", "epochs", "steps", "kimg", "images_per_s", "seconds_per_kimg",
+                 "device", "device_name", "peak_rss_mb", "peak_gpu_allocated_mb", "params_hash", "run_id")
 
 
 def _read_json(path: Path) -> dict:

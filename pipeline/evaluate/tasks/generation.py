@@ -129,11 +129,12 @@ def classifier_blocks(
     class_names: tuple[str, str],
     batch_size: int,
     policy: IntervalPolicy,
+    device: str = "cpu",
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """The real-data classifier on the real test slices and on the generated ones."""
+    """The real-data classifier (on ``device``) on the real test slices and on the generated ones."""
     from pipeline.evaluate.measures.classifier import load_classifier, probability_of_b
 
-    network, checkpoint = load_classifier(classifier)
+    network, checkpoint = load_classifier(classifier, device)
     p_real = probability_of_b(network, checkpoint, test["images"], batch_size)
     p_generated = probability_of_b(network, checkpoint, generated, batch_size)
     labels = test["labels"]
@@ -182,8 +183,9 @@ def tstr_block(
     class_names: tuple[str, str],
     seed: int,
     policy: IntervalPolicy,
+    device: str = "cpu",
 ) -> dict:
-    """Train-on-synthetic / test-on-real with the real classifier's own network and settings.
+    """Train-on-synthetic / test-on-real with the real classifier's own network and settings (on ``device``).
 
     The synthetic training set has as many images of each class as the real training set (one
     for one, so the comparison is of the data, not of its amount); real + synthetic is both.
@@ -192,6 +194,7 @@ def tstr_block(
     """
     import torch
 
+    from pipeline.devices import deterministic
     from pipeline.evaluate.measures.classifier import DEFAULT_SETTINGS, predict_logits, fit_classifier, load_classifier, to_tensor
 
     _, checkpoint = load_classifier(classifier)
@@ -208,7 +211,7 @@ def tstr_block(
         "trained_on_real_and_synthetic": (np.concatenate([train["images"], synthetic]),
                                           np.concatenate([train["labels"], labels])),
     }
-    torch.use_deterministic_algorithms(True)
+    deterministic(device)
     block = {
         "compares": "the real classifier's network and settings trained on generated slices (asked classes as "
         "labels) or on real + generated, selected on the real validation slices, accuracy on the real test slices",
@@ -217,8 +220,9 @@ def tstr_block(
         "sampling_seed": seed + TSTR_SEED_OFFSET,
     }
     for name, (images, y) in variants.items():
-        network, best, _ = fit_classifier(to_tensor(images, size), torch.from_numpy(y), x_val, y_val, settings, seed)
-        predicted = predict_logits(network, x_test, settings["batch_size"]).argmax(dim=1).numpy()
+        network, best, _ = fit_classifier(to_tensor(images, size), torch.from_numpy(y), x_val, y_val, settings, seed,
+                                          device)
+        predicted = predict_logits(network, x_test, settings["batch_size"]).argmax(dim=1).cpu().numpy()
         correct = (predicted == test["labels"]).astype(np.float64)
         recalls = [float(correct[test["labels"] == c].mean()) for c in (0, 1) if (test["labels"] == c).any()]
         block[name] = {
@@ -344,8 +348,8 @@ def evaluate_generation(
     per_image |= {f"memorisation_{key}": value for key, value in memo_values.items()}
     if classifier is not None:
         classifier_info, classifier_values = classifier_blocks(
-            Path(classifier), test_data, generated, generated_labels, generated_ids, class_names, batch_size, policy
-        )
+            Path(classifier), test_data, generated, generated_labels, generated_ids, class_names, batch_size, policy,
+            device)
         per_image |= classifier_values
     else:
         classifier_info = {"reason": "no classifier given"}
@@ -356,7 +360,8 @@ def evaluate_generation(
     elif classifier is None or val_data is None:
         tstr_info = {"reason": "needs the real classifier and the validation slices"}
     else:
-        tstr_info = tstr_block(model, Path(classifier), train_data, val_data, test_data, class_names, seed, policy)
+        tstr_info = tstr_block(model, Path(classifier), train_data, val_data, test_data, class_names, seed, policy,
+                               device)
         tstr_info["trained_on_real"] = {"test_accuracy": classifier_info["test_accuracy"],
                                         "test_balanced_accuracy": classifier_info["test_balanced_accuracy"],
                                         "note": "the classifier.pt itself (same network, settings and seed)"}

@@ -295,7 +295,7 @@ def evaluate_map_to_image(
             organ_names, frd_max_images, policy)
 
     # anatomy: the segmenter on real test slices and on generated images
-    seg_network, seg_checkpoint = load_segmenter(segmenter)
+    seg_network, seg_checkpoint = load_segmenter(segmenter, device)
     if list(seg_checkpoint["organ_names"]) != organ_names:
         raise InputDataError(segmenter, f"segments {seg_checkpoint['organ_names']}, the evaluation needs {organ_names}")
     anatomy = {"definition": DICE_DEFINITION, "segmenter": {"path": str(segmenter), "sha256": file_sha256(segmenter)}}

@@ -373,7 +373,7 @@ def evaluate_translation(
     if classifier is not None:
         from pipeline.evaluate.measures.classifier import load_classifier, probability_of_b
 
-        network, checkpoint = load_classifier(classifier)
+        network, checkpoint = load_classifier(classifier, device)
         classifier_problem = None
         p_b_real = {d: probability_of_b(network, checkpoint, data[d]["images"], batch_size) for d in ("a", "b")}
         correct = np.concatenate([p_b_real["a"] <= 0.5, p_b_real["b"] > 0.5]).astype(np.float64)
