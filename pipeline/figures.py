@@ -327,7 +327,10 @@ def training_curves_figure(history: "pd.DataFrame", source: Path, panels: dict[s
                     ls=LINE_STYLES[index % len(LINE_STYLES)], marker="o" if len(per_tick) < 20 else None, ms=3,
                     label=column)
         values = per_tick[columns].to_numpy(dtype=float)
-        if wants_log_scale(values, log_ratio):
+        if not np.isfinite(values).any():  # e.g. lr_* of a run resumed from before the engine wrote them
+            ax.text(0.5, 0.5, "not recorded in this history", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=8, color="0.4")
+        elif wants_log_scale(values, log_ratio):
             ax.set_yscale("log")
         elif np.nanmin(values) >= 0 and 0 < np.nanmax(values) < 1e-2:  # a learning rate: from 0, 2.0e-04 a tick
             ax.set_ylim(0, 1.1 * np.nanmax(values))

@@ -105,6 +105,19 @@ def test_training_curves_are_panels_by_kind_with_distinct_colours_and_legends_ou
         figures.history_figure(csv, "cyclegan", out)
 
 
+def test_a_panel_with_nothing_recorded_says_so(tmp_path):
+    from pipeline.models import history_panels
+
+    history = cyclegan_history().assign(lr_G=np.nan, lr_D=np.nan)  # a run resumed from before the lr columns
+    panels = history_panels("cyclegan", list(history.columns))
+    fig = figures.training_curves_figure(history, tmp_path / "history.csv", panels)
+    learning_rate = [ax for ax in fig.axes if ax.get_title() == "learning rate"][0]
+    generator = [ax for ax in fig.axes if ax.get_title() == "generator losses"][0]
+    assert [t.get_text() for t in learning_rate.texts] == ["not recorded in this history"]
+    assert len(generator.texts) == 0
+    plt.close(fig)
+
+
 def test_training_curves_run_on_kimg_when_the_history_has_it(tmp_path):
     ticks = np.arange(1, 6)
     history = pd.DataFrame({"epoch": ticks, "step": 25 * ticks, "kimg": 0.1 * ticks, "G": 1.0 / ticks,
