@@ -42,6 +42,7 @@ rule evaluate_map_to_image:
     input:
         model="models/{experiment}/model.pt",
         run="models/{experiment}/run.json",
+        history="models/{experiment}/history.csv",
         segmenter="models/{experiment}/segmenter.pt",
         train=map_to_image_slices("train"),
         test=map_to_image_slices("test"),
@@ -59,6 +60,7 @@ rule evaluate_map_to_image:
         perturbed="results/{experiment}/figures/perturbed.png",
         z_draws="results/{experiment}/figures/z_draws.png",
         histograms="results/{experiment}/figures/organ_histograms.png",
+        curves="results/{experiment}/figures/training_curves.png",
     wildcard_constraints:
         experiment=name_pattern(MAP_TO_IMAGE_EXPERIMENTS),
     params:
@@ -79,4 +81,5 @@ rule evaluate_map_to_image:
         "python -m pipeline.evaluate --model {input.model} --test {input.test} --train {input.train} "
         "--segmenter {input.segmenter} --inception-weights {params.inception} --run-json {input.run} "
         "{params.flags} --samples-out {output.samples} --generated-out {output.generated} "
-        "--figures-dir {params.figures_dir} --out {output.metrics} > {log} 2>&1"
+        "--figures-dir {params.figures_dir} --history {input.history} --training-curves {output.curves} "
+        "--out {output.metrics} > {log} 2>&1"
