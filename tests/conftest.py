@@ -103,3 +103,9 @@ def built_tiny_repo(tmp_path_factory, repo_root) -> Path:
         _TINY_BUILD_FAILURE.append(str(err))
         raise
     return work
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """A test module's own MLflow store: a fresh SQLite file (a module may define its own ``store``)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"

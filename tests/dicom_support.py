@@ -22,18 +22,25 @@ IDENTITY = {
 }
 
 
-def ct_slice(
-    stored: np.ndarray, z_mm: float, series_uid: str, modality: str = "CT", rescale: bool = True
-) -> Dataset:
-    """One axial CT image at height ``z_mm`` (0.5 mm pixels, 5 mm thick) carrying IDENTITY."""
+def ct_dataset(instance_uid: str) -> Dataset:
+    """An empty CT image object with its file meta (explicit VR little endian): what every CT file
+    built for a test starts from."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(z_mm)])
+    meta.MediaStorageSOPInstanceUID = instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SOPInstanceUID = instance_uid
+    return ds
+
+
+def ct_slice(
+    stored: np.ndarray, z_mm: float, series_uid: str, modality: str = "CT", rescale: bool = True
+) -> Dataset:
+    """One axial CT image at height ``z_mm`` (0.5 mm pixels, 5 mm thick) carrying IDENTITY."""
+    ds = ct_dataset(generate_uid(entropy_srcs=[series_uid, str(z_mm)]))
     ds.StudyInstanceUID = "1.2.3.4"
     ds.SeriesInstanceUID = series_uid
     for keyword, value in IDENTITY.items():

@@ -57,13 +57,17 @@ IMAGE_MARKERS = {
     "jpeg_exif": "QXEXIFQX", "jpeg_comment": "QXJPEGCOMQX", "png_text": "QXPNGTEXTQX",
     "png_ztxt": "QXPNGZTXTQX", "png_itxt": "QXPNGITXTQX",
 }  # fmt: skip
-#: What the scan looks for (the searchable part of each marker).
-MARKERS = sorted(
-    {value.split("^")[0].split(" ")[0] for value in DICOM_MARKERS.values()}
-    | set(NIFTI_MARKERS.values())
-    | set(IMAGE_MARKERS.values())
-    | {FOLDER_MARKER, FILE_MARKER, PRIVATE_TAG_MARKER, NIFTI_EXTENSION_MARKER}
-)
+
+
+def searchable(markers) -> list[str]:
+    """What a scan looks for: each marker's part before a name separator (``^``) or a space."""
+    return sorted({value.split("^")[0].split(" ")[0] for value in markers})
+
+
+MARKERS = searchable(
+    [*DICOM_MARKERS.values(), *NIFTI_MARKERS.values(), *IMAGE_MARKERS.values(),
+     FOLDER_MARKER, FILE_MARKER, PRIVATE_TAG_MARKER, NIFTI_EXTENSION_MARKER]
+)  # fmt: skip
 #: Everything the workflow writes, minus the raw inputs.
 SCANNED = ("data", "models", "results", "logs", "benchmarks", "mlflow.db", "mlartifacts")
 SALT = "phi-test-salt-0123456789abcdef"

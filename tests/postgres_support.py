@@ -14,29 +14,21 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from typing import Self
 
 import pytest
+
+from server_support import ManagedServer, free_port, stop, wait_for_health
 
 PACKAGES = ("postgresql",)
 DB_USER = "mlflow"
 DB_NAME = "mlflow"
 START_TIMEOUT_S = 60
 SERVER_START_TIMEOUT_S = 120
-STOP_TIMEOUT_S = 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def postgres_bin() -> Path | None:
@@ -56,21 +48,7 @@ def require_postgres() -> Path:
     pytest.skip(reason)
 
 
-def _stop(proc: subprocess.Popen, group: bool = False, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is not None:
-        return
-    if group:
-        os.killpg(proc.pid, sig)
-    else:
-        proc.send_signal(sig)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
-        proc.wait()
-
-
-class PostgresServer:
+class PostgresServer(ManagedServer):
     """initdb + postgres on a free port of 127.0.0.1 with one database; ``uri`` reaches it."""
 
     def __init__(self):
@@ -88,7 +66,7 @@ class PostgresServer:
         return subprocess.run(argv, user=self.user, capture_output=True, text=True, timeout=START_TIMEOUT_S, check=False,
                               env={**os.environ, "PGPASSWORD": self.password}, **kwargs)
 
-    def __enter__(self) -> Self:
+    def _bring_up(self) -> None:
         if self.user:
             owner = pwd.getpwnam(self.user)
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
@@ -107,28 +85,23 @@ class PostgresServer:
             self.proc = subprocess.Popen(
                 [str(self.bin / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(self.port), "-k", ""],
                 user=self.user, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while self._as_owner([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)]).returncode:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"postgres did not start:\n{self.log.read_text()[-3000:]}")
-                time.sleep(0.2)
-            done = self._as_owner([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", DB_USER,
-                                   DB_NAME])
-            if done.returncode != 0:
-                raise RuntimeError(f"createdb failed:\n{done.stderr}")
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self._as_owner([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)]).returncode:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"postgres did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        done = self._as_owner([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", DB_USER,
+                               DB_NAME])
+        if done.returncode != 0:
+            raise RuntimeError(f"createdb failed:\n{done.stderr}")
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None:
-            _stop(self.proc, sig=signal.SIGINT)  # the postmaster's "fast" shutdown: ends sessions, stops its children
+            stop(self.proc, sig=signal.SIGINT)  # the postmaster's "fast" shutdown: ends sessions, stops its children
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class MlflowServer:
+class MlflowServer(ManagedServer):
     """``python -m pipeline.tracking_server`` on a free port; ``uri`` is its http address. The
     database password goes through PGPASSWORD, as docs/scaling-out.md advises."""
 
@@ -140,29 +113,14 @@ class MlflowServer:
         self.log = artifacts.parent / f"mlflow-server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> Self:
+    def _bring_up(self) -> None:
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.tracking_server", "--backend-store-uri", self.backend_store_uri,
                  "--artifacts-destination", str(self.artifacts), "--port", str(self.port), "--workers", "1"],
                 cwd=self.repo_root, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                        if response.read().strip() == b"OK":
-                            break
-                except OSError:
-                    pass
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the MLflow server did not answer on {self.uri}:\n{self.log.read_text()[-3000:]}")
-                time.sleep(0.5)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+        wait_for_health(self.uri, self.proc, SERVER_START_TIMEOUT_S, self.log, "the MLflow server")
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None:
-            _stop(self.proc, group=True)  # the server and its workers, in the group it leads
+            stop(self.proc, group=True)  # the server and its workers, in the group it leads

@@ -28,9 +28,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Self
 
 import pytest
+
+from server_support import ManagedServer, free_port
 
 #: Where Debian's Slurm looks for its configuration without SLURM_CONF.
 DEFAULT_CONF = Path("/etc/slurm/slurm.conf")
@@ -67,18 +68,12 @@ def _binary(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _node_memory_mb() -> int:
     out = subprocess.run([_binary("slurmd"), "-C"], capture_output=True, text=True, check=True, timeout=30).stdout
     return int(int(re.search(r"RealMemory=(\d+)", out).group(1)) * MEMORY_SHARE)
 
 
-class SlurmCluster:
+class SlurmCluster(ManagedServer):
     """munged + slurmctld + slurmd under ``root``; ``env`` points Slurm's clients (and so
     Snakemake's plugin and the jobs' own srun) at this cluster through ``SLURM_CONF``."""
 
@@ -92,18 +87,13 @@ class SlurmCluster:
         self._linked_default = False
 
     # --- start -------------------------------------------------------------------------------
-    def __enter__(self) -> Self:
-        try:
-            self._write_config()
-            self._link_default_config()
-            self._start_munge()
-            self._start("slurmctld", [_binary("slurmctld"), "-D", "-c", "-f", str(self.conf)])
-            self._start("slurmd", [_binary("slurmd"), "-D", "-f", str(self.conf)])
-            self._wait_idle()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    def _bring_up(self) -> None:
+        self._write_config()
+        self._link_default_config()
+        self._start_munge()
+        self._start("slurmctld", [_binary("slurmctld"), "-D", "-c", "-f", str(self.conf)])
+        self._start("slurmd", [_binary("slurmd"), "-D", "-f", str(self.conf)])
+        self._wait_idle()
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -116,8 +106,8 @@ class SlurmCluster:
         self.conf.write_text("\n".join([
             "ClusterName=medgantest",
             f"SlurmctldHost={self.node}(127.0.0.1)",
-            f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={free_port()}",
+            f"SlurmdPort={free_port()}",
             "AuthType=auth/munge",
             "CredType=cred/munge",
             f"AuthInfo=socket={self.socket}",

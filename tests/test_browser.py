@@ -9,18 +9,15 @@ is skipped when they are absent; in CI (``CI`` set) that is a failure, never a s
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from browser_support import artifacts_folder, chromium, chromium_options, start_chromium
 from pipeline.tracking import Tracker
+from server_support import free_port, stop, wait_for_health
 
 pytestmark = pytest.mark.browser
 
@@ -31,26 +28,6 @@ EXPERIMENT = "ui"
 RUNS = [("ui-unet-1111aaaa", 1e-4, 0.61), ("ui-unet-2222bbbb", 5e-4, 0.74)]
 UI_START_TIMEOUT_S = 120
 PAGE_TIMEOUT_S = 60
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                  "--window-size=1600,1200"]
-
-
-def _chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if browser and driver:
-        return browser, driver
-    reason = "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; .ci/run must install them")
-    pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +51,7 @@ def store(tmp_path_factory) -> tuple[str, str, list[str]]:
 def mlflow_ui(store, tmp_path_factory):
     """`mlflow ui` on a free local port, as the README starts it; its base URL."""
     uri = store[0]
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("mlflow_ui") / "ui.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -84,46 +61,24 @@ def mlflow_ui(store, tmp_path_factory):
             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"})
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + UI_START_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.read().strip() == b"OK":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow ui did not answer on {base}:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        try:
+            wait_for_health(base, proc, UI_START_TIMEOUT_S, log_path, "mlflow ui")
+        except RuntimeError as err:
+            pytest.fail(str(err))
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its worker, started in their own group
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc, group=True)  # the server and its worker, started in their own group
 
 
 @pytest.fixture(scope="module")
 def artifacts_dir(tmp_path_factory) -> Path:
-    root = os.environ.get("TEST_ARTIFACTS")
-    folder = Path(root) / "browser" if root else tmp_path_factory.mktemp("artifacts") / "browser"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return artifacts_folder(tmp_path_factory, "browser")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    binary, driver_path = _chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)  # no Selenium Manager download
+    binary, driver_path = chromium()
+    driver = start_chromium(driver_path, chromium_options(binary, "1600,1200"))
     try:
         yield driver
     finally:

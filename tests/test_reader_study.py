@@ -49,11 +49,6 @@ def secret_with(n: int, predicate) -> str:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-@pytest.fixture(scope="module")
 def cyclegan(tmp_path_factory, store):
     return train_cyclegan(tmp_path_factory.mktemp("cyclegan"), store)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -21,17 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from browser_support import artifacts_folder, chromium, chromium_options, start_chromium
 from pipeline.reader_study.__main__ import main
 from pipeline.reader_study.draw import draw_truths
 from pipeline.reader_study.make import StudySettings, make_study
 from reader_study_support import SIZE, train_cgan
-from test_browser import _chromium  # Debian's chromium + chromedriver, or skip / fail in CI
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                  "--window-size=1400,1000"]
 DOWNLOAD_TIMEOUT_S = 30
 DIALOG_TIMEOUT_S = 5
 N = 8
@@ -59,21 +55,15 @@ def downloads(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(downloads):
-    binary, driver_path = _chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
+    binary, driver_path = chromium()
+    options = chromium_options(binary, "1400,1000")
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
     # The performance log records every request and every dialog the page opens; chromedriver
     # accepts a "leave this page?" (beforeunload) dialog itself, the log shows that it was asked.
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     options.add_experimental_option("perfLoggingPrefs", {"enableNetwork": True, "enablePage": True})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)  # no Selenium Manager download
+    driver = start_chromium(driver_path, options)
     driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     try:
         yield driver
@@ -83,10 +73,7 @@ def browser(downloads):
 
 @pytest.fixture(scope="module")
 def artifacts_dir(tmp_path_factory) -> Path:
-    root = os.environ.get("TEST_ARTIFACTS")
-    folder = Path(root) / "reader_study" if root else tmp_path_factory.mktemp("artifacts") / "reader_study"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return artifacts_folder(tmp_path_factory, "reader_study")
 
 
 def text(browser, element_id: str) -> str:

@@ -18,11 +18,6 @@ from pipeline.tracking import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
 def test_flatten_params_nests_with_dots_and_lists_as_json():
     flat = flatten_params({"model": {"lr_g": 1e-4, "layers": ["relu1_2", "relu2_2"], "opt": {"betas": (0.5, 0.9)}},
                            "seed": 3, "size": None})

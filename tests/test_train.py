@@ -37,11 +37,6 @@ def data(tmp_path_factory):
     return write_random_slices(tmp_path_factory.mktemp("slices"), 7, {"train": 16, "val": 16})
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
 def run(data, out, cfg, store, seed=1, experiment="cyclegan_test"):
     return train({"a": data["train_a"], "b": data["train_b"]}, {"a": data["val_a"], "b": data["val_b"]}, out, cfg, experiment, store,
                  None, seed)

@@ -20,7 +20,7 @@ import pipeline.train
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.models.cyclegan import CycleGAN
 from pipeline.train import EXIT_INTERRUPTED, main, train
-from training_support import write_random_slices
+from training_support import BrokenWriteFile, open_breaking_checkpoint_write, write_random_slices
 
 REPO = Path(__file__).resolve().parents[1]
 #: Classic variant: image pool, LR decay and a 2:1 update ratio all cross every interruption.
@@ -31,7 +31,7 @@ CFG = {"model": {"variant": "resnet9_patchgan", "ngf": 4, "ndf": 4, "n_res_block
 
 # Run in a child process: training with a hook that delivers a real signal at a chosen moment.
 CHILD = textwrap.dedent("""
-    import builtins, json, os, signal, sys
+    import json, os, signal, sys
     import pipeline.engine.checkpoint as checkpoint
     import pipeline.train as engine
     from pipeline.models.cyclegan import CycleGAN
@@ -48,28 +48,11 @@ CHILD = textwrap.dedent("""
             return out
         CycleGAN.train_phase = phase
     elif hook["kind"] == "kill9_in_checkpoint_write":
-        writes = []
-        class DyingFile:
-            def __init__(self, fh):
-                self.fh = fh
-            def __enter__(self):
-                return self
-            def __exit__(self, *exc):
-                self.fh.close()
-            def write(self, data):
-                data = memoryview(data)
-                self.fh.write(data[: len(data) // 2])
-                self.fh.flush()
-                os.fsync(self.fh.fileno())
-                os.kill(os.getpid(), signal.SIGKILL)
-        def dying_open(path, mode="r", *args, **kwargs):
-            fh = builtins.open(path, mode, *args, **kwargs)
-            if "w" in mode and ".checkpoint." in str(path):
-                writes.append(path)
-                if len(writes) == hook["at"]:
-                    return DyingFile(fh)
-            return fh
-        checkpoint.open = dying_open
+        from training_support import BrokenWriteFile, open_breaking_checkpoint_write
+        def die():
+            os.kill(os.getpid(), signal.SIGKILL)
+        checkpoint.open = open_breaking_checkpoint_write(
+            hook["at"], lambda fh: BrokenWriteFile(fh, lambda n: n // 2, die))
     sys.exit(engine.main(sys.argv[1:]))
 """)
 
@@ -77,11 +60,6 @@ CHILD = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_random_slices(tmp_path_factory.mktemp("slices"), 3, {"train": 8, "val": 8})
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
 def cli_args(data, out, store, cfg=CFG, experiment="resume_test"):
@@ -93,7 +71,7 @@ def cli_args(data, out, store, cfg=CFG, experiment="resume_test"):
 
 def run_child(args, hook):
     env = {**os.environ, "TEST_HOOK": __import__("json").dumps(hook), "MEDGAN_PROGRESS": "lines",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     return subprocess.run([sys.executable, "-c", CHILD, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -171,36 +149,13 @@ def test_rerun_after_outputs_removed_restores_them_from_the_final_checkpoint(dat
     assert (out / "model.pt").is_file() and (out / "run.json").is_file()
 
 
-class FullDiskFile:
-    """A file on a disk that fills up after some bytes."""
-
-    def __init__(self, fh):
-        self.fh = fh
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.fh.close()
-
-    def write(self, data):
-        self.fh.write(memoryview(data)[:100])
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+def _disk_full():
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def test_full_disk_while_checkpointing_fails_clearly_and_keeps_previous(data, store, tmp_path, monkeypatch, caplog):
-    import builtins
     out = tmp_path / "model"
-    writes = []
-
-    def filling_open(path, mode="r", *args, **kwargs):
-        fh = builtins.open(path, mode, *args, **kwargs)
-        if "w" in mode and ".checkpoint." in str(path):
-            writes.append(path)
-            if len(writes) == 2:
-                return FullDiskFile(fh)
-        return fh
-
+    filling_open = open_breaking_checkpoint_write(2, lambda fh: BrokenWriteFile(fh, lambda n: 100, _disk_full))
     monkeypatch.setattr(pipeline.engine.checkpoint, "open", filling_open, raising=False)
     with caplog.at_level(logging.ERROR):
         assert main(cli_args(data, out, store, experiment="full_disk")) == 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_support import TARGET, changed_param, copy_ignore, planned_jobs, run
+from workflow_support import TARGET, changed_param, copy_ignore, experiment_runs, planned_jobs, run
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +86,10 @@ def test_dvc_repro_runs_a_stage_command_and_both_tools_agree(tiny_repo: Path):
 
 @pytest.mark.slow
 def test_one_mlflow_run_with_params_metrics_artifacts(tiny_repo: Path):
-    db = sqlite3.connect(tiny_repo / "mlflow.db")
-    runs = db.execute(
-        "SELECT r.run_uuid, r.status FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
-        "WHERE e.name = 'cyclegan_ct_mri'"
-    ).fetchall()
+    runs = experiment_runs(tiny_repo, "cyclegan_ct_mri")
     assert len(runs) == 1 and runs[0][1] == "FINISHED"
     run_id = runs[0][0]
+    db = sqlite3.connect(tiny_repo / "mlflow.db")
     params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall())
     assert params["model.g_steps_per_d_step"] == "4" and params["train.epochs"] == "2"
     metric_keys = {k for (k,) in db.execute("SELECT DISTINCT key FROM metrics WHERE run_uuid = ?", (run_id,))}

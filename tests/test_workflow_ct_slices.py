@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from workflow_support import changed_param, planned_jobs, tiny_copy
+from workflow_support import assert_reruns, patients_apart, planned_jobs, split_arrays, tiny_copy
 
 TARGET = "data/slices/ct_haemorrhage/train.npz"
 
@@ -25,17 +24,13 @@ def test_ct_slices_from_empty_data_and_reruns(repo_root: Path, tmp_path: Path, b
 
     slices = work / "data" / "slices" / "ct_haemorrhage"
     size = 32  # configs/tiny.yaml
-    patients = []
-    for split in ("train", "val", "test"):
-        data = np.load(slices / f"{split}.npz")
-        assert data["images"].shape[1:] == (size, size)
-        patients.append(set(map(str, data["subject_ids"])))
-    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+    splits = split_arrays(slices)
+    assert all(data["images"].shape[1:] == (size, size) for data in splits)
+    patients_apart(splits)
     assert (slices / "manifest.csv").exists() and (slices / "contact_sheet.png").exists()
     assert (work / "data" / "raw" / "ct_haemorrhage" / "stage_2_train.csv").exists()
 
-    assert planned_jobs(work, TARGET) == {}
-    with changed_param(work, "preprocess.ct_slices.window_width", 100):
-        assert planned_jobs(work, TARGET) == {"prepare_ct_slices": 1}
-    with changed_param(work, "phantom_rsna_ich.mass_effect", 0.2):
-        assert planned_jobs(work, TARGET) == {"download": 1, "prepare_ct_slices": 1}
+    assert_reruns(
+        work, TARGET, "prepare_ct_slices",
+        ("preprocess.ct_slices.window_width", 100), ("phantom_rsna_ich.mass_effect", 0.2),
+    )  # fmt: skip

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from workflow_support import planned_jobs
+from workflow_support import experiment_runs, numbers, planned_jobs
 
 TARGET = "results/cyclegan_cxr_pneumonia/metrics.json"
 DIRECTIONS = ("normal_to_pneumonia", "pneumonia_to_normal")
@@ -26,21 +25,10 @@ def cxr_repo(built_tiny_repo: Path) -> Path:
     return built_tiny_repo
 
 
-def _numbers(node):
-    if isinstance(node, dict):
-        for value in node.values():
-            yield from _numbers(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _numbers(value)
-    elif isinstance(node, (int, float)) and not isinstance(node, bool):
-        yield node
-
-
 @pytest.mark.slow
 def test_cxr_target_has_finite_metrics_and_figures(cxr_repo: Path):
     metrics = json.loads((cxr_repo / TARGET).read_text())
-    assert all(math.isfinite(value) for value in _numbers(metrics))
+    assert all(math.isfinite(value) for value in numbers(metrics))
     for name in DIRECTIONS:
         block = metrics[name]
         assert block["n_source"] > 0 and 0.0 <= block["ssim"]["mean"] <= 1.0
@@ -68,10 +56,5 @@ def test_classes_come_from_one_raw_set_split_by_patient(cxr_repo: Path):
 
 @pytest.mark.slow
 def test_one_finished_mlflow_run_and_nothing_left_to_do(cxr_repo: Path):
-    db = sqlite3.connect(cxr_repo / "mlflow.db")
-    runs = db.execute(
-        "SELECT r.status FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
-        "WHERE e.name = 'cyclegan_cxr_pneumonia'"
-    ).fetchall()
-    assert runs == [("FINISHED",)]
+    assert experiment_runs(cxr_repo, "cyclegan_cxr_pneumonia", "r.status") == [("FINISHED",)]
     assert planned_jobs(cxr_repo, TARGET) == {}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workflow_support import changed_param, planned_jobs
+from workflow_support import assert_reruns, patients_apart, split_arrays
 
 TARGET = "data/slices/cxr_cardiomegaly/ctr_ladder.npz"
 
@@ -23,21 +23,18 @@ def test_cxr_cardiomegaly_from_empty_data_and_reruns(built_tiny_repo: Path):
 
     slices = work / "data" / "slices" / "cxr_cardiomegaly"
     size = 32  # configs/tiny.yaml
-    patients = []
-    for split in ("train", "val", "test"):
-        data = np.load(slices / f"{split}.npz")
+    splits = split_arrays(slices)
+    for data in splits:
         assert data["images"].shape[1:] == (size, size) and data["label_maps"].shape[1:] == (size, size)
         assert set(np.unique(data["labels"])) <= {0, 1}
-        patients.append(set(map(str, data["subject_ids"])))
-    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+    patients = patients_apart(splits)
     ladder = np.load(slices / "ctr_ladder.npz")
     assert ladder["images"].shape == (3, 7, size, size)  # tiny: 3 ladder patients, 6 CTRs + their own
     assert set(map(str, ladder["subject_ids"])) <= patients[2]
     assert (slices / "manifest.csv").exists() and (slices / "contact_sheet.png").exists()
     assert (work / "data" / "raw" / "cxr_cardiomegaly" / "CheXpert-v1.0-small" / "train.csv").exists()
 
-    assert planned_jobs(work, TARGET) == {}
-    with changed_param(work, "preprocess.chexpert.uncertain_policy", "zeros"):
-        assert planned_jobs(work, TARGET) == {"prepare_chexpert": 1}
-    with changed_param(work, "phantom_chexpert.lateral_probability", 0.5):
-        assert planned_jobs(work, TARGET) == {"download": 1, "prepare_chexpert": 1}
+    assert_reruns(
+        work, TARGET, "prepare_chexpert",
+        ("preprocess.chexpert.uncertain_policy", "zeros"), ("phantom_chexpert.lateral_probability", 0.5),
+    )  # fmt: skip

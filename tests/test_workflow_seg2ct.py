@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workflow_support import changed_param, planned_jobs
+from workflow_support import changed_param, numbers, planned_jobs
 
 TARGET = "results/seg2ct_style/metrics.json"
 FIGURES = ("panels", "perturbed", "z_draws", "organ_histograms")
@@ -24,23 +24,12 @@ SEGMENTER_MIN_DICE = 0.6
 """Mean organ Dice (classes 1-5) the segmenter must reach on held-out real phantom slices."""
 
 
-def _numbers(node):
-    if isinstance(node, dict):
-        for value in node.values():
-            yield from _numbers(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _numbers(value)
-    elif isinstance(node, (int, float)) and not isinstance(node, bool):
-        yield node
-
-
 @pytest.mark.slow
 def test_seg2ct_target_from_empty_data_and_reruns(built_tiny_repo: Path):
     work = built_tiny_repo
     metrics = json.loads((work / TARGET).read_text())
     assert metrics["task"] == "map_to_image"
-    assert all(math.isfinite(x) for x in _numbers(metrics))
+    assert all(math.isfinite(x) for x in numbers(metrics))
     anatomy = metrics["anatomy"]
     for block in ("segmenter_real_test", "generated_test_maps", "generated_perturbed_maps"):
         assert 0.0 <= anatomy[block]["mean_organ_dice"]["mean"] <= 1.0

@@ -2,8 +2,10 @@
 out, and how far two trained CycleGANs ended apart."""
 from __future__ import annotations
 
+import builtins
+import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -48,3 +50,39 @@ def disagreement(ours: Mapping[str, Any], theirs: Mapping[str, Any], model_cfg: 
                 outputs.append(net(images))
             ratios[name] = ((outputs[0] - outputs[1]).norm() / (outputs[1] - initial).norm()).item()
     return ratios
+
+
+class BrokenWriteFile:
+    """A file whose first write keeps ``keep(n)`` of its n bytes on disk and then ``fail()``s: the
+    process killed mid-write, or the disk full."""
+
+    def __init__(self, fh: IO[bytes], keep: Callable[[int], int], fail: Callable[[], None]):
+        self.fh, self.keep, self.fail = fh, keep, fail
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+    def write(self, data):
+        data = memoryview(data)
+        self.fh.write(data[: self.keep(len(data))])
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fail()
+
+
+def open_breaking_checkpoint_write(at: int, broken: Callable[[IO[bytes]], Any]) -> Callable[..., Any]:
+    """An ``open`` for pipeline.engine.checkpoint whose ``at``-th checkpoint write goes to ``broken(fh)``."""
+    writes = []
+
+    def _open(path, mode="r", *args, **kwargs):
+        fh = builtins.open(path, mode, *args, **kwargs)
+        if "w" in mode and ".checkpoint." in str(path):
+            writes.append(path)
+            if len(writes) == at:
+                return broken(fh)
+        return fh
+
+    return _open

@@ -7,10 +7,12 @@ import os
 import re
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from pipeline.config import deep_merge
@@ -119,3 +121,50 @@ def tiny_copy(repo_root: Path, work: Path, overrides: dict | None = None, git: b
         run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], work)
         run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], work)
     return work
+
+
+def numbers(node):
+    """Every number in a metrics.json tree (nested dicts and lists), booleans left out."""
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from numbers(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from numbers(value)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield node
+
+
+def experiment_runs(workdir: Path, experiment: str, columns: str = "r.run_uuid, r.status") -> list[tuple]:
+    """``columns`` of each run of ``experiment`` in the repository's MLflow store (mlflow.db)."""
+    db = sqlite3.connect(workdir / "mlflow.db")
+    query = f"SELECT {columns} FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id"
+    return db.execute(f"{query} WHERE e.name = ?", (experiment,)).fetchall()
+
+
+def split_arrays(slices: Path) -> list[dict[str, np.ndarray]]:
+    """train, val and test of a slices folder, each its npz's arrays."""
+    splits = []
+    for split in ("train", "val", "test"):
+        with np.load(slices / f"{split}.npz") as data:
+            splits.append(dict(data))
+    return splits
+
+
+def patients_apart(splits: list[dict[str, np.ndarray]]) -> list[set[str]]:
+    """Each split's patients (``subject_ids``), asserting no patient is in two splits."""
+    patients = [set(map(str, data["subject_ids"])) for data in splits]
+    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+    return patients
+
+
+def assert_reruns(
+    workdir: Path, target: str, job: str, own_knob: tuple[str, object], source_knob: tuple[str, object]
+) -> None:
+    """A built ``target`` reruns nothing; a knob of its own stage reruns ``job`` only; a knob of
+    its phantom source reruns the download too."""
+    assert planned_jobs(workdir, target) == {}
+    with changed_param(workdir, *own_knob):
+        assert planned_jobs(workdir, target) == {job: 1}
+    with changed_param(workdir, *source_knob):
+        assert planned_jobs(workdir, target) == {"download": 1, job: 1}

@@ -17,7 +17,6 @@ already printed its one-line ``error: ...`` naming the file; the batch adds whic
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import logging
@@ -28,6 +27,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.preprocess import run_cli, stage_parser
 
 _log = logging.getLogger(__name__)
 
@@ -74,23 +74,23 @@ def run_batch(stage: str, tasks: Sequence[Sequence[Sequence[str]]], workers: int
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.preprocess.batch", description=__doc__.split("\n")[0])
+    parser = stage_parser("pipeline.preprocess.batch", __doc__)
     parser.add_argument("stage", choices=STAGES, help="the stage module whose CLI each command calls")
     parser.add_argument("--tasks", required=True, help="JSON: a list of tasks, each a list of argument lists")
     parser.add_argument("--workers", type=int, default=1, help="processes (forked after the import)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run_cli(parser, lambda args: run_batch(args["stage"], _tasks(args["tasks"]), args["workers"]), argv)
+
+
+def _tasks(text: str) -> list[list[list[str]]]:
+    """--tasks read and checked: a list of tasks, each a list of argument lists."""
     try:
-        try:
-            tasks = json.loads(args.tasks)
-        except ValueError as exc:
-            raise ConfigError(f"batch --tasks: not JSON ({exc})") from exc
-        if not (isinstance(tasks, list) and all(isinstance(t, list) and all(
-                isinstance(a, list) and all(isinstance(x, str) for x in a) for a in t) for t in tasks)):
-            raise ConfigError("batch --tasks: expected a list of tasks, each a list of lists of strings")
-        run_batch(args.stage, tasks, args.workers)
-    except PipelineError as exc:
-        parser.exit(1, f"error: {exc}\n")
+        tasks = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"batch --tasks: not JSON ({exc})") from exc
+    if not (isinstance(tasks, list) and all(isinstance(t, list) and all(
+            isinstance(a, list) and all(isinstance(x, str) for x in a) for a in t) for t in tasks)):
+        raise ConfigError("batch --tasks: expected a list of tasks, each a list of lists of strings")
+    return tasks
 
 
 if __name__ == "__main__":

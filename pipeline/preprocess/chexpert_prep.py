@@ -45,7 +45,10 @@ from PIL import Image
 from pipeline.atomic import atomic_path
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.hashing import file_sha256
-from pipeline.preprocess.extract_slices import SPLITS, save_npz, split_subjects
+from pipeline.preprocess import add_knob_options, run_stage_cli, stage_parser
+from pipeline.preprocess.extract_slices import assign_splits, check_split_fractions, number_within_patient
+from pipeline.preprocess.extract_slices import save_npz, split_subjects
+from pipeline.preprocess.xray import decoded_image
 from pipeline.progress import progress
 
 _log = logging.getLogger(__name__)
@@ -81,15 +84,9 @@ def read_radiograph(path: str | Path, min_side_px: int, max_aspect: float) -> np
     ``max_aspect`` are not a radiograph: InputDataError naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputDataError(path, "image file not found")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            pixels = np.asarray(image)
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable / truncated files
-        raise InputDataError(path, f"not a readable image ({exc})") from exc
+    with decoded_image(path) as image:
+        mode = image.mode
+        pixels = np.asarray(image)
     if mode == "P":
         with Image.open(path) as image:
             pixels, mode = np.asarray(image.convert("RGB")), "RGB"
@@ -290,10 +287,7 @@ def prepare_chexpert(
         raise ConfigError(
             f"preprocess.chexpert.uncertain_policy: {uncertain_policy!r} is not one of {UNCERTAIN_POLICIES}"
         )
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ConfigError(
-            f"preprocess.chexpert: val_fraction + test_fraction must lie in [0, 1), got {val_fraction}, {test_fraction}"
-        )
+    check_split_fractions("preprocess.chexpert", val_fraction, test_fraction)
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     root = find_root(raw_dir)
     rows = read_rows(root, label_column, uncertain_policy)
@@ -308,21 +302,14 @@ def prepare_chexpert(
         for entry in progress(rows, "frontal images", unit="img")
     ]
     films.sort(key=lambda f: (f.patient, f.image_id))
-    by_patient: dict[str, list[_Film]] = {}
-    for film in films:
-        film.slice_index = len(by_patient.setdefault(film.patient, []))
-        by_patient[film.patient].append(film)
+    by_patient = number_within_patient(films)
     ladder = _ladder(raw_dir, size, settings)
     assignment = split_subjects(
         sorted(by_patient), list(ladder["subject_ids"]), val_fraction, test_fraction, seed
     )
-    for film in films:
-        film.split = assignment[film.patient]
-
     counts = {}
     with_maps = all(f.label_map is not None for f in films)
-    for split in SPLITS:
-        members = [f for f in films if f.split == split]
+    for split, members in assign_splits(films, assignment, lambda f: f.patient).items():
         arrays = {
             "images": np.stack([f.image for f in members])
             if members
@@ -369,29 +356,18 @@ def _contact_sheet(films: list[_Film], out_png: Path, n_tiles: int, title: str) 
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.preprocess.chexpert_prep", description=__doc__.split("\n")[0]
-    )
-    optional = {"default": argparse.SUPPRESS}
+    parser = stage_parser("pipeline.preprocess.chexpert_prep", __doc__)
     parser.add_argument(
         "--raw", dest="raw_dir", required=True, type=Path, help="e.g. data/raw/cxr_cardiomegaly"
     )
     parser.add_argument("--out-dir", dest="out_dir", required=True, type=Path)
-    parser.add_argument("--size", type=int, **optional)
-    parser.add_argument("--label-column", dest="label_column", **optional)
-    parser.add_argument("--uncertain-policy", dest="uncertain_policy", choices=UNCERTAIN_POLICIES, **optional)
-    parser.add_argument("--val-fraction", dest="val_fraction", type=float, **optional)
-    parser.add_argument("--test-fraction", dest="test_fraction", type=float, **optional)
-    parser.add_argument("--seed", type=int, **optional)
-    parser.add_argument("--min-side-px", dest="min_side_px", type=int, **optional)
-    parser.add_argument("--max-aspect", dest="max_aspect", type=float, **optional)
-    parser.add_argument("--contact-sheet-tiles", dest="contact_sheet_tiles", type=int, **optional)
+    knobs = ["size", "label_column", "val_fraction", "test_fraction", "seed", "min_side_px", "max_aspect",
+             "contact_sheet_tiles"]  # fmt: skip
+    add_knob_options(parser, prepare_chexpert, knobs, {"uncertain_policy": {"choices": UNCERTAIN_POLICIES}})
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from pipeline.preprocess import run_stage_cli
-
     run_stage_cli(_parser(), prepare_chexpert, argv)
 
 

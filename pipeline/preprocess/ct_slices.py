@@ -59,6 +59,8 @@ from skimage.transform import resize
 from pipeline.atomic import atomic_dir
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.hashing import file_sha256
+from pipeline.preprocess import add_knob_options, run_stage_cli, stage_parser
+from pipeline.preprocess.extract_slices import assign_splits, check_split_fractions, number_within_patient
 from pipeline.preprocess.extract_slices import SPLITS, save_npz, split_subjects
 from pipeline.preprocess.window import read_slice_hu, values_kept_out_of_logs, window_hu
 from pipeline.privacy import PSEUDONYM_HEX_DIGITS, PSEUDONYM_PREFIX
@@ -189,11 +191,7 @@ def prepare_ct_slices(
     """
     if size < MIN_SIZE:
         raise ConfigError(f"preprocess.ct_slices.size: must be >= {MIN_SIZE}, got {size}")
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ConfigError(
-            "preprocess.ct_slices: val_fraction + test_fraction must lie in [0, 1), "
-            f"got {val_fraction}, {test_fraction}"
-        )
+    check_split_fractions("preprocess.ct_slices", val_fraction, test_fraction)
     window_hu(np.zeros(1), window_center, window_width)  # checks the window before any file is read
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     labels = read_subtype_labels(raw_dir / RSNA_LABELS)
@@ -218,22 +216,15 @@ def prepare_ct_slices(
     for s in slices:
         s.patient = subject_of[s.patient]
     slices.sort(key=lambda s: (s.patient, s.study, s.z_mm, s.image_id))
-    by_patient: dict[str, int] = {}
-    for s in slices:
-        s.slice_index = by_patient.get(s.patient, 0)
-        by_patient[s.patient] = s.slice_index + 1
+    by_patient = number_within_patient(slices)
     bleeding = {s.patient for s in slices if s.subtypes[-1]}
     assignment = {
         **split_subjects(sorted(bleeding), [], val_fraction, test_fraction, seed),
         **split_subjects(sorted(set(by_patient) - bleeding), [], val_fraction, test_fraction, seed),
     }
-    for s in slices:
-        s.split = assignment[s.patient]
-
     counts = {}
     with atomic_dir(out_dir) as tmp:
-        for split in SPLITS:
-            members = [s for s in slices if s.split == split]
+        for split, members in assign_splits(slices, assignment, lambda s: s.patient).items():
             subtypes = np.stack([s.subtypes for s in members]) if members else np.zeros((0, len(RSNA_COLUMNS)), np.uint8)
             save_npz(
                 tmp / f"{split}.npz",
@@ -263,23 +254,16 @@ def prepare_ct_slices(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.preprocess.ct_slices", description=__doc__.split("\n")[0])
-    optional = {"default": argparse.SUPPRESS}
+    parser = stage_parser("pipeline.preprocess.ct_slices", __doc__)
     parser.add_argument("--raw", dest="raw_dir", required=True, type=Path, help="e.g. data/raw/ct_haemorrhage")
     parser.add_argument("--out-dir", dest="out_dir", required=True, type=Path)
-    parser.add_argument("--size", type=int, **optional)
-    parser.add_argument("--window-center", dest="window_center", type=float, **optional)
-    parser.add_argument("--window-width", dest="window_width", type=float, **optional)
-    parser.add_argument("--val-fraction", dest="val_fraction", type=float, **optional)
-    parser.add_argument("--test-fraction", dest="test_fraction", type=float, **optional)
-    parser.add_argument("--seed", type=int, **optional)
-    parser.add_argument("--contact-sheet-tiles", dest="contact_sheet_tiles", type=int, **optional)
+    knobs = ["size", "window_center", "window_width", "val_fraction", "test_fraction", "seed",
+             "contact_sheet_tiles"]  # fmt: skip
+    add_knob_options(parser, prepare_ct_slices, knobs)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from pipeline.preprocess import run_stage_cli
-
     run_stage_cli(_parser(), prepare_ct_slices, argv)
 
 

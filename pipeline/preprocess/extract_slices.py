@@ -30,9 +30,10 @@ import json
 import logging
 import math
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -45,7 +46,8 @@ from skimage.transform import resize
 from pipeline.atomic import atomic_path
 from pipeline.hashing import file_sha256
 from pipeline.progress import progress
-from pipeline.errors import ConfigError, InputDataError, PipelineError
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.preprocess import OPTIONAL, add_knob_options, run_cli, stage_parser
 
 _log = logging.getLogger(__name__)
 
@@ -79,7 +81,9 @@ def read_reference_json(path: str | Path) -> tuple[str, Path]:
         raise InputDataError(path, f"not a reference JSON written by 'register choose' ({exc})") from exc
 
 
-def _load_ras(path: str | Path) -> nib.Nifti1Image:
+def load_volume(path: str | Path) -> nib.Nifti1Image:
+    """A 3-D NIfTI volume (its voxels read when asked for); InputDataError naming the file when it
+    is missing, not a readable NIfTI image or not 3-D."""
     path = Path(path)
     if not path.is_file():
         raise InputDataError(path, "file not found")
@@ -89,6 +93,11 @@ def _load_ras(path: str | Path) -> nib.Nifti1Image:
         raise InputDataError(path, f"not a readable NIfTI image ({exc})") from exc
     if len(image.shape) != 3:
         raise InputDataError(path, f"expected a 3-D volume, got shape {image.shape}")
+    return image
+
+
+def _load_ras(path: str | Path) -> nib.Nifti1Image:
+    image = load_volume(path)
     if nib.aff2axcodes(image.affine) != ("R", "A", "S"):
         raise InputDataError(path, f"not RAS+ oriented (axes {''.join(nib.aff2axcodes(image.affine))})")
     return image
@@ -152,6 +161,14 @@ def _qc_failure(qc_path: Path | None) -> str | None:
     return None if status == "ok" else f"registration QC {status}: {record.get('reason', '')}".strip()
 
 
+def check_split_fractions(section: str, val_fraction: float, test_fraction: float) -> None:
+    """ConfigError naming ``section`` unless val and test shares leave some subjects for training."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ConfigError(
+            f"{section}: val_fraction + test_fraction must lie in [0, 1), got {val_fraction}, {test_fraction}"
+        )
+
+
 def split_subjects(
     subjects: Sequence[str], forced_test: Sequence[str], val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, str]:
@@ -183,6 +200,24 @@ def split_subjects(
 
 def _stacked(slabs: list[np.ndarray], size: int) -> np.ndarray:
     return np.concatenate(slabs) if slabs else np.zeros((0, size, size), np.float32)
+
+
+def number_within_patient(items: Sequence[Any]) -> dict[str, int]:
+    """Set each item's ``slice_index`` to its place among its patient's items (``item.patient``, in
+    the order given); returns each patient's number of items."""
+    counts: dict[str, int] = {}
+    for item in items:
+        item.slice_index = counts.get(item.patient, 0)
+        counts[item.patient] = item.slice_index + 1
+    return counts
+
+
+def assign_splits(items: Sequence[Any], assignment: dict[str, str], subject_of: Callable[[Any], str]) -> dict:
+    """Set each item's ``split`` to its subject's in ``assignment`` (split_subjects); returns each
+    split's items, in SPLITS order."""
+    for item in items:
+        item.split = assignment[subject_of(item)]
+    return {split: [item for item in items if item.split == split] for split in SPLITS}
 
 
 def save_npz(target: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -246,10 +281,7 @@ def extract_slices(
         raise ConfigError(f"slices.axial_fraction: must be in [0, 1], got {axial_fraction}")
     if slab < 1 or size < 8:
         raise ConfigError(f"slices: slab must be >= 1 and size >= 8, got {slab}, {size}")
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ConfigError(
-            f"slices: val_fraction + test_fraction must lie in [0, 1), got {val_fraction}, {test_fraction}"
-        )
+    check_split_fractions("slices", val_fraction, test_fraction)
     if not volumes:
         raise ConfigError("slices: no volumes given")
     partners_hu = dict(partners_hu or {})
@@ -281,12 +313,8 @@ def extract_slices(
     assignment = split_subjects(
         [s.subject_id for s in kept], [*test_subjects, *partners], val_fraction, test_fraction, seed
     )
-    for subject in kept:
-        subject.split = assignment[subject.subject_id]
-
     counts = {}
-    for split in SPLITS:
-        members = [s for s in kept if s.split == split]
+    for split, members in assign_splits(kept, assignment, lambda s: s.subject_id).items():
         arrays = {
             "images": _stacked([s.slab for s in members], size),
             "subject_ids": np.array([s.subject_id for s in members for _ in indices], dtype=str),
@@ -327,10 +355,7 @@ def _by_subject(paths: Sequence[Path], option: str) -> dict[str, Path]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.preprocess.extract_slices", description=__doc__.split("\n")[0]
-    )
-    optional = {"default": argparse.SUPPRESS}
+    parser = stage_parser("pipeline.preprocess.extract_slices", __doc__)
     parser.add_argument(
         "--volumes", required=True, type=Path, nargs="+", help="<subject>.nii.gz files on the reference grid"
     )
@@ -347,36 +372,29 @@ def _parser() -> argparse.ArgumentParser:
         help="or register's reference JSON: the reference subject's file among --volumes is used",
     )
     parser.add_argument("--out-dir", dest="out_dir", required=True, type=Path)
-    parser.add_argument("--axial-fraction", dest="axial_fraction", type=float, **optional)
-    parser.add_argument("--slab", type=int, **optional)
-    parser.add_argument("--size", type=int, **optional)
-    parser.add_argument("--val-fraction", dest="val_fraction", type=float, **optional)
-    parser.add_argument("--test-fraction", dest="test_fraction", type=float, **optional)
-    parser.add_argument("--seed", type=int, **optional)
-    parser.add_argument("--test-subjects", dest="test_subjects", nargs="*", **optional)
+    knobs = ["axial_fraction", "slab", "size", "val_fraction", "test_fraction", "seed"]
+    add_knob_options(parser, extract_slices, knobs, {"test_subjects": {"nargs": "*"}})
     parser.add_argument("--partners-hu", type=Path, nargs="*", default=[],
                         help="<subject>.partner_hu.nii.gz files: CT partners over --partner-hu-range (window partner --hu-range)")
     parser.add_argument("--partner-hu-range", dest="partner_hu_range", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        help="the HU range the --partners-hu files span over [0, 1]", **optional)
+                        help="the HU range the --partners-hu files span over [0, 1]", **OPTIONAL)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _parser()
-    args = vars(parser.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        volumes = _by_subject(args.pop("volumes"), "--volumes")
-        partners = _by_subject(args.pop("partners"), "--partners")
-        partners_hu = _by_subject(args.pop("partners_hu"), "--partners-hu")
-        qc = _by_subject(args.pop("qc"), "--qc")
-        reference, reference_json = args.pop("reference"), args.pop("reference_json")
-        if reference_json is not None:
-            reference_id, reference_volume = read_reference_json(reference_json)
-            reference = volumes.get(reference_id, reference_volume)
-        extract_slices(volumes, partners, qc, reference, args.pop("out_dir"), partners_hu=partners_hu, **args)
-    except PipelineError as exc:
-        parser.exit(1, f"error: {exc}\n")
+    run_cli(_parser(), _extract_from_files, argv)
+
+
+def _extract_from_files(args: dict) -> None:
+    volumes = _by_subject(args.pop("volumes"), "--volumes")
+    partners = _by_subject(args.pop("partners"), "--partners")
+    partners_hu = _by_subject(args.pop("partners_hu"), "--partners-hu")
+    qc = _by_subject(args.pop("qc"), "--qc")
+    reference, reference_json = args.pop("reference"), args.pop("reference_json")
+    if reference_json is not None:
+        reference_id, reference_volume = read_reference_json(reference_json)
+        reference = volumes.get(reference_id, reference_volume)
+    extract_slices(volumes, partners, qc, reference, args.pop("out_dir"), partners_hu=partners_hu, **args)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.atomic import atomic_path
-from pipeline.errors import ConfigError, InputDataError, PipelineError
-from pipeline.preprocess.extract_slices import read_reference_json, to_display
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.preprocess import OPTIONAL, run_commands_cli, stage_parser
+from pipeline.preprocess.extract_slices import load_volume, read_reference_json, to_display
 
 _log = logging.getLogger(__name__)
 
@@ -39,16 +40,11 @@ _STRUCTURE = ndimage.generate_binary_structure(3, 1)
 
 
 def _load(path: str | Path) -> nib.Nifti1Image:
-    path = Path(path)
-    if not path.is_file():
-        raise InputDataError(path, "file not found")
+    image = load_volume(path)
     try:
-        image = nib.load(path)
         values = np.asanyarray(image.dataobj)
-    except Exception as exc:  # nibabel raises many types for a bad file
+    except Exception as exc:  # nibabel raises many types for a truncated or corrupt file
         raise InputDataError(path, f"not a readable NIfTI image ({exc})") from exc
-    if values.ndim != 3:
-        raise InputDataError(path, f"expected a 3-D volume, got shape {values.shape}")
     if not np.all(np.isfinite(values)):
         raise InputDataError(path, "contains NaN or infinite voxels")
     return image
@@ -187,26 +183,23 @@ def qc_overlay(image_path: str | Path, mask_path: str | Path, out_png: str | Pat
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.preprocess.mask_headholder", description=__doc__.split("\n")[0]
-    )
+    parser = stage_parser("pipeline.preprocess.mask_headholder", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    optional = {"default": argparse.SUPPRESS}
 
     build = commands.add_parser("build", help="build the head mask on the registered reference")
     reference = build.add_mutually_exclusive_group(required=True)
     reference.add_argument("--reference", type=Path, help="the registered reference volume")
     reference.add_argument("--reference-json", dest="reference_json", type=Path, help="or register's JSON")
     build.add_argument("--out", required=True, type=Path)
-    build.add_argument("--threshold", type=float, **optional)
-    build.add_argument("--max-erosions", dest="max_erosions", type=int, **optional)
-    build.add_argument("--margin-mm", dest="margin_mm", type=float, **optional)
+    build.add_argument("--threshold", type=float, **OPTIONAL)
+    build.add_argument("--max-erosions", dest="max_erosions", type=int, **OPTIONAL)
+    build.add_argument("--margin-mm", dest="margin_mm", type=float, **OPTIONAL)
 
     apply = commands.add_parser("apply", help="mask one registered volume")
     apply.add_argument("--image", required=True, type=Path)
     apply.add_argument("--mask", required=True, type=Path)
     apply.add_argument("--out", required=True, type=Path)
-    apply.add_argument("--fill-value", dest="fill_value", type=float, **optional)
+    apply.add_argument("--fill-value", dest="fill_value", type=float, **OPTIONAL)
 
     overlay = commands.add_parser("overlay", help="QC picture: the mask outline on a volume")
     overlay.add_argument("--image", required=True, type=Path)
@@ -216,22 +209,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _parser()
-    args = vars(parser.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    command = args.pop("command")
-    try:
-        if command == "build":
-            reference, reference_json = args.pop("reference"), args.pop("reference_json")
-            if reference_json is not None:
-                reference = read_reference_json(reference_json)[1]
-            build_headholder_mask(reference, args.pop("out"), **args)
-        elif command == "apply":
-            apply_mask(args.pop("image"), args.pop("mask"), args.pop("out"), **args)
-        else:
-            qc_overlay(args["image"], args["mask"], args["out"])
-    except PipelineError as exc:
-        parser.exit(1, f"error: {exc}\n")
+    commands = {
+        "build": _build,
+        "apply": lambda image, mask, out, **knobs: apply_mask(image, mask, out, **knobs),
+        "overlay": lambda image, mask, out: qc_overlay(image, mask, out),
+    }
+    run_commands_cli(_parser(), commands, argv)
+
+
+def _build(reference: Path | None, reference_json: Path | None, out: Path, **knobs) -> None:
+    if reference_json is not None:
+        reference = read_reference_json(reference_json)[1]
+    build_headholder_mask(reference, out, **knobs)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import atomic_path
-from pipeline.errors import InputDataError, PipelineError
+from pipeline.errors import InputDataError
 from pipeline import figures
 from pipeline.figures import axial_display
+from pipeline.preprocess import run_commands_cli, stage_parser
 from pipeline.preprocess.extract_slices import subject_id
 
 _log = logging.getLogger(__name__)
@@ -121,9 +122,7 @@ def contact_sheet(volumes: Sequence[Path], out_png: Path, title: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.preprocess.qc", description=__doc__.split("\n")[0]
-    )
+    parser = stage_parser("pipeline.preprocess.qc", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     table = commands.add_parser("registration-table", help="gather the registration QC JSONs into one CSV")
     table.add_argument("--qc", required=True, type=Path, nargs="+", help="<subject>.qc.json files")
@@ -137,16 +136,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "registration-table":
-            registration_table(args.qc, args.reference_json, args.out)
-        else:
-            contact_sheet(args.volumes, args.out, args.title)
-    except PipelineError as exc:
-        parser.exit(1, f"error: {exc}\n")
+    commands = {
+        "registration-table": lambda qc, reference_json, out: registration_table(qc, reference_json, out),
+        "contact-sheet": lambda volumes, out, title: contact_sheet(volumes, out, title),
+    }
+    run_commands_cli(_parser(), commands, argv)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from ants.internal import get_pointer_string
 
 from pipeline.atomic import atomic_dir, atomic_path, write_json
 from pipeline.errors import ConfigError, InputDataError, PipelineError, RegistrationError
+from pipeline.preprocess import OPTIONAL, run_commands_cli, stage_parser
 
 _log = logging.getLogger(__name__)
 
@@ -471,25 +472,22 @@ def read_reference_json(path: str | Path) -> Path:
         raise InputDataError(path, f"not a reference JSON written by 'register choose' ({exc})") from exc
 
 
-def _add_rigid_options(parser: argparse.ArgumentParser, optional: dict) -> None:
-    parser.add_argument("--rigid-iterations", dest="rigid_iterations", type=int, nargs="+", **optional)
+def _add_rigid_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rigid-iterations", dest="rigid_iterations", type=int, nargs="+", **OPTIONAL)
     parser.add_argument(
-        "--rigid-shrink-factors", dest="rigid_shrink_factors", type=int, nargs="+", **optional
+        "--rigid-shrink-factors", dest="rigid_shrink_factors", type=int, nargs="+", **OPTIONAL
     )
     parser.add_argument(
-        "--rigid-smoothing-sigmas", dest="rigid_smoothing_sigmas", type=float, nargs="+", **optional
+        "--rigid-smoothing-sigmas", dest="rigid_smoothing_sigmas", type=float, nargs="+", **OPTIONAL
     )
-    parser.add_argument("--rigid-metric", dest="rigid_metric", choices=sorted(METRIC_PARAMETER), **optional)
-    parser.add_argument("--rigid-sampling-fraction", dest="rigid_sampling_fraction", type=float, **optional)
-    parser.add_argument("--rigid-gradient-step", dest="rigid_gradient_step", type=float, **optional)
+    parser.add_argument("--rigid-metric", dest="rigid_metric", choices=sorted(METRIC_PARAMETER), **OPTIONAL)
+    parser.add_argument("--rigid-sampling-fraction", dest="rigid_sampling_fraction", type=float, **OPTIONAL)
+    parser.add_argument("--rigid-gradient-step", dest="rigid_gradient_step", type=float, **OPTIONAL)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.preprocess.register", description=__doc__.split("\n")[0]
-    )
+    parser = stage_parser("pipeline.preprocess.register", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    optional = {"default": argparse.SUPPRESS}
 
     choose = commands.add_parser("choose", help="pick the dataset's reference subject")
     choose.add_argument(
@@ -502,7 +500,7 @@ def _parser() -> argparse.ArgumentParser:
     choose.add_argument("--out", required=True, type=Path)
     choose.add_argument("--seed", required=True, type=int)
     choose.add_argument("--exclude", nargs="*", default=(), help="subject ids that may not be the reference")
-    _add_rigid_options(choose, optional)
+    _add_rigid_options(choose)
 
     register = commands.add_parser("register", help="register one subject onto the reference")
     register.add_argument("--moving", required=True, type=Path)
@@ -511,20 +509,20 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument("--transforms", required=True, type=Path)
     register.add_argument("--qc", required=True, type=Path)
     register.add_argument("--seed", required=True, type=int)
-    register.add_argument("--transform", choices=TRANSFORMS, **optional)
-    _add_rigid_options(register, optional)
-    register.add_argument("--syn-iterations", dest="syn_iterations", type=int, nargs="+", **optional)
-    register.add_argument("--syn-shrink-factors", dest="syn_shrink_factors", type=int, nargs="+", **optional)
+    register.add_argument("--transform", choices=TRANSFORMS, **OPTIONAL)
+    _add_rigid_options(register)
+    register.add_argument("--syn-iterations", dest="syn_iterations", type=int, nargs="+", **OPTIONAL)
+    register.add_argument("--syn-shrink-factors", dest="syn_shrink_factors", type=int, nargs="+", **OPTIONAL)
     register.add_argument(
-        "--syn-smoothing-sigmas", dest="syn_smoothing_sigmas", type=float, nargs="+", **optional
+        "--syn-smoothing-sigmas", dest="syn_smoothing_sigmas", type=float, nargs="+", **OPTIONAL
     )
-    register.add_argument("--syn-metric", dest="syn_metric", choices=sorted(METRIC_PARAMETER), **optional)
-    register.add_argument("--syn-gradient-step", dest="syn_gradient_step", type=float, **optional)
-    register.add_argument("--syn-flow-sigma", dest="syn_flow_sigma", type=float, **optional)
-    register.add_argument("--syn-total-sigma", dest="syn_total_sigma", type=float, **optional)
-    register.add_argument("--max-jacobian", dest="max_jacobian", type=float, **optional)
-    register.add_argument("--min-similarity", dest="min_similarity", type=float, **optional)
-    register.add_argument("--on-failure", dest="on_failure", choices=ON_FAILURE, **optional)
+    register.add_argument("--syn-metric", dest="syn_metric", choices=sorted(METRIC_PARAMETER), **OPTIONAL)
+    register.add_argument("--syn-gradient-step", dest="syn_gradient_step", type=float, **OPTIONAL)
+    register.add_argument("--syn-flow-sigma", dest="syn_flow_sigma", type=float, **OPTIONAL)
+    register.add_argument("--syn-total-sigma", dest="syn_total_sigma", type=float, **OPTIONAL)
+    register.add_argument("--max-jacobian", dest="max_jacobian", type=float, **OPTIONAL)
+    register.add_argument("--min-similarity", dest="min_similarity", type=float, **OPTIONAL)
+    register.add_argument("--on-failure", dest="on_failure", choices=ON_FAILURE, **OPTIONAL)
 
     apply = commands.add_parser("apply", help="warp a partner image with its subject's transforms")
     apply.add_argument("--image", required=True, type=Path)
@@ -537,27 +535,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _parser()
-    args = vars(parser.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    command = args.pop("command")
-    try:
-        if command == "choose":
-            inputs = args.pop("inputs")
-            volumes = {path.name.split(".")[0]: path for path in inputs}
-            if len(volumes) != len(inputs):
-                raise ConfigError("register choose --inputs: two files give the same subject id")
-            choose_reference(volumes, args.pop("out"), **args)
-        elif command == "register":
-            reference = read_reference_json(args.pop("reference_json"))
-            register_to_reference(
-                args.pop("moving"), reference, args.pop("out"), args.pop("transforms"), args.pop("qc"), **args
-            )
-        else:
-            reference = args.get("reference") or read_reference_json(args["reference_json"])
-            apply_subject_transforms(args["image"], reference, args["transforms"], args["out"])
-    except PipelineError as exc:
-        parser.exit(1, f"error: {exc}\n")
+    run_commands_cli(_parser(), {"choose": _choose, "register": _register, "apply": _apply}, argv)
+
+
+def _choose(inputs: list[Path], out: Path, **knobs) -> None:
+    volumes = {path.name.split(".")[0]: path for path in inputs}
+    if len(volumes) != len(inputs):
+        raise ConfigError("register choose --inputs: two files give the same subject id")
+    choose_reference(volumes, out, **knobs)
+
+
+def _register(moving: Path, reference_json: Path, out: Path, transforms: Path, qc: Path, **knobs) -> None:
+    register_to_reference(moving, read_reference_json(reference_json), out, transforms, qc, **knobs)
+
+
+def _apply(
+    image: Path, reference: Path | None, reference_json: Path | None, transforms: Path, out: Path
+) -> None:
+    apply_subject_transforms(image, reference or read_reference_json(reference_json), transforms, out)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.atomic import atomic_dir
-from pipeline.errors import ConfigError, InputDataError, PipelineError
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.preprocess import OPTIONAL, run_cli, stage_parser
 from pipeline.hashing import file_sha256
 from pipeline.preprocess.ct_slices import square_resize
 from pipeline.preprocess.extract_slices import SPLITS, save_npz
@@ -323,38 +324,35 @@ def prepare_thorax_slices(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.preprocess.thorax_slices",
-                                     description=__doc__.split("\n")[0])  # fmt: skip
-    optional = {"default": argparse.SUPPRESS}
+    parser = stage_parser("pipeline.preprocess.thorax_slices", __doc__)
     parser.add_argument("--raw", dest="raw_dir", required=True, type=Path, help="e.g. data/raw/ct_thorax")
     parser.add_argument("--out-dir", dest="out_dir", required=True, type=Path)
-    parser.add_argument("--size", type=int, **optional)
-    parser.add_argument("--hu-window", dest="hu_window", type=float, nargs=2, **optional)
-    parser.add_argument("--train-patients", dest="train_patients", type=int, **optional)
-    parser.add_argument("--val-patients", dest="val_patients", type=int, **optional)
-    parser.add_argument("--train-images", dest="train_images", type=int, **optional)
-    parser.add_argument("--eval-slices-per-patient", dest="eval_slices_per_patient", type=int, **optional)
-    parser.add_argument("--level-offset-mm", dest="level_offset_mm", type=float, **optional)
-    parser.add_argument("--label-maps", dest="label_maps", **optional, help="raw | auto | a folder")
-    parser.add_argument("--seed", type=int, **optional)
-    parser.add_argument("--contact-sheet-tiles", dest="contact_sheet_tiles", type=int, **optional)
+    parser.add_argument("--size", type=int, **OPTIONAL)
+    parser.add_argument("--hu-window", dest="hu_window", type=float, nargs=2, **OPTIONAL)
+    parser.add_argument("--train-patients", dest="train_patients", type=int, **OPTIONAL)
+    parser.add_argument("--val-patients", dest="val_patients", type=int, **OPTIONAL)
+    parser.add_argument("--train-images", dest="train_images", type=int, **OPTIONAL)
+    parser.add_argument("--eval-slices-per-patient", dest="eval_slices_per_patient", type=int, **OPTIONAL)
+    parser.add_argument("--level-offset-mm", dest="level_offset_mm", type=float, **OPTIONAL)
+    parser.add_argument("--label-maps", dest="label_maps", **OPTIONAL, help="raw | auto | a folder")
+    parser.add_argument("--seed", type=int, **OPTIONAL)
+    parser.add_argument("--contact-sheet-tiles", dest="contact_sheet_tiles", type=int, **OPTIONAL)
     for name, default in vars(AutoRule()).items():
         nargs = 2 if isinstance(default, tuple) else None
-        parser.add_argument(f"--auto-{name.replace('_', '-')}", dest=f"auto_{name}", type=float, nargs=nargs, **optional)
+        parser.add_argument(f"--auto-{name.replace('_', '-')}", dest=f"auto_{name}", type=float, nargs=nargs, **OPTIONAL)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _parser()
-    args = vars(parser.parse_args(argv))
+    run_cli(_parser(), _prepare_from_options, argv)
+
+
+def _prepare_from_options(args: dict) -> None:
+    """The --auto-* options gathered into the AutoRule they describe."""
     rule = {key.removeprefix("auto_"): args.pop(key) for key in list(args) if key.startswith("auto_")}
     if "blood_hu" in rule:
         rule["blood_hu"] = tuple(rule["blood_hu"])
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        prepare_thorax_slices(**args, auto_rule=AutoRule(**rule))
-    except PipelineError as exc:
-        parser.exit(1, f"error: {exc}\n")
+    prepare_thorax_slices(**args, auto_rule=AutoRule(**rule))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ geometry only, and messages name files and folders, never header values such as 
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 import traceback
@@ -35,6 +34,7 @@ from pipeline.config import CT_WINDOW_PRESETS
 from pipeline.atomic import atomic_path
 from pipeline.errors import ConfigError, InputDataError, PipelineError
 from pipeline.labels import SHARP_KERNEL_WORDS
+from pipeline.preprocess import add_knob_options, run_commands_cli, stage_parser
 # values_kept_out_of_logs: also for the slice stages that read header fields of their own.
 from pipeline.privacy import values_kept_out_of_logs
 
@@ -816,24 +816,8 @@ def standardise_partner(
 # --------------------------------------------------------------------------- CLI
 
 
-def _add_knobs(command: argparse.ArgumentParser, stage, flags: dict[str, dict]) -> None:
-    """Add one optional flag per knob of ``stage``. Flags default to SUPPRESS so the stage's
-    signature stays the one place for defaults; --help quotes them from there."""
-    for name, options in flags.items():
-        default = inspect.signature(stage).parameters[name].default
-        command.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=argparse.SUPPRESS,
-            help=f"default: {default}",
-            **options,
-        )
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.preprocess.window", description=__doc__.split("\n")[0]
-    )
+    parser = stage_parser("pipeline.preprocess.window", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     number = {"type": float}
     percentiles = {"type": float, "nargs": 2, "metavar": ("LOW", "HIGH")}
@@ -842,10 +826,10 @@ def _parser() -> argparse.ArgumentParser:
     ct = commands.add_parser("ct", help="DICOM patient folder -> windowed CT volume")
     ct.add_argument("--input", required=True, type=Path, help="patient folder holding DICOM files")
     ct.add_argument("--output", required=True, type=Path)
-    _add_knobs(
+    add_knob_options(
         ct,
         window_ct,
-        {
+        options={
             "center": number,
             "width": number,
             "preset": {"choices": [*WINDOW_PRESETS, FILE_WINDOW]},
@@ -860,17 +844,19 @@ def _parser() -> argparse.ArgumentParser:
     mri = commands.add_parser("mri", help="NIfTI MRI -> normalised volume")
     mri.add_argument("--input", required=True, type=Path)
     mri.add_argument("--output", required=True, type=Path)
-    _add_knobs(mri, standardise_mri, {"voxel_mm": number, "percentiles": percentiles, "anti_alias": switch})
+    add_knob_options(
+        mri, standardise_mri, options={"voxel_mm": number, "percentiles": percentiles, "anti_alias": switch}
+    )
 
     partner = commands.add_parser("partner", help="phantom partner NIfTI -> its subject's grid, normalised")
     partner.add_argument("--input", required=True, type=Path)
     partner.add_argument("--modality", required=True, choices=MODALITIES)
     partner.add_argument("--grid", required=True, type=Path, help="the subject's windowed volume")
     partner.add_argument("--output", required=True, type=Path)
-    _add_knobs(
+    add_knob_options(
         partner,
         standardise_partner,
-        {
+        options={
             "center": number,
             "width": number,
             "percentiles": percentiles,
@@ -882,19 +868,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _parser()
-    args = vars(parser.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    command, source, target = args.pop("command"), args.pop("input"), args.pop("output")
-    try:
-        if command == "ct":
-            window_ct(source, target, **args)
-        elif command == "mri":
-            standardise_mri(source, target, **args)
-        else:
-            standardise_partner(source, args.pop("modality"), args.pop("grid"), target, **args)
-    except PipelineError as exc:
-        parser.exit(1, f"error: {exc}\n")
+    commands = {
+        "ct": lambda input, output, **knobs: window_ct(input, output, **knobs),
+        "mri": lambda input, output, **knobs: standardise_mri(input, output, **knobs),
+        "partner": lambda input, modality, grid, output, **knobs: standardise_partner(
+            input, modality, grid, output, **knobs
+        ),
+    }
+    run_commands_cli(_parser(), commands, argv)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ Outputs in ``out_dir``: ``train.npz``, ``val.npz``, ``test.npz`` (``images`` flo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,9 @@ from PIL import Image
 from pipeline.atomic import atomic_path
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.hashing import file_sha256
-from pipeline.preprocess.extract_slices import SPLITS, save_npz, split_subjects
+from pipeline.preprocess import add_knob_options, run_stage_cli, stage_parser
+from pipeline.preprocess.extract_slices import assign_splits, check_split_fractions, number_within_patient
+from pipeline.preprocess.extract_slices import save_npz, split_subjects
 from pipeline.progress import progress
 from pipeline.sources.real_datasets import IMAGES_TSV
 
@@ -66,22 +69,28 @@ def patient_of(image_id: str, pattern: str = KERMANY_PATIENT_PATTERN) -> str:
     return match.group("patient") if match else image_id
 
 
-def read_grayscale(path: str | Path) -> Image.Image:
-    """Decode an image file fully as 8-bit grayscale; a corrupt or truncated file is an input error."""
+@contextlib.contextmanager
+def decoded_image(path: str | Path) -> Iterator[Image.Image]:
+    """An image file, fully decoded; a missing, corrupt or truncated file (also found while the
+    block reads its pixels) is an InputDataError naming it."""
     path = Path(path)
     if not path.is_file():
         raise InputDataError(path, "image file not found")
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode in ("I;16", "I;16B", "I"):
-                values = np.asarray(image, dtype=np.float64)
-                return Image.fromarray(
-                    np.round(255 * values / max(values.max(), 1)).astype(np.uint8), mode="L"
-                )
-            return image.convert("L")
+            yield image
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable / truncated files
         raise InputDataError(path, f"not a readable image ({exc})") from exc
+
+
+def read_grayscale(path: str | Path) -> Image.Image:
+    """Decode an image file fully as 8-bit grayscale; a corrupt or truncated file is an input error."""
+    with decoded_image(path) as image:
+        if image.mode in ("I;16", "I;16B", "I"):
+            values = np.asarray(image, dtype=np.float64)
+            return Image.fromarray(np.round(255 * values / max(values.max(), 1)).astype(np.uint8), mode="L")
+        return image.convert("L")
 
 
 def square(image: Image.Image, resize: int, resample: Image.Resampling) -> np.ndarray:
@@ -150,11 +159,7 @@ def prepare_xray(
     """
     if resize < 8:
         raise ConfigError(f"preprocess.xray.resize: must be >= 8, got {resize}")
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ConfigError(
-            "preprocess.xray: val_fraction + test_fraction must lie in [0, 1), "
-            f"got {val_fraction}, {test_fraction}"
-        )
+    check_split_fractions("preprocess.xray", val_fraction, test_fraction)
     try:
         if "patient" not in re.compile(patient_pattern).groupindex:
             raise ConfigError(
@@ -172,17 +177,11 @@ def prepare_xray(
         for row in progress(rows, f"{label} images", unit="img")
     ]
 
-    by_patient: dict[str, list[_Film]] = {}
-    for film in films:
-        film.slice_index = len(by_patient.setdefault(film.patient, []))
-        by_patient[film.patient].append(film)
+    by_patient = number_within_patient(films)
     assignment = split_subjects(sorted(by_patient), [], val_fraction, test_fraction, seed)
-    for film in films:
-        film.split = assignment[film.patient]
 
     counts = {}
-    for split in SPLITS:
-        members = [f for f in films if f.split == split]
+    for split, members in assign_splits(films, assignment, lambda f: f.patient).items():
         arrays = {
             "images": np.stack([f.image for f in members])
             if members
@@ -212,27 +211,18 @@ def prepare_xray(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.preprocess.xray", description=__doc__.split("\n")[0]
-    )
-    optional = {"default": argparse.SUPPRESS}
+    parser = stage_parser("pipeline.preprocess.xray", __doc__)
     parser.add_argument(
         "--raw", dest="raw_dir", required=True, type=Path, help="raw image set, e.g. data/raw/chest_xray"
     )
     parser.add_argument("--label", required=True, help="class to take, e.g. NORMAL")
     parser.add_argument("--out-dir", dest="out_dir", required=True, type=Path)
-    parser.add_argument("--resize", type=int, **optional)
-    parser.add_argument("--val-fraction", dest="val_fraction", type=float, **optional)
-    parser.add_argument("--test-fraction", dest="test_fraction", type=float, **optional)
-    parser.add_argument("--seed", type=int, **optional)
-    parser.add_argument("--patient-pattern", dest="patient_pattern", **optional)
-    parser.add_argument("--contact-sheet-tiles", dest="contact_sheet_tiles", type=int, **optional)
+    knobs = ["resize", "val_fraction", "test_fraction", "seed", "patient_pattern", "contact_sheet_tiles"]
+    add_knob_options(parser, prepare_xray, knobs)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from pipeline.preprocess import run_stage_cli
-
     run_stage_cli(_parser(), prepare_xray, argv)
 
 

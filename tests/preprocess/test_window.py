@@ -20,11 +20,12 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
+from pydicom.uid import JPEGLSLossless, generate_uid
 
+from dicom_support import ct_dataset
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.preprocess.window import (
     WINDOW_PRESETS,
@@ -83,14 +84,7 @@ def ct_slice(
 ) -> Dataset:
     """One CT image as a scanner would write it, with identifying fields set so tests can prove
     they never reach an output."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = ct_dataset(generate_uid())
     ds.StudyInstanceUID = "1.2.3.4"
     ds.SeriesInstanceUID = series_uid
     ds.PatientName = SECRET_NAME

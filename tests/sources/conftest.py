@@ -20,9 +20,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
+from dicom_support import ct_dataset
 from pipeline.sources.http_fetch import FetchSettings
 
 SERVER_LIFETIME_S = 120  # the server shuts itself down even if a test hangs
@@ -194,14 +194,7 @@ class Build:
 
     @staticmethod
     def dicom(seed: int) -> bytes:
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(seed)])
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds = ct_dataset(generate_uid(entropy_srcs=[str(seed)]))
         ds.Modality = "CT"
         ds.Rows, ds.Columns = 4, 4
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1

@@ -28,6 +28,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from dicom_support import ct_slice, write_ct_series
+from phi_support import DICOM_MARKERS as WORKFLOW_DICOM_MARKERS
+from phi_support import searchable
 from pipeline.errors import InputDataError
 from pipeline.privacy import find_markers
 from pipeline.sources.deidentify import (
@@ -42,21 +44,10 @@ from pipeline.sources.deidentify import (
 )
 
 SALT = "deid-test-salt-0123456789abcdef"
-#: DICOM keyword -> marker: the fields the issue names, each with a string found nowhere else.
+#: The workflow test's identifying fields and markers, with a sharp kernel's description (the word
+#: windowing reads survives) and two more fields the issue names.
 DICOM_MARKERS = {
-    "PatientName": "QXNAMEQX^PATIENT",
-    "PatientID": "QXPIDQX",
-    "PatientBirthDate": "18610429",
-    "AccessionNumber": "QXACCQX",
-    "InstitutionName": "QXHOSPQX",
-    "InstitutionAddress": "QXADDRESSQX Road 1",
-    "ReferringPhysicianName": "QXREFDOCQX",
-    "PerformingPhysicianName": "QXPERFDOCQX",
-    "OperatorsName": "QXOPERQX",
-    "StationName": "QXSTATIONQX",
-    "StudyDate": "18620531",
-    "SeriesDate": "18620601",
-    "StudyDescription": "QXSTUDYQX",
+    **WORKFLOW_DICOM_MARKERS,
     "SeriesDescription": "QXSERIESQX BONE",
     "OtherPatientIDs": "QXOTHERIDQX",
     "ImageComments": "QXCOMMENTQX",
@@ -68,10 +59,6 @@ GEOMETRY_AND_INTENSITY = (
     "RescaleIntercept", "WindowCenter", "WindowWidth", "PhotometricInterpretation", "BitsAllocated",
     "BitsStored", "HighBit", "PixelRepresentation", "Rows", "Columns", "Modality", "ImageType",
 )  # fmt: skip
-
-
-def _searchable(markers) -> list[str]:
-    return sorted({value.split("^")[0].split(" ")[0] for value in markers})
 
 
 def _marked_slice(path: Path, z_mm: float = 0.0, series_uid: str = "1.2.3.4.5") -> Path:
@@ -92,7 +79,7 @@ def _marked_slice(path: Path, z_mm: float = 0.0, series_uid: str = "1.2.3.4.5") 
     return path
 
 
-MARKERS = _searchable([*DICOM_MARKERS.values(), PRIVATE_MARKER, NESTED_MARKER])
+MARKERS = searchable([*DICOM_MARKERS.values(), PRIVATE_MARKER, NESTED_MARKER])
 
 
 def test_basic_profile_leaves_no_marker_and_records_what_was_done(tmp_path):
