@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 from pipeline.atomic import atomic_path
@@ -22,6 +23,10 @@ from pipeline.errors import InputDataError
 
 DPI = 150
 PANEL_INCHES = 2.2
+CURVES_LOG_RATIO = 20.0
+"""A training-curve panel whose positive values span more than this factor gets a log y axis."""
+LINE_STYLES = ("-", "--", ":", "-.")
+"""Series of one panel differ in line style too: two equal curves (e.g. constant learning rates) stay visible."""
 
 
 def _save(fig: plt.Figure, out_png: Path) -> None:
@@ -61,8 +66,8 @@ def triplets(samples_npz: Path, out_png: Path, labels: tuple[str, str] = ("CT", 
     n_rows = max(len(samples[f"{w}_source"]) for w in ways)
     fig, axes = plt.subplots(n_rows, 6, figsize=(6 * PANEL_INCHES, n_rows * PANEL_INCHES), squeeze=False)
     for block, (way, (src, tgt)) in enumerate(ways.items()):
-        titles = (src, f"{src} \u2192 {tgt}", f"{src} \u2192 {tgt} \u2192 {src}")
-        ids = samples.get(f"{way}_subject_ids")
+        titles = (src, f"{src} \u2192\n{tgt}", f"{src} \u2192 {tgt}\n\u2192 {src}")  # two lines: long names fit
+        ids, slice_index = samples.get(f"{way}_subject_ids"), samples.get(f"{way}_slice_index")
         for row in range(n_rows):
             for col, (key, title) in enumerate(zip(("source", "translated", "reconstructed"), titles)):
                 ax = axes[row, 3 * block + col]
@@ -73,7 +78,8 @@ def triplets(samples_npz: Path, out_png: Path, labels: tuple[str, str] = ("CT", 
                 if row == 0:
                     ax.set_title(title, fontsize=9)
                 if col == 0 and ids is not None:
-                    ax.set_ylabel(str(ids[row]), fontsize=8)
+                    where = "" if slice_index is None else f", slice {slice_index[row]}"
+                    ax.set_ylabel(f"{ids[row]}{where}", fontsize=8)
     _save(fig, out_png)
 
 
@@ -167,6 +173,9 @@ def difference_maps(
                 if row == 0:
                     ax.set_title(f"{src}\u2192{tgt}\n" + ("G(x) \u2212 x" if kind == "signed" else "|G(x) \u2212 x|"),
                                  fontsize=8)
+    if any(f"{way}_region_mask" in samples for way in ways):
+        fig.suptitle("cyan outline: the source's region mask (the test npz's region_mask, e.g. the lung fields)",
+                     fontsize=8)
     fig.colorbar(overlays["signed"], ax=axes[:, :2].ravel().tolist(), shrink=0.8, location="bottom", pad=0.03,
                  label="G(x) \u2212 x ([0,1] units): red lighter, blue darker")
     fig.colorbar(overlays["absolute"], ax=axes[:, 2:].ravel().tolist(), shrink=0.8, location="bottom", pad=0.03,
@@ -174,18 +183,22 @@ def difference_maps(
     _save(fig, out_png)
 
 
-def intensity_histograms(samples_npz: Path, out_png: Path, labels: tuple[str, str] = ("CT", "T2 MRI")) -> None:
-    """Intensity distribution of real target images vs translations, per direction (densities over [0, 1])."""
+def intensity_histograms(samples_npz: Path, out_png: Path, labels: tuple[str, str] = ("CT", "T2 MRI"),
+                         normalisation: tuple[str, str] | None = None) -> None:
+    """Intensity distribution of real target images vs translations, per direction (densities over [0, 1]);
+    ``normalisation``: how domain a's and b's slices came to [0, 1], stated under each panel's axis."""
     samples = _load_samples(samples_npz, ("hist_real_target", "hist_translated"))
     edges = samples["hist_edges"]
     centres, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
+    targets = {"a_to_b": 1, "b_to_a": 0}
     for ax, (way, (src, tgt)) in zip(axes[0], {"a_to_b": labels, "b_to_a": labels[::-1]}.items()):
         for key, name, style in (("hist_real_target", f"real {tgt}", "-"), ("hist_translated", f"{src} \u2192 {tgt}", "--")):
             counts = samples[f"{way}_{key}"].astype(float)
             ax.plot(centres, counts / max(counts.sum(), 1.0) / widths, style, label=name)
         ax.set_yscale("log")
-        ax.set_xlabel("intensity ([0,1])")
+        ax.set_xlabel("intensity ([0,1])" if normalisation is None else f"intensity, {normalisation[targets[way]]}",
+                      fontsize=8)
         ax.set_ylabel("density (log)")
         ax.set_title(f"into {tgt}", fontsize=9)
         ax.legend(fontsize=8)
@@ -218,8 +231,12 @@ def metrics_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
     row("cycle SSIM", lambda b: summary(b["ssim_cycle"]))
     row("paired SSIM", lambda b: summary(b["paired"] and b["paired"]["ssim"]))
     row("paired SSIM gain over x", lambda b: summary(b["paired"] and b["paired"].get("ssim_gain")))
-    row("paired PSNR (dB)", lambda b: summary(b["paired"] and b["paired"]["psnr"], 2))
-    row("paired MAE (HU)", lambda b: summary(b["paired"] and b["paired"]["mae_hu"], 1))
+    row("paired PSNR, data range 1 (dB)", lambda b: summary(b["paired"] and b["paired"]["psnr"], 2))
+    body = lambda b: b["paired"] and b["paired"]["ct_body"]
+    row("paired MAE in window, whole image (HU)", lambda b: summary(b["paired"] and b["paired"]["mae_window_hu"], 1))
+    row("paired MAE in body, full HU (HU)", lambda b: summary(body(b) and body(b)["mae_hu_body"], 1))
+    row("  its floor for a windowed model (HU)", lambda b: summary(body(b) and body(b)["mae_hu_body_floor"], 1))
+    row("paired PSNR in body, full HU (dB)", lambda b: summary(body(b) and body(b)["psnr_hu_body"], 2))
     row("classifier: share intended", lambda b: summary(b["classifier"].get("share_intended")))
     row("classifier: mean P(intended)", lambda b: summary(b["classifier"].get("mean_probability_intended")))
     row("  classifier real-test AUC", lambda b: _with_interval(
@@ -233,43 +250,49 @@ def metrics_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def metrics_table(metrics_json: Path | dict, out_png: Path) -> None:
-    """The headline numbers of metrics.json as a table image (value [95% CI over subjects] or n/a)."""
+    """The headline numbers of metrics.json as a table image (value [95% CI over subjects] or n/a),
+    columns as wide as their text, the interval methods and the classifier's accuracy in a note below."""
     import json
+    import textwrap
 
     metrics = metrics_json if isinstance(metrics_json, dict) else json.loads(Path(metrics_json).read_text())
     header, rows = metrics_rows(metrics)
-    fig, ax = plt.subplots(figsize=(3 + 3.2 * (len(header) - 1), 0.4 * (len(rows) + 2)))
+    first = metrics[header[1]]
+    note = (f"value [95% CI over subjects; per-image means: {first.get('ssim', {}).get('ci_method')}, "
+            f"FID / KID / FRD: {first.get('frd', {}).get('ci_method')}]; n/a: not computed (metrics.json says why); "
+            "no interval below the minimum number of test subjects. SSIM and PSNR without 'HU': [0,1] slices, "
+            "data range 1. MAE in window: CT mapped back through its display window, whole image. In body, full HU: "
+            "the synthetic CT against the real CT clipped to [-1024, 3000] HU inside the body mask, PSNR with data "
+            "range 4024 HU (SynthRAD); the floor is what a translator confined to the window cannot go below.")
+    note += (" Floor: the same distance between real test and real training images (split by patient). Classifier "
+             "shares are n/a when the classifier fails its real-test check.")
+    accuracy = (metrics.get("classifier") or {}).get("test_accuracy")
+    if accuracy:
+        note += f" Classifier test accuracy {_with_interval(accuracy['mean'], accuracy['ci95'])}"
+        balanced = (metrics["classifier"].get("real_test") or {}).get("balanced_accuracy")
+        note += f", balanced {balanced:.3f}." if balanced is not None else "."
+    widths = [max(len(str(line[c])) for line in (header, *rows)) for c in range(len(header))]
+    width_inches = max(0.075 * sum(widths) + 0.4, 6.0)
+    lines = textwrap.wrap(note, width=int(width_inches * 15))
+    table_inches, note_inches = 0.24 * (len(rows) + 1), 0.13 * len(lines) + 0.1
+    fig = plt.figure(figsize=(width_inches, table_inches + note_inches))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.axis("off")
-    table = ax.table(cellText=rows, colLabels=header, loc="center", cellLoc="left", colLoc="left")
+    split = note_inches / (table_inches + note_inches)
+    table = ax.table(cellText=rows, colLabels=header, cellLoc="left", colLoc="left",
+                     colWidths=[w / sum(widths) for w in widths], bbox=(0.0, split, 1.0, 1.0 - split))
     table.auto_set_font_size(False)
     table.set_fontsize(8)
-    table.scale(1.0, 1.3)
-    accuracy = (metrics.get("classifier") or {}).get("test_accuracy")
-    note = ("value [95% CI over subjects: bootstrap for per-image means, jackknife for FID / KID / FRD]; "
-            "no interval with fewer than the minimum number of test subjects; floor: the same distance between\n"
-            "real test and real training images (split by patient); n/a: not measured (classifier shares: null "
-            "when the classifier fails its real-test check)")
-    if accuracy:
-        note += f"; classifier test accuracy {_with_interval(accuracy['mean'], accuracy['ci95'])}"
-        balanced = (metrics["classifier"].get("real_test") or {}).get("balanced_accuracy")
-        if balanced is not None:
-            note += f", balanced {balanced:.3f}"
-    ax.set_title(note, fontsize=8)
+    for (row, _), cell in table.get_celld().items():
+        cell.PAD = 0.02
+        if row == 0:
+            cell.set_text_props(weight="bold")
+    ax.text(0.005, split - 0.01, "\n".join(lines), fontsize=7, va="top", transform=ax.transAxes)
     _save(fig, out_png)
 
 
-def wants_log_scale(values: np.ndarray, log_ratio: float) -> bool:
-    """True when all finite values are positive and span more than ``log_ratio``."""
-    values = values[np.isfinite(values)]
-    return bool(values.size and values.min() > 0 and values.max() / values.min() > log_ratio)
-
-
-def loss_curves(history_csv: Path, out_png: Path, log_ratio: float = 100.0) -> None:
-    """One line per loss column (mean over the epoch's steps) against epoch.
-
-    The y axis is logarithmic when every value is positive and they span more than
-    ``log_ratio`` (default 100), so that small losses stay readable beside large ones.
-    """
+def read_history(history_csv: Path) -> "pd.DataFrame":
+    """history.csv (the engine's: epoch, step, optional kimg, one column per value), checked."""
     import pandas as pd
 
     history_csv = Path(history_csv)
@@ -278,22 +301,82 @@ def loss_curves(history_csv: Path, out_png: Path, log_ratio: float = 100.0) -> N
     history = pd.read_csv(history_csv)
     if "epoch" not in history.columns:
         raise InputDataError(history_csv, "no 'epoch' column")
-    losses = [
-        c for c in history.columns if c not in ("epoch", "step") and pd.api.types.is_numeric_dtype(history[c])
-    ]
-    if not losses or history.empty:
+    if history.empty or len(history.columns) <= len({"epoch", "step", "kimg"} & set(history.columns)):
         raise InputDataError(history_csv, "no loss columns or no rows")
-    per_epoch = history.groupby("epoch")[losses].mean()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for column in losses:
-        ax.plot(per_epoch.index, per_epoch[column], marker="o" if len(per_epoch) < 20 else None, label=column)
-    if wants_log_scale(per_epoch.to_numpy(dtype=float), log_ratio):
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (mean over the epoch's steps)")
-    ax.legend(fontsize=8, loc="best")
-    ax.grid(alpha=0.3)
-    _save(fig, out_png)
+    return history
+
+
+def training_curves(history_csv: Path, out_png: Path, panels: dict[str, list[str]], title: str | None = None,
+                    log_ratio: float = CURVES_LOG_RATIO) -> None:
+    """Small panels of the training history, one per kind of value (``panels``: title -> columns,
+    e.g. from ``pipeline.models.history_panels``: generator losses, discriminator losses, D on real
+    and generated, schedules, learning rate), against kimg when the history has it, else epoch.
+
+    Each panel: distinct colours and line styles, its legend outside the data (right of the panel), a log y axis
+    when its values are positive and span more than ``log_ratio`` (default 20: a total loss of 15 would
+    flatten its terms of 0.3 on a linear axis). Several rows of one epoch are
+    averaged (the engine writes one per epoch).
+    """
+    _save(training_curves_figure(read_history(history_csv), Path(history_csv), panels, title, log_ratio), out_png)
+
+
+def training_curves_figure(history: "pd.DataFrame", source: Path, panels: dict[str, list[str]],
+                           title: str | None = None, log_ratio: float = CURVES_LOG_RATIO) -> plt.Figure:
+    """The figure of ``training_curves`` (open; the caller saves or inspects it)."""
+    missing = sorted({c for columns in panels.values() for c in columns} - set(history.columns))
+    if missing or not panels:
+        raise InputDataError(source, f"no panels, or columns missing from the history: {missing}")
+    x_name = "kimg" if "kimg" in history.columns else "epoch"
+    per_tick = history.groupby(x_name).mean(numeric_only=True)
+    n_cols = 1 if len(panels) == 1 else 2
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(6.2 * n_cols, 2.6 * n_rows), squeeze=False)
+    colours = plt.get_cmap("tab10" if max(map(len, panels.values())) <= 10 else "tab20").colors
+    for ax, (panel, columns) in zip(axes.ravel(), panels.items()):
+        for index, column in enumerate(columns):
+            ax.plot(per_tick.index, per_tick[column], color=colours[index % len(colours)], lw=1.3,
+                    ls=LINE_STYLES[index % len(LINE_STYLES)], marker="o" if len(per_tick) < 20 else None, ms=3,
+                    label=column)
+        values = per_tick[columns].to_numpy(dtype=float)
+        if not np.isfinite(values).any():  # e.g. lr_* of a run resumed from before the engine wrote them
+            ax.text(0.5, 0.5, "not recorded in this history", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=8, color="0.4")
+        elif wants_log_scale(values, log_ratio):
+            ax.set_yscale("log")
+        elif np.nanmin(values) >= 0 and 0 < np.nanmax(values) < 1e-2:  # a learning rate: from 0, 2.0e-04 a tick
+            ax.set_ylim(0, 1.1 * np.nanmax(values))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.1e"))
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("kimg (thousands of images shown)" if x_name == "kimg" else "epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if x_name == "epoch":
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
+            first, last = per_tick.index.min(), per_tick.index.max()
+            ax.set_xlim(first - 0.5, last + 0.5) if last - first < 4 else None  # whole epochs, even just one
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def history_figure(history_csv: Path, model_name: str, out_png: Path, title: str | None = None,
+                   log_ratio: float = CURVES_LOG_RATIO) -> None:
+    """``training_curves`` with the panels model ``model_name`` (a registry name, e.g. run.json's
+    "model") declares for its losses (``pipeline.models.history_panels``)."""
+    from pipeline.models import history_panels
+
+    panels = history_panels(model_name, list(read_history(history_csv).columns))
+    training_curves(history_csv, out_png, panels, title or f"training history of the {model_name} model", log_ratio)
+
+
+def wants_log_scale(values: np.ndarray, log_ratio: float) -> bool:
+    """True when all finite values are positive and span more than ``log_ratio``."""
+    values = values[np.isfinite(values)]
+    return bool(values.size and values.min() > 0 and values.max() / values.min() > log_ratio)
 
 
 def preprocessing_panel(stages: list[tuple[str, np.ndarray]], out_png: Path, title: str) -> None:
@@ -399,10 +482,11 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--samples", type=Path, required=True)
     cmd.add_argument("--out", type=Path, required=True)
     cmd.add_argument("--labels", nargs=2, default=["CT", "T2 MRI"], metavar=("A", "B"))
-    cmd = commands.add_parser("loss-curves", help="training losses per epoch")
+    cmd = commands.add_parser("training-curves", help="training history as panels by kind of value")
     cmd.add_argument("--history", type=Path, required=True)
+    cmd.add_argument("--model-name", required=True, help="registry name (run.json's model): declares each loss's kind")
     cmd.add_argument("--out", type=Path, required=True)
-    cmd.add_argument("--log-ratio", type=float, default=100.0)
+    cmd.add_argument("--log-ratio", type=float, default=CURVES_LOG_RATIO)
     cmd = commands.add_parser("preprocessing", help="raw / windowed / registered / masked of one subject")
     cmd.add_argument("--subject-id", "--subject", dest="subject_id", required=True, help="shown in the title")
     cmd.add_argument("--modality", type=str.lower, choices=["ct", "mr", "mri"], required=True)
@@ -421,8 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "triplets":
             triplets(args.samples, args.out, labels=tuple(args.labels))
-        elif args.command == "loss-curves":
-            loss_curves(args.history, args.out, log_ratio=args.log_ratio)
+        elif args.command == "training-curves":
+            history_figure(args.history, args.model_name, args.out, log_ratio=args.log_ratio)
         else:
             stages = subject_stages(
                 args.modality,
@@ -461,8 +545,8 @@ def generated_grid(samples_npz: Path, out_png: Path) -> None:
     samples = _load_npz(samples_npz, ("row_names",))
     names = [str(name) for name in samples["row_names"]]
     rows = [row for i, name in enumerate(names) for row in (
-        (f"real {name}" if len(names) > 1 else "real", samples[f"grid_real_{i}"]),
-        (f"generated {name}" if len(names) > 1 else "generated", samples[f"grid_generated_{i}"]),
+        (f"real\n{name}" if len(names) > 1 else "real", samples[f"grid_real_{i}"]),
+        (f"generated\n{name}" if len(names) > 1 else "generated", samples[f"grid_generated_{i}"]),
     )]
     n_cols = max(1, max(len(images) for _, images in rows))
     fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * PANEL_INCHES * 0.7, len(rows) * PANEL_INCHES * 0.7),
@@ -519,35 +603,6 @@ def nearest_pairs(samples_npz: Path, out_png: Path) -> None:
             axes[r, c].set_title(title, fontsize=7, color=colour)
     fig.suptitle(f"closest to training slices (flips, zooms and shifts searched); red: near copy, nearer than "
                  f"{threshold:.3f} (a share of new patients' median distance to training)", fontsize=8)
-    _save(fig, out_png)
-
-
-def gan_training_curves(history_csv: Path, out_png: Path) -> None:
-    """Left: the losses per epoch; right: D's mean output on real (D(x)) and generated (D(G(z)))
-    images per epoch, the curves report 002 read its training from."""
-    import pandas as pd
-
-    history_csv = Path(history_csv)
-    if not history_csv.is_file():
-        raise InputDataError(history_csv, "training history not found")
-    history = pd.read_csv(history_csv)
-    missing = [c for c in ("epoch", "d_real", "d_fake") if c not in history.columns]
-    if missing or history.empty:
-        raise InputDataError(history_csv, f"needs rows and the columns epoch, d_real, d_fake (missing {missing})")
-    per_epoch = history.groupby("epoch").mean(numeric_only=True)
-    outputs = ("d_real", "d_fake", "D_accuracy", "instance_noise_std")
-    losses = [c for c in per_epoch.columns if c not in ("step", *outputs)]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for column in losses:
-        left.plot(per_epoch.index, per_epoch[column], label=column)
-    left.set_title("losses", fontsize=9)
-    for column, label in (("d_real", "D(x), real"), ("d_fake", "D(G(z)), generated")):
-        right.plot(per_epoch.index, per_epoch[column], label=label)
-    right.set_title("discriminator output (mean over the epoch)", fontsize=9)
-    for ax in (left, right):
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     _save(fig, out_png)
 
 

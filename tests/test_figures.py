@@ -55,25 +55,85 @@ def test_triplets(tmp_path):
         figures.triplets(samples, out)
 
 
-def test_loss_curves(tmp_path):
-    epochs = np.repeat(np.arange(1, 11), 4)
-    history = pd.DataFrame(
-        {
-            "epoch": epochs,
-            "step": np.arange(len(epochs)),
-            "loss_g": 5.0 / epochs,
-            "loss_d": 0.5 + 0.01 * np.sin(np.arange(len(epochs))),
-            "loss_cycle_ssim": 0.001 * np.exp(-epochs / 3),
-        }
-    )
+def cyclegan_history(n_epochs: int = 10, rows_per_epoch: int = 1) -> pd.DataFrame:
+    """A CycleGAN history.csv as the engine writes it (report 001's losses, learning rates last)."""
+    epochs = np.repeat(np.arange(1, n_epochs + 1), rows_per_epoch)
+    return pd.DataFrame({
+        "epoch": epochs, "step": np.arange(len(epochs)),
+        "G_ab_adv": 2.0 / epochs, "G_ba_adv": 1.5 / epochs,
+        "cycle_ssim_a": 0.3 / epochs, "cycle_ssim_b": 0.2 / epochs,
+        "cycle_perceptual_a": 0.01 / epochs, "cycle_perceptual_b": 0.02 / epochs, "G_total": 5.0 / epochs,
+        "D_a": 0.6 + 0.01 * np.sin(epochs), "D_b": 0.5 + 0.01 * np.cos(epochs),
+        "D_a_accuracy": 0.9 - 0.02 * epochs, "D_b_accuracy": 0.8 - 0.02 * epochs,
+        "lr_G": np.where(epochs <= n_epochs // 2, 2e-4, 2e-4 * (n_epochs - epochs + 1) / (n_epochs // 2 + 1)),
+        "lr_D": 2e-4,
+    })
+
+
+def test_training_curves_are_panels_by_kind_with_distinct_colours_and_legends_outside(tmp_path):
+    from pipeline.models import history_panels
+
+    history = cyclegan_history(rows_per_epoch=3)
+    panels = history_panels("cyclegan", list(history.columns))
+    fig = figures.training_curves_figure(history, tmp_path / "history.csv", panels, title="t")
+    fig.canvas.draw()
+    drawn = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
+    assert [ax.get_title() for ax in drawn] == list(panels) == [
+        "generator losses", "discriminator losses", "discriminator on real and generated images", "learning rate"]
+    for ax, columns in zip(drawn, panels.values()):
+        assert [line.get_label() for line in ax.get_lines()] == columns
+        colours = [line.get_color() for line in ax.get_lines()]
+        assert len(set(map(str, colours))) == len(colours)  # no two series of a panel share a colour
+        legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.x0 >= box.x1  # the legend sits right of the data, never over it
+        assert ax.get_xlabel() == "epoch"
+    generator = drawn[0]
+    assert generator.get_yscale() == "log"  # G_total 5 beside the perceptual terms 0.001: two decades
+    assert drawn[1].get_yscale() == "linear"
+    np.testing.assert_allclose(generator.get_lines()[0].get_xdata(), np.arange(1, 11))  # one point an epoch
+    plt.close(fig)
+
     csv = tmp_path / "history.csv"
     history.to_csv(csv, index=False)
     out = tmp_path / "loss_curves.png"
-    figures.loss_curves(csv, out)
+    figures.history_figure(csv, "cyclegan", out)
     assert_real_png(out)
+    with pytest.raises(InputDataError, match="missing from the history"):
+        figures.training_curves(csv, out, {"generator losses": ["G_total", "not_there"]})
     with pytest.raises(InputDataError, match="no loss columns"):
         history[["epoch", "step"]].to_csv(csv, index=False)
-        figures.loss_curves(csv, out)
+        figures.history_figure(csv, "cyclegan", out)
+
+
+def test_a_panel_with_nothing_recorded_says_so(tmp_path):
+    from pipeline.models import history_panels
+
+    history = cyclegan_history().assign(lr_G=np.nan, lr_D=np.nan)  # a run resumed from before the lr columns
+    panels = history_panels("cyclegan", list(history.columns))
+    fig = figures.training_curves_figure(history, tmp_path / "history.csv", panels)
+    learning_rate = [ax for ax in fig.axes if ax.get_title() == "learning rate"][0]
+    generator = [ax for ax in fig.axes if ax.get_title() == "generator losses"][0]
+    assert [t.get_text() for t in learning_rate.texts] == ["not recorded in this history"]
+    assert len(generator.texts) == 0
+    plt.close(fig)
+
+
+def test_training_curves_run_on_kimg_when_the_history_has_it(tmp_path):
+    ticks = np.arange(1, 6)
+    history = pd.DataFrame({"epoch": ticks, "step": 25 * ticks, "kimg": 0.1 * ticks, "G": 1.0 / ticks,
+                            "D": 1.2 / ticks, "d_real": 0.2 + 0.0 * ticks, "d_fake": -0.1 * ticks,
+                            "r1": 0.01 * ticks, "pl": 0.0 * ticks, "augment_p": 0.01 * ticks, "ada_rt": 0.6 + 0 * ticks,
+                            "lr_G": 2e-3, "lr_D": 2e-3})
+    from pipeline.models import history_panels
+
+    panels = history_panels("stylegan2", list(history.columns))
+    fig = figures.training_curves_figure(history, tmp_path / "h.csv", panels)
+    fig.canvas.draw()
+    drawn = [ax for ax in fig.axes if ax.axison]
+    assert len(drawn) == 5 and "schedules and counters" in [ax.get_title() for ax in drawn]
+    assert all(ax.get_xlabel().startswith("kimg") for ax in drawn)
+    np.testing.assert_allclose(drawn[0].get_lines()[0].get_xdata(), 0.1 * ticks)
+    plt.close(fig)
 
 
 def test_log_scale_only_when_losses_span_orders_of_magnitude():

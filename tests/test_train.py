@@ -68,6 +68,8 @@ def test_two_epochs_write_every_output(unet_run):
     assert [r["epoch"] for r in rows] == ["1", "2"] and [r["step"] for r in rows] == ["2", "4"]
     assert list(rows[0])[:4] == ["epoch", "step", "G_ab_adv", "G_ba_adv"]
     assert {"cycle_ssim_a", "cycle_perceptual_b", "D_a", "D_b_accuracy"} <= set(rows[0])
+    # the learning rates the epochs ran with (report 001 preset: G 1e-4, D 1e-3, constant here)
+    assert [float(r["lr_G"]) for r in rows] == [1e-4, 1e-4] and [float(r["lr_D"]) for r in rows] == [1e-3, 1e-3]
     assert all(np.isfinite(float(v)) for row in rows for v in row.values())
     saved = json.loads((out / "run.json").read_text())
     assert saved == info

@@ -36,6 +36,14 @@ def test_history_has_a_row_per_epoch_with_ten_significant_digits(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "kimg.csv"]  # no temporary left
 
 
+def test_history_ends_with_the_learning_rates_and_rows_from_before_them_read_nan(tmp_path):
+    rows = [{"epoch": 1, "step": 3, "kimg": 0.012, "G": 0.5},  # a row resumed from a checkpoint without lr
+            {"epoch": 2, "step": 6, "kimg": 0.024, "G": 0.25, "lr_G": 2e-4, "lr_D": 5e-05}]
+    write_history(tmp_path / "history.csv", rows, ("G",), lr_names=("lr_G", "lr_D"))
+    assert read_csv(tmp_path / "history.csv") == [
+        ["epoch", "step", "G", "lr_G", "lr_D"], ["1", "3", "0.5", "nan", "nan"], ["2", "6", "0.25", "0.0002", "5e-05"]]
+
+
 def test_throughput_is_named_by_what_one_batch_element_is():
     assert throughput_unit(("images",)) == "images"
     assert throughput_unit(("a", "b")) == "image_pairs"

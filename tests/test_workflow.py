@@ -38,7 +38,13 @@ def test_built_chain_has_the_headline_target_and_dvc_agrees(tiny_repo: Path):
         assert paired["n"] >= 1
         for key in ("ssim", "psnr", "mae"):
             assert isinstance(paired[key]["mean"], float)
-    assert metrics["mri_to_ct"]["paired"]["mae_hu"]["mean"] >= 0.0
+    paired = metrics["mri_to_ct"]["paired"]
+    assert paired["mae_window_hu"]["mean"] >= 0.0
+    # the phantom's CT partner reaches the evaluation in full HU: the body-masked MAE is computed,
+    # and a brain-window translator cannot come below its floor (skull and air lie outside 0..79 HU)
+    body = paired["ct_body"]
+    assert body["hu_clip"] == [-1024.0, 3000.0] and body["mae_hu_body_floor"]["mean"] > 100.0
+    assert body["mae_hu_body"]["mean"] >= body["mae_hu_body_floor"]["mean"] - 1e-6  # pixel by pixel, in fact
     for block in (metrics["ct_to_mri"], metrics["mri_to_ct"]):  # FRD needs no weights; classifier; intervals
         assert isinstance(block["frd"]["value"], float) and block["frd"]["n_features"] > 100
         assert 0.0 <= block["classifier"]["share_intended"]["mean"] <= 1.0

@@ -19,7 +19,7 @@ import pytest
 from workflow_support import changed_param, planned_jobs
 
 TARGET = "results/seg2ct_style/metrics.json"
-FIGURES = ("panels", "perturbed", "z_draws", "organ_histograms", "style_pair")
+FIGURES = ("panels", "perturbed", "z_draws", "organ_histograms", "style_pair", "training_curves")
 SEGMENTER_MIN_DICE = 0.6
 """Mean organ Dice (classes 1-5) the segmenter must reach on held-out real phantom slices."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import platform
 import resource
@@ -20,7 +21,7 @@ import torch
 
 from pipeline.atomic import atomic_path, write_json, write_text
 from pipeline.engine.checkpoint import Progress
-from pipeline.models import GANModel
+from pipeline.models import LEARNING_RATE_PREFIX, GANModel
 from pipeline.tracking import Tracker, git_state, params_hash
 
 
@@ -82,14 +83,16 @@ def save_sample_grid(target: Path, visuals: dict[str, torch.Tensor], rows: tuple
 
 
 def write_history(target: Path, rows: list[dict[str, float]], loss_names: tuple[str, ...],
-                  with_kimg: bool = False) -> None:
-    """history.csv: epoch, step, (kimg: thousands of images shown, on a kimg schedule), the losses."""
+                  with_kimg: bool = False, lr_names: tuple[str, ...] = ()) -> None:
+    """history.csv: epoch, step, (kimg: thousands of images shown, on a kimg schedule), the losses,
+    then ``lr_<optimiser>``: the learning rate each optimiser ran the epoch with (the figures' panel)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["epoch", "step", *(["kimg"] if with_kimg else []), *loss_names])
+    writer.writerow(["epoch", "step", *(["kimg"] if with_kimg else []), *loss_names, *lr_names])
     for row in rows:
         kimg = [format(row["kimg"], ".10g")] if with_kimg else []
-        writer.writerow([row["epoch"], row["step"], *kimg, *(format(row[name], ".10g") for name in loss_names)])
+        values = (format(row.get(name, math.nan), ".10g") for name in (*loss_names, *lr_names))
+        writer.writerow([row["epoch"], row["step"], *kimg, *values])
     write_text(target, buffer.getvalue())
 
 
@@ -177,7 +180,8 @@ class RunArtefacts:
 
     def write_history(self, rows: list[dict[str, float]]) -> None:
         write_history(self.out_dir / "history.csv", rows, self.model.loss_names,
-                      with_kimg=self.train_knobs["kimg"] is not None)
+                      with_kimg=self.train_knobs["kimg"] is not None,
+                      lr_names=tuple(f"{LEARNING_RATE_PREFIX}{name}" for name in self.model.optimizers))
 
     def finish(self, progress: Progress, seconds: float, per_s: float | None, image_size: tuple[int, int],
                resumed_from: int | None, tracking_uri: str, metric_step: int) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from pipeline.engine.data import load_training_data
 from pipeline.engine.knobs import numerics, resolve_config, select_device, split_seed
 from pipeline.engine.step import lr_schedulers, prepare_model, train_step, uses_cuda_graphs
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.models import LEARNING_RATE_PREFIX
 from pipeline.progress import progress_counter
 from pipeline.tracking import data_version
 
@@ -292,14 +293,15 @@ class TrainingRun:
 
     def _close_epoch(self, means: Mapping[str, float], epoch_seconds: float) -> None:
         """The epoch's losses into the history and MLflow; one LR schedule step."""
-        lrs = {f"lr_{name}": opt.param_groups[0]["lr"] for name, opt in self.model.optimizers.items()}
+        lrs = {f"{LEARNING_RATE_PREFIX}{name}": opt.param_groups[0]["lr"]
+               for name, opt in self.model.optimizers.items()}
         for scheduler in self.schedulers.values():
             scheduler.step()
         self.progress.epoch += 1
         self.progress.current = EpochInProgress()
         losses = {name: means.get(name, math.nan) for name in self.model.loss_names}
         self.progress.history.append({"epoch": self.progress.epoch, "step": self.progress.step,
-                                      "kimg": self.images_shown / 1000, **losses})
+                                      "kimg": self.images_shown / 1000, **losses, **lrs})
         if self.is_main:
             log.info("epoch %d/%d (%.1f s, %.3f kimg): %s", self.progress.epoch, self.total_epochs, epoch_seconds,
                      self.images_shown / 1000, ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))

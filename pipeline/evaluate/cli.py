@@ -92,6 +92,15 @@ def draw(figures: Sequence[tuple[Path | None, Callable[[Path], object]]]) -> lis
     return drawn
 
 
+def training_curves(model: Path, history_csv: Path, out_png: Path) -> None:
+    """The training history's panels (pipeline.figures.training_curves), grouped by the kinds the
+    model in ``model`` (model.pt) declares for its losses."""
+    from pipeline.figures import history_figure
+    from pipeline.models import trained_model_name
+
+    history_figure(history_csv, trained_model_name(model), out_png)
+
+
 def log_to_run(run_json: Path | None, metrics: Mapping[str, float | None], artifacts: Iterable[Path | None],
                tracking_uri: str | None = None) -> str | None:
     """Log ``metrics`` and the given files into the training's MLflow run named in ``run_json``

@@ -339,10 +339,10 @@ def edit_figures(figures: dict[str, np.ndarray], headline: str, sequence_png: Pa
             ax.set_xlabel(f"CTR {ctr[r, c]:.2f}" if np.isfinite(ctr[r, c]) else "CTR -", fontsize=7)
             if r == 0:
                 ax.set_title(f"alpha {alpha:g}", fontsize=7)
-    fig.suptitle(f"Edits along the {headline} direction (CTR measured by the segmenter)", fontsize=8)
+    fig.suptitle(f"Edits along the {headline} direction\n(CTR measured by the segmenter)", fontsize=8)
     fig.tight_layout()
     with atomic_path(sequence_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")  # the title wider than a narrow sheet
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
@@ -354,9 +354,14 @@ def edit_figures(figures: dict[str, np.ndarray], headline: str, sequence_png: Pa
             ax.errorbar(alphas, np.nanmean(values, axis=0), yerr=np.nanstd(values, axis=0), label=name, capsize=3)
     axes[0].set_ylabel("measured CTR")
     axes[1].set_ylabel("classifier P(cardiomegaly)")
-    for ax in axes:
-        ax.set_xlabel("alpha")
-        ax.legend(fontsize=7)
+    for ax, key in zip(axes, ("ctr", "probability")):
+        ax.set_xlabel("alpha (edit strength)")
+        ax.set_title("mean and std over the edited images", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        if not any(np.isfinite(figures[f"{name}_{key}"]).any() for name in DIRECTIONS if f"{name}_{key}" in figures):
+            ax.text(0.5, 0.5, "nothing measured: the segmenter found\nno heart or thorax in any edited image",
+                    ha="center", va="center", fontsize=8, transform=ax.transAxes)
     fig.tight_layout()
     with atomic_path(curves_png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -210,6 +210,7 @@ def projections_figure(arrays: dict[str, np.ndarray], section: dict, out_png: Pa
         block = section.get(key)
         ax.set_title(f"{name}: separation {block['value']:.2f}" if block else f"{name}: too few codes", fontsize=8)
         ax.set_xlabel("projection on the LDA normal", fontsize=8)
+        ax.set_ylabel("codes", fontsize=8)
         ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:

@@ -19,7 +19,7 @@ import contextlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, Protocol
+from typing import Any, ClassVar, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,20 @@ MODELS = {
 }
 #: What a trained model is for; each task has its evaluator (``pipeline.evaluate.EVALUATORS``).
 TASKS = ("translation", "generation", "encoding", "map_to_image")
+#: What a history column measures: each model says it for each of its ``loss_names``
+#: (``GANModel.loss_kinds``); the training-curve figure draws one panel per kind, in this order,
+#: under these titles, and the engine's ``lr_<optimiser>`` columns in a last panel.
+LOSS_KINDS = {
+    "generator": "generator losses",
+    "discriminator": "discriminator losses",
+    "discriminator_output": "discriminator on real and generated images",
+    "encoder_synthetic": "encoder losses on synthetic images (known latent)",
+    "encoder_real": "encoder losses on real images",
+    "schedule": "schedules and counters",
+}
+LEARNING_RATE_PANEL = "learning rate"
+#: The engine writes the learning rate of optimiser NAME per epoch as history column lr_NAME.
+LEARNING_RATE_PREFIX = "lr_"
 #: Version of the model.pt layout; bump when it changes.
 EXPORT_FORMAT = 1
 
@@ -150,6 +164,9 @@ class GANModel(nn.Module):
     task: ClassVar[str]
     #: The named inputs the model trains on; the experiment binds each name to a dataset.
     inputs: ClassVar[tuple[DataInput, ...]]
+    #: The kind (a key of ``LOSS_KINDS``) of every name the model may put in ``loss_names``, under
+    #: any configuration: it places each training curve in its panel.
+    loss_kinds: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -289,7 +306,29 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Transl
 
 def trained_task(path: str | Path) -> str:
     """The task ("translation", "generation") of the model in ``model.pt``, without building it."""
-    return model_class(_read_export(path, "cpu")["model"]).task
+    return model_class(trained_model_name(path)).task
+
+
+def trained_model_name(path: str | Path) -> str:
+    """The registry name of the model in ``model.pt``, without building it."""
+    return _read_export(path, "cpu")["model"]
+
+
+def history_panels(model_name: str, columns: Sequence[str]) -> dict[str, list[str]]:
+    """history.csv's columns grouped into the training-curve panels: panel title -> columns.
+
+    Each loss by the kind its model declares (``loss_kinds``; panels in ``LOSS_KINDS`` order), the
+    engine's ``lr_<optimiser>`` columns in the learning-rate panel; epoch, step and kimg are axes.
+    A loss column whose kind the model does not declare is a ConfigError naming it.
+    """
+    kinds = model_class(model_name).loss_kinds
+    values = [c for c in columns if c not in ("epoch", "step", "kimg")]
+    undeclared = [c for c in values if c not in kinds and not c.startswith(LEARNING_RATE_PREFIX)]
+    if undeclared:
+        raise ConfigError(f"model {model_name!r} declares no kind (loss_kinds) for history columns {undeclared}")
+    panels = {title: [c for c in values if kinds.get(c) == kind] for kind, title in LOSS_KINDS.items()}
+    panels[LEARNING_RATE_PANEL] = [c for c in values if c not in kinds and c.startswith(LEARNING_RATE_PREFIX)]
+    return {title: names for title, names in panels.items() if names}
 
 
 @contextlib.contextmanager

@@ -117,6 +117,13 @@ class CycleGAN(GANModel):
     task = "translation"
     #: Two unpaired image sets, each drawn with its own index.
     inputs = (DataInput("a"), DataInput("b"))
+    loss_kinds = {
+        **{name: "generator" for name in ("G_ab_adv", "G_ba_adv", "G_total")},
+        **{f"{term}_{d}": "generator" for term in ("cycle_l1", "cycle_ssim", "cycle_perceptual", "identity")
+           for d in ("a", "b")},
+        **{name: "discriminator" for name in ("D_a", "D_b", "gp_a", "gp_b")},
+        "D_a_accuracy": "discriminator_output", "D_b_accuracy": "discriminator_output",
+    }
     domains = ("a", "b")
 
     def __init__(self, config: Mapping[str, Any], weights_dir: Path | None, seed: int,

@@ -170,6 +170,9 @@ class DCGAN(GANModel):
     name = "dcgan"
     task = "generation"
     inputs = (DataInput("images"),)
+    loss_kinds = {"G": "generator", "D": "discriminator", "gp": "discriminator",
+                  **{name: "discriminator_output" for name in ("d_real", "d_fake", "D_accuracy", "wasserstein")},
+                  "instance_noise_std": "schedule"}
     knob_defaults: dict[str, Any] = DCGAN_KNOBS
 
     def __init__(self, config: Mapping[str, Any], weights_dir: Path | None, seed: int,

@@ -207,6 +207,9 @@ class Seg2CT(GANModel):
     name = "seg2ct"
     task = "map_to_image"
     inputs = (DataInput("images", label_maps=True, subjects=True),)
+    loss_kinds = {**{name: "generator" for name in ("G", "adversarial", "content", "style", "tv")},
+                  "D": "discriminator", "d_real": "discriminator_output", "d_fake": "discriminator_output",
+                  "style_segments_skipped": "schedule"}
 
     def __init__(self, config: Mapping[str, Any], weights_dir: Path | None, seed: int,
                  image_size: tuple[int, int] | None = None):

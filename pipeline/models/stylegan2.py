@@ -133,6 +133,9 @@ class StyleGAN2(GANModel):
     name = "stylegan2"
     task = "generation"
     inputs = (DataInput("images"),)
+    loss_kinds = {"G": "generator", "pl": "generator", "D": "discriminator", "r1": "discriminator",
+                  "d_real": "discriminator_output", "d_fake": "discriminator_output",
+                  "augment_p": "schedule", "ada_rt": "schedule"}
 
     def __init__(self, config: Mapping[str, Any], weights_dir: Path | None, seed: int,
                  image_size: tuple[int, int] | None = None):

@@ -178,6 +178,8 @@ class StyleGAN2Encoder(GANModel):
     name = "stylegan2_encoder"
     task = "encoding"
     inputs = (DataInput("images"),)
+    loss_kinds = {**{f"syn_{term}": "encoder_synthetic" for term in ("total", "w_l1", "l2", "ssim", "content")},
+                  **{f"real_{term}": "encoder_real" for term in ("total", "l2", "ssim", "content")}}
 
     def __init__(self, config: Mapping[str, Any], weights_dir: Path | None, seed: int,
                  image_size: tuple[int, int] | None = None, generator: Any = None):

@@ -10,7 +10,14 @@ registration QC failed are dropped and listed, with the reason, in the manifest.
 
 Outputs in ``out_dir``: ``train.npz``, ``val.npz``, ``test.npz`` (arrays ``images`` float32
 (N, size, size), ``subject_ids`` str, ``slice_index`` int; test also ``partner`` and
-``has_partner``), ``manifest.csv`` and ``contact_sheet.png`` (one thumbnail per subject).
+``has_partner``; for CT partners also kept over a full HU range (``partners_hu``: the window stage's
+``partner --hu-range`` files, [0, 1] over ``partner_hu_range``) ``partner_hu`` float32 in HU and
+``partner_hu_range``), ``manifest.csv`` and ``contact_sheet.png`` (one thumbnail per subject).
+
+``partner`` stays the partner windowed before registration and resizing, as the CT subjects are,
+so it is rendered like the images the translator learnt from; ``partner_hu`` goes through the same
+registration and resizing in full HU (windowing it afterwards would differ at every tissue edge:
+3.4 HU on average at the tiny profile's 32 px).
 """
 
 from __future__ import annotations
@@ -193,6 +200,7 @@ class _Subject:
     sha256: str
     slab: np.ndarray
     partner: np.ndarray | None = None
+    partner_hu: np.ndarray | None = None
     exclusion: str | None = None
     split: str = ""
 
@@ -220,6 +228,8 @@ def extract_slices(
     test_fraction: float = 0.2,
     seed: int = 0,
     test_subjects: Sequence[str] = (),
+    partners_hu: dict[str, Path] | None = None,
+    partner_hu_range: Sequence[float] | None = None,
 ) -> dict[str, int]:
     """Write the three split files, the manifest and the contact sheet; returns samples per split.
 
@@ -229,6 +239,8 @@ def extract_slices(
     size: output side in pixels (the slice is zero-padded to a square first).
     val_fraction / test_fraction: share of the kept subjects in val / test; subjects with a partner
         or listed in ``test_subjects`` always go to test. seed: drives the split.
+    partners_hu: per subject with a partner, the partner CT over ``partner_hu_range`` = [low, high] HU
+        mapped to [0, 1] (every partner needs one; stored in HU as ``partner_hu``).
     """
     if not 0 <= axial_fraction <= 1:
         raise ConfigError(f"slices.axial_fraction: must be in [0, 1], got {axial_fraction}")
@@ -240,6 +252,10 @@ def extract_slices(
         )
     if not volumes:
         raise ConfigError("slices: no volumes given")
+    partners_hu = dict(partners_hu or {})
+    if partners_hu and (partner_hu_range is None or set(partners_hu) != set(partners)):
+        raise ConfigError("slices: full-HU partners need partner_hu_range and one file for each partner, got "
+                          f"{sorted(partners_hu)} for partners {sorted(partners)}")
     for kind, mapping in (("partner", partners), ("QC", qc)):
         orphans = sorted(set(mapping) - set(volumes))
         if orphans:
@@ -258,6 +274,8 @@ def extract_slices(
         subject.exclusion = _qc_failure(qc.get(sid))
         if sid in partners and not subject.exclusion:
             subject.partner = _slab(Path(partners[sid]), reference, reference_path, indices, size)
+            if sid in partners_hu:
+                subject.partner_hu = _slab(Path(partners_hu[sid]), reference, reference_path, indices, size)
         subjects.append(subject)
     kept = [s for s in subjects if not s.exclusion]
     assignment = split_subjects(
@@ -278,6 +296,11 @@ def extract_slices(
             blank = np.zeros((len(indices), size, size), np.float32)
             arrays["partner"] = _stacked([blank if s.partner is None else s.partner for s in members], size)
             arrays["has_partner"] = np.array([s.partner is not None for s in members for _ in indices], bool)
+            if partners_hu:
+                low, high = (float(v) for v in partner_hu_range)
+                unit = _stacked([blank if s.partner_hu is None else s.partner_hu for s in members], size)
+                arrays["partner_hu"] = (low + unit.astype(np.float64) * (high - low)).astype(np.float32)
+                arrays["partner_hu_range"] = np.array([low, high], np.float32)
         save_npz(out_dir / f"{split}.npz", arrays)
         counts[split] = len(arrays["images"])
 
@@ -331,6 +354,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-fraction", dest="test_fraction", type=float, **optional)
     parser.add_argument("--seed", type=int, **optional)
     parser.add_argument("--test-subjects", dest="test_subjects", nargs="*", **optional)
+    parser.add_argument("--partners-hu", type=Path, nargs="*", default=[],
+                        help="<subject>.partner_hu.nii.gz files: CT partners over --partner-hu-range (window partner --hu-range)")
+    parser.add_argument("--partner-hu-range", dest="partner_hu_range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="the HU range the --partners-hu files span over [0, 1]", **optional)
     return parser
 
 
@@ -341,12 +368,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         volumes = _by_subject(args.pop("volumes"), "--volumes")
         partners = _by_subject(args.pop("partners"), "--partners")
+        partners_hu = _by_subject(args.pop("partners_hu"), "--partners-hu")
         qc = _by_subject(args.pop("qc"), "--qc")
         reference, reference_json = args.pop("reference"), args.pop("reference_json")
         if reference_json is not None:
             reference_id, reference_volume = read_reference_json(reference_json)
             reference = volumes.get(reference_id, reference_volume)
-        extract_slices(volumes, partners, qc, reference, args.pop("out_dir"), **args)
+        extract_slices(volumes, partners, qc, reference, args.pop("out_dir"), partners_hu=partners_hu, **args)
     except PipelineError as exc:
         parser.exit(1, f"error: {exc}\n")
 

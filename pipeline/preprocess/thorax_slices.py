@@ -58,7 +58,7 @@ from pipeline.hashing import file_sha256
 from pipeline.preprocess.ct_slices import square_resize
 from pipeline.preprocess.extract_slices import SPLITS, save_npz
 from pipeline.preprocess.thorax_labels import CLASS_NAMES, read_label_image
-from pipeline.preprocess.window import read_slice_hu, values_kept_out_of_logs
+from pipeline.preprocess.window import hu_range_to_unit, read_slice_hu, values_kept_out_of_logs
 from pipeline.progress import progress
 
 _log = logging.getLogger(__name__)
@@ -110,12 +110,6 @@ def nearest_resize(label_map: np.ndarray, size: int) -> np.ndarray:
     padded[top : top + rows, left : left + columns] = label_map
     index = np.minimum(((np.arange(size) + 0.5) * side / size).astype(np.int64), side - 1)
     return padded[np.ix_(index, index)]
-
-
-def window_to_unit(hu: np.ndarray, hu_window: Sequence[float]) -> np.ndarray:
-    """HU -> [0, 1]: lo -> 0, hi -> 1, linear, clipped."""
-    lo, hi = (float(v) for v in hu_window)
-    return np.clip((np.asarray(hu, np.float64) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -295,7 +289,7 @@ def prepare_thorax_slices(
             s.split = split
             chosen.append(s)
     chosen.sort(key=lambda s: (SPLITS.index(s.split), s.patient, s.z_mm))
-    images = {id(s): window_to_unit(square_resize(s.hu, size), (lo, hi)) for s in chosen}
+    images = {id(s): hu_range_to_unit(square_resize(s.hu, size), (lo, hi)) for s in chosen}
     maps = {id(s): nearest_resize(s.classes, size) for s in chosen}
     counts = {}
     with atomic_dir(out_dir) as tmp:

@@ -753,6 +753,20 @@ def standardise_mri(
     return _save(normalised, isotropic.affine, out_path)
 
 
+def hu_range_to_unit(hu: np.ndarray, hu_range: Sequence[float]) -> np.ndarray:
+    """HU -> [0, 1] over a full HU range [low, high]: low -> 0, high -> 1, linear, clipped (no display
+    window: a CT kept whole, e.g. SynthRAD's [-1024, 3000]; hu = low + v (high - low) inverts it)."""
+    low, high = _check_hu_range(hu_range)
+    return np.clip((np.asarray(hu, np.float64) - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def _check_hu_range(hu_range: Sequence[float]) -> tuple[float, float]:
+    low, high = (float(v) for v in hu_range)
+    if not low < high:
+        raise ConfigError(f"HU range must be [low, high] with low < high, got {list(hu_range)}")
+    return low, high
+
+
 def standardise_partner(
     partner_path: str | Path,
     partner_modality: str,
@@ -762,15 +776,21 @@ def standardise_partner(
     width: float = 80.0,
     percentiles: Sequence[float] = (0.5, 99.5),
     anti_alias: bool = True,
+    hu_range: Sequence[float] | None = None,
 ) -> Path:
     """Partner stage: resample a phantom's partner (same anatomy, other modality, same world
     coordinates) onto its subject's already written grid, then normalise it for its own modality:
-    a CT partner (HU) through ``window_hu(center, width)``, an MR partner through ``normalise_mri``.
+    a CT partner (HU) through ``window_hu(center, width)``, or, with ``hu_range``, over that full
+    HU range (``hu_range_to_unit``: the slice extraction then stores it in HU and windows it
+    itself, so the paired evaluation has the partner CT beyond the window); an MR partner through
+    ``normalise_mri``.
     """
     modality = partner_modality.upper()
     if modality not in MODALITIES:
         raise ConfigError(f"partner modality must be one of {MODALITIES}, got {partner_modality!r}")
-    if modality == "CT":
+    if modality == "CT" and hu_range is not None:
+        _check_hu_range(hu_range)
+    elif modality == "CT":
         _check_window(center, width)
     else:
         _check_percentiles(percentiles)
@@ -784,7 +804,8 @@ def standardise_partner(
         resample_to_grid(load_mri(partner_path), grid.shape, grid.affine, anti_alias).dataobj
     )
     if modality == "CT":
-        return _save(window_hu(on_grid, center, width), grid.affine, out_path)
+        unit = window_hu(on_grid, center, width) if hu_range is None else hu_range_to_unit(on_grid, hu_range)
+        return _save(unit, grid.affine, out_path)
     try:
         normalised = normalise_mri(on_grid, percentiles)
     except ValueError as exc:
@@ -854,6 +875,7 @@ def _parser() -> argparse.ArgumentParser:
             "width": number,
             "percentiles": percentiles,
             "anti_alias": switch,
+            "hu_range": {"type": float, "nargs": 2, "metavar": ("LOW", "HIGH")},
         },
     )
     return parser

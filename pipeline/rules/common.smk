@@ -262,11 +262,18 @@ def stage_volume_files(w):
     return [subject_file(w.stage, w.dataset, s) for s in subjects(w.dataset)]
 
 
+def partner_suffixes(dataset):
+    """A paired subject's partner files: the partner normalised for its modality, and a CT partner
+    (an MR dataset's) also over the full HU range (rule window_partner_hu; the paired MAE in HU)."""
+    return (".partner.nii.gz",) + (() if modality(dataset) == "CT" else (".partner_hu.nii.gz",))
+
+
 def register_inputs(w):
     """The dataset's windowed volumes and partners (the register job's inputs)."""
     return {
         "moving": [subject_file("windowed", w.dataset, s) for s in subjects(w.dataset)],
-        "partners": [subject_file("windowed", w.dataset, s, ".partner.nii.gz") for s in paired_subjects(w.dataset)],
+        "partners": [subject_file("windowed", w.dataset, s, suffix)
+                     for s in paired_subjects(w.dataset) for suffix in partner_suffixes(w.dataset)],
     }
 
 
@@ -290,11 +297,11 @@ def register_tasks(w, input):
             "--transforms", subject_file("registered", w.dataset, s, ".transforms"),
             "--qc", subject_file("registered", w.dataset, s, ".qc.json"), "--seed", str(config["seed"]), *knobs,
         ]]  # fmt: skip
-        if s in paired:
+        for suffix in partner_suffixes(w.dataset) if s in paired else ():
             task.append([
-                "apply", "--image", subject_file("windowed", w.dataset, s, ".partner.nii.gz"),
+                "apply", "--image", subject_file("windowed", w.dataset, s, suffix),
                 "--reference-json", reference, "--transforms", subject_file("registered", w.dataset, s, ".transforms"),
-                "--out", subject_file("registered", w.dataset, s, ".partner.nii.gz"),
+                "--out", subject_file("registered", w.dataset, s, suffix),
             ])  # fmt: skip
         tasks.append(task)
     return json.dumps(tasks)
@@ -308,7 +315,7 @@ def mask_tasks(w, input):
     paired = set(paired_subjects(w.dataset))
     tasks = []
     for s in subjects(w.dataset):
-        suffixes = [".nii.gz"] + ([".partner.nii.gz"] if s in paired else [])
+        suffixes = [".nii.gz", *(partner_suffixes(w.dataset) if s in paired else ())]
         task = [
             ["apply", "--image", subject_file("registered", w.dataset, s, suffix), "--mask", mask,
              "--out", subject_file("masked", w.dataset, s, suffix)]
@@ -330,13 +337,15 @@ def preprocessing_qc(dataset):
 
 
 def slice_inputs(w):
-    """The slice extractor's per-subject files: final-stage volumes and partners, QC records
-    (used as derived params: see register_tasks)."""
+    """The slice extractor's per-subject files: final-stage volumes and partners (CT partners also
+    in full HU), QC records (used as derived params: see register_tasks)."""
     stage = final_stage(w.dataset)
     subs = subjects(w.dataset)
     return {
         "volumes": [subject_file(stage, w.dataset, s) for s in subs],
         "partners": [subject_file(stage, w.dataset, s, ".partner.nii.gz") for s in paired_subjects(w.dataset)],
+        "partners_hu": [subject_file(stage, w.dataset, s, ".partner_hu.nii.gz") for s in paired_subjects(w.dataset)
+                        if ".partner_hu.nii.gz" in partner_suffixes(w.dataset)],
         "qc": [subject_file("registered", w.dataset, s, ".qc.json") for s in subs],
     }
 
@@ -509,7 +518,7 @@ def evaluate_flags(w):
     if ev.get("frd") is False:
         flags.append("--skip-frd")
     optional = ("frd_max_images", "n_boot", "min_subjects", "stego_blur_sigma", "stego_noise_sigma", "stego_max_drop",
-                "histogram_bins", "diff_upscale_size")
+                "histogram_bins", "diff_upscale_size", "body_threshold_hu")
     flags.append(cli_flags({key: ev[key] for key in optional if key in ev}))
     return " ".join(flags)
 
@@ -641,7 +650,8 @@ def map_to_image_flags(w):
     if ev.get("frd_per_organ") is False:
         flags.append("--skip-frd-per-organ")
     numbers = ("n_perturbed", "batch_size", "frd_max_images", "style_min_pixels", "diversity_maps", "diversity_draws",
-               *MEMORISATION_KNOBS, "n_figure_examples", "histogram_bins", "n_boot", "min_subjects")
+               *MEMORISATION_KNOBS, "n_figure_examples", "histogram_bins", "n_boot", "min_subjects",
+               "body_threshold_hu")
     flags.append(cli_flags({key: ev[key] for key in numbers if key in ev}))
     return " ".join(flags)
 

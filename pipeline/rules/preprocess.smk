@@ -45,6 +45,26 @@ rule window_partner:
         "{params.window} --percentiles {params.percentiles} > {log} 2>&1"
 
 
+rule window_partner_hu:
+    # A CT partner also over the full HU range (preprocess.partner_hu_range), for the paired
+    # synthetic-CT metrics in HU; registered like the partner, sliced into partner_hu.
+    input:
+        raw="data/raw/{dataset}",
+        grid="data/windowed/{dataset}/{subject}.nii.gz",
+    output:
+        "data/windowed/{dataset}/{subject}.partner_hu.nii.gz",
+    params:
+        path=lambda w: raw_partner(w)[0],
+        hu_range=" ".join(f"{v:g}" for v in PRE["partner_hu_range"]),
+    log:
+        "logs/window/{dataset}/{subject}.partner_hu.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m pipeline.preprocess.window partner --input {params.path:q} --modality CT "
+        "--grid {input.grid} --output {output} --hu-range {params.hu_range} > {log} 2>&1"
+
+
 rule choose_reference:
     input:
         reference_candidates,
@@ -156,10 +176,12 @@ rule extract_slices:
         val_fraction=SLICES["val_fraction"],
         test_fraction=SLICES["test_fraction"],
         out_dir=lambda w: f"data/slices/{w.dataset}",
+        partner_hu_range=" ".join(f"{v:g}" for v in PRE["partner_hu_range"]),
         # one function per name (not unpack): a dry run before the download checkpoint has
         # run can then still format the command; derived from input (see register_tasks)
         volumes=lambda w, input: slice_inputs(w)["volumes"],
         partners=lambda w, input: slice_inputs(w)["partners"],
+        partners_hu=lambda w, input: slice_inputs(w)["partners_hu"],
         qc=lambda w, input: slice_inputs(w)["qc"],
     benchmark:
         "benchmarks/slices/{dataset}.tsv"
@@ -169,7 +191,8 @@ rule extract_slices:
         "../../envs/data.yaml"
     shell:
         "python -m pipeline.preprocess.extract_slices --volumes {params.volumes} "
-        "--partners {params.partners} --qc {params.qc} --reference-json {input.reference} "
+        "--partners {params.partners} --partners-hu {params.partners_hu} "
+        "--partner-hu-range {params.partner_hu_range} --qc {params.qc} --reference-json {input.reference} "
         "--out-dir {params.out_dir} --axial-fraction {params.axial_fraction} --slab {params.slab} "
         "--size {params.size} --val-fraction {params.val_fraction} "
         "--test-fraction {params.test_fraction} --seed {params.seed} > {log} 2>&1"

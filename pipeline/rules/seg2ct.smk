@@ -81,6 +81,7 @@ rule evaluate_map_to_image:
     input:
         model="models/{experiment}/model.pt",
         run="models/{experiment}/run.json",
+        history="models/{experiment}/history.csv",
         segmenter="models/{experiment}/segmenter.pt",
         variants=style_variant_models,
         train=map_to_image_slices("train"),
@@ -100,6 +101,7 @@ rule evaluate_map_to_image:
         z_draws="results/{experiment}/figures/z_draws.png",
         histograms="results/{experiment}/figures/organ_histograms.png",
         style_pair="results/{experiment}/figures/style_pair.png",
+        curves="results/{experiment}/figures/training_curves.png",
     wildcard_constraints:
         experiment=name_pattern(MAP_TO_IMAGE_EXPERIMENTS),
     params:
@@ -121,4 +123,5 @@ rule evaluate_map_to_image:
         "python -m pipeline.evaluate --model {input.model} --test {input.test} --train {input.train} "
         "--segmenter {input.segmenter} --inception-weights {params.inception} --run-json {input.run} "
         "{params.flags} {params.variants} --samples-out {output.samples} --generated-out {output.generated} "
-        "--figures-dir {params.figures_dir} --out {output.metrics} > {log} 2>&1"
+        "--figures-dir {params.figures_dir} --history {input.history} --training-curves {output.curves} "
+        "--out {output.metrics} > {log} 2>&1"

@@ -242,6 +242,7 @@ rule assemble_stylegan:
             category="Evaluation",
             subcategory="{experiment}",
         ),
+        encoder_curves=f"{STYLEGAN_FIGURES}/encoder_training_curves.png",
     wildcard_constraints:
         experiment=name_pattern(STYLEGAN_EDITING_EXPERIMENTS),
     params:
@@ -258,5 +259,5 @@ rule assemble_stylegan:
         "--training-run {input.training_run} --encoder-run {input.encoder_run} "
         "--encoder-history {input.encoder_history} --inversion {input.inversion} --separation {input.separation} "
         "--edit {input.edit} --segmenter {input.segmenter} --classifier {input.classifier} "
-        "--figures {input.figures} {params.intervals} --tracking-uri {params.tracking_uri} "
-        "--out {output.metrics} > {log} 2>&1"
+        "--figures {input.figures} --encoder-curves {output.encoder_curves} {params.intervals} "
+        "--tracking-uri {params.tracking_uri} --out {output.metrics} > {log} 2>&1"

@@ -118,6 +118,27 @@ def test_same_reference_index_and_partner_alignment(dataset):
             assert np.allclose(partner[head], 1 - image[head], atol=1e-5)
 
 
+def test_full_hu_partners_are_stored_in_hu_beside_the_windowed_partner(dataset, tmp_path):
+    """partner_hu files in [0, 1] over [-1024, 3000] HU come out in HU as partner_hu, with the range
+    stated; the windowed partner is the --partners file, as without them."""
+    folder = tmp_path / "hu"
+    folder.mkdir()
+    partners_hu = {s: _save(folder / f"{s}.partner_hu.nii.gz", 0.5 * _volume(SUBJECTS.index(s))) for s in PARTNERED}
+    data = _run(dataset, partners_hu=partners_hu, partner_hu_range=(-1024.0, 3000.0))["test"]
+    plain = _run(dataset)["test"]
+    flag = data["has_partner"]
+    np.testing.assert_array_equal(data["partner"], plain["partner"])
+    for hu, image, subject in zip(data["partner_hu"][flag], data["images"][flag], data["subject_ids"][flag]):
+        head = image > 0
+        np.testing.assert_allclose(hu[head], -1024.0 + 4024.0 * 0.5 * image[head], atol=1e-2)  # the files' values in HU
+        np.testing.assert_allclose(hu[~head], -1024.0, atol=1e-2)  # air outside the head
+    assert data["partner_hu_range"].tolist() == [-1024.0, 3000.0] and data["partner_hu"].dtype == np.float32
+    with pytest.raises(ConfigError, match="one file for each partner"):
+        _run(dataset, partners_hu={"sub03": partners_hu["sub03"]}, partner_hu_range=(-1024.0, 3000.0))
+    with pytest.raises(ConfigError, match="partner_hu_range"):
+        _run(dataset, partners_hu=partners_hu)
+
+
 def test_display_orientation_puts_left_anterior_marker_top_right(dataset):
     image = _run(dataset)["train"]["images"][0]
     half = SIZE // 2

@@ -35,6 +35,7 @@ from pipeline.preprocess.window import (
     resample_isotropic,
     standardise_mri,
     standardise_partner,
+    hu_range_to_unit,
     window_ct,
     window_hu,
 )
@@ -714,6 +715,23 @@ def test_partner_lands_on_the_subject_grid_in_world_coordinates(tmp_path, rng, p
     expected_inside = (0.5 / 79 + 0.5) if partner_modality == "CT" else 1.0
     np.testing.assert_allclose(data[distance < radius - 3], expected_inside, atol=1e-5)
     np.testing.assert_allclose(data[distance > radius + 3], 0.0, atol=1e-6)
+
+
+def test_ct_partner_over_a_full_hu_range(tmp_path):
+    """With hu_range the CT partner keeps bone and air: [-1024, 3000] -> [0, 1] linearly, no window."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    grid = ras_nifti(np.zeros((8, 8, 8)), affine, tmp_path / "grid.nii.gz")
+    hu = np.full((8, 8, 8), -1000.0)
+    hu[2:6, 2:6, 2:6], hu[3:5, 3:5, 3:5] = 1400.0, 40.0
+    partner = ras_nifti(hu, affine, tmp_path / "partner.nii.gz")
+    out = standardise_partner(partner, "CT", grid, tmp_path / "out.nii.gz", hu_range=(-1024.0, 3000.0),
+                              anti_alias=False)
+    data = np.asarray(nib.load(out).dataobj)
+    np.testing.assert_allclose(-1024.0 + data * 4024.0, hu, atol=1e-2)  # same grid: values kept
+    np.testing.assert_allclose(hu_range_to_unit(np.array([-2000.0, 988.0, 5000.0]), (-1024.0, 3000.0)),
+                               [0.0, 0.5, 1.0])
+    with pytest.raises(ConfigError, match="low < high"):
+        standardise_partner(partner, "CT", grid, tmp_path / "bad.nii.gz", hu_range=(100.0, -100.0))
 
 
 def test_partner_modality_must_be_known(tmp_path):

@@ -8,6 +8,7 @@ The data range is always stated, because SSIM and PSNR change with it.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 DATA_RANGE = 1.0
@@ -74,15 +75,83 @@ def mae_per_image(reference: np.ndarray, test: np.ndarray) -> np.ndarray:
 
 
 def to_hu(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """Map [0, 1] windowed CT back to HU: HU = center - width / 2 + v * width."""
+    """Map [0, 1] windowed CT back to HU: the inverse of the window stage's DICOM LINEAR VOI function
+    (pipeline.preprocess.window.window_hu, PS3.3 C.11.2.1.2.1), HU = center - 0.5 + (v - 0.5)(width - 1).
+
+    v = 0 is HU center - width/2 and v = 1 is center + width/2 - 1 (brain 40/80: 0 and 79 HU); values
+    beyond the window were clipped to its edges by windowing and cannot be recovered.
+    """
     center, width = window
-    return center - width / 2.0 + np.asarray(values, dtype=np.float64) * width
+    return center - 0.5 + (np.asarray(values, dtype=np.float64) - 0.5) * (width - 1.0)
+
+
+def window_range_hu(window: tuple[float, float]) -> tuple[float, float]:
+    """The HU range a window keeps (its [0, 1] ends mapped back), e.g. (0, 79) for 40/80."""
+    low, high = to_hu(np.array([0.0, 1.0]), window)
+    return float(low), float(high)
 
 
 def mae_hu_per_image(reference: np.ndarray, test: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """MAE in HU of CT slices windowed to [0, 1] with ``window`` = (center, width).
+    """MAE in HU of CT slices windowed to [0, 1] with ``window`` = (center, width), whole image.
 
     Only the HU range inside the window survives windowing (values beyond it were clipped), so
-    this is the MAE within [center - width/2, center + width/2], not a full-range HU MAE.
+    this is the MAE within ``window_range_hu(window)``, not a full-range HU MAE (see mae_in_mask).
     """
     return mae_per_image(to_hu(reference, window), to_hu(test, window))
+
+
+BODY_THRESHOLD_HU = -500.0
+"""Default body threshold: between air (-1000) and fat (-100); lungs, below it, lie inside the body
+contour and come back when holes are filled."""
+
+
+def body_mask(hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
+    """Body mask of each (H, W) CT slice in HU, as synthetic-CT evaluations draw it (SynthRAD
+    provides such masks): HU > ``threshold_hu``, the largest 4-connected component, holes filled.
+
+    One slice at a time (the slices of a slab are not a volume here). A slice with nothing above
+    the threshold gets an empty mask. Returns bool (N, H, W).
+    """
+    hu = np.asarray(hu)
+    if hu.ndim != 3:
+        raise ValueError(f"expected an (N, H, W) stack of CT slices in HU, got shape {hu.shape}")
+    masks = np.zeros(hu.shape, dtype=bool)
+    for index, image in enumerate(hu):
+        labelled, n_components = ndimage.label(image > threshold_hu)
+        if n_components:
+            sizes = np.bincount(labelled.ravel())[1:]
+            masks[index] = ndimage.binary_fill_holes(labelled == int(np.argmax(sizes)) + 1)
+    return masks
+
+
+def _check_masks(reference: np.ndarray, masks: np.ndarray) -> None:
+    if masks.shape != reference.shape or masks.dtype != bool:
+        raise ValueError(f"masks must be bool of the images' shape {reference.shape}, got {masks.dtype} {masks.shape}")
+
+
+def mae_in_mask(reference: np.ndarray, test: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """MAE of each image pair over the pixels of its mask (SynthRAD's MAE: sum |ref - test| over the
+    mask / mask size), in the arrays' own units; NaN for an empty mask."""
+    _check_pair(reference, test)
+    _check_masks(reference, masks)
+    error = np.abs(reference.astype(np.float64) - test.astype(np.float64)) * masks
+    counts = masks.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, error.sum(axis=(1, 2)) / counts, np.nan)
+
+
+def psnr_in_mask(reference: np.ndarray, test: np.ndarray, masks: np.ndarray, data_range: float) -> np.ndarray:
+    """PSNR in dB of each image pair over the pixels of its mask, 10 log10(data_range^2 / MSE in the
+    mask) (SynthRAD's PSNR with its population range); +inf when they agree there, NaN for an empty mask."""
+    _check_pair(reference, test)
+    _check_masks(reference, masks)
+    values = []
+    for ref, tst, mask in zip(reference, test, masks):
+        ref64, tst64 = ref[mask].astype(np.float64), tst[mask].astype(np.float64)
+        if not mask.any():
+            values.append(np.nan)
+        elif np.array_equal(ref64, tst64):
+            values.append(np.inf)
+        else:
+            values.append(peak_signal_noise_ratio(ref64, tst64, data_range=data_range))
+    return np.array(values, dtype=np.float64)

@@ -2,7 +2,7 @@
 
 Each loader names the file and what is wrong with it (InputDataError) instead of letting a
 measure fail later on a malformed array: ``load_test_slices`` (images, subject_ids, slice_index;
-optional partner / has_partner, region_mask), ``load_labelled_slices`` (plus a 0 / 1 label per
+optional partner / has_partner, partner_hu / partner_hu_range, region_mask), ``load_labelled_slices`` (plus a 0 / 1 label per
 image), ``load_map_slices`` (images with their label_maps). ``fixed_sample_indices`` picks the
 same evenly spaced images every run (figures, the sets FRD is computed on).
 """
@@ -17,7 +17,8 @@ from pipeline.errors import InputDataError
 
 
 def load_test_slices(path: Path) -> dict[str, np.ndarray]:
-    """Read a test.npz (contract: images, subject_ids, slice_index, optional partner/has_partner)."""
+    """Read a test.npz (contract: images, subject_ids, slice_index, optional partner/has_partner and,
+    for a CT partner, partner_hu/partner_hu_range)."""
     path = Path(path)
     if not path.is_file():
         raise InputDataError(path, "test slices not found")
@@ -47,6 +48,8 @@ def load_test_slices(path: Path) -> dict[str, np.ndarray]:
             if values.size and (not np.all(np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0):
                 raise InputDataError(path, f"'{key}' must be finite and in [0, 1]")
             data[key] = data[key].astype(np.float32)
+    if "partner_hu" in data:
+        _check_partner_hu(path, data)
     if "region_mask" in data:
         if data["region_mask"].shape != images.shape or data["region_mask"].dtype != bool:
             raise InputDataError(
@@ -54,6 +57,21 @@ def load_test_slices(path: Path) -> dict[str, np.ndarray]:
                 f"{data['region_mask'].dtype} {data['region_mask'].shape}"
             )
     return data
+
+
+def _check_partner_hu(path: Path, data: dict[str, np.ndarray]) -> None:
+    """partner_hu: the CT partner in HU over partner_hu_range [low, high] (the range it was clipped to)."""
+    if "partner" not in data or data["partner_hu"].shape != data["images"].shape:
+        raise InputDataError(path, f"'partner_hu' needs 'partner' and the images' shape {data['images'].shape}, "
+                             f"got {data['partner_hu'].shape}")
+    hu_range = np.asarray(data.get("partner_hu_range", []), np.float64).ravel()
+    if hu_range.shape != (2,) or not hu_range[0] < hu_range[1]:
+        raise InputDataError(path, "'partner_hu' needs 'partner_hu_range' = [low, high] HU with low < high")
+    values = data["partner_hu"][data["has_partner"].astype(bool)]
+    if values.size and (not np.all(np.isfinite(values)) or values.min() < hu_range[0] or values.max() > hu_range[1]):
+        raise InputDataError(path, f"'partner_hu' must be finite and inside partner_hu_range {hu_range.tolist()}")
+    data["partner_hu"] = data["partner_hu"].astype(np.float32)
+    data["partner_hu_range"] = (float(hu_range[0]), float(hu_range[1]))
 
 
 def load_labelled_slices(path: Path, label_key: str = "labels") -> dict[str, np.ndarray]:

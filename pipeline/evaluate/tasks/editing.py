@@ -131,6 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "segmenter", "classifier"):
         parser.add_argument(f"--{name}", type=Path, required=True)
     parser.add_argument("--figures", type=Path, nargs="*", default=[], help="figures logged to MLflow")
+    parser.add_argument("--encoder-curves", type=Path, help="draw the encoder's training history here (and log it)")
     parser.add_argument("--min-subjects", type=int, default=8)
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -147,10 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         metrics = assemble(args.experiment, args.generation, args.training_run, args.encoder_run, args.encoder_history,
                            args.inversion, args.separation, args.edit, args.segmenter, args.classifier,
                            args.min_subjects, args.n_boot, args.seed)
+        if args.encoder_curves is not None:
+            from pipeline.figures import history_figure
+
+            history_figure(args.encoder_history, _read_json(args.encoder_run)["model"], args.encoder_curves,
+                           title="training history of the encoder (generator frozen)")
         write_metrics(args.out, metrics)
         numbers = {f"headline/{k}": v for k, v in metrics["headline"].items() if v is not None}
-        log_to_run(None if args.no_tracking else args.training_run, numbers, [args.out, *args.figures],
-                   args.tracking_uri)
+        log_to_run(None if args.no_tracking else args.training_run, numbers,
+                   [args.out, *args.figures, args.encoder_curves], args.tracking_uri)
     except PipelineError as err:
         log.error("%s", err)
         return 1

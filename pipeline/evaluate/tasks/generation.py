@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.sample_grid, lambda out: figures.generated_grid(samples, out)),
         (args.noise_walk, lambda out: figures.noise_walk(samples, out)),
         (args.nearest_pairs, lambda out: figures.nearest_pairs(samples, out)),
-        (args.training_curves, lambda out: figures.gan_training_curves(args.history, out)),
+        (args.training_curves, lambda out: cli.training_curves(args.model, args.history, out)),
     ])
     return cli.run_evaluation(args, "generation", "a generator", evaluate, draw_figures,
                               outputs=[args.samples_out, args.per_image_out], report=report, log=log)

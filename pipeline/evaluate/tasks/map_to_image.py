@@ -26,6 +26,12 @@ The generation evaluator's questions, plus the two that report 003's claims need
   zooms and translations, near copies counted against new patients' slices
   (pipeline.evaluate.measures.memorisation), pixels and random VGG-16 features. With ~20 training
   images copies are the main risk.
+- **Reference CT** (``reference_ct``): each image generated from a test map against the real test
+  slice that map was drawn from, in HU inside that slice's body mask, as SynthRAD scores a synthetic
+  CT (pipeline.evaluate.measures.synthetic_ct: MAE and PSNR over the HU range the slices hold, their
+  ``hu_window``). The generator is not asked to reproduce that slice (its texture comes from another
+  patient's style image, its z is random): the number says how near the generated CT comes to the
+  anatomy's own CT, not an error against a target.
 - What the perceptual losses used (``perceptual_weights``: "imagenet" or "random"), from the model.
 
 Units of the intervals: real test slices and images generated from a test map belong to the
@@ -66,11 +72,13 @@ from pipeline.evaluate.measures.distribution import (
 )
 from pipeline.evaluate.measures.floor import DEFINITION as FLOOR_DEFINITION
 from pipeline.evaluate.measures.floor import FLOOR_SET, floor_block, floor_rows, frd_floor, unavailable_floor
+from pipeline.evaluate.measures.image_metrics import BODY_THRESHOLD_HU
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 from pipeline.evaluate.measures.memorisation import CopySearch
 from pipeline.evaluate.measures.segmenter import load_segmenter, predict_maps
 from pipeline.evaluate.measures.slices import fixed_sample_indices, load_map_slices
 from pipeline.evaluate.measures.summary import summarise
+from pipeline.evaluate.measures.synthetic_ct import score_synthetic_ct
 from pipeline.generate_from_maps import generate, perturbed_maps, write_generated
 from pipeline.hashing import file_sha256
 from pipeline.preprocess.thorax_labels import CLASS_NAMES, GREY_VALUES
@@ -97,6 +105,23 @@ def _verdict(difference: dict) -> str:
     if ci is None:
         return "undecided"
     return "style" if ci[0] > 0 else "content" if ci[1] < 0 else "undecided"
+
+
+def reference_ct_block(test: dict[str, np.ndarray], from_test: np.ndarray, subjects: np.ndarray,
+                       threshold_hu: float, policy: IntervalPolicy) -> tuple[dict | None, str | None]:
+    """Images from the test maps vs the real slices of those maps in HU (module docstring), or None and the reason."""
+    if "hu_window" not in test:
+        return None, "the test slices carry no hu_window, so [0,1] does not map to HU"
+    (low, high), _ = _intensity(test)
+    to_hu = lambda images: low + np.asarray(images, np.float64) * (high - low)
+    block, _ = score_synthetic_ct(
+        to_hu(test["images"]), to_hu(from_test), subjects, policy, (low, high), threshold_hu,
+        f"image generated from the map of each real test slice, [0,1] -> HU = {low:g} + v * ({high:g} - {low:g}) "
+        "(the slices' hu_window, the range the data hold: HU beyond it were clipped when slicing)")
+    block["compares"] = ("image generated from a test map vs the real test slice of that map (its content image), "
+                         "in HU inside the real slice's body mask; the generator is not asked to reproduce that slice "
+                         "(style from another patient, random z)")
+    return block, None
 
 
 def style_block(distances: dict[str, np.ndarray], subjects: np.ndarray, organ_names: list[str],
@@ -328,6 +353,7 @@ def evaluate_map_to_image(
     diversity_maps: int = 4,
     diversity_draws: int = 6,
     copy_search: CopySearch = CopySearch(),
+    body_threshold_hu: float = BODY_THRESHOLD_HU,
     n_figure_examples: int = 4,
     histogram_bins: int = 40,
     device: str = "cpu",
@@ -453,6 +479,8 @@ def evaluate_map_to_image(
         search=copy_search, policy=policy, device=device,
     )
 
+    reference_ct, reference_ct_reason = reference_ct_block(test_data, from_test, test_subjects, body_threshold_hu,
+                                                           policy)
     weights = getattr(model, "perceptual_weights", None)
     metrics = {
         "schema_version": 1,
@@ -498,6 +526,8 @@ def evaluate_map_to_image(
         "distribution": distribution,
         "frd_per_organ": frd_organs,
         "anatomy": anatomy,
+        "reference_ct": reference_ct,
+        "reference_ct_reason": reference_ct_reason,
         "style_per_organ": styles,
         "style_transfer": style_test,
         "diversity": diversity,
@@ -553,7 +583,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train", type=Path, required=True, help="training slices (memorisation, perturbed maps)")
     parser.add_argument("--segmenter", type=Path, required=True, help="segmenter.pt (pipeline.evaluate.measures.segmenter)")
     parser.add_argument("--inception-weights", type=Path, help="pt_inception-2015-12-05-6726825d.pth")
-    parser.add_argument("--n-perturbed", type=int, default=40, help="images generated from perturbed training maps")
+    parser.add_argument("--n-perturbed", type=int, default=40, help="images generated from perturbed held-out (test) maps")
     parser.add_argument("--perturb-json", default="{}", help="map_perturbation knobs as a JSON object")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--fid-eps", type=float, default=1e-6)
@@ -564,6 +594,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--diversity-maps", type=int, default=4)
     parser.add_argument("--diversity-draws", type=int, default=6)
     cli.add_memorisation_arguments(parser)
+    parser.add_argument("--body-threshold-hu", type=float, default=BODY_THRESHOLD_HU,
+                        help="reference-CT block: body mask = real slice above this HU (largest component, filled)")
     parser.add_argument("--n-figure-examples", type=int, default=4)
     parser.add_argument("--histogram-bins", type=int, default=40)
     parser.add_argument("--style-variant", action="append", default=[], metavar="NAME=PATH",
@@ -571,10 +603,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples-out", type=Path, help="samples.npz for the figures")
     parser.add_argument("--generated-out", type=Path, help="npz of the images from perturbed maps (with their maps)")
     parser.add_argument("--figures-dir", type=Path, help="draw the figures here (needs --samples-out)")
-    parser.add_argument("--history", type=Path, help="training history.csv (accepted for the rule; not read)")
+    parser.add_argument("--history", type=Path, help="training history.csv, for --training-curves")
+    parser.add_argument("--training-curves", type=Path, help="draw the training history here (needs --history)")
     args = parser.parse_args(argv)
     if args.figures_dir is not None and (args.samples_out is None or args.generated_out is None):
         parser.error("--figures-dir needs --samples-out and --generated-out")
+    cli.require_with(parser, args, ("training_curves",), "history")
     return args
 
 
@@ -608,16 +642,17 @@ def main(argv: list[str] | None = None) -> int:
             fid_eps=args.fid_eps, frd=not args.skip_frd, frd_per_organ=not args.skip_frd_per_organ,
             frd_max_images=args.frd_max_images, style_min_pixels=args.style_min_pixels,
             diversity_maps=args.diversity_maps, diversity_draws=args.diversity_draws,
-            copy_search=cli.copy_search(args),
+            copy_search=cli.copy_search(args), body_threshold_hu=args.body_threshold_hu,
             n_figure_examples=args.n_figure_examples, histogram_bins=args.histogram_bins, device=device,
             intervals_policy=cli.interval_policy(args), seed=args.seed, samples_out=args.samples_out,
             generated_out=args.generated_out, style_variants=variants,
         )
 
     def draw_figures(metrics: dict) -> list[Path]:
+        drawn = cli.draw([(args.training_curves, lambda out: cli.training_curves(args.model, args.history, out))])
         if args.figures_dir is None:
-            return []
-        return figures.draw_all(args.samples_out, args.generated_out, args.figures_dir)
+            return drawn
+        return drawn + figures.draw_all(args.samples_out, args.generated_out, args.figures_dir)
 
     return cli.run_evaluation(args, "map_to_image", "a map-to-image generator", evaluate, draw_figures,
                               outputs=[args.samples_out, args.generated_out], report=report, log=log)

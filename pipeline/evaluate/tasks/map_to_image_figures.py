@@ -3,7 +3,9 @@
 - ``panels.png``: the report's Fig. 3: per example the map (report 003's grey values), the content
   image (the real slice of that map), the style image, the result, and zooms of the three images
   on the example's smallest organ (e.g. the spinal canal, which the report zooms on): its
-  bounding box with a margin of half its size, in the style image the same organ's box.
+  bounding box with a margin of half its size, never smaller than a quarter of the image side (a
+  canal of 4 x 5 pixels alone would be a few blocks), in the style image the same organ's box; the
+  box is drawn on the full images and the organ's outline in the zooms.
 - ``perturbed.png``: source map, perturbed map, and the image generated from the perturbed map.
 - ``z_draws.png``: several z for one map and one style (the diversity draws).
 - ``organ_histograms.png``: per organ, the intensity histograms (HU when the slices carry their
@@ -21,10 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InputDataError
-from pipeline.figures import PANEL_INCHES, _load_npz, _save, _show, plt
+from pipeline.figures import PANEL_INCHES, _load_npz, _save, _show, outline_mask, plt
 
 ZOOM_MARGIN = 0.5
-"""Zoom box = the organ's bounding box grown by this fraction of its size on every side."""
+"""Zoom box = the organ's bounding box grown by this fraction of its size on every side..."""
+ZOOM_MIN_SIDE = 0.25
+"""...and at least this share of the image side, square, so that the zoom shows the organ in its
+surroundings (report 003's spinal canal is 4 x 5 pixels at 64 px)."""
+ZOOM_COLOUR, OUTLINE_COLOUR = "yellow", "cyan"
 
 FIGURES = ("panels", "perturbed", "z_draws", "organ_histograms", "style_pair")
 PAIR_COLUMNS = ("styled_first", "styled_second", "control_first", "control_second")
@@ -47,49 +53,84 @@ def smallest_organ(label_map: np.ndarray) -> int | None:
 
 
 def zoom_box(label_map: np.ndarray, organ: int | None) -> tuple[slice, slice]:
-    """Bounding box (grown by ZOOM_MARGIN) of ``organ`` in the map; the whole image when it is absent."""
+    """Square box around ``organ`` in the map (module constants: margin, minimum side), inside the
+    image; the whole image when the organ is absent."""
     if organ is None or not (label_map == organ).any():
         return slice(None), slice(None)
     ys, xs = np.nonzero(label_map == organ)
+    extents = [(lo, hi + 1) for lo, hi in ((ys.min(), ys.max()), (xs.min(), xs.max()))]
+    grown = max(max(1, int(round((hi - lo) * (1 + 2 * ZOOM_MARGIN)))) for lo, hi in extents)
+    side = min(max(grown, int(np.ceil(ZOOM_MIN_SIDE * max(label_map.shape)))), *label_map.shape)
     boxes = []
-    for lo, hi, size in ((ys.min(), ys.max() + 1, label_map.shape[0]), (xs.min(), xs.max() + 1, label_map.shape[1])):
-        margin = max(1, int(round((hi - lo) * ZOOM_MARGIN)))
-        boxes.append(slice(max(0, lo - margin), min(size, hi + margin)))
+    for (lo, hi), size in zip(extents, label_map.shape):
+        start = int(np.clip((lo + hi - side) // 2, 0, size - side))
+        boxes.append(slice(start, start + side))
     return boxes[0], boxes[1]
+
+
+def _mark_box(ax, box: tuple[slice, slice], shape: tuple[int, int]) -> None:
+    """The zoom box as a rectangle on a full image."""
+    from matplotlib.patches import Rectangle
+
+    rows, cols = (range(*b.indices(n)) for b, n in zip(box, shape))
+    ax.add_patch(Rectangle((cols.start - 0.5, rows.start - 0.5), len(cols), len(rows), fill=False,
+                           edgecolor=ZOOM_COLOUR, linewidth=0.8))
 
 
 def panels(samples_npz: Path, out_png: Path) -> None:
     """Map | content | style | result | zoom content | zoom style | zoom result, one row per example."""
     s = _load_npz(samples_npz, ("example_maps", "example_content", "example_result", "grey_values"))
     has_style = "style_image" in s
+    names = [str(n) for n in s.get("organ_names", [])]
     n = len(s["example_maps"])
     titles = ["map", "content (real)", "style", "result", "zoom: content", "zoom: style", "zoom: result"]
     fig, axes = plt.subplots(max(n, 1), len(titles), figsize=(len(titles) * PANEL_INCHES * 0.8,
-                             max(n, 1) * PANEL_INCHES * 0.8), squeeze=False)
+                             max(n, 1) * PANEL_INCHES * 0.8 + 0.5), squeeze=False)
     for r in range(n):
-        organ = smallest_organ(s["example_maps"][r])
-        box = zoom_box(s["example_maps"][r], organ)
-        style = s["style_image"] if has_style else None
-        style_zoom = None if style is None else style[zoom_box(s["style_map"], organ)]
-        images = [None, s["example_content"][r], style, s["example_result"][r],
-                  s["example_content"][r][box], style_zoom, s["example_result"][r][box]]
-        _show_map(axes[r, 0], s["example_maps"][r], s["grey_values"])
-        for c in range(1, len(titles)):
-            if images[c] is None:
-                axes[r, c].axis("off")
-            else:
-                _show(axes[r, c], images[c])
-        for c, title in enumerate(titles):
-            if r == 0:
-                axes[r, c].set_title(title if has_style or "style" not in title else f"{title}\n(drawn each step)",
-                                     fontsize=7)
-    fig.suptitle("content + style = result (zoom: the smallest organ of the map, in the style image the same organ)",
-                 fontsize=8)
+        label_map = s["example_maps"][r]
+        organ = smallest_organ(label_map)
+        box = zoom_box(label_map, organ)
+        style_box = zoom_box(s["style_map"], organ) if has_style else None
+        full = [(1, s["example_content"][r], box, label_map), (3, s["example_result"][r], box, label_map)]
+        if has_style:
+            full.append((2, s["style_image"], style_box, s["style_map"]))
+        _show_map(axes[r, 0], label_map, s["grey_values"])
+        for c, image, where, organ_map in full:
+            _show(axes[r, c], image)
+            _mark_box(axes[r, c], where, image.shape)
+            _show(axes[r, c + 3], image[where])
+            if organ is not None:
+                outline_mask(axes[r, c + 3], organ_map[where] == organ, colors=OUTLINE_COLOUR, linewidths=0.6)
+        if not has_style:
+            axes[r, 2].axis("off")
+            axes[r, 5].axis("off")
+        if organ is not None and names:
+            axes[r, 4].set_xlabel(f"{names[organ]} (outlined)", fontsize=7)
+    for c, title in enumerate(titles):
+        axes[0, c].set_title(title if has_style or "style" not in title else f"{title}\n(drawn each step)",
+                             fontsize=7)
+    fig.suptitle("content + style = result; yellow box: the zoom on the map's smallest organ (in the style image "
+                 "the same organ), outlined in cyan", fontsize=8)
+    if names:
+        _map_key(fig, names, s["grey_values"])
     _save(fig, out_png)
 
 
-def perturbed_sheet(source_maps: np.ndarray, maps: np.ndarray, images: np.ndarray, grey_values, out_png: Path) -> None:
-    """Source map | perturbed map | generated image, one row per perturbed map."""
+def _map_key(fig, names: list[str], grey_values: np.ndarray, columns: int | None = None) -> None:
+    """Which grey of the maps is which class, below the figure (``columns`` per row, default all)."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=str(float(grey) / 255.0), edgecolor="black", linewidth=0.5, label=name)
+               for name, grey in zip(names, grey_values)]
+    fig.subplots_adjust(bottom=0.02)  # the key takes the bottom margin's place
+    fig.legend(handles=handles, loc="upper center", ncol=columns or len(handles), fontsize=7, frameon=False,
+               title="map classes", title_fontsize=7, bbox_to_anchor=(0.5, 0.0))
+
+
+def perturbed_sheet(source_maps: np.ndarray, maps: np.ndarray, images: np.ndarray, grey_values, out_png: Path,
+                    organ_names: list[str] | None = None) -> None:
+    """Source map | perturbed map | generated image, one row per perturbed map (a key of the map's
+    classes below when ``organ_names`` are given)."""
     n = len(maps)
     fig, axes = plt.subplots(max(n, 1), 3, figsize=(3 * PANEL_INCHES * 0.8, max(n, 1) * PANEL_INCHES * 0.8),
                              squeeze=False)
@@ -102,6 +143,8 @@ def perturbed_sheet(source_maps: np.ndarray, maps: np.ndarray, images: np.ndarra
                 axes[r, c].set_title(title, fontsize=7)
     if n == 0:
         axes[0, 0].axis("off")
+    if organ_names:
+        _map_key(fig, organ_names, grey_values, columns=3)
     _save(fig, out_png)
 
 
@@ -121,6 +164,8 @@ def z_draws(samples_npz: Path, out_png: Path) -> None:
     if len(maps) == 0:
         axes[0, 0].axis("off")
     fig.suptitle("several z for one map and one style", fontsize=8)
+    if "organ_names" in s:
+        _map_key(fig, [str(n) for n in s["organ_names"]], s["grey_values"])
     _save(fig, out_png)
 
 
@@ -143,11 +188,15 @@ def organ_histograms(samples_npz: Path, out_png: Path) -> None:
             flat[c].plot(centres, s["histograms"][c, k], label=str(label), lw=1.2)
         flat[c].set_title(name, fontsize=8)
         flat[c].set_xlabel(unit, fontsize=7)
+        flat[c].set_ylabel(f"density (1/{unit})" if c % axes.shape[1] == 0 else "", fontsize=7)
         flat[c].tick_params(labelsize=6)
     for ax in flat[len(names):]:
         ax.axis("off")
-    flat[0].legend(fontsize=6)
-    fig.tight_layout()
+    handles, labels = flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
+    fig.suptitle("intensities per organ: generated images (from the test maps), the style image, the real content "
+                 "slices", fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     _save(fig, out_png)
 
 
@@ -210,7 +259,7 @@ def draw_all(samples_npz: Path, generated_npz: Path, out_dir: Path) -> list[Path
     if not Path(generated_npz).is_file():
         raise InputDataError(Path(generated_npz), "generated images file not found")
     perturbed_sheet(s["perturbed_source_maps"], s["perturbed_maps"], s["perturbed_images"], s["grey_values"],
-                    paths["perturbed"])
+                    paths["perturbed"], [str(n) for n in s.get("organ_names", [])])
     style_pair(samples_npz, paths["style_pair"])
     z_draws(samples_npz, paths["z_draws"])
     organ_histograms(samples_npz, paths["organ_histograms"])

@@ -42,13 +42,17 @@ from pipeline.evaluate.measures.slices import fixed_sample_indices, load_test_sl
 from pipeline.evaluate.measures.steganography import steganography_check
 from pipeline.evaluate.measures.summary import summarise
 from pipeline.evaluate.measures.image_metrics import (
+    BODY_THRESHOLD_HU,
     DATA_RANGE,
     SSIM_SETTINGS,
     mae_hu_per_image,
     mae_per_image,
     psnr_per_image,
     ssim_per_image,
+    to_hu,
+    window_range_hu,
 )
+from pipeline.evaluate.measures.synthetic_ct import score_synthetic_ct
 
 log = logging.getLogger("pipeline.evaluate.tasks.translation")
 
@@ -101,8 +105,18 @@ def paired_block(
     normalisation: str,
     ct_window: tuple[float, float] | None,
     policy: IntervalPolicy,
+    partner_hu: np.ndarray | None = None,
+    partner_hu_range: tuple[float, float] | None = None,
+    body_threshold_hu: float = BODY_THRESHOLD_HU,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Paired metrics of translations against the partner images; also returns the per-image values."""
+    """Paired metrics of translations against the partner images; also returns the per-image values.
+
+    In [0, 1] units: SSIM, PSNR, MAE. When the target is CT with one window: ``mae_window_hu`` (the
+    whole image, within the window's HU range only) and, when the partner CT is also given in full
+    HU (``partner_hu``, clipped to ``partner_hu_range`` by the slice extraction), the synthetic-CT
+    block as SynthRAD scores it (pipeline.evaluate.measures.synthetic_ct): ``mae_hu_body``,
+    ``psnr_hu_body`` and ``mae_hu_body_floor``, the translation mapped back through the window.
+    """
     per_image = {
         "ssim": ssim_per_image(partner, translated),
         "psnr": psnr_per_image(partner, translated),
@@ -117,20 +131,40 @@ def paired_block(
         "ssim": summarise(per_image["ssim"], subject_ids, policy),
         "psnr": summarise(per_image["psnr"], subject_ids, policy),
         "mae": summarise(per_image["mae"], subject_ids, policy),
-        "mae_hu": None,
-        "mae_hu_reason": None if target_modality == "ct" else "target is not CT",
+        "mae_window_hu": None,
+        "mae_window_hu_reason": None,
+        "ct_body": None,
+        "ct_body_reason": None,
     }
-    if target_modality == "ct" and ct_window is None:
-        block["mae_hu_reason"] = "no single CT window (each series used its own), so [0,1] does not map to HU"
-    elif target_modality == "ct":
-        per_image["mae_hu"] = mae_hu_per_image(partner, translated, ct_window)
-        center, width = ct_window
-        block["mae_hu"] = summarise(per_image["mae_hu"], subject_ids, policy) | {
-            "window_center": float(center),
-            "window_width": float(width),
-            "hu_range": [center - width / 2.0, center + width / 2.0],
-            "note": "HU = center - width/2 + v*width; MAE within the window range only (values outside were clipped)",
-        }
+    if target_modality != "ct":
+        block["mae_window_hu_reason"] = block["ct_body_reason"] = "target is not CT"
+        return block, per_image
+    if ct_window is None:
+        block["mae_window_hu_reason"] = block["ct_body_reason"] = (
+            "no single CT window (each series used its own), so [0,1] does not map to HU")
+        return block, per_image
+    per_image["mae_window_hu"] = mae_hu_per_image(partner, translated, ct_window)
+    center, width = ct_window
+    window_range = window_range_hu(ct_window)
+    block["mae_window_hu"] = summarise(per_image["mae_window_hu"], subject_ids, policy) | {
+        "window_center": float(center),
+        "window_width": float(width),
+        "hu_range": list(window_range),
+        "note": "whole image (background included), both sides mapped back through the window "
+        "(HU = center - 0.5 + (v - 0.5)(width - 1)): the MAE within the window's HU range only, values "
+        "beyond it were clipped; not the MAE synthetic-CT papers report (that is ct_body.mae_hu_body)",
+    }
+    if partner_hu is None:
+        block["ct_body_reason"] = "the test npz carries no 'partner_hu' (the partner CT in full HU)"
+        return block, per_image
+    block["ct_body"], body_values = score_synthetic_ct(
+        partner_hu, to_hu(translated, ct_window), subject_ids, policy, partner_hu_range, body_threshold_hu,
+        f"G(x) in [0,1] mapped back through the window {center:g}/{width:g}: it holds HU "
+        f"{window_range[0]:g}..{window_range[1]:g} only (the translator is trained on windowed slices, "
+        "so bone, fat and air are out of its reach); the real CT in full HU",
+        window_range_hu=window_range,
+    )
+    per_image |= {f"ct_body_{key}": values for key, values in body_values.items()}
     return block, per_image
 
 
@@ -162,6 +196,7 @@ def direction_metrics(
     normalisation: dict[str, str],
     ct_window: tuple[float, float] | None,
     policy: IntervalPolicy,
+    body_threshold_hu: float = BODY_THRESHOLD_HU,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Counts, structure and cycle SSIM, and paired metrics of one direction; plus per-image values."""
     source_domain, target_domain = DOMAINS[way]
@@ -207,6 +242,9 @@ def direction_metrics(
             normalisation[target_domain],
             ct_window,
             policy,
+            partner_hu=source["partner_hu"][has_partner] if "partner_hu" in source else None,
+            partner_hu_range=source.get("partner_hu_range"),
+            body_threshold_hu=body_threshold_hu,
         )
         gain_block, gain_values = paired_gain(source["images"][has_partner], translated[has_partner],
                                               source["partner"][has_partner], subjects[has_partner], policy)
@@ -294,6 +332,7 @@ def evaluate_translation(
     stego_max_drop: float = 0.1,
     histogram_bins: int = 64,
     train_paths: dict[str, Path] | None = None,
+    body_threshold_hu: float = BODY_THRESHOLD_HU,
 ) -> dict:
     """Metrics of both translation directions on the test slices, as the dict written to metrics.json.
 
@@ -318,6 +357,7 @@ def evaluate_translation(
     train_paths: {"a": train.npz, "b": train.npz}, the training patients' real slices: each
         direction's distances get their real-vs-real floor (pipeline.evaluate.measures.floor); a
         domain left out has a floor null with the reason.
+    body_threshold_hu: the real CT's body mask threshold of the synthetic-CT block (default -500 HU).
     """
     policy = intervals_policy
     directions = directions or {"a_to_b": "ct_to_mri", "b_to_a": "mri_to_ct"}
@@ -392,6 +432,7 @@ def evaluate_translation(
             normalisation,
             ct_window,
             policy,
+            body_threshold_hu,
         )
         compares = f"{block['n_source']} translations vs {block['n_target']} real {target} images"
         distances = distribution_block(
@@ -454,6 +495,8 @@ def evaluate_translation(
             "ssim": SSIM_SETTINGS,
             "psnr": "dB; skimage.metrics.peak_signal_noise_ratio per image, mean over images with finite PSNR",
             "mae": "mean absolute difference per image in [0,1] units, mean over images",
+            "ct_body": "paired.ct_body: synthetic CT vs the partner CT in full HU inside its body mask, as SynthRAD "
+            "scores it (pipeline.evaluate.measures.synthetic_ct)",
             "summary": "mean and population std (ddof 0) over images",
             "ct_window": None
             if ct_window is None
@@ -557,6 +600,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stego-noise-sigma", type=float, default=0.02, help="Gaussian noise on G(x), [0,1] units")
     parser.add_argument("--stego-max-drop", type=float, default=0.1, help="cycle-SSIM drop that raises the flag")
     parser.add_argument("--histogram-bins", type=int, default=64)
+    parser.add_argument("--body-threshold-hu", type=float, default=BODY_THRESHOLD_HU,
+                        help="body mask of the synthetic-CT block: real CT above this HU (largest component, filled)")
     parser.add_argument("--diff-upscale-size", type=int, default=256, help="bicubic size of the difference maps")
     parser.add_argument(
         "--triplets", type=Path, help="also draw the triplet figure here (needs --samples-out)"
@@ -614,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
             stego_max_drop=args.stego_max_drop,
             histogram_bins=args.histogram_bins,
             train_paths={d: p for d, p in (("a", args.train_a), ("b", args.train_b)) if p is not None},
+            body_threshold_hu=args.body_threshold_hu,
         )
 
     labels = tuple(args.labels)
@@ -624,9 +670,11 @@ def main(argv: list[str] | None = None) -> int:
             (args.triplets, lambda out: figures.triplets(samples, out, labels=labels)),
             (args.sample_grid, lambda out: figures.sample_grid(samples, out, labels=labels)),
             (args.difference_maps, lambda out: figures.difference_maps(samples, out, labels, args.diff_upscale_size)),
-            (args.histograms, lambda out: figures.intensity_histograms(samples, out, labels=labels)),
+            (args.histograms, lambda out: figures.intensity_histograms(
+                samples, out, labels=labels,
+                normalisation=tuple(metrics["inputs"][d]["normalisation"] for d in ("a", "b")))),
             (args.metrics_table, lambda out: figures.metrics_table(metrics, out)),
-            (args.loss_curves, lambda out: figures.loss_curves(args.history, out)),
+            (args.loss_curves, lambda out: cli.training_curves(args.model, args.history, out)),
         ])
 
     return cli.run_evaluation(args, "translation", "a translator", evaluate, draw_figures,

@@ -6,12 +6,17 @@ from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
 from pipeline.evaluate.measures.image_metrics import (
+    body_mask,
     mae_hu_per_image,
+    mae_in_mask,
     mae_per_image,
+    psnr_in_mask,
     psnr_per_image,
     ssim_per_image,
     to_hu,
+    window_range_hu,
 )
+from pipeline.preprocess.window import window_hu
 
 
 @pytest.fixture
@@ -74,13 +79,61 @@ def test_psnr_and_mae_on_known_arrays():
     assert np.isposinf(psnr_per_image(reference, reference)).all()
 
 
+def test_to_hu_inverts_the_window_stage():
+    """to_hu is the exact inverse of the window stage's DICOM VOI function inside the window."""
+    for center, width in ((40.0, 80.0), (600.0, 2800.0), (-600.0, 1500.0)):
+        low, high = window_range_hu((center, width))
+        hu = np.linspace(low, high, 17)
+        np.testing.assert_allclose(to_hu(window_hu(hu, center, width), (center, width)), hu, atol=1e-3 * width)
+    assert window_range_hu((40.0, 80.0)) == (0.0, 79.0)  # DICOM linear: center - 0.5 -+ (width - 1) / 2
+
+
 def test_mae_in_hu_on_a_known_offset():
     window = (40.0, 80.0)
-    np.testing.assert_allclose(to_hu(np.array([0.0, 0.5, 1.0]), window), [0.0, 40.0, 80.0])
+    np.testing.assert_allclose(to_hu(np.array([0.0, 0.5, 1.0]), window), [0.0, 39.5, 79.0])
     reference = np.full((1, 4, 4), 0.25, np.float32)
     shifted = reference + np.float32(0.1)
-    np.testing.assert_allclose(mae_hu_per_image(reference, shifted, window), [8.0], rtol=1e-5)
-    np.testing.assert_allclose(mae_hu_per_image(reference, shifted, (600.0, 2800.0)), [280.0], rtol=1e-5)
+    np.testing.assert_allclose(mae_hu_per_image(reference, shifted, window), [0.1 * 79.0], rtol=1e-5)
+    np.testing.assert_allclose(mae_hu_per_image(reference, shifted, (600.0, 2800.0)), [0.1 * 2799.0], rtol=1e-5)
+
+
+def head_phantom() -> np.ndarray:
+    """One 16x16 CT slice in HU: air, a 10x10 head (rows / columns 3..12) with a one-pixel bone ring
+    (36 px, 1400 HU), brain inside (40 HU) holding a 2x2 air sinus (-1000 HU), and, apart from the
+    head, a 2-pixel head holder (800 HU)."""
+    ct = np.full((16, 16), -1000.0)
+    ct[3:13, 3:13] = 1400.0
+    ct[4:12, 4:12] = 40.0
+    ct[7:9, 7:9] = -1000.0
+    ct[0, 0:2] = 800.0
+    return ct[None]
+
+
+def test_body_mask_is_the_largest_component_with_holes_filled():
+    mask = body_mask(head_phantom(), threshold_hu=-500.0)
+    expected = np.zeros((1, 16, 16), bool)
+    expected[0, 3:13, 3:13] = True  # the head, its sinus filled in, without the holder
+    np.testing.assert_array_equal(mask, expected)
+    assert not body_mask(np.full((2, 8, 8), -1000.0)).any()  # nothing above the threshold: empty
+    with pytest.raises(ValueError, match="N, H, W"):
+        body_mask(np.zeros((8, 8)))
+
+
+def test_mae_and_psnr_in_a_mask_by_hand():
+    reference = np.zeros((2, 4, 4))
+    test = reference.copy()
+    test[0, 0, 0], test[0, 3, 3] = 10.0, -20.0  # inside the mask: |10| and |-20|
+    test[0, 1, 1] = 1000.0  # outside the mask: must not count
+    masks = np.zeros((2, 4, 4), bool)
+    masks[0, 0, :] = masks[0, 3, :] = True  # 8 pixels
+    np.testing.assert_allclose(mae_in_mask(reference, test, masks), [30.0 / 8, np.nan])
+    psnr = psnr_in_mask(reference, test, masks, data_range=4024.0)
+    np.testing.assert_allclose(psnr[0], 10 * np.log10(4024.0**2 / ((10.0**2 + 20.0**2) / 8)))
+    assert np.isnan(psnr[1])
+    masks[1, 0, 0] = True
+    assert np.isposinf(psnr_in_mask(reference, test, masks, 1.0)[1])
+    with pytest.raises(ValueError, match="bool"):
+        mae_in_mask(reference, test, masks.astype(np.uint8))
 
 
 def test_mismatched_shapes_are_refused():

@@ -116,7 +116,7 @@ def test_conditional_generator_end_to_end(files, tmp_path):
                        (figures.nearest_pairs, "pairs")):
         draw(tmp_path / "samples.npz", tmp_path / f"{name}.png")
         assert matplotlib.image.imread(tmp_path / f"{name}.png").std() > 0.05
-    figures.gan_training_curves(files["history"], tmp_path / "curves.png")
+    figures.history_figure(files["history"], "cgan", tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 

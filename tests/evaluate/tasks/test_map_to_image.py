@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluate.tasks.map_to_image import _verdict, pairwise_diversity
+from pipeline.evaluate.measures.intervals import IntervalPolicy
+from pipeline.evaluate.tasks.map_to_image import _verdict, pairwise_diversity, reference_ct_block
 
 
 def test_verdict_needs_an_interval_that_excludes_zero():
@@ -22,6 +23,32 @@ def test_pairwise_diversity_is_zero_for_copies_and_grows_with_difference():
     shifted = np.clip(image + 0.1, 0, 1)
     rms, _ = pairwise_diversity(np.stack([image, shifted]))
     assert rms == pytest.approx(float(np.sqrt(np.mean((shifted - image) ** 2))))
+
+
+def test_reference_ct_in_hu_inside_the_body_by_hand():
+    """A thorax slice in HU: a 12x12 body of soft tissue (40 HU) around 2 lungs of 3x4 pixels (-800 HU),
+    in air; the generated image paints tissue at 60 HU and lungs at -700 HU. Lungs lie below the
+    -500 HU threshold but inside the body: filling holes brings them back."""
+    hu_window = (-1000.0, 1000.0)
+    real = np.full((16, 16), -1000.0)
+    real[2:14, 2:14] = 40.0
+    generated = np.full((16, 16), -1000.0)
+    generated[2:14, 2:14] = 60.0
+    for columns in (slice(4, 7), slice(9, 12)):
+        real[5:9, columns], generated[5:9, columns] = -800.0, -700.0
+    unit = lambda hu: ((hu - hu_window[0]) / (hu_window[1] - hu_window[0]))[None].astype(np.float32)
+    test = {"images": unit(real), "hu_window": np.array(hu_window, np.float32)}
+    block, reason = reference_ct_block(test, unit(generated), np.array(["p1"]), -500.0, IntervalPolicy())
+    assert reason is None
+    lungs, tissue = 2 * 3 * 4, 12 * 12 - 2 * 3 * 4
+    assert block["mae_hu_body"]["mean"] == pytest.approx((lungs * 100.0 + tissue * 20.0) / 144, rel=1e-5)
+    assert block["psnr_hu_body"]["data_range"] == 2000.0 and block["hu_clip"] == [-1000.0, 1000.0]
+    assert block["psnr_hu_body"]["mean"] == pytest.approx(
+        10 * np.log10(2000.0**2 / ((lungs * 100.0**2 + tissue * 20.0**2) / 144)), rel=1e-5)
+    assert block["mae_hu_body_floor"] is None  # the generator is not confined to a window
+    none, reason = reference_ct_block({"images": test["images"]}, unit(generated), np.array(["p1"]), -500.0,
+                                      IntervalPolicy())
+    assert none is None and "hu_window" in reason
 
 
 @pytest.mark.slow
@@ -60,6 +87,7 @@ def test_evaluator_writes_valid_metrics_for_a_transparent_generator(tmp_path):
     assert lungs["share_closer_to_style"]["mean"] == 1.0
     assert metrics["anatomy"]["generated_test_maps"]["n_images"] == len(test["images"])
     assert metrics["perceptual_weights"] == "random" and metrics["generator"]["style_fixed"]
+    assert metrics["reference_ct"]["mae_hu_body"]["n"] == len(test["images"])
     # perturbations start from HELD-OUT maps: every source is a test patient's map, none a training one
     grown = np.load(tmp_path / "perturbed.npz")
     assert set(grown["subject_ids"].astype(str)) <= set(test["subject_ids"].astype(str))

@@ -119,7 +119,7 @@ def test_identity_translator_metrics(test_sets, tmp_path):
     assert paired["ssim"]["mean"] == pytest.approx(ssim_per_image(partner, source).mean())
     assert paired["psnr"]["mean"] == pytest.approx(psnr_per_image(partner, source).mean())
     assert paired["mae"]["mean"] == pytest.approx(mae_per_image(partner, source).mean())
-    assert paired["mae_hu"] is None  # the target (MR) is not CT
+    assert paired["mae_window_hu"] is None and paired["ct_body"] is None  # the target (MR) is not CT
     assert "percentile" in paired["normalisation"]
 
     with np.load(tmp_path / "samples.npz") as samples:
@@ -193,10 +193,14 @@ def test_frd_classifier_regions_steganography_and_intervals(test_sets, tmp_path)
 
 def test_mae_in_hu_when_the_target_is_ct(test_sets, tmp_path):
     path_a, _ = test_sets
-    # Domain b (MR) carries CT partners here, so mri_to_ct has paired metrics with a CT target.
+    # Domain b (MR) carries CT partners here, so mri_to_ct has paired metrics with a CT target; the
+    # partner CT also in full HU: a 20x20 head (bone ring 1400 HU around brain 40 HU) in air.
     rng = np.random.default_rng(1)
     mr = blobs(rng, 4)
     ct_partner = blobs(rng, 4)
+    partner_hu = np.full((4, SIZE, SIZE), -1024.0, np.float32)
+    partner_hu[:, 6:26, 6:26] = 1400.0
+    partner_hu[:, 7:25, 7:25] = 40.0
     mr_path = tmp_path / "mr_paired.npz"
     np.savez(
         mr_path,
@@ -205,6 +209,8 @@ def test_mae_in_hu_when_the_target_is_ct(test_sets, tmp_path):
         slice_index=np.arange(4),
         partner=ct_partner,
         has_partner=np.ones(4, bool),
+        partner_hu=partner_hu,
+        partner_hu_range=np.array([-1024.0, 3000.0], np.float32),
     )
     metrics = evaluate_translation(
         BlurTranslator(),
@@ -216,23 +222,57 @@ def test_mae_in_hu_when_the_target_is_ct(test_sets, tmp_path):
     )
     validate_metrics(metrics)
     paired = metrics["mri_to_ct"]["paired"]
-    translated = BlurTranslator().translate("b_to_a", mr)
+    translated = BlurTranslator().translate("b_to_a", mr).astype(np.float64)
     expected_mae = mae_per_image(ct_partner, translated).mean()
     assert paired["mae"]["mean"] == pytest.approx(expected_mae)
-    assert paired["mae_hu"]["mean"] == pytest.approx(80.0 * expected_mae)
-    assert paired["mae_hu"]["hu_range"] == [0.0, 80.0]
+    # DICOM's linear window 40/80 spans 0..79 HU: [0,1] differences are 79 HU wide
+    assert paired["mae_window_hu"]["mean"] == pytest.approx(79.0 * expected_mae)
+    assert paired["mae_window_hu"]["hu_range"] == [0.0, 79.0]
     assert "window 40/80 HU" in paired["normalisation"]
-    assert metrics["ct_to_mri"]["paired"]["mae_hu_reason"] == "target is not CT"
+    assert metrics["ct_to_mri"]["paired"]["mae_window_hu_reason"] == "target is not CT"
+
+    body = paired["ct_body"]
+    synthetic_hu = 39.5 + (translated - 0.5) * 79.0  # the window inverted by hand
+    error = np.abs(partner_hu - synthetic_hu)[:, 6:26, 6:26]  # the body: the head, 400 pixels
+    assert body["mae_hu_body"]["mean"] == pytest.approx(error.mean(axis=(1, 2)).mean())
+    assert body["psnr_hu_body"]["mean"] == pytest.approx(
+        np.mean(10 * np.log10(4024.0**2 / (error**2).mean(axis=(1, 2)))))
+    ring = 20 * 20 - 18 * 18
+    assert body["mae_hu_body_floor"]["mean"] == pytest.approx(ring * (1400.0 - 79.0) / 400)
+    assert body["body_fraction"] == pytest.approx(400 / SIZE**2) and body["hu_clip"] == [-1024.0, 3000.0]
+    assert body["mae_hu_body"]["mean"] > 10 * paired["mae_window_hu"]["mean"]  # the window hides the bone
 
     per_series_window = evaluate_translation(
         BlurTranslator(), path_a, mr_path, inception_weights=tmp_path / "absent.pth", ct_window=None
     )
     validate_metrics(per_series_window)
     paired = per_series_window["mri_to_ct"]["paired"]
-    assert paired["mae_hu"] is None and "no single CT window" in paired["mae_hu_reason"]
+    assert paired["mae_window_hu"] is None and "no single CT window" in paired["mae_window_hu_reason"]
+    assert paired["ct_body"] is None and "no single CT window" in paired["ct_body_reason"]
     assert paired["mae"]["mean"] == pytest.approx(expected_mae)
     cycle = metrics["ct_to_mri"]["ssim_cycle"]["mean"]
     assert 0.3 < cycle < 0.99  # blurring twice loses detail
+
+
+def test_a_partner_without_full_hu_says_so_and_bad_full_hu_is_refused(test_sets, tmp_path):
+    path_a, _ = test_sets
+    rng = np.random.default_rng(2)
+    arrays = {"images": blobs(rng, 2), "subject_ids": np.array(["ph3"] * 2), "slice_index": np.arange(2),
+              "partner": blobs(rng, 2), "has_partner": np.ones(2, bool)}
+    mr_path = tmp_path / "mr.npz"
+    np.savez(mr_path, **arrays)
+    metrics = evaluate_translation(IdentityTranslator(), path_a, mr_path, inception_weights=tmp_path / "absent.pth",
+                                   modalities={"a": "CT", "b": "MR"})
+    paired = metrics["mri_to_ct"]["paired"]
+    assert paired["mae_window_hu"] is not None and paired["ct_body"] is None
+    assert "partner_hu" in paired["ct_body_reason"]
+    np.savez(mr_path, **arrays, partner_hu=np.full((2, SIZE, SIZE), 3500.0, np.float32),
+             partner_hu_range=np.array([-1024.0, 3000.0]))
+    with pytest.raises(InputDataError, match="inside partner_hu_range"):
+        evaluate_translation(IdentityTranslator(), path_a, mr_path, inception_weights=tmp_path / "absent.pth")
+    np.savez(mr_path, **arrays, partner_hu=np.zeros((2, SIZE, SIZE), np.float32))
+    with pytest.raises(InputDataError, match="partner_hu_range"):
+        evaluate_translation(IdentityTranslator(), path_a, mr_path, inception_weights=tmp_path / "absent.pth")
 
 
 def test_fid_and_kid_when_features_exist(test_sets, tmp_path, monkeypatch):
