@@ -19,7 +19,7 @@ import pytest
 from workflow_support import changed_param, numbers, planned_jobs
 
 TARGET = "results/seg2ct_style/metrics.json"
-FIGURES = ("panels", "perturbed", "z_draws", "organ_histograms")
+FIGURES = ("panels", "perturbed", "z_draws", "organ_histograms", "style_pair", "training_curves")
 SEGMENTER_MIN_DICE = 0.6
 """Mean organ Dice (classes 1-5) the segmenter must reach on held-out real phantom slices."""
 
@@ -43,9 +43,16 @@ def test_seg2ct_target_from_empty_data_and_reruns(built_tiny_repo: Path):
     assert len(generated["images"]) == metrics["generator"]["n_from_perturbed_maps"] > 0
     assert generated["label_maps"].max() <= 5 and int(generated["seed"]) == metrics["generator"]["perturbed_seed"]
 
+    style_test = metrics["style_transfer"]                   # the pair's four generators, trained as sub-runs
+    assert style_test["reason"] is None and set(style_test["generators"].values()) == {
+        "main", "second", "control_first", "control_second"}
+    for variant in ("second", "control_first", "control_second"):
+        assert (work / "models" / "seg2ct_style" / "variants" / variant / "model.pt").is_file()
+
     assert planned_jobs(work, TARGET) == {}
     with changed_param(work, "experiments.seg2ct_style.model.style_weight", 2.5):
-        assert planned_jobs(work, TARGET) == {"train": 1, "evaluate_map_to_image": 1}
+        # the styled pair retrains; the style-weight-0 controls do not depend on the style weight
+        assert planned_jobs(work, TARGET) == {"train": 1, "train_style_variant": 1, "evaluate_map_to_image": 1}
     with changed_param(work, "experiments.seg2ct_style.segmenter.epochs", 4):
         assert planned_jobs(work, TARGET) == {"train_segmenter": 1, "evaluate_map_to_image": 1}
 

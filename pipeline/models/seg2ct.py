@@ -59,6 +59,11 @@ from pipeline.models.style_losses import (
     style_loss, total_variation)
 
 STYLE_MODES = ("fixed", "per_step")
+#: style_subject values naming one of the two training patients whose textures differ most
+#: (pipeline.evaluate.measures.organ_style.most_different_subjects): the style-transfer test's pair.
+TEXTURE_PAIR = ("texture_pair_first", "texture_pair_second")
+#: An organ smaller than this (pixels) in a slice does not enter the texture-pair choice.
+TEXTURE_PAIR_MIN_PIXELS = 4
 Z_ENTRIES = ("first", "bottleneck")
 #: Smallest image side: two stride-2 levels down to a 4x4 grid.
 MIN_IMAGE_SIZE = 16
@@ -87,7 +92,8 @@ SEG2CT_KNOBS: dict[str, Any] = {
     "style_layers": list(STYLE_LAYERS),
     "style_layer_weights": [1.0, 1.0, 1.0, 1.0, 1.0],
     "style_mode": "fixed",         # fixed | per_step
-    "style_subject": None,         # fixed mode: the style patient's (pseudonymous) id; null: drawn from the seed
+    "style_subject": None,         # fixed mode: a patient id, texture_pair_first / _second, or null (drawn from the seed)
+    "texture_pair_organs": [1, 2], # classes whose texture picks the texture pair (body, lungs)
     "pretrained": "imagenet",      # the perceptual losses' VGG-19: imagenet (file required) | none (random)
     "n_fixed_noise": 2,            # fixed z per validation map in the sample grids
 }
@@ -245,6 +251,7 @@ class Seg2CT(GANModel):
         self.train_subjects: torch.Tensor | None = None       # patient codes, on the CPU
         self.train_subject_codes: torch.Tensor | None = None  # the same, on the training device
         self.subject_names: np.ndarray | None = None
+        self.texture_pair: dict[str, Any] | None = None
         self.style_index: int | None = None
         self._style_grams: dict[str, torch.Tensor] | None = None
         self._fake: torch.Tensor | None = None
@@ -306,6 +313,16 @@ class Seg2CT(GANModel):
                               "from another patient than the content image")
         chooser = torch.Generator().manual_seed(self.style_seed)
         wanted = self.config["style_subject"]
+        self.texture_pair = None
+        if wanted in TEXTURE_PAIR:
+            from pipeline.evaluate.measures.organ_style import most_different_subjects
+
+            first, second, measured = most_different_subjects(
+                host["images"], host["label_maps"], self.subject_names, list(self.config["texture_pair_organs"]),
+                TEXTURE_PAIR_MIN_PIXELS)
+            self.texture_pair = {"first": first, "second": second, **measured,
+                                 "organs": list(self.config["texture_pair_organs"])}
+            wanted = first if wanted == TEXTURE_PAIR[0] else second
         if wanted is not None:
             candidates = np.flatnonzero(self.subject_names == wanted)
             if len(candidates) == 0:
@@ -432,6 +449,7 @@ class Seg2CT(GANModel):
                 "networks": {"G": {k: v.detach().cpu() for k, v in self.G.state_dict().items()}},
                 "style_image": style_image, "style_map": style_map,
                 "style_subject": self.style_subject if fixed else None,
+                "texture_pair": self.texture_pair,
                 "perceptual_weights": self.perceptual_weights}
 
     @classmethod
@@ -466,6 +484,8 @@ class MapToImageGenerator:
         self.style_image = None if payload["style_image"] is None else payload["style_image"].cpu().numpy().astype(np.float32)
         self.style_map = None if payload["style_map"] is None else payload["style_map"].cpu().numpy().astype(np.uint8)
         self.style_subject = payload["style_subject"]
+        self.texture_pair = payload.get("texture_pair")
+        self.style_weight = float(payload["config"]["style_weight"])
         self.perceptual_weights = payload["perceptual_weights"]
 
     def noise(self, n: int, seed: int = 0) -> np.ndarray:

@@ -427,6 +427,11 @@ def train_input_flags(w):
     return " ".join(flags)
 
 
+def train_job_threads(w):
+    """Cores the train job reserves: its train.threads when set, else 8 (capped at --cores)."""
+    return experiment_cfg(w.experiment)["train"].get("threads") or 8
+
+
 def train_weight_inputs(w):
     """ImageNet files: report 001's networks (translation), report 003's perceptual VGG-19 (map to image)."""
     if is_map_to_image(w.experiment):
@@ -604,6 +609,32 @@ def segmenter_flags(w):
     ev = exp["evaluate"]
     intervals = {key: ev[key] for key in ("n_boot", "min_subjects") if key in ev}
     return f"--seed {config['seed']} {cli_flags(exp.get('segmenter', {}))} {cli_flags(intervals)}"
+
+
+def style_variants(experiment):
+    """experiments.<name>.style_variants: variant name -> model overrides (report 003's style test)."""
+    return dict(experiment_cfg(experiment).get("style_variants") or {})
+
+
+STYLE_VARIANTS = sorted({v for name in MAP_TO_IMAGE_EXPERIMENTS for v in style_variants(name)})
+
+
+def style_variant_config(w):
+    """--config-json of one style variant: the experiment's model and train knobs, the variant's
+    model overrides on top (the same engine, a named sub-run)."""
+    exp = experiment_cfg(w.experiment)
+    model = {**exp["model"], **style_variants(w.experiment)[w.variant]}
+    return json.dumps({"model": model, "train": exp["train"]}, sort_keys=True)
+
+
+def style_variant_models(w):
+    """The evaluation's inputs: every style variant's model.pt."""
+    return [f"models/{w.experiment}/variants/{name}/model.pt" for name in style_variants(w.experiment)]
+
+
+def style_variant_flags(w):
+    return " ".join(f"--style-variant {name}=models/{w.experiment}/variants/{name}/model.pt"
+                    for name in style_variants(w.experiment))
 
 
 def map_to_image_flags(w):

@@ -34,6 +34,45 @@ rule train_segmenter:
         "{params.flags} --out-model {output.model} --out-json {output.summary} > {log} 2>&1"
 
 
+rule train_style_variant:
+    # The style-transfer test's other generators (experiments.<name>.style_variants): the second
+    # style patient and the style-weight-0 controls, each trained by the one engine with the
+    # experiment's knobs plus the variant's model overrides, as a sub-run of the experiment.
+    input:
+        unpack(input_slices("train")),
+        unpack(input_slices("val")),
+        weights=train_weight_inputs,
+    output:
+        model="models/{experiment}/variants/{variant}/model.pt",
+        history="models/{experiment}/variants/{variant}/history.csv",
+        run="models/{experiment}/variants/{variant}/run.json",
+    wildcard_constraints:
+        experiment=name_pattern(MAP_TO_IMAGE_EXPERIMENTS),
+        variant=name_pattern(STYLE_VARIANTS),
+    params:
+        cfg=style_variant_config,
+        inputs=train_input_flags,
+        pretrained=pretrained_flag,
+        weights_dir=config["weights"]["dir"],
+        tracking_uri=config["tracking"]["uri"],
+        seed=config["seed"],
+        out_dir=lambda w: f"models/{w.experiment}/variants/{w.variant}",
+    resources:
+        **job_resources(config, "train"),
+    threads: 1  # batch-1 steps at 64 px gain little from a second thread: two variants share 2 cores
+    benchmark:
+        "benchmarks/train/{experiment}-{variant}.tsv"
+    log:
+        "logs/train/{experiment}-{variant}.log",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m pipeline.train {params.inputs} --out {params.out_dir} "
+        "--experiment {wildcards.experiment} --config-json {params.cfg:q} {params.pretrained} "
+        "--weights-dir {params.weights_dir} --tracking-uri {params.tracking_uri} "
+        "--seed {params.seed} > {log} 2>&1"
+
+
 rule evaluate_map_to_image:
     # Distribution (FID/KID with Inception weights, FRD, FRD per organ, PRDC), Dice per organ of
     # generated images (test maps and perturbed maps), style per organ, diversity over z,
@@ -44,6 +83,7 @@ rule evaluate_map_to_image:
         run="models/{experiment}/run.json",
         history="models/{experiment}/history.csv",
         segmenter="models/{experiment}/segmenter.pt",
+        variants=style_variant_models,
         train=map_to_image_slices("train"),
         test=map_to_image_slices("test"),
         weights=weight_inputs("inception"),
@@ -60,12 +100,14 @@ rule evaluate_map_to_image:
         perturbed="results/{experiment}/figures/perturbed.png",
         z_draws="results/{experiment}/figures/z_draws.png",
         histograms="results/{experiment}/figures/organ_histograms.png",
+        style_pair="results/{experiment}/figures/style_pair.png",
         curves="results/{experiment}/figures/training_curves.png",
     wildcard_constraints:
         experiment=name_pattern(MAP_TO_IMAGE_EXPERIMENTS),
     params:
         inception=f"{config['weights']['dir']}/pt_inception-2015-12-05-6726825d.pth",
         flags=map_to_image_flags,
+        variants=style_variant_flags,
         figures_dir=lambda w: f"results/{w.experiment}/figures",
     threads: 8  # capped at --cores by Snakemake
     resources:
@@ -80,6 +122,6 @@ rule evaluate_map_to_image:
     shell:
         "python -m pipeline.evaluate --model {input.model} --test {input.test} --train {input.train} "
         "--segmenter {input.segmenter} --inception-weights {params.inception} --run-json {input.run} "
-        "{params.flags} --samples-out {output.samples} --generated-out {output.generated} "
+        "{params.flags} {params.variants} --samples-out {output.samples} --generated-out {output.generated} "
         "--figures-dir {params.figures_dir} --history {input.history} --training-curves {output.curves} "
         "--out {output.metrics} > {log} 2>&1"

@@ -37,7 +37,7 @@ rule train:
             if experiment_cfg(w.experiment)["train"].get("device") == "cuda"
             else 0
         ),
-    threads: 8  # capped at --cores by Snakemake: on a laptop training runs alone
+    threads: train_job_threads  # train.threads when set (a 1-thread run leaves the other cores to the next job), else 8 capped at --cores
     benchmark:
         "benchmarks/train/{experiment}.tsv"
     log:

@@ -79,7 +79,8 @@ def bound_model(slices, **knobs) -> Seg2CT:
     model.bind_training_data({"images": torch.from_numpy(data["images"])[:, None] * 2 - 1,
                               "images_maps": torch.from_numpy(data["label_maps"].astype(np.int64))[:, None],
                               "images_subjects": torch.from_numpy(codes)},
-                             {"images": {"subject_ids": data["subject_ids"], "label_maps": data["label_maps"]}})
+                             {"images": {"subject_ids": data["subject_ids"], "label_maps": data["label_maps"],
+                                         "images": data["images"]}})
     return model
 
 
@@ -132,6 +133,28 @@ def test_style_subject_param_picks_the_patient_and_an_unknown_one_is_an_error(sl
     assert bound_model(slices, style_subject="train-03").style_subject == "train-03"
     with pytest.raises(ConfigError, match="nobody"):
         bound_model(slices, style_subject="nobody")
+
+
+def test_texture_pair_names_the_two_most_different_patients_measured_on_the_training_slices(slices):
+    """style_subject texture_pair_first / _second: the pair organ_style.most_different_subjects
+    measures on the training slices (here one patient's body is made coarsely striped, so it
+    must be in the pair), one each; the content set still leaves out the style patient."""
+    from pipeline.evaluate.measures.organ_style import most_different_subjects
+
+    data = dict(np.load(slices["train"]))
+    body = data["label_maps"] == 1
+    stripes = (np.arange(16) // 2 % 2)[None, None, :] * 0.4 + 0.3
+    marked = data["subject_ids"] == "train-02"
+    data["images"] = np.where(body & marked[:, None, None], stripes, data["images"]).astype(np.float32)
+    marked_file = slices["train"].parent / "marked_train.npz"
+    np.savez(marked_file, **data)
+    expected = most_different_subjects(data["images"], data["label_maps"], data["subject_ids"], [1, 2])[:2]
+    assert "train-02" in expected
+    picked = [bound_model({"train": marked_file}, style_subject=f"texture_pair_{side}") for side in ("first", "second")]
+    assert (picked[0].style_subject, picked[1].style_subject) == expected
+    assert picked[0].texture_pair["first"] == expected[0] and picked[0].texture_pair["organs"] == [1, 2]
+    subset = picked[1].training_subsets["images"].numpy()
+    assert (data["subject_ids"][subset] != expected[1]).all()
 
 
 def test_per_step_style_is_always_another_patient(slices):

@@ -56,3 +56,34 @@ def dice_summary(predicted: np.ndarray, reference: np.ndarray, subjects: np.ndar
         "mean_organ_dice": summarise(organ_mean, subjects, policy),
     }
     return block, scores
+
+
+CHANGED_DEFINITION = ("Dice_c on the changed pixels only: with C the pixels whose class the perturbation changed "
+                      "(perturbed map != source map), 2|P_c & R_c & C| / (|P_c & C| + |R_c & C|), R the perturbed map; "
+                      "NaN when c is absent from both inside C. 'follows_source' is the share of changed pixels the "
+                      "segmenter reads as the SOURCE map's class (the image kept the old anatomy)")
+
+
+def changed_pixel_dice(predicted: np.ndarray, perturbed: np.ndarray, source: np.ndarray, n_classes: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dice per class counted on the pixels whose class the perturbation changed (CHANGED_DEFINITION).
+
+    Returns (N, n_classes) Dice, (N,) share of changed pixels read as the perturbed class, (N,)
+    share read as the source class; NaN rows where a perturbation changed nothing. Unchanged
+    pixels are the source map's anatomy, which a generator can follow without following the
+    perturbation: counting them would credit it for what it already knew.
+    """
+    predicted, perturbed, source = (np.asarray(a) for a in (predicted, perturbed, source))
+    if not predicted.shape == perturbed.shape == source.shape:
+        raise ValueError(f"predicted {predicted.shape}, perturbed {perturbed.shape} and source {source.shape} "
+                         "maps differ in shape")
+    changed = perturbed != source
+    outside = n_classes  # a class no map holds: pixels outside the changed set never count
+    scores = dice_per_class(np.where(changed, predicted, outside), np.where(changed, perturbed, outside), n_classes)
+    n_changed = changed.reshape(len(changed), -1).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        follows_perturbed = np.where(n_changed > 0, (changed & (predicted == perturbed)).reshape(len(changed), -1)
+                                     .sum(axis=1) / np.maximum(n_changed, 1), np.nan)
+        follows_source = np.where(n_changed > 0, (changed & (predicted == source)).reshape(len(changed), -1)
+                                  .sum(axis=1) / np.maximum(n_changed, 1), np.nan)
+    return scores, follows_perturbed, follows_source

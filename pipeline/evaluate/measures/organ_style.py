@@ -120,3 +120,74 @@ def organ_style_distances(
             out["w1_to_style"][i, c] = wasserstein_distance(g_values, style_values)
             out["w1_to_content"][i, c] = wasserstein_distance(g_values, lo + content[i][c_mask] * (hi - lo))
     return out
+
+
+PREFERENCE_DEFINITION = (
+    "per generated image and organ: (d_other - d_own) / (d_other + d_own), d the Gram distance above between the "
+    "image's organ and the same organ of the own style patient's style slice (d_own) or of the other style patient's "
+    "(d_other); in [-1, 1], > 0: nearer its own style patient")
+
+
+def organ_grams(images: np.ndarray, maps: np.ndarray, classes: list[int], min_pixels: int, network=None
+                ) -> list[dict[int, list[np.ndarray]]]:
+    """Per image: class -> its Gram matrices (masked_grams) for the classes with >= min_pixels pixels."""
+    features = organ_features(images, network)
+    out = []
+    for i in range(len(images)):
+        grams = {}
+        for c in classes:
+            mask = maps[i] == c
+            if mask.sum() >= min_pixels:
+                grams[c] = masked_grams([layer[i] for layer in features], mask)
+        out.append(grams)
+    return out
+
+
+def most_different_subjects(images: np.ndarray, maps: np.ndarray, subject_ids: np.ndarray, classes: list[int],
+                            min_pixels: int = 4, network=None) -> tuple[str, str, dict]:
+    """The two patients whose organ textures differ most, measured on their slices.
+
+    Per patient and organ the mean Gram matrix over its slices; per organ the Gram distance
+    between two patients divided by that organ's median over all pairs (so each organ weighs
+    alike), summed over ``classes``. Returns (first, second, {"distance", "median_pair_distance",
+    "n_subjects"}); ties break by the sorted patient ids, so the choice is reproducible.
+    """
+    subjects = np.asarray(subject_ids).astype(str)
+    names = sorted(set(subjects.tolist()))
+    if len(names) < 2:
+        raise ValueError("most_different_subjects needs slices of at least two patients")
+    per_image = organ_grams(images, maps, classes, min_pixels, network)
+    means: dict[str, dict[int, list[np.ndarray]]] = {}
+    for name in names:
+        rows = [per_image[i] for i in np.flatnonzero(subjects == name)]
+        means[name] = {c: [np.mean(layers, axis=0) for layers in zip(*(r[c] for r in rows if c in r))]
+                       for c in classes if any(c in r for r in rows)}
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    raw = np.full((len(pairs), len(classes)), np.nan)
+    for k, (a, b) in enumerate(pairs):
+        for j, c in enumerate(classes):
+            if c in means[a] and c in means[b]:
+                raw[k, j] = gram_distance(means[a][c], means[b][c])
+    scale = np.nanmedian(raw, axis=0)
+    total = np.nansum(raw / np.where(scale > 0, scale, 1.0), axis=1)
+    best = int(np.argmax(total))
+    return pairs[best][0], pairs[best][1], {"distance": float(total[best]),
+                                            "median_pair_distance": float(np.median(total)),
+                                            "n_subjects": len(names)}
+
+
+def own_style_preference(images: np.ndarray, maps: np.ndarray, own: tuple[np.ndarray, np.ndarray],
+                         other: tuple[np.ndarray, np.ndarray], classes: list[int], min_pixels: int = 4,
+                         network=None) -> np.ndarray:
+    """(N, len(classes)) PREFERENCE_DEFINITION of generated ``images`` (with the maps they were made
+    from) for the style slice ``own`` = (image, map) over ``other``; NaN where an organ is too small."""
+    style = organ_grams(np.stack([own[0], other[0]]), np.stack([own[1], other[1]]), classes, min_pixels, network)
+    generated = organ_grams(images, maps, classes, min_pixels, network)
+    out = np.full((len(images), len(classes)), np.nan)
+    for i, grams in enumerate(generated):
+        for j, c in enumerate(classes):
+            if c in grams and c in style[0] and c in style[1]:
+                d_own, d_other = gram_distance(grams[c], style[0][c]), gram_distance(grams[c], style[1][c])
+                if d_own + d_other > 0:
+                    out[i, j] = (d_other - d_own) / (d_other + d_own)
+    return out

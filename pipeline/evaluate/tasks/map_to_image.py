@@ -62,6 +62,7 @@ from pipeline.evaluate.measures import frd as frd_module
 from pipeline.evaluate.measures import memorisation as memorisation_module
 from pipeline.evaluate.measures import organ_style
 from pipeline.evaluate.measures import prdc as prdc_module
+from pipeline.evaluate.measures.dice import CHANGED_DEFINITION, changed_pixel_dice
 from pipeline.evaluate.measures.dice import DEFINITION as DICE_DEFINITION, dice_summary
 from pipeline.evaluate.measures.distribution import (
     distribution_block,
@@ -196,6 +197,110 @@ def diversity_block(model, test: dict[str, np.ndarray], n_maps: int, n_draws: in
     return block, maps, draws
 
 
+def changed_pixels_block(predicted: np.ndarray, perturbed: np.ndarray, source: np.ndarray,
+                         predicted_unperturbed: np.ndarray, subjects: np.ndarray, organ_names: list[str],
+                         policy: IntervalPolicy) -> dict:
+    """Dice on the pixels the perturbation changed, beside the same count for the image generated
+    from the UNPERTURBED map (what following the old anatomy scores there: the floor)."""
+    scores, follows_perturbed, follows_source = changed_pixel_dice(predicted, perturbed, source, len(organ_names))
+    floor, _, _ = changed_pixel_dice(predicted_unperturbed, perturbed, source, len(organ_names))
+
+    def organ_mean(values: np.ndarray) -> np.ndarray:
+        organs = values[:, 1:]
+        return np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in organs])
+
+    n_changed = (perturbed != source).reshape(len(perturbed), -1).sum(axis=1)
+    return {
+        "definition": CHANGED_DEFINITION,
+        "n_images": len(scores),
+        "changed_pixels_per_image": summarise(n_changed.astype(float), subjects, policy),
+        "per_class": {name: summarise(scores[:, c], subjects, policy) for c, name in enumerate(organ_names)},
+        "mean_organ_dice": summarise(organ_mean(scores), subjects, policy),
+        "share_read_as_perturbed": summarise(follows_perturbed, subjects, policy),
+        "share_read_as_source": summarise(follows_source, subjects, policy),
+        "unperturbed_image_floor": {
+            "what": "the same Dice for the image generated from the source (unperturbed) map: an image that "
+                    "ignores the perturbation scores this",
+            "mean_organ_dice": summarise(organ_mean(floor), subjects, policy),
+        },
+    }
+
+
+def _styled_pair(models: dict) -> tuple[dict | None, str | None]:
+    """The style test's four generators by role, from what each model says of itself (its style
+    patient, its style weight, the texture pair it was chosen from); (None, why) when incomplete."""
+    pair = next((m.texture_pair for m in models.values() if getattr(m, "texture_pair", None)), None)
+    if pair is None:
+        return None, "no generator was trained for a texture pair (model.style_subject: texture_pair_first / _second)"
+    roles = {}
+    for name, m in models.items():
+        if getattr(m, "texture_pair", None) != pair or m.style_subject not in (pair["first"], pair["second"]):
+            continue
+        key = ("control" if m.style_weight == 0 else "styled", "first" if m.style_subject == pair["first"] else "second")
+        roles[key] = name
+    wanted = [(kind, side) for kind in ("styled", "control") for side in ("first", "second")]
+    missing = [f"{kind} {side}" for kind, side in wanted if (kind, side) not in roles]
+    if missing:
+        return None, f"the style test needs a generator for each of {missing} (experiments.<name>.style_variants)"
+    return {"pair": pair, "roles": roles}, None
+
+
+def style_transfer_block(model, variants: dict, maps: np.ndarray, subjects: np.ndarray, seed: int, batch_size: int,
+                         organ_names: list[str], organs: tuple[str, ...], min_pixels: int, network,
+                         policy: IntervalPolicy) -> tuple[dict, dict]:
+    """Does each generator's organ texture follow ITS style patient? (docs/experiment-seg2ct.md)
+
+    Two style patients A, B (the training patients whose textures differ most); generators G_A,
+    G_B trained for each and their style-weight-0 twins C_A, C_B (the same runs, content sets
+    included, without the style loss). Per held-out map m and organ, with p(X, P) the
+    preference of X's image for P's style slice over the other's (organ_style.PREFERENCE_DEFINITION):
+    styled(m) = (p(G_A(m), A) + p(G_B(m), B)) / 2 and control(m) = (p(C_A(m), A) + p(C_B(m), B)) / 2.
+    A style transfer gives styled > 0; without the style loss the same difference is what the
+    runs' other differences (content sets, training noise) produce. Also returns the style
+    slices and every generator's images (for the figure; empty when the test cannot run).
+    """
+    definition = ("per held-out map and organ: styled = mean over the two style patients P of the preference of the "
+                  "image of P's generator for P's style slice over the other patient's; control = the same for the "
+                  "style-weight-0 twins. " + organ_style.PREFERENCE_DEFINITION)
+    models = {"main": model, **variants}
+    found, reason = _styled_pair(models)
+    if found is None:
+        return {"definition": definition, "reason": reason}, {}
+    pair, roles = found["pair"], found["roles"]
+    styles = {side: (models[roles[("styled", side)]].style_image, models[roles[("styled", side)]].style_map.astype(np.int64))
+              for side in ("first", "second")}
+    classes = [organ_names.index(name) for name in organs]
+    preference = {}
+    drawn = {f"style_{side}": styles[side][0] for side in styles} | {f"style_map_{side}": styles[side][1] for side in styles}
+    for (kind, side), name in roles.items():
+        other = "second" if side == "first" else "first"
+        images = drawn[f"{kind}_{side}"] = generate(models[name], maps, seed, batch_size)
+        preference[(kind, side)] = organ_style.own_style_preference(images, maps, styles[side], styles[other], classes,
+                                                                   min_pixels, network)
+    block = {"definition": definition, "reason": None,
+             "style_patients": {"first": pair["first"], "second": pair["second"]},
+             "pair_choice": {k: v for k, v in pair.items() if k not in ("first", "second")} | {
+                 "how": "the two training patients with the largest sum over texture_pair_organs of the Gram distance "
+                        "(organ_style) between their mean organ Gram matrices, each organ scaled by its median over "
+                        "all pairs"},
+             "generators": {f"{kind}_{side}": name for (kind, side), name in sorted(roles.items())},
+             "n_maps": len(maps), "per_organ": {}}
+    for j, organ in enumerate(organs):
+        styled = (preference[("styled", "first")][:, j] + preference[("styled", "second")][:, j]) / 2
+        control = (preference[("control", "first")][:, j] + preference[("control", "second")][:, j]) / 2
+        block["per_organ"][organ] = {
+            "styled": summarise(styled, subjects, policy),
+            "control": summarise(control, subjects, policy),
+            "styled_minus_control": summarise(styled - control, subjects, policy),
+            "styled_first": summarise(preference[("styled", "first")][:, j], subjects, policy),
+            "styled_second": summarise(preference[("styled", "second")][:, j], subjects, policy),
+            "share_nearer_own": summarise(np.where(np.isfinite(styled), (np.minimum(
+                preference[("styled", "first")][:, j], preference[("styled", "second")][:, j]) > 0).astype(float),
+                np.nan), subjects, policy),
+        }
+    return block, drawn
+
+
 def frd_per_organ_block(real: np.ndarray, real_maps: np.ndarray, real_subjects: np.ndarray, generated: np.ndarray,
                         generated_maps: np.ndarray, generated_ids: np.ndarray, organ_names: list[str],
                         max_images: int, policy: IntervalPolicy,
@@ -256,11 +361,14 @@ def evaluate_map_to_image(
     seed: int = 0,
     samples_out: Path | None = None,
     generated_out: Path | None = None,
+    style_variants: dict | None = None,
+    style_transfer_organs: tuple[str, ...] = ("body", "lungs"),
 ) -> dict:
     """Metrics of a map-to-image generator (module docstring), as the dict written to metrics.json.
 
     test, train: slices npz with label_maps (contract of data/slices/ct_thorax/); segmenter:
-    segmenter.pt; n_perturbed: images from perturbed training maps (perturb: perturb_map's knobs).
+    segmenter.pt; n_perturbed: images from perturbed test maps (perturb: perturb_map's knobs);
+    style_variants: name -> the other trained generators of the style test (style_transfer_block).
     """
     organ_names = list(CLASS_NAMES)
     n_classes = len(organ_names)
@@ -277,12 +385,13 @@ def evaluate_map_to_image(
     test_subjects = test_data["subject_ids"].astype(str)
 
     from_test = generate(model, test_data["label_maps"].astype(np.uint8), seed, batch_size)
-    maps_perturbed, source_index, fallback = perturbed_maps(train_data["label_maps"], n_perturbed,
+    # Perturbed HELD-OUT maps: a training map's anatomy could be drawn from memory, a new one cannot.
+    maps_perturbed, source_index, fallback = perturbed_maps(test_data["label_maps"], n_perturbed,
                                                             seed + PERTURB_SEED_OFFSET, perturb)
     from_perturbed = generate(model, maps_perturbed, seed + PERTURB_SEED_OFFSET, batch_size)
-    perturbed_subjects = train_data["subject_ids"].astype(str)[source_index]
+    perturbed_subjects = test_subjects[source_index]
     if generated_out is not None:
-        write_generated(generated_out, from_perturbed, maps_perturbed, source_index, train_data["subject_ids"],
+        write_generated(generated_out, from_perturbed, maps_perturbed, source_index, test_data["subject_ids"],
                         seed + PERTURB_SEED_OFFSET, perturb, test_data.get("hu_window"), fallback)
     generated = np.concatenate([from_test, from_perturbed])
     generated_maps = np.concatenate([test_data["label_maps"].astype(np.uint8), maps_perturbed])
@@ -304,7 +413,7 @@ def evaluate_map_to_image(
         all_real, np.arange(len(generated)), test_subjects, generated_ids, features,
         radiomic_rows, problems, fid_eps, policy,
         f"{len(generated)} generated images ({len(from_test)} from the test maps, {len(from_perturbed)} from perturbed "
-        f"training maps) vs {len(test_data['images'])} real test slices",
+        f"test maps) vs {len(test_data['images'])} real test slices",
     )
     distribution["floor"] = floor_block(
         all_real, test_subjects, floor_subjects, len(generated), features, radiomic_rows, problems, fid_eps, policy,
@@ -335,7 +444,10 @@ def evaluate_map_to_image(
     predicted_perturbed = predict_maps(seg_network, from_perturbed, batch_size)
     anatomy["generated_perturbed_maps"], _ = dice_summary(
         predicted_perturbed, maps_perturbed, perturbed_subjects, organ_names, policy,
-        "segmenter on images generated from perturbed training maps vs the perturbed maps (unit: source patient)")
+        "segmenter on images generated from perturbed held-out (test) maps vs the perturbed maps (unit: source patient)")
+    anatomy["generated_perturbed_maps"]["changed_pixels"] = changed_pixels_block(
+        predicted_perturbed, maps_perturbed, test_data["label_maps"][source_index], predicted_test[source_index],
+        perturbed_subjects, organ_names, policy)
 
     # style per organ
     style_image = getattr(model, "style_image", None)
@@ -352,6 +464,10 @@ def evaluate_map_to_image(
                   "compares": "images generated from the test maps: each organ vs the style image's same organ and vs "
                   "the content image's (the real test slice of that map)",
                   "per_organ": style_block(distances, test_subjects, organ_names, policy)}
+
+    style_test, style_images = style_transfer_block(model, style_variants or {}, test_data["label_maps"].astype(np.uint8),
+                                      test_subjects, seed, batch_size, organ_names, style_transfer_organs,
+                                      style_min_pixels, network, policy)
 
     diversity, diversity_maps_drawn, diversity_images = diversity_block(model, test_data, diversity_maps,
                                                                         diversity_draws, seed, policy)
@@ -413,20 +529,21 @@ def evaluate_map_to_image(
         "reference_ct": reference_ct,
         "reference_ct_reason": reference_ct_reason,
         "style_per_organ": styles,
+        "style_transfer": style_test,
         "diversity": diversity,
         "memorisation": memo,
     }
     if samples_out is not None:
-        save_samples(samples_out, test_data, from_test, model, train_data, maps_perturbed, source_index,
+        save_samples(samples_out, test_data, from_test, model, maps_perturbed, source_index,
                      from_perturbed, diversity_maps_drawn, diversity_images, n_figure_examples, intensity,
-                     histogram_bins, dice_test)
+                     histogram_bins, dice_test, style_images)
     return metrics
 
 
-def save_samples(target: Path, test: dict, from_test: np.ndarray, model, train: dict, maps_perturbed: np.ndarray,
+def save_samples(target: Path, test: dict, from_test: np.ndarray, model, maps_perturbed: np.ndarray,
                  source_index: np.ndarray, from_perturbed: np.ndarray, diversity_maps: np.ndarray,
                  diversity_images: np.ndarray, n_examples: int, intensity: tuple[float, float], bins: int,
-                 dice_test: np.ndarray) -> None:
+                 dice_test: np.ndarray, style_images: dict | None = None) -> None:
     """samples.npz for the figures (pipeline.evaluate.tasks.map_to_image_figures)."""
     rows = fixed_sample_indices(len(from_test), n_examples)
     style_image = getattr(model, "style_image", None)
@@ -436,10 +553,13 @@ def save_samples(target: Path, test: dict, from_test: np.ndarray, model, train: 
         "intensity": np.array(intensity, np.float64),
         "example_maps": test["label_maps"][rows].astype(np.uint8), "example_content": test["images"][rows],
         "example_result": from_test[rows], "example_dice": dice_test[rows],
-        "perturbed_source_maps": train["label_maps"][source_index[:n_examples]].astype(np.uint8),
+        "perturbed_source_maps": test["label_maps"][source_index[:n_examples]].astype(np.uint8),
         "perturbed_maps": maps_perturbed[:n_examples], "perturbed_images": from_perturbed[:n_examples],
         "diversity_maps": diversity_maps, "diversity_images": diversity_images,
     }
+    if style_images:  # the style test: style slices and each generator's images of the example maps
+        arrays |= {"pair_" + key: np.asarray(value)[rows] if key.startswith(("styled_", "control_")) else np.asarray(value)
+                   for key, value in style_images.items()}
     if style_image is not None and style_map is not None:
         arrays |= {"style_image": np.asarray(style_image, np.float32), "style_map": np.asarray(style_map, np.uint8)}
         lo, hi = intensity
@@ -463,7 +583,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train", type=Path, required=True, help="training slices (memorisation, perturbed maps)")
     parser.add_argument("--segmenter", type=Path, required=True, help="segmenter.pt (pipeline.evaluate.measures.segmenter)")
     parser.add_argument("--inception-weights", type=Path, help="pt_inception-2015-12-05-6726825d.pth")
-    parser.add_argument("--n-perturbed", type=int, default=40, help="images generated from perturbed training maps")
+    parser.add_argument("--n-perturbed", type=int, default=40, help="images generated from perturbed held-out (test) maps")
     parser.add_argument("--perturb-json", default="{}", help="map_perturbation knobs as a JSON object")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--fid-eps", type=float, default=1e-6)
@@ -478,6 +598,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="reference-CT block: body mask = real slice above this HU (largest component, filled)")
     parser.add_argument("--n-figure-examples", type=int, default=4)
     parser.add_argument("--histogram-bins", type=int, default=40)
+    parser.add_argument("--style-variant", action="append", default=[], metavar="NAME=PATH",
+                        help="another generator of the style test (model.pt); repeat per variant")
     parser.add_argument("--samples-out", type=Path, help="samples.npz for the figures")
     parser.add_argument("--generated-out", type=Path, help="npz of the images from perturbed maps (with their maps)")
     parser.add_argument("--figures-dir", type=Path, help="draw the figures here (needs --samples-out)")
@@ -506,6 +628,14 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.evaluate.tasks import map_to_image_figures as figures
 
     def evaluate(model, device: str) -> dict:
+        from pipeline.models import load_trained
+
+        variants = {}
+        for value in args.style_variant:
+            name, sep, path = value.partition("=")
+            if not sep or not name or not path or name in variants or name == "main":
+                raise InputDataError(Path(path or value), f"--style-variant takes NAME=PATH with a new name, got {value!r}")
+            variants[name] = load_trained(path, device)
         return evaluate_map_to_image(
             model, args.test, args.train, args.segmenter, inception_weights=args.inception_weights,
             n_perturbed=args.n_perturbed, perturb=json.loads(args.perturb_json), batch_size=args.batch_size,
@@ -515,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             copy_search=cli.copy_search(args), body_threshold_hu=args.body_threshold_hu,
             n_figure_examples=args.n_figure_examples, histogram_bins=args.histogram_bins, device=device,
             intervals_policy=cli.interval_policy(args), seed=args.seed, samples_out=args.samples_out,
-            generated_out=args.generated_out,
+            generated_out=args.generated_out, style_variants=variants,
         )
 
     def draw_figures(metrics: dict) -> list[Path]:

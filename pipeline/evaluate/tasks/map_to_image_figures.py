@@ -10,6 +10,9 @@
 - ``z_draws.png``: several z for one map and one style (the diversity draws).
 - ``organ_histograms.png``: per organ, the intensity histograms (HU when the slices carry their
   window) of the generated images, the style image and the real content images.
+- ``style_pair.png``: the style test: the two style slices (first row), then per held-out map the
+  map and the images of the generators for style patient A and B and of their style-weight-0
+  twins, each with a zoom on the body and lungs' centre.
 All PNGs are written atomically (pipeline.figures' helpers); titles carry no patient data.
 """
 
@@ -29,7 +32,11 @@ ZOOM_MIN_SIDE = 0.25
 surroundings (report 003's spinal canal is 4 x 5 pixels at 64 px)."""
 ZOOM_COLOUR, OUTLINE_COLOUR = "yellow", "cyan"
 
-FIGURES = ("panels", "perturbed", "z_draws", "organ_histograms")
+FIGURES = ("panels", "perturbed", "z_draws", "organ_histograms", "style_pair")
+PAIR_COLUMNS = ("styled_first", "styled_second", "control_first", "control_second")
+PAIR_TITLES = ("style A's G", "style B's G", "control (A run)", "control (B run)")
+ZOOM_SIDE = 0.4
+"""style_pair's zoom: a square of this share of the side around the lungs' centre (body and lungs)."""
 
 
 def _show_map(ax, label_map: np.ndarray, grey_values: np.ndarray) -> None:
@@ -132,7 +139,7 @@ def perturbed_sheet(source_maps: np.ndarray, maps: np.ndarray, images: np.ndarra
         _show_map(axes[r, 1], maps[r], grey_values)
         _show(axes[r, 2], images[r])
         if r == 0:
-            for c, title in enumerate(("training map", "perturbed map", "generated")):
+            for c, title in enumerate(("held-out map", "perturbed map", "generated")):
                 axes[r, c].set_title(title, fontsize=7)
     if n == 0:
         axes[0, 0].axis("off")
@@ -193,6 +200,56 @@ def organ_histograms(samples_npz: Path, out_png: Path) -> None:
     _save(fig, out_png)
 
 
+def _lung_zoom(label_map: np.ndarray) -> tuple[slice, slice]:
+    ys, xs = np.nonzero(label_map == 2)
+    side = max(4, int(round(label_map.shape[0] * ZOOM_SIDE)))
+    cy, cx = (int(ys.mean()), int(xs.mean())) if ys.size else (label_map.shape[0] // 2, label_map.shape[1] // 2)
+    top, left = np.clip([cy - side // 2, cx - side // 2], 0, np.array(label_map.shape) - side)
+    return slice(top, top + side), slice(left, left + side)
+
+
+def _show_windowed(ax, image: np.ndarray, window: tuple[float, float]) -> None:
+    ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def style_pair(samples_npz: Path, out_png: Path) -> None:
+    """Style slices A and B, then per map: map | each generator's image | zooms of the same."""
+    s = _load_npz(samples_npz, ("example_maps", "grey_values"))
+    if "pair_style_first" not in s:
+        fig, ax = plt.subplots(1, 1, figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0, 0.5, "no style test: the texture pair's generators were not trained", fontsize=8)
+        _save(fig, out_png)
+        return
+    maps = s["example_maps"]
+    zooms = [s[f"pair_style_{side}"][_lung_zoom(s[f"pair_style_map_{side}"])] for side in ("first", "second")]
+    window = tuple(np.percentile(np.concatenate([z.ravel() for z in zooms]), [2, 98]))  # zooms: the style's own range
+    n_cols = 1 + 2 * len(PAIR_COLUMNS)
+    fig, axes = plt.subplots(len(maps) + 1, n_cols, figsize=(n_cols * PANEL_INCHES * 0.6,
+                             (len(maps) + 1) * PANEL_INCHES * 0.6), squeeze=False)
+    for ax in axes[0]:
+        ax.axis("off")
+    for k, side in enumerate(("first", "second")):
+        _show(axes[0, 1 + k], s[f"pair_style_{side}"])
+        axes[0, 1 + k].set_title(f"style {'AB'[k]}", fontsize=7)
+        _show_windowed(axes[0, 1 + len(PAIR_COLUMNS) + k], zooms[k], window)
+        axes[0, 1 + len(PAIR_COLUMNS) + k].set_title(f"zoom: style {'AB'[k]}", fontsize=7)
+    for r, label_map in enumerate(maps, start=1):
+        _show_map(axes[r, 0], label_map, s["grey_values"])
+        box = _lung_zoom(label_map)
+        for k, (column, title) in enumerate(zip(PAIR_COLUMNS, PAIR_TITLES)):
+            _show(axes[r, 1 + k], s[f"pair_{column}"][r - 1])
+            _show_windowed(axes[r, 1 + len(PAIR_COLUMNS) + k], s[f"pair_{column}"][r - 1][box], window)
+            if r == 1:
+                axes[r, 1 + k].set_title(title, fontsize=7)
+                axes[r, 1 + len(PAIR_COLUMNS) + k].set_title(f"zoom: {title}", fontsize=7)
+    fig.suptitle("does each organ take its style patient's texture? (held-out maps; zooms windowed to the style "
+                 f"zooms' 2-98% range, {window[0]:.2f}-{window[1]:.2f})", fontsize=8)
+    _save(fig, out_png)
+
+
 def draw_all(samples_npz: Path, generated_npz: Path, out_dir: Path) -> list[Path]:
     """Every figure of the module docstring into ``out_dir``; returns the paths."""
     out_dir = Path(out_dir)
@@ -203,6 +260,7 @@ def draw_all(samples_npz: Path, generated_npz: Path, out_dir: Path) -> list[Path
         raise InputDataError(Path(generated_npz), "generated images file not found")
     perturbed_sheet(s["perturbed_source_maps"], s["perturbed_maps"], s["perturbed_images"], s["grey_values"],
                     paths["perturbed"], [str(n) for n in s.get("organ_names", [])])
+    style_pair(samples_npz, paths["style_pair"])
     z_draws(samples_npz, paths["z_draws"])
     organ_histograms(samples_npz, paths["organ_histograms"])
     return list(paths.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluate.measures.dice import dice_per_class, dice_summary
+from pipeline.evaluate.measures.dice import changed_pixel_dice, dice_per_class, dice_summary
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 
 
@@ -60,3 +60,23 @@ def test_dice_summary_means_per_class_and_per_image_organ_means():
     assert scores.shape == (3, 4)
     led, _ = dice_summary(predicted, reference, subjects, names, IntervalPolicy(), compares="what it compares")
     assert list(led)[0] == "compares" and led["compares"] == "what it compares"
+
+
+def test_changed_pixel_dice_counts_only_the_pixels_the_perturbation_changed():
+    """A 1 x 6 strip: the perturbation grows organ 2 by two pixels into organ 1 (pixels 2 and 3
+    change from 1 to 2). The segmenter reads pixel 2 as 2 (follows the perturbation) and pixel 3
+    as 1 (kept the source anatomy), and also misreads the UNCHANGED pixel 0, which must not count.
+    By hand on the changed pixels {2, 3}: class 2: predicted {2}, perturbed {2, 3} -> 2*1/(1+2) =
+    2/3; class 1: predicted {3}, perturbed {} -> 2*0/(1+0) = 0; other classes absent -> NaN.
+    Read as perturbed: 1 of 2; read as the source class: 1 of 2."""
+    source = np.array([[1, 1, 1, 1, 2, 2]], np.uint8)
+    perturbed = np.array([[1, 1, 2, 2, 2, 2]], np.uint8)
+    predicted = np.array([[3, 1, 2, 1, 2, 2]], np.uint8)
+    scores, read_perturbed, read_source = changed_pixel_dice(predicted[None], perturbed[None], source[None], 6)
+    assert scores[0, 2] == pytest.approx(2 / 3)
+    assert scores[0, 1] == pytest.approx(0.0)
+    assert np.isnan(scores[0, 3]) and np.isnan(scores[0, 0])   # the misread unchanged pixel is not counted
+    assert read_perturbed[0] == pytest.approx(0.5) and read_source[0] == pytest.approx(0.5)
+    # a perturbation that changed nothing gives no evidence
+    nothing, share, _ = changed_pixel_dice(source[None], source[None], source[None], 6)
+    assert np.all(np.isnan(nothing)) and np.isnan(share[0])

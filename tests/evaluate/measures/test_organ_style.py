@@ -64,3 +64,45 @@ def test_masked_gram_equals_a_direct_computation():
     direct2 = np.einsum("ihw,jhw->ij", layer2 * pooled, layer2 * pooled) / (4 * pooled.sum())
     assert np.allclose(grams[0], direct1) and np.allclose(grams[1], direct2)
     assert organ_style.masked_grams([layer1], np.zeros((8, 8))) is None
+
+
+def _two_textures(size: int = 32):
+    """One organ map and two textures the Gram measure must tell apart: coarse bright stripes (A)
+    and a dark fine grain (B)."""
+    rng = np.random.default_rng(3)
+    label = np.zeros((size, size), np.uint8)
+    label[4:28, 4:28] = 1
+    a = np.where(label == 1, _stripes((size, size), 6, 0.5, 0.9), 0.0).astype(np.float32)
+    b = np.where(label == 1, np.clip(0.3 + 0.05 * rng.standard_normal((size, size)), 0, 1), 0.0).astype(np.float32)
+    return label, a, b
+
+
+def test_own_style_preference_prefers_the_texture_an_image_was_painted_with():
+    label, a, b = _two_textures()
+    moved = np.roll(label, 2, axis=1)            # another map: the texture, not the anatomy, must decide
+    painted_a = np.where(moved == 1, np.roll(a, 2, axis=1), 0.0).astype(np.float32)
+    painted_b = np.where(moved == 1, np.roll(b, 2, axis=1), 0.0).astype(np.float32)
+    images, maps = np.stack([painted_a, painted_b]), np.stack([moved, moved])
+    for_a = organ_style.own_style_preference(images, maps, (a, label), (b, label), [1])
+    for_b = organ_style.own_style_preference(images, maps, (b, label), (a, label), [1])
+    assert for_a[0, 0] > 0.5 and for_a[1, 0] < -0.5      # painted with A: prefers A; with B: prefers B
+    np.testing.assert_allclose(for_b, -for_a)             # antisymmetric in the pair
+    # an image halfway between the two textures (their mean) prefers neither strongly
+    mixed = ((painted_a + painted_b) / 2).astype(np.float32)
+    assert abs(organ_style.own_style_preference(mixed[None], moved[None], (a, label), (b, label), [1])[0, 0]) \
+        < abs(for_a[0, 0])
+    # an organ too small in the image gives NaN, not a preference
+    assert np.isnan(organ_style.own_style_preference(images, np.zeros_like(maps), (a, label), (b, label), [1])).all()
+
+
+def test_most_different_subjects_picks_the_two_contrasting_patients():
+    """Four patients, two slices each: p0 and p3 carry textures A and B, p1 and p2 a texture in
+    between (the two textures' mean); the pair must be (p0, p3)."""
+    label, a, b = _two_textures()
+    mid = ((a + b) / 2).astype(np.float32)
+    images = np.stack([a, a, mid, mid, mid, mid, b, b])
+    maps = np.stack([label] * 8)
+    subjects = np.array(["p0", "p0", "p1", "p1", "p2", "p2", "p3", "p3"])
+    first, second, measured = organ_style.most_different_subjects(images, maps, subjects, [1])
+    assert (first, second) == ("p0", "p3")
+    assert measured["distance"] > measured["median_pair_distance"] and measured["n_subjects"] == 4

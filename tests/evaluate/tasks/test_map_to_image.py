@@ -76,8 +76,9 @@ def test_evaluator_writes_valid_metrics_for_a_transparent_generator(tmp_path):
     style[train["label_maps"][0] == 2] = 0.3      # the style's lungs are far brighter than any content's (0.12)
     painter = OrganPainter(style, train["label_maps"][0])
     metrics = evaluate_map_to_image(painter, tmp_path / "test.npz", tmp_path / "train.npz", tmp_path / "seg.pt",
-                                    n_perturbed=0, frd=False, diversity_maps=2, diversity_draws=2,
-                                    intervals_policy=IntervalPolicy(n_boot=50), samples_out=tmp_path / "s.npz")
+                                    n_perturbed=6, frd=False, diversity_maps=2, diversity_draws=2,
+                                    intervals_policy=IntervalPolicy(n_boot=50), samples_out=tmp_path / "s.npz",
+                                    generated_out=tmp_path / "perturbed.npz")
     validate_metrics(metrics)
     json.dumps(metrics, allow_nan=False)   # every number finite (NaN / infinity would raise)
     assert math.isfinite(metrics["diversity"]["rms_difference"]["mean"])
@@ -87,6 +88,93 @@ def test_evaluator_writes_valid_metrics_for_a_transparent_generator(tmp_path):
     assert metrics["anatomy"]["generated_test_maps"]["n_images"] == len(test["images"])
     assert metrics["perceptual_weights"] == "random" and metrics["generator"]["style_fixed"]
     assert metrics["reference_ct"]["mae_hu_body"]["n"] == len(test["images"])
+    # perturbations start from HELD-OUT maps: every source is a test patient's map, none a training one
+    grown = np.load(tmp_path / "perturbed.npz")
+    assert set(grown["subject_ids"].astype(str)) <= set(test["subject_ids"].astype(str))
+    assert not set(grown["subject_ids"].astype(str)) & set(train["subject_ids"].astype(str))
+    for k, source in enumerate(grown["source_index"]):
+        changed = grown["label_maps"][k] != test["label_maps"][source]
+        assert changed.any() and changed.mean() < 0.5     # a perturbation of that test map, not another map
+    changed_pixels = metrics["anatomy"]["generated_perturbed_maps"]["changed_pixels"]
+    assert changed_pixels["n_images"] == 6 and math.isfinite(changed_pixels["mean_organ_dice"]["mean"])
+    assert metrics["style_transfer"]["reason"]           # one generator: no style test, and it says why
+
+
+class _TexturePainter:
+    """A map-to-image generator for the style test: paints body and lungs of any map with a fixed
+    texture image (seeded grain on top); carries what the style test reads from a seg2ct model."""
+
+    task = "map_to_image"
+
+    def __init__(self, texture, style_image, style_map, style_subject, pair, style_weight):
+        self.texture, self.style_image, self.style_map = texture, style_image, style_map
+        self.style_subject, self.texture_pair, self.style_weight = style_subject, pair, style_weight
+
+    def generate(self, maps, seed=0, z=None):
+        rng = np.random.default_rng(seed)
+        grain = 0.01 * rng.standard_normal(maps.shape)
+        painted = np.where((maps == 1) | (maps == 2), self.texture[None] + grain, 0.0)
+        return np.clip(painted, 0, 1).astype(np.float32)
+
+
+def _style_test(control_texture_of):
+    """Style patients A (coarse bright stripes) and B (dark grain); the styled generators paint
+    their own style's texture; the controls paint control_texture_of(side)."""
+    from map_support import thorax_map
+    from pipeline.evaluate.measures.intervals import IntervalPolicy
+    from pipeline.evaluate.tasks.map_to_image import style_transfer_block
+    from pipeline.preprocess.thorax_labels import CLASS_NAMES
+
+    rng = np.random.default_rng(5)
+    size = 32
+    columns = (np.arange(size) // 3) % 2
+    textures = {"first": np.where(columns[None, :] == 1, 0.9, 0.5).repeat(size, 0),
+                "second": np.clip(0.3 + 0.04 * rng.standard_normal((size, size)), 0, 1)}
+    style_map = thorax_map(size, rng)
+    styles = {side: np.where((style_map == 1) | (style_map == 2), t, 0.0).astype(np.float32)
+              for side, t in textures.items()}
+    pair = {"first": "pA", "second": "pB", "distance": 1.0}
+    subject = {"first": "pA", "second": "pB"}
+    styled = {side: _TexturePainter(textures[side], styles[side], style_map, subject[side], pair, 1.0)
+              for side in ("first", "second")}
+    controls = {f"control_{side}": _TexturePainter(control_texture_of(textures, side), styles[side], style_map,
+                                                   subject[side], pair, 0.0) for side in ("first", "second")}
+    maps = np.stack([thorax_map(size, rng) for _ in range(10)])
+    subjects = np.array([f"t{i}" for i in range(10)])
+    block, drawn = style_transfer_block(styled["first"], {"second": styled["second"], **controls}, maps, subjects, 0,
+                                        4, list(CLASS_NAMES), ("body", "lungs"), 4, None,
+                                        IntervalPolicy(n_boot=200))
+    return block, drawn
+
+
+def test_style_test_finds_the_own_style_and_a_control_without_style_shows_none():
+    # controls paint one texture between the two (both runs learnt the same thing without the style loss)
+    block, drawn = _style_test(lambda t, side: (t["first"] + t["second"]) / 2)
+    assert block["reason"] is None and block["style_patients"] == {"first": "pA", "second": "pB"}
+    for organ in ("body", "lungs"):
+        styled, control = block["per_organ"][organ]["styled"], block["per_organ"][organ]["control"]
+        assert styled["ci95"][0] > 0.3, (organ, styled)                  # each nearer its own style patient
+        assert control["ci95"][0] <= 0 <= control["ci95"][1], (organ, control)   # no preference
+        assert block["per_organ"][organ]["share_nearer_own"]["mean"] == 1.0
+    assert drawn["styled_first"].shape == (10, 32, 32) and "style_second" in drawn
+
+
+def test_style_test_control_shows_a_preference_when_its_runs_copy_the_styles():
+    """If the style-weight-0 twins still end up with their patients' textures (e.g. through their
+    content sets), the control measures the same preference: the test must not credit the style loss."""
+    block, _ = _style_test(lambda t, side: t[side])
+    for organ in ("body", "lungs"):
+        assert block["per_organ"][organ]["control"]["ci95"][0] > 0.3
+
+
+def test_style_test_is_null_with_the_reason_without_its_generators():
+    from map_support import OrganPainter
+    from pipeline.evaluate.tasks.map_to_image import style_transfer_block
+
+    painter = OrganPainter(np.zeros((8, 8), np.float32), np.zeros((8, 8), np.uint8))
+    block, drawn = style_transfer_block(painter, {}, np.zeros((2, 8, 8), np.uint8), np.array(["a", "b"]), 0, 2,
+                                        ["background", "body", "lungs"], ("body", "lungs"), 4, None, None)
+    assert block["reason"] and "texture pair" in block["reason"] and drawn == {}
 
 
 def test_each_organs_frd_has_its_real_vs_real_floor(monkeypatch):
