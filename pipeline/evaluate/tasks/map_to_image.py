@@ -296,7 +296,7 @@ def style_transfer_block(model, variants: dict, maps: np.ndarray, subjects: np.n
             "styled_second": summarise(preference[("styled", "second")][:, j], subjects, policy),
             "share_nearer_own": summarise(np.where(np.isfinite(styled), (np.minimum(
                 preference[("styled", "first")][:, j], preference[("styled", "second")][:, j]) > 0).astype(float),
-                np.nan), subjects, policy),
+                np.nan), subjects, policy, share=True),
         }
     return block, drawn
 
