@@ -166,8 +166,8 @@ def test_device_overlay_puts_every_device_knob_on_the_cpu():
 
 
 def test_smoke_summary_reads_time_reports_and_benchmarks(tmp_path):
-    """A run timed by /usr/bin/time -v as the script times it: wall, CPU and the peak RSS of a
-    process that holds ~200 MB; a job's benchmark file is summed under its rule."""
+    """A run timed by /usr/bin/time -v as the script times it: wall (a 1.5 s sleep), CPU and the peak
+    RSS of a process that holds ~200 MB; a job's benchmark file is summed under its rule."""
     import json
     import shutil
     import subprocess
@@ -181,7 +181,8 @@ def test_smoke_summary_reads_time_reports_and_benchmarks(tmp_path):
     repo = tmp_path / "repo"
     shutil.copy(ROOT / "params.yaml", repo.mkdir() or repo / "params.yaml")
     subprocess.run(["/usr/bin/time", "-v", "-o", str(tmp_path / "runs" / "dcgan_ct_brain.time"), sys.executable,
-                    "-c", "x = bytearray(200 * 2**20); x[::4096] = b'1' * len(x[::4096])"], check=True)
+                    "-c", "import time; x = bytearray(200 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(1.5)"],
+                   check=True)
     (tmp_path / "runs" / "dcgan_ct_brain.json").write_text(json.dumps(
         {"experiment": "dcgan_ct_brain", "configs": [], "load_before": "1.0 1.0 1.0", "exit": 0}))
     (repo / "benchmarks" / "train").mkdir(parents=True)
@@ -190,6 +191,7 @@ def test_smoke_summary_reads_time_reports_and_benchmarks(tmp_path):
         "12.5\t0:00:12\t900.0\t1000\t800\t850\t0\t1\t1.0\t11.0\n")
     entry = smoke_summary(tmp_path)["dcgan_ct_brain"]
     assert 200 <= entry["peak_rss_mb"] < 400 and entry["exit_status"] == 0
+    assert 1.5 <= entry["wall_s"] < 60  # the process sleeps 1.5 s: the wall line's own colons must not hide it
     assert entry["rules"]["train"] == {"jobs": 1, "cpu_s": 11.0, "wall_s": 12.5, "max_rss_mb": 900.0}
     assert "ct_haemorrhage" in entry["datasets"]
 

@@ -145,7 +145,9 @@ def _time_v(path: Path) -> dict[str, float]:
     """Wall seconds, CPU seconds and peak RSS (MB) from a GNU ``/usr/bin/time -v`` report."""
     text = path.read_text()
     found = dict(re.findall(r"^\s*([^:\n]+?):\s+(.+)$", text, flags=re.M))
-    wall = [float(p) for p in found.get("Elapsed (wall clock) time (h:mm:ss or m:ss)", "0").split(":")]
+    # The wall-clock key holds colons itself ("... (h:mm:ss or m:ss): 26:11.02"): read its line alone.
+    elapsed = re.search(r"^\s*Elapsed \(wall clock\) time \([^)]*\):\s+(\S+)$", text, flags=re.M)
+    wall = [float(p) for p in (elapsed.group(1) if elapsed else "0").split(":")]
     seconds = sum(value * 60 ** i for i, value in enumerate(reversed(wall)))
     return {"wall_s": round(seconds, 1),
             "cpu_s": round(float(found.get("User time (seconds)", 0)) + float(found.get("System time (seconds)", 0)), 1),
