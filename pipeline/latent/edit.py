@@ -8,6 +8,10 @@ Directions (both unit vectors in w, or in flattened W+ when the codes differ per
   in an image editor; here the pair is exact). Those patients are left out of the ladder check.
 - ``lda``: the separation stage's LDA normal (pointing toward cardiomegaly); absent when the
   separation stage had too few codes of a class to fit LDA.
+- ``ctr_regression`` (``ctr_regression_samples`` > 0): the least-squares direction of the CTR the
+  segmenter measures on ``ctr_regression_samples`` of G's own samples, regressed on their w
+  (InterFaceGAN's recipe with a measured continuous attribute instead of a classifier's labels);
+  needs neither labels nor the encoder.
 
 Each held-out (validation / test) healthy image's optimised code w (up to ``max_images``) becomes w + alpha v for
 every alpha in ``alphas``; alpha 0 is the unedited reconstruction. ``alpha_unit`` sets the length of v:
@@ -60,8 +64,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "n_figure_images": 4,                  # rows of the edit-sequence figure
     "target_ctr": 0.5,                     # CTR an edit toward cardiomegaly should reach (the phantom's threshold)
     "alpha_unit": "w",                     # w (unit steps) | pair_distance (steps as long as the encoder-pair difference)
+    "ctr_regression_samples": 0,           # G samples whose measured CTR is regressed on w (0: no ctr_regression direction)
 }
-DIRECTIONS = ("encoder_pair", "lda")
+DIRECTIONS = ("encoder_pair", "lda", "ctr_regression")
 ALPHA_UNITS = ("w", "pair_distance")
 
 
@@ -86,6 +91,23 @@ def difference_length(difference: np.ndarray, per_layer: bool) -> float:
     layer's w in W, the whole flattened difference in W+."""
     difference = np.asarray(difference, np.float64)
     return float(np.linalg.norm(difference if per_layer else difference[0]))
+
+
+def regression_direction(w: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, float]:
+    """Unit vector of the least-squares fit of ``values`` (n,) on codes ``w`` (n, w_dim) with an
+    intercept (rows with a non-finite value left out), and the fit's R^2."""
+    w, values = np.asarray(w, np.float64), np.asarray(values, np.float64)
+    keep = np.isfinite(values)
+    if keep.sum() <= w.shape[1] + 1:
+        raise ConfigError(f"the CTR regression needs more than {w.shape[1] + 1} samples with a measured CTR, "
+                          f"got {int(keep.sum())}: raise edit.ctr_regression_samples")
+    x, y = w[keep] - w[keep].mean(axis=0), values[keep] - values[keep].mean()
+    coef = np.linalg.lstsq(x, y, rcond=None)[0]
+    norm = np.linalg.norm(coef)
+    if norm == 0:
+        raise ConfigError("the CTR regression direction is zero: the measured CTR does not vary with w")
+    r2 = 1.0 - float(np.sum((y - x @ coef) ** 2) / np.sum(y ** 2)) if np.sum(y ** 2) > 0 else float("nan")
+    return coef / norm, r2
 
 
 def direction_as_code(vector: np.ndarray, num_ws: int, w_dim: int) -> np.ndarray:
@@ -276,7 +298,7 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
               policy, device: str = "cpu") -> tuple[dict, dict[str, np.ndarray]]:
     """The edit section and the figures' arrays; G, the encoder, the segmenter and the classifier
     run on ``device``."""
-    from pipeline.latent.invert import load_test_images
+    from pipeline.latent.invert import load_test_images, render
     from pipeline.models import load_trained
     from pipeline.models.stylegan2_encoder import load_frozen_generator
 
@@ -285,6 +307,8 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
     settings = {**DEFAULT_SETTINGS, **settings}
     if settings["direction"] not in DIRECTIONS:
         raise ConfigError(f"edit.direction must be one of {DIRECTIONS}, got {settings['direction']!r}")
+    if settings["direction"] == "ctr_regression" and int(settings["ctr_regression_samples"]) <= 0:
+        raise ConfigError("edit.direction ctr_regression needs edit.ctr_regression_samples > 0")
     alphas = [float(a) for a in settings["alphas"]]
     if len(alphas) < 2 or 0.0 not in alphas:
         raise ConfigError(f"edit.alphas needs 0 (the unedited reconstruction) and at least one more value, got {alphas}")
@@ -318,6 +342,17 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
     elif settings["direction"] == "lda":
         raise InputDataError(Path(direction_path), "holds no LDA direction (too few codes of a class to fit LDA): "
                                                    "use edit.direction encoder_pair")
+    regression = None
+    if int(settings["ctr_regression_samples"]) > 0:
+        z = sampler.noise(int(settings["ctr_regression_samples"]), seed=seed + 7)
+        with torch.no_grad():
+            sample_ws = sampler.mapping(z).float().cpu()
+        sample_ctr = measure_ctr(measures.maps(render(sampler, sample_ws)))
+        vector, r2 = regression_direction(sample_ws[:, 0].numpy(), sample_ctr)
+        steps["ctr_regression"] = direction_as_code(vector, num_ws, w_dim)
+        regression = {"n_samples": int(len(sample_ctr)), "n_measured": int(np.isfinite(sample_ctr).sum()),
+                      "r2_in_sample": r2, "ctr_of_samples_mean": float(np.nanmean(sample_ctr)),
+                      "ctr_of_samples_std": float(np.nanstd(sample_ctr))}
     step_length = difference_length(difference, per_layer) if settings["alpha_unit"] == "pair_distance" else 1.0
     steps = {name: step * step_length for name, step in steps.items()}
 
@@ -340,6 +375,7 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
                             "base_ctr": [float(ladder["ctr"][p, base_idx[p]]) for p in pairs],
                             "enlarged_ctr": [float(ladder["ctr"][p, enlarged_idx[p]]) for p in pairs]},
         "ctr_segmenter": segmenter_ctr_error(measures, test, policy),
+        "ctr_regression": regression,
         "directions": {},
     }
     figures: dict[str, np.ndarray] = {"alphas": np.asarray(alphas)}
@@ -409,6 +445,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--edit-direction", choices=DIRECTIONS, default=DEFAULT_SETTINGS["direction"])
     for key in ("direction_pairs", "max_images", "n_figure_images"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=DEFAULT_SETTINGS[key])
+    parser.add_argument("--ctr-regression-samples", type=int, default=DEFAULT_SETTINGS["ctr_regression_samples"])
     parser.add_argument("--alpha-unit", choices=ALPHA_UNITS, default=DEFAULT_SETTINGS["alpha_unit"])
     parser.add_argument("--target-ctr", type=float, default=DEFAULT_SETTINGS["target_ctr"],
                         help="CTR the edits should reach (at_target_ctr)")
@@ -431,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = {"alphas": list(args.alphas), "direction": args.edit_direction, "direction_pairs": args.direction_pairs,
                 "max_images": args.max_images, "n_figure_images": args.n_figure_images, "target_ctr": args.target_ctr,
-                "alpha_unit": args.alpha_unit}
+                "alpha_unit": args.alpha_unit, "ctr_regression_samples": args.ctr_regression_samples}
     torch.manual_seed(args.seed)
     try:
         policy = IntervalPolicy(min_subjects=args.min_subjects, n_boot=args.n_boot, seed=args.seed)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.evaluate.measures.intervals import IntervalPolicy
-from pipeline.latent.edit import (apply_edit, at_target_block, difference_length, direction_as_code, slopes,
-                                  ssim_outside, unit_direction)
+from pipeline.latent.edit import (apply_edit, at_target_block, difference_length, direction_as_code, regression_direction,
+                                  slopes, ssim_outside, unit_direction)
 from pipeline.latent.edit import _summary
 
 
@@ -112,3 +112,17 @@ def test_at_target_picks_the_first_alpha_whose_ctr_interval_clears_the_target():
     block = at_target_block(alphas, low, identity, probability, subjects, 0.5, policy)
     assert not block["reached"] and block["alpha"] == 0.0
     assert block["share_of_images_reaching"]["mean"] == 0.0
+
+
+def test_ctr_regression_direction_recovers_the_direction_that_sets_the_ctr():
+    rng = np.random.default_rng(7)
+    truth = rng.normal(size=16)
+    truth /= np.linalg.norm(truth)
+    w = rng.normal(size=(300, 16)) + 5.0 * truth            # codes centred away from 0 along the direction: needs the intercept
+    ctr = 0.45 + 0.02 * (w @ truth) + rng.normal(0, 0.005, size=300)
+    ctr[::50] = np.nan                                      # images the segmenter could not measure are left out
+    vector, r2 = regression_direction(w, ctr)
+    assert np.isclose(np.linalg.norm(vector), 1.0)
+    assert vector @ truth > 0.98 and r2 > 0.9
+    _, r2_noise = regression_direction(w, rng.normal(0.45, 0.02, size=300))   # CTR unrelated to w
+    assert r2_noise < 0.15
