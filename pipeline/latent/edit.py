@@ -348,11 +348,15 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
         with torch.no_grad():
             sample_ws = sampler.mapping(z).float().cpu()
         sample_ctr = measure_ctr(measures.maps(render(sampler, sample_ws)))
-        vector, r2 = regression_direction(sample_ws[:, 0].numpy(), sample_ctr)
-        steps["ctr_regression"] = direction_as_code(vector, num_ws, w_dim)
         regression = {"n_samples": int(len(sample_ctr)), "n_measured": int(np.isfinite(sample_ctr).sum()),
-                      "r2_in_sample": r2, "ctr_of_samples_mean": float(np.nanmean(sample_ctr)),
-                      "ctr_of_samples_std": float(np.nanstd(sample_ctr))}
+                      "r2_in_sample": None, "reason": None}
+        try:
+            vector, regression["r2_in_sample"] = regression_direction(sample_ws[:, 0].numpy(), sample_ctr)
+            steps["ctr_regression"] = direction_as_code(vector, num_ws, w_dim)
+        except ConfigError as err:   # G's samples give too few measurable hearts: no such direction, said why
+            if settings["direction"] == "ctr_regression":
+                raise
+            regression["reason"] = str(err)
     step_length = difference_length(difference, per_layer) if settings["alpha_unit"] == "pair_distance" else 1.0
     steps = {name: step * step_length for name, step in steps.items()}
 
