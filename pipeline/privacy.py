@@ -41,6 +41,8 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import pydicom
+
 from pipeline.atomic import atomic_dir
 from pipeline.errors import ConfigError, InputDataError
 
@@ -78,6 +80,19 @@ _COMPRESSED = (
 )
 #: Base64 payloads of data URIs (Snakemake's report embeds every result file this way).
 _DATA_URI = re.compile(rb"base64,([A-Za-z0-9+/=\s]{16,})")
+
+
+@contextlib.contextmanager
+def values_kept_out_of_logs() -> Iterator[None]:
+    """pydicom's value-validation warnings quote header values, which may identify the patient:
+    silence them while a study is read (restored afterwards)."""
+    settings = pydicom.config.settings
+    previous = settings.reading_validation_mode
+    settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode = previous
 
 
 def default_salt_file() -> Path:

@@ -9,16 +9,19 @@ measured at one level: the longest row of the thorax (its columns from the first
 thorax pixel). Widths are in pixels (a pixel's whole width counted: last - first + 1), so the
 ratio needs no pixel spacing. An image with no heart or no thorax has no CTR.
 
-Label maps use the encoding of ``data/slices/cxr_cardiomegaly`` (``LABELS``): 0 background,
-1 lung fields / thorax, 2 heart; the heart counts as part of the thorax.
+Label maps use the encoding of ``data/slices/cxr_cardiomegaly`` (``LABELS``, defined in
+pipeline/labels.py): 0 background, 1 lung fields / thorax, 2 heart; the heart counts as part of
+the thorax.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-BACKGROUND, THORAX, HEART = 0, 1, 2
-LABELS = {"background": BACKGROUND, "thorax": THORAX, "heart": HEART}
+from pipeline.labels import CTR_BACKGROUND as BACKGROUND  # noqa: F401 (part of this module's API)
+from pipeline.labels import CTR_HEART as HEART
+from pipeline.labels import CTR_LABELS as LABELS  # noqa: F401
+from pipeline.labels import CTR_THORAX as THORAX
 
 
 def heart_width_px(label_map: np.ndarray) -> int:

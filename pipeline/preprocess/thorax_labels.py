@@ -1,19 +1,7 @@
-"""The six classes of report 003's thorax segmentation maps, and their on-disk grey values.
+"""Report 003's thorax segmentation maps: grey-value label images <-> class indices.
 
-Report 003 draws its maps with the grey values {0, 50, 100, 150, 200, 230} (its Fig. 2) and does
-not say which organ each one is. This project fixes the classes below (docs/experiment-seg2ct.md,
-"Data"). Inside npz files and models a map holds the CLASS INDEX 0..5 (uint8); the grey values
-are only the encoding of label images on disk and in figures. Which phantom structure falls in
-which class is a param (``phantom_tcia_thorax.structure_labels``).
-
-* 0 ``background``: air outside the body (and the table, if any);
-* 1 ``body``: soft tissue of the body wall and mediastinum: skin, subcutaneous fat, muscle,
-  mediastinal fat, oesophagus, the trachea's wall;
-* 2 ``lungs``: lung fields including the airways (trachea and bronchi lumen) and the vessels
-  inside the lungs, as lung masks are usually drawn;
-* 3 ``heart_vessels``: heart and mediastinal blood vessels (aorta, pulmonary trunk, vena cava);
-* 4 ``bone``: vertebrae, ribs, sternum, scapulae (cortical and trabecular);
-* 5 ``spinal_canal``: spinal canal with the cord.
+The six classes and their grey values are defined in pipeline/labels.py (the phantom source writes
+them, this stage reads them); here the conversion and its checks.
 """
 
 from __future__ import annotations
@@ -23,10 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InputDataError
+from pipeline.labels import THORAX_CLASS_NAMES as CLASS_NAMES
+from pipeline.labels import THORAX_GREY_VALUES as GREY_VALUES
 
-CLASS_NAMES = ("background", "body", "lungs", "heart_vessels", "bone", "spinal_canal")
-#: Report 003's grey values, in class order (class index i is written as GREY_VALUES[i]).
-GREY_VALUES = (0, 50, 100, 150, 200, 230)
 N_CLASSES = len(CLASS_NAMES)
 
 

@@ -12,13 +12,12 @@ geometry only, and messages name files and folders, never header values such as 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import logging
 import os
 import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +34,9 @@ from skimage.filters import threshold_otsu
 from pipeline.config import CT_WINDOW_PRESETS
 from pipeline.atomic import atomic_path
 from pipeline.errors import ConfigError, InputDataError, PipelineError
+from pipeline.labels import SHARP_KERNEL_WORDS
+# values_kept_out_of_logs: also for the slice stages that read header fields of their own.
+from pipeline.privacy import values_kept_out_of_logs
 
 _log = logging.getLogger(__name__)
 
@@ -42,10 +44,6 @@ _log = logging.getLogger(__name__)
 #: (``FILE_WINDOW``) means the series' own window.
 WINDOW_PRESETS = CT_WINDOW_PRESETS
 FILE_WINDOW = "file"
-
-#: Words that mark a bone or lung reconstruction in ConvolutionKernel or SeriesDescription
-#: (GE: BONE, BONEPLUS, LUNG, EDGE; descriptions such as "BONE 5mm", "SHARP").
-SHARP_KERNEL_WORDS: tuple[str, ...] = ("BONE", "LUNG", "SHARP", "EDGE")
 
 MODALITIES = ("CT", "MR")
 
@@ -88,21 +86,6 @@ class _Series:
 # --------------------------------------------------------------------------- DICOM reading
 
 
-@contextlib.contextmanager
-def _values_kept_out_of_logs() -> Iterator[None]:
-    """pydicom's value-validation warnings quote header values, which may identify the patient:
-    silence them while a study is read (restored afterwards)."""
-    settings = pydicom.config.settings
-    previous = settings.reading_validation_mode
-    settings.reading_validation_mode = pydicom.config.IGNORE
-    try:
-        yield
-    finally:
-        settings.reading_validation_mode = previous
-
-
-#: For stages that read header fields of their own: pydicom's warnings quote values, keep them out.
-values_kept_out_of_logs = _values_kept_out_of_logs
 
 
 def _frame_value(ds: Dataset, frame: int | None, macro: str, keyword: str):
@@ -416,7 +399,7 @@ def read_slice_hu(path: str | Path) -> tuple[Dataset, np.ndarray]:
     it), RSNA's 12-bit wrap undone, then the modality LUT. Header values stay out of messages.
     """
     path = Path(path)
-    with _values_kept_out_of_logs():
+    with values_kept_out_of_logs():
         ds, pixels = _decode(path)
         if pixels.shape[0] != 1:
             raise InputDataError(path, f"holds {pixels.shape[0]} frames; one slice per file expected")
@@ -535,7 +518,7 @@ def load_ct_hu(
     subject_dir = Path(subject_dir)
     if not subject_dir.is_dir():
         raise InputDataError(subject_dir, "not a folder of DICOM files")
-    with _values_kept_out_of_logs():
+    with values_kept_out_of_logs():
         try:
             series = _choose_series(subject_dir, preferred_thickness_mm, sharp_kernel_words)
             return nib.as_closest_canonical(_assemble(series, spacing_tolerance))

@@ -8,6 +8,7 @@ downloaded. Each study lands as ``<out>/CQ500-CT-<n>/`` holding the zip's folder
 from __future__ import annotations
 
 import csv
+import functools
 import re
 import shutil
 from pathlib import Path
@@ -16,15 +17,16 @@ from pydicom.misc import is_dicom
 
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sources.archives import is_archive, is_junk, safe_extract
-from pipeline.sources.http_fetch import DEFAULT_SETTINGS, FetchSettings
 from pipeline.sources.real_datasets import (
     MODALITY_CT,
     SOURCE_URLS,
     DownloadCache,
+    DownloadOptions,
     choose_subset,
     opened_source,
     place,
     safe_id,
+    unique_subjects,
     write_subjects_tsv,
 )
 
@@ -49,27 +51,23 @@ def fetch_cq500(
     *,
     accept_licence: bool = False,
     base_url: str | None = None,
-    n_subjects: int | None = None,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    keep_archives: bool = True,
-    settings: FetchSettings = DEFAULT_SETTINGS,
+    options: DownloadOptions = DownloadOptions(),
 ) -> Path:
-    """Download ``reads.csv`` and ``n_subjects`` of the 491 study zips (tens of GB in all).
+    """Download ``reads.csv`` and ``options.n_subjects`` of the 491 study zips (tens of GB in all),
+    drawn from reads.csv.
 
     accept_licence: must be True (the CQ500 terms are the user's to accept).
     base_url: folder holding reads.csv and CQ500-CT-<n>.zip (default SOURCE_URLS["cq500"]).
-    n_subjects: studies to download, drawn with ``seed`` from reads.csv; None downloads all.
-    cache_dir / keep_archives: as for fetch_ixi_t2.
     """
     require_cq500_licence(accept_licence)
     out_dir = Path(out_dir)
     base = (base_url or SOURCE_URLS["cq500"]).rstrip("/")
-    with DownloadCache(out_dir, cache_dir, settings) as cache:
+    with DownloadCache(out_dir, options.cache_dir, options.settings) as cache:
         reads = cache.fetch(f"{base}/{CQ500_READS}", CQ500_READS)
-        chosen = choose_subset(read_study_names(reads), n_subjects, seed)
+        chosen = choose_subset(read_study_names(reads), options.n_subjects, options.seed)
         studies = {name: cache.fetch(f"{base}/{name}.zip", f"{name}.zip") for name in chosen}
-        cache.lay_out(out_dir, lambda tmp: build_ct_studies(tmp, studies, move=False, reads_csv=reads), keep_archives)
+        build = functools.partial(build_ct_studies, studies=studies, move=False, reads_csv=reads)
+        cache.lay_out(out_dir, build, options.keep_archives)
     return out_dir
 
 
@@ -114,12 +112,7 @@ def find_ct_studies(folder: Path) -> dict[str, Path]:
         if len(children) == 1 and children[0].is_dir():
             return find_ct_studies(children[0])
         candidates = [(safe_id(c.name), c) for c in children if c.is_dir()]
-    studies: dict[str, Path] = {}
-    for subject_id, path in candidates:
-        if subject_id in studies:
-            raise InputDataError(folder, f"{path} and {studies[subject_id]} are both subject {subject_id!r}")
-        studies[subject_id] = path
-    return studies
+    return unique_subjects(folder, candidates)
 
 
 def build_ct_studies(out: Path, studies: dict[str, Path], *, move: bool, reads_csv: Path | None) -> None:

@@ -83,8 +83,8 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from pipeline.atomic import atomic_dir, atomic_path
 from pipeline.errors import ConfigError, InputDataError
-from pipeline.preprocess.window import SHARP_KERNEL_WORDS, values_kept_out_of_logs
-from pipeline.privacy import pseudonym
+from pipeline.labels import SHARP_KERNEL_WORDS
+from pipeline.privacy import pseudonym, values_kept_out_of_logs
 from pipeline.sources.dicom_profile import (
     PROFILE_TABLE,
     OriginalValues,

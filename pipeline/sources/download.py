@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import importlib
 import logging
 import shutil
 import sys
@@ -40,7 +42,7 @@ from pipeline.sources.http_fetch import DEFAULT_SETTINGS, FetchSettings
 from pipeline.sources.ixi import fetch_ixi_t2
 from pipeline.sources.kermany import fetch_kermany_cxr
 from pipeline.sources.local import LAYOUTS, ingest_local
-from pipeline.sources.real_datasets import SUMS_FILE, user_cache_root
+from pipeline.sources.real_datasets import SUMS_FILE, DownloadOptions, user_cache_root
 from pipeline.sources.rsna_ich import RSNA_COMPETITION, fetch_rsna_ich
 from pipeline.sources.weights import PRETRAINED_CHOICES, WEIGHT_FILES, fetch_weights
 
@@ -66,32 +68,9 @@ def staging_area(staging_dir: str | Path | None = None) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def download_dataset(
-    source: str,
-    out_dir: str | Path,
-    *,
-    base_url: str | None = None,
-    accept_licence: bool = False,
-    local_path: str | Path | None = None,
-    layout: str = "raw",
-    n_subjects: int | None = None,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    keep_archives: bool = True,
-    modality: str | None = None,
-    n_paired: int = 0,
-    phantom_options: dict[str, Any] | None = None,
-    chexpert_label: str = "Pneumonia",
-    chexpert_frontal_only: bool = True,
-    chexpert_keep_layout: bool = False,
-    kaggle_competition: str = RSNA_COMPETITION,
-    kaggle_config_dir: str | Path | None = None,
-    settings: FetchSettings = DEFAULT_SETTINGS,
-    pseudonymise: bool = True,
-    on_pixel_risk: str = "exclude",
-    staging_dir: str | Path | None = None,
-) -> Path:
-    """Materialise dataset ``out_dir`` from ``source`` (one of DATASET_SOURCES); return ``out_dir``.
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+    """What a source may need to lay a dataset out; each source reads its own.
 
     base_url: override the source's download location (None: SOURCE_URLS).
     accept_licence: cq500 only: the user accepts CC BY-NC-SA 4.0 (default False: refused).
@@ -101,13 +80,64 @@ def download_dataset(
         (phantom_head: how many to generate, required).
     cache_dir: where downloads are kept (default <user cache>/downloads/<name>, outside the repository).
     keep_archives: False deletes the downloads once the dataset is laid out.
-    modality / n_paired / phantom_options: phantom_head's modality ("CT" or "MR"), paired test
-        subjects, and extra keyword knobs (phantom_cxr: the knobs of CxrPhantomParams only).
+    modality / n_paired: phantom_head's modality ("CT" or "MR") and paired test subjects.
+    phantom_options: a built-in phantom's knobs (its params.yaml section); tcia: ``collection``.
     chexpert_label / chexpert_frontal_only: chexpert (and local layout chexpert) class choice.
     chexpert_keep_layout: chexpert (and local layout chexpert) keep CheXpert's own folders and
         CSVs instead of sorting into classes (pipeline.sources.chexpert.ingest_chexpert_layout).
     kaggle_competition / kaggle_config_dir: rsna_ich's competition slug and kaggle.json folder.
     settings: retries, timeouts, progress display of every download.
+    """
+
+    base_url: str | None = None
+    accept_licence: bool = False
+    local_path: str | Path | None = None
+    layout: str = "raw"
+    n_subjects: int | None = None
+    seed: int = 0
+    cache_dir: str | Path | None = None
+    keep_archives: bool = True
+    modality: str | None = None
+    n_paired: int = 0
+    phantom_options: dict[str, Any] | None = None
+    chexpert_label: str = "Pneumonia"
+    chexpert_frontal_only: bool = True
+    chexpert_keep_layout: bool = False
+    kaggle_competition: str = RSNA_COMPETITION
+    kaggle_config_dir: str | Path | None = None
+    settings: FetchSettings = DEFAULT_SETTINGS
+
+    @property
+    def download(self) -> DownloadOptions:
+        return DownloadOptions(self.n_subjects, self.seed, self.cache_dir, self.keep_archives, self.settings)
+
+    @property
+    def knobs(self) -> dict[str, Any]:
+        return dict(self.phantom_options or {})
+
+
+#: Built-in phantoms written as ``write(out, seed, **knobs)``: module and function, imported only
+#: when used (the head phantom's nilearn is heavy). phantom_head takes its modality and counts too.
+PHANTOM_WRITERS = {
+    "phantom_cxr": ("pipeline.sources.phantom_cxr", "write_phantom_cxr_dataset"),
+    "phantom_rsna_ich": ("pipeline.sources.phantom_rsna_ich", "write_phantom_rsna_dataset"),
+    "phantom_tcia_thorax": ("pipeline.sources.phantom_tcia_thorax", "write_phantom_thorax_dataset"),
+    "phantom_chexpert": ("pipeline.sources.phantom_chexpert", "write_phantom_chexpert_dataset"),
+}
+
+
+def download_dataset(
+    source: str,
+    out_dir: str | Path,
+    *,
+    pseudonymise: bool = True,
+    on_pixel_risk: str = "exclude",
+    staging_dir: str | Path | None = None,
+    **options: Any,
+) -> Path:
+    """Materialise dataset ``out_dir`` from ``source`` (one of DATASET_SOURCES); return ``out_dir``.
+
+    options: the fields of :class:`SourceOptions` (what each source reads is documented there).
     pseudonymise: volume datasets (subjects.tsv) from any source but the synthetic phantoms get
         salted-hash subject ids and names (pipeline.privacy); default True. Turn it off only for
         data whose ids are already pseudonyms.
@@ -116,174 +146,81 @@ def download_dataset(
     staging_dir: where originals are laid out before de-identification (default
         <user cache>/staging); never inside the repository.
     """
+    known = {f.name for f in dataclasses.fields(SourceOptions)}
+    if set(options) - known:
+        raise ConfigError(f"download: unknown options {sorted(set(options) - known)}; known: {sorted(known)}")
+    request = SourceOptions(**options)
     out_dir = Path(out_dir)
     with staging_area(staging_dir) as staging:
         stage = staging / out_dir.name
-        salt = _lay_out_originals(
-            source,
-            stage,
-            out_dir,
-            base_url=base_url,
-            accept_licence=accept_licence,
-            local_path=local_path,
-            layout=layout,
-            n_subjects=n_subjects,
-            seed=seed,
-            cache_dir=cache_dir,
-            keep_archives=keep_archives,
-            modality=modality,
-            n_paired=n_paired,
-            phantom_options=phantom_options,
-            chexpert_label=chexpert_label,
-            chexpert_frontal_only=chexpert_frontal_only,
-            chexpert_keep_layout=chexpert_keep_layout,
-            kaggle_competition=kaggle_competition,
-            kaggle_config_dir=kaggle_config_dir,
-            settings=settings,
-            pseudonymise=pseudonymise,
-        )
+        salt = _lay_out_originals(source, stage, out_dir, request, pseudonymise)
         # The phantoms' layouts are named by their made-up ids and UIDs (TCIA's layout): no patient.
         phantom = salt == PHANTOM_SALT
         deidentify_dataset(stage, out_dir, salt, on_pixel_risk=on_pixel_risk, check_names=not phantom)
     return out_dir
 
 
-def _lay_out_originals(source: str, stage: Path, out_dir: Path, **options: Any) -> str:
+def _lay_out_originals(source: str, stage: Path, out_dir: Path, request: SourceOptions, pseudonymise: bool) -> str:
     """Lay the dataset out in ``stage`` (outside the repository) under pseudonyms; return the
     salt its UIDs are to be re-derived with."""
     if source == "phantom_head":
         from pipeline.sources.phantom_head import write_phantom_dataset  # heavy (nilearn); only when used
 
-        if options["modality"] is None or options["n_subjects"] is None:
+        if request.modality is None or request.n_subjects is None:
             raise ConfigError("phantom_head needs modality (CT or MR) and n_subjects")
-        write_phantom_dataset(
-            stage, options["modality"], options["n_subjects"], options["n_paired"], options["seed"],
-            **(options["phantom_options"] or {}),
-        )  # fmt: skip
+        write_phantom_dataset(stage, request.modality, request.n_subjects, request.n_paired, request.seed, **request.knobs)
         return PHANTOM_SALT  # synthetic: no patient behind the ids, and the same ids on every machine
-    if source == "phantom_cxr":
-        from pipeline.sources.phantom_cxr import write_phantom_cxr_dataset
-
-        write_phantom_cxr_dataset(stage, options["seed"], **(options["phantom_options"] or {}))
+    if source in PHANTOM_WRITERS:
+        module, function = PHANTOM_WRITERS[source]
+        getattr(importlib.import_module(module), function)(stage, request.seed, **request.knobs)
         return PHANTOM_SALT
-    if source == "phantom_rsna_ich":
-        from pipeline.sources.phantom_rsna_ich import write_phantom_rsna_dataset
-
-        write_phantom_rsna_dataset(stage, options["seed"], **(options["phantom_options"] or {}))
-        return PHANTOM_SALT
-    if source == "phantom_tcia_thorax":
-        from pipeline.sources.phantom_tcia_thorax import write_phantom_thorax_dataset
-
-        write_phantom_thorax_dataset(stage, options["seed"], **(options["phantom_options"] or {}))
-        return PHANTOM_SALT
-    if source == "tcia" or (source == "local" and options["layout"] == "tcia"):
+    if source == "tcia" or (source == "local" and request.layout == "tcia"):
         # Own pseudonyms (same salt and hash as pipeline.privacy): the generic renaming would
         # separate label images from their slices (pipeline.sources.tcia).
         from pipeline.sources.tcia import lay_out_tcia
 
         salt = load_salt()
-        lay_out_tcia(source, stage, salt, options)
+        lay_out_tcia(source, stage, salt, base_url=request.base_url, local_path=request.local_path,
+                     source_options=request.knobs, download=request.download)  # fmt: skip
         return salt
-    if source == "phantom_chexpert":
-        from pipeline.sources.phantom_chexpert import write_phantom_chexpert_dataset
-
-        write_phantom_chexpert_dataset(stage, options["seed"], **(options["phantom_options"] or {}))
-        return PHANTOM_SALT
     if (out_dir / SUMS_FILE).is_file():  # the sums recorded with the data (e.g. pulled through DVC)
         stage.mkdir(parents=True)
         shutil.copyfile(out_dir / SUMS_FILE, stage / SUMS_FILE)
-    base_url, accept_licence = options["base_url"], options["accept_licence"]
-    _materialise(
-        source,
-        stage,
-        base_url=base_url,
-        accept_licence=accept_licence,
-        local_path=options["local_path"],
-        layout=options["layout"],
-        n_subjects=options["n_subjects"],
-        seed=options["seed"],
-        cache_dir=options["cache_dir"],
-        keep_archives=options["keep_archives"],
-        chexpert_label=options["chexpert_label"],
-        chexpert_frontal_only=options["chexpert_frontal_only"],
-        chexpert_keep_layout=options["chexpert_keep_layout"],
-        kaggle_competition=options["kaggle_competition"],
-        kaggle_config_dir=options["kaggle_config_dir"],
-        settings=options["settings"],
-    )
+    _materialise(source, stage, request)
     salt = load_salt()
-    if options["pseudonymise"] and (stage / SUBJECTS_TSV).exists():
+    if pseudonymise and (stage / SUBJECTS_TSV).exists():
         pseudonymise_raw_dataset(stage, salt)
     return salt
 
 
-def _materialise(
-    source: str,
-    out_dir: Path,
-    *,
-    base_url: str | None,
-    accept_licence: bool,
-    local_path: str | Path | None,
-    layout: str,
-    n_subjects: int | None,
-    seed: int,
-    cache_dir: str | Path | None,
-    keep_archives: bool,
-    chexpert_label: str,
-    chexpert_frontal_only: bool,
-    chexpert_keep_layout: bool,
-    kaggle_competition: str,
-    kaggle_config_dir: str | Path | None,
-    settings: FetchSettings,
-) -> Path:
+def _materialise(source: str, out_dir: Path, request: SourceOptions) -> Path:
     """Lay out a real or local dataset in ``out_dir`` under its own ids (see download_dataset)."""
-    fetched = {
-        "n_subjects": n_subjects,
-        "seed": seed,
-        "cache_dir": cache_dir,
-        "keep_archives": keep_archives,
-        "settings": settings,
-    }
     if source == "ixi_t2":
-        return fetch_ixi_t2(out_dir, base_url=base_url, **fetched)
+        return fetch_ixi_t2(out_dir, base_url=request.base_url, options=request.download)
     if source == "cq500":
-        return fetch_cq500(out_dir, accept_licence=accept_licence, base_url=base_url, **fetched)
+        return fetch_cq500(
+            out_dir, accept_licence=request.accept_licence, base_url=request.base_url, options=request.download
+        )
     if source == "kermany_cxr":
-        return fetch_kermany_cxr(out_dir, base_url=base_url, **fetched)
+        return fetch_kermany_cxr(out_dir, base_url=request.base_url, options=request.download)
     if source == "rsna_ich":
-        return fetch_rsna_ich(
-            out_dir,
-            base_url=base_url,
-            competition=kaggle_competition,
-            kaggle_config_dir=kaggle_config_dir,
-            **fetched,
+        return fetch_rsna_ich(out_dir, base_url=request.base_url, competition=request.kaggle_competition,
+                              kaggle_config_dir=request.kaggle_config_dir, options=request.download)  # fmt: skip
+    if source == "chexpert" and not request.local_path:
+        raise ConfigError(
+            "chexpert is registration-gated: download CheXpert-v1.0-small.zip from Stanford AIMI "
+            "yourself and set local_path to it (CLI: --local-path)"
         )
-    if source == "chexpert":
-        if not local_path:
-            raise ConfigError(
-                "chexpert is registration-gated: download CheXpert-v1.0-small.zip from Stanford AIMI "
-                "yourself and set local_path to it (CLI: --local-path)"
-            )
+    if source in ("chexpert", "local"):
         return ingest_local(
-            local_path,
+            request.local_path,
             out_dir,
-            layout="chexpert",
-            n_subjects=n_subjects,
-            seed=seed,
-            chexpert_label=chexpert_label,
-            chexpert_frontal_only=chexpert_frontal_only,
-            chexpert_keep_layout=chexpert_keep_layout,
-        )
-    if source == "local":
-        return ingest_local(
-            local_path,
-            out_dir,
-            layout=layout,
-            n_subjects=n_subjects,
-            seed=seed,
-            chexpert_label=chexpert_label,
-            chexpert_frontal_only=chexpert_frontal_only,
-            chexpert_keep_layout=chexpert_keep_layout,
+            layout="chexpert" if source == "chexpert" else request.layout,
+            n_subjects=request.n_subjects,
+            seed=request.seed,
+            chexpert_label=request.chexpert_label,
+            chexpert_frontal_only=request.chexpert_frontal_only,
+            chexpert_keep_layout=request.chexpert_keep_layout,
         )
     raise ConfigError(f"download source {source!r} is not one of {', '.join(DATASET_SOURCES)}")
 
@@ -331,15 +268,14 @@ def _add_fetch_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _settings(args: argparse.Namespace) -> FetchSettings:
-    return FetchSettings(
-        retries=args.retries,
-        backoff_s=args.backoff_s,
-        timeout_s=args.timeout_s,
-        chunk_bytes=args.chunk_bytes,
-        free_space_margin_bytes=args.free_space_margin_bytes,
-        progress={"auto": None, "bar": True, "lines": False}[args.progress],
-    )
+#: The download-behaviour flags (_add_fetch_flags), read into one FetchSettings.
+FETCH_FLAGS = ("retries", "backoff_s", "timeout_s", "chunk_bytes", "free_space_margin_bytes", "progress")
+
+
+def _settings(args: argparse.Namespace | dict[str, Any]) -> FetchSettings:
+    flags = vars(args) if isinstance(args, argparse.Namespace) else args
+    progress = {"auto": None, "bar": True, "lines": False}[flags["progress"]]
+    return FetchSettings(**{name: flags[name] for name in FETCH_FLAGS if name != "progress"}, progress=progress)
 
 
 def _dataset_parser() -> argparse.ArgumentParser:
@@ -442,32 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 settings=_settings(args),
             )
             return 0
-        args = _dataset_parser().parse_args(argv)
-        log.info("%s: source %s -> %s", args.dataset or args.out.name, args.source, args.out)
-        download_dataset(
-            args.source,
-            args.out,
-            base_url=args.base_url,
-            accept_licence=args.accept_licence,
-            local_path=args.local_path,
-            layout=args.layout,
-            n_subjects=args.n_subjects,
-            seed=args.seed,
-            cache_dir=args.cache_dir,
-            keep_archives=args.keep_archives,
-            modality=args.modality,
-            n_paired=args.n_paired,
-            phantom_options=dict(args.phantom_option),
-            chexpert_label=args.chexpert_label,
-            chexpert_frontal_only=args.chexpert_frontal_only,
-            chexpert_keep_layout=args.chexpert_keep_layout,
-            kaggle_competition=args.kaggle_competition,
-            kaggle_config_dir=args.kaggle_config_dir,
-            settings=_settings(args),
-            pseudonymise=args.pseudonymise,
-            on_pixel_risk=args.on_pixel_risk,
-            staging_dir=args.staging_dir,
-        )
+        args = vars(_dataset_parser().parse_args(argv))
+        dataset, source, out = args.pop("dataset"), args.pop("source"), args.pop("out")
+        log.info("%s: source %s -> %s", dataset or out.name, source, out)
+        args["phantom_options"] = dict(args.pop("phantom_option"))
+        args["settings"] = _settings(args)
+        download_dataset(source, out, **{key: value for key, value in args.items() if key not in FETCH_FLAGS})
         return 0
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

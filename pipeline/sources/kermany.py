@@ -11,13 +11,13 @@ from pathlib import Path
 
 from pipeline.errors import InputDataError
 from pipeline.sources.archives import is_junk
-from pipeline.sources.http_fetch import DEFAULT_SETTINGS, FetchSettings
 from pipeline.sources.real_datasets import (
     SOURCE_URLS,
-    DownloadCache,
+    DownloadOptions,
     ImageEntry,
     build_image_folders,
     choose_subset,
+    fetch_and_ingest,
     opened_source,
     safe_id,
     unique_entries,
@@ -30,30 +30,16 @@ SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "va
 
 
 def fetch_kermany_cxr(
-    out_dir: str | Path,
-    *,
-    base_url: str | None = None,
-    n_subjects: int | None = None,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    keep_archives: bool = True,
-    settings: FetchSettings = DEFAULT_SETTINGS,
+    out_dir: str | Path, *, base_url: str | None = None, options: DownloadOptions = DownloadOptions()
 ) -> Path:
-    """Download ChestXRay2017.zip (about 1.2 GB, 5,856 images) and lay out its NORMAL / PNEUMONIA images.
+    """Download ChestXRay2017.zip (about 1.2 GB, 5,856 images) and lay out its NORMAL / PNEUMONIA
+    images (``options.n_subjects`` counts images).
 
     base_url: the Mendeley file URL, without the trailing /file_downloaded
         (default SOURCE_URLS["kermany_cxr"]).
-    n_subjects: images to keep, drawn with ``seed``; None keeps all.
-    cache_dir / keep_archives: as for fetch_ixi_t2.
     """
-    out_dir = Path(out_dir)
-    with DownloadCache(out_dir, cache_dir, settings) as cache:
-        url = f"{(base_url or SOURCE_URLS['kermany_cxr']).rstrip('/')}/{KERMANY_REMOTE_NAME}"
-        archive = cache.fetch(url, KERMANY_ARCHIVE)
-        cache.lay_out(
-            out_dir, lambda tmp: ingest_class_folders(archive, tmp, n_subjects=n_subjects, seed=seed), keep_archives
-        )
-    return out_dir
+    url = f"{(base_url or SOURCE_URLS['kermany_cxr']).rstrip('/')}/{KERMANY_REMOTE_NAME}"
+    return fetch_and_ingest(out_dir, url, KERMANY_ARCHIVE, ingest_class_folders, options)
 
 
 def ingest_class_folders(source: Path, out: Path, *, n_subjects: int | None = None, seed: int = 0) -> None:

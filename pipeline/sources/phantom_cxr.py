@@ -24,26 +24,33 @@ As a raw dataset (the download stage) it is laid out exactly like the real Kerma
 
 from __future__ import annotations
 
-import argparse
-import csv
-import dataclasses
 import logging
 import math
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 from pipeline.atomic import atomic_dir
-from pipeline.errors import ConfigError
 from pipeline.sources.kermany import find_class_images
-from pipeline.sources.real_datasets import build_image_folders, unique_entries
+from pipeline.sources.phantom_toolkit import (
+    bone_band,
+    check_seed,
+    ellipse_r2,
+    knob_parser,
+    knobs_from_schema,
+    params_from_knobs,
+    parse_cli,
+    rescaled_to_unit,
+    save_jpeg,
+    save_png,
+    smooth_noise,
+    soft_inside,
+)
+from pipeline.sources.real_datasets import build_image_folders, scratch_folder, unique_entries, write_table
 
 LOG = logging.getLogger(__name__)
 
@@ -69,88 +76,10 @@ FINDINGS_COLUMNS = (
 )
 
 
-def _knob(default: Any, help_text: str) -> Any:
-    """A CxrPhantomParams field; its help text documents the knob in the CLI."""
-    return field(default=default, metadata={"help": help_text})
-
-
-@dataclass(frozen=True)
+@knobs_from_schema("phantom_cxr")
 class CxrPhantomParams:
-    """Every knob of the chest radiograph phantom (params.yaml: phantom_cxr)."""
-
-    n_normal: int = _knob(40, "NORMAL images to generate.")
-    pneumonia_per_normal: float = _knob(3.0, "PNEUMONIA images per NORMAL image (Kermany: about 2.9).")
-    max_images_per_patient: int = _knob(3, "Most films of one patient (follow-ups share the anatomy).")
-    repeat_probability: float = _knob(0.3, "Chance of each further film of a patient, up to the maximum.")
-    test_folder_fraction: float = _knob(0.1, "Share of patients in the test folder (Kermany: about 0.1).")
-    short_side: int = _knob(320, "Short side of the generated images (pixels).")
-    aspect_range: tuple[float, float] = _knob((0.85, 1.4), "Width / height drawn uniformly in this range.")
-    age_median_normal_years: float = _knob(5.0, "Median age of NORMAL patients.")
-    age_median_pneumonia_years: float = _knob(
-        2.5, "Median age of PNEUMONIA patients (younger: the class skew)."
-    )
-    age_log_sigma: float = _knob(0.6, "Log-normal spread of the age.")
-    age_range_years: tuple[float, float] = _knob((0.2, 12.0), "Ages are clipped to this range.")
-    bacterial_fraction: float = _knob(0.65, "Share of PNEUMONIA patients with bacterial (vs viral) disease.")
-    lobar_given_bacterial: float = _knob(
-        0.7, "Bacterial cases with lobar consolidation; the rest are patchy."
-    )
-    lobar_given_viral: float = _knob(0.1, "Viral cases with lobar consolidation; the rest are patchy.")
-    consolidation_density: tuple[float, float] = _knob(
-        (0.55, 0.9), "Share of the lung's air an opacity replaces at its densest (drawn per image)."
-    )
-    patchy_blobs: tuple[int, int] = _knob((6, 20), "Number of acinar patches in bronchopneumonia.")
-    effusion_probability: float = _knob(0.3, "PNEUMONIA films with a blunted costophrenic angle (per side).")
-    device_probability_normal: float = _knob(0.08, "NORMAL films with support devices.")
-    device_probability_pneumonia: float = _knob(0.45, "PNEUMONIA films with support devices.")
-    breast_shadow_probability: float = _knob(
-        0.5, "Patients of breast_shadow_min_age_years or more with them."
-    )
-    breast_shadow_min_age_years: float = _knob(9.0, "Youngest age with breast shadows.")
-    rotation_deg: float = _knob(5.0, "Patient rotation in the image plane drawn in +- this.")
-    scale_jitter: float = _knob(0.06, "Chest size in the frame scaled by 1 +- this.")
-    translation: float = _knob(0.05, "Chest centre shifted by +- this fraction of the short side.")
-    exposure_jitter: float = _knob(0.15, "Contrast and brightness vary by +- this (relative).")
-    gamma_range: tuple[float, float] = _knob((0.8, 1.25), "Display gamma drawn in this range.")
-    blur_px: float = _knob(0.8, "Detector blur (Gaussian sigma, pixels at short_side).")
-    noise_sigma: float = _knob(0.02, "Quantum noise standard deviation on the [0, 1] image.")
-    jpeg_quality: int = _knob(92, "JPEG quality of the written files.")
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.n_normal < 1 or self.pneumonia_per_normal <= 0:
-            problems.append("n_normal must be >= 1 and pneumonia_per_normal > 0")
-        if self.max_images_per_patient < 1:
-            problems.append("max_images_per_patient must be >= 1")
-        for name in (
-            "repeat_probability",
-            "test_folder_fraction",
-            "bacterial_fraction",
-            "lobar_given_bacterial",
-            "lobar_given_viral",
-            "effusion_probability",
-            "device_probability_normal",
-            "device_probability_pneumonia",
-            "breast_shadow_probability",
-        ):
-            if not 0 <= getattr(self, name) <= 1:
-                problems.append(f"{name} must lie in [0, 1]")
-        if self.short_side < 32:
-            problems.append("short_side must be >= 32")
-        for name in (
-            "aspect_range",
-            "age_range_years",
-            "consolidation_density",
-            "patchy_blobs",
-            "gamma_range",
-        ):
-            low, high = getattr(self, name)
-            if not 0 < low <= high:
-                problems.append(f"{name} must be (low, high) with 0 < low <= high")
-        if not 1 <= self.jpeg_quality <= 100:
-            problems.append("jpeg_quality must lie in [1, 100]")
-        if problems:
-            raise ConfigError("phantom_cxr: " + "; ".join(problems))
+    """Every knob of the chest radiograph phantom: params.yaml's phantom_cxr, documented (with
+    ranges and defaults) in the schema."""
 
 
 @dataclass(frozen=True)
@@ -239,26 +168,6 @@ def heart_size_for_ratio(ratio: float, chest_half_width: float) -> float:
 # ---------------------------------------------------------------- rendering helpers
 
 
-def _edge(signed: np.ndarray, width: float) -> np.ndarray:
-    """Smooth inside-indicator of ``signed > 0`` with a ramp ``width`` wide (anti-aliased borders)."""
-    return np.clip(0.5 + signed / width, 0.0, 1.0)
-
-
-def _ellipse(
-    x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float, angle: float = 0.0
-) -> np.ndarray:
-    """Squared normalised radius of an ellipse (< 1 inside)."""
-    c, s = math.cos(angle), math.sin(angle)
-    dx, dy = x - cx, y - cy
-    return ((c * dx + s * dy) / ax) ** 2 + ((-s * dx + c * dy) / ay) ** 2
-
-
-def _band(y: np.ndarray, centre: np.ndarray, half_width: float) -> np.ndarray:
-    """A bone-like band around the curve ``y = centre``: denser cortex at both edges."""
-    d = np.abs(y - centre) / half_width
-    return np.clip(1 - d**2, 0, None) ** 0.5 * (0.7 + 0.3 * np.clip(d, 0, 1) ** 2)
-
-
 def _polyline(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, width_px: float) -> np.ndarray:
     """A thin line through the points (rows, cols), drawn densely then blurred to ``width_px``."""
     canvas = np.zeros(shape, np.float32)
@@ -272,13 +181,6 @@ def _polyline(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, width_
     line = ndimage.gaussian_filter(canvas, width_px / 2)
     peak = line.max()
     return line / peak if peak > 0 else line
-
-
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
-    """Smooth random field in [0, 1] (texture of opacities)."""
-    field_ = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_px)
-    span = np.ptp(field_)
-    return (field_ - field_.min()) / span if span > 0 else np.zeros(shape, np.float32)
 
 
 # ---------------------------------------------------------------- the film
@@ -311,14 +213,14 @@ def render_radiograph(patient: Patient, rng: np.random.Generator, params: CxrPha
     # soft tissue: torso cylinder, neck, arms, abdomen
     body_w = wt + 0.12
     shoulder_line = y_apex - 0.3 + 0.25 * (ax_ / body_w) ** 2
-    torso = np.sqrt(np.clip(1 - (x / body_w) ** 2, 0, None)) * _edge(y - shoulder_line, 0.08)
+    torso = np.sqrt(np.clip(1 - (x / body_w) ** 2, 0, None)) * soft_inside(y - shoulder_line, 0.08)
     neck = np.sqrt(np.clip(1 - (x / 0.28) ** 2, 0, None))
     arm_x = wt + 0.3
-    arms = np.sqrt(np.clip(1 - ((ax_ - arm_x) / 0.15) ** 2, 0, None)) * _edge(y - (y_apex - 0.05), 0.1)
+    arms = np.sqrt(np.clip(1 - ((ax_ - arm_x) / 0.15) ** 2, 0, None)) * soft_inside(y - (y_apex - 0.05), 0.1)
     soft = 0.42 * np.maximum(np.maximum(torso, 0.8 * neck), 0.7 * arms)
     if patient.breast_shadows:
         for side in (-1, 1):
-            r2 = _ellipse(x, y, side * 0.42, 0.45 * ht, 0.3, 0.24)
+            r2 = ellipse_r2(x, y, side * 0.42, 0.45 * ht, 0.3, 0.24)
             soft = soft + 0.07 * np.sqrt(np.clip(1 - r2, 0, None))
 
     # diaphragm domes (the right, on the image left, sits higher) and the abdomen below them
@@ -328,30 +230,30 @@ def render_radiograph(patient: Patient, rng: np.random.Generator, params: CxrPha
         - dome_peak * np.clip(1 - ((ax_ - 0.4 * wt) / (0.6 * wt)) ** 2, 0, 1)
         - np.where(x < 0, 0.05, 0.0)
     )
-    below_dome = _edge(y - dome_y, ramp)
+    below_dome = soft_inside(y - dome_y, ramp)
     abdomen = 0.22 * below_dome * np.sqrt(np.clip(1 - (x / body_w) ** 2, 0, None))
 
     # mediastinum (+ thymus in infants), heart
     thymus = 0.14 * (1 - patient.maturity) ** 1.5
     med_half = 0.1 + thymus * np.exp(-(((y + 0.45 * ht) / 0.22) ** 2))
-    mediastinum = _edge(med_half - ax_, ramp) * _edge(y - (y_apex - 0.3), ramp)
+    mediastinum = soft_inside(med_half - ax_, ramp) * soft_inside(y - (y_apex - 0.3), ramp)
     heart_ax, heart_ay = HEART_SEMI_AXES[0] * patient.heart_size, HEART_SEMI_AXES[1] * patient.heart_size
-    heart_r2 = _ellipse(
+    heart_r2 = ellipse_r2(
         x, y, 0.1 + 0.2 * (patient.heart_size - 1), 0.36 * ht, heart_ax, heart_ay, HEART_TILT_RAD
     )
     heart = np.clip(1 - heart_r2, 0, None) ** 0.25
-    heart_mask = _edge(1 - heart_r2, ramp / heart_ay)
+    heart_mask = soft_inside(1 - heart_r2, ramp / heart_ay)
 
     # lungs: between mediastinum and rib cage, from the apex down to the domes
     t = np.clip((y - y_apex) / (y_cp - y_apex), 0, 1)
     lateral = 0.12 + (wt - RIB_MARGIN - 0.12) * (1 - (1 - t) ** 2) ** 0.6
     lung_region = (
-        _edge(lateral - ax_, ramp)
-        * _edge(ax_ - med_half, ramp)
-        * _edge(y - y_apex, ramp)
-        * _edge(dome_y - y, ramp)
+        soft_inside(lateral - ax_, ramp)
+        * soft_inside(ax_ - med_half, ramp)
+        * soft_inside(y - y_apex, ramp)
+        * soft_inside(dome_y - y, ramp)
     )
-    thorax_region = _edge(lateral - ax_, ramp) * _edge(y - y_apex, ramp) * _edge(dome_y - y, ramp)
+    thorax_region = soft_inside(lateral - ax_, ramp) * soft_inside(y - y_apex, ramp) * soft_inside(dome_y - y, ramp)
     lungs = lung_region * (1 - heart_mask)
     air = ndimage.gaussian_filter(lungs, 0.04 / px * scale)  # thicker air column mid-lung
 
@@ -360,7 +262,7 @@ def render_radiograph(patient: Patient, rng: np.random.Generator, params: CxrPha
     effusion = False
     if patient.label == "PNEUMONIA":
         density = rng.uniform(*params.consolidation_density)
-        texture = 0.75 + 0.25 * _smooth_noise(rng, shape, 0.02 / px)
+        texture = 0.75 + 0.25 * rescaled_to_unit(smooth_noise(rng, shape, 0.02 / px))
         if patient.pattern == "lobar":
             opacity = density * texture * _lobe(rng, x, y, y_apex, y_cp, ramp)
         else:
@@ -371,7 +273,7 @@ def render_radiograph(patient: Patient, rng: np.random.Generator, params: CxrPha
                 height_fluid = rng.uniform(0.12, 0.3) * ht
                 # meniscus: fills the lateral costophrenic recess, rising along the chest wall
                 meniscus = (y - (y_cp - height_fluid)) - 1.6 * (ax_ - (wt - 0.06)) ** 2 * 4
-                opacity = np.maximum(opacity, _edge(meniscus, 0.03) * (side * x > 0.25 * wt))
+                opacity = np.maximum(opacity, soft_inside(meniscus, 0.03) * (side * x > 0.25 * wt))
     opacity = np.clip(opacity, 0, 1) * lung_region
 
     # bones: spine, ribs (posterior arcs from the spine, anterior arcs towards the sternum), clavicles, humeri
@@ -379,35 +281,35 @@ def render_radiograph(patient: Patient, rng: np.random.Generator, params: CxrPha
         0.05
         * np.clip(1 - (x / 0.075) ** 2, 0, None) ** 0.5
         * (0.75 + 0.25 * np.cos(2 * math.pi * y / (0.14 * ht)))
-        * _edge(y - (y_apex - 0.3), ramp)
+        * soft_inside(y - (y_apex - 0.3), ramp)
     )
     slope = 0.15 + 0.25 * patient.maturity  # infants' ribs run nearly horizontal
     n_ribs = 10
     gap = (y_cp - y_apex) / (n_ribs - 1.5)
     lat = np.clip((ax_ - 0.07) / (wt - 0.07), 0, 1)
-    inside_cage = _edge(wt + 0.02 - ax_, ramp) * _edge(ax_ - 0.07, ramp)
+    inside_cage = soft_inside(wt + 0.02 - ax_, ramp) * soft_inside(ax_ - 0.07, ramp)
     rib_half = 0.022 * (0.8 + 0.4 * patient.maturity)
     for k in range(n_ribs):
         y0 = y_apex - 0.04 + k * gap
         posterior = y0 - 0.05 * lat + (slope + 0.1) * lat**2.5
-        bone = bone + 0.11 * _band(y, posterior, rib_half) * inside_cage
-        anterior = posterior + 0.05 + slope * 1.3 * (1 - lat) * _edge(lat - 0.25, 0.02)
-        bone = bone + 0.06 * _band(y, anterior, rib_half * 0.9) * inside_cage * _edge(lat - 0.3, 0.05)
+        bone = bone + 0.11 * bone_band(y, posterior, rib_half) * inside_cage
+        anterior = posterior + 0.05 + slope * 1.3 * (1 - lat) * soft_inside(lat - 0.25, 0.02)
+        bone = bone + 0.06 * bone_band(y, anterior, rib_half * 0.9) * inside_cage * soft_inside(lat - 0.3, 0.05)
     clav_s = np.clip((ax_ - 0.1) / (0.55 * wt), 0, 1)
     clavicle = y_apex - 0.02 - 0.1 * clav_s + 0.025 * np.sin(2 * math.pi * clav_s)
-    bone = bone + 0.16 * _band(y, clavicle, 0.035) * _edge(ax_ - 0.1, ramp) * _edge(
+    bone = bone + 0.16 * bone_band(y, clavicle, 0.035) * soft_inside(ax_ - 0.1, ramp) * soft_inside(
         0.1 + 0.55 * wt - ax_, ramp
     )
     head_r = 0.04 + 0.09 * patient.maturity  # humeral heads ossify with age
     for side in (-1, 1):
-        r2 = _ellipse(x, y, side * (wt + 0.2), y_apex - 0.08, head_r, head_r)
-        shaft = np.clip(1 - ((x - side * (wt + 0.24)) / 0.05) ** 2, 0, None) ** 0.5 * _edge(
+        r2 = ellipse_r2(x, y, side * (wt + 0.2), y_apex - 0.08, head_r, head_r)
+        shaft = np.clip(1 - ((x - side * (wt + 0.24)) / 0.05) ** 2, 0, None) ** 0.5 * soft_inside(
             y - (y_apex - 0.08), ramp
         )
         bone = bone + 0.18 * np.maximum(np.sqrt(np.clip(1 - r2, 0, None)), shaft)
 
     # gastric bubble under the left dome (image right)
-    bubble = np.sqrt(np.clip(1 - _ellipse(x, y, 0.35 * wt, y_cp + 0.1, 0.13, 0.07), 0, None))
+    bubble = np.sqrt(np.clip(1 - ellipse_r2(x, y, 0.35 * wt, y_cp + 0.1, 0.13, 0.07), 0, None))
 
     attenuation = (
         soft
@@ -421,9 +323,9 @@ def render_radiograph(patient: Patient, rng: np.random.Generator, params: CxrPha
     # trachea and main bronchi: air in the upper mediastinum
     trachea_x = np.where(y < -0.35 * ht, 0.0, np.sign(x) * (y + 0.35 * ht) * 0.8)
     trachea = (
-        _edge(0.035 - np.abs(x - trachea_x), ramp)
-        * _edge(y - (y_apex - 0.35), ramp)
-        * _edge(-0.15 * ht - y, ramp)
+        soft_inside(0.035 - np.abs(x - trachea_x), ramp)
+        * soft_inside(y - (y_apex - 0.35), ramp)
+        * soft_inside(-0.15 * ht - y, ramp)
     )
     attenuation = attenuation - 0.2 * trachea * mediastinum
 
@@ -437,17 +339,9 @@ def render_radiograph(patient: Patient, rng: np.random.Generator, params: CxrPha
     if rng.random() < device_p:
         metal, devices = _devices(rng, shape, x, y, wt, y_apex, y_cp, px, scale)
 
-    # film response (1 - exp(-k A) compresses dense parts as a film's shoulder does), exposure,
-    # detector blur, quantum noise
-    film = 1 - np.exp(-2.2 * np.clip(attenuation, 0, None))
-    contrast = 1.05 * (1 + params.exposure_jitter * rng.uniform(-1, 1))
-    offset = params.exposure_jitter * 0.3 * rng.uniform(-1, 1)
-    image = np.clip(offset + contrast * film, 0, 1) ** rng.uniform(*params.gamma_range)
-    image = np.maximum(image, 0.95 * metal)
-    image = ndimage.gaussian_filter(image, params.blur_px)
-    image = image + params.noise_sigma * rng.standard_normal(shape).astype(np.float32)
+    image = develop_film(attenuation, rng, params, metal)
     return Radiograph(
-        image=np.clip(image, 0, 1).astype(np.float32),
+        image=image,
         lungs=lungs > 0.5,
         effusion=effusion,
         devices=tuple(devices),
@@ -456,18 +350,36 @@ def render_radiograph(patient: Patient, rng: np.random.Generator, params: CxrPha
     )
 
 
+def develop_film(
+    attenuation: np.ndarray, rng: np.random.Generator, exposure: Any, metal: np.ndarray | None = None
+) -> np.ndarray:
+    """A [0, 1] film from an attenuation map: film response (1 - exp(-k A) compresses dense parts
+    as a film's shoulder does), exposure (contrast, brightness, gamma), radio-opaque metal on top,
+    detector blur and quantum noise. ``exposure`` holds the exposure knobs (exposure_jitter,
+    gamma_range, blur_px, noise_sigma), as both radiograph phantoms name them."""
+    film = 1 - np.exp(-2.2 * np.clip(attenuation, 0, None))
+    contrast = 1.05 * (1 + exposure.exposure_jitter * rng.uniform(-1, 1))
+    offset = exposure.exposure_jitter * 0.3 * rng.uniform(-1, 1)
+    image = np.clip(offset + contrast * film, 0, 1) ** rng.uniform(*exposure.gamma_range)
+    if metal is not None:
+        image = np.maximum(image, 0.95 * metal)
+    image = ndimage.gaussian_filter(image, exposure.blur_px)
+    image = image + exposure.noise_sigma * rng.standard_normal(image.shape).astype(np.float32)
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
 def _lobe(rng: np.random.Generator, x, y, y_apex: float, y_cp: float, ramp: float) -> np.ndarray:
     """One lobe's consolidation: sharp at its fissure, fading towards the hilum."""
     lobe = rng.choice(["right_upper", "right_lower", "left_lower", "lingula"])
     side = -1 if lobe.startswith("right") else 1
-    on_side = _edge(side * x - 0.05, ramp)
+    on_side = soft_inside(side * x - 0.05, ramp)
     fissure = y_apex + (0.45 + 0.08 * rng.standard_normal()) * (y_cp - y_apex)
     if lobe == "right_upper":  # the horizontal fissure bounds it below
-        region = _edge(fissure - y, ramp)
+        region = soft_inside(fissure - y, ramp)
     elif lobe == "lingula":
-        region = _edge(y - fissure, ramp) * _edge(0.8 * (y_cp - y_apex) + y_apex - y, 0.15)
+        region = soft_inside(y - fissure, ramp) * soft_inside(0.8 * (y_cp - y_apex) + y_apex - y, 0.15)
     else:  # lower lobes: oblique fissure, highest laterally-posteriorly
-        region = _edge(y - (fissure + 0.15 - 0.25 * np.abs(x)), 0.05)
+        region = soft_inside(y - (fissure + 0.15 - 0.25 * np.abs(x)), 0.05)
     return on_side * region
 
 
@@ -497,7 +409,7 @@ def _patches(
     patches = ndimage.gaussian_filter(canvas, rng.uniform(0.035, 0.07) / px * scale)
     patches = np.clip(patches / max(float(patches.max()), 1e-6) * 1.4, 0, 1)
     if infection == "virus":
-        hilar = np.exp(-(_ellipse(x, y, 0.0, -0.05, 0.45, 0.35)))
+        hilar = np.exp(-(ellipse_r2(x, y, 0.0, -0.05, 0.45, 0.35)))
         patches = np.maximum(patches, 0.5 * hilar)
     return patches
 
@@ -523,8 +435,8 @@ def _devices(
         kinds.append("ecg")
         for _ in range(int(rng.integers(2, 5))):
             centre = np.array([rng.uniform(-wt, wt), rng.uniform(y_apex, y_cp)])
-            ring = _ellipse(x, y, centre[0], centre[1], 0.05, 0.05)
-            metal = np.maximum(metal, _edge(1 - ring, 0.3) * (0.6 + 0.4 * _edge(0.35 - ring, 0.2)))
+            ring = ellipse_r2(x, y, centre[0], centre[1], 0.05, 0.05)
+            metal = np.maximum(metal, soft_inside(1 - ring, 0.3) * (0.6 + 0.4 * soft_inside(0.35 - ring, 0.2)))
             end = centre + rng.normal(0, 1, 2) * 1.5
             bend = centre + rng.normal(0, 0.4, 2)
             t = np.linspace(0, 1, 60)
@@ -566,16 +478,10 @@ def write_kermany_layout(folder: str | Path, seed: int, **knobs: Any) -> list[di
     ``knobs`` are fields of :class:`CxrPhantomParams`. The same seed and knobs give identical
     files. Returns one findings row per image.
     """
-    known = {f.name for f in dataclasses.fields(CxrPhantomParams)}
-    unknown = sorted(set(knobs) - known)
-    if unknown:
-        raise ConfigError(f"phantom_cxr: unknown knobs {unknown}; known: {sorted(known)}")
-    if seed < 0:
-        raise ConfigError(f"seed: must be >= 0, got {seed}")
-    params = CxrPhantomParams(**knobs)
+    params = params_from_knobs(CxrPhantomParams, knobs)
+    check_seed(seed)
     folder = Path(folder)
     truth = folder / "truth"
-    truth.mkdir(parents=True, exist_ok=True)
     counts = {
         "NORMAL": params.n_normal,
         "PNEUMONIA": max(1, round(params.n_normal * params.pneumonia_per_normal)),
@@ -597,13 +503,8 @@ def write_kermany_layout(folder: str | Path, seed: int, **knobs: Any) -> list[di
                 else:
                     stem = f"{name}_{patient.infection}_{image_counter}"
                 radiograph = render_radiograph(patient, rng, params)
-                target = folder / "chest_xray" / split / label / f"{stem}.jpeg"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                pixels = np.round(radiograph.image * 255).astype(np.uint8)
-                Image.fromarray(pixels, mode="L").save(target, format="JPEG", quality=params.jpeg_quality)
-                Image.fromarray(radiograph.lungs.astype(np.uint8) * 255, mode="L").save(
-                    truth / f"{stem}_lungs.png", format="PNG"
-                )
+                save_jpeg(radiograph.image, folder / "chest_xray" / split / label / f"{stem}.jpeg", params.jpeg_quality)
+                save_png(radiograph.lungs.astype(np.uint8) * 255, truth / f"{stem}_lungs.png")
                 rows.append(
                     {
                         "image": stem,
@@ -619,10 +520,7 @@ def write_kermany_layout(folder: str | Path, seed: int, **knobs: Any) -> list[di
                         else "",
                     }
                 )
-    with open(truth / "findings.tsv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, FINDINGS_COLUMNS, delimiter="\t", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_table(truth / "findings.tsv", FINDINGS_COLUMNS, rows)
     return rows
 
 
@@ -635,8 +533,7 @@ def write_phantom_cxr_dataset(out_dir: str | Path, seed: int, **knobs: Any) -> P
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    with atomic_dir(out_dir) as tmp:
-        scratch = Path(tempfile.mkdtemp(prefix=".generate.", dir=tmp))
+    with atomic_dir(out_dir) as tmp, scratch_folder(tmp) as scratch:
         rows = write_kermany_layout(scratch, seed, **knobs)
         entries = unique_entries(scratch, find_class_images(scratch / "chest_xray"))
         build_image_folders(tmp, list(entries.values()), move=True)
@@ -644,50 +541,22 @@ def write_phantom_cxr_dataset(out_dir: str | Path, seed: int, **knobs: Any) -> P
         (tmp / "truth").mkdir()
         for stem, image_id in image_ids.items():
             (scratch / "truth" / f"{stem}_lungs.png").rename(tmp / "truth" / f"{image_id}_lungs.png")
-        with open(tmp / "truth" / "findings.tsv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, FINDINGS_COLUMNS, delimiter="\t", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows({**row, "image": image_ids[row["image"]]} for row in rows)
-        shutil.rmtree(scratch)
+        write_table(tmp / "truth" / "findings.tsv", FINDINGS_COLUMNS, [{**row, "image": image_ids[row["image"]]} for row in rows])
     LOG.info("phantom_cxr: %d images in %.1f s", len(rows), time.perf_counter() - started)
     return out_dir
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="Folder to write.")
-    parser.add_argument("--seed", type=int, required=True)
+def main(argv: list[str] | None = None) -> None:
+    parser = knob_parser(__doc__, CxrPhantomParams)
     parser.add_argument(
         "--layout",
         choices=("raw", "kermany"),
         default="raw",
         help="raw: the workflow's raw dataset (as after a download); kermany: the archive's folders.",
     )
-    for knob in dataclasses.fields(CxrPhantomParams):
-        kind = type(knob.default)
-        flag = f"--{knob.name.replace('_', '-')}"
-        if kind is tuple:
-            parser.add_argument(
-                flag,
-                type=type(knob.default[0]),
-                nargs=2,
-                default=argparse.SUPPRESS,
-                help=knob.metadata["help"],
-            )
-        else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=knob.metadata["help"])
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = vars(_parser().parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    out, seed, layout = args.pop("out"), args.pop("seed"), args.pop("layout")
-    knobs = {key: tuple(value) if isinstance(value, list) else value for key, value in args.items()}
-    if layout == "raw":
-        write_phantom_cxr_dataset(out, seed, **knobs)
-    else:
-        write_kermany_layout(out, seed, **knobs)
+    out, seed, knobs = parse_cli(parser, argv)
+    write = write_phantom_cxr_dataset if knobs.pop("layout") == "raw" else write_kermany_layout
+    write(out, seed, **knobs)
 
 
 if __name__ == "__main__":

@@ -11,29 +11,36 @@ translation can be scored against a ground truth, and every subject gets truth m
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import pydicom
 from nilearn import datasets as nilearn_datasets
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from pydicom.valuerep import DSfloat
+from pydicom.uid import generate_uid
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from pipeline.atomic import atomic_dir
 from pipeline.errors import ConfigError
 from pipeline.progress import progress
+from pipeline.sources.phantom_toolkit import (
+    StoredPixels,
+    check_seed,
+    ct_slice_dataset,
+    ds_value,
+    knob_parser,
+    knobs_from_schema,
+    params_from_knobs,
+    parse_cli,
+    random_streams,
+    smooth_noise,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -60,7 +67,7 @@ TISSUE_T2 = {
 }
 CT_WINDOW_CENTER_HU = 40
 CT_WINDOW_WIDTH_HU = 80
-CT_RESCALE_INTERCEPT = -1024
+CT_ENCODING = StoredPixels(bits_stored=16, signed=True, rescale_intercept=-1024)
 # The signed distance to the brain surface is smooth, so a 2 mm grid keeps it accurate while
 # its Euclidean distance transform stays cheap (about 1 s instead of 10 s at 1 mm).
 DISTANCE_GRID_MM = 2.0
@@ -73,91 +80,19 @@ DISTANCE_SMOOTHING_MM = 2.0
 # Rendering first screens blocks of this many x this many voxels for "surely air" or
 # "surely brain", at the undeformed block corner.
 PRESCREEN_BLOCK = 2
+# CSF this far under the brain surface is ventricle (the rest: sulci, cisterns, the rim).
+VENTRICLE_DEPTH_MM = 15.0
 # The displacement field is white noise on a grid this many times finer than its smoothness.
 DISPLACEMENT_GRID_PER_SIGMA = 3
 UID_ROOT = "medgan-phantom"
 
 
-def _knob(default: Any, help_text: str) -> Any:
-    """A PhantomParams field; its help text documents the knob in the CLI."""
-    return field(default=default, metadata={"help": help_text})
-
-
-@dataclass(frozen=True)
+@knobs_from_schema("phantom_head")
 class PhantomParams:
-    """Every knob of the phantom. Defaults give a CQ500-like CT and an IXI-like T2 quickly."""
+    """Every knob of the head phantom: params.yaml's phantom_head, documented (with ranges and
+    defaults) in the schema. The defaults give a CQ500-like CT and an IXI-like T2 quickly."""
 
-    template_resolution_mm: int = _knob(1, "MNI152 template resolution the anatomy is sampled from (1 or 2 mm).")
-    ct_matrix: int = _knob(256, "CT rows = columns per slice.")
-    ct_pixel_mm: float = _knob(0.9, "CT in-plane pixel spacing (mm).")
-    ct_slice_mm: float = _knob(5.0, "CT slice thickness = slice spacing (mm).")
-    ct_n_slices: int = _knob(36, "CT slices; n_slices x slice_mm is the z coverage centred on the head.")
-    ct_slice_subsamples: int = _knob(
-        3, "Samples averaged through each thick CT slice (through-plane partial volume)."
-    )
-    ct_noise_hu: float = _knob(5.0, "Standard deviation of the CT Gaussian noise (HU).")
-    mr_voxel_mm: tuple[float, float, float] = _knob(
-        (0.9375, 0.9375, 1.2), "IXI T2 voxel size along the three voxel axes (mm), before mr_voxel_scale."
-    )
-    mr_matrix: tuple[int, int, int] = _knob(
-        (256, 256, 150), "MR matrix before mr_voxel_scale (IXI in-plane; 150 slices cover the phantom head)."
-    )
-    mr_voxel_scale: float = _knob(
-        2.0, "Multiplies the MR voxel size and divides the matrix, keeping the field of view."
-    )
-    mr_axcodes: str = _knob(
-        "PLS", "Anatomical direction of each MR voxel axis (nibabel axcodes); not RAS on purpose."
-    )
-    mr_noise: float = _knob(0.03, "Rician noise sigma as a fraction of the CSF signal.")
-    mr_bias_strength: float = _knob(0.2, "Bias field = exp(strength x smooth field in [-1, 1]).")
-    mr_signal_max: float = _knob(1000.0, "Stored MR value of CSF without bias or noise.")
-    head_scale: float = _knob(
-        0.92, "Mean head size relative to the MNI template (MNI brains are larger than average)."
-    )
-    scale_jitter: float = _knob(0.05, "Per-axis head scale drawn in head_scale x (1 +- scale_jitter).")
-    rotation_deg: float = _knob(8.0, "Head rotation about each axis drawn in +- rotation_deg.")
-    translation_mm: float = _knob(8.0, "Head translation along each axis drawn in +- translation_mm.")
-    deformation_mm: float = _knob(3.0, "RMS length of the random smooth displacement field (mm).")
-    deformation_smoothness_mm: float = _knob(20.0, "Gaussian sigma of the displacement field (mm).")
-    csf_rim_mm: float = _knob(2.0, "CSF between the brain mask and the skull (mm).")
-    skull_mm: float = _knob(7.0, "Skull thickness, inner table + diploe + outer table (mm).")
-    skull_table_mm: float = _knob(1.8, "Thickness of each cortical table (mm).")
-    scalp_mm: float = _knob(5.0, "Scalp thickness, fat + skin (mm).")
-    skin_mm: float = _knob(1.5, "Skin thickness (mm).")
-    layer_jitter: float = _knob(0.15, "Each subject's layer thicknesses are scaled by 1 +- layer_jitter.")
-    holder_thickness_mm: float = _knob(2.5, "CT head-holder plate thickness (mm); thinner than the skull.")
-    holder_gap_mm: float = _knob(4.0, "Cushion gap between the scalp and the head holder (mm).")
-    holder_radius_mm: float = _knob(100.0, "Radius of curvature of the head holder (mm).")
-    holder_half_angle_deg: float = _knob(60.0, "Angular half-width of the holder around the posterior direction.")
-    holder_hu: float = _knob(800.0, "CT number of the head holder (HU).")
-
-    def __post_init__(self) -> None:
-        for name in ("mr_voxel_mm", "mr_matrix"):
-            value = tuple(getattr(self, name))
-            if len(value) != 3:
-                raise ConfigError(f"phantom_head.{name}: expected 3 values, got {value}")
-            object.__setattr__(self, name, value)
-        if self.template_resolution_mm not in (1, 2):
-            raise ConfigError(f"phantom_head.template_resolution_mm: must be 1 or 2, got {self.template_resolution_mm}")
-        must_be_positive = (
-            "ct_matrix", "ct_pixel_mm", "ct_slice_mm", "ct_n_slices", "ct_slice_subsamples",
-            "mr_voxel_scale", "mr_signal_max", "head_scale", "deformation_smoothness_mm",
-            "skull_mm", "skull_table_mm", "scalp_mm", "skin_mm", "holder_thickness_mm",
-            "holder_radius_mm", "holder_half_angle_deg",
-        )
-        for name in must_be_positive:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"phantom_head.{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("mr_voxel_mm", "mr_matrix"):
-            if min(getattr(self, name)) <= 0:
-                raise ConfigError(f"phantom_head.{name}: must be > 0, got {getattr(self, name)}")
-        must_be_non_negative = (
-            "ct_noise_hu", "mr_noise", "mr_bias_strength", "scale_jitter", "rotation_deg",
-            "translation_mm", "deformation_mm", "csf_rim_mm", "layer_jitter", "holder_gap_mm",
-        )
-        for name in must_be_non_negative:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"phantom_head.{name}: must be >= 0, got {getattr(self, name)}")
+    def check(self) -> None:
         if 2 * self.skull_table_mm >= self.skull_mm:
             raise ConfigError("phantom_head.skull_table_mm: two tables must be thinner than skull_mm")
         if self.skin_mm >= self.scalp_mm:
@@ -166,11 +101,9 @@ class PhantomParams:
             raise ConfigError(
                 "phantom_head.holder_thickness_mm: must be thinner than skull_mm so erosion removes it first"
             )
-        if self.layer_jitter >= 1 or self.scale_jitter >= 1:
-            raise ConfigError("phantom_head.layer_jitter and scale_jitter: must be < 1")
         codes = self.mr_axcodes.upper()
         axis_of = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
-        if len(codes) != 3 or any(c not in axis_of for c in codes) or {axis_of[c] for c in codes} != {0, 1, 2}:
+        if {axis_of[c] for c in codes} != {0, 1, 2}:
             raise ConfigError(f"phantom_head.mr_axcodes: need one of R/L, A/P, S/I each, got {self.mr_axcodes!r}")
         object.__setattr__(self, "mr_axcodes", codes)
 
@@ -188,6 +121,7 @@ class TissueModel:
     distance_hi_mm: np.ndarray
     brain_lo_mm: np.ndarray
     brain_hi_mm: np.ndarray
+    ventricle_centre_mm: np.ndarray
 
     @property
     def head_centre_mm(self) -> np.ndarray:
@@ -266,6 +200,11 @@ def load_tissue_model(template_resolution_mm: int) -> TissueModel:
     # Voxel-centre distances put the surface half a voxel from either side's boundary voxels.
     signed = np.where(inside, -(inside_mm - DISTANCE_GRID_MM / 2), outside_mm - DISTANCE_GRID_MM / 2)
     signed = ndimage.gaussian_filter(signed.astype(np.float32), DISTANCE_SMOOTHING_MM / DISTANCE_GRID_MM)
+    # The ventricles: the template's CSF (brain mask, neither grey nor white) deep under the surface.
+    csf_voxels = np.argwhere(mask & (grey + white < 0.5)).T.astype(float)
+    csf_mm = _affine_apply(template_affine, csf_voxels)
+    depth = ndimage.map_coordinates(signed, _affine_apply(np.linalg.inv(distance_affine), csf_mm), order=1)
+    ventricle_centre = csf_mm[:, depth < -VENTRICLE_DEPTH_MM].mean(axis=1)
     return TissueModel(
         grey=grey,
         white=white,
@@ -276,6 +215,7 @@ def load_tissue_model(template_resolution_mm: int) -> TissueModel:
         distance_hi_mm=lo + (shape - 1) * DISTANCE_GRID_MM,
         brain_lo_mm=brain_lo,
         brain_hi_mm=brain_hi,
+        ventricle_centre_mm=ventricle_centre,
     )
 
 
@@ -283,8 +223,7 @@ def draw_anatomy(rng: np.random.Generator, model: TissueModel, params: PhantomPa
     """Draw a subject: smooth displacement field, layer thicknesses and head pose."""
     spacing = params.deformation_smoothness_mm / DISPLACEMENT_GRID_PER_SIGMA
     shape = tuple(np.ceil((model.distance_hi_mm - model.distance_lo_mm) / spacing).astype(int) + 1)
-    noise = rng.standard_normal((3, *shape)).astype(np.float32)
-    displacement = np.stack([ndimage.gaussian_filter(c, DISPLACEMENT_GRID_PER_SIGMA, mode="wrap") for c in noise])
+    displacement = np.stack([smooth_noise(rng, shape, DISPLACEMENT_GRID_PER_SIGMA, mode="wrap") for _ in range(3)])
     displacement *= params.deformation_mm / float(np.sqrt(np.mean(np.sum(displacement**2, axis=0))))
     displacement_affine = np.diag([spacing] * 3 + [1.0])
     displacement_affine[:3, 3] = model.distance_lo_mm
@@ -318,6 +257,24 @@ def draw_anatomy(rng: np.random.Generator, model: TissueModel, params: PhantomPa
         # Thicknesses are wanted in world mm; the distance lives in template mm.
         layer_outer_mm=np.cumsum([mm for _, mm in layers]) / mean_scale,
     )
+
+
+def scale_ventricles(anatomy: SubjectAnatomy, model: TissueModel, factor: float, reach_mm: float) -> SubjectAnatomy:
+    """The same subject with ventricles ``factor`` times as large (slit ventricles below 1,
+    atrophy or hydrocephalus above): a smooth radial warp about the template's ventricle centre,
+    full strength there and fading over ``reach_mm`` (Gaussian), composed with the subject's
+    deformation, so the skull and scalp around it do not move."""
+    grid_shape = anatomy.displacement_mm.shape[1:]
+    points = _affine_apply(np.linalg.inv(anatomy.displacement_vox_from_mm), np.indices(grid_shape).reshape(3, -1).astype(float))
+    offset = points - model.ventricle_centre_mm[:, None]
+    shrink = 1 + (1 / factor - 1) * np.exp(-np.sum(offset**2, axis=0) / reach_mm**2)
+    warped = model.ventricle_centre_mm[:, None] + offset * shrink
+    warped_vox = _affine_apply(anatomy.displacement_vox_from_mm, warped)
+    deformed = warped + np.stack(
+        [ndimage.map_coordinates(c, warped_vox, order=1, mode="nearest") for c in anatomy.displacement_mm]
+    )
+    displacement = (deformed - points).reshape(3, *grid_shape).astype(np.float32)
+    return dataclasses.replace(anatomy, displacement_mm=displacement)
 
 
 def _fraction_beyond(distance: np.ndarray, boundary: float, width: float) -> np.ndarray:
@@ -512,18 +469,13 @@ def _uid(seed: int, *parts: str) -> str:
     return generate_uid(entropy_srcs=[UID_ROOT, str(seed), *parts])
 
 
-def _ds(value: float) -> DSfloat:
-    """DICOM decimal string, shortened to fit its 16-character limit."""
-    return DSfloat(float(value), auto_format=True)
-
-
 def write_ct_series(
     series_dir: Path, hu: np.ndarray, affine: np.ndarray, subject_id: str, seed: int, params: PhantomParams
 ) -> None:
     """Write a (columns, rows, slices) HU volume as one CT Image Storage file per axial slice."""
     series_dir.mkdir(parents=True, exist_ok=True)
     int16 = np.iinfo(np.int16)
-    stored = np.clip(np.round(hu) - CT_RESCALE_INTERCEPT, int16.min, int16.max).astype(np.int16)
+    stored = np.clip(np.round(hu) - CT_ENCODING.rescale_intercept, int16.min, int16.max).astype(np.int16)
     lps_from_ras = np.diag([-1.0, -1.0, 1.0])
     row_direction = lps_from_ras @ affine[:3, 0] / np.linalg.norm(affine[:3, 0])
     column_direction = lps_from_ras @ affine[:3, 1] / np.linalg.norm(affine[:3, 1])
@@ -532,49 +484,26 @@ def write_ct_series(
     frame_uid = _uid(seed, subject_id, "frame-of-reference")
     for k in range(stored.shape[2]):
         position = lps_from_ras @ _affine_apply(affine, np.array([[0.0], [0.0], [k]]))[:, 0]
-        sop_uid = _uid(seed, subject_id, "slice", str(k))
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
+        ds = ct_slice_dataset(
+            stored[:, :, k].T, CT_ENCODING, sop_uid=_uid(seed, subject_id, "slice", str(k)), study_uid=study_uid,
+            series_uid=series_uid, patient_id=subject_id, position_lps=position,
+            orientation=(*row_direction, *column_direction),
+            pixel_spacing=(np.linalg.norm(affine[:3, 1]), np.linalg.norm(affine[:3, 0])),
+            slice_mm=params.ct_slice_mm, window=(CT_WINDOW_CENTER_HU, CT_WINDOW_WIDTH_HU),
+        )  # fmt: skip
         ds.FrameOfReferenceUID = frame_uid
         ds.PatientName = subject_id
-        ds.PatientID = subject_id
         ds.PatientIdentityRemoved = "YES"  # synthetic: the id is the only "identity" there is
         ds.DeidentificationMethod = "synthetic phantom; no patient, dates, institution or staff"
-        ds.Modality = "CT"
         ds.Manufacturer = "medgan head phantom"
         ds.StudyDescription = "Head phantom"
         ds.SeriesDescription = CT_SERIES_FOLDER.name
         ds.BodyPartExamined = "HEAD"
         ds.PatientPosition = "HFS"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.SeriesNumber = 1
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [_ds(v) for v in position]
-        ds.ImageOrientationPatient = [_ds(v) for v in (*row_direction, *column_direction)]
-        ds.SliceLocation = _ds(position[2])
-        ds.SliceThickness = _ds(params.ct_slice_mm)
-        ds.PixelSpacing = [_ds(np.linalg.norm(affine[:3, 1])), _ds(np.linalg.norm(affine[:3, 0]))]
-        ds.Rows, ds.Columns = stored.shape[1], stored.shape[0]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = CT_RESCALE_INTERCEPT
-        ds.RescaleSlope = 1
+        ds.SliceLocation = ds_value(position[2])
         ds.RescaleType = "HU"
-        ds.WindowCenter = CT_WINDOW_CENTER_HU
-        ds.WindowWidth = CT_WINDOW_WIDTH_HU
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
         ds.save_as(series_dir / f"CT{k:06d}.dcm", enforce_file_format=True)
 
 
@@ -600,8 +529,7 @@ class SimulatedSubject:
 
 def subject_rngs(seed: int, modality: str, index: int) -> tuple[np.random.Generator, np.random.Generator]:
     """Independent generators for a subject's anatomy and for its acquisition noise."""
-    anatomy_seed, acquisition_seed = np.random.SeedSequence([seed, MODALITY_SEED_CODE[modality], index]).spawn(2)
-    return np.random.default_rng(anatomy_seed), np.random.default_rng(acquisition_seed)
+    return random_streams(2, seed, MODALITY_SEED_CODE[modality], index)
 
 
 def simulate_subject(modality: str, index: int, seed: int, params: PhantomParams) -> SimulatedSubject:
@@ -673,13 +601,8 @@ def write_phantom_dataset(
         raise ConfigError(
             f"phantom subjects: need n_subjects >= 1 and 0 <= n_paired <= n_subjects, got {n_subjects}, {n_paired}"
         )
-    if seed < 0:
-        raise ConfigError(f"seed: must be >= 0, got {seed}")
-    known = {f.name for f in dataclasses.fields(PhantomParams)}
-    unknown = sorted(set(knobs) - known)
-    if unknown:
-        raise ConfigError(f"phantom_head: unknown knobs {unknown}; known: {sorted(known)}")
-    params = PhantomParams(**knobs)
+    check_seed(seed)
+    params = params_from_knobs(PhantomParams, knobs)
     rows = []
     with atomic_dir(out_dir) as tmp:
         for index in progress(range(1, n_subjects + 1), f"{modality} phantoms", unit="subject"):
@@ -694,33 +617,16 @@ def write_phantom_dataset(
     return manifest
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = knob_parser(__doc__, PhantomParams)
     parser.add_argument("--modality", choices=MODALITIES, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="Dataset folder, e.g. data/raw/ct_head.")
     parser.add_argument("--n-subjects", type=int, required=True)
     parser.add_argument(
         "--n-paired", type=int, default=0, help="Held-out subjects that get a partner (default: %(default)s)."
     )
-    parser.add_argument("--seed", type=int, required=True)
-    for knob in dataclasses.fields(PhantomParams):
-        flag = "--" + knob.name.replace("_", "-")
-        help_text = knob.metadata["help"] + " (default: %(default)s)"
-        if isinstance(knob.default, tuple):
-            element_type = type(knob.default[0])
-            parser.add_argument(flag, type=element_type, nargs=len(knob.default), default=knob.default, help=help_text)
-        else:
-            parser.add_argument(flag, type=type(knob.default), default=knob.default, help=help_text)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = vars(_parser().parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    general = {name: args.pop(name) for name in ("modality", "out", "n_subjects", "n_paired", "seed")}
-    write_phantom_dataset(
-        general["out"], general["modality"], general["n_subjects"], general["n_paired"], general["seed"], **args
-    )
+    out, seed, knobs = parse_cli(parser, argv)
+    modality, n_subjects, n_paired = (knobs.pop(name) for name in ("modality", "n_subjects", "n_paired"))
+    write_phantom_dataset(out, modality, n_subjects, n_paired, seed, **knobs)
 
 
 if __name__ == "__main__":

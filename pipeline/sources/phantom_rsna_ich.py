@@ -11,8 +11,16 @@ image, pipeline.sources.rsna_labels). The files are then placed by the real sour
 (pipeline.sources.rsna_ich.build_rsna_ich), so everything after the download reads phantom and
 real RSNA data alike.
 
+**Each patient looks like itself** (a generator needs slices that differ between patients as real
+ones do): from its own random stream each patient draws a head size and shape, a skull thickness,
+a ventricle size (a smooth warp about the ventricles, pipeline.sources.phantom_head.scale_ventricles),
+grey- and white-matter HU and a noise level (``truth/patients.tsv``), and the head phantom's pose
+draws a wider tilt and position. The anatomy is rendered on ``anatomy_matrix`` (about the
+template's 1 mm) and resampled to the file's grid, on which bleeds and noise are drawn.
+
 **Labels come first, blood second, and the labels are what was drawn.** A plan fixes which
-slices bleed: ``round(haemorrhage_fraction x slices)`` positive slices (RSNA: about 14 %), in
+slices bleed: ``round(haemorrhage_fraction x slices)`` positive slices (RSNA: about 14 % of
+whole-head series; the default: 30 % of these supratentorial stacks), in
 runs of consecutive slices of bleeding patients, each patient with one subtype drawn by
 ``subtype_weights`` (RSNA's label counts) and a second one with ``second_subtype_probability``.
 Each bleed is then drawn on every slice of its run, its size following an ellipsoid's cross
@@ -22,8 +30,8 @@ section along z, with one acute-blood value drawn in ``blood_hu`` (about 50-90 H
 * subdural: a long thin crescent along the convexity, kept off the midline (the falx);
 * intraparenchymal: an irregular blob (a radius modulated by random harmonics) in the brain;
 * intraventricular: the dependent (posterior, the patient lies supine) part of the ventricles;
-* subarachnoid: the CSF of the sulci, the rim and the cisterns within a radius of a centre,
-  so it is as thin as those spaces are.
+* subarachnoid: the CSF of the sulci, the rim and the cisterns within a radius of a centre placed
+  where those spaces are widest (blood collects there), so it is as thin as the spaces are.
 
 A subtype counts on a slice only where at least ``min_bleed_mm2`` of it is at least half blood;
 otherwise it is not drawn there at all, so a slice's CSV row is 1 exactly where blood was drawn
@@ -47,32 +55,38 @@ and the quirk for the set), so turning haemorrhage or the quirk off changes noth
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import csv
 import dataclasses
-import hashlib
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
-from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pydicom.valuerep import DSfloat
 from scipy import ndimage
 
 from pipeline.atomic import atomic_dir
 from pipeline.errors import ConfigError
 from pipeline.progress import progress
 from pipeline.sources import phantom_head as head_phantom
+from pipeline.sources.phantom_toolkit import (
+    StoredPixels,
+    check_seed,
+    ct_slice_dataset,
+    draw_ranges,
+    draw_uniform,
+    hashed_hex,
+    knobs_from_schema,
+    params_from_knobs,
+    phantom_main,
+    random_streams,
+    resample_linear,
+    save_png,
+)
+from pipeline.sources.real_datasets import scratch_folder, write_table
 from pipeline.sources.rsna_ich import RSNA_IMAGE_FOLDER, RSNA_LABELS, build_rsna_ich, read_rsna_labels
 from pipeline.sources.rsna_labels import SUBTYPES, write_subtype_labels
 
@@ -83,104 +97,67 @@ SEED_CODE = 3
 # Stream of the set-level draws (the plan, the quirk); patients use their index (< this).
 SET_STREAM = 2**32 - 1
 TRUTH_FOLDER = "truth"
+PATIENTS_COLUMNS = ("patient_id", "quirk", "stack_offset_mm", "bleeding", "head_scale", "skull_mm", "ventricle_scale",
+                    "grey_matter_hu", "white_matter_hu", "noise_hu")  # fmt: skip
 BLEEDS_COLUMNS = ("patient_id", "subtype", "first_slice", "last_slice", "blood_hu", "size_mm", "thickness_mm")
 # Stored values of ordinary files: HU + 1024 as unsigned 12-bit, as most RSNA files are.
-RESCALE_INTERCEPT = -1024
-BITS_STORED = 12
+PLAIN = StoredPixels(bits_stored=12, signed=False, rescale_intercept=-1024)
 # The quirk: intercept 0, two's complement in 12 bits; those scanners clipped air at -1000 HU.
-QUIRK_INTERCEPT = 0
+QUIRK = StoredPixels(bits_stored=12, signed=False, rescale_intercept=0)
 QUIRK_FLOOR_HU = -1000
-WINDOW_CENTER_HU = 40
-WINDOW_WIDTH_HU = 80
+BRAIN_WINDOW = (40, 80)
 # Anatomical regions on a slice, from the rendered tissue fractions.
 VENTRICLE_MIN_DEPTH_MM = 15.0  # CSF this deep under the inner table is ventricle (or cistern)
 PARENCHYMA_MIN_DEPTH_MM = 8.0  # a parenchymal bleed's centre lies at least this deep
 SUBARACHNOID_CSF_SHARE = 0.3  # pixels with this much CSF belong to the subarachnoid spaces
+CISTERN_SMOOTHING_MM = 3.0  # subarachnoid centres: CSF within about this distance...
+CISTERN_QUANTILE = 0.75  # ...in the top quarter of the subarachnoid spaces
 MIDLINE_CLEARANCE_DEG = 8.0  # a subdural crescent stops this far (in angle) from the midline
 EDGE_SIGMA_PX = 0.5  # blood edges are blurred by this much (partial volume of the pixel)
 HARMONICS = 3  # random harmonics shaping an irregular parenchymal blob
 RAY_HALF_WIDTH_RAD = 0.05  # pixels this close in angle to a direction lie on its ray
 
 
-def _knob(default: Any, help_text: str) -> Any:
-    return field(default=default, metadata={"help": help_text})
+@knobs_from_schema("phantom_rsna_ich")
+class RsnaPhantomParams:
+    """Every knob of the RSNA-layout phantom: params.yaml's phantom_rsna_ich, documented (with
+    ranges and defaults) in the schema."""
+
+    def check(self) -> None:
+        if sum(self.subtype_weights) <= 0:
+            raise ConfigError(
+                f"phantom_rsna_ich.subtype_weights: need weights ({', '.join(SUBTYPES)}) with a positive sum, "
+                f"got {self.subtype_weights}"
+            )
+
+    def head_params(self, look: PatientLook, matrix: int) -> head_phantom.PhantomParams:
+        """The head phantom's knobs for one patient on a ``matrix`` grid over RSNA's field of view;
+        the rest of its anatomy knobs keep their defaults."""
+        grid = {"ct_matrix": matrix, "ct_pixel_mm": self.pixel_mm * self.matrix / matrix, "ct_slice_mm": self.slice_mm,
+                "ct_n_slices": self.slices_per_patient, "ct_slice_subsamples": self.slice_subsamples}  # fmt: skip
+        return head_phantom.PhantomParams(
+            template_resolution_mm=self.template_resolution_mm, head_scale=look.head_scale,
+            scale_jitter=self.head_shape_jitter, rotation_deg=self.rotation_deg, translation_mm=self.translation_mm,
+            skull_mm=look.skull_mm, **grid,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
-class RsnaPhantomParams:
-    """Every knob of the RSNA-layout phantom (params.yaml: phantom_rsna_ich; documented in the schema)."""
+class PatientLook:
+    """What makes a patient's slices its own besides the deformation, pose and bleeds (one row of
+    truth/patients.tsv): head size, skull, ventricles, grey / white HU, noise."""
 
-    n_patients: int = _knob(20, "Patients (one study, one axial series each).")
-    slices_per_patient: int = _knob(5, "Consecutive axial slices per patient.")
-    haemorrhage_fraction: float = _knob(0.14, "Share of all slices with any haemorrhage (RSNA: ~0.14).")
-    subtype_weights: tuple[float, ...] = _knob(
-        (0.021, 0.243, 0.176, 0.240, 0.317),
-        "Relative frequency of epidural, intraparenchymal, intraventricular, subarachnoid, subdural "
-        "(RSNA stage 2 label counts).",
-    )
-    second_subtype_probability: float = _knob(0.3, "Chance a bleeding patient has a second subtype.")
-    blood_hu: tuple[float, float] = _knob((50.0, 90.0), "Acute blood HU; each bleed draws one value in this range.")
-    min_bleed_mm2: float = _knob(20.0, "A subtype counts on a slice only with at least this area of blood.")
-    epidural_length_mm: tuple[float, float] = _knob((12.0, 30.0), "Epidural lens: half-length along the inner table.")
-    epidural_thickness_mm: tuple[float, float] = _knob((8.0, 20.0), "Epidural lens: greatest thickness.")
-    subdural_length_mm: tuple[float, float] = _knob((35.0, 80.0), "Subdural crescent: half-length along the convexity.")
-    subdural_thickness_mm: tuple[float, float] = _knob((3.0, 12.0), "Subdural crescent: greatest thickness.")
-    parenchymal_radius_mm: tuple[float, float] = _knob((6.0, 20.0), "Intraparenchymal blob: mean radius.")
-    parenchymal_irregularity: float = _knob(0.3, "Intraparenchymal blob: radius varies by +- this share.")
-    ventricle_fill: tuple[float, float] = _knob((0.2, 0.7), "Intraventricular: share of the ventricles filled, from posterior.")
-    subarachnoid_radius_mm: tuple[float, float] = _knob((15.0, 35.0), "Subarachnoid: radius of the blood-filled CSF around a centre.")
-    mass_effect: float = _knob(0.5, "Brain pushed away from epidural, subdural and parenchymal bleeds by this share of their thickness.")
-    quirk_fraction: float = _knob(0.2, "Share of patients whose files carry RSNA's 12-bit pixel-representation quirk.")
-    matrix: int = _knob(512, "Rows = columns of each slice (RSNA: 512).")
-    pixel_mm: float = _knob(0.49, "In-plane pixel spacing (mm).")
-    slice_mm: float = _knob(5.0, "Slice thickness = spacing (mm).")
-    slice_subsamples: int = _knob(3, "Samples averaged through each slice (through-plane partial volume).")
-    stack_offset_mm: float = _knob(15.0, "The stack's centre is shifted along z by up to +- this from the head centre.")
-    noise_hu: float = _knob(5.0, "Standard deviation of the Gaussian noise (HU).")
-    template_resolution_mm: int = _knob(1, "MNI152 template resolution the anatomy is sampled from (1 or 2 mm).")
+    head_scale: float
+    skull_mm: float
+    ventricle_scale: float
+    grey_matter_hu: float
+    white_matter_hu: float
+    noise_hu: float
 
-    def __post_init__(self) -> None:
-        for name in ("subtype_weights", "blood_hu", "epidural_length_mm", "epidural_thickness_mm",
-                     "subdural_length_mm", "subdural_thickness_mm", "parenchymal_radius_mm",
-                     "ventricle_fill", "subarachnoid_radius_mm"):  # fmt: skip
-            value = tuple(float(v) for v in getattr(self, name))
-            object.__setattr__(self, name, value)
-        if len(self.subtype_weights) != len(SUBTYPES) or min(self.subtype_weights) < 0 or sum(self.subtype_weights) <= 0:
-            raise ConfigError(
-                f"phantom_rsna_ich.subtype_weights: need {len(SUBTYPES)} non-negative weights "
-                f"({', '.join(SUBTYPES)}) with a positive sum, got {self.subtype_weights}"
-            )
-        for name in ("blood_hu", "epidural_length_mm", "epidural_thickness_mm", "subdural_length_mm",
-                     "subdural_thickness_mm", "parenchymal_radius_mm", "ventricle_fill", "subarachnoid_radius_mm"):  # fmt: skip
-            low_high = getattr(self, name)
-            if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
-                raise ConfigError(f"phantom_rsna_ich.{name}: need [low, high] with 0 < low <= high, got {low_high}")
-        if self.ventricle_fill[1] > 1:
-            raise ConfigError(f"phantom_rsna_ich.ventricle_fill: shares must be <= 1, got {self.ventricle_fill}")
-        for name in ("n_patients", "slices_per_patient", "matrix", "pixel_mm", "slice_mm", "slice_subsamples"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"phantom_rsna_ich.{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("haemorrhage_fraction", "second_subtype_probability", "mass_effect", "quirk_fraction",
-                     "parenchymal_irregularity"):  # fmt: skip
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"phantom_rsna_ich.{name}: must lie in [0, 1], got {getattr(self, name)}")
-        for name in ("min_bleed_mm2", "stack_offset_mm", "noise_hu"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"phantom_rsna_ich.{name}: must be >= 0, got {getattr(self, name)}")
-        if self.template_resolution_mm not in (1, 2):
-            raise ConfigError(f"phantom_rsna_ich.template_resolution_mm: must be 1 or 2, got {self.template_resolution_mm}")
 
-    def head_params(self) -> head_phantom.PhantomParams:
-        """The head phantom's knobs for this grid; its anatomy knobs keep their defaults."""
-        return head_phantom.PhantomParams(
-            template_resolution_mm=self.template_resolution_mm,
-            ct_matrix=self.matrix,
-            ct_pixel_mm=self.pixel_mm,
-            ct_slice_mm=self.slice_mm,
-            ct_n_slices=self.slices_per_patient,
-            ct_slice_subsamples=self.slice_subsamples,
-            ct_noise_hu=self.noise_hu,
-        )
+def draw_look(rng: np.random.Generator, params: RsnaPhantomParams) -> PatientLook:
+    """One value a patient from each of the look's [low, high] knobs (PatientLook's order)."""
+    return PatientLook(**draw_ranges(rng, params, [f.name for f in dataclasses.fields(PatientLook)]))
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -275,10 +252,6 @@ class BleedShape:
         return self.size_mm / 3 if self.subtype == "intraparenchymal" else 0.0
 
 
-def _uniform(rng: np.random.Generator, low_high: tuple[float, float]) -> float:
-    return float(rng.uniform(*low_high))
-
-
 def _angles(shape: tuple[int, int], centre: np.ndarray) -> np.ndarray:
     """Angle of each pixel seen from ``centre``: 0 anterior (-j), pi/2 the patient's left (+i)."""
     i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
@@ -293,18 +266,18 @@ def draw_shape(
     rng: np.random.Generator, subtype: str, regions: SliceRegions, params: RsnaPhantomParams
 ) -> BleedShape:
     """A bleed's geometry, placed on the run's middle slice (``regions``)."""
-    blood_hu = _uniform(rng, params.blood_hu)
+    blood_hu = draw_uniform(rng, params.blood_hu)
     point = (float(regions.centre[0]), float(regions.centre[1]))
     harmonics: tuple[tuple[float, float], ...] = ()
     size, thickness, angle = 0.0, 0.0, 0.0
     if subtype == "epidural":
-        size, thickness = _uniform(rng, params.epidural_length_mm), _uniform(rng, params.epidural_thickness_mm)
+        size, thickness = draw_uniform(rng, params.epidural_length_mm), draw_uniform(rng, params.epidural_thickness_mm)
         angle = float(rng.uniform(-np.pi, np.pi))
     elif subtype == "subdural":
-        size, thickness = _uniform(rng, params.subdural_length_mm), _uniform(rng, params.subdural_thickness_mm)
+        size, thickness = draw_uniform(rng, params.subdural_length_mm), draw_uniform(rng, params.subdural_thickness_mm)
         angle = float(rng.choice([-1, 1]) * rng.uniform(np.pi / 4, 3 * np.pi / 4))  # a lateral convexity
     elif subtype == "intraparenchymal":
-        size = _uniform(rng, params.parenchymal_radius_mm)
+        size = draw_uniform(rng, params.parenchymal_radius_mm)
         candidates = np.argwhere(regions.parenchyma & (regions.depth_mm > PARENCHYMA_MIN_DEPTH_MM + size / 2))
         if len(candidates) == 0:
             candidates = np.argwhere(regions.parenchyma)
@@ -314,10 +287,14 @@ def draw_shape(
         amplitudes *= params.parenchymal_irregularity / max(float(amplitudes.sum()), 1e-9)
         harmonics = tuple((float(a), float(rng.uniform(0, 2 * np.pi))) for a in amplitudes)
     elif subtype == "intraventricular":
-        size = _uniform(rng, params.ventricle_fill)
+        size = draw_uniform(rng, params.ventricle_fill)
     else:  # subarachnoid
-        size = _uniform(rng, params.subarachnoid_radius_mm)
-        candidates = np.argwhere(regions.subarachnoid > 0)
+        size = draw_uniform(rng, params.subarachnoid_radius_mm)
+        # Blood collects where the CSF spaces are widest (cisterns, Sylvian fissures): centres in
+        # the widest quarter of the subarachnoid spaces, by their CSF within a few millimetres.
+        spaces = regions.subarachnoid > 0
+        width = ndimage.gaussian_filter(regions.subarachnoid, CISTERN_SMOOTHING_MM / regions.pixel_mm)
+        candidates = np.argwhere(spaces & (width >= np.quantile(width[spaces], CISTERN_QUANTILE))) if spaces.any() else []
         if len(candidates):
             point = tuple(float(v) for v in candidates[rng.integers(len(candidates))])
     return BleedShape(subtype, blood_hu, size, thickness, angle, point, harmonics)
@@ -438,19 +415,37 @@ class RenderedPatient:
     affine: np.ndarray
     bleeds: list[BleedShape]
     runs: list[PlannedBleed]
+    look: PatientLook
+    stack_offset_mm: float
 
 
 def patient_rngs(seed: int, index: int) -> tuple[np.random.Generator, ...]:
-    """Independent generators for a patient's anatomy, noise and bleed geometry."""
-    return tuple(np.random.default_rng(s) for s in np.random.SeedSequence([seed, SEED_CODE, index]).spawn(3))
+    """Independent generators for a patient's anatomy, noise, bleed geometry and look."""
+    return random_streams(4, seed, SEED_CODE, index)
 
 
-def stack_grid(params: RsnaPhantomParams, offset_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
+def stack_grid(head_params: head_phantom.PhantomParams, offset_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
     """The head phantom's axial CT grid with its centre moved ``offset_mm`` along z."""
-    shape, affine = head_phantom.ct_grid(params.head_params())
+    shape, affine = head_phantom.ct_grid(head_params)
     affine = affine.copy()
     affine[2, 3] += offset_mm
     return shape, affine
+
+
+def render_anatomy(model: head_phantom.TissueModel, anatomy: head_phantom.SubjectAnatomy, look: PatientLook,
+                   offset_mm: float, params: RsnaPhantomParams) -> tuple[head_phantom.RenderedHead, np.ndarray]:  # fmt: skip
+    """Tissue fractions on the slice grid (and its affine): rendered on ``anatomy_matrix`` and
+    resampled linearly, pixel area to pixel area, when ``matrix`` is finer."""
+    coarse = min(params.anatomy_matrix, params.matrix)
+    head_params = params.head_params(look, coarse)
+    shape, affine = stack_grid(head_params, offset_mm)
+    head = head_phantom.render_head(model, anatomy, shape, affine, params.slice_subsamples, head_params.ct_pixel_mm)
+    _, fine_affine = stack_grid(params.head_params(look, params.matrix), offset_mm)
+    if coarse == params.matrix:
+        return head, fine_affine
+    fractions = resample_linear(head.fractions, params.matrix, (1, 2))
+    brain = resample_linear(head.brain, params.matrix, (0, 1))
+    return head_phantom.RenderedHead(fractions=fractions, brain=brain), fine_affine
 
 
 def _run_scale(run: PlannedBleed, k: int) -> float:
@@ -494,18 +489,21 @@ def _mix_blood(hu_slice: np.ndarray, drawn: list[tuple[BleedShape, np.ndarray]])
 
 
 def render_patient(index: int, seed: int, planned: list[PlannedBleed], params: RsnaPhantomParams) -> RenderedPatient:
-    """Render patient ``index`` (0-based): anatomy, then the planned bleeds, then noise."""
-    head_params = params.head_params()
+    """Render patient ``index`` (0-based): its look and anatomy, then the planned bleeds, then noise."""
     model = head_phantom.load_tissue_model(params.template_resolution_mm)
-    anatomy_rng, noise_rng, bleed_rng = patient_rngs(seed, index)
+    anatomy_rng, noise_rng, bleed_rng, look_rng = patient_rngs(seed, index)
+    look = draw_look(look_rng, params)
+    head_params = params.head_params(look, params.matrix)
     anatomy = head_phantom.draw_anatomy(anatomy_rng, model, head_params)
+    anatomy = head_phantom.scale_ventricles(anatomy, model, look.ventricle_scale, params.ventricle_reach_mm)
     offset = float(anatomy_rng.uniform(-params.stack_offset_mm, params.stack_offset_mm))
-    shape, affine = stack_grid(params, offset)
-    head = head_phantom.render_head(model, anatomy, shape, affine, params.slice_subsamples, params.pixel_mm)
+    head, affine = render_anatomy(model, anatomy, look, offset, params)
+    shape = head.brain.shape
     holder = head_phantom.headholder_fraction(head.head, affine, head_params)[:, :, None]
     air = head.fractions[head_phantom.TISSUES.index("air")]
-    hu = head.mix(head_phantom.TISSUE_HU) + holder * air * (head_params.holder_hu - head_phantom.TISSUE_HU["air"])
-    noise = noise_rng.normal(0.0, params.noise_hu, size=shape).astype(np.float32)
+    tissue_hu = {**head_phantom.TISSUE_HU, "grey_matter": look.grey_matter_hu, "white_matter": look.white_matter_hu}
+    hu = head.mix(tissue_hu) + holder * air * (head_params.holder_hu - tissue_hu["air"])
+    noise = noise_rng.normal(0.0, look.noise_hu, size=shape).astype(np.float32)
 
     n_slices = shape[2]
     labels = np.zeros((n_slices, len(SUBTYPES) + 1), np.uint8)
@@ -527,7 +525,7 @@ def render_patient(index: int, seed: int, planned: list[PlannedBleed], params: R
         for bleed, _ in drawn:
             labels[k, SUBTYPES.index(bleed.subtype)] = 1
         labels[k, -1] = 1
-    return RenderedPatient(hu + noise, blood_labels, labels, affine, bleeds, runs)
+    return RenderedPatient(hu + noise, blood_labels, labels, affine, bleeds, runs, look, offset)
 
 
 # ----------------------------------------------------------------------------- files
@@ -535,7 +533,7 @@ def render_patient(index: int, seed: int, planned: list[PlannedBleed], params: R
 
 def _hex_id(length: int, *parts: object) -> str:
     """RSNA-style pseudonymous id ``ID_<hex>``, a hash of the seed and the object's place."""
-    return "ID_" + hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:length]
+    return "ID_" + hashed_hex(length, *parts)
 
 
 def image_ids(seed: int, index: int, n_slices: int) -> list[str]:
@@ -545,11 +543,11 @@ def image_ids(seed: int, index: int, n_slices: int) -> list[str]:
 
 def stored_values(hu: np.ndarray, quirk: bool) -> np.ndarray:
     """Unsigned 12-bit stored values: HU + 1024, or for a quirk file HU (>= -1000) in two's complement."""
-    wrap = 2**BITS_STORED
+    wrap = 2**PLAIN.bits_stored
     if quirk:
         clipped = np.clip(np.round(hu), QUIRK_FLOOR_HU, wrap + QUIRK_FLOOR_HU - 1).astype(np.int32)
         return (clipped % wrap).astype(np.uint16)
-    return np.clip(np.round(hu) - RESCALE_INTERCEPT, 0, wrap - 1).astype(np.uint16)
+    return np.clip(np.round(hu) - PLAIN.rescale_intercept, 0, wrap - 1).astype(np.uint16)
 
 
 @contextlib.contextmanager
@@ -564,56 +562,22 @@ def _rsna_uids_allowed() -> Iterator[None]:
         settings.reading_validation_mode, settings.writing_validation_mode = previous
 
 
-def _ds(value: float) -> DSfloat:
-    return DSfloat(float(value), auto_format=True)
-
-
 def write_slice(path: Path, hu_slice: np.ndarray, image_id: str, patient_id: str, study_id: str,
                 series_id: str, position_lps: np.ndarray, quirk: bool, params: RsnaPhantomParams) -> None:  # fmt: skip
     """One RSNA-like single-slice CT file; ``hu_slice`` is (rows, columns)."""
     with _rsna_uids_allowed():
-        _slice_dataset(hu_slice, image_id, patient_id, study_id, series_id, position_lps, quirk, params).save_as(
-            path, enforce_file_format=True
-        )
-
-
-def _slice_dataset(hu_slice: np.ndarray, image_id: str, patient_id: str, study_id: str, series_id: str,
-                   position_lps: np.ndarray, quirk: bool, params: RsnaPhantomParams) -> pydicom.Dataset:  # fmt: skip
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = image_id
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = image_id
-    ds.PatientID = patient_id
-    ds.StudyInstanceUID = study_id
-    ds.SeriesInstanceUID = series_id
-    ds.Modality = "CT"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.ImagePositionPatient = [_ds(v) for v in position_lps]
-    ds.ImageOrientationPatient = [_ds(v) for v in (1, 0, 0, 0, 1, 0)]
-    ds.PixelSpacing = [_ds(params.pixel_mm), _ds(params.pixel_mm)]
-    ds.SliceThickness = _ds(params.slice_mm)
-    ds.Rows, ds.Columns = hu_slice.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = BITS_STORED
-    ds.HighBit = BITS_STORED - 1
-    ds.PixelRepresentation = 0
-    ds.RescaleIntercept = QUIRK_INTERCEPT if quirk else RESCALE_INTERCEPT
-    ds.RescaleSlope = 1
-    ds.WindowCenter = WINDOW_CENTER_HU
-    ds.WindowWidth = WINDOW_WIDTH_HU
-    ds.PixelData = np.ascontiguousarray(stored_values(hu_slice, quirk)).tobytes()
-    return ds
+        ds = ct_slice_dataset(
+            stored_values(hu_slice, quirk), QUIRK if quirk else PLAIN, sop_uid=image_id, study_uid=study_id,
+            series_uid=series_id, patient_id=patient_id, position_lps=position_lps, orientation=(1, 0, 0, 0, 1, 0),
+            pixel_spacing=(params.pixel_mm, params.pixel_mm), slice_mm=params.slice_mm, window=BRAIN_WINDOW,
+        )  # fmt: skip
+        ds.save_as(path, enforce_file_format=True)
 
 
 def _write_patient(root: Path, index: int, seed: int, patient: RenderedPatient, quirk: bool,
-                   params: RsnaPhantomParams) -> tuple[dict[str, np.ndarray], list[dict[str, object]]]:  # fmt: skip
-    """Write a patient's slices and truth; return image id -> labels and its bleeds.tsv rows."""
+                   params: RsnaPhantomParams) -> tuple[dict[str, np.ndarray], list[dict[str, object]], dict[str, object]]:  # fmt: skip
+    """Write a patient's slices and truth; return image id -> labels, its bleeds.tsv rows and its
+    patients.tsv row."""
     patient_id = _hex_id(8, "rsna-phantom", seed, index, "patient")
     study_id = _hex_id(10, "rsna-phantom", seed, index, "study")
     series_id = _hex_id(10, "rsna-phantom", seed, index, "series")
@@ -624,9 +588,7 @@ def _write_patient(root: Path, index: int, seed: int, patient: RenderedPatient, 
         position = lps_from_ras @ (patient.affine[:3, :3] @ np.array([0.0, 0.0, k]) + patient.affine[:3, 3])
         write_slice(root / RSNA_IMAGE_FOLDER / f"{image_id}.dcm", patient.hu[..., k].T, image_id, patient_id,
                     study_id, series_id, position, quirk, params)  # fmt: skip
-        Image.fromarray(np.ascontiguousarray(patient.blood_labels[..., k].T)).save(
-            root / TRUTH_FOLDER / f"{image_id}_haemorrhage.png"
-        )
+        save_png(patient.blood_labels[..., k].T, root / TRUTH_FOLDER / f"{image_id}_haemorrhage.png")
         labels[image_id] = patient.labels[k]
     rows = [
         {"patient_id": patient_id, "subtype": bleed.subtype, "first_slice": run.first, "last_slice": run.last,
@@ -634,7 +596,10 @@ def _write_patient(root: Path, index: int, seed: int, patient: RenderedPatient, 
          "thickness_mm": round(bleed.thickness_mm, 2)}  # fmt: skip
         for run, bleed in zip(patient.runs, patient.bleeds, strict=True)
     ]
-    return labels, rows
+    look = {name: round(value, 3) for name, value in dataclasses.asdict(patient.look).items()}
+    patient_row = {"patient_id": patient_id, "quirk": int(quirk), "stack_offset_mm": round(patient.stack_offset_mm, 2),
+                   "bleeding": int(bool(patient.runs)), **look}  # fmt: skip
+    return labels, rows, patient_row
 
 
 def write_phantom_rsna_dataset(out_dir: str | Path, seed: int, **knobs: Any) -> Path:
@@ -644,38 +609,31 @@ def write_phantom_rsna_dataset(out_dir: str | Path, seed: int, **knobs: Any) -> 
     ``stage_2_train/ID_<hex>.dcm``, ``stage_2_train.csv`` and ``images.tsv`` (placed by
     pipeline.sources.rsna_ich), plus ``truth/``.
     """
-    if seed < 0:
-        raise ConfigError(f"seed: must be >= 0, got {seed}")
-    known = {f.name for f in dataclasses.fields(RsnaPhantomParams)}
-    unknown = sorted(set(knobs) - known)
-    if unknown:
-        raise ConfigError(f"phantom_rsna_ich: unknown knobs {unknown}; known: {sorted(known)}")
-    params = RsnaPhantomParams(**knobs)
-    plan_seed, quirk_seed = np.random.SeedSequence([seed, SEED_CODE, SET_STREAM]).spawn(2)
-    plan = plan_haemorrhages(np.random.default_rng(plan_seed), params)
-    quirky = np.random.default_rng(quirk_seed).random(params.n_patients) < params.quirk_fraction
+    check_seed(seed)
+    params = params_from_knobs(RsnaPhantomParams, knobs)
+    plan_rng, quirk_rng = random_streams(2, seed, SEED_CODE, SET_STREAM)
+    plan = plan_haemorrhages(plan_rng, params)
+    quirky = quirk_rng.random(params.n_patients) < params.quirk_fraction
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    with atomic_dir(out_dir) as tmp:
-        scratch = Path(tempfile.mkdtemp(prefix=".generate.", dir=tmp))
+    with atomic_dir(out_dir) as tmp, scratch_folder(tmp) as scratch:
         (scratch / RSNA_IMAGE_FOLDER).mkdir()
         (scratch / TRUTH_FOLDER).mkdir()
         labels: dict[str, np.ndarray] = {}
         bleed_rows: list[dict[str, object]] = []
+        patient_rows: list[dict[str, object]] = []
         for index in progress(range(params.n_patients), "RSNA-layout phantoms", unit="patient"):
             patient = render_patient(index, seed, plan.get(index, []), params)
-            patient_labels, rows = _write_patient(scratch, index, seed, patient, bool(quirky[index]), params)
+            patient_labels, rows, patient_row = _write_patient(scratch, index, seed, patient, bool(quirky[index]), params)
             labels.update(patient_labels)
             bleed_rows.extend(rows)
+            patient_rows.append(patient_row)
         write_subtype_labels(scratch / RSNA_LABELS, labels)
         images = {image_id: scratch / RSNA_IMAGE_FOLDER / f"{image_id}.dcm" for image_id in labels}
         build_rsna_ich(tmp, scratch / RSNA_LABELS, read_rsna_labels(scratch / RSNA_LABELS), images, move=True)
         (scratch / TRUTH_FOLDER).rename(tmp / TRUTH_FOLDER)
-        with open(tmp / TRUTH_FOLDER / "bleeds.tsv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, BLEEDS_COLUMNS, delimiter="\t", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(bleed_rows)
-        shutil.rmtree(scratch)
+        write_table(tmp / TRUTH_FOLDER / "bleeds.tsv", BLEEDS_COLUMNS, bleed_rows)
+        write_table(tmp / TRUTH_FOLDER / "patients.tsv", PATIENTS_COLUMNS, patient_rows)
     positive = sum(int(v[-1]) for v in labels.values())
     LOG.info(
         "phantom_rsna_ich: %d patients, %d slices, %d with haemorrhage, %d quirk patients, %.1f s",
@@ -684,25 +642,7 @@ def write_phantom_rsna_dataset(out_dir: str | Path, seed: int, **knobs: Any) -> 
     return out_dir
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="Dataset folder, e.g. data/raw/ct_haemorrhage.")
-    parser.add_argument("--seed", type=int, required=True)
-    for knob in dataclasses.fields(RsnaPhantomParams):
-        flag = "--" + knob.name.replace("_", "-")
-        help_text = knob.metadata["help"] + " (default: %(default)s)"
-        if isinstance(knob.default, tuple):
-            parser.add_argument(flag, type=float, nargs=len(knob.default), default=knob.default, help=help_text)
-        else:
-            parser.add_argument(flag, type=type(knob.default), default=knob.default, help=help_text)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = vars(_parser().parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    out, seed = args.pop("out"), args.pop("seed")
-    write_phantom_rsna_dataset(out, seed, **args)
+main = phantom_main(__doc__, RsnaPhantomParams, write_phantom_rsna_dataset)
 
 
 if __name__ == "__main__":

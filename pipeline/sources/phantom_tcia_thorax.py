@@ -9,6 +9,7 @@ in TCIA's folder layout, plus the label images a user would supply for them (the
     labels/<PatientID>/<StudyInstanceUID>/<SeriesInstanceUID>/<NNNN>.png   grey {0,50,100,150,200,230}
     subjects.tsv                                                     subject_id, modality, path
     truth/<PatientID>/.../<NNNN>_tissue.png, truth/tissues.tsv       (tests only: tissue per pixel)
+    truth/textures.tsv                                               each patient's texture (below)
 
 Each slice is drawn analytically in mm on the axial plane (painter's order, later structures
 cover earlier ones): body outline with skin, subcutaneous fat and a muscle layer (thicker behind,
@@ -19,9 +20,16 @@ vessel cross-sections; heart, ascending / descending aorta, pulmonary trunk and 
 (upper levels); trachea above the carina, main bronchi below; oesophagus; vertebral body with
 cortex, posterior arch and spinous process, spinal canal with cord; ribs along the chest wall,
 sternum, scapulae (upper levels). Every size, position and HU is drawn per patient from a
-[low, high] range in params (``phantom_tcia_thorax``). Texture: smoothed random fields per tissue
-(lung parenchyma, fat, muscle, marrow), a Gaussian point-spread function (``psf_mm``) and
-correlated noise (``noise_hu``). Pixels are stored through RescaleSlope / Intercept; half the
+[low, high] range in params (``phantom_tcia_thorax``).
+
+**Each patient has its own texture** (report 003 transfers another patient's texture organ by
+organ, so the data must let textures differ), drawn from its own random stream so that anatomy
+and label maps do not depend on it: a reconstruction kernel (one sharpness sets the PSF, the edge
+overshoot, the noise grain and the noise gain together, as one kernel does), a noise level (dose),
+a lung parenchyma pattern (band-pass noise shown as nodules or as a reticular network, with its
+own scale and contrast) and the tissue means; smoothed fields texture fat, muscle, marrow and
+blood. ``truth/textures.tsv`` records each patient's texture; ``most_different_textures`` picks
+two patients whose textures differ most. Pixels are stored through RescaleSlope / Intercept; half the
 patients use TCIA's common unsigned form (intercept -1024), the other half signed values with
 intercept 0, so a reader that ignores the modality LUT is caught.
 
@@ -38,28 +46,43 @@ PatientName / StudyDate / InstitutionName marker so that the de-identification a
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
-import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
-from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pydicom.valuerep import DSfloat
 from scipy import ndimage
 
 from pipeline.atomic import atomic_dir
-from pipeline.errors import ConfigError
-from pipeline.preprocess.thorax_labels import CLASS_NAMES, GREY_VALUES
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.labels import THORAX_CLASS_NAMES as CLASS_NAMES
+from pipeline.labels import THORAX_GREY_VALUES as GREY_VALUES
 from pipeline.progress import progress
+from pipeline.sources.phantom_toolkit import (
+    StoredPixels,
+    check_seed,
+    ct_slice_dataset,
+    draw_ranges,
+    draw_uniform,
+    ellipse_r2,
+    hashed_hex,
+    hashed_uid,
+    knob_defaults,
+    knobs_from_schema,
+    params_from_knobs,
+    phantom_main,
+    random_streams,
+    save_png,
+    scaled_to_sd,
+    smooth_noise,
+)
+from pipeline.sources.real_datasets import write_table
 
 LOG = logging.getLogger(__name__)
 
@@ -67,11 +90,24 @@ SEED_CODE = 18  # mixed into every seed: these patients are not the other phanto
 LABELS_FOLDER = "labels"
 TRUTH_FOLDER = "truth"
 SUBJECTS_COLUMNS = ("subject_id", "modality", "path")
+TEXTURES_TSV = "textures.tsv"
+#: Tissues whose per-patient mean is part of the texture record.
+TEXTURE_TISSUES = ("lung", "fat", "muscle", "blood")
+#: truth/textures.tsv: one row a patient (what makes its texture its own).
+TEXTURE_COLUMNS = ("subject_id", "kernel_sharpness", "psf_mm", "edge_enhancement", "noise_correlation_mm", "noise_hu",
+                   "lung_pattern_mm", "lung_pattern_hu", "lung_reticulation",
+                   *(f"{tissue}_hu" for tissue in TEXTURE_TISSUES))  # fmt: skip
+#: The texture columns that still show on a coarse grid (6 mm pixels): see most_different_textures.
+COARSE_TEXTURE_COLUMNS = ("lung_pattern_mm", "lung_pattern_hu", "lung_reticulation", *(f"{tissue}_hu" for tissue in TEXTURE_TISSUES))
+#: Width of the reticular pattern's lines, in standard deviations of the band-pass field.
+RETICULAR_LINE_WIDTH = 0.35
 #: Header values that stand in for patient identity; de-identification must remove them.
 IDENTITY_MARKERS = {"PatientName": "PHANTOM^THORAX", "StudyDate": "20190314",
                     "InstitutionName": "Phantom General Hospital", "PatientBirthDate": "19600101"}  # fmt: skip
-UNSIGNED_INTERCEPT = -1024
+UNSIGNED = StoredPixels(bits_stored=12, signed=False, rescale_intercept=-1024)
+SIGNED = StoredPixels(bits_stored=16, signed=True, rescale_intercept=0)
 STORED_MAX_UNSIGNED = 4095
+LUNG_WINDOW = (-600, 1500)
 MIN_HU = -1024
 
 #: Tissues (index = value in truth/*_tissue.png) and the HU knob each draws from.
@@ -81,117 +117,30 @@ TISSUES = ("air", "lung", "fat", "skin", "muscle", "blood", "trabecular_bone", "
 STRUCTURES = ("outside_air", "skin", "subcutaneous_fat", "muscle", "mediastinal_fat", "oesophagus", "trachea_wall",
               "lung", "pulmonary_vessels", "airways", "heart", "aorta", "great_vessels", "vertebra", "ribs",
               "sternum", "scapulae", "spinal_canal", "spinal_cord")  # fmt: skip
-DEFAULT_STRUCTURE_LABELS = {
-    "outside_air": "background", "skin": "body", "subcutaneous_fat": "body", "muscle": "body",
-    "mediastinal_fat": "body", "oesophagus": "body", "trachea_wall": "body", "lung": "lungs",
-    "pulmonary_vessels": "lungs", "airways": "lungs", "heart": "heart_vessels", "aorta": "heart_vessels",
-    "great_vessels": "heart_vessels", "vertebra": "bone", "ribs": "bone", "sternum": "bone", "scapulae": "bone",
-    "spinal_canal": "spinal_canal", "spinal_cord": "spinal_canal",
-}  # fmt: skip
-DEFAULT_TISSUE_HU = {
-    "air": (-1000.0, -1000.0), "lung": (-870.0, -830.0), "fat": (-110.0, -90.0), "skin": (30.0, 50.0),
-    "muscle": (40.0, 55.0), "blood": (35.0, 50.0), "trabecular_bone": (200.0, 300.0),
-    "cortical_bone": (900.0, 1300.0), "csf": (5.0, 15.0), "cord": (30.0, 40.0), "airway_air": (-1000.0, -980.0),
-}  # fmt: skip
-DEFAULT_TEXTURE_HU = {"lung": 25.0, "fat": 8.0, "muscle": 6.0, "trabecular_bone": 40.0, "blood": 3.0}
+#: The [low, high] anatomy knobs each patient draws one value from, in the order they are drawn.
+ANATOMY_RANGES = ("body_half_width_mm", "body_half_depth_mm", "skin_mm", "fat_mm", "muscle_mm", "posterior_muscle_mm",
+                  "lung_height_mm", "lung_peak_level", "stack_level", "mediastinum_half_width_mm", "heart_radius_mm",
+                  "heart_left_mm", "heart_top_level", "aorta_radius_mm", "trachea_radius_mm", "carina_level",
+                  "oesophagus_radius_mm", "vertebra_radius_mm", "spinal_canal_radius_mm", "cord_radius_mm",
+                  "cortex_mm", "rib_thickness_mm", "sternum_half_width_mm", "scapula_length_mm",
+                  "scapula_bottom_level", "vessel_root_radius_mm", "airway_root_radius_mm")  # fmt: skip
 
 
-def _knob(default: Any, help_text: str) -> Any:
-    if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata={"help": help_text})
-    return field(default=default, metadata={"help": help_text})
-
-
-RANGE_KNOBS = ("body_half_width_mm", "body_half_depth_mm", "skin_mm", "fat_mm", "muscle_mm", "posterior_muscle_mm",
-               "lung_height_mm", "lung_peak_level", "stack_level", "mediastinum_half_width_mm", "heart_radius_mm",
-               "heart_left_mm", "heart_top_level", "aorta_radius_mm", "trachea_radius_mm", "carina_level",
-               "oesophagus_radius_mm", "vertebra_radius_mm", "spinal_canal_radius_mm", "cord_radius_mm",
-               "cortex_mm", "rib_thickness_mm", "sternum_half_width_mm", "scapula_length_mm",
-               "scapula_bottom_level", "vessel_root_radius_mm", "airway_root_radius_mm")  # fmt: skip
-
-
-@dataclass(frozen=True)
+@knobs_from_schema("phantom_tcia_thorax")
 class ThoraxPhantomParams:
-    """Every knob of the thorax phantom (params.yaml: phantom_tcia_thorax; documented in the schema).
+    """Every knob of the thorax phantom: params.yaml's phantom_tcia_thorax, documented (with ranges
+    and defaults) in the schema. Pairs are [low, high] ranges each patient draws one value from
+    (uniform); the tables (``tissue_hu``, ``texture_hu``, ``structure_labels``) name only what they
+    change, the rest keeps its default."""
 
-    Pairs are [low, high] ranges each patient draws one value from (uniform)."""
-
-    n_patients: int = _knob(24, "Patients (one study, one axial series each).")
-    slices_per_patient: int = _knob(4, "Axial slices per series around stack_level.")
-    slice_mm: float = _knob(5.0, "Slice thickness = spacing (mm).")
-    matrix: int = _knob(256, "Rows = columns of each slice (TCIA: 512).")
-    pixel_mm: float = _knob(1.5, "In-plane pixel spacing (mm).")
-    noise_hu: float = _knob(12.0, "Standard deviation of the (correlated) image noise (HU).")
-    noise_correlation_mm: float = _knob(0.8, "Gaussian smoothing of the noise (mm): CT noise is correlated.")
-    psf_mm: float = _knob(0.6, "Gaussian point-spread function sigma (mm).")
-    texture_mm: float = _knob(2.0, "Smoothing of the per-tissue texture fields (mm).")
-    tissue_hu: dict = _knob(DEFAULT_TISSUE_HU, "Tissue -> [low, high] HU; each patient draws one value per tissue.")
-    texture_hu: dict = _knob(DEFAULT_TEXTURE_HU, "Tissue -> standard deviation (HU) of its smoothed texture field.")
-    structure_labels: dict = _knob(DEFAULT_STRUCTURE_LABELS, "Structure -> label class (thorax_labels.CLASS_NAMES).")
-    body_half_width_mm: tuple[float, float] = _knob((140.0, 175.0), "Body outline: half width (left-right).")
-    body_half_depth_mm: tuple[float, float] = _knob((95.0, 125.0), "Body outline: half depth (front-back).")
-    skin_mm: tuple[float, float] = _knob((1.5, 2.5), "Skin thickness.")
-    fat_mm: tuple[float, float] = _knob((8.0, 25.0), "Subcutaneous fat thickness.")
-    muscle_mm: tuple[float, float] = _knob((8.0, 15.0), "Chest wall muscle thickness (front and sides).")
-    posterior_muscle_mm: tuple[float, float] = _knob((25.0, 40.0), "Muscle thickness behind (paraspinal).")
-    lung_height_mm: tuple[float, float] = _knob((220.0, 280.0), "Apex-to-base lung height.")
-    lung_peak_level: tuple[float, float] = _knob((0.6, 0.7), "Level (share of the lung height from the apex) of the largest lung cross-section.")
-    stack_level: tuple[float, float] = _knob((0.55, 0.7), "Level of the stack's middle slice (share of the lung height).")
-    mediastinum_half_width_mm: tuple[float, float] = _knob((22.0, 32.0), "Half width of the mediastinum between the lungs.")
-    heart_radius_mm: tuple[float, float] = _knob((45.0, 60.0), "Heart: largest radius (its long axis).")
-    heart_left_mm: tuple[float, float] = _knob((15.0, 35.0), "Heart centre: shift to the patient's left.")
-    heart_top_level: tuple[float, float] = _knob((0.38, 0.48), "Level where the heart appears (above: great vessels).")
-    aorta_radius_mm: tuple[float, float] = _knob((10.0, 14.0), "Descending aorta radius (ascending: 1.3 x).")
-    trachea_radius_mm: tuple[float, float] = _knob((8.0, 11.0), "Trachea lumen radius.")
-    carina_level: tuple[float, float] = _knob((0.35, 0.45), "Level of the carina (trachea above, main bronchi below).")
-    oesophagus_radius_mm: tuple[float, float] = _knob((6.0, 9.0), "Oesophagus radius.")
-    vertebra_radius_mm: tuple[float, float] = _knob((14.0, 18.0), "Vertebral body radius.")
-    spinal_canal_radius_mm: tuple[float, float] = _knob((7.0, 9.0), "Spinal canal radius.")
-    cord_radius_mm: tuple[float, float] = _knob((4.0, 5.5), "Spinal cord radius.")
-    cortex_mm: tuple[float, float] = _knob((1.5, 2.5), "Cortical bone thickness of every bone.")
-    rib_thickness_mm: tuple[float, float] = _knob((8.0, 11.0), "Rib cross-section thickness.")
-    n_ribs_per_side: tuple[int, int] = _knob((6, 8), "Rib cross-sections per side on a slice.")
-    sternum_half_width_mm: tuple[float, float] = _knob((14.0, 20.0), "Sternum half width.")
-    scapula_length_mm: tuple[float, float] = _knob((50.0, 75.0), "Scapula blade half length on the slice.")
-    scapula_bottom_level: tuple[float, float] = _knob((0.6, 0.75), "Level below which the scapulae are gone.")
-    vessel_root_radius_mm: tuple[float, float] = _knob((4.0, 6.0), "Radius of each lung's vessel tree at the hilum.")
-    airway_root_radius_mm: tuple[float, float] = _knob((3.0, 4.5), "Lumen radius of each lung's airway tree at the hilum.")
-    vessel_generations: int = _knob(6, "Branchings of each vessel tree (airway trees: two fewer).")
-    vessel_dots_per_lung: int = _knob(40, "Vessel cross-sections scattered in each lung.")
-
-    def __post_init__(self) -> None:
-        for name in RANGE_KNOBS:
-            value = tuple(float(v) for v in getattr(self, name))
-            object.__setattr__(self, name, value)
-            if len(value) != 2 or not 0 < value[0] <= value[1]:
-                raise ConfigError(f"phantom_tcia_thorax.{name}: need [low, high] with 0 < low <= high, got {value}")
-        for name in ("lung_peak_level", "stack_level", "heart_top_level", "carina_level", "scapula_bottom_level"):
-            if getattr(self, name)[1] >= 1:
-                raise ConfigError(f"phantom_tcia_thorax.{name}: levels are shares of the lung height, < 1")
-        ribs = tuple(int(v) for v in self.n_ribs_per_side)
-        object.__setattr__(self, "n_ribs_per_side", ribs)
-        if len(ribs) != 2 or not 0 <= ribs[0] <= ribs[1]:
-            raise ConfigError(f"phantom_tcia_thorax.n_ribs_per_side: need [low, high], got {ribs}")
-        for name in ("n_patients", "slices_per_patient", "slice_mm", "matrix", "pixel_mm"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"phantom_tcia_thorax.{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("noise_hu", "noise_correlation_mm", "psf_mm", "texture_mm", "vessel_generations",
-                     "vessel_dots_per_lung"):  # fmt: skip
-            if getattr(self, name) < 0:
-                raise ConfigError(f"phantom_tcia_thorax.{name}: must be >= 0, got {getattr(self, name)}")
-        self._check_tables()
-
-    def _check_tables(self) -> None:
-        tissue_hu = {k: tuple(float(x) for x in v) for k, v in {**DEFAULT_TISSUE_HU, **self.tissue_hu}.items()}
+    def check(self) -> None:
+        defaults = knob_defaults(self.section)
         unknown = sorted(set(self.tissue_hu) - set(TISSUES)) + sorted(set(self.texture_hu) - set(TISSUES))
         if unknown:
             raise ConfigError(f"phantom_tcia_thorax.tissue_hu / texture_hu: unknown tissues {unknown}; known {TISSUES}")
-        for name, (low, high) in tissue_hu.items():
-            if low > high:
-                raise ConfigError(f"phantom_tcia_thorax.tissue_hu.{name}: need [low, high], got {[low, high]}")
-        object.__setattr__(self, "tissue_hu", tissue_hu)
-        object.__setattr__(self, "texture_hu", {**DEFAULT_TEXTURE_HU, **self.texture_hu})
-        labels = {**DEFAULT_STRUCTURE_LABELS, **self.structure_labels}
+        object.__setattr__(self, "tissue_hu", {**defaults["tissue_hu"], **self.tissue_hu})
+        object.__setattr__(self, "texture_hu", {**defaults["texture_hu"], **self.texture_hu})
+        labels = {**defaults["structure_labels"], **self.structure_labels}
         bad = {k: v for k, v in labels.items() if k not in STRUCTURES or v not in CLASS_NAMES}
         if bad:
             raise ConfigError(
@@ -240,8 +189,8 @@ def _grow_tree(rng: np.random.Generator, start: tuple[float, float], angle: floa
 
 
 def draw_anatomy(rng: np.random.Generator, params: ThoraxPhantomParams) -> Anatomy:
-    values = {name: float(rng.uniform(*getattr(params, name))) for name in RANGE_KNOBS}
-    hu = {name: float(rng.uniform(*params.tissue_hu[name])) for name in TISSUES}
+    values = draw_ranges(rng, params, ANATOMY_RANGES)
+    hu = {name: draw_uniform(rng, params.tissue_hu[name]) for name in TISSUES}
     half_w = values["body_half_width_mm"]
     vessel_trees, airway_trees, dots = [], [], []
     for side in (-1, 1):  # -1: patient right (image left), +1: patient left
@@ -292,10 +241,7 @@ class Canvas:
         mask = np.zeros(self.x.shape, bool)
         reach = max(ax, ay)
         box = self._box(cx - reach, cx + reach, cy - reach, cy + reach)
-        dx, dy = self.x[box] - cx, self.y[box] - cy
-        c, s = np.cos(angle), np.sin(angle)
-        u, v = c * dx + s * dy, -s * dx + c * dy
-        mask[box] = (u / max(ax, 1e-6)) ** 2 + (v / max(ay, 1e-6)) ** 2 <= 1.0
+        mask[box] = ellipse_r2(self.x[box], self.y[box], cx, cy, max(ax, 1e-6), max(ay, 1e-6), angle) <= 1.0
         return mask
 
     def bone(self, inner: np.ndarray, outer: np.ndarray, structure: str) -> None:
@@ -451,8 +397,66 @@ def paint_slice(anatomy: Anatomy, level: float, params: ThoraxPhantomParams) -> 
 # ----------------------------------------------------------------------------- HU
 
 
-def render_hu(cv: Canvas, anatomy: Anatomy, rng: np.random.Generator, params: ThoraxPhantomParams) -> np.ndarray:
-    """HU of a painted slice: tissue values + smoothed textures, the PSF, correlated noise."""
+@dataclass(frozen=True)
+class Texture:
+    """One patient's image texture: its reconstruction kernel, noise and lung parenchyma pattern."""
+
+    kernel_sharpness: float
+    psf_mm: float
+    edge_enhancement: float
+    noise_correlation_mm: float
+    noise_hu: float
+    lung_pattern_mm: float
+    lung_pattern_hu: float
+    lung_reticulation: float
+
+
+def _by_sharpness(sharpness: float, soft_sharp: tuple[float, float]) -> float:
+    """A kernel property between its soft-kernel and its sharp-kernel value."""
+    return float(soft_sharp[0] + sharpness * (soft_sharp[1] - soft_sharp[0]))
+
+
+def draw_texture(rng: np.random.Generator, params: ThoraxPhantomParams) -> Texture:
+    """A patient's texture: one kernel (sharpness sets PSF, edge overshoot, grain and noise gain
+    together), a dose (noise level) and a lung pattern, each drawn in its [low, high] range."""
+    sharpness = draw_uniform(rng, params.kernel_sharpness)
+    dose_noise = draw_uniform(rng, params.noise_hu)
+    low_psf, high_psf = params.psf_mm
+    low_grain, high_grain = params.noise_correlation_mm
+    return Texture(
+        kernel_sharpness=sharpness,
+        psf_mm=_by_sharpness(sharpness, (high_psf, low_psf)),
+        edge_enhancement=_by_sharpness(sharpness, params.edge_enhancement),
+        noise_correlation_mm=_by_sharpness(sharpness, (high_grain, low_grain)),
+        noise_hu=dose_noise * (1 + params.kernel_noise_gain * sharpness),
+        lung_pattern_mm=draw_uniform(rng, params.lung_pattern_mm),
+        lung_pattern_hu=draw_uniform(rng, params.lung_pattern_hu),
+        lung_reticulation=draw_uniform(rng, params.lung_reticulation),
+    )
+
+
+def lung_pattern(rng: np.random.Generator, shape: tuple[int, int], texture: Texture, pixel_mm: float) -> np.ndarray:
+    """The lung parenchyma's pattern (HU, mean 0, sd ``lung_pattern_hu``): band-pass noise between
+    the pattern's scale and twice it, shown as blobs at its peaks (nodular) and as thin lines at its
+    zero crossings (reticular), mixed by ``lung_reticulation``."""
+    white = smooth_noise(rng, shape, 0.0)
+    sigma = texture.lung_pattern_mm / pixel_mm
+    band = ndimage.gaussian_filter(white, sigma) - ndimage.gaussian_filter(white, 2 * sigma)
+    band /= max(float(band.std()), 1e-6)
+    nodular = np.maximum(band, 0.0)
+    reticular = np.exp(-((band / RETICULAR_LINE_WIDTH) ** 2))
+
+    def standardised(field_: np.ndarray) -> np.ndarray:
+        return (field_ - field_.mean()) / max(float(field_.std()), 1e-6)
+
+    mixed = (1 - texture.lung_reticulation) * standardised(nodular) + texture.lung_reticulation * standardised(reticular)
+    return scaled_to_sd(mixed - mixed.mean(), texture.lung_pattern_hu).astype(np.float32)
+
+
+def render_hu(cv: Canvas, anatomy: Anatomy, texture: Texture, rng: np.random.Generator,
+              params: ThoraxPhantomParams) -> np.ndarray:  # fmt: skip
+    """HU of a painted slice: tissue means + texture fields + the lung pattern, then the patient's
+    kernel (PSF blur, edge overshoot) and its correlated noise."""
     px = params.pixel_mm
     hu = np.zeros(cv.tissue.shape, np.float32)
     for index, name in enumerate(TISSUES):
@@ -460,78 +464,75 @@ def render_hu(cv: Canvas, anatomy: Anatomy, rng: np.random.Generator, params: Th
         if not where.any():
             continue
         value = np.full(hu.shape, anatomy.hu[name], np.float32)
-        texture = float(params.texture_hu.get(name, 0.0))
-        if texture > 0:
-            field_ = ndimage.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), params.texture_mm / px)
-            field_ *= texture / max(float(field_.std()), 1e-6)
-            value += field_
+        texture_sd = float(params.texture_hu.get(name, 0.0))
+        if texture_sd > 0:
+            value += scaled_to_sd(smooth_noise(rng, hu.shape, params.texture_mm / px), texture_sd)
+        if name == "lung":
+            value += lung_pattern(rng, hu.shape, texture, px)
         hu[where] = value[where]
-    if params.psf_mm > 0:
-        hu = ndimage.gaussian_filter(hu, params.psf_mm / px)
-    if params.noise_hu > 0:
-        noise = rng.standard_normal(hu.shape).astype(np.float32)
-        if params.noise_correlation_mm > 0:
-            noise = ndimage.gaussian_filter(noise, params.noise_correlation_mm / px)
-        noise *= params.noise_hu / max(float(noise.std()), 1e-6)
-        hu = hu + noise
+    if texture.psf_mm > 0:
+        hu = ndimage.gaussian_filter(hu, texture.psf_mm / px)
+    if texture.edge_enhancement > 0:
+        hu = hu + texture.edge_enhancement * (hu - ndimage.gaussian_filter(hu, params.edge_mm / px))
+    if texture.noise_hu > 0:
+        hu = hu + scaled_to_sd(smooth_noise(rng, hu.shape, texture.noise_correlation_mm / px), texture.noise_hu)
     return np.maximum(hu, MIN_HU).astype(np.float32)
+
+
+def texture_row(subject_id: str, anatomy: Anatomy, texture: Texture) -> dict[str, object]:
+    """A patient's row of truth/textures.tsv: its texture and its tissue means."""
+    row: dict[str, object] = {"subject_id": subject_id}
+    row |= {name: round(value, 4) for name, value in dataclasses.asdict(texture).items()}
+    row |= {f"{tissue}_hu": round(anatomy.hu[tissue], 2) for tissue in TEXTURE_TISSUES}
+    return row
+
+
+def most_different_textures(
+    textures_tsv: str | Path, candidates: Sequence[str] | None = None, columns: Sequence[str] = COARSE_TEXTURE_COLUMNS
+) -> tuple[str, str]:
+    """The two patients (of ``candidates``, default all) whose recorded textures differ most: the
+    largest Euclidean distance over ``columns`` of truth/textures.tsv after scaling each to unit
+    standard deviation over the table (so HU and shares weigh alike). The default columns are what
+    still shows on a coarse grid such as the default 64 px slices (6 mm pixels): tissue means and
+    the lung pattern; kernel, grain and noise matter at the phantom's own resolution."""
+    with open(textures_tsv, newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    values = np.array([[float(row[c]) for c in columns] for row in rows])
+    scaled = (values - values.mean(axis=0)) / np.maximum(values.std(axis=0), 1e-12)
+    ids = [row["subject_id"] for row in rows]
+    keep = [i for i, sid in enumerate(ids) if candidates is None or sid in set(candidates)]
+    if len(keep) < 2:
+        raise InputDataError(Path(textures_tsv), f"needs two of the patients {list(candidates or ids)[:5]}...")
+    pairs = [(float(np.linalg.norm(scaled[a] - scaled[b])), ids[a], ids[b]) for i, a in enumerate(keep) for b in keep[i + 1:]]
+    _, first, second = max(pairs)
+    return first, second
 
 
 # ----------------------------------------------------------------------------- files
 
 
-def _uid(*parts: object) -> str:
-    """A valid DICOM UID under 2.25 from a hash of the object's place (pseudonymous, stable)."""
-    return "2.25." + str(int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:15], "big"))
-
-
 def patient_id(seed: int, index: int) -> str:
-    return "THX-" + hashlib.sha256(f"thorax-phantom:{seed}:{index}".encode()).hexdigest()[:8].upper()
-
-
-def _ds(value: float) -> DSfloat:
-    return DSfloat(float(value), auto_format=True)
+    return "THX-" + hashed_hex(8, "thorax-phantom", seed, index).upper()
 
 
 def slice_dataset(hu: np.ndarray, *, pid: str, study: str, series: str, sop: str, number: int, z_mm: float,
                   signed: bool, params: ThoraxPhantomParams) -> pydicom.Dataset:  # fmt: skip
-    """One axial CT slice as TCIA serves it (rows = patient front to back, columns = right to left)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop
-    ds.PatientID = pid
+    """One axial CT slice as TCIA serves it (rows = patient front to back, columns = right to left),
+    signed with intercept 0 or TCIA's common unsigned 12-bit form with intercept -1024."""
+    if signed:
+        encoding, stored = SIGNED, np.clip(np.round(hu), -32768, 32767).astype(np.int16)
+    else:
+        encoding = UNSIGNED
+        stored = np.clip(np.round(hu) - UNSIGNED.rescale_intercept, 0, STORED_MAX_UNSIGNED).astype(np.uint16)
+    half = (params.matrix - 1) / 2 * params.pixel_mm
+    ds = ct_slice_dataset(stored, encoding, sop_uid=sop, study_uid=study, series_uid=series, patient_id=pid,
+                          position_lps=(-half, -half, z_mm), orientation=(1, 0, 0, 0, 1, 0),
+                          pixel_spacing=(params.pixel_mm, params.pixel_mm), slice_mm=params.slice_mm,
+                          window=LUNG_WINDOW)  # fmt: skip
     for keyword, value in IDENTITY_MARKERS.items():
         setattr(ds, keyword, value)
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.Modality = "CT"
     ds.BodyPartExamined = "CHEST"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.InstanceNumber = number
-    half = (params.matrix - 1) / 2 * params.pixel_mm
-    ds.ImagePositionPatient = [_ds(-half), _ds(-half), _ds(z_mm)]
-    ds.ImageOrientationPatient = [_ds(v) for v in (1, 0, 0, 0, 1, 0)]
-    ds.PixelSpacing = [_ds(params.pixel_mm), _ds(params.pixel_mm)]
-    ds.SliceThickness = _ds(params.slice_mm)
-    ds.Rows, ds.Columns = hu.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.RescaleSlope = 1
-    ds.WindowCenter = -600
-    ds.WindowWidth = 1500
-    if signed:
-        ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.RescaleIntercept = 16, 15, 1, 0
-        stored = np.clip(np.round(hu), -32768, 32767).astype(np.int16)
-    else:
-        ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.RescaleIntercept = 12, 11, 0, UNSIGNED_INTERCEPT
-        stored = np.clip(np.round(hu) - UNSIGNED_INTERCEPT, 0, STORED_MAX_UNSIGNED).astype(np.uint16)
-    ds.PixelData = np.ascontiguousarray(stored).tobytes()
     return ds
 
 
@@ -541,10 +542,10 @@ def label_map_of(cv: Canvas, params: ThoraxPhantomParams) -> np.ndarray:
     return lookup[cv.structure]
 
 
-def patient_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """Independent generators for a patient's anatomy and its image noise / texture."""
-    anatomy, noise = np.random.SeedSequence([seed, SEED_CODE, index]).spawn(2)
-    return np.random.default_rng(anatomy), np.random.default_rng(noise)
+def patient_rngs(seed: int, index: int) -> tuple[np.random.Generator, ...]:
+    """Independent generators for a patient's anatomy, its image noise and its texture draw (the
+    anatomy and its label maps do not change when the texture knobs do)."""
+    return random_streams(3, seed, SEED_CODE, index)
 
 
 def slice_levels(anatomy: Anatomy, params: ThoraxPhantomParams) -> np.ndarray:
@@ -553,26 +554,28 @@ def slice_levels(anatomy: Anatomy, params: ThoraxPhantomParams) -> np.ndarray:
     return anatomy.values["stack_level"] + offsets / anatomy.values["lung_height_mm"]
 
 
-def write_patient(root: Path, index: int, seed: int, params: ThoraxPhantomParams) -> str:
-    """Render and write one patient's series, label images and truth; return its relative folder."""
-    anatomy_rng, noise_rng = patient_rngs(seed, index)
+def write_patient(root: Path, index: int, seed: int, params: ThoraxPhantomParams) -> dict[str, object]:
+    """Render and write one patient's series, label images and truth; return its textures.tsv row
+    (its folder is ``<subject_id>/<study>/<series>``)."""
+    anatomy_rng, noise_rng, texture_rng = patient_rngs(seed, index)
     anatomy = draw_anatomy(anatomy_rng, params)
+    texture = draw_texture(texture_rng, params)
     pid = patient_id(seed, index)
-    study, series = _uid("thorax", seed, index, "study"), _uid("thorax", seed, index, "series")
+    study, series = hashed_uid("thorax", seed, index, "study"), hashed_uid("thorax", seed, index, "series")
     folder = f"{pid}/{study}/{series}"
     for sub in ("", f"{LABELS_FOLDER}/", f"{TRUTH_FOLDER}/"):
         (root / sub / folder).mkdir(parents=True)
     height = anatomy.values["lung_height_mm"]
     for k, level in enumerate(slice_levels(anatomy, params)):
         canvas = paint_slice(anatomy, float(level), params)
-        hu = render_hu(canvas, anatomy, noise_rng, params)
+        hu = render_hu(canvas, anatomy, texture, noise_rng, params)
         name = f"{k + 1:04d}"
-        ds = slice_dataset(hu, pid=pid, study=study, series=series, sop=_uid("thorax", seed, index, "sop", k),
+        ds = slice_dataset(hu, pid=pid, study=study, series=series, sop=hashed_uid("thorax", seed, index, "sop", k),
                            number=k + 1, z_mm=-level * height, signed=index % 2 == 1, params=params)  # fmt: skip
         ds.save_as(root / folder / f"{name}.dcm", enforce_file_format=True)
-        Image.fromarray(label_map_of(canvas, params)).save(root / LABELS_FOLDER / folder / f"{name}.png")
-        Image.fromarray(canvas.tissue).save(root / TRUTH_FOLDER / folder / f"{name}_tissue.png")
-    return folder
+        save_png(label_map_of(canvas, params), root / LABELS_FOLDER / folder / f"{name}.png")
+        save_png(canvas.tissue, root / TRUTH_FOLDER / folder / f"{name}_tissue.png")
+    return {"folder": folder, **texture_row(pid, anatomy, texture)}
 
 
 def write_phantom_thorax_dataset(out_dir: str | Path, seed: int, **knobs: Any) -> Path:
@@ -580,41 +583,22 @@ def write_phantom_thorax_dataset(out_dir: str | Path, seed: int, **knobs: Any) -
 
     ``knobs`` are ThoraxPhantomParams' fields. Written beside ``out_dir`` and swapped in whole.
     """
-    if seed < 0:
-        raise ConfigError(f"seed: must be >= 0, got {seed}")
-    known = {f.name for f in dataclasses.fields(ThoraxPhantomParams)}
-    unknown = sorted(set(knobs) - known)
-    if unknown:
-        raise ConfigError(f"phantom_tcia_thorax: unknown knobs {unknown}; known: {sorted(known)}")
-    params = ThoraxPhantomParams(**knobs)
+    check_seed(seed)
+    params = params_from_knobs(ThoraxPhantomParams, knobs)
     started = time.perf_counter()
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        rows = []
-        for index in progress(range(params.n_patients), "thorax phantoms", unit="patient"):
-            folder = write_patient(tmp, index, seed, params)
-            rows.append((folder.split("/")[0], "CT", folder))
-        with open(tmp / "subjects.tsv", "w", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(SUBJECTS_COLUMNS)
-            writer.writerows(rows)
-        with open(tmp / TRUTH_FOLDER / "tissues.tsv", "w", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(("value", "tissue"))
-            writer.writerows(enumerate(TISSUES))
+        patients = [write_patient(tmp, index, seed, params)
+                    for index in progress(range(params.n_patients), "thorax phantoms", unit="patient")]  # fmt: skip
+        write_table(tmp / "subjects.tsv", SUBJECTS_COLUMNS, [(p["subject_id"], "CT", p["folder"]) for p in patients])
+        write_table(tmp / TRUTH_FOLDER / "tissues.tsv", ("value", "tissue"), enumerate(TISSUES))
+        write_table(tmp / TRUTH_FOLDER / TEXTURES_TSV, TEXTURE_COLUMNS, patients)
     LOG.info("phantom_tcia_thorax: %d patients x %d slices, %.1f s", params.n_patients, params.slices_per_patient,
              time.perf_counter() - started)  # fmt: skip
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--n-patients", type=int, default=ThoraxPhantomParams.n_patients)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    write_phantom_thorax_dataset(args.out, args.seed, n_patients=args.n_patients)
+main = phantom_main(__doc__, ThoraxPhantomParams, write_phantom_thorax_dataset)
 
 
 if __name__ == "__main__":

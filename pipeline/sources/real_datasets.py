@@ -26,9 +26,9 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import requests
@@ -101,7 +101,7 @@ def write_subjects_tsv(out_dir: Path, rows: Sequence[tuple[str, str, str]]) -> P
     for subject_id, _, _ in rows:
         if not SAFE_ID.fullmatch(subject_id):
             raise ValueError(f"subject id {subject_id!r} must match {SAFE_ID.pattern}")
-    return _write_tsv(out_dir / SUBJECTS_TSV, SUBJECTS_COLUMNS, [(s, m, p, "", "") for s, m, p in rows])
+    return write_table(out_dir / SUBJECTS_TSV, SUBJECTS_COLUMNS, [(s, m, p, "", "") for s, m, p in rows])
 
 
 def build_image_folders(out_dir: Path, entries: Sequence[ImageEntry], move: bool) -> Path:
@@ -116,7 +116,17 @@ def build_image_folders(out_dir: Path, entries: Sequence[ImageEntry], move: bool
 
 def write_images_tsv(out_dir: Path, rows: Sequence[tuple[str, str, str, str]]) -> Path:
     """Write ``images.tsv`` for (image_id, label, relative path, split) rows."""
-    return _write_tsv(out_dir / IMAGES_TSV, IMAGES_COLUMNS, rows)
+    return write_table(out_dir / IMAGES_TSV, IMAGES_COLUMNS, rows)
+
+
+def unique_subjects(folder: Path, candidates: Iterable[tuple[str, Path]]) -> dict[str, Path]:
+    """Index (subject id, path) pairs by subject; two paths that map to one id are an input error."""
+    subjects: dict[str, Path] = {}
+    for subject_id, path in candidates:
+        if subject_id in subjects:
+            raise InputDataError(folder, f"{path} and {subjects[subject_id]} are both subject {subject_id!r}")
+        subjects[subject_id] = path
+    return subjects
 
 
 def unique_entries(source: Path, entries: Iterable[ImageEntry]) -> dict[str, ImageEntry]:
@@ -132,12 +142,28 @@ def unique_entries(source: Path, entries: Iterable[ImageEntry]) -> dict[str, Ima
     return by_id
 
 
-def _write_tsv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
+def write_table(
+    path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any] | Sequence[Any]], delimiter: str = "\t"
+) -> Path:
+    """A table with a header row (TSV unless ``delimiter`` says otherwise); a row is a mapping by
+    column name or a sequence in column order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        writer = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows(rows)
+        writer.writerows([row[c] for c in columns] if isinstance(row, Mapping) else row for row in rows)
     return path
+
+
+@contextlib.contextmanager
+def scratch_folder(inside: Path, prefix: str = ".generate.") -> Iterator[Path]:
+    """A hidden folder inside ``inside`` (usually the caller's temporary output) to build or extract
+    in before laying the result out; removed afterwards."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=inside))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def place(source: Path, destination: Path, move: bool) -> None:
@@ -169,12 +195,9 @@ def opened_source(
         raise InputDataError(source, "does not exist")
     if not is_archive(source):
         raise InputDataError(source, "is neither a folder nor a zip / tar archive")
-    scratch = Path(tempfile.mkdtemp(prefix=".extract.", dir=scratch_parent))
-    try:
+    with scratch_folder(scratch_parent, ".extract.") as scratch:
         safe_extract(source, scratch, include=include)
         yield scratch, True
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @functools.cache
@@ -222,6 +245,38 @@ def default_cache_dir(out_dir: Path) -> Path:
     """``data/raw/ct_head`` -> ``<user cache>/downloads/ct_head``: downloaded originals never
     enter the repository (nor, therefore, DVC)."""
     return user_cache_root() / "downloads" / out_dir.name
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadOptions:
+    """What every download takes besides its location.
+
+    n_subjects: how many subjects (images, slices: as the source counts) to keep, drawn with
+        ``seed``; None keeps all.
+    cache_dir: where the downloads are kept (default ``<user cache>/downloads/<name>``, outside
+        the repository).
+    keep_archives: False deletes the downloads once the dataset is laid out.
+    settings: retries, timeouts, progress display.
+    """
+
+    n_subjects: int | None = None
+    seed: int = 0
+    cache_dir: str | Path | None = None
+    keep_archives: bool = True
+    settings: FetchSettings = DEFAULT_SETTINGS
+
+
+def fetch_and_ingest(
+    out_dir: str | Path, url: str, archive_name: str, ingest: Callable[..., object], options: DownloadOptions
+) -> Path:
+    """Download one archive into the cache as ``archive_name``, then lay ``options.n_subjects`` of it
+    out in ``out_dir`` with ``ingest(archive, tmp, n_subjects=..., seed=...)``, a source's ingester."""
+    out_dir = Path(out_dir)
+    with DownloadCache(out_dir, options.cache_dir, options.settings) as cache:
+        archive = cache.fetch(url, archive_name)
+        build = functools.partial(ingest, archive, n_subjects=options.n_subjects, seed=options.seed)
+        cache.lay_out(out_dir, build, options.keep_archives)
+    return out_dir
 
 
 class DownloadCache:

@@ -26,10 +26,11 @@ from pydicom.misc import is_dicom
 from pipeline.atomic import atomic_dir
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sources.archives import is_junk
-from pipeline.sources.http_fetch import DEFAULT_SETTINGS, FetchSettings, HTTPStatusError
+from pipeline.sources.http_fetch import HTTPStatusError
 from pipeline.sources.real_datasets import (
     SOURCE_URLS,
     DownloadCache,
+    DownloadOptions,
     choose_subset,
     opened_source,
     place,
@@ -95,30 +96,25 @@ def fetch_rsna_ich(
     *,
     base_url: str | None = None,
     competition: str = RSNA_COMPETITION,
-    n_subjects: int | None = None,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    keep_archives: bool = True,
     kaggle_config_dir: str | Path | None = None,
-    settings: FetchSettings = DEFAULT_SETTINGS,
+    options: DownloadOptions = DownloadOptions(),
 ) -> Path:
     """Download the RSNA ICH training slices and labels from Kaggle and lay them out in ``out_dir``.
 
     base_url: the Kaggle API root (default SOURCE_URLS["rsna_ich"]).
     competition: the Kaggle competition slug.
-    n_subjects: slices to fetch, drawn with ``seed`` from the labels file; None fetches the
-        whole competition archive.
     kaggle_config_dir: folder holding kaggle.json when the environment has no credentials.
-    cache_dir / keep_archives: as for fetch_ixi_t2.
+    options.n_subjects: slices to fetch, drawn from the labels file; None fetches the whole
+        competition archive.
     """
     out_dir = Path(out_dir)
     credentials = kaggle_credentials(config_dir=kaggle_config_dir)
     api = (base_url or SOURCE_URLS["rsna_ich"]).rstrip("/")
     with (
-        DownloadCache(out_dir, cache_dir, settings) as cache,
+        DownloadCache(out_dir, options.cache_dir, options.settings) as cache,
         _kaggle_errors_explained(credentials, competition),
     ):
-        if n_subjects is None:
+        if options.n_subjects is None:
             archive = cache.fetch(
                 f"{api}/competitions/data/download-all/{competition}", f"{competition}.zip", credentials.auth
             )
@@ -129,13 +125,13 @@ def fetch_rsna_ich(
             labels_file = cache.fetch(_file_url(api, competition, RSNA_LABELS), RSNA_LABELS, credentials.auth)
             labels = read_rsna_labels(labels_file)
             images = {}
-            for image_id in choose_subset(labels, n_subjects, seed):
+            for image_id in choose_subset(labels, options.n_subjects, options.seed):
                 name = f"{RSNA_IMAGE_FOLDER}/{image_id}.dcm"
                 images[image_id] = cache.fetch(_file_url(api, competition, name), name, credentials.auth)
             with atomic_dir(out_dir) as tmp:
                 build_rsna_ich(tmp, labels_file, labels, images, move=False)
                 cache.write_record(tmp)
-        if not keep_archives:
+        if not options.keep_archives:
             cache.discard_downloads()
     return out_dir
 

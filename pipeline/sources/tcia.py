@@ -33,11 +33,9 @@ mirroring data/raw, or ``auto``; pipeline.preprocess.thorax_slices).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import shutil
-import tempfile
 import urllib.parse
 from collections import defaultdict
 from pathlib import Path
@@ -53,7 +51,14 @@ from pipeline.privacy import pseudonym
 from pipeline.sources.archives import is_junk, safe_extract
 from pipeline.sources.deidentify import salted_uid
 from pipeline.sources.http_fetch import DEFAULT_SETTINGS, FetchSettings, redact_url
-from pipeline.sources.real_datasets import DownloadCache, choose_subset, opened_source
+from pipeline.sources.real_datasets import (
+    DownloadCache,
+    DownloadOptions,
+    choose_subset,
+    opened_source,
+    scratch_folder,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,32 +128,28 @@ def _series_folder(salt: str, patient_id: str, study_uid: str, series_uid: str) 
 
 
 def _write_subjects(out: Path, folders: list[str]) -> None:
-    with open(out / "subjects.tsv", "w", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(SUBJECTS_COLUMNS)
-        writer.writerows((folder.split("/")[0], MODALITY, folder) for folder in sorted(folders))
+    write_table(out / "subjects.tsv", SUBJECTS_COLUMNS, ((folder.split("/")[0], MODALITY, folder) for folder in sorted(folders)))
 
 
 def fetch_tcia(out_dir: str | Path, salt: str, *, base_url: str | None = None, collection: str = DEFAULT_COLLECTION,
-               n_subjects: int | None = None, seed: int = 0, cache_dir: str | Path | None = None,
-               keep_archives: bool = True, settings: FetchSettings = DEFAULT_SETTINGS) -> Path:  # fmt: skip
-    """Download one CT series a patient of ``collection`` and lay it out in ``out_dir`` (staging)."""
+               options: DownloadOptions = DownloadOptions()) -> Path:  # fmt: skip
+    """Download one CT series of ``options.n_subjects`` patients of ``collection`` and lay them out in
+    ``out_dir`` (staging)."""
     out_dir = Path(out_dir)
     api = (base_url or TCIA_API).rstrip("/")
-    chosen = choose_series(list_series(api, collection, settings))
+    chosen = choose_series(list_series(api, collection, options.settings))
     if not chosen:
         raise InputDataError(api, f"collection {collection!r} lists no CT series with a PatientID")
-    patients = choose_subset(chosen, n_subjects, seed)
+    patients = choose_subset(chosen, options.n_subjects, options.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     folders = []
-    with DownloadCache(out_dir, cache_dir, settings) as cache:
+    with DownloadCache(out_dir, options.cache_dir, options.settings) as cache:
         for patient in patients:
             series = chosen[patient]
             uid = str(series["SeriesInstanceUID"])
             url = f"{api}/getImage?" + urllib.parse.urlencode({"SeriesInstanceUID": uid})
             archive = cache.fetch(url, f"{salted_uid(uid, salt)}.zip")  # the .sha256 record names no original UID
-            scratch = Path(tempfile.mkdtemp(prefix=".series.", dir=out_dir))
-            try:
+            with scratch_folder(out_dir, ".series.") as scratch:
                 safe_extract(archive, scratch)
                 files = sorted(p for p in scratch.rglob("*") if p.is_file() and not is_junk(p.relative_to(scratch))
                                and is_dicom(p))  # fmt: skip
@@ -157,11 +158,9 @@ def fetch_tcia(out_dir: str | Path, salt: str, *, base_url: str | None = None, c
                 folder = _series_folder(salt, patient, str(series.get("StudyInstanceUID", uid)), uid)
                 place_series(files, out_dir, folder, {})
                 folders.append(folder)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
         _write_subjects(out_dir, folders)
         cache.write_record(out_dir)
-        if not keep_archives:
+        if not options.keep_archives:
             cache.discard_downloads()
     log.info("tcia %s: %d patients, one CT series each", collection, len(folders))
     return out_dir
@@ -208,17 +207,15 @@ def ingest_tcia_folder(local_path: str | Path, out_dir: str | Path, salt: str, *
     return out_dir
 
 
-def lay_out_tcia(source: str, stage: Path, salt: str, options: dict[str, Any]) -> None:
-    """The download stage's entry (pipeline.sources.download): ``tcia`` or ``local`` layout tcia."""
-    extra = options.get("phantom_options") or {}
-    unknown = sorted(set(extra) - {"collection"})
+def lay_out_tcia(source: str, stage: Path, salt: str, *, base_url: str | None, local_path: str | Path | None,
+                 source_options: dict[str, Any], download: DownloadOptions) -> None:  # fmt: skip
+    """The download stage's entry (pipeline.sources.download): ``tcia`` or ``local`` layout tcia;
+    ``source_options`` may name the ``collection``."""
+    unknown = sorted(set(source_options) - {"collection"})
     if unknown:
         raise ConfigError(f"tcia: unknown source options {unknown}; known: ['collection']")
     if source == "tcia":
-        fetch_tcia(stage, salt, base_url=options.get("base_url"), collection=extra.get("collection", DEFAULT_COLLECTION),
-                   n_subjects=options.get("n_subjects"), seed=options.get("seed", 0),
-                   cache_dir=options.get("cache_dir"), keep_archives=options.get("keep_archives", True),
-                   settings=options.get("settings", DEFAULT_SETTINGS))  # fmt: skip
+        collection = source_options.get("collection", DEFAULT_COLLECTION)
+        fetch_tcia(stage, salt, base_url=base_url, collection=collection, options=download)
     else:
-        ingest_tcia_folder(options.get("local_path"), stage, salt, n_subjects=options.get("n_subjects"),
-                           seed=options.get("seed", 0))  # fmt: skip
+        ingest_tcia_folder(local_path, stage, salt, n_subjects=download.n_subjects, seed=download.seed)

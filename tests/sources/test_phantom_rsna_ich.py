@@ -8,6 +8,7 @@ for the quirk), never through the project's reader, except where that reader is 
 from __future__ import annotations
 
 import csv
+import itertools
 import re
 from pathlib import Path
 
@@ -29,8 +30,9 @@ ROW = re.compile(r"(ID_[0-9a-f]{9})_(epidural|intraparenchymal|intraventricular|
 # Small sets on a 256 grid (the field of view of RSNA's 512 x 0.49 mm); other knobs as default.
 SMALL = {"n_patients": 4, "slices_per_patient": 3, "mass_effect": 0.0, "quirk_fraction": 0.0, "matrix": 256, "pixel_mm": 0.98}
 BLEEDING = {**SMALL, "haemorrhage_fraction": 0.5, "second_subtype_probability": 1.0}
-# No noise, and RSNA's own 512 x 0.49 mm grid, where a thin subdural crescent still has pure pixels.
-QUIET = {**BLEEDING, "noise_hu": 0.0, "n_patients": 3, "matrix": 512, "pixel_mm": 0.49}
+# No noise, and RSNA's own 512 x 0.49 mm grid with the anatomy rendered on it too, where a thin
+# subdural crescent and the blood in a sulcus still have pure pixels.
+QUIET = {**BLEEDING, "noise_hu": [0.0, 0.0], "n_patients": 3, "matrix": 512, "pixel_mm": 0.49, "anatomy_matrix": 512}
 
 
 def _generate(root: Path, name: str, **knobs) -> Path:
@@ -148,21 +150,28 @@ def test_blood_is_drawn_only_where_the_labels_say(sets):
 
 
 def test_blood_has_acute_blood_hu(sets):
-    """Without noise the blood's own value is the commonest HU where each drawn subtype changed the image."""
+    """Without noise, every drawn subtype's pure blood pixels hold the acute-blood HU its bleed
+    recorded in truth/bleeds.tsv, and that value is acute blood's (50-90 HU); edge pixels (and most
+    of a sulcus's thin blood) mix it with the tissue around."""
     labels = _labels(sets["quiet"])
+    with open(sets["quiet"] / "truth" / "bleeds.tsv", newline="") as handle:
+        recorded = list(csv.DictReader(handle, delimiter="\t"))
+    assert recorded and all(50 <= float(row["blood_hu"]) <= 90 for row in recorded)
     seen = 0
     for image_id, values in labels.items():
         if not values["any"]:
             continue
-        hu = _hu(sets["quiet"] / "stage_2_train" / f"{image_id}.dcm")
+        path = sets["quiet"] / "stage_2_train" / f"{image_id}.dcm"
+        hu, patient = _hu(path), pydicom.dcmread(path, stop_before_pixels=True).PatientID
         before = _hu(sets["quiet_none"] / "stage_2_train" / f"{image_id}.dcm")
         truth = _truth(sets["quiet"], image_id)
         for code, subtype in enumerate(RSNA_ORDER[:-1], start=1):
             if not values[subtype]:
                 continue
-            # Pure blood pixels all hold the bleed's one value; edge pixels mix it with tissue.
-            found, counts = np.unique(hu[(truth == code) & (np.abs(hu - before) > 10)], return_counts=True)
-            assert 50 <= found[np.argmax(counts)] <= 90, f"{image_id} {subtype}: mode {found[np.argmax(counts)]} HU"
+            blood = {round(float(r["blood_hu"])) for r in recorded if r["patient_id"] == patient and r["subtype"] == subtype}
+            changed = hu[(truth == code) & (np.abs(hu - before) > 10)]
+            pure = np.isin(changed, [v + d for v in blood for d in (-1, 0, 1)]).sum()
+            assert pure >= 10, f"{image_id} {subtype}: {pure} pixels at its recorded {sorted(blood)} HU"
             seen += 1
         assert np.median(before[(truth > 0) & (np.abs(hu - before) > 10)]) < 50  # what blood replaced was not blood
     assert seen >= 2
@@ -232,3 +241,77 @@ def test_bad_knobs_are_refused_before_anything_is_written(tmp_path, knobs, word)
     with pytest.raises(ConfigError, match=word):
         rp.write_phantom_rsna_dataset(tmp_path / "out", SEED, **knobs)
     assert not (tmp_path / "out").exists()
+
+
+def _at_64_px(hu: np.ndarray) -> np.ndarray:
+    """A slice as the default model sees its field of view: 64 x 64 block means of HU."""
+    block = hu.shape[0] // 64
+    return hu.reshape(64, block, 64, block).mean(axis=(1, 3))
+
+
+def test_every_bleed_shows_at_64_px_in_the_brain_window(sets):
+    """Against its blood-free twin, every positive slice has pixels of the 64 px image raised by at
+    least a tenth of the brain window (8 HU of 80): the default model can see what it is told."""
+    labels = _labels(sets["blood"])
+    shown = []
+    for image_id, values in labels.items():
+        if not values["any"]:
+            continue
+        rise = _at_64_px(_hu(sets["blood"] / "stage_2_train" / f"{image_id}.dcm")) - _at_64_px(
+            _hu(sets["none"] / "stage_2_train" / f"{image_id}.dcm")
+        )
+        shown.append(int((rise >= 8.0).sum()))
+    assert shown and min(shown) >= 4, shown
+
+
+# The look of the phantom before patients drew their own (one head size, skull, ventricles, grey /
+# white HU and noise; +-8 degrees, +-8 mm, stacks within +-15 mm of the head centre).
+ONE_LOOK = {"head_scale": [0.92, 0.92], "head_shape_jitter": 0.05, "rotation_deg": 8.0, "translation_mm": 8.0,
+            "skull_mm": [7.0, 7.0], "ventricle_scale": [1.0, 1.0], "grey_matter_hu": [40.0, 40.0],
+            "white_matter_hu": [25.0, 25.0], "noise_hu": [5.0, 5.0], "stack_offset_mm": 15.0}  # fmt: skip
+LOOK_SET = {"n_patients": 10, "slices_per_patient": 2, "haemorrhage_fraction": 0.0, "matrix": 128, "pixel_mm": 1.96}
+
+
+def _between_patient_distance(dataset: Path) -> float:
+    """Mean absolute difference of 64 px brain-window slices of two different patients."""
+    windowed = {}
+    for path in sorted((dataset / "stage_2_train").iterdir()):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        windowed.setdefault(ds.PatientID, []).append(np.clip(_at_64_px(_hu(path)) / 80.0, 0, 1))
+    pairs = [(a, b) for p, q in itertools.combinations(sorted(windowed), 2) for a in windowed[p] for b in windowed[q]]
+    return float(np.mean([np.abs(a - b).mean() for a, b in pairs]))
+
+
+def test_patients_look_different_and_their_looks_are_recorded(tmp_path):
+    """Slices of different patients differ more than with one look for all (the DCGAN needs slices
+    that differ like real patients'), and truth/patients.tsv records each patient's draws."""
+    varied = rp.write_phantom_rsna_dataset(tmp_path / "varied", SEED, **LOOK_SET)
+    alike = rp.write_phantom_rsna_dataset(tmp_path / "alike", SEED, **LOOK_SET, **ONE_LOOK)
+    assert _between_patient_distance(varied) >= 1.2 * _between_patient_distance(alike)
+    with open(varied / "truth" / "patients.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    params = rp.RsnaPhantomParams()
+    assert len(rows) == LOOK_SET["n_patients"] and len({r["patient_id"] for r in rows}) == len(rows)
+    for name in ("head_scale", "skull_mm", "ventricle_scale", "grey_matter_hu", "white_matter_hu", "noise_hu"):
+        low, high = getattr(params, name)
+        drawn = [float(r[name]) for r in rows]
+        assert all(low - 1e-3 <= v <= high + 1e-3 for v in drawn) and max(drawn) - min(drawn) >= 0.3 * (high - low), name
+
+
+def test_ventricle_scale_enlarges_the_ventricles(tmp_path):
+    """One patient at the ventricles' level, rendered with small and with large ventricles: deep CSF
+    (0-15 HU, in the central third of the head) grows with the area (4x the factor squared; at 2 mm
+    pixels, with partial volume at the ventricles' edges, about 2x)."""
+    knobs = {**LOOK_SET, "n_patients": 1, "slices_per_patient": 1, "stack_offset_mm": 0.0, "noise_hu": [0.0, 0.0],
+             "rotation_deg": 0.0}  # fmt: skip
+    csf = []
+    for factor in (0.8, 1.6):
+        out = rp.write_phantom_rsna_dataset(tmp_path / str(factor), SEED, **knobs, ventricle_scale=[factor, factor])
+        hu = _hu(next((out / "stage_2_train").iterdir()))
+        head = ndimage.binary_fill_holes(hu > 300)
+        rows, cols = np.nonzero(head)
+        centre = np.zeros_like(head)
+        height, width = rows.max() - rows.min(), cols.max() - cols.min()
+        centre[rows.min() + height // 3 : rows.max() - height // 3, cols.min() + width // 3 : cols.max() - width // 3] = True
+        csf.append(int(((hu >= 0) & (hu <= 15) & centre).sum()))
+    assert csf[1] >= 1.5 * csf[0] > 0, csf

@@ -23,7 +23,8 @@ from thorax_support import FINE_KNOBS, SEED, build_thorax_raw
 # fat to muscle; lung parenchyma with vessels and airways; blood; bone; CSF and cord. Pixels at
 # least EDGE_PX from the class border, so partial volume (PSF) does not count.
 LABEL_HU = {0: (-1024, -900), 50: (-250, 150), 100: (-1024, 150), 150: (-30, 120), 200: (100, 2000), 230: (-60, 100)}
-TISSUE_MEDIAN_HU = {"lung": (-900, -800), "fat": (-130, -70), "muscle": (30, 65), "blood": (30, 60),
+# Lung parenchyma: about -850 +- 50 HU, depending on how deep the patient breathed in.
+TISSUE_MEDIAN_HU = {"lung": (-920, -760), "fat": (-130, -70), "muscle": (30, 65), "blood": (30, 60),
                     "trabecular_bone": (150, 350), "cortical_bone": (700, 1500), "csf": (-5, 25), "air": (-1024, -980)}  # fmt: skip
 EDGE_PX = 2
 INSIDE_SHARE = 0.995  # noise tails: at most 0.5 % of a class's interior pixels may leave its range
