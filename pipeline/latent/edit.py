@@ -170,9 +170,20 @@ def at_target_block(alphas: list[float], ctr: np.ndarray, identity: np.ndarray, 
     """CTR, identity SSIM outside the heart and P(cardiomegaly) at the first alpha where the edit
     reaches ``target`` (``first_alpha_reaching``), with the share of images that reach it at all."""
     ctr_summaries = [_summary(ctr[:, a], subjects, policy) for a in range(len(alphas))]
-    a, reached = first_alpha_reaching(ctr_summaries, target)
+    base = int(np.argmin(np.abs(np.asarray(alphas))))
+    base_mean = ctr_summaries[base]["mean"]
+    if base_mean is None or base_mean >= target:
+        reason = (f"the unedited reconstructions measure a mean CTR of {base_mean:.3f}, already at or above {target:g}: "
+                  "they are not healthy hearts, so no edit can show reaching it" if base_mean is not None
+                  else "the unedited reconstructions have no measured CTR")
+        null = {"mean": None, "ci95": None, "reason": reason}
+        return {"target_ctr": float(target), "reached": False, "alpha": None, "reason": reason, "ctr": null,
+                "identity_ssim_outside_heart": null, "probability": null, "share_of_images_reaching": null}
+    edited = [i for i in range(len(alphas)) if i != base]
+    k, reached = first_alpha_reaching([ctr_summaries[i] for i in edited], target)
+    a = edited[k]
     per_image_reached = (np.nan_to_num(ctr, nan=-np.inf) >= target).any(axis=1).astype(np.float64)
-    return {"what": f"the first alpha whose mean CTR interval lies wholly at or above {target:g} (else the alpha "
+    return {"what": f"the first edited alpha whose mean CTR interval lies wholly at or above {target:g} (else the alpha "
                     "of the largest mean CTR); CTR, identity SSIM outside the heart and P(cardiomegaly) there",
             "target_ctr": float(target), "reached": bool(reached), "alpha": float(alphas[a]),
             "ctr": ctr_summaries[a],

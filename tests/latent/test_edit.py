@@ -110,8 +110,12 @@ def test_at_target_picks_the_first_alpha_whose_ctr_interval_clears_the_target():
     # the heart never reaches 0.5: not reached, reported at the alpha of the largest mean CTR
     low = 0.45 - 0.01 * np.asarray(alphas)[None] + rng.normal(0, 0.004, size=(n, 5))
     block = at_target_block(alphas, low, identity, probability, subjects, 0.5, policy)
-    assert not block["reached"] and block["alpha"] == 0.0
+    assert not block["reached"] and block["alpha"] == 1.0      # edited alphas only: the largest mean at alpha 1
     assert block["share_of_images_reaching"]["mean"] == 0.0
+    # reconstructions that already measure a large heart cannot show an edit reaching it: null, with the reason
+    high = 0.55 + 0.01 * np.asarray(alphas)[None] + rng.normal(0, 0.004, size=(n, 5))
+    block = at_target_block(alphas, high, identity, probability, subjects, 0.5, policy)
+    assert block["ctr"]["mean"] is None and "already" in block["reason"] and not block["reached"]
 
 
 def test_ctr_regression_direction_recovers_the_direction_that_sets_the_ctr():
