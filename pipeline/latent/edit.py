@@ -8,9 +8,16 @@ Directions (both unit vectors in w, or in flattened W+ when the codes differ per
   in an image editor; here the pair is exact). Those patients are left out of the ladder check.
 - ``lda``: the separation stage's LDA normal (pointing toward cardiomegaly); absent when the
   separation stage had too few codes of a class to fit LDA.
+- ``ctr_regression`` (``ctr_regression_samples`` > 0): the least-squares direction of the CTR the
+  segmenter measures on ``ctr_regression_samples`` of G's own samples, regressed on their w
+  (InterFaceGAN's recipe with a measured continuous attribute instead of a classifier's labels);
+  needs neither labels nor the encoder.
 
 Each held-out (validation / test) healthy image's optimised code w (up to ``max_images``) becomes w + alpha v for
-every alpha in ``alphas``; alpha 0 is the unedited reconstruction. Measures per edited image:
+every alpha in ``alphas``; alpha 0 is the unedited reconstruction. ``alpha_unit`` sets the length of v:
+``w`` (a unit vector) or ``pair_distance`` (v as long as the encoder-pair difference |mean E(I*) - E(I)|,
+for both directions), so alpha 1 is the encoder's own estimate of the move from a patient's healthy
+heart to the ladder's largest one, whatever the scale of G's w space. Measures per edited image:
 - CTR, from the label map a heart / thorax segmenter (``pipeline/evaluate/measures/segmenter.py``, the
   U-Net of pipeline/evaluate/measures/segmenter.py, trained by its own rule on phantom slices with truth maps) predicts, through
   ``pipeline.preprocess.ctr.ctr_from_masks``; the segmenter's own CTR error on the held-out
@@ -26,6 +33,14 @@ every alpha in ``alphas``; alpha 0 is the unedited reconstruction. Measures per 
   the patient's true render at the ladder CTR nearest the CTR the edit reached.
 CTR change per unit alpha: the least-squares slope of CTR on alpha per image, averaged, with the
 subject-bootstrap interval; the same for the classifier probability.
+
+Where the edit reaches cardiomegaly (``at_target_ctr``): the smallest alpha whose mean measured CTR
+has its whole 95% interval at or above ``target_ctr`` (the phantom's cardiomegaly threshold, 0.5),
+else the alpha with the largest mean CTR (``reached`` false); at that alpha the CTR, the identity
+SSIM outside the heart and P(cardiomegaly), each with its interval over subjects, plus the share of
+images whose own CTR reaches the target at some alpha. The alpha is chosen on the same images it
+is scored on; CTR rises with alpha when the edit works, so the choice is the first step past the
+target, not a search for the best-looking one.
 """
 from __future__ import annotations
 
@@ -49,8 +64,12 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "direction_pairs": 1,                  # ladder patients whose (healthy, enlarged) pair makes v (report: 1)
     "max_images": 32,                      # held-out healthy test images edited
     "n_figure_images": 4,                  # rows of the edit-sequence figure
+    "target_ctr": 0.5,                     # CTR an edit toward cardiomegaly should reach (the phantom's threshold)
+    "alpha_unit": "w",                     # w (unit steps) | pair_distance (steps as long as the encoder-pair difference)
+    "ctr_regression_samples": 0,           # G samples whose measured CTR is regressed on w (0: no ctr_regression direction)
 }
-DIRECTIONS = ("encoder_pair", "lda")
+DIRECTIONS = ("encoder_pair", "lda", "ctr_regression")
+ALPHA_UNITS = ("w", "pair_distance")
 
 
 def unit_direction(difference: np.ndarray, per_layer: bool) -> np.ndarray:
@@ -67,6 +86,30 @@ def unit_direction(difference: np.ndarray, per_layer: bool) -> np.ndarray:
     if norm == 0:
         raise ConfigError("the edit direction is zero: the encoder codes of the pair are identical")
     return np.repeat((w / norm)[None], len(difference), axis=0)
+
+
+def difference_length(difference: np.ndarray, per_layer: bool) -> float:
+    """Length of a (num_ws, w_dim) code difference as ``unit_direction`` measures it: the first
+    layer's w in W, the whole flattened difference in W+."""
+    difference = np.asarray(difference, np.float64)
+    return float(np.linalg.norm(difference if per_layer else difference[0]))
+
+
+def regression_direction(w: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, float]:
+    """Unit vector of the least-squares fit of ``values`` (n,) on codes ``w`` (n, w_dim) with an
+    intercept (rows with a non-finite value left out), and the fit's R^2."""
+    w, values = np.asarray(w, np.float64), np.asarray(values, np.float64)
+    keep = np.isfinite(values)
+    if keep.sum() <= w.shape[1] + 1:
+        raise ConfigError(f"the CTR regression needs more than {w.shape[1] + 1} samples with a measured CTR, "
+                          f"got {int(keep.sum())}: raise edit.ctr_regression_samples")
+    x, y = w[keep] - w[keep].mean(axis=0), values[keep] - values[keep].mean()
+    coef = np.linalg.lstsq(x, y, rcond=None)[0]
+    norm = np.linalg.norm(coef)
+    if norm == 0:
+        raise ConfigError("the CTR regression direction is zero: the measured CTR does not vary with w")
+    r2 = 1.0 - float(np.sum((y - x @ coef) ** 2) / np.sum(y ** 2)) if np.sum(y ** 2) > 0 else float("nan")
+    return coef / norm, r2
 
 
 def direction_as_code(vector: np.ndarray, num_ws: int, w_dim: int) -> np.ndarray:
@@ -110,6 +153,43 @@ def ssim_outside(reference: np.ndarray, test: np.ndarray, outside: np.ndarray) -
                                         use_sample_covariance=SSIM_SETTINGS["use_sample_covariance"],
                                         K1=SSIM_SETTINGS["K1"], K2=SSIM_SETTINGS["K2"], full=True)
     return float(ssim_map[outside].mean())
+
+
+def first_alpha_reaching(ctr_summaries: list[dict], target: float) -> tuple[int, bool]:
+    """Index of the first alpha whose CTR interval lies wholly at or above ``target`` (and True),
+    else of the alpha with the largest mean CTR (and False); summaries as ``summarise`` writes them."""
+    for a, summary in enumerate(ctr_summaries):
+        if summary.get("ci95") is not None and summary["ci95"][0] >= target:
+            return a, True
+    means = [s["mean"] if s.get("mean") is not None else -np.inf for s in ctr_summaries]
+    return int(np.argmax(means)), False
+
+
+def at_target_block(alphas: list[float], ctr: np.ndarray, identity: np.ndarray, probability: np.ndarray,
+                    subjects: np.ndarray, target: float, policy) -> dict:
+    """CTR, identity SSIM outside the heart and P(cardiomegaly) at the first alpha where the edit
+    reaches ``target`` (``first_alpha_reaching``), with the share of images that reach it at all."""
+    ctr_summaries = [_summary(ctr[:, a], subjects, policy) for a in range(len(alphas))]
+    base = int(np.argmin(np.abs(np.asarray(alphas))))
+    base_mean = ctr_summaries[base]["mean"]
+    if base_mean is None or base_mean >= target:
+        reason = (f"the unedited reconstructions measure a mean CTR of {base_mean:.3f}, already at or above {target:g}: "
+                  "they are not healthy hearts, so no edit can show reaching it" if base_mean is not None
+                  else "the unedited reconstructions have no measured CTR")
+        null = {"mean": None, "ci95": None, "reason": reason}
+        return {"target_ctr": float(target), "reached": False, "alpha": None, "reason": reason, "ctr": null,
+                "identity_ssim_outside_heart": null, "probability": null, "share_of_images_reaching": null}
+    edited = [i for i in range(len(alphas)) if i != base]
+    k, reached = first_alpha_reaching([ctr_summaries[i] for i in edited], target)
+    a = edited[k]
+    per_image_reached = (np.nan_to_num(ctr, nan=-np.inf) >= target).any(axis=1).astype(np.float64)
+    return {"what": f"the first edited alpha whose mean CTR interval lies wholly at or above {target:g} (else the alpha "
+                    "of the largest mean CTR); CTR, identity SSIM outside the heart and P(cardiomegaly) there",
+            "target_ctr": float(target), "reached": bool(reached), "alpha": float(alphas[a]),
+            "ctr": ctr_summaries[a],
+            "identity_ssim_outside_heart": _summary(identity[:, a], subjects, policy),
+            "probability": _summary(probability[:, a], subjects, policy),
+            "share_of_images_reaching": _summary(per_image_reached, subjects, policy)}
 
 
 def measure_ctr(maps: np.ndarray) -> np.ndarray:
@@ -171,7 +251,8 @@ def classifier_scores_checked(block: dict, check: dict) -> dict:
 
 
 def edit_block(sampler, measures: EditMeasures, codes: np.ndarray, subjects: np.ndarray, step: np.ndarray,
-               alphas: list[float], policy) -> tuple[dict, dict[str, np.ndarray]]:
+               alphas: list[float], policy, target_ctr: float = DEFAULT_SETTINGS["target_ctr"]
+               ) -> tuple[dict, dict[str, np.ndarray]]:
     """Edit every code along ``step`` and measure CTR, probability and identity per alpha."""
     from pipeline.latent.invert import render
 
@@ -202,6 +283,10 @@ def edit_block(sampler, measures: EditMeasures, codes: np.ndarray, subjects: np.
         "probability_slope_per_unit_alpha": _summary(slopes(alphas, probability), subjects, policy),
         "identity_ssim_outside_heart": _summary(np.nanmean(identity[:, edited_cols], axis=1)
                                                 if edited_cols else np.full(n, np.nan), subjects, policy),
+        "identity_ssim_outside_heart_per_alpha": [{"alpha": float(alpha), **_summary(identity[:, a], subjects, policy)}
+                                                  for a, alpha in enumerate(alphas) if a != base],
+        "at_target_ctr": at_target_block(alphas, ctr, np.where(np.arange(n_alpha) == base, 1.0, identity), probability,
+                                         subjects, target_ctr, policy),
     }
     return block, {"images": images, "ctr": ctr, "probability": probability}
 
@@ -248,12 +333,17 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
               policy, device: str = "cpu") -> tuple[dict, dict[str, np.ndarray]]:
     """The edit section and the figures' arrays; G, the encoder, the segmenter and the classifier
     run on ``device``."""
-    from pipeline.latent.invert import load_test_images
+    from pipeline.latent.invert import load_test_images, render
     from pipeline.models import load_trained
     from pipeline.models.stylegan2_encoder import load_frozen_generator
 
+    if settings.get("alpha_unit", "w") not in ALPHA_UNITS:
+        raise ConfigError(f"edit.alpha_unit must be one of {ALPHA_UNITS}, got {settings.get('alpha_unit')!r}")
+    settings = {**DEFAULT_SETTINGS, **settings}
     if settings["direction"] not in DIRECTIONS:
         raise ConfigError(f"edit.direction must be one of {DIRECTIONS}, got {settings['direction']!r}")
+    if settings["direction"] == "ctr_regression" and int(settings["ctr_regression_samples"]) <= 0:
+        raise ConfigError("edit.direction ctr_regression needs edit.ctr_regression_samples > 0")
     alphas = [float(a) for a in settings["alphas"]]
     if len(alphas) < 2 or 0.0 not in alphas:
         raise ConfigError(f"edit.alphas needs 0 (the unedited reconstruction) and at least one more value, got {alphas}")
@@ -287,6 +377,23 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
     elif settings["direction"] == "lda":
         raise InputDataError(Path(direction_path), "holds no LDA direction (too few codes of a class to fit LDA): "
                                                    "use edit.direction encoder_pair")
+    regression = None
+    if int(settings["ctr_regression_samples"]) > 0:
+        z = sampler.noise(int(settings["ctr_regression_samples"]), seed=seed + 7)
+        with torch.no_grad():
+            sample_ws = sampler.mapping(z).float().cpu()
+        sample_ctr = measure_ctr(measures.maps(render(sampler, sample_ws)))
+        regression = {"n_samples": int(len(sample_ctr)), "n_measured": int(np.isfinite(sample_ctr).sum()),
+                      "r2_in_sample": None, "reason": None}
+        try:
+            vector, regression["r2_in_sample"] = regression_direction(sample_ws[:, 0].numpy(), sample_ctr)
+            steps["ctr_regression"] = direction_as_code(vector, num_ws, w_dim)
+        except ConfigError as err:   # G's samples give too few measurable hearts: no such direction, said why
+            if settings["direction"] == "ctr_regression":
+                raise
+            regression["reason"] = str(err)
+    step_length = difference_length(difference, per_layer) if settings["alpha_unit"] == "pair_distance" else 1.0
+    steps = {name: step * step_length for name, step in steps.items()}
 
     healthy = np.flatnonzero(codes["real_labels"] == 0)[: int(settings["max_images"])]
     if not len(healthy):
@@ -301,16 +408,20 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
         "settings": {**settings, "seed": seed},
         "device": str(device),
         "headline_direction": settings["direction"],
+        "step_length": {"alpha_unit": settings["alpha_unit"], "w_per_unit_alpha": step_length,
+                        "what": "length in w of the step alpha = 1 (both directions)"},
         "direction_pairs": {"patients": [str(s) for s in ladder["subject_ids"][:n_pairs]],
                             "base_ctr": [float(ladder["ctr"][p, base_idx[p]]) for p in pairs],
                             "enlarged_ctr": [float(ladder["ctr"][p, enlarged_idx[p]]) for p in pairs]},
         "ctr_segmenter": segmenter_ctr_error(measures, test, policy),
+        "ctr_regression": regression,
         "classifier_real_test": measures.real_test_check(test, policy),
         "directions": {},
     }
     figures: dict[str, np.ndarray] = {"alphas": np.asarray(alphas)}
     for name, step in steps.items():
-        block, out = edit_block(sampler, measures, real_codes, subjects, step, alphas, policy)
+        block, out = edit_block(sampler, measures, real_codes, subjects, step, alphas, policy,
+                                float(settings["target_ctr"]))
         if ladder_codes is not None:
             block["vs_true_ladder"] = ladder_block(sampler, measures, ladder, ladder_codes, check_patients, step,
                                                    alphas, policy)
@@ -379,6 +490,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--edit-direction", choices=DIRECTIONS, default=DEFAULT_SETTINGS["direction"])
     for key in ("direction_pairs", "max_images", "n_figure_images"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=DEFAULT_SETTINGS[key])
+    parser.add_argument("--ctr-regression-samples", type=int, default=DEFAULT_SETTINGS["ctr_regression_samples"])
+    parser.add_argument("--alpha-unit", choices=ALPHA_UNITS, default=DEFAULT_SETTINGS["alpha_unit"])
+    parser.add_argument("--target-ctr", type=float, default=DEFAULT_SETTINGS["target_ctr"],
+                        help="CTR the edits should reach (at_target_ctr)")
     parser.add_argument("--min-subjects", type=int, default=8)
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -397,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     settings = {"alphas": list(args.alphas), "direction": args.edit_direction, "direction_pairs": args.direction_pairs,
-                "max_images": args.max_images, "n_figure_images": args.n_figure_images}
+                "max_images": args.max_images, "n_figure_images": args.n_figure_images, "target_ctr": args.target_ctr,
+                "alpha_unit": args.alpha_unit, "ctr_regression_samples": args.ctr_regression_samples}
     torch.manual_seed(args.seed)
     try:
         policy = IntervalPolicy(min_subjects=args.min_subjects, n_boot=args.n_boot, seed=args.seed)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.evaluate.measures.intervals import IntervalPolicy
-from pipeline.latent.edit import apply_edit, direction_as_code, slopes, ssim_outside, unit_direction
+from pipeline.latent.edit import (apply_edit, at_target_block, difference_length, direction_as_code, regression_direction,
+                                  slopes, ssim_outside, unit_direction)
 from pipeline.latent.edit import _summary
 
 
@@ -29,6 +30,8 @@ def test_edit_moves_codes_along_a_unit_direction():
     assert np.allclose(step, [[0, 1, 0, 0]] * 3)
     plus = unit_direction(difference, per_layer=True)
     assert np.isclose(np.linalg.norm(plus), 1.0)
+    assert np.isclose(difference_length(difference, per_layer=False), 2.0)           # one layer's w
+    assert np.isclose(difference_length(difference, per_layer=True), 2.0 * np.sqrt(3))  # all three layers
     codes = np.ones((2, 3, 4))
     edited = apply_edit(codes, step, [0.0, 0.5, 2.0])
     assert edited.shape == (2, 3, 3, 4)
@@ -47,3 +50,83 @@ def test_identity_ssim_ignores_the_heart_region():
     assert np.isclose(ssim_outside(image, edited, outside), 1.0)
     everywhere = np.ones((32, 32), bool)
     assert ssim_outside(image, edited, everywhere) < 0.95
+
+
+def _hand_ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Wang et al.'s SSIM map written out: Gaussian-weighted local means, variances and covariance
+    (sigma 1.5, window truncated at 3.5 sigma, reflected borders), C1 = (0.01)^2, C2 = (0.03)^2."""
+    from scipy.ndimage import gaussian_filter
+
+    blur = lambda a: gaussian_filter(a, sigma=1.5, truncate=3.5, mode="reflect")
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def test_identity_ssim_outside_the_heart_matches_a_hand_computation():
+    rng = np.random.default_rng(4)
+    image = rng.uniform(size=(40, 40))
+    edited = np.clip(image + rng.normal(0, 0.1, size=image.shape), 0, 1)
+    edited[14:24, 16:28] = 0.9                              # the "heart" redrawn
+    outside = np.ones(image.shape, bool)
+    outside[14:24, 16:28] = False
+    expected = _hand_ssim_map(image, edited)[outside].mean()
+    assert np.isclose(ssim_outside(image, edited, outside), expected, atol=1e-6)
+    assert np.isnan(ssim_outside(image, edited, np.zeros(image.shape, bool)))
+
+
+def test_ctr_slope_interval_excludes_zero_only_when_the_edits_move_the_heart():
+    policy = IntervalPolicy(min_subjects=8, n_boot=1000, seed=0)
+    alphas = [0.0, 1.0, 2.0, 3.0]
+    rng = np.random.default_rng(5)
+    subjects = np.repeat([f"p{i}" for i in range(10)], 2)    # two images per patient
+    growing = 0.42 + 0.03 * np.asarray(alphas)[None] + rng.normal(0, 0.005, size=(20, 4))
+    block = _summary(slopes(alphas, growing), subjects, policy)
+    assert 0.025 < block["ci95"][0] <= block["mean"] <= block["ci95"][1] < 0.035
+    # half the patients' hearts grow, half shrink as much: no effect, the interval holds 0
+    sign = np.where(np.arange(20) // 2 % 2 == 0, 1.0, -1.0)[:, None]
+    mixed = 0.42 + sign * 0.03 * np.asarray(alphas)[None] + rng.normal(0, 0.005, size=(20, 4))
+    block = _summary(slopes(alphas, mixed), subjects, policy)
+    assert block["ci95"][0] < 0 < block["ci95"][1]
+
+
+def test_at_target_picks_the_first_alpha_whose_ctr_interval_clears_the_target():
+    policy = IntervalPolicy(min_subjects=8, n_boot=1000, seed=0)
+    alphas = [0.0, 1.0, 2.0, 3.0, 4.0]
+    rng = np.random.default_rng(6)
+    n = 12
+    subjects = np.array([f"p{i}" for i in range(n)])
+    ctr = 0.40 + 0.04 * np.asarray(alphas)[None] + rng.normal(0, 0.004, size=(n, 5))   # 0.40 .. 0.56
+    identity = np.tile([np.nan, 0.95, 0.9, 0.8, 0.6], (n, 1))
+    probability = np.tile([0.1, 0.2, 0.4, 0.7, 0.9], (n, 1))
+    block = at_target_block(alphas, ctr, identity, probability, subjects, 0.5, policy)
+    # mean CTR 0.48 at alpha 2 (interval below 0.5), 0.52 at alpha 3 (interval above): alpha 3
+    assert block["reached"] and block["alpha"] == 3.0
+    assert block["ctr"]["ci95"][0] >= 0.5
+    assert np.isclose(block["identity_ssim_outside_heart"]["mean"], 0.8)
+    assert np.isclose(block["probability"]["mean"], 0.7)
+    assert np.isclose(block["share_of_images_reaching"]["mean"], 1.0)
+    # the heart never reaches 0.5: not reached, reported at the alpha of the largest mean CTR
+    low = 0.45 - 0.01 * np.asarray(alphas)[None] + rng.normal(0, 0.004, size=(n, 5))
+    block = at_target_block(alphas, low, identity, probability, subjects, 0.5, policy)
+    assert not block["reached"] and block["alpha"] == 1.0      # edited alphas only: the largest mean at alpha 1
+    assert block["share_of_images_reaching"]["mean"] == 0.0
+    # reconstructions that already measure a large heart cannot show an edit reaching it: null, with the reason
+    high = 0.55 + 0.01 * np.asarray(alphas)[None] + rng.normal(0, 0.004, size=(n, 5))
+    block = at_target_block(alphas, high, identity, probability, subjects, 0.5, policy)
+    assert block["ctr"]["mean"] is None and "already" in block["reason"] and not block["reached"]
+
+
+def test_ctr_regression_direction_recovers_the_direction_that_sets_the_ctr():
+    rng = np.random.default_rng(7)
+    truth = rng.normal(size=16)
+    truth /= np.linalg.norm(truth)
+    w = rng.normal(size=(300, 16)) + 5.0 * truth            # codes centred away from 0 along the direction: needs the intercept
+    ctr = 0.45 + 0.02 * (w @ truth) + rng.normal(0, 0.005, size=300)
+    ctr[::50] = np.nan                                      # images the segmenter could not measure are left out
+    vector, r2 = regression_direction(w, ctr)
+    assert np.isclose(np.linalg.norm(vector), 1.0)
+    assert vector @ truth > 0.98 and r2 > 0.9
+    _, r2_noise = regression_direction(w, rng.normal(0.45, 0.02, size=300))   # CTR unrelated to w
+    assert r2_noise < 0.15
