@@ -33,7 +33,7 @@ for experiment in "${experiments[@]}"; do
     rm -rf data "models/$experiment" "results/$experiment"
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     start=$(date +%s.%N)
-    "$snakemake" --cores "$cores" "${configfile[@]}" "results/$experiment/verdict.json" \
+    "$snakemake" --cores "$cores" "${configfile[@]}" -- "results/$experiment/verdict.json" \
         >"logs/run_profile_${profile}_$experiment.log" 2>&1 || {
         echo "$experiment: snakemake failed, see logs/run_profile_${profile}_$experiment.log" >&2; exit 1; }
     end=$(date +%s.%N)
