@@ -29,6 +29,7 @@ include: "pipeline/rules/evaluate.smk"
 include: "pipeline/rules/seg2ct.smk"
 include: "pipeline/rules/stylegan.smk"
 include: "pipeline/rules/reader_study.smk"
+include: "pipeline/rules/verdict.smk"
 
 
 rule all:

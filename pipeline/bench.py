@@ -1,7 +1,7 @@
 """Training throughput of the engine's own step: image pairs per second, peak memory and
 achieved TFLOP/s for each CycleGAN variant, batch size and image size asked for.
 
-Each measurement builds the model as training does (``pipeline.train.prepare_model``: bf16,
+Each measurement builds the model as training does (``pipeline.engine.step.prepare_model``: bf16,
 channels-last, torch.compile), keeps random images on the device, draws batches with the
 training ``BatchSampler`` and times ``train_step`` after a warm-up (which pays any
 compilation). FLOPs are counted once per configuration with
@@ -51,7 +51,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.atomic import write_json
 from pipeline.errors import ConfigError, InputDataError, PipelineError
-from pipeline.train import BatchSampler, prepare_model, resolve_config, train_step
+from pipeline.engine.data import BatchSampler
+from pipeline.engine.knobs import resolve_config
+from pipeline.engine.step import prepare_model, train_step, uses_cuda_graphs
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,7 @@ def bench_variant(variant: str, size: int, batch: int, steps: int, warmup: int, 
     flops_per_step = counter.get_total_flops() / period
     prepare_model(model, train_cfg, device)
     _reset_peak_memory(device)
-    cuda_graphs = compile_ and device.type == "cuda" and compile_mode in ("reduce-overhead", "max-autotune")
+    cuda_graphs = uses_cuda_graphs(train_cfg, device)
 
     def run_step(i: int) -> None:
         if cuda_graphs:
@@ -306,7 +308,7 @@ def time_recipe(experiment: str, config_files: Sequence[Path], work_dir: Path, i
     import mlflow
 
     from pipeline.config import load_params
-    from pipeline.train import run_experiment
+    from pipeline.engine.loop import train
 
     if epochs < 2:
         raise ConfigError(f"--recipe-epochs must be >= 2 (the first pays compilation), got {epochs}")
@@ -329,7 +331,7 @@ def time_recipe(experiment: str, config_files: Sequence[Path], work_dir: Path, i
             np.savez(target, images=rng.random((count, size, size), dtype=np.float32))
             files[f"{split}_{domain}"] = target
     uri = f"sqlite:///{work_dir / 'mlflow.db'}"
-    run = run_experiment({d: files[f"train_{d}"] for d in "ab"}, {d: files[f"val_{d}"] for d in "ab"},
+    run = train({d: files[f"train_{d}"] for d in "ab"}, {d: files[f"val_{d}"] for d in "ab"},
                          work_dir / "model", cfg, f"recipe-{experiment}", uri, None, seed)
     history = mlflow.MlflowClient(uri).get_metric_history(run["run_id"], "epoch_seconds")
     epoch_seconds = [m.value for m in sorted(history, key=lambda m: m.step)]

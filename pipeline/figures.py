@@ -136,7 +136,7 @@ def difference_maps(
     One colour scale per kind over all panels, so that panels compare; the region mask's outline
     (e.g. the lung fields) is drawn where samples.npz carries one.
     """
-    from pipeline.evaluate.regions import difference_maps as make_maps
+    from pipeline.evaluate.measures.regions import difference_maps as make_maps
 
     samples = _load_samples(samples_npz, ("source", "translated"))
     ways = {"a_to_b": labels, "b_to_a": labels[::-1]}
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# -- generators (pipeline.evaluate.generation's samples.npz and the training history) ------------
+# -- generators (pipeline.evaluate.tasks.generation's samples.npz and the training history) ------------
 
 
 def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:

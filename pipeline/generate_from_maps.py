@@ -10,7 +10,7 @@ training maps, the annotated set being grown), perturbed with one numpy Generato
 ``seed``, and sent through the trained generator in chunks of ``batch_size`` maps, chunk k with
 seed ``seed + k`` (so the images do not depend on anything but the seed and the batch size).
 
-The evaluation (pipeline.evaluate.map_to_image) calls these functions and writes the set it
+The evaluation (pipeline.evaluate.tasks.map_to_image) calls these functions and writes the set it
 scores (results/<experiment>/generated/perturbed.npz + a PNG sheet), so that a new style weight
 reruns training and evaluation only; the CLI grows a set from any model and maps:
 
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    from pipeline.evaluate.segmenter import load_map_slices
+    from pipeline.evaluate.measures.slices import load_map_slices
     from pipeline.models import load_trained
 
     try:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         write_generated(args.out, images, maps, source_index, source["subject_ids"], args.seed, knobs,
                         source.get("hu_window"), fallback)
         if args.sheet is not None:
-            from pipeline.evaluate.map_to_image_figures import perturbed_sheet
+            from pipeline.evaluate.tasks.map_to_image_figures import perturbed_sheet
             from pipeline.preprocess.thorax_labels import GREY_VALUES
 
             perturbed_sheet(source["label_maps"][source_index], maps, images, GREY_VALUES, args.sheet)

@@ -23,12 +23,15 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import bz2
 import contextlib
 import csv
+import functools
 import gzip
 import hashlib
 import hmac
 import logging
+import lzma
 import os
 import re
 import secrets
@@ -68,6 +71,13 @@ IDENTIFYING_DICOM_KEYWORDS = (
 )  # fmt: skip
 _SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 _PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+_ISO2022_TO_ASCII = b"\x1b(B"
+#: Compressed streams the scan opens: magic bytes, how the hit is reported, how to decompress.
+_COMPRESSED = (
+    (b"\x1f\x8b", "gunzipped", gzip.decompress),
+    (b"BZh", "bunzipped", bz2.decompress),
+    (b"\xfd7zXZ\x00", "unxz'd", lzma.decompress),
+)
 #: Base64 payloads of data URIs (Snakemake's report embeds every result file this way).
 _DATA_URI = re.compile(rb"base64,([A-Za-z0-9+/=\s]{16,})")
 
@@ -251,12 +261,13 @@ def _inflate(data: bytes) -> bytes:
 
 
 def _decoded_views(data: bytes) -> Iterator[tuple[str, bytes]]:
-    """Gunzipped content, PNG text chunks, and the content of base64 data URIs."""
-    if data[:2] == b"\x1f\x8b":
-        try:
-            yield "gunzipped", gzip.decompress(data)
-        except (OSError, EOFError, zlib.error):
-            pass
+    """Decompressed content (gzip, bzip2, xz), PNG text chunks, and the content of base64 data URIs."""
+    for magic, where, decompress in _COMPRESSED:
+        if data.startswith(magic):
+            try:
+                yield where, decompress(data)
+            except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError):
+                pass
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         for text in _png_text(data):
             yield "PNG text chunk", text
@@ -278,11 +289,33 @@ def _views(path: Path) -> Iterator[tuple[str, bytes]]:
             yield f"{where}, {inner}", deeper
 
 
+@functools.cache
+def _encodings() -> tuple[str, ...]:
+    """UTF-8, UTF-16 (Windows tools) and every character set a DICOM header may declare
+    (pydicom's table: the ISO 8859 family, ISO 2022 Japanese and Korean, GB18030...): a name in a
+    Latin-1 or Japanese header is not in its UTF-8 bytes."""
+    from pydicom.charset import python_encoding  # only the scan needs it
+
+    return ("utf-8", "utf-16-le", *sorted(set(python_encoding.values())))
+
+
+def _needles(marker: str) -> frozenset[bytes]:
+    """``marker`` in every encoding it can be written in, as written, in lower and in upper case
+    (bytes.lower() folds ASCII letters only), lowered like the data it is compared with."""
+    found = set()
+    for form in {marker, marker.lower(), marker.upper()}:
+        for encoding in _encodings():
+            with contextlib.suppress(UnicodeError):
+                # ISO 2022: a writer may switch back to ASCII (ESC ( B) or to JIS Roman (ESC ( J)
+                found.add(form.encode(encoding).removesuffix(_ISO2022_TO_ASCII).lower())
+    return frozenset(found)
+
+
 def find_markers(roots: Iterable[str | Path], markers: Sequence[str]) -> list[tuple[Path, str, str]]:
     """Every (file, marker, where) such that ``marker`` occurs in a file under ``roots``: in its
-    bytes as stored (case-insensitive, UTF-8 and UTF-16-LE), gunzipped, in a PNG text chunk, or
-    in a base64 data URI (HTML reports)."""
-    needles = {m: (m.lower().encode(), m.lower().encode("utf-16-le")) for m in markers}
+    bytes as stored (case-insensitive; UTF-8, UTF-16-LE and every DICOM character set),
+    decompressed (gzip, bzip2, xz), in a PNG text chunk, or in a base64 data URI (HTML reports)."""
+    needles = {m: _needles(m) for m in markers}
     found = []
     for root in roots:
         root = Path(root)

@@ -4,7 +4,12 @@
 #   bench   the step benchmark at 256x256, batch 32 then batch 1 (CUDA graphs), beside the
 #           reference-style step when $REFERENCE names its file
 #   recipe  report 001's recipe (configs/full.yaml) timed through the engine, at its batch and at 32
-# Each stage takes a few minutes (mostly torch.compile). Everything lands in OUT_DIR.
+#   device  the device check of every full profile on the real GPU (python -m pipeline.device_check
+#           check --device cuda): one step per network at full size, model.pt reloaded, inversion
+#   stylegan the StyleGAN2 step at 128 px, batch 32, stylegan2-ada's auto config (s/kimg)
+#   smoke   the full-profile smoke run on CUDA (scripts/full_smoke.sh OUT_DIR/full-smoke, all six)
+# Each stage takes a few minutes (mostly torch.compile; smoke: the data path, ~1 h on 16 cores).
+# Everything lands in OUT_DIR; OUT_DIR/results.md collects the stages' tables in one file.
 #
 #   make gpu-check                                       # all stages, in the project's virtualenv
 #   PYTHON=python3 scripts/gpu_check.sh OUT_DIR [STAGE...]   # any Python holding the requirements
@@ -13,7 +18,7 @@ cd "$(dirname "$0")/.."
 out=${1:-gpu-check}
 shift || true
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests bench recipe)
+[ ${#stages[@]} -eq 0 ] && stages=(tests device bench stylegan recipe smoke)
 py=${PYTHON:-python}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 MEDGAN_PROGRESS=off MLFLOW_DISABLE_TELEMETRY=true
@@ -44,11 +49,30 @@ for stage in "${stages[@]}"; do
                 2>"$out/recipe_$name.log" | tee "$out/recipe_$name.txt" || status=1
         done
         ;;
+    device)
+        "$py" -m pipeline.device_check check --device cuda --json "$out/device_check.json" 2>&1 \
+            | tee "$out/device_check.log" || status=1
+        ;;
+    stylegan)
+        "$py" -m pipeline.bench --stylegan2 --device cuda --sizes 128 --batches 32 --steps 20 --warmup 5 \
+            --json "$out/bench_stylegan2.json" 2>"$out/bench_stylegan2.log" | tee "$out/bench_stylegan2.md" || status=1
+        ;;
+    smoke)
+        DEVICE=cuda PYTHON="$py" scripts/full_smoke.sh "$out/full-smoke" 2>&1 | tee "$out/full_smoke.log" || status=1
+        ;;
     *)
-        echo "unknown stage $stage (tests, bench, recipe)" >&2
+        echo "unknown stage $stage (tests, device, bench, stylegan, recipe, smoke)" >&2
         exit 2
         ;;
     esac
     echo "stage $stage: $(( $(date +%s) - start )) s" | tee -a "$out/stages.txt"
 done
+{
+    echo "# GPU check $(date -Is)"
+    cat "$out/gpu.txt"
+    for part in stages.txt tests.log device_check.log bench_batch32.md bench_batch1.md bench_stylegan2.md \
+                recipe_as_configured.txt recipe_batch32.txt full-smoke/results.md; do
+        [ -f "$out/$part" ] && printf '\n## %s\n\n```\n%s\n```\n' "$part" "$(tail -n 60 "$out/$part")"
+    done
+} >"$out/results.md"
 exit $status

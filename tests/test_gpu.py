@@ -14,7 +14,10 @@ import pytest
 import torch
 
 from pipeline import bench
-from pipeline.train import BatchSampler, prepare_model, resolve_config, train, train_step
+from pipeline.engine.data import BatchSampler
+from pipeline.engine.knobs import resolve_config
+from pipeline.engine.step import prepare_model, train_step
+from pipeline.train import train
 from training_support import disagreement, write_random_slices
 
 pytestmark = [pytest.mark.gpu,

@@ -1,13 +1,15 @@
-"""The reader study on tiny models trained through the real engine: a fair draw, one rendering,
-a page without the key, the same study for the same seed, and scores checked against
-independent computations (scipy's beta quantiles and Mann-Whitney U)."""
+"""The reader study on tiny models trained through the real engine: a key no reader can
+recompute, one encoding for every image, fair-coin truths, a fair draw from the test sets, a
+rebuild from the key byte for byte, and the CLI and Snakemake target."""
 from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import json
+import random
 import re
-import struct
+import stat
 from pathlib import Path
 
 import mlflow
@@ -15,26 +17,34 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.stats import beta, mannwhitneyu
+from scipy.stats import binomtest
 
 from pipeline.errors import ConfigError, InputDataError, PipelineError
 from pipeline.models import load_trained
 from pipeline.models.dcgan import ConditionalDCGAN
 from pipeline.reader_study import ANSWER_COLUMNS
 from pipeline.reader_study.__main__ import main
-from pipeline.reader_study.draw import model_task, spread_over_subjects
+from pipeline.reader_study.draw import draw_truths, model_task, spread_over_subjects
 from pipeline.reader_study.make import StudySettings, make_study
-from pipeline.reader_study.render import render_png
 from pipeline.reader_study.score import read_answers, read_key, score_study
 from reader_study_support import N_SUBJECTS, SIZE, train_cgan, train_cyclegan
 
-N = 12
-SETTINGS = StudySettings(n_per_class=N, pick="random", candidates_per_image=3, display_size=96,
-                         display_window=(0.0, 1.0), confidence=True, direction="a_to_b", n_boot=500, seed=987654)
+N = 24
+SETTINGS = StudySettings(n_images=N, pick="random", candidates_per_image=1, display_window=(0.0, 1.0),
+                         confidence=True, direction="a_to_b", window_presets={"narrow": (0.25, 0.75)})
+#: Secrets the tests choose (a real study draws its own): fixed so a failure can be replayed.
+SECRETS = [hashlib.sha256(f"reader-study-test-{i}".encode()).hexdigest() for i in range(400)]
+#: The attack test's family-wise false-alarm rate over all its recipes (Bonferroni).
+ATTACK_ALPHA = 0.001
 
 
 def with_settings(**changes) -> StudySettings:
     return StudySettings(**{**SETTINGS.__dict__, **changes})
+
+
+def secret_with(n: int, predicate) -> str:
+    """The first test secret whose coins for ``n`` images satisfy ``predicate(truths)``."""
+    return next(s for s in SECRETS if predicate(draw_truths(n, s)))
 
 
 @pytest.fixture(scope="module")
@@ -52,30 +62,25 @@ def cgan(tmp_path_factory, store):
     return train_cgan(tmp_path_factory.mktemp("cgan"), store)
 
 
-def make_translation(cyclegan, out: Path, settings: StudySettings = SETTINGS) -> Path:
+def make_translation(cyclegan, out: Path, settings: StudySettings = SETTINGS, secret: str | None = None) -> Path:
     make_study("rs_cyclegan", cyclegan["model"], out, settings, test_a=cyclegan["test_a"], test_b=cyclegan["test_b"],
-               checkpoint=cyclegan["checkpoint"])
+               checkpoint=cyclegan["checkpoint"], secret=secret)
     return out
 
 
 @pytest.fixture(scope="module")
 def translation_study(cyclegan, tmp_path_factory):
-    return make_translation(cyclegan, tmp_path_factory.mktemp("study") / "reader_study")
+    """A fresh study (the secret drawn by make, as in use) with both classes shown."""
+    return make_translation(cyclegan, tmp_path_factory.mktemp("study") / "reader_study",
+                            secret=secret_with(N, lambda t: 8 <= t.count("real") <= 16))
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def png_chunks(data: bytes) -> list[str]:
-    """Chunk types of a PNG, parsed by hand (signature, then length / type / data / CRC)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    chunks, offset = [], 8
-    while offset < len(data):
-        (length,) = struct.unpack(">I", data[offset:offset + 4])
-        chunks.append(data[offset + 4:offset + 8].decode("ascii"))
-        offset += 12 + length
-    return chunks
+def page_data(page: str) -> dict:
+    return json.loads(re.search(r'<script id="study-data" type="application/json">(.*?)</script>', page, re.S).group(1))
 
 
 def write_answers(path: Path, key: dict, reader: str, answer_of, confidence_of=lambda entry: 5, rows=None) -> Path:
@@ -88,86 +93,215 @@ def write_answers(path: Path, key: dict, reader: str, answer_of, confidence_of=l
     return path
 
 
-def test_same_seed_same_study_byte_for_byte_other_seed_another(cyclegan, translation_study, tmp_path):
-    again = make_translation(cyclegan, tmp_path / "again")
-    first, second = files_of(translation_study), files_of(again)
-    assert first.keys() == second.keys() and all(first[name] == second[name] for name in first)
-    other = make_translation(cyclegan, tmp_path / "other", with_settings(seed=987655))
-    key, other_key = (json.loads((d / "key.json").read_text()) for d in (translation_study, other))
-    assert key["study_id"] != other_key["study_id"]
-    drawn = lambda k, truth: {json.dumps(e["source"], sort_keys=True) for e in k["images"] if e["truth"] == truth}
-    assert drawn(key, "real") != drawn(other_key, "real") and drawn(key, "fake") != drawn(other_key, "fake")
-    assert [e["truth"] for e in key["images"]] != [e["truth"] for e in other_key["images"]]
+# ---- the key: secret, rebuild ----
+
+def test_a_fresh_study_draws_its_own_secret_and_its_key_rebuilds_it_byte_for_byte(cyclegan, tmp_path):
+    first, second = make_translation(cyclegan, tmp_path / "first"), make_translation(cyclegan, tmp_path / "second")
+    keys = [json.loads((d / "key.json").read_text()) for d in (first, second)]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", k["secret"]) for k in keys) and keys[0]["secret"] != keys[1]["secret"]
+    assert {e["image_id"] for e in keys[0]["images"]}.isdisjoint(e["image_id"] for e in keys[1]["images"])
+    assert stat.S_IMODE((first / "key.json").stat().st_mode) == 0o600  # the secret: its owner only
+    # The same key, the same inputs: the same study, every file byte for byte (page, key, record, images).
+    again = tmp_path / "again"
+    assert main(["make", "rs_cyclegan", "--from-key", str(first / "key.json"), "--model", str(cyclegan["model"]),
+                 "--test-a", str(cyclegan["test_a"]), "--test-b", str(cyclegan["test_b"]), "--out", str(again)]) == 0
+    rebuilt, original = files_of(again), files_of(first)
+    assert rebuilt.keys() == original.keys() and all(rebuilt[name] == original[name] for name in original)
+    # A new study in the same folder (a rerun) replaces it; every key issued stays in <folder>_keys/.
+    make_translation(cyclegan, first)
+    archive = tmp_path / "first_keys"
+    assert sorted(p.name for p in archive.iterdir()) == sorted(
+        f"{k['study_id']}.json" for k in (keys[0], json.loads((first / "key.json").read_text())))
+    assert json.loads((archive / f"{keys[0]['study_id']}.json").read_text()) == keys[0]
+    assert stat.S_IMODE((archive / f"{keys[0]['study_id']}.json").stat().st_mode) == 0o600
+    # Neither the secret nor the counts leave key.json.
+    for name in ("study.html", "study.json"):
+        text = (first / name).read_text()
+        assert keys[0]["secret"] not in text and "n_real" not in text and "n_fake" not in text
+
+
+def test_a_rebuild_refuses_inputs_the_key_was_not_drawn_from(cyclegan, translation_study, tmp_path):
+    key = translation_study / "key.json"
+    with pytest.raises(InputDataError, match=r"dom_a/test.npz: is not the real the key was drawn from"):
+        from pipeline.reader_study.make import rebuild_study
+
+        rebuild_study(key, cyclegan["model"], tmp_path / "swapped", test_a=cyclegan["test_b"],
+                      test_b=cyclegan["test_a"])
+    assert not (tmp_path / "swapped").exists()
+    broken = json.loads(key.read_text())
+    broken["secret"] = "not-hex"
+    (tmp_path / "key.json").write_text(json.dumps(broken))
+    assert main(["make", "x", "--from-key", str(tmp_path / "key.json"), "--model", str(cyclegan["model"]),
+                 "--test-a", str(cyclegan["test_a"]), "--test-b", str(cyclegan["test_b"]),
+                 "--out", str(tmp_path / "s")]) == 1
+
+
+# ---- the reader's attack: nothing in the page but the pixels says real or generated ----
+
+def _old_tokens(n: int, seed: int, stream_id: int) -> list[str]:
+    """Image ids as the seeded version drew them: numpy default_rng([seed, stream]) hex digits."""
+    rng = np.random.default_rng([seed, stream_id])
+    tokens: list[str] = []
+    while len(tokens) < n:
+        token = "img-" + "".join(f"{d:x}" for d in rng.integers(16, size=10))
+        if token not in tokens:
+            tokens.append(token)
+    return tokens
+
+
+def attack_recipes(ids: list[str], seeds: list[int]) -> dict[str, list[str]]:
+    """A reader's guesses of every image's truth from the page's ids and positions and the
+    public seed, by every recipe the seeded design (or a careless variant) would fall to."""
+    n = len(ids)
+    half = lambda ranks: ["real" if r < n / 2 else "fake" for r in ranks]
+    recipes = {"ids in sorted order, first half real": half(np.argsort(np.argsort(ids)))}
+    for seed in seeds:
+        for stream_id in range(1, 9):
+            rng_ids = _old_tokens(n, seed, stream_id)
+            recipes[f"seed {seed}, stream {stream_id}: the first ids drawn are the real images"] = [
+                "real" if i in rng_ids[:n // 2] else "fake" for i in ids]
+            order = np.random.default_rng([seed, stream_id]).permutation(n)
+            recipes[f"seed {seed}, stream {stream_id}: order permutation, first half real"] = half(order)
+            coins = np.random.default_rng([seed, stream_id]).random(n) < 0.5
+            recipes[f"seed {seed}, stream {stream_id}: coins"] = ["real" if c else "fake" for c in coins]
+        recipes[f"seed {seed}: default_rng(seed) permutation"] = half(np.random.default_rng(seed).permutation(n))
+        recipes[f"seed {seed}: RandomState(seed) permutation"] = half(np.random.RandomState(seed).permutation(n))
+        shuffled = list(range(n))
+        random.Random(seed).shuffle(shuffled)
+        recipes[f"seed {seed}: random.Random shuffle"] = half(shuffled)
+        for secret in (f"{seed:064x}", hashlib.sha256(str(seed).encode()).hexdigest()):
+            recipes[f"seed {seed}: this design's coins from a seed-made secret {secret[:8]}"] = draw_truths(n, secret)
+    return recipes
+
+
+def worst_recipe(studies: list[tuple[list[str], list[str]]], seeds: list[int]) -> tuple[str, int, int, float]:
+    """(recipe, right, guesses, p) of the recipe that guessed the truths of all ``studies`` (ids,
+    truths) best; p: exact binomial test against 1/2, one-sided."""
+    right: dict[str, int] = {}
+    total = 0
+    for ids, truths in studies:
+        for name, guesses in attack_recipes(ids, seeds).items():
+            right[name] = right.get(name, 0) + sum(g == t for g, t in zip(guesses, truths))
+        total += len(ids)
+    name = max(right, key=right.get)
+    return name, right[name], total, binomtest(right[name], total, 0.5, alternative="greater").pvalue
+
+
+def test_the_readers_attack_recovers_no_more_than_chance(cyclegan, tmp_path, repo_root):
+    """A reader holds the page and params.yaml. Recomputing ids, order or coins from the public
+    seed (and seeds near it, by the seeded design's recipe and careless variants) must guess the
+    truths no better than coin tosses over several fresh studies; the seeded design's own page
+    must fall to the same attack (it has teeth)."""
+    import yaml
+
+    seed = yaml.safe_load((repo_root / "params.yaml").read_text())["seed"]
+    seeds = [seed, seed + 1700, 0, 1700, 42]
+    recipes_count = len(attack_recipes([f"img-{i:010x}" for i in range(N)], seeds))
+    threshold = ATTACK_ALPHA / recipes_count
+    # The seeded design (ids of default_rng([seed + 1700, 5]), the first half real): broken at once.
+    old = _old_tokens(N, seed + 1700, 5)
+    order = np.random.default_rng([seed + 1700, 4]).permutation(N)
+    old_study = ([old[i] for i in order], ["real" if i < N // 2 else "fake" for i in order])
+    name, right, total, p = worst_recipe([old_study], seeds)
+    assert right == total == N and p < threshold, (name, right, p)
+    # Fresh studies, secrets drawn by make from the operating system: chance.
+    studies = []
+    for i in range(4):
+        folder = make_translation(cyclegan, tmp_path / f"s{i}")
+        ids = [image["id"] for image in page_data((folder / "study.html").read_text())["images"]]
+        key = json.loads((folder / "key.json").read_text())
+        assert ids == [e["image_id"] for e in key["images"]]
+        studies.append((ids, [e["truth"] for e in key["images"]]))
+    name, right, total, p = worst_recipe(studies, seeds)
+    assert p > threshold, f"{name!r} guessed {right} of {total} (p = {p:.2g})"
+    # Brute force over 10,000 seeds: no page id is in any seed's id stream.
+    page_ids = {i for ids, _ in studies for i in ids}
+    for candidate in range(10_000):
+        assert page_ids.isdisjoint(_old_tokens(N, candidate, 5)), f"seed {candidate} draws a page id"
+
+
+def test_every_image_is_encoded_alike_and_bytes_tell_nothing(cyclegan, translation_study, tmp_path):
+    page = (translation_study / "study.html").read_text()
+    key = json.loads((translation_study / "key.json").read_text())
+    images = page_data(page)["images"]
+    assert key["n_real"] + key["n_fake"] == N
+    # Every per-image byte feature a reader could measure is one value for every image: the
+    # entry's keys and layout, its id length, the base64 length, the decoded length.
+    features = {(tuple(image), len(image["id"]), len(image["pixels"]), len(base64.b64decode(image["pixels"])))
+                for image in images}
+    assert features == {(("id", "pixels"), 14, len(base64.b64encode(bytes(SIZE * SIZE * 2))), SIZE * SIZE * 2)}
+    entries = re.findall(r'\{"id":"img-[0-9a-f]{10}","pixels":"[A-Za-z0-9+/=]+"\}', page)
+    assert len(entries) == N and len({len(e) for e in entries}) == 1
+    assert "data:image/png" not in page and "iVBORw0KGgo" not in page  # no PNG (sizes, filters, chunks) at all
+    # The pixels are the stored values x 65535, rounded: real ones computed here from the test set.
+    with np.load(cyclegan["test_b"]) as npz:
+        stored = npz["images"]
+    for image, entry in zip(images, key["images"]):
+        pixels = np.frombuffer(base64.b64decode(image["pixels"]), dtype="<u2").reshape(SIZE, SIZE)
+        assert (np.asarray(Image.open(translation_study / entry["file"])) == pixels).all()  # the organiser's copy
+        if entry["truth"] == "real":
+            assert (pixels == np.rint(stored[entry["source"]["index"]].astype(np.float64) * 65535)).all()
+    # Nothing else in the page depends on the draw: two studies with other coins (other counts)
+    # give the same page once ids, pixels and the study id are blanked.
+    other = make_translation(cyclegan, tmp_path / "other",
+                             secret=secret_with(N, lambda t: t.count("real") != key["n_real"]))
+    blank = lambda text: re.sub(r'"pixels":"[^"]*"|img-[0-9a-f]{10}|\b[0-9a-f]{12}\b', "X", text)
+    assert blank(page) == blank((other / "study.html").read_text())
 
 
 def test_page_is_self_contained_and_holds_no_trace_of_the_key(translation_study):
     page = (translation_study / "study.html").read_text()
     key = json.loads((translation_study / "key.json").read_text())
-    study = json.loads((translation_study / "study.json").read_text())
-    # Self-contained: no URL, no external script, style or font, no request.
-    assert not re.search(r"https?://|<link|@import|\burl\(|fetch\(|XMLHttpRequest|src=\"(?!data:image/png;base64,)", page)
-    # Nothing per image but its random token and pixels: no truth, source, patient, score or seed.
+    # Self-contained: no URL, no external script, style, font or frame, no request API; and a
+    # Content-Security-Policy that forbids every fetch, so nothing can load even by mistake.
+    assert not re.search(r"https?:|//[a-z0-9.-]+\.[a-z]{2,}|<link|@import|\burl\(|fetch\(|XMLHttpRequest|WebSocket|"
+                         r"sendBeacon|<iframe|<img|src=", page, flags=re.I)
+    assert "default-src 'none'" in page
     for entry in key["images"]:
         for secret in (entry["source"].get("subject_id"), (entry["source"].get("translated_from") or {}).get("subject_id"),
                        entry["file"]):
             assert secret is None or secret not in page
-    for secret in ("dom_a", "dom_b", "d_score", "truth", "translated", str(key["seed"]), "key.json"):
+    for secret in ("dom_a", "dom_b", "d_score", "truth", "translated", key["secret"], "key.json"):
         assert secret not in page
-    # Every item is the same HTML once its token, position and pixels are blanked.
-    items = re.findall(r'<section class="item".*?</section>', page, flags=re.S)
-    assert len(items) == 2 * N
-    blank = {re.sub(r"img-[0-9a-f]{10}|data:image/png;base64,[A-Za-z0-9+/=]+|\b\d+\b", "X", item) for item in items}
-    assert len(blank) == 1
-    # "real" / "fake" occur only as the radio values and labels of each item (and the instructions).
-    outside = re.sub(r'<section class="item".*?</section>', "", page, flags=re.S)
-    assert page.count('value="fake"') == 2 * N and "fake" not in outside
-    # The page shows the key's images in the key's order, byte for byte.
-    shown = re.findall(r'data-image-id="(img-[0-9a-f]{10})"', page)
-    assert shown == [e["image_id"] for e in key["images"]]
-    uris = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
-    assert [base64.b64decode(u) for u in uris] == [(translation_study / e["file"]).read_bytes() for e in key["images"]]
-    assert study["files"]["for_readers"] == ["study.html"]
+    # No count or ratio is stated: the numbers of real and generated images appear nowhere.
+    text = re.sub(r"<script.*?</script>|<style.*?</style>|<[^>]+>", " ", page, flags=re.S)
+    assert not re.search(r"\b\d+\s+(of them\s+)?(are\s+)?(real|generated)", text)
 
 
-def test_real_and_generated_images_pass_through_one_rendering(translation_study):
-    key = json.loads((translation_study / "key.json").read_text())
-    seen = {"real": set(), "fake": set()}
-    for entry in key["images"]:
-        data = (translation_study / entry["file"]).read_bytes()
-        chunks = png_chunks(data)
-        assert chunks[0] == "IHDR" and chunks[-1] == "IEND" and set(chunks[1:-1]) == {"IDAT"}  # no metadata chunk
-        image = Image.open(translation_study / entry["file"])
-        seen[entry["truth"]].add((image.size, image.mode, image.info.get("dpi"), tuple(sorted(image.info))))
-        assert re.fullmatch(r"img-[0-9a-f]{10}", entry["image_id"]) and entry["file"] == f"images/{entry['image_id']}.png"
-    assert seen["real"] == seen["fake"] == {((96, 96), "L", None, ())}
+# ---- the draw ----
 
-
-def test_rendering_windows_and_rounds_as_stated():
-    ramp = np.array([[0.0, 0.25, 0.5, 0.75, 1.0]], dtype=np.float32).repeat(5, axis=0)
-    shown = np.asarray(Image.open(__import__("io").BytesIO(render_png(ramp, 5, (0.25, 0.75)))))
-    # (v - 0.25) / 0.5 clipped to [0, 1], times 255, rounded half to even: 0, 0, 128, 255, 255.
-    assert shown.shape == (5, 5) and (shown == [0, 0, 128, 255, 255]).all()
-    with pytest.raises(ConfigError, match="display_window"):
-        render_png(ramp, 5, (0.5, 0.5))
+def test_truths_are_independent_fair_coins():
+    truths = np.array([[t == "real" for t in draw_truths(N, s)] for s in SECRETS])  # 400 studies x 24
+    counts = truths.sum(axis=1)
+    assert binomtest(int(truths.sum()), truths.size, 0.5).pvalue > 0.001
+    assert len(set(counts.tolist())) > 5  # the count varies from study to study (not fixed at 12)
+    for position in range(N):  # every position is real half of the time
+        assert binomtest(int(truths[:, position].sum()), len(SECRETS), 0.5).pvalue > 0.001 / N
+    agree = (truths[:, 1:] == truths[:, :-1]).sum()  # neighbours agree half of the time (no runs, no alternation)
+    assert binomtest(int(agree), truths[:, 1:].size, 0.5).pvalue > 0.001
+    assert draw_truths(N, SECRETS[0]) == draw_truths(N, SECRETS[0])
+    with pytest.raises(ConfigError, match="64 lower-case hex digits"):
+        draw_truths(N, "42")
 
 
 def test_draw_is_random_spread_over_patients_and_from_the_test_sets(translation_study, cyclegan):
     key = json.loads((translation_study / "key.json").read_text())
     real = [e["source"] for e in key["images"] if e["truth"] == "real"]
     fake = [e["source"]["translated_from"] for e in key["images"] if e["truth"] == "fake"]
+    assert len(real) == key["n_real"] and len(fake) == key["n_fake"]
     assert {s["file"] for s in real} == {str(cyclegan["test_b"])} and {s["file"] for s in fake} == {str(cyclegan["test_a"])}
     for drawn in (real, fake):
         per_patient = np.unique([s["subject_id"] for s in drawn], return_counts=True)[1]
-        assert len(per_patient) == N_SUBJECTS and set(per_patient) == {N // N_SUBJECTS}  # 12 from 6 patients: 2 each
-        assert len({s["index"] for s in drawn}) == N
+        assert len(per_patient) == min(N_SUBJECTS, len(drawn)) and per_patient.max() - per_patient.min() <= 1
+        assert len({s["index"] for s in drawn}) == len(drawn)  # without replacement
     # The shown fakes are the model's translations of the recorded source slices.
     translator = load_trained(cyclegan["model"])
     with np.load(cyclegan["test_a"]) as npz:
         sources = npz["images"][[s["index"] for s in fake]]
     translated = translator.translate("a_to_b", sources)
-    fakes = [e for e in key["images"] if e["truth"] == "fake"]
-    for image, entry in zip(translated, fakes):
-        assert (translation_study / entry["file"]).read_bytes() == render_png(image, 96, (0.0, 1.0))
+    for image, entry in zip(translated, [e for e in key["images"] if e["truth"] == "fake"]):
+        shown = np.asarray(Image.open(translation_study / entry["file"]))
+        assert (shown == np.rint(np.asarray(image, np.float64) * 65535)).all()
 
 
 def test_spread_over_patients_balances_and_leaves_out_excluded_patients(tmp_path):
@@ -181,16 +315,44 @@ def test_spread_over_patients_balances_and_leaves_out_excluded_patients(tmp_path
         spread_over_subjects(subjects, 19, np.random.default_rng(0), tmp_path / "t.npz", frozenset({"p4"}))
 
 
-def test_conditional_generator_study_matches_the_real_class_mix_and_picks_by_its_discriminator(cgan, tmp_path):
-    settings = with_settings(pick="best_by_discriminator", candidates_per_image=3)
+def test_too_few_test_images_is_a_clear_error_whatever_the_coins(cyclegan, cgan, tmp_path):
+    for secret in SECRETS[:3]:
+        with pytest.raises(InputDataError, match=r"dom_a/test.npz: holds 30 source slices to translate; the study "
+                                                 r"may need 31 .*lower reader_study.n_images"):
+            make_translation(cyclegan, tmp_path / "s", with_settings(n_images=31), secret)
+        with pytest.raises(InputDataError, match=r"labelled/test.npz: holds 30 real images; the study may need 31"):
+            make_study("x", cgan["model"], tmp_path / "s", with_settings(n_images=31), real=cgan["real"], secret=secret)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("side", ["real", "fake"])
+def test_a_class_the_coins_leave_empty_builds_and_scores(cyclegan, cgan, tmp_path, side):
+    secret = secret_with(3, lambda t: t == [side] * 3)
+    key_paths = [make_translation(cyclegan, tmp_path / "t", with_settings(n_images=3), secret) / "key.json"]
+    make_study("rs_cgan", cgan["model"], tmp_path / "g", with_settings(n_images=3), real=cgan["real"], secret=secret)
+    key_paths.append(tmp_path / "g" / "key.json")
+    for key_path in key_paths:
+        key = read_key(key_path)
+        assert [e["truth"] for e in key["images"]] == [side] * 3
+        answers = read_answers(write_answers(tmp_path / "a.csv", key, "a", lambda e: "real"), key)
+        scores = score_study(key, [answers])
+        reader = scores["readers"]["a"]
+        assert reader["accuracy"]["value"] == (1.0 if side == "real" else 0.0)
+        empty = "sensitivity_fake" if side == "real" else "specificity_fake"
+        assert reader[empty]["value"] is None and reader["auc"]["value"] is None
+
+
+def test_conditional_generator_takes_classes_of_class_donors_and_picks_by_its_discriminator(cgan, tmp_path):
+    settings = with_settings(n_images=8, pick="best_by_discriminator", candidates_per_image=3)
+    secret = secret_with(8, lambda t: t.count("fake") >= 3)
     study = make_study("rs_cgan", cgan["model"], tmp_path / "study", settings, real=cgan["real"],
-                       checkpoint=cgan["checkpoint"])
+                       checkpoint=cgan["checkpoint"], secret=secret)
     key = json.loads((tmp_path / "study" / "key.json").read_text())
     assert study["task"] == "generation" and key["pick"] == "best_by_discriminator" and key["candidates_per_image"] == 3
-    with np.load(cgan["real"]) as npz:
-        real_labels = sorted(int(npz["labels"][e["source"]["index"]]) for e in key["images"] if e["truth"] == "real")
     fakes = [e["source"] for e in key["images"] if e["truth"] == "fake"]
-    assert sorted(f["label"] for f in fakes) == real_labels
+    with np.load(cgan["real"]) as npz:
+        test_labels = set(npz["labels"].tolist())
+    assert {f["label"] for f in fakes} <= test_labels
     # Independently: rebuild D from the checkpoint, score every candidate, take the best of each 3.
     export = torch.load(cgan["model"], weights_only=True)
     state = torch.load(cgan["checkpoint"], weights_only=True)
@@ -210,9 +372,9 @@ def test_conditional_generator_study_matches_the_real_class_mix_and_picks_by_its
 
 
 def test_best_by_discriminator_needs_the_matching_checkpoint(cyclegan, tmp_path):
-    settings = with_settings(pick="best_by_discriminator", candidates_per_image=2)
+    settings = with_settings(n_images=8, pick="best_by_discriminator", candidates_per_image=2)
     missing = tmp_path / "checkpoint.pt"
-    with pytest.raises(InputDataError, match="checkpoint.pt: not found: pick best_by_discriminator needs"):
+    with pytest.raises(InputDataError, match="checkpoint.pt: not found"):
         make_study("x", cyclegan["model"], tmp_path / "s", settings, test_a=cyclegan["test_a"],
                    test_b=cyclegan["test_b"], checkpoint=missing)
     state = torch.load(cyclegan["checkpoint"], weights_only=True)
@@ -222,9 +384,10 @@ def test_best_by_discriminator_needs_the_matching_checkpoint(cyclegan, tmp_path)
         make_study("x", cyclegan["model"], tmp_path / "s", settings, test_a=cyclegan["test_a"],
                    test_b=cyclegan["test_b"], checkpoint=missing)
     assert not (tmp_path / "s").exists()
-    study = make_study("x", cyclegan["model"], tmp_path / "ok", with_settings(pick="best_by_discriminator",
+    study = make_study("x", cyclegan["model"], tmp_path / "ok", with_settings(n_images=8, pick="best_by_discriminator",
                        candidates_per_image=2, direction="b_to_a"), test_a=cyclegan["test_a"],
-                       test_b=cyclegan["test_b"], checkpoint=cyclegan["checkpoint"])
+                       test_b=cyclegan["test_b"], checkpoint=cyclegan["checkpoint"],
+                       secret=secret_with(8, lambda t: t.count("fake") >= 2))
     fakes = [e["source"] for e in json.loads((tmp_path / "ok" / "key.json").read_text())["images"] if e["truth"] == "fake"]
     assert study["generated"]["direction"] == "b_to_a"
     assert all(f["d_score"] == max(f["candidate_d_scores"]) and len(f["candidate_d_scores"]) == 2 for f in fakes)
@@ -246,47 +409,7 @@ def test_a_model_is_taken_by_its_task_and_nothing_else():
         model_task(Sampler(), Path("m.pt"))
 
 
-def test_too_few_test_images_is_a_clear_error(cyclegan, tmp_path):
-    with pytest.raises(InputDataError, match=r"dom_a/test.npz: holds 30 usable source images to translate; the study needs 36"):
-        make_study("x", cyclegan["model"], tmp_path / "s", with_settings(n_per_class=36), test_a=cyclegan["test_a"],
-                   test_b=cyclegan["test_b"])
-
-
-def test_answers_from_the_key_score_one_and_inverted_zero(translation_study, tmp_path):
-    key = read_key(translation_study / "key.json")
-    invert = {"real": "fake", "fake": "real"}
-    right = write_answers(tmp_path / "a.csv", key, "right", lambda e: e["truth"])
-    wrong = write_answers(tmp_path / "b.csv", key, "wrong", lambda e: invert[e["truth"]])
-    scores = score_study(key, [read_answers(right, key), read_answers(wrong, key)], 500, key["seed"])
-    r, w = scores["readers"]["right"], scores["readers"]["wrong"]
-    assert r["accuracy"]["value"] == 1 and r["auc"]["value"] == 1 and r["fakes_taken_for_real"]["value"] == 0
-    assert w["accuracy"]["value"] == 0 and w["auc"]["value"] == 0 and w["fakes_taken_for_real"]["value"] == 1
-    # Clopper-Pearson from the beta distribution: 24/24 -> [0.025^(1/24), 1]; 0/24 -> [0, 1 - 0.025^(1/24)].
-    assert r["accuracy"]["ci95"] == pytest.approx([0.025 ** (1 / 24), 1.0])
-    assert w["accuracy"]["ci95"] == pytest.approx([0.0, 1 - 0.025 ** (1 / 24)])
-    assert scores["pooled"]["accuracy"]["value"] == 0.5 and scores["pooled"]["auc"]["value"] == 0.5
-
-
-def test_scores_match_independent_computations(translation_study, tmp_path):
-    key = read_key(translation_study / "key.json")
-    rng = np.random.default_rng(3)
-    said = {e["image_id"]: rng.choice(["real", "fake"]) for e in key["images"]}
-    conf = {e["image_id"]: int(rng.integers(1, 6)) for e in key["images"]}
-    path = write_answers(tmp_path / "c.csv", key, "c", lambda e: said[e["image_id"]], lambda e: conf[e["image_id"]])
-    block = score_study(key, [read_answers(path, key)], 500, key["seed"])["readers"]["c"]
-    truth = np.array([e["truth"] == "fake" for e in key["images"]])
-    answer = np.array([said[e["image_id"]] == "fake" for e in key["images"]])
-    k = int((truth == answer).sum())
-    low = beta.ppf(0.025, k, 24 - k + 1) if k else 0.0
-    high = beta.ppf(0.975, k + 1, 24 - k) if k < 24 else 1.0
-    assert block["accuracy"]["k"] == k and block["accuracy"]["ci95"] == pytest.approx([low, high])
-    assert block["specificity_fake"]["value"] == pytest.approx(((~answer) & ~truth).sum() / 12)
-    assert block["sensitivity_fake"]["value"] + block["fakes_taken_for_real"]["value"] == pytest.approx(1)
-    # AUC: the answer and confidence as a signed rating; Mann-Whitney U / (n_fake x n_real) from scipy.
-    signed = np.array([(1 if said[e["image_id"]] == "fake" else -1) * conf[e["image_id"]] for e in key["images"]])
-    assert block["auc"]["value"] == pytest.approx(mannwhitneyu(signed[truth], signed[~truth]).statistic / (12 * 12))
-    assert block["auc"]["ci95"][0] <= block["auc"]["value"] <= block["auc"]["ci95"][1]
-
+# ---- answers files ----
 
 @pytest.mark.parametrize("problem, match", [
     ("missing", r"b\.csv: answers 23 of 24 images; missing: img-[0-9a-f]{10} \(position 24\)"),
@@ -298,6 +421,7 @@ def test_scores_match_independent_computations(translation_study, tmp_path):
     ("header", r"b\.csv: row 1 \(header\) lacks column\(s\) \['confidence'\]"),
     ("fields", r"b\.csv: row 6: 5 fields, the header has 6"),
     ("reader", r"b\.csv: row 7: reader 'someone' differs from 'b'"),
+    ("position", r"b\.csv: row 8: image 'img-[0-9a-f]{10}' was shown at position 7, the row says '99'"),
 ])
 def test_malformed_answers_name_the_file_and_row(translation_study, tmp_path, problem, match):
     key = read_key(translation_study / "key.json")
@@ -321,73 +445,99 @@ def test_malformed_answers_name_the_file_and_row(translation_study, tmp_path, pr
         lines[5] = lines[5].rsplit(",", 1)[0]
     elif problem == "reader":
         lines[6] = lines[6].replace(",b,", ",someone,", 1)
+    elif problem == "position":
+        lines[7] = re.sub(r",7,", ",99,", lines[7])
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputDataError, match=match):
         read_answers(path, key)
 
 
+def test_a_key_of_the_seeded_format_is_refused(translation_study, tmp_path):
+    key = json.loads((translation_study / "key.json").read_text())
+    key["format"] = 1
+    (tmp_path / "key.json").write_text(json.dumps(key))
+    with pytest.raises(InputDataError, match=r"key.json: is a key of format 1; this version reads format 2"):
+        read_key(tmp_path / "key.json")
+
+
+# ---- CLI and Snakemake ----
+
 def test_cli_scores_writes_the_figure_and_logs_into_the_mlflow_run(translation_study, cyclegan, tmp_path):
     key = read_key(translation_study / "key.json")
     right = write_answers(tmp_path / "answers_right.csv", key, "right", lambda e: e["truth"])
-    half = write_answers(tmp_path / "answers_half.csv", key, "half", lambda e: "real")
+    real = write_answers(tmp_path / "answers_real.csv", key, "all_real", lambda e: "real")
     out, figure = tmp_path / "scores.json", tmp_path / "grid.png"
-    assert main(["score", str(translation_study / "key.json"), str(right), str(half), "--out", str(out),
+    assert main(["score", str(translation_study / "key.json"), str(right), str(real), "--out", str(out),
                  "--figure", str(figure), "--run-json", str(cyclegan["run"])]) == 0
     scores = json.loads(out.read_text())
-    assert scores["readers"]["half"]["accuracy"]["value"] == 0.5
-    assert scores["readers"]["half"]["specificity_fake"]["value"] == 1 and scores["readers"]["half"]["sensitivity_fake"]["value"] == 0
+    share_real = key["n_real"] / N
+    assert scores["readers"]["all_real"]["accuracy"]["value"] == pytest.approx(share_real)
+    assert scores["readers"]["all_real"]["specificity_fake"]["value"] == 1
+    assert scores["readers"]["all_real"]["sensitivity_fake"]["value"] == 0
     assert Image.open(figure).size[0] > 600
     run = json.loads(cyclegan["run"].read_text())
     metrics = mlflow.MlflowClient(run["tracking_uri"]).get_run(run["run_id"]).data.metrics
-    assert metrics["reader_study/right/accuracy"] == 1.0 and metrics["reader_study/pooled/accuracy"] == 0.75
-    assert metrics["reader_study/half/fakes_taken_for_real"] == 1.0
+    assert metrics["reader_study/right/accuracy"] == 1.0
+    assert metrics["reader_study/pooled/accuracy"] == pytest.approx((1 + share_real) / 2)
+    assert metrics["reader_study/all_real/fakes_taken_for_real"] == 1.0
+    assert "reader_study/pooled/accuracy_ci95_low" in metrics and "reader_study/pooled/p_value_vs_chance" in metrics
     # The same reader twice is an error naming the second file.
     assert main(["score", str(translation_study / "key.json"), str(right), str(right)]) == 1
 
 
 def test_cli_make_takes_missing_values_from_params(cyclegan, tmp_path, repo_root):
-    params = (repo_root / "params.yaml").read_text()
-    (tmp_path / "params.yaml").write_text(params)
+    import yaml
+
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["reader_study"]["n_images"] = 10
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "study"
     args = ["make", "cyclegan_ct_mri", "--params", str(tmp_path / "params.yaml"), "--model", str(cyclegan["model"]),
             "--test-a", str(cyclegan["test_a"]), "--test-b", str(cyclegan["test_b"]), "--out", str(out),
-            "--display-size", "64"]
+            "--window-preset", "soft:0.1:0.9"]
     assert main(args) == 0
     study = json.loads((out / "study.json").read_text())
-    import yaml
-
-    cfg = yaml.safe_load(params)
-    section = cfg["reader_study"]
-    assert study["settings"]["seed"] == cfg["seed"] + section["seed_offset"]
-    assert study["settings"]["n_per_class"] == section["n_per_class"] and study["display"]["shown_size"] == [64, 64]
+    section = params["reader_study"]
+    assert study["settings"]["n_images"] == 10 and study["page"]["n_images"] == 10
+    assert study["settings"]["display_window"] == section["display_window"]
+    assert study["display"]["window_presets"] == {"soft": [0.1, 0.9]}
+    assert page_data((out / "study.html").read_text())["presets"] == [["soft", 0.1, 0.9]]
     assert main(["make", "no_such_experiment", "--params", str(tmp_path / "params.yaml")]) == 1
+    assert main([*args[:-2], "--window-preset", "soft"]) == 1
 
 
 @pytest.mark.slow
-def test_snakemake_target_builds_the_study_and_reruns_on_a_changed_knob(cyclegan, repo_root, tmp_path):
-    """The real rule, on the tiny profile, with the model and test sets in place (training and
-    data preparation are other rules' tests: --allowed-rules keeps them out)."""
+def test_the_tiny_profile_builds_a_study_and_a_changed_knob_draws_a_new_one(built_tiny_repo, tmp_path):
+    """configs/tiny.yaml end to end: the session's tiny chain (its 2-slice test sets, its CycleGAN)
+    gives a study through the Snakemake rule; a changed knob reruns it, and the first key is kept.
+    Leaves the built repository as it found it."""
     import shutil
 
     import yaml
-    from workflow_support import run, tiny_copy
+    from workflow_support import run
 
-    work = tiny_copy(repo_root, tmp_path / "repo", git=False)
-    (work / "models" / "cyclegan_ct_mri").mkdir(parents=True)
-    shutil.copy(cyclegan["model"], work / "models" / "cyclegan_ct_mri" / "model.pt")
-    for dataset, test in (("ct_head", cyclegan["test_a"]), ("mri_t2", cyclegan["test_b"])):
-        (work / "data" / "slices" / dataset).mkdir(parents=True)
-        shutil.copy(test, work / "data" / "slices" / dataset / "test.npz")
+    work = built_tiny_repo
     target = "results/cyclegan_ct_mri/reader_study"
+    made = [work / target, work / "results/cyclegan_ct_mri/reader_study_keys", work / "logs/reader_study"]
+    assert not any(path.exists() for path in made)
     command = ["snakemake", "--cores", "1", "--allowed-rules", "reader_study"]
-    run([*command, "--", target], work)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    study = json.loads((work / target / "study.json").read_text())
-    assert study["settings"]["seed"] == params["seed"] + params["reader_study"]["seed_offset"]
-    assert study["generated"]["direction"] == params["reader_study"]["direction"]
-    shown = {p.name for p in (work / target).iterdir() if p.name != ".snakemake_timestamp"}  # Snakemake's marker
-    assert shown == {"study.html", "key.json", "study.json", "images"}
-    (tmp_path / "other.yaml").write_text(yaml.safe_dump({"reader_study": {"seed_offset": 1, "n_per_class": 4}}))
-    run([*command, "--configfile", str(tmp_path / "other.yaml"), "--", target], work)
-    other = json.loads((work / target / "study.json").read_text())
-    assert other["study_id"] != study["study_id"] and other["page"]["n_images"] == 8
+    try:
+        run([*command, "--", target], work)
+        params = yaml.safe_load((work / "params.yaml").read_text())
+        study = json.loads((work / target / "study.json").read_text())
+        key = json.loads((work / target / "key.json").read_text())
+        assert study["page"]["n_images"] == params["reader_study"]["n_images"] == len(key["images"])
+        assert study["generated"]["direction"] == params["reader_study"]["direction"]
+        assert {p.name for p in (work / target).iterdir() if p.name != ".snakemake_timestamp"} == {
+            "study.html", "key.json", "study.json", "images"}
+        other_knobs = tmp_path / "other.yaml"
+        other_knobs.write_text(yaml.safe_dump({"reader_study": {"n_images": 1}}))
+        run([*command, "--configfile", str(other_knobs), "--", target], work)
+        other = json.loads((work / target / "key.json").read_text())
+        assert len(other["images"]) == 1 and other["secret"] != key["secret"]
+        kept = {p.name for p in made[1].iterdir()}
+        assert kept == {f"{key['study_id']}.json", f"{other['study_id']}.json"}
+    finally:
+        run(["snakemake", "--cleanup-metadata", target], work, check=False)
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)

@@ -17,7 +17,7 @@ import torch
 from phi_support import marked_copy, shared_inputs, uninterrupted_build
 from workflow_support import BIN, TARGET, run
 
-#: Kill once this many registered volumes exist: well into the chain, before training.
+#: Kill once this many registered volumes exist: inside a dataset's register job, before training.
 KILL_AFTER_REGISTERED = 2
 KILL_TIMEOUT_S = 300
 
@@ -30,7 +30,7 @@ def _killed_midway(work: Path) -> None:
     )  # fmt: skip
     deadline = time.monotonic() + KILL_TIMEOUT_S
     try:
-        while len(list((work / "data" / "registered").glob("*/*.qc.json"))) < KILL_AFTER_REGISTERED:
+        while len(list((work / "data" / "registered").glob("*/subjects/*.qc.json"))) < KILL_AFTER_REGISTERED:
             assert proc.poll() is None, "snakemake ended before it could be killed"
             assert time.monotonic() < deadline, "registration never started"
             time.sleep(0.2)

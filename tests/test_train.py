@@ -12,7 +12,9 @@ import torch
 
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.models import load_trained
-from pipeline.train import _lr_factor, main, resolve_config, train
+from pipeline.engine.knobs import resolve_config
+from pipeline.engine.step import lr_factor
+from pipeline.train import main, train
 from training_support import write_random_slices
 
 UNET = {"model": {"decoder_channels": [8, 8, 8, 8, 8], "perceptual_layers": ["relu1_2"], "pretrained": "none",
@@ -186,5 +188,5 @@ def test_config_errors_name_the_knob():
 
 
 def test_lr_schedule_constant_then_linear():
-    assert [_lr_factor(e, constant=2, decay=3) for e in range(6)] == pytest.approx([1, 1, 0.75, 0.5, 0.25, 0])
-    assert _lr_factor(500, constant=2, decay=0) == 1.0
+    assert [lr_factor(e, constant=2, decay=3) for e in range(6)] == pytest.approx([1, 1, 0.75, 0.5, 0.25, 0])
+    assert lr_factor(500, constant=2, decay=0) == 1.0

@@ -87,6 +87,7 @@ def test_history_carries_d_on_real_and_fake_for_the_evaluator(slices, store, tmp
     assert [float(r["instance_noise_std"]) for r in rows] == pytest.approx([0.2, 0.2 * 2 / 3, 0.2 / 3, 0.0])
     run = json.loads((tmp_path / "m" / "run.json").read_text())
     assert run["model"] == "cgan" and run["domains"] == {"images": "ct_haemorrhage"}
+    assert run["images_per_s"] > 0 and "image_pairs_per_s" not in run  # one input: images, not pairs
     sampler = load_trained(tmp_path / "m" / "model.pt")
     assert (sampler.task, sampler.n_classes, sampler.image_size) == ("generation", 2, (16, 16))
 

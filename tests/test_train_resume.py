@@ -15,6 +15,7 @@ import mlflow
 import pytest
 import torch
 
+import pipeline.engine.checkpoint
 import pipeline.train
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.models.cyclegan import CycleGAN
@@ -31,6 +32,7 @@ CFG = {"model": {"variant": "resnet9_patchgan", "ngf": 4, "ndf": 4, "n_res_block
 # Run in a child process: training with a hook that delivers a real signal at a chosen moment.
 CHILD = textwrap.dedent("""
     import builtins, json, os, signal, sys
+    import pipeline.engine.checkpoint as checkpoint
     import pipeline.train as engine
     from pipeline.models.cyclegan import CycleGAN
 
@@ -67,7 +69,7 @@ CHILD = textwrap.dedent("""
                 if len(writes) == hook["at"]:
                     return DyingFile(fh)
             return fh
-        engine.open = dying_open
+        checkpoint.open = dying_open
     sys.exit(engine.main(sys.argv[1:]))
 """)
 
@@ -199,7 +201,7 @@ def test_full_disk_while_checkpointing_fails_clearly_and_keeps_previous(data, st
                 return FullDiskFile(fh)
         return fh
 
-    monkeypatch.setattr(pipeline.train, "open", filling_open, raising=False)
+    monkeypatch.setattr(pipeline.engine.checkpoint, "open", filling_open, raising=False)
     with caplog.at_level(logging.ERROR):
         assert main(cli_args(data, out, store, experiment="full_disk")) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]

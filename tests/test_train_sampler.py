@@ -10,7 +10,9 @@ import torch
 
 from pipeline.errors import ConfigError
 from pipeline.models import load_trained
-from pipeline.train import BatchSampler, centre_crop, resolve_config, train
+from pipeline.engine.data import BatchSampler, centre_crop, label_maps_as_tensor
+from pipeline.engine.knobs import resolve_config
+from pipeline.train import train
 
 
 def numbered_images(n=5, height=6, width=7):
@@ -95,16 +97,14 @@ def test_class_balanced_draws_even_out_a_rare_class():
 
 def test_label_maps_are_resized_by_nearest_neighbour():
     """Classes 0 and 3 resized 8 -> 12 and 8 -> 5 stay classes 0 and 3; bilinear would blend them."""
-    from pipeline.train import _maps_as_tensor
-
     maps = np.zeros((2, 8, 8), dtype=np.int64)
     maps[0, 2:6, 3:7] = 3
     maps[1, :, ::2] = 3
     for size in (12, 5):
-        resized = _maps_as_tensor(maps, size, torch.device("cpu"))
+        resized = label_maps_as_tensor(maps, size, torch.device("cpu"))
         assert resized.shape == (2, 1, size, size) and resized.dtype == torch.long
         assert set(resized.unique().tolist()) == {0, 3}
-    up = _maps_as_tensor(maps, 16, torch.device("cpu"))[0, 0]
+    up = label_maps_as_tensor(maps, 16, torch.device("cpu"))[0, 0]
     assert torch.equal(up, torch.from_numpy(maps[0]).repeat_interleave(2, 0).repeat_interleave(2, 1))
 
 
@@ -154,3 +154,24 @@ def test_translation_pads_to_the_generator_multiple_and_crops_back():
         result = _translate_padded(generator, x)
         expected = generator(torch.nn.functional.pad(x, (0, 2, 0, 2), mode="reflect"))[..., :30, :30]
     assert result.shape == (1, 1, 30, 30) and torch.equal(result, expected)
+
+
+def test_an_epoch_plan_depends_only_on_the_generator_state():
+    """What a resume relies on: the data generator's state at an epoch's start gives that
+    epoch's plan again, whatever was drawn in between; the next epoch and another seed differ."""
+    data = {"a": numbered_images(n=5), "b": numbered_images(n=3) + 1000}
+    sampler = BatchSampler(data, batch_size=2, crop_size=4, flip_probability=0.5)
+    rng = torch.Generator().manual_seed(4)
+    at_start = rng.get_state()
+    first = sampler.plan_epoch(steps=4, rng=rng)
+    following = sampler.plan_epoch(steps=4, rng=rng)
+    torch.randperm(10, generator=rng)
+    rng.set_state(at_start)
+    again = sampler.plan_epoch(steps=4, rng=rng)
+    other_seed = sampler.plan_epoch(steps=4, rng=torch.Generator().manual_seed(5))
+
+    def same(p, q):
+        return all(torch.equal(x, y) for d in p for x, y in zip(p[d], q[d]))
+
+    assert same(first, again) and not same(first, following) and not same(first, other_seed)
+    assert torch.equal(sampler.batch(first, 3)["b"], sampler.batch(again, 3)["b"])

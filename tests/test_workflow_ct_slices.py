@@ -1,7 +1,8 @@
 """Through Snakemake: the haemorrhage CT slices (RSNA layout) from empty data, on configs/tiny.yaml.
 
-download (phantom_rsna_ich, de-identified) -> prepare_ct_slices, in a copy of the repository; a
-rerun does nothing, a preprocessing knob reruns only the slices, a phantom knob both.
+download (phantom_rsna_ich, de-identified) -> prepare_ct_slices, as planned in an empty copy of the
+repository and as the session's tiny build (conftest's ``built_tiny_repo``) made them; a rerun does
+nothing, a preprocessing knob reruns only the slices, a phantom knob both.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workflow_support import changed_param, planned_jobs, run, tiny_copy
+from workflow_support import changed_param, planned_jobs, tiny_copy
 
 TARGET = "data/slices/ct_haemorrhage/train.npz"
 
 
 @pytest.mark.slow
-def test_ct_slices_from_empty_data_and_reruns(repo_root: Path, tmp_path: Path):
-    work = tiny_copy(repo_root, tmp_path / "repo", git=False)
-    assert planned_jobs(work, TARGET) == {"download": 1, "prepare_ct_slices": 1}
-    run(["snakemake", "--cores", "2", TARGET], work)
+def test_ct_slices_from_empty_data_and_reruns(repo_root: Path, tmp_path: Path, built_tiny_repo: Path):
+    empty = tiny_copy(repo_root, tmp_path / "repo", git=False)
+    assert planned_jobs(empty, TARGET) == {"download": 1, "prepare_ct_slices": 1}
+    work = built_tiny_repo
 
     slices = work / "data" / "slices" / "ct_haemorrhage"
     size = 32  # configs/tiny.yaml

@@ -66,7 +66,7 @@ def test_segmenter_beats_a_stated_dice_on_heldout_phantom_slices(built_tiny_repo
     """Trained with the default profile's segmenter knobs on the tiny run's real phantom slices;
     its Dice on the held-out test patients bounds what the generated images' Dice can show."""
     from pipeline.config import read_yaml_mapping
-    from pipeline.evaluate.segmenter import train_segmenter
+    from pipeline.evaluate.measures.segmenter import train_segmenter
     from pipeline.preprocess.thorax_labels import CLASS_NAMES
 
     settings = read_yaml_mapping(repo_root / "params.yaml")["experiments"]["seg2ct_style"]["segmenter"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.evaluate import validate_metrics
+from pipeline.evaluate.metrics_json import validate_metrics
 from workflow_support import changed_param, planned_jobs
 
 EXPERIMENT = "stylegan_cxr_cardiomegaly"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pipeline.models.cyclegan import CycleGAN
-from pipeline.train import _seeds
+from pipeline.engine.knobs import split_seed
 
 
 def write_random_slices(root: Path, seed: int, counts: dict[str, int], size: int = 32) -> dict[str, Path]:
@@ -36,7 +36,7 @@ def disagreement(ours: Mapping[str, Any], theirs: Mapping[str, Any], model_cfg: 
     bit-identical: Adam makes +-lr steps of gradients that are pure rounding noise (the conv
     biases in front of instance norm, whose true gradient is zero) and GAN training amplifies
     the difference; this ratio stays small for them and grows when the arithmetic differs."""
-    torch.manual_seed(_seeds(seed)[0])
+    torch.manual_seed(split_seed(seed)[0])
     model = CycleGAN(dict(model_cfg), None, 0).eval()
     ratios = {}
     with torch.no_grad():

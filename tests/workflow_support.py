@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,31 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def dvc_stage_targets(workdir: Path) -> list[str]:
+    """The Snakemake targets of every dvc.yaml stage: the files its command (the last
+    `snakemake ...` of the stage's `cmd`) asks Snakemake to build, in stage order."""
+    stages = yaml.safe_load((workdir / "dvc.yaml").read_text())["stages"]
+    targets: list[str] = []
+    for name, stage in stages.items():
+        words = shlex.split(stage["cmd"].split("&&")[-1])
+        assert words[0] == "snakemake", f"dvc.yaml stage {name}: its command is not a snakemake call"
+        for word in words[1:]:
+            if word.startswith("-"):
+                break
+            if word not in targets:
+                targets.append(word)
+    return targets
+
+
+def build_dvc_stages(workdir: Path, cores: int = 2) -> None:
+    """What `dvc repro` builds, in one Snakemake run instead of one per stage: every stage's
+    targets at once (so the experiments' chains share the cores), then `dvc commit` so that
+    dvc.lock records each stage's deps, params and outs and `dvc status` is clean. The stage
+    commands themselves are run by test_workflow's `dvc repro` of a stage."""
+    run(["snakemake", "--cores", str(cores), "--", *dvc_stage_targets(workdir)], workdir)
+    run(["dvc", "commit", "--force", "--quiet"], workdir)
 
 
 def planned_jobs(workdir: Path, target: str = TARGET) -> dict[str, int]:

@@ -2,5 +2,5 @@
 (``invert``), linear separation of healthy and diseased codes (``separation``) and edits along a
 latent direction (``edit``), each a stage with its own CLI and Snakemake rule
 (pipeline/rules/stylegan.smk), writing one section JSON under results/<experiment>/sections/;
-``assemble`` joins the sections into metrics.json.
+the editing task's evaluator (pipeline.evaluate.tasks.editing) joins the sections into metrics.json.
 """

@@ -11,11 +11,11 @@ Directions (both unit vectors in w, or in flattened W+ when the codes differ per
 
 Each held-out (validation / test) healthy image's optimised code w (up to ``max_images``) becomes w + alpha v for
 every alpha in ``alphas``; alpha 0 is the unedited reconstruction. Measures per edited image:
-- CTR, from the label map a heart / thorax segmenter (``pipeline/evaluate/segmenter.py``, the
-  U-Net of pipeline/evaluate/segmenter.py, trained by its own rule on phantom slices with truth maps) predicts, through
+- CTR, from the label map a heart / thorax segmenter (``pipeline/evaluate/measures/segmenter.py``, the
+  U-Net of pipeline/evaluate/measures/segmenter.py, trained by its own rule on phantom slices with truth maps) predicts, through
   ``pipeline.preprocess.ctr.ctr_from_masks``; the segmenter's own CTR error on the held-out
   phantom test slices (|CTR from predicted map - truth CTR|) is reported beside it;
-- the real-data classifier's cardiomegaly probability (``pipeline/evaluate/classifier.py``,
+- the real-data classifier's cardiomegaly probability (``pipeline/evaluate/measures/classifier.py``,
   trained on real train slices by its own rule);
 - identity: SSIM between the edited image and the unedited reconstruction over the pixels
   outside the heart (outside the union of the heart masks predicted in both), the skimage SSIM
@@ -98,7 +98,7 @@ def ssim_outside(reference: np.ndarray, test: np.ndarray, outside: np.ndarray) -
     """Mean of the SSIM map of two [0, 1] images over the ``outside`` pixels (NaN if none)."""
     from skimage.metrics import structural_similarity
 
-    from pipeline.evaluate.image_metrics import SSIM_SETTINGS
+    from pipeline.evaluate.measures.image_metrics import SSIM_SETTINGS
 
     if not outside.any():
         return float("nan")
@@ -117,7 +117,7 @@ def measure_ctr(maps: np.ndarray) -> np.ndarray:
 
 
 def _summary(values: np.ndarray, subjects: np.ndarray, policy) -> dict:
-    from pipeline.evaluate.translation import summarise
+    from pipeline.evaluate.measures.summary import summarise
 
     return summarise(np.asarray(values, np.float64), subjects, policy)
 
@@ -125,23 +125,23 @@ def _summary(values: np.ndarray, subjects: np.ndarray, policy) -> dict:
 class EditMeasures:
     """The segmenter and the classifier, applied to stacks of images in [0, 1]."""
 
-    def __init__(self, segmenter_path: Path, classifier_path: Path):
-        from pipeline.evaluate.classifier import load_classifier
-        from pipeline.evaluate.segmenter import load_segmenter
+    def __init__(self, segmenter_path: Path, classifier_path: Path, device: str = "cpu"):
+        from pipeline.evaluate.measures.classifier import load_classifier
+        from pipeline.evaluate.measures.segmenter import load_segmenter
 
-        self.segmenter, self.segmenter_checkpoint = load_segmenter(segmenter_path)
+        self.segmenter, self.segmenter_checkpoint = load_segmenter(segmenter_path, device)
         names = list(self.segmenter_checkpoint["organ_names"])
         if names[:3] != ["background", "thorax", "heart"]:
             raise InputDataError(Path(segmenter_path), f"segments {names}, not background / thorax / heart")
-        self.classifier, self.classifier_checkpoint = load_classifier(classifier_path)
+        self.classifier, self.classifier_checkpoint = load_classifier(classifier_path, device)
 
     def maps(self, images: np.ndarray) -> np.ndarray:
-        from pipeline.evaluate.segmenter import predict_maps
+        from pipeline.evaluate.measures.segmenter import predict_maps
 
         return predict_maps(self.segmenter, images)
 
     def probability(self, images: np.ndarray) -> np.ndarray:
-        from pipeline.evaluate.classifier import probability_of_b
+        from pipeline.evaluate.measures.classifier import probability_of_b
 
         return probability_of_b(self.classifier, self.classifier_checkpoint, images)
 
@@ -185,7 +185,7 @@ def edit_block(sampler, measures: EditMeasures, codes: np.ndarray, subjects: np.
 def ladder_block(sampler, measures: EditMeasures, ladder: dict[str, np.ndarray], ladder_codes: np.ndarray,
                  patients: np.ndarray, step: np.ndarray, alphas: list[float], policy) -> dict | None:
     """SSIM of each edit of a ladder patient's own render against its true render at the nearest CTR."""
-    from pipeline.evaluate.image_metrics import ssim_per_image
+    from pipeline.evaluate.measures.image_metrics import ssim_per_image
 
     if not len(patients):
         return None
@@ -221,7 +221,9 @@ def segmenter_ctr_error(measures: EditMeasures, test: dict[str, np.ndarray], pol
 
 def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direction_path: Path, ladder_path: Path,
               test_path: Path, segmenter_path: Path, classifier_path: Path, settings: dict[str, Any], seed: int,
-              policy) -> tuple[dict, dict[str, np.ndarray]]:
+              policy, device: str = "cpu") -> tuple[dict, dict[str, np.ndarray]]:
+    """The edit section and the figures' arrays; G, the encoder, the segmenter and the classifier
+    run on ``device``."""
     from pipeline.latent.invert import load_test_images
     from pipeline.models import load_trained
     from pipeline.models.stylegan2_encoder import load_frozen_generator
@@ -231,8 +233,8 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
     alphas = [float(a) for a in settings["alphas"]]
     if len(alphas) < 2 or 0.0 not in alphas:
         raise ConfigError(f"edit.alphas needs 0 (the unedited reconstruction) and at least one more value, got {alphas}")
-    sampler = load_frozen_generator(generator_path, "cpu")
-    encoder = load_trained(encoder_path, "cpu")
+    sampler = load_frozen_generator(generator_path, device)
+    encoder = load_trained(encoder_path, device)
     num_ws, w_dim = int(sampler.num_ws), int(sampler.w_dim)
     with np.load(codes_path, allow_pickle=False) as data:
         codes = {k: data[k] for k in data.files}
@@ -241,7 +243,7 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
     with np.load(direction_path, allow_pickle=False) as data:
         lda_vector = data["direction"]
     test = load_test_images(test_path, sampler.image_size)
-    measures = EditMeasures(segmenter_path, classifier_path)
+    measures = EditMeasures(segmenter_path, classifier_path, device)
 
     n_pairs = int(settings["direction_pairs"])
     if not 1 <= n_pairs < len(ladder["images"]):
@@ -273,6 +275,7 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
     section: dict[str, Any] = {
         "what": "edits of held-out healthy test images along a latent direction toward cardiomegaly",
         "settings": {**settings, "seed": seed},
+        "device": str(device),
         "headline_direction": settings["direction"],
         "direction_pairs": {"patients": [str(s) for s in ladder["subject_ids"][:n_pairs]],
                             "base_ctr": [float(ladder["ctr"][p, base_idx[p]]) for p in pairs],
@@ -349,6 +352,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-subjects", type=int, default=8)
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda: where G, the "
+                                                          "encoder, the segmenter and the classifier run")
     parser.add_argument("--out-json", type=Path, required=True)
     parser.add_argument("--sequence-figure", type=Path, required=True)
     parser.add_argument("--curves-figure", type=Path, required=True)
@@ -356,7 +361,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.evaluate.intervals import IntervalPolicy
+    from pipeline.devices import resolve_device
+    from pipeline.evaluate.measures.intervals import IntervalPolicy
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -366,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         policy = IntervalPolicy(min_subjects=args.min_subjects, n_boot=args.n_boot, seed=args.seed)
         section, figures = run_edits(args.generator, args.encoder, args.codes, args.direction, args.ladder, args.test,
-                                     args.segmenter, args.classifier, settings, args.seed, policy)
+                                     args.segmenter, args.classifier, settings, args.seed, policy,
+                                     resolve_device(args.device))
     except PipelineError as err:
         log.error("%s", err)
         return 1

@@ -124,6 +124,8 @@ def optimise_latent(sampler, targets: torch.Tensor, start: torch.Tensor, setting
     per_layer = settings["latent_space"] == "w_plus"
     w = (start.clone() if per_layer else start[:, :1].clone()).float().requires_grad_(True)
     optimizer = torch.optim.Adam([w], lr=settings["lr"], betas=(0.9, 0.999))
+    # The noise on w is drawn on the CPU (the same codes on any device) and copied over: a copy,
+    # not a wait. The losses stay on the device until the end: one read, not one per step.
     noise_rng = torch.Generator().manual_seed(seed)
     steps, history = int(settings["steps"]), []
     for step in range(steps):
@@ -137,8 +139,9 @@ def optimise_latent(sampler, targets: torch.Tensor, start: torch.Tensor, setting
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        history.append(float(loss.detach()) / max(1, len(w)))
-    return w.detach().expand(len(w), num_ws, w.shape[-1]).clone(), history
+        history.append(loss.detach())
+    per_image = (torch.stack(history).float().cpu() / max(1, len(w))).tolist() if history else []
+    return w.detach().expand(len(w), num_ws, w.shape[-1]).clone(), per_image
 
 
 @torch.no_grad()
@@ -227,7 +230,7 @@ def reconstruction_loss_for(pretrained: str, weights_dir: Path, settings: dict[s
 
 
 def _summary(values: np.ndarray, subjects: np.ndarray, policy) -> dict:
-    from pipeline.evaluate.translation import summarise
+    from pipeline.evaluate.measures.summary import summarise
 
     return summarise(np.asarray(values, np.float64), subjects, policy)
 
@@ -238,7 +241,7 @@ def run_inversion(generator_path: Path, encoder_path: Path, test_path: Path, set
     """The inversion section and the codes / images npz content (with ``ladder_path``, the phantom's
     CTR ladder, also the optimised codes of each ladder patient's own healthy render, for the edit
     stage's check against the true renders)."""
-    from pipeline.evaluate.image_metrics import SSIM_SETTINGS, psnr_per_image, ssim_per_image
+    from pipeline.evaluate.measures.image_metrics import SSIM_SETTINGS, psnr_per_image, ssim_per_image
     from pipeline.models import load_trained
     from pipeline.models.stylegan2_encoder import load_frozen_generator
 
@@ -303,6 +306,7 @@ def run_inversion(generator_path: Path, encoder_path: Path, test_path: Path, set
                for method, rec in real_rec.items()},
         },
         "seconds": round(time.perf_counter() - started, 2),
+        "device": str(device),
     }
     labels = test["labels"][keep]
     codes = {
@@ -376,7 +380,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights-dir", type=Path, default=Path("data/weights"))
     parser.add_argument("--min-subjects", type=int, default=8)
     parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda: where G, the "
+                                                          "encoder and the loss run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-json", type=Path, required=True)
     parser.add_argument("--codes-out", type=Path, required=True)
@@ -385,7 +390,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.evaluate.intervals import IntervalPolicy
+    from pipeline.devices import resolve_device
+    from pipeline.evaluate.measures.intervals import IntervalPolicy
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -394,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         policy = IntervalPolicy(min_subjects=args.min_subjects, n_boot=args.n_boot, seed=args.seed)
         section, codes = run_inversion(args.generator, args.encoder, args.test, settings, args.seed, args.pretrained,
-                                       args.weights_dir, policy, args.device, args.ladder, args.val)
+                                       args.weights_dir, policy, resolve_device(args.device), args.ladder, args.val)
     except PipelineError as err:
         log.error("%s", err)
         return 1

@@ -104,7 +104,7 @@ def _bootstrap(statistic, labels: np.ndarray, subjects: np.ndarray, policy) -> d
 
     A ratio like the separation can have a skewed bootstrap distribution whose percentiles miss
     the estimate; such an interval is not reported (null with the reason), never stretched to fit."""
-    from pipeline.evaluate.intervals import CONFIDENCE, subject_draws, too_few_subjects
+    from pipeline.evaluate.measures.intervals import CONFIDENCE, subject_draws, too_few_subjects
 
     reason = too_few_subjects(policy, subjects)
     if reason:
@@ -233,7 +233,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.evaluate.intervals import IntervalPolicy
+    from pipeline.evaluate.measures.intervals import IntervalPolicy
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)

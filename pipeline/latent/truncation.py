@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pipeline.devices import resolve_device
     from pipeline.models.stylegan2_encoder import load_frozen_generator
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -43,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--psis", type=float, nargs="+", required=True)
     parser.add_argument("--rows", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda: where G runs")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
-        images = truncation_sweep(load_frozen_generator(args.generator, "cpu"), args.psis, args.rows, args.seed)
+        generator = load_frozen_generator(args.generator, resolve_device(args.device))
+        images = truncation_sweep(generator, args.psis, args.rows, args.seed)
     except PipelineError as err:
         log.error("%s", err)
         return 1

@@ -1,4 +1,4 @@
-"""GAN models that the one training engine (``pipeline.train``) runs, found by name.
+"""GAN models that the one training engine (``pipeline.engine``, CLI ``pipeline.train``) runs, found by name.
 
 A model declares what the engine needs and nothing about the loop: its networks, its
 optimisers and how often each is stepped, the losses it reports and the images it shows.

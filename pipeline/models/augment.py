@@ -37,11 +37,14 @@ def _normal(n: int, generator: torch.Generator, device: torch.device) -> torch.T
     return torch.randn(n, generator=generator, device=generator.device).to(device)
 
 
-def ada_augment(images: torch.Tensor, p: float, knobs: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor:
+def ada_augment(images: torch.Tensor, p: float | torch.Tensor, knobs: Mapping[str, Any],
+                generator: torch.Generator) -> torch.Tensor:
     """ADA's pipeline on (N, C, H, W) images in [-1, 1]: each transform applied to each image with
     probability ``p`` (``knobs``: xflip, translate_fraction, scale_std, rotate, brightness_std,
-    contrast_std)."""
-    if p <= 0:
+    contrast_std). ``p`` may be a 0-dim tensor on the images' device (``AdaptiveStrength.p``):
+    nothing is then read back to the host, every draw is made, and an image no transform was
+    chosen for comes back unchanged, bit for bit."""
+    if not isinstance(p, torch.Tensor) and p <= 0:
         return images
     n, _, height, width = images.shape
     device, dtype = images.device, images.dtype
@@ -69,18 +72,22 @@ def ada_augment(images: torch.Tensor, p: float, knobs: Mapping[str, Any], genera
     rotation = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
     linear = rotation / scale[:, None, None] @ torch.diag_embed(torch.stack([flip, torch.ones_like(flip)], 1))
     geometric = (angle != 0) | (scale != 1) | (shift != 0).any(1) | (flip != 1)
-    if bool(geometric.any()):
+    if knobs["xflip"] or knobs["scale_std"] > 0 or knobs["rotate"] or knobs["translate_fraction"] > 0:
+        # Resampled whether or not an image was chosen (no host read of the draws); the others keep their pixels.
         theta = torch.cat([torch.where(geometric[:, None, None], linear, eye), shift[..., None]], dim=2)
         grid = F.affine_grid(theta.to(dtype), list(images.shape), align_corners=False)
-        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        moved = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        images = torch.where(geometric[:, None, None, None], moved, images)
     # Colour.
     if knobs["brightness_std"] > 0:
         offset = torch.where(chosen(), _normal(n, generator, device) * knobs["brightness_std"], 0.0)
         images = images + offset.to(dtype).reshape(n, 1, 1, 1)
     if knobs["contrast_std"] > 0:
-        factor = torch.where(chosen(), torch.exp2(_normal(n, generator, device) * knobs["contrast_std"]), 1.0)
+        picked = chosen()
+        factor = torch.where(picked, torch.exp2(_normal(n, generator, device) * knobs["contrast_std"]), 1.0)
         mean = images.mean(dim=(1, 2, 3), keepdim=True)
-        images = (images - mean) * factor.to(dtype).reshape(n, 1, 1, 1) + mean
+        contrasted = (images - mean) * factor.to(dtype).reshape(n, 1, 1, 1) + mean
+        images = torch.where(picked.reshape(n, 1, 1, 1), contrasted, images)
     return images
 
 
@@ -121,32 +128,47 @@ class AdaptiveStrength:
     ``interval`` steps p moves by sign(r_t - target) * (images seen in the interval) /
     (``speed_kimg`` * 1000), so p can go from 0 to 1 in ``speed_kimg`` thousand images, and is
     kept in [0, 1]. D overfitting (confident on real images: r_t above the target) raises p.
+
+    ``p``, the sign sum and ``last_rt`` are 0-dim tensors that follow D's outputs to their
+    device, and the adjustment is tensor arithmetic, so a training step never waits for the GPU
+    (stylegan2-ada keeps p on the device too); ``state_dict`` reads them back as numbers.
     """
 
     def __init__(self, target: float, interval: int, speed_kimg: float, initial_p: float = 0.0):
         self.target, self.interval, self.speed_kimg = target, interval, speed_kimg
-        self.p = float(initial_p)
-        self.sign_sum, self.count, self.steps = 0.0, 0, 0
-        self.last_rt = float("nan")
+        self.p = torch.tensor(float(initial_p))
+        self.sign_sum, self.count, self.steps = torch.zeros([]), 0, 0
+        self.last_rt = torch.tensor(float("nan"))
+        #: True right after a step that adjusted p (its r_t is ``last_rt``).
+        self.adjusted = False
+
+    def _follow(self, device: torch.device) -> None:
+        if self.p.device != device:
+            self.p, self.sign_sum, self.last_rt = (t.to(device) for t in (self.p, self.sign_sum, self.last_rt))
 
     def observe(self, real_logits: torch.Tensor) -> None:
-        self.sign_sum += float(torch.sign(real_logits.detach()).sum())
+        self._follow(real_logits.device)
+        self.sign_sum = self.sign_sum + torch.sign(real_logits.detach()).float().sum()
         self.count += real_logits.numel()
 
     def step(self, batch_size: int) -> None:
         """Called once per training step: adjust p every ``interval`` steps."""
         self.steps += 1
+        self.adjusted = False
         if self.steps % self.interval or self.count == 0:
             return
         self.last_rt = self.sign_sum / self.count
-        direction = math.copysign(1.0, self.last_rt - self.target) if self.last_rt != self.target else 0.0
-        self.p = min(1.0, max(0.0, self.p + direction * batch_size * self.interval / (self.speed_kimg * 1000)))
-        self.sign_sum, self.count = 0.0, 0
+        move = torch.sign(self.last_rt - self.target) * (batch_size * self.interval / (self.speed_kimg * 1000))
+        self.p = (self.p + move).clamp(0.0, 1.0)
+        self.sign_sum, self.count, self.adjusted = torch.zeros_like(self.sign_sum), 0, True
 
     def state_dict(self) -> dict[str, Any]:
-        return {"p": self.p, "sign_sum": self.sign_sum, "count": self.count, "steps": self.steps,
-                "last_rt": self.last_rt}
+        return {"p": float(self.p), "sign_sum": float(self.sign_sum), "count": self.count, "steps": self.steps,
+                "last_rt": float(self.last_rt)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.p, self.sign_sum, self.count = float(state["p"]), float(state["sign_sum"]), int(state["count"])
-        self.steps, self.last_rt = int(state["steps"]), float(state["last_rt"])
+        device = self.p.device
+        self.p, self.sign_sum = torch.tensor(float(state["p"])), torch.tensor(float(state["sign_sum"]))
+        self.last_rt = torch.tensor(float(state["last_rt"]))
+        self.count, self.steps = int(state["count"]), int(state["steps"])
+        self._follow(device)

@@ -239,7 +239,8 @@ class Seg2CT(GANModel):
         # Set by bind_training_data: the training set (for style images) and the chosen style slice.
         self.train_images: torch.Tensor | None = None
         self.train_maps: torch.Tensor | None = None
-        self.train_subjects: torch.Tensor | None = None
+        self.train_subjects: torch.Tensor | None = None       # patient codes, on the CPU
+        self.train_subject_codes: torch.Tensor | None = None  # the same, on the training device
         self.subject_names: np.ndarray | None = None
         self.style_index: int | None = None
         self._style_grams: dict[str, torch.Tensor] | None = None
@@ -286,12 +287,18 @@ class Seg2CT(GANModel):
         mode the engine draws content images from the other patients only."""
         spec = self.inputs[0]
         self.train_images, self.train_maps = tensors[spec.name], tensors[spec.maps_key]
-        self.train_subjects = tensors[spec.subjects_key].cpu()
-        self.subject_names = np.asarray(arrays[spec.name]["subject_ids"])
-        if int(self.train_maps.max()) >= self.config["n_labels"]:
-            raise ConfigError(f"the training slices' label_maps hold class {int(self.train_maps.max())}, but "
+        # Decisions from the host arrays (the engine's subject codes are np.unique's), not from the
+        # device copies: no device value is read back.
+        host = arrays[spec.name]
+        self.subject_names = np.asarray(host["subject_ids"])
+        codes = np.unique(self.subject_names, return_inverse=True)[1].reshape(-1)
+        self.train_subjects = torch.from_numpy(codes.astype(np.int64))
+        self.train_subject_codes = tensors[spec.subjects_key]
+        largest = int(np.max(host["label_maps"]))
+        if largest >= self.config["n_labels"]:
+            raise ConfigError(f"the training slices' label_maps hold class {largest}, but "
                               f"model.n_labels is {self.config['n_labels']} (classes 0..{self.config['n_labels'] - 1})")
-        if len(self.train_subjects.unique()) < 2:
+        if len(np.unique(codes)) < 2:
             raise ConfigError("seg2ct needs training slices of at least two patients: the style image must come "
                               "from another patient than the content image")
         chooser = torch.Generator().manual_seed(self.style_seed)
@@ -301,13 +308,13 @@ class Seg2CT(GANModel):
             if len(candidates) == 0:
                 raise ConfigError(f"model.style_subject {wanted!r} is not a patient of the training slices")
         else:
-            subjects = self.train_subjects.unique()
-            subject = subjects[torch.randint(len(subjects), (1,), generator=chooser)].item()
-            candidates = torch.nonzero(self.train_subjects == subject).flatten().numpy()
-        self.style_index = int(candidates[torch.randint(len(candidates), (1,), generator=chooser).item()])
+            subjects = np.unique(codes)
+            subject = subjects[int(torch.randint(len(subjects), (1,), generator=chooser))]
+            candidates = np.flatnonzero(codes == subject)
+        self.style_index = int(candidates[int(torch.randint(len(candidates), (1,), generator=chooser))])
         if self.config["style_mode"] == "fixed":
-            others = torch.nonzero(self.train_subjects != self.train_subjects[self.style_index]).flatten()
-            self.training_subsets = {spec.name: others}
+            others = np.flatnonzero(codes != codes[self.style_index])
+            self.training_subsets = {spec.name: torch.from_numpy(others)}
         self._style_grams = None
 
     @property
@@ -326,16 +333,16 @@ class Seg2CT(GANModel):
             if self._style_grams is None:
                 self._style_grams = self._grams(self.train_images[index], self.train_maps[index])
             return self._style_grams, self.train_maps[index]
-        index = self._style_indices(content_subjects).to(self.train_images.device)
+        index = self._style_indices(content_subjects)
         return self._grams(self.train_images[index], self.train_maps[index]), self.train_maps[index]
 
     def _style_indices(self, content_subjects: torch.Tensor) -> torch.Tensor:
-        """per_step mode: for each content image a training slice of another patient, drawn uniformly."""
-        picks = []
-        for subject in content_subjects.cpu().tolist():
-            others = torch.nonzero(self.train_subjects != subject).flatten()
-            picks.append(others[torch.randint(len(others), (1,), generator=self.rng)].item())
-        return torch.tensor(picks, dtype=torch.long)
+        """per_step mode: for each content image a training slice of another patient, drawn uniformly
+        (on the device, with a uniform number from the model's generator: no host read)."""
+        others = self.train_subject_codes[None, :] != content_subjects[:, None]  # (B, N)
+        u = torch.rand(len(content_subjects), generator=self.rng).to(others.device)
+        k = (u * others.sum(1)).long()  # the k-th other slice, 0-based
+        return ((others.cumsum(1) == (k + 1)[:, None]) & others).int().argmax(1)
 
     @torch.no_grad()
     def _grams(self, images: torch.Tensor, maps: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -279,9 +279,12 @@ class StyleGAN2(GANModel):
                                                 cfg["ema_rampup"]))
         if cfg["augment"] == "ada":
             self.ada.step(self._batch_size(n))
-        losses["augment_p"] = real.new_tensor(self.ada.p if cfg["augment"] == "ada" else 0.0, dtype=torch.float32)
-        if math.isfinite(self.ada.last_rt):
-            losses["ada_rt"] = real.new_tensor(self.ada.last_rt, dtype=torch.float32)
+        if cfg["augment"] == "ada":
+            losses["augment_p"] = self.ada.p.float()
+            if self.ada.adjusted:
+                losses["ada_rt"] = self.ada.last_rt.float()
+        else:
+            losses["augment_p"] = torch.zeros([], device=real.device)
         return losses
 
     def _path_length_penalty(self, n: int) -> torch.Tensor:
@@ -337,8 +340,7 @@ class StyleGAN2(GANModel):
         generator = Generator(height, cfg["z_dim"], cfg["w_dim"], cfg["mapping_layers"], cfg["mapping_lr_multiplier"],
                               cfg["channel_base"], cfg["channel_max"], cfg["w_avg_beta"])
         generator.load_state_dict(payload["networks"]["G_ema"])
-        return StyleGAN2Sampler(generator.to(device).eval().requires_grad_(False), (height, width),
-                                torch.device(device))
+        return StyleGAN2Sampler(generator.to(device).eval().requires_grad_(False), (height, width))
 
 
 class StyleGAN2Sampler:
@@ -350,14 +352,22 @@ class StyleGAN2Sampler:
     frozen); ``synthesis_features(ws)`` also returns each resolution's feature maps (content
     losses on G's features); ``sample`` gives (n, S, S) float32 in [0, 1], the same images for
     the same seed (z drawn on the CPU, constant noise).
+
+    Inputs go to wherever G's weights are now (``device``), not where G was loaded: an encoder
+    holding G moves it with itself (``StyleGAN2Encoder._apply``).
     """
 
     task = "generation"
     n_classes = 0
 
-    def __init__(self, generator: Generator, image_size: tuple[int, int], device: torch.device):
-        self.generator, self.image_size, self.device = generator, image_size, device
+    def __init__(self, generator: Generator, image_size: tuple[int, int]):
+        self.generator, self.image_size = generator, image_size
         self.z_dim, self.w_dim, self.num_ws = generator.z_dim, generator.w_dim, generator.num_ws
+
+    @property
+    def device(self) -> torch.device:
+        """The device of G's weights."""
+        return self.generator.mapping.w_avg.device
 
     @property
     def w_avg(self) -> torch.Tensor:

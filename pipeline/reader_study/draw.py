@@ -1,4 +1,20 @@
-"""Which images a reader study shows: held-out real ones and the experiment's generated ones.
+"""Which images a reader study shows, drawn from a secret: truths, real and generated images.
+
+The design (docs/reader-study.md gives the statistics behind it):
+- **A secret** (``new_secret``: 256 bits of operating-system randomness, ``secrets``) drives every
+  random choice of the study through independent streams (``STREAMS``): the truths, the real draw,
+  the source draw, the sampler's seed, the class donors and the image ids. Nothing public (not
+  params.yaml's ``seed``) enters, so a reader who has the page and the workflow cannot recompute
+  the key; the secret is written to key.json only, and the same secret and inputs rebuild the same
+  study byte for byte (``make --from-key``).
+- **One fair coin per image** (``draw_truths``): each of the ``n_images`` positions is real or
+  generated with probability 1/2, independently. The count of each is not fixed and not stated
+  (only key.json holds it), so no answer says anything about another, and under "no reader can
+  tell" every reader's number of correct answers is exactly Binomial(n_images, 1/2).
+- **No image twice**: real images and translated source slices are drawn without replacement
+  (a repeated real image next to never-repeated fakes would tell its truth). Any coin outcome must
+  be servable, so each side must be able to supply ``n_images`` images (``require_supply``):
+  a test set smaller than that is a clear error, never a draw that works for some secrets only.
 
 Real images are the held-out test slices of the domain the fakes claim to be (a translation
 experiment: the target domain of the study's direction; a generator: its dataset). Generated
@@ -6,18 +22,15 @@ images come from the trained model through the export the evaluator uses
 (``pipeline.models.load_trained``): a translator's ``translate(direction, images)`` applied to
 held-out test slices of the source domain, or a sampler's ``sample(n, labels, seed)``.
 
-Drawing, with the study's seed:
-- Both sets are drawn at random, spread over patients: patients in random order, each
-  patient's slices in random order, then one slice per patient per round. A study of 12 from
-  8 test patients therefore shows every patient once before any twice, and never two
-  neighbouring slices of one patient while another patient is unused.
-- A translation study shows one direction (``direction``: a_to_b or b_to_a, default a_to_b):
-  readers judge one kind of image against its real counterpart, and a pooled score never mixes
-  two tasks. Study the other direction as a second study.
-- When source and target test sets share a patient id, the real images avoid the patients whose
-  slices were translated, so a reader never sees an image beside its own translation.
-- A conditional generator is asked for the classes of the real images drawn (the same class mix
-  on both sides, so prevalence gives nothing away).
+- Both sides are drawn spread over patients: patients in random order, each patient's slices in
+  random order, then one slice per patient per round, so every patient is shown once before any
+  twice.
+- A translation study shows one direction (``direction``: a_to_b or b_to_a): readers judge one
+  kind of image against its real counterpart. When source and target share patient ids, the real
+  images avoid the patients whose slices were translated (no image beside its own translation).
+- A conditional generator is asked for the classes of "class donors": real test slices drawn
+  like the real images, one per generated image, so both sides have the test set's class mix in
+  expectation (prevalence gives nothing away).
 
 ``pick`` (recorded in study.json and key.json):
 - ``random``: each fake shown is one random draw: the study estimates how well readers tell the
@@ -33,6 +46,8 @@ Drawing, with the study's seed:
 """
 from __future__ import annotations
 
+import re
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -41,7 +56,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError, InputDataError, PipelineError
-from pipeline.evaluate.translation import load_test_slices
+from pipeline.evaluate.measures.slices import load_test_slices
+from pipeline.reader_study import FAKE, REAL, REAL_PROBABILITY
 
 #: Translation directions a study can show, and which test set is the source / the real one.
 DIRECTION_DOMAINS = {"a_to_b": ("a", "b"), "b_to_a": ("b", "a")}
@@ -52,37 +68,86 @@ SCORING_NETWORK: dict[str, str | dict[str, str]] = {
     "dcgan": "D",
     "cgan": "D",
 }
-#: Independent random streams of one study seed, one per use (so changing one draw never
+#: Independent random streams of one study secret, one per use (so changing one draw never
 #: shifts another).
-STREAMS = {"real": 1, "source": 2, "sampler": 3, "order": 4, "tokens": 5, "bootstrap": 6}
+STREAMS = {"truth": 1, "real": 2, "source": 3, "sampler": 4, "class_donors": 5, "tokens": 6}
+#: Bytes of operating-system randomness in a study secret (256 bits: beyond any brute force).
+SECRET_BYTES = 32
 #: Images a discriminator scores per forward pass.
 SCORE_BATCH = 32
 
 
-def stream(seed: int, name: str) -> np.random.Generator:
-    return np.random.default_rng([seed, STREAMS[name]])
+def new_secret() -> str:
+    """A fresh study secret (hex) from the operating system's random source."""
+    return secrets.token_hex(SECRET_BYTES)
+
+
+def check_secret(secret: str, where: str = "the study secret") -> str:
+    if not isinstance(secret, str) or not re.fullmatch(f"[0-9a-f]{{{2 * SECRET_BYTES}}}", secret):
+        raise ConfigError(f"{where} must be {2 * SECRET_BYTES} lower-case hex digits (as make writes it into key.json)")
+    return secret
+
+
+def stream(secret: str, name: str) -> np.random.Generator:
+    """The study's independent random stream ``name``, seeded by the whole secret."""
+    return np.random.default_rng(np.random.SeedSequence(int(check_secret(secret), 16), spawn_key=(STREAMS[name],)))
+
+
+def draw_truths(n_images: int, secret: str) -> list[str]:
+    """The truth at each position shown: real or generated by its own fair coin."""
+    return [REAL if coin else FAKE for coin in stream(secret, "truth").random(n_images) < REAL_PROBABILITY]
+
+
+@dataclass
+class TestSet:
+    """A held-out test.npz (the slices stage's contract), loaded once."""
+
+    path: Path
+    data: dict[str, np.ndarray]
+
+    @classmethod
+    def load(cls, path: Path) -> "TestSet":
+        return cls(Path(path), load_test_slices(Path(path)))
+
+    @property
+    def subject_ids(self) -> np.ndarray:
+        return np.asarray(self.data["subject_ids"]).astype(str)
+
+    def provenance(self, index: int) -> dict[str, Any]:
+        return {"file": str(self.path), "index": int(index), "subject_id": str(self.subject_ids[index]),
+                "slice_index": int(self.data["slice_index"][index])}
+
+
+def require_supply(test_set: TestSet, needed: int, what: str, knob: str) -> None:
+    """Any coin outcome must be servable without showing an image twice: a clear error otherwise."""
+    available = len(test_set.subject_ids)
+    if available < needed:
+        raise InputDataError(test_set.path, f"holds {available} {what}; the study may need {needed} (every coin "
+                                            f"can fall on one side, and no image is shown twice): lower {knob}")
 
 
 @dataclass
 class Drawn:
-    """Images of one side of the study (n, H, W) in [0, 1], with where each came from."""
+    """Images of one side of the study (n, H, W) in [0, 1], with where each came from. ``shape``
+    is the side's image size even when no image of it was drawn (the coins may leave a side empty)."""
 
     images: np.ndarray
     provenance: list[dict[str, Any]]
+    shape: tuple[int, int]
     labels: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def spread_over_subjects(subject_ids: np.ndarray, n: int, rng: np.random.Generator, path: Path,
                          exclude: frozenset[str] = frozenset(), what: str = "images") -> np.ndarray:
-    """Indices of ``n`` images drawn at random, one per patient per round (see the module doc)."""
+    """Indices of ``n`` images drawn at random without replacement, one per patient per round."""
     subject_ids = np.asarray(subject_ids).astype(str)
     subjects = sorted(set(subject_ids.tolist()) - set(exclude))
     available = int(np.isin(subject_ids, subjects).sum())
     if available < n:
         excluded = f" ({len(exclude)} patients left out as sources of translated images)" if exclude else ""
         raise InputDataError(path, f"holds {available} usable {what}{excluded}; the study needs {n}: "
-                                   "lower reader_study.n_per_class (or candidates_per_image)")
+                                   "lower reader_study.n_images (or candidates_per_image)")
     order = rng.permutation(len(subjects))
     queues = [rng.permutation(np.flatnonzero(subject_ids == subjects[i])) for i in order]
     picked: list[int] = []
@@ -95,18 +160,23 @@ def spread_over_subjects(subject_ids: np.ndarray, n: int, rng: np.random.Generat
     return np.asarray(picked, dtype=np.int64)
 
 
-def _slice_provenance(path: Path, data: dict[str, np.ndarray], index: int) -> dict[str, Any]:
-    return {"file": str(path), "index": int(index), "subject_id": str(data["subject_ids"][index]),
-            "slice_index": int(data["slice_index"][index])}
+def draw_real(test_set: TestSet, n: int, secret: str, avoid_subjects: frozenset[str] = frozenset()) -> Drawn:
+    """``n`` held-out real images spread over patients, none of ``avoid_subjects``."""
+    exclude = frozenset(set(test_set.subject_ids.tolist()) & set(avoid_subjects))
+    picked = spread_over_subjects(test_set.subject_ids, n, stream(secret, "real"), test_set.path, exclude,
+                                  "real images")
+    images = test_set.data["images"]
+    return Drawn(images[picked].astype(np.float32), [test_set.provenance(i) for i in picked],
+                 tuple(int(v) for v in images.shape[1:]), extra={"patients_left_out": len(exclude)})
 
 
-def draw_real(path: Path, n: int, seed: int, exclude: frozenset[str] = frozenset()) -> Drawn:
-    """``n`` held-out real images spread over patients."""
-    path = Path(path)
-    data = load_test_slices(path)
-    picked = spread_over_subjects(data["subject_ids"], n, stream(seed, "real"), path, exclude, "real images")
-    labels = data["labels"][picked].astype(np.int64) if "labels" in data else None
-    return Drawn(data["images"][picked].astype(np.float32), [_slice_provenance(path, data, i) for i in picked], labels)
+def class_donor_labels(test_set: TestSet, n: int, secret: str) -> np.ndarray:
+    """Classes for ``n`` conditional samples: the labels of real test slices drawn like the real images."""
+    if "labels" not in test_set.data:
+        raise ConfigError(f"the generator is conditional, but {test_set.path} carries no 'labels' to match")
+    donors = spread_over_subjects(test_set.subject_ids, n, stream(secret, "class_donors"), test_set.path,
+                                  what="class donors")
+    return np.asarray(test_set.data["labels"])[donors].astype(np.int64)
 
 
 def checked(images: np.ndarray, n: int, what: str) -> np.ndarray:
@@ -126,7 +196,7 @@ def best_of(candidates: np.ndarray, k: int, scorer: Scorer | None, labels: np.nd
     """Per slot of ``k`` consecutive candidates, the index of the one ``scorer`` rates most real
     (the first candidate of each slot when there is no scorer, i.e. pick random), and all scores."""
     n = len(candidates) // k
-    if scorer is None:
+    if scorer is None or n == 0:
         return np.arange(n) * k, None
     scores = np.asarray(scorer(candidates, labels), dtype=np.float64)
     if scores.shape != (len(candidates),) or not np.all(np.isfinite(scores)):
@@ -135,52 +205,59 @@ def best_of(candidates: np.ndarray, k: int, scorer: Scorer | None, labels: np.nd
     return np.arange(n) * k + scores.reshape(n, k).argmax(axis=1), scores
 
 
-def generated_by_translation(translator: Any, source_path: Path, direction: str, n: int, k: int, seed: int,
+def _candidate_record(record: dict[str, Any], scores: np.ndarray | None, slot: int, candidate: int,
+                      k: int) -> dict[str, Any]:
+    if scores is not None:
+        record["d_score"] = float(scores[candidate])
+        record["candidate_d_scores"] = [float(s) for s in scores[slot * k:(slot + 1) * k]]
+    return record
+
+
+def generated_by_translation(translator: Any, source: TestSet, direction: str, n: int, k: int, secret: str,
                              scorer: Scorer | None) -> Drawn:
-    """``n`` translations of held-out source images (each the best of ``k`` by ``scorer``)."""
-    source_path = Path(source_path)
-    data = load_test_slices(source_path)
-    picked = spread_over_subjects(data["subject_ids"], n * k, stream(seed, "source"), source_path,
+    """``n`` translations of held-out source images (each the best of ``k`` by ``scorer``). With
+    ``n`` = 0 one source slice is still translated, unshown, to learn the output size."""
+    picked = spread_over_subjects(source.subject_ids, max(n * k, 1), stream(secret, "source"), source.path,
                                   what="source images to translate")
-    translated = checked(translator.translate(direction, data["images"][picked]), len(picked),
+    translated = checked(translator.translate(direction, source.data["images"][picked]), len(picked),
                          f"the translator ({direction})")
+    shape = tuple(int(v) for v in translated.shape[1:])
+    picked, translated = picked[:n * k], translated[:n * k]
     chosen, scores = best_of(translated, k, scorer, None)
-    provenance = []
-    for slot, candidate in enumerate(chosen):
-        record = {"translated_from": _slice_provenance(source_path, data, picked[candidate]), "direction": direction}
-        if scores is not None:
-            record["d_score"] = float(scores[candidate])
-            record["candidate_d_scores"] = [float(s) for s in scores[slot * k:(slot + 1) * k]]
-        provenance.append(record)
-    return Drawn(translated[chosen], provenance,
-                 extra={"source_subjects": sorted(set(data["subject_ids"][picked].astype(str).tolist()))})
+    provenance = [_candidate_record({"translated_from": source.provenance(picked[candidate]), "direction": direction},
+                                    scores, slot, candidate, k) for slot, candidate in enumerate(chosen)]
+    return Drawn(translated[chosen], provenance, shape,
+                 extra={"source_subjects": sorted(set(source.subject_ids[picked].tolist()))})
 
 
-def generated_by_sampling(sampler: Any, n: int, k: int, seed: int, labels: np.ndarray | None,
+def generated_by_sampling(sampler: Any, n: int, k: int, secret: str, labels: np.ndarray | None,
                           scorer: Scorer | None) -> Drawn:
-    """``n`` samples (each the best of ``k``), of the given classes when the generator is conditional."""
-    sample_seed = int(stream(seed, "sampler").integers(2**31 - 1))
+    """``n`` samples (each the best of ``k``), of the given classes when the generator is
+    conditional. With ``n`` = 0 one sample is still drawn, unshown, to learn the output size."""
+    sample_seed = int(stream(secret, "sampler").integers(2**31 - 1))
     n_classes = int(getattr(sampler, "n_classes", 0))
     candidate_labels = None
     if n_classes:
         if labels is None:
-            raise ConfigError("the generator is conditional, but the real test slices carry no 'labels' to match")
-        if labels.min() < 0 or labels.max() >= n_classes:
+            raise ConfigError("the generator is conditional: it needs the classes of the images to generate")
+        if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
             raise ConfigError(f"the real slices hold classes {sorted(set(labels.tolist()))}; the generator knows "
                               f"{n_classes}")
-        candidate_labels = np.repeat(labels.astype(np.int64), k)
-    images = checked(sampler.sample(n * k, labels=candidate_labels, seed=sample_seed), n * k, "the generator")
+        candidate_labels = np.repeat(labels.astype(np.int64), k) if n else np.zeros(1, np.int64)
+    count = max(n * k, 1)
+    images = checked(sampler.sample(count, labels=candidate_labels, seed=sample_seed), count, "the generator")
+    shape = tuple(int(v) for v in images.shape[1:])
+    images = images[:n * k]
+    if candidate_labels is not None:
+        candidate_labels = candidate_labels[:n * k]
     chosen, scores = best_of(images, k, scorer, candidate_labels)
     provenance = []
     for slot, candidate in enumerate(chosen):
         record: dict[str, Any] = {"sampler_seed": sample_seed, "sample_index": int(candidate)}
         if candidate_labels is not None:
             record["label"] = int(candidate_labels[candidate])
-        if scores is not None:
-            record["d_score"] = float(scores[candidate])
-            record["candidate_d_scores"] = [float(s) for s in scores[slot * k:(slot + 1) * k]]
-        provenance.append(record)
-    return Drawn(images[chosen], provenance, None if candidate_labels is None else candidate_labels[chosen],
+        provenance.append(_candidate_record(record, scores, slot, candidate, k))
+    return Drawn(images[chosen], provenance, shape, None if candidate_labels is None else candidate_labels[chosen],
                  extra={"sampler_seed": sample_seed})
 
 

@@ -1,12 +1,17 @@
-"""One rendering for every image of a study, and the page readers open.
+"""One encoding for every image of a study, and the page readers open.
 
-Fairness: real and generated images take exactly the same path: the grey-level window
-(``display_window``, on the stored [0, 1] values), one bilinear resampling to the display size
-(height ``display_size``, width by the aspect ratio), rounding to 8 bits, and Pillow's PNG
-encoder at one compression level with no ancillary chunk (no text, time, gamma or size
-metadata). The page names images by random tokens and shows them in the shuffled order; it
-is built only from (token, PNG) pairs, the counts and the display settings, so no truth can
-reach it. The same inputs give the same bytes (PNG and HTML) with the same Pillow and zlib.
+Fairness: real and generated images reach the page the same way and nothing but their pixel
+values differs. Each image is its stored [0, 1] values rounded to 16-bit integers
+(``encode_pixels``: little-endian, row-major, no header, no compression), so every image of a
+study is exactly ``height x width x 2`` bytes and the same number of base64 characters: no file
+size, filter choice or chunk layout can tell real from generated, as PNG's could. The page
+decodes them and draws them on a canvas through the window the reader sets (window / level in
+the browser, on the 16-bit values, so a narrow window never bands). The page is built only from
+(random id, pixels) pairs in the order shown, the image size and the display settings, so no
+truth can reach it; the same inputs give the same bytes.
+
+The organiser's copy of every image (``images/<id>.png``) is a 16-bit grey PNG of the very
+pixels in the page; it is not in the page.
 """
 from __future__ import annotations
 
@@ -24,71 +29,70 @@ from pipeline.errors import ConfigError
 from pipeline.reader_study import ANSWER_COLUMNS, CONFIDENCE_LEVELS
 
 PAGE_TEMPLATE = Path(__file__).with_name("page.html")
-#: zlib level of every PNG (one level for all images, so file sizes carry only content).
-PNG_COMPRESS_LEVEL = 9
-GREY_LEVELS = 255
+#: Pixels in the page: 16-bit unsigned, little-endian (the page reads them in this order).
+PIXEL_DTYPE = np.dtype("<u2")
+PIXEL_MAX = int(np.iinfo(PIXEL_DTYPE).max)
+#: Grey levels of the screen (canvas) and of the organiser's figures.
+SCREEN_MAX = 255
 
 
-def display_shape(native: tuple[int, int], display_size: int) -> tuple[int, int]:
-    """(height, width) shown: height ``display_size``, width keeping the aspect ratio."""
-    height, width = native
-    return display_size, max(1, round(display_size * width / height))
-
-
-def render_png(image: np.ndarray, display_size: int, window: tuple[float, float]) -> bytes:
-    """One (H, W) image in [0, 1] as the PNG every reader sees."""
-    low, high = float(window[0]), float(window[1])
-    if not high > low:
-        raise ConfigError(f"reader_study.display_window must rise, got {list(window)}")
+def encode_pixels(image: np.ndarray) -> bytes:
+    """One (H, W) image of stored values in [0, 1] as the page carries it."""
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2:
         raise ValueError(f"an image is (H, W), got shape {image.shape}")
-    scaled = np.clip((image - low) / (high - low), 0.0, 1.0).astype(np.float32)
-    height, width = display_shape(scaled.shape, display_size)
-    resized = np.asarray(Image.fromarray(scaled).resize((width, height), Image.Resampling.BILINEAR))
-    grey = np.clip(np.rint(resized * GREY_LEVELS), 0, GREY_LEVELS).astype(np.uint8)
+    if not np.all(np.isfinite(image)) or image.min() < 0.0 or image.max() > 1.0:
+        raise ValueError("an image of a study must hold finite values in [0, 1]")
+    return np.rint(image * PIXEL_MAX).astype(PIXEL_DTYPE).tobytes()
+
+
+def decode_pixels(data: bytes, shape: tuple[int, int]) -> np.ndarray:
+    """The (H, W) 16-bit pixels of ``encode_pixels``."""
+    return np.frombuffer(data, dtype=PIXEL_DTYPE).reshape(shape)
+
+
+def pixels_png(data: bytes, shape: tuple[int, int]) -> bytes:
+    """The organiser's copy of an image: a 16-bit grey PNG of exactly the page's pixels."""
     buffer = io.BytesIO()
-    Image.fromarray(grey).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    Image.fromarray(decode_pixels(data, shape).astype(np.uint16)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def _item_html(position: int, n_images: int, token: str, png: bytes, shape: tuple[int, int], confidence: bool) -> str:
-    token = html.escape(token, quote=True)
-    src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    lines = [
-        f'<section class="item" id="item-{position}" data-image-id="{token}" data-position="{position}">',
-        f"  <h2>Image {position} of {n_images}</h2>",
-        f'  <img src="{src}" width="{shape[1]}" height="{shape[0]}" alt="Image {position}">',
-        '  <fieldset class="answer"><legend>Answer</legend>',
-        f'    <label><input type="radio" name="answer-{token}" value="real"> real</label>',
-        f'    <label><input type="radio" name="answer-{token}" value="fake"> generated</label>',
-        "  </fieldset>",
-    ]
-    if confidence:
-        lines.append('  <fieldset class="confidence"><legend>Confidence</legend>')
-        for level in CONFIDENCE_LEVELS:
-            hint = {CONFIDENCE_LEVELS[0]: " (guess)", CONFIDENCE_LEVELS[-1]: " (certain)"}.get(level, "")
-            lines.append(f'    <label><input type="radio" name="confidence-{token}" value="{level}"> {level}{hint}</label>')
-        lines.append("  </fieldset>")
-    lines.append("</section>")
-    return "\n".join(lines)
+def windowed(pixels: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """8-bit grey of 16-bit pixels through a window [low, high] on the stored [0, 1] values:
+    what the page shows at that window (low black, high white), rounded to the nearest level."""
+    low, high = float(window[0]), float(window[1])
+    scaled = (np.asarray(pixels, dtype=np.float64) / PIXEL_MAX - low) / (high - low)
+    return np.rint(np.clip(scaled, 0.0, 1.0) * SCREEN_MAX).astype(np.uint8)
 
 
-def render_page(study_id: str, images: Sequence[tuple[str, bytes]], n_real: int, n_fake: int,
-                display_shape_px: tuple[int, int], window: tuple[float, float], confidence: bool) -> str:
-    """study.html: ``images`` are (token, PNG) in the order shown; nothing else about them enters."""
-    n_images = len(images)
-    items = "\n".join(_item_html(position, n_images, token, png, display_shape_px, confidence)
-                      for position, (token, png) in enumerate(images, start=1))
-    data = json.dumps({"study_id": study_id, "confidence": confidence, "columns": list(ANSWER_COLUMNS)},
-                      sort_keys=True).replace("<", "\\u003c")
-    sentence = (", and how confident you are, from 1 (a guess) to 5 (certain)." if confidence else ".")
-    size = f"{display_shape_px[1]} x {display_shape_px[0]}"
+def check_window(window: Sequence[float], what: str) -> tuple[float, float]:
+    if len(window) != 2 or not float(window[1]) > float(window[0]):
+        raise ConfigError(f"{what} must be [low, high] with low < high, got {list(window)}")
+    return float(window[0]), float(window[1])
+
+
+def render_page(study_id: str, images: Sequence[tuple[str, bytes]], shape: tuple[int, int],
+                window: tuple[float, float], presets: dict[str, tuple[float, float]], confidence: bool) -> str:
+    """study.html: ``images`` are (random id, ``encode_pixels`` bytes) in the order shown;
+    nothing else about them enters the page."""
+    expected = shape[0] * shape[1] * PIXEL_DTYPE.itemsize
+    if any(len(pixels) != expected for _, pixels in images):
+        raise ValueError(f"every image of a study must be {shape[0]}x{shape[1]} 16-bit pixels ({expected} bytes)")
+    data = {
+        "study_id": study_id, "confidence": confidence, "columns": list(ANSWER_COLUMNS),
+        "confidence_levels": list(CONFIDENCE_LEVELS), "shape": [int(shape[0]), int(shape[1])],
+        "pixel_max": PIXEL_MAX, "window": [float(window[0]), float(window[1])],
+        "presets": [[name, float(low), float(high)] for name, (low, high) in presets.items()],
+        "images": [{"id": token, "pixels": base64.b64encode(pixels).decode("ascii")} for token, pixels in images],
+    }
+    payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
+    confidence_sentence = ("" if not confidence else
+                           " and how sure you are, from 1 (a guess) to 5 (certain), with the keys 1 to 5")
     replacements = {
-        "@@STUDY_ID@@": html.escape(study_id), "@@N_IMAGES@@": str(n_images), "@@N_REAL@@": str(n_real),
-        "@@N_FAKE@@": str(n_fake), "@@CONFIDENCE_SENTENCE@@": sentence, "@@DISPLAY_SIZE@@": size,
-        "@@WINDOW@@": f"stored values {window[0]:g} to {window[1]:g} shown black to white",
-        "@@DATA@@": data, "@@ITEMS@@": items,
+        "@@STUDY_ID@@": html.escape(study_id), "@@N_IMAGES@@": str(len(images)),
+        "@@CONFIDENCE_SENTENCE@@": confidence_sentence, "@@NATIVE_SIZE@@": f"{shape[1]} x {shape[0]}",
+        "@@DATA@@": payload,
     }
     page = PAGE_TEMPLATE.read_text(encoding="utf-8")
     for placeholder, value in replacements.items():

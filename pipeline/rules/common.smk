@@ -217,11 +217,101 @@ def window_command(w):
     return f"mri --percentiles {low:g} {high:g}"
 
 
+#: Stages run as one job per dataset (pipeline.preprocess.batch): their per-subject files are in
+#: one folder, the job's output.
+BATCHED_STAGES = ("registered", "masked")
+
+
+#: Processes of a batched job: the CPUs a cluster job of register asks for (resources.register,
+#: which sizes mask_headholder too); a local run caps them at --cores.
+SUBJECT_WORKERS = job_resources(config, "register").get("cpus_per_task", 1)
+
+
+def subject_dir(stage, dataset):
+    """Where a stage keeps its per-subject files: data/windowed/<dataset> (one job per subject),
+    data/<stage>/<dataset>/subjects for the batched stages."""
+    return f"data/{stage}/{dataset}/subjects" if stage in BATCHED_STAGES else f"data/{stage}/{dataset}"
+
+
+def subject_file(stage, dataset, subject, suffix=".nii.gz"):
+    return f"{subject_dir(stage, dataset)}/{subject}{suffix}"
+
+
+def stage_input(stage, dataset, subs):
+    """What a job reading these subjects' files at a stage depends on: the files themselves
+    (windowed), or the batched stage's folder."""
+    if stage in BATCHED_STAGES:
+        return subject_dir(stage, dataset)
+    return [subject_file(stage, dataset, s) for s in subs]
+
+
+def check_stage(stage, dataset):
+    if stage == "masked" and final_stage(dataset) != "masked":
+        raise ValueError(f"dataset {dataset} ({modality(dataset)}) has no masked stage: CT only")
+
+
 def stage_volumes(w):
-    """Every subject's volume at one preprocessing stage; only CT datasets have a masked stage."""
-    if w.stage == "masked" and final_stage(w.dataset) != "masked":
-        raise ValueError(f"dataset {w.dataset} ({modality(w.dataset)}) has no masked stage: CT only")
-    return expand(f"data/{w.stage}/{w.dataset}/{{s}}.nii.gz", s=subjects(w.dataset))
+    """Input of a contact sheet: every subject's volume at one preprocessing stage; only CT
+    datasets have a masked stage."""
+    check_stage(w.stage, w.dataset)
+    return stage_input(w.stage, w.dataset, subjects(w.dataset))
+
+
+def stage_volume_files(w):
+    check_stage(w.stage, w.dataset)
+    return [subject_file(w.stage, w.dataset, s) for s in subjects(w.dataset)]
+
+
+def register_inputs(w):
+    """The dataset's windowed volumes and partners (the register job's inputs)."""
+    return {
+        "moving": [subject_file("windowed", w.dataset, s) for s in subjects(w.dataset)],
+        "partners": [subject_file("windowed", w.dataset, s, ".partner.nii.gz") for s in paired_subjects(w.dataset)],
+    }
+
+
+def register_tasks(w):
+    """The register job's tasks (pipeline.preprocess.batch): per subject the `register register`
+    command with every knob, then `register apply` for its partner. As a param, a changed knob or
+    subject list reruns the job."""
+    reference = f"data/registered/{w.dataset}/reference.json"
+    knobs = shlex.split(cli_flags(REG))
+    paired = set(paired_subjects(w.dataset))
+    tasks = []
+    for s in subjects(w.dataset):
+        task = [[
+            "register", "--moving", subject_file("windowed", w.dataset, s), "--reference-json", reference,
+            "--out", subject_file("registered", w.dataset, s),
+            "--transforms", subject_file("registered", w.dataset, s, ".transforms"),
+            "--qc", subject_file("registered", w.dataset, s, ".qc.json"), "--seed", str(config["seed"]), *knobs,
+        ]]  # fmt: skip
+        if s in paired:
+            task.append([
+                "apply", "--image", subject_file("windowed", w.dataset, s, ".partner.nii.gz"),
+                "--reference-json", reference, "--transforms", subject_file("registered", w.dataset, s, ".transforms"),
+                "--out", subject_file("registered", w.dataset, s, ".partner.nii.gz"),
+            ])  # fmt: skip
+        tasks.append(task)
+    return json.dumps(tasks)
+
+
+def mask_tasks(w):
+    """The mask job's tasks: per subject `mask_headholder apply` (and for its partner), then the
+    overlay picture of the subject."""
+    mask = f"data/masked/{w.dataset}/mask.nii.gz"
+    paired = set(paired_subjects(w.dataset))
+    tasks = []
+    for s in subjects(w.dataset):
+        suffixes = [".nii.gz"] + ([".partner.nii.gz"] if s in paired else [])
+        task = [
+            ["apply", "--image", subject_file("registered", w.dataset, s, suffix), "--mask", mask,
+             "--out", subject_file("masked", w.dataset, s, suffix)]
+            for suffix in suffixes
+        ]  # fmt: skip
+        task.append(["overlay", "--image", subject_file("registered", w.dataset, s), "--mask", mask,
+                     "--out", f"data/masked/{w.dataset}/qc/{s}.png"])  # fmt: skip
+        tasks.append(task)
+    return json.dumps(tasks)
 
 
 def preprocessing_qc(dataset):
@@ -234,22 +324,31 @@ def preprocessing_qc(dataset):
 
 
 def slice_inputs(w):
+    """The slice extractor's per-subject files: final-stage volumes and partners, QC records."""
     stage = final_stage(w.dataset)
     subs = subjects(w.dataset)
-    paired = paired_subjects(w.dataset)
-    inputs = {
-        "volumes": expand(f"data/{stage}/{w.dataset}/{{s}}.nii.gz", s=subs),
-        "partners": expand(f"data/{stage}/{w.dataset}/{{s}}.partner.nii.gz", s=paired),
-        "qc": expand(f"data/registered/{w.dataset}/{{s}}.qc.json", s=subs),
-        "reference": f"data/registered/{w.dataset}/reference.json",
+    return {
+        "volumes": [subject_file(stage, w.dataset, s) for s in subs],
+        "partners": [subject_file(stage, w.dataset, s, ".partner.nii.gz") for s in paired_subjects(w.dataset)],
+        "qc": [subject_file("registered", w.dataset, s, ".qc.json") for s in subs],
     }
-    if stage == "masked":
-        inputs["overlays"] = expand(f"data/masked/{w.dataset}/qc/{{s}}.png", s=subs)
-    return inputs
 
 
 def experiment_cfg(experiment):
     return config["experiments"][experiment]
+
+
+def gpus_for(device):
+    """The `gpu` resource of a job whose networks run on ``device``: one GPU for cuda (a cluster
+    executor then places it on a GPU node), none for cpu or auto (auto uses CUDA when the node
+    it lands on has one)."""
+    return 1 if device == "cuda" else 0
+
+
+def section_gpus(section):
+    """Input function of a rule's `gpu` resource: from its experiment's ``section`` (e.g.
+    classifier, segmenter, evaluate) ``device`` knob."""
+    return lambda w: gpus_for(experiment_cfg(w.experiment).get(section, {}).get("device", "auto"))
 
 
 def experiment_inputs(experiment):
@@ -266,7 +365,7 @@ MAP_TO_IMAGE_MODELS = ("seg2ct",)
 
 
 def is_map_to_image(experiment):
-    """A generator from a label map (report 003's seg2ct): pipeline/evaluate/map_to_image.py."""
+    """A generator from a label map (report 003's seg2ct): pipeline/evaluate/tasks/map_to_image.py."""
     exp = experiment_cfg(experiment)
     return "inputs" in exp and exp.get("model", {}).get("name") in MAP_TO_IMAGE_MODELS
 
@@ -279,7 +378,7 @@ def is_stylegan_editing(experiment):
 
 
 def is_generation(experiment):
-    """A generator from noise (DCGAN, cGAN): evaluated by pipeline/evaluate/generation.py."""
+    """A generator from noise (DCGAN, cGAN): evaluated by pipeline/evaluate/tasks/generation.py."""
     return ("inputs" in experiment_cfg(experiment) and not is_map_to_image(experiment)
             and not is_stylegan_editing(experiment))
 
@@ -348,13 +447,16 @@ def panel_raw_path(w):
     return "data/raw/{}/{}".format(w.dataset, manifest_row(w.dataset, panel_subject(w))["path"])
 
 
-def panel_stage(stage):
-    """Input function: the panel subject's volume at one stage (none for MRI's masked stage)."""
+def panel_stage(stage, as_input=True):
+    """Input function: the panel subject's volume at one stage (none for MRI's masked stage); with
+    as_input, what the job depends on (a batched stage's folder), else the volume's path."""
 
     def path(w):
         if stage == "masked" and final_stage(w.dataset) != "masked":
             return []
-        return f"data/{stage}/{w.dataset}/{panel_subject(w)}.nii.gz"
+        if as_input:
+            return stage_input(stage, w.dataset, [panel_subject(w)])
+        return subject_file(stage, w.dataset, panel_subject(w))
 
     return path
 
@@ -524,12 +626,13 @@ def reader_study_flags(w):
     """Every knob as a flag (so --config overrides reach the study and a changed knob reruns it)."""
     rs = READER_STUDY
     data = " ".join(f"--{name.replace('_', '-')} {path}" for name, path in reader_study_data(w).items())
+    presets = " ".join(f"--window-preset {name}:{low:g}:{high:g}" for name, (low, high) in rs["window_presets"].items())
     return (
-        f"{data} --n-per-class {rs['n_per_class']} --pick {rs['pick']} "
-        f"--candidates-per-image {rs['candidates_per_image']} --display-size {rs['display_size']} "
-        "--display-window " + " ".join(f"{v:g}" for v in rs["display_window"]) + " "
+        f"{data} --n-images {rs['n_images']} --pick {rs['pick']} "
+        f"--candidates-per-image {rs['candidates_per_image']} "
+        "--display-window " + " ".join(f"{v:g}" for v in rs["display_window"]) + f" {presets} "
         + ("--confidence" if rs["confidence"] else "--no-confidence")
-        + f" --direction {rs['direction']} --n-boot {rs['n_boot']} --seed {config['seed'] + rs['seed_offset']}"
+        + f" --direction {rs['direction']}"
     )
 
 
@@ -538,6 +641,7 @@ def reader_study_flags(w):
 
 def stylegan_cfg(w):
     return experiment_cfg(w.experiment)
+
 
 
 def stylegan_dataset(w):
@@ -575,3 +679,10 @@ def edit_flags(w):
 
 def ctr_segmenter_flags(w):
     return cli_flags(stylegan_cfg(w)["ctr_segmenter"])
+
+
+def verdict_claims(w):
+    claims = experiment_cfg(w.experiment).get("claims") or []
+    if not claims:
+        raise ValueError(f"params.yaml: experiments.{w.experiment}.claims is empty: nothing to judge")
+    return json.dumps(claims, sort_keys=True)

@@ -19,7 +19,8 @@ rule preprocessing_panel:
         raw_path=panel_raw_path,
         modality=lambda w: modality(w.dataset),
         subject=panel_subject,
-        masked=lambda w, input: f"--masked {input.masked}" if input.masked else "",
+        registered=panel_stage("registered", as_input=False),
+        masked=lambda w: f"--masked {panel_stage('masked', as_input=False)(w)}" if final_stage(w.dataset) == "masked" else "",
     log:
         "logs/figures/{experiment}/preprocessing_{dataset}.log",
     conda:
@@ -27,7 +28,7 @@ rule preprocessing_panel:
     shell:
         "python -m pipeline.figures preprocessing --raw {params.raw_path:q} "
         "--modality {params.modality} --windowed {input.windowed} "
-        "--registered {input.registered} {params.masked} --subject {params.subject} "
+        "--registered {params.registered} {params.masked} --subject {params.subject} "
         "--out {output} > {log} 2>&1"
 
 
@@ -69,6 +70,7 @@ rule evaluate:
     threads: 8  # capped at --cores by Snakemake: on a laptop training runs alone
     resources:
         **job_resources(config, "evaluate"),
+        gpu=section_gpus("evaluate"),
     benchmark:
         "benchmarks/evaluate/{experiment}.tsv"
     log:
@@ -107,6 +109,7 @@ rule train_classifier:
     threads: 2
     resources:
         **job_resources(config, "train_classifier"),
+        gpu=section_gpus("classifier"),
     benchmark:
         "benchmarks/train_classifier/{experiment}.tsv"
     log:
@@ -114,7 +117,7 @@ rule train_classifier:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.evaluate.classifier --train-a {input.train_a} --train-b {input.train_b} "
+        "python -m pipeline.evaluate.measures.classifier --train-a {input.train_a} --train-b {input.train_b} "
         "--val-a {input.val_a} --val-b {input.val_b} --test-a {input.test_a} --test-b {input.test_b} "
         "{params.flags} --out-model {output.model} --out-json {output.summary} > {log} 2>&1"
 
@@ -137,6 +140,7 @@ rule train_classifier_labelled:
     threads: 2
     resources:
         **job_resources(config, "train_classifier"),
+        gpu=section_gpus("classifier"),
     benchmark:
         "benchmarks/train_classifier/{experiment}.tsv"
     log:
@@ -144,13 +148,13 @@ rule train_classifier_labelled:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.evaluate.classifier --train {input.train} --val {input.val} --test {input.test} "
+        "python -m pipeline.evaluate.measures.classifier --train {input.train} --val {input.val} --test {input.test} "
         "{params.flags} --out-model {output.model} --out-json {output.summary} > {log} 2>&1"
 
 
 rule evaluate_generation:
     # Generators (DCGAN, cGAN): distribution measures, report 002's D(G(z)) and classifier scores,
-    # train-on-synthetic, memorisation (pipeline/evaluate/generation.py, reached through
+    # train-on-synthetic, memorisation (pipeline/evaluate/tasks/generation.py, reached through
     # `python -m pipeline.evaluate`, which dispatches on the model's task). metrics.json last.
     input:
         model="models/{experiment}/model.pt",
@@ -187,6 +191,7 @@ rule evaluate_generation:
     threads: 8  # capped at --cores by Snakemake
     resources:
         **job_resources(config, "evaluate"),
+        gpu=section_gpus("evaluate"),
     benchmark:
         "benchmarks/evaluate/{experiment}.tsv"
     log:

@@ -1,6 +1,8 @@
-# Stages 2-5, one job per subject wherever the work is per subject:
-# windowing (HU + VOI window / MRI normalisation) -> ANTs registration to an automatically
-# chosen reference -> CT head-holder masking -> slice extraction and subject-level split.
+# Stages 2-5: windowing (HU + VOI window / MRI normalisation), one job per subject -> ANTs
+# registration to an automatically chosen reference -> CT head-holder masking -> slice extraction
+# and subject-level split. Registration and masking run one job per dataset (pipeline.preprocess.batch:
+# importing ants costs more than registering a subject at the default size), each subject computed
+# by the same stage command as on its own, into data/<stage>/<dataset>/subjects/.
 
 rule window:
     input:
@@ -61,45 +63,28 @@ rule choose_reference:
 
 
 rule register:
+    # Every subject of the dataset onto the reference (and its partner with the subject's
+    # transforms), over {threads} processes.
     input:
-        moving="data/windowed/{dataset}/{subject}.nii.gz",
+        unpack(register_inputs),
+        raw="data/raw/{dataset}",  # the subject list (tasks) comes from its manifest
         reference="data/registered/{dataset}/reference.json",
     output:
-        image="data/registered/{dataset}/{subject}.nii.gz",
-        transforms=directory("data/registered/{dataset}/{subject}.transforms"),
-        qc="data/registered/{dataset}/{subject}.qc.json",
+        directory(subject_dir("registered", "{dataset}")),
     params:
-        seed=config["seed"],
-        knobs=cli_flags(REG),
+        tasks=register_tasks,
+    threads: SUBJECT_WORKERS  # capped at --cores by Snakemake
     resources:
         **job_resources(config, "register"),
     benchmark:
-        "benchmarks/register/{dataset}/{subject}.tsv"
+        "benchmarks/register/{dataset}.tsv"
     log:
-        "logs/register/{dataset}/{subject}.log",
+        "logs/register/{dataset}.log",
     conda:
         "../../envs/register.yaml"
     shell:
-        "python -m pipeline.preprocess.register register --moving {input.moving} "
-        "--reference-json {input.reference} --out {output.image} --transforms {output.transforms} "
-        "--qc {output.qc} --seed {params.seed} {params.knobs} > {log} 2>&1"
-
-
-rule register_partner:
-    input:
-        image="data/windowed/{dataset}/{subject}.partner.nii.gz",
-        reference="data/registered/{dataset}/reference.json",
-        transforms="data/registered/{dataset}/{subject}.transforms",
-    output:
-        "data/registered/{dataset}/{subject}.partner.nii.gz",
-    log:
-        "logs/register/{dataset}/{subject}.partner.log",
-    conda:
-        "../../envs/register.yaml"
-    shell:
-        "python -m pipeline.preprocess.register apply --image {input.image} "
-        "--reference-json {input.reference} --transforms {input.transforms} --out {output} "
-        "> {log} 2>&1"
+        "python -m pipeline.preprocess.batch pipeline.preprocess.register --workers {threads} "
+        "--tasks {params.tasks:q} > {log} 2>&1"
 
 
 rule build_headholder_mask:
@@ -119,46 +104,36 @@ rule build_headholder_mask:
 
 
 rule mask_headholder:
+    # Every registered volume of the dataset (partners included) masked, and an overlay picture
+    # per subject (data/masked/<dataset>/qc/<subject>.png), over {threads} processes.
     input:
-        image="data/registered/{dataset}/{subject}{partner}.nii.gz",
+        raw="data/raw/{dataset}",  # the subject list (tasks) comes from its manifest
+        registered=subject_dir("registered", "{dataset}"),
         mask="data/masked/{dataset}/mask.nii.gz",
     output:
-        image="data/masked/{dataset}/{subject}{partner}.nii.gz",
-    wildcard_constraints:
-        partner=r"(\.partner)?",
+        volumes=directory(subject_dir("masked", "{dataset}")),
+        overlays=directory("data/masked/{dataset}/qc"),
+    params:
+        tasks=mask_tasks,
+    threads: SUBJECT_WORKERS  # capped at --cores by Snakemake
+    resources:
+        **job_resources(config, "register"),
     log:
-        "logs/mask/{dataset}/{subject}{partner}.log",
+        "logs/mask/{dataset}.log",
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m pipeline.preprocess.mask_headholder apply --image {input.image} "
-        "--mask {input.mask} --out {output.image} > {log} 2>&1"
-
-
-rule mask_overlay:
-    input:
-        image="data/registered/{dataset}/{subject}.nii.gz",
-        mask="data/masked/{dataset}/mask.nii.gz",
-    output:
-        "data/masked/{dataset}/qc/{subject}.png",
-    log:
-        "logs/mask/{dataset}/{subject}.overlay.log",
-    conda:
-        "../../envs/data.yaml"
-    shell:
-        "python -m pipeline.preprocess.mask_headholder overlay --image {input.image} "
-        "--mask {input.mask} --out {output} > {log} 2>&1"
+        "python -m pipeline.preprocess.batch pipeline.preprocess.mask_headholder --workers {threads} "
+        "--tasks {params.tasks:q} > {log} 2>&1"
 
 
 rule extract_slices:
     input:
-        # one function per name (not unpack): a dry run before the download checkpoint has
-        # run can then still format the command
-        volumes=lambda w: slice_inputs(w)["volumes"],
-        partners=lambda w: slice_inputs(w)["partners"],
-        qc=lambda w: slice_inputs(w)["qc"],
+        raw="data/raw/{dataset}",  # the subject list comes from its manifest
+        volumes=lambda w: subject_dir(final_stage(w.dataset), w.dataset),
+        registered=subject_dir("registered", "{dataset}"),  # the QC records
         reference="data/registered/{dataset}/reference.json",
-        overlays=lambda w: slice_inputs(w).get("overlays", []),
+        overlays=lambda w: ["data/masked/{}/qc".format(w.dataset)] if final_stage(w.dataset) == "masked" else [],
     output:
         train="data/slices/{dataset}/train.npz",
         val="data/slices/{dataset}/val.npz",
@@ -180,6 +155,11 @@ rule extract_slices:
         val_fraction=SLICES["val_fraction"],
         test_fraction=SLICES["test_fraction"],
         out_dir=lambda w: f"data/slices/{w.dataset}",
+        # one function per name (not unpack): a dry run before the download checkpoint has
+        # run can then still format the command
+        volumes=lambda w: slice_inputs(w)["volumes"],
+        partners=lambda w: slice_inputs(w)["partners"],
+        qc=lambda w: slice_inputs(w)["qc"],
     benchmark:
         "benchmarks/slices/{dataset}.tsv"
     log:
@@ -187,8 +167,8 @@ rule extract_slices:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m pipeline.preprocess.extract_slices --volumes {input.volumes} "
-        "--partners {input.partners} --qc {input.qc} --reference-json {input.reference} "
+        "python -m pipeline.preprocess.extract_slices --volumes {params.volumes} "
+        "--partners {params.partners} --qc {params.qc} --reference-json {input.reference} "
         "--out-dir {params.out_dir} --axial-fraction {params.axial_fraction} --slab {params.slab} "
         "--size {params.size} --val-fraction {params.val_fraction} "
         "--test-fraction {params.test_fraction} --seed {params.seed} > {log} 2>&1"

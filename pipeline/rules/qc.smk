@@ -4,7 +4,8 @@
 
 rule registration_qc_table:
     input:
-        qc=lambda w: expand(f"data/registered/{w.dataset}/{{s}}.qc.json", s=subjects(w.dataset)),
+        raw="data/raw/{dataset}",  # the subject list comes from its manifest
+        registered=subject_dir("registered", "{dataset}"),
         reference="data/registered/{dataset}/reference.json",
     output:
         report(
@@ -13,18 +14,21 @@ rule registration_qc_table:
             category="Preprocessing",
             subcategory="{dataset}",
         ),
+    params:
+        qc=lambda w: [subject_file("registered", w.dataset, s, ".qc.json") for s in subjects(w.dataset)],
     log:
         "logs/qc/{dataset}/registration_table.log",
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m pipeline.preprocess.qc registration-table --qc {input.qc} "
+        "python -m pipeline.preprocess.qc registration-table --qc {params.qc} "
         "--reference-json {input.reference} --out {output} > {log} 2>&1"
 
 
 rule stage_contact_sheet:
     input:
-        stage_volumes,
+        raw="data/raw/{dataset}",  # the subject list comes from its manifest
+        volumes=stage_volumes,
     output:
         report(
             "data/{stage}/{dataset}/contact_sheet.png",
@@ -35,11 +39,12 @@ rule stage_contact_sheet:
     wildcard_constraints:
         stage="windowed|registered|masked",
     params:
+        volumes=stage_volume_files,
         title=lambda w: f"{w.dataset}: {w.stage}",
     log:
         "logs/qc/{dataset}/{stage}_contact_sheet.log",
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m pipeline.preprocess.qc contact-sheet --volumes {input} --out {output} "
+        "python -m pipeline.preprocess.qc contact-sheet --volumes {params.volumes} --out {output} "
         "--title {params.title:q} > {log} 2>&1"

@@ -22,6 +22,7 @@ rule train_segmenter:
     threads: 2
     resources:
         **job_resources(config, "train_classifier"),
+        gpu=section_gpus("segmenter"),
     benchmark:
         "benchmarks/train_segmenter/{experiment}.tsv"
     log:
@@ -29,14 +30,14 @@ rule train_segmenter:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.evaluate.segmenter --train {input.train} --val {input.val} --test {input.test} "
+        "python -m pipeline.evaluate.measures.segmenter --train {input.train} --val {input.val} --test {input.test} "
         "{params.flags} --out-model {output.model} --out-json {output.summary} > {log} 2>&1"
 
 
 rule evaluate_map_to_image:
     # Distribution (FID/KID with Inception weights, FRD, FRD per organ, PRDC), Dice per organ of
     # generated images (test maps and perturbed maps), style per organ, diversity over z,
-    # memorisation (pipeline/evaluate/map_to_image.py via `python -m pipeline.evaluate`, which
+    # memorisation (pipeline/evaluate/tasks/map_to_image.py via `python -m pipeline.evaluate`, which
     # dispatches on the model's task). metrics.json last.
     input:
         model="models/{experiment}/model.pt",
@@ -67,6 +68,7 @@ rule evaluate_map_to_image:
     threads: 8  # capped at --cores by Snakemake
     resources:
         **job_resources(config, "evaluate"),
+        gpu=section_gpus("evaluate"),
     benchmark:
         "benchmarks/evaluate/{experiment}.tsv"
     log:

@@ -31,6 +31,7 @@ rule train_encoder:
     threads: 8  # capped at --cores by Snakemake
     resources:
         **job_resources(config, "train"),
+        gpu=lambda w: gpus_for(stylegan_cfg(w)["encoder"]["train"]["device"]),
     benchmark:
         "benchmarks/train_encoder/{experiment}.tsv"
     log:
@@ -44,7 +45,7 @@ rule train_encoder:
 
 
 rule train_ctr_segmenter:
-    # Heart / thorax U-Net (pipeline/evaluate/segmenter.py) on the phantom's truth maps: it
+    # Heart / thorax U-Net (pipeline/evaluate/measures/segmenter.py) on the phantom's truth maps: it
     # measures the CTR of edited images; its own CTR error on held-out phantoms is in the edit section.
     input:
         train=stylegan_slices("train"),
@@ -61,6 +62,7 @@ rule train_ctr_segmenter:
     threads: 2
     resources:
         **job_resources(config, "train_classifier"),
+        gpu=section_gpus("ctr_segmenter"),
     benchmark:
         "benchmarks/train_ctr_segmenter/{experiment}.tsv"
     log:
@@ -68,7 +70,7 @@ rule train_ctr_segmenter:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.evaluate.segmenter --train {input.train} --val {input.val} --test {input.test} "
+        "python -m pipeline.evaluate.measures.segmenter --train {input.train} --val {input.val} --test {input.test} "
         "--organ-names background thorax heart {params.flags} {params.intervals} "
         "--out-model {output.model} --out-json {output.summary} > {log} 2>&1"
 
@@ -101,9 +103,11 @@ rule evaluate_stylegan_generator:
         flags=generation_evaluate_flags,
         psis=lambda w: " ".join(f"{p:g}" for p in stylegan_cfg(w)["evaluate"]["truncation_psis"]),
         seed=config["seed"],
+        device=lambda w: stylegan_cfg(w)["evaluate"]["device"],
     threads: 8
     resources:
         **job_resources(config, "evaluate"),
+        gpu=section_gpus("evaluate"),
     benchmark:
         "benchmarks/evaluate/{experiment}.tsv"
     log:
@@ -118,7 +122,7 @@ rule evaluate_stylegan_generator:
         "--sample-grid {output.sample_grid} --noise-walk {output.noise_walk} "
         "--nearest-pairs {output.nearest_pairs} --training-curves {output.curves} --out {output.section} "
         "&& python -m pipeline.latent.truncation --generator {input.model} --psis {params.psis} "
-        "--seed {params.seed} --out {output.truncation}) > {log} 2>&1"
+        "--seed {params.seed} --device {params.device} --out {output.truncation}) > {log} 2>&1"
 
 
 rule invert:
@@ -142,6 +146,8 @@ rule invert:
         pretrained=config["weights"]["pretrained"],
         weights_dir=config["weights"]["dir"],
     threads: 2
+    resources:
+        gpu=section_gpus("inversion"),
     benchmark:
         "benchmarks/invert/{experiment}.tsv"
     log:
@@ -168,6 +174,8 @@ rule separate:
     params:
         flags=separation_flags,
         intervals=stylegan_intervals,
+    benchmark:
+        "benchmarks/separate/{experiment}.tsv"
     log:
         "logs/separate/{experiment}.log",
     conda:
@@ -198,6 +206,10 @@ rule edit:
         flags=edit_flags,
         intervals=stylegan_intervals,
     threads: 2
+    resources:
+        gpu=section_gpus("edit"),
+    benchmark:
+        "benchmarks/edit/{experiment}.tsv"
     log:
         "logs/edit/{experiment}.log",
     conda:
@@ -235,12 +247,14 @@ rule assemble_stylegan:
     params:
         intervals=stylegan_intervals,
         tracking_uri=config["tracking"]["uri"],
+    benchmark:
+        "benchmarks/assemble/{experiment}.tsv"
     log:
         "logs/assemble/{experiment}.log",
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.latent.assemble --experiment {wildcards.experiment} --generation {input.generation} "
+        "python -m pipeline.evaluate.tasks.editing --experiment {wildcards.experiment} --generation {input.generation} "
         "--training-run {input.training_run} --encoder-run {input.encoder_run} "
         "--encoder-history {input.encoder_history} --inversion {input.inversion} --separation {input.separation} "
         "--edit {input.edit} --segmenter {input.segmenter} --classifier {input.classifier} "

@@ -33,8 +33,8 @@ def exports(tmp_path_factory):
 
 def test_every_task_has_an_evaluator():
     assert set(EVALUATORS) == set(TASKS)
-    assert evaluator_for_task("generation").__module__ == "pipeline.evaluate.generation"
-    assert evaluator_for_task("translation").__module__ == "pipeline.evaluate.translation_cli"
+    assert evaluator_for_task("generation").__module__ == "pipeline.evaluate.tasks.generation"
+    assert evaluator_for_task("translation").__module__ == "pipeline.evaluate.tasks.translation"
     with pytest.raises(ConfigError, match="no evaluator for task 'segmentation'"):
         evaluator_for_task("segmentation")
 
@@ -68,7 +68,7 @@ def test_an_evaluator_refuses_a_model_of_another_task(exports, name, wanted):
     """Every evaluator loads its model through pipeline.evaluate.load_for_evaluation: a model of
     another task is an error naming the file, before any data is read."""
     from pipeline.errors import InputDataError
-    from pipeline.evaluate import load_for_evaluation
+    from pipeline.evaluate.cli import load_for_evaluation
 
     actual = trained_task(exports[name])
     with pytest.raises(InputDataError, match=f"{exports[name]}: is a {actual} model, not an evaluable thing"):

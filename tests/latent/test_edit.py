@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.evaluate.intervals import IntervalPolicy
+from pipeline.evaluate.measures.intervals import IntervalPolicy
 from pipeline.latent.edit import apply_edit, direction_as_code, slopes, ssim_outside, unit_direction
 from pipeline.latent.edit import _summary
 

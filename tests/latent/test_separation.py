@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-from pipeline.evaluate.intervals import IntervalPolicy
+from pipeline.evaluate.measures.intervals import IntervalPolicy
 from pipeline.latent.separation import code_features, separate, separation, split_subjects
 
 

@@ -19,15 +19,15 @@ def test_ada_p_rises_when_d_overfits_and_falls_otherwise():
     for _ in range(4):  # D confident on every real image: r_t = 1 > 0.6
         ada.observe(torch.full((8,), 3.0))
         ada.step(8)
-    assert ada.p == pytest.approx(0.5 + step) and ada.last_rt == 1.0
+    assert float(ada.p) == pytest.approx(0.5 + step) and float(ada.last_rt) == 1.0
     for _ in range(4):  # half the outputs positive: r_t = 0, below the target
         ada.observe(torch.tensor([1.0, -1.0] * 4))
         ada.step(8)
-    assert ada.last_rt == 0.0 and ada.p == pytest.approx(0.5)
+    assert float(ada.last_rt) == 0.0 and float(ada.p) == pytest.approx(0.5)
     for _ in range(3):  # no adjustment between intervals
         ada.observe(torch.full((8,), 3.0))
         ada.step(8)
-    assert ada.p == pytest.approx(0.5)
+    assert float(ada.p) == pytest.approx(0.5)
     state = ada.state_dict()
     restored = AdaptiveStrength(0.6, 4, 0.1)
     restored.load_state_dict(state)
@@ -35,7 +35,7 @@ def test_ada_p_rises_when_d_overfits_and_falls_otherwise():
     for _ in range(100):  # p stays within [0, 1]
         ada.observe(torch.full((8,), -1.0))
         ada.step(8)
-    assert ada.p == 0.0
+    assert float(ada.p) == 0.0
 
 
 def test_ada_with_nothing_switched_on_is_the_identity_and_never_flips_by_default():
@@ -75,3 +75,16 @@ def test_diffaugment_keeps_shape_and_lets_gradients_through():
     assert grad.abs().sum() > 0
     # cutout: a square of half the side is zeroed in every image
     assert all(int((o == 0).sum()) >= 8 * 8 for o in out.detach())
+
+
+def test_ada_with_p_as_a_device_tensor_keeps_unchosen_images_bit_for_bit():
+    """The controller's p is a 0-dim tensor (no host read in a step): at p 0 every transform is
+    drawn but no image changes; at any p it augments as the float p does with the same draws."""
+    images = torch.rand(32, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    assert torch.equal(ada_augment(images, torch.tensor(0.0), STYLEGAN2_KNOBS, torch.Generator().manual_seed(4)),
+                       images)
+    as_tensor = ada_augment(images, torch.tensor(0.4), STYLEGAN2_KNOBS, torch.Generator().manual_seed(5))
+    as_float = ada_augment(images, 0.4, STYLEGAN2_KNOBS, torch.Generator().manual_seed(5))
+    assert torch.equal(as_tensor, as_float)
+    unchanged = [torch.equal(a, b) for a, b in zip(as_tensor, images)]
+    assert 0 < sum(unchanged) < len(images)  # some images had no transform drawn, some had

@@ -232,7 +232,8 @@ def test_fused_calls_equal_separate_calls_for_batch_independent_networks(adversa
 def test_compiled_networks_step_like_eager_ones():
     """torch.compile (static shapes: b and 2b with fused calls; discriminators frozen in the G
     phase) gives the eager step's losses, on CPU as CI has it (~1 min of compilation)."""
-    from pipeline.train import prepare_model, resolve_config
+    from pipeline.engine.knobs import resolve_config
+    from pipeline.engine.step import prepare_model
 
     cls, model_cfg, train_cfg = resolve_config({"model": {**CLASSIC_SMALL, "pool_size": 2}, "train": {"compile": True}})
     batch = {"a": images(2, 32, seed=1), "b": images(2, 32, seed=2)}

@@ -13,7 +13,8 @@ import torch
 from pipeline.errors import ConfigError
 from pipeline.models import MODELS, TASKS, load_trained, trained_task
 from pipeline.models.seg2ct import Seg2CT, Seg2CTGenerator
-from pipeline.train import BatchSampler, train
+from pipeline.engine.data import BatchSampler
+from pipeline.train import train
 
 N_LABELS = 6
 TRAIN = {"batch_size": 1, "steps_per_epoch": 3, "sample_every": 2, "checkpoint_every": 1, "n_samples": 2,
@@ -78,7 +79,7 @@ def bound_model(slices, **knobs) -> Seg2CT:
     model.bind_training_data({"images": torch.from_numpy(data["images"])[:, None] * 2 - 1,
                               "images_maps": torch.from_numpy(data["label_maps"].astype(np.int64))[:, None],
                               "images_subjects": torch.from_numpy(codes)},
-                             {"images": {"subject_ids": data["subject_ids"]}})
+                             {"images": {"subject_ids": data["subject_ids"], "label_maps": data["label_maps"]}})
     return model
 
 
@@ -225,7 +226,7 @@ def test_resumed_run_equals_uninterrupted_bit_for_bit(slices, store, tmp_path, s
 def test_slices_without_subject_ids_are_an_error_naming_the_file(tmp_path):
     """The engine cannot guarantee "another patient" without the patients: a clear error, not a guess."""
     from pipeline.errors import InputDataError
-    from pipeline.train import load_input
+    from pipeline.engine.data import load_input
     path = tmp_path / "train.npz"
     np.savez(path, images=np.zeros((2, 16, 16), np.float32), label_maps=np.zeros((2, 16, 16), np.uint8))
     with pytest.raises(InputDataError, match="subject_ids") as err:

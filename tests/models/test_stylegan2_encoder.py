@@ -5,7 +5,7 @@ import torch
 
 from pipeline.models import model_class
 from pipeline.models.stylegan2_encoder import SynthesisFeatures, content_loss
-from pipeline.train import train_step
+from pipeline.engine.step import train_step
 from stylegan_standin import TinyStyleGAN
 
 
@@ -78,3 +78,23 @@ def test_untrained_encoder_starts_at_the_mean_code_and_w_mode_repeats_one_w():
         plus.E.head.bias.copy_(torch.arange(plus.E.head.bias.numel(), dtype=torch.float32))
     out = plus.E(torch.rand(1, 1, 16, 16))
     assert not torch.allclose(out[:, 0], out[:, 1]), "W+ gives each layer its own w"
+
+
+def test_the_frozen_generator_follows_the_encoder_to_another_device(tmp_path):
+    """Issue 26: G is loaded from model.pt on the CPU and moved by the encoder's .to(); its
+    sampler must then send z and w where G's weights are, not where G was loaded. The meta
+    device stands in for a GPU (a CPU tensor meeting a meta one raises, as on CUDA). (The tests
+    above use a stand-in G; tests/test_device_check.py runs the whole step on a simulated GPU.)"""
+    small = {"z_dim": 16, "w_dim": 16, "channel_base": 128, "channel_max": 16}
+    generator = model_class("stylegan2")(small, None, 0, image_size=(16, 16))
+    torch.save({**generator.export(), "image_size": [16, 16]}, tmp_path / "model.pt")
+    encoder = model_class("stylegan2_encoder")({"generator": str(tmp_path / "model.pt"), "n_stages": 2, "width": 8},
+                                               None, seed=3, image_size=(16, 16))
+    assert encoder.G.device.type == "cpu"
+    encoder.to("meta")
+    assert encoder.G.device.type == "meta" and encoder.G.w_avg.device.type == "meta"
+    w = encoder._draw_w(4, torch.device("meta"))  # z drawn on the CPU, mapped where G is
+    images = encoder.G.synthesis(w)
+    reconstruction = encoder.G.synthesis(encoder.E(images))
+    assert w.device.type == images.device.type == reconstruction.device.type == "meta"
+    assert tuple(reconstruction.shape) == (4, 1, 16, 16)

@@ -5,12 +5,15 @@ pixels and geometry must not have moved."""
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import hmac
 import io
 import json
 import re
 import shutil
+import tarfile
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -171,7 +174,8 @@ def test_the_check_stops_on_a_file_that_still_identifies(tmp_path):
     source = _marked_slice(tmp_path / "in.dcm")
     original = pydicom.dcmread(source, stop_before_pixels=True)
     shutil.copyfile(source, tmp_path / "not_deidentified.dcm")  # de-identification switched off
-    with pytest.raises(InputDataError, match=r"not_deidentified\.dcm.*left \w+ unchanged"):
+    left = r"not_deidentified\.dcm: (de-identification left \w+ unchanged|\w+ still holds the original UID)"
+    with pytest.raises(InputDataError, match=left):
         check_deidentified(original, tmp_path / "not_deidentified.dcm")
 
     deidentify_dicom_file(source, tmp_path / "out.dcm", SALT)
@@ -395,3 +399,178 @@ def test_header_values_never_reach_the_logs_through_pydicom_warnings(tmp_path, c
     assert marker not in said
     assert find_markers(sorted((tmp_path / "out").rglob("*.dcm")), [marker]) == []
 
+
+
+# ---------------------------------------------------------------------- nested values, content
+
+
+def _with_nested_identity(path: Path) -> Path:
+    """A marked slice that also holds identity inside a kept sequence (ContributingEquipment),
+    a reference to another instance, a name and a date the table does not list, a source AE
+    title in its file meta and a TIFF header with text in its preamble."""
+    _marked_slice(path)
+    ds = pydicom.dcmread(path)
+    equipment = Dataset()
+    equipment.InstitutionName = "QXNESTEDHOSPQX"
+    equipment.PatientID = "QXNESTEDPIDQX"
+    equipment.Manufacturer = "Acme"
+    equipment.EvaluatorName = "QXEVALUATORQX"  # a PN the table does not list
+    equipment.ExpiryDate = "18700101"  # a DA the table does not list
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = ds.SOPClassUID
+    reference.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.2700"
+    equipment.ReferencedImageSequence = Sequence([reference])
+    ds.ContributingEquipmentSequence = Sequence([equipment])
+    ds.file_meta.SourceApplicationEntityTitle = "QXSOURCEAEQX"
+    ds.preamble = (b"II*\x00" + b"QXTIFFQX").ljust(128, b"\x00")
+    ds.save_as(path)
+    return path
+
+
+NESTED_MARKERS = ["QXNESTEDHOSPQX", "QXNESTEDPIDQX", "QXEVALUATORQX", "18700101", "QXSOURCEAEQX", "QXTIFFQX"]
+
+
+def test_identity_inside_kept_sequences_the_file_meta_and_the_preamble_goes(tmp_path):
+    source = _with_nested_identity(tmp_path / "in.dcm")
+    assert {m for _, m, _ in find_markers([source], NESTED_MARKERS)} == set(NESTED_MARKERS)
+
+    deidentify_dicom_file(source, tmp_path / "out.dcm", SALT)
+
+    assert find_markers([tmp_path / "out.dcm"], NESTED_MARKERS + MARKERS) == []
+    ds = pydicom.dcmread(tmp_path / "out.dcm")
+    equipment = ds.ContributingEquipmentSequence[0]
+    assert equipment.Manufacturer == "Acme", "K: the sequence is kept, only what identifies is cleaned"
+    assert equipment.ReferencedImageSequence[0].ReferencedSOPInstanceUID == (
+        "2.25." + str(int.from_bytes(hmac.new(SALT.encode(), b"1.2.826.0.1.3680043.8.498.2700", hashlib.sha256)
+                                     .digest()[:16], "big"))
+    ), "a nested reference gets the salted UID the instance it points to gets"  # fmt: skip
+    assert ds.preamble == b"\x00" * 128 and "SourceApplicationEntityTitle" not in ds.file_meta
+
+
+def test_the_check_names_the_path_of_a_nested_survivor(tmp_path):
+    source = _with_nested_identity(tmp_path / "in.dcm")
+    original = pydicom.dcmread(source, stop_before_pixels=True)
+    deidentify_dicom_file(source, tmp_path / "out.dcm", SALT)
+    check_deidentified(original, tmp_path / "out.dcm")  # passes
+    spoilers = {
+        "kept.dcm": (
+            lambda item: setattr(item, "InstitutionName", "QXNESTEDHOSPQX"),
+            r"de-identification left ContributingEquipmentSequence\[0\]\.InstitutionName unchanged",
+        ),
+        "uid.dcm": (
+            lambda item: setattr(item.ReferencedImageSequence[0], "ReferencedSOPInstanceUID",
+                                 "1.2.826.0.1.3680043.8.498.2700"),
+            r"ContributingEquipmentSequence\[0\]\.ReferencedImageSequence\[0\]\.ReferencedSOPInstanceUID "
+            r"still holds the original UID",
+        ),
+        "copied.dcm": (
+            lambda item: setattr(item, "Manufacturer", "Acme for QXNESTEDPIDQX"),
+            r"the value of ContributingEquipmentSequence\[0\]\.PatientID is still in the header "
+            r"\(at ContributingEquipmentSequence\[0\]\.Manufacturer\)",
+        ),
+    }  # fmt: skip
+    for name, (spoil, message) in spoilers.items():
+        ds = pydicom.dcmread(tmp_path / "out.dcm")
+        spoil(ds.ContributingEquipmentSequence[0])
+        ds.save_as(tmp_path / name)
+        with pytest.raises(InputDataError, match=rf"{re.escape(name)}: {message}"):
+            check_deidentified(original, tmp_path / name)
+
+
+def test_a_file_that_fails_the_check_is_not_left_behind(tmp_path, monkeypatch):
+    source = _with_nested_identity(tmp_path / "in" / "slice.dcm")
+    monkeypatch.setattr("pipeline.sources.deidentify.apply_profile", lambda ds, salt: None)  # switched off
+    with pytest.raises(InputDataError, match=r"out/slice\.dcm: "):
+        deidentify_dicom_file(source, tmp_path / "out" / "slice.dcm", SALT)
+    assert list((tmp_path / "out").iterdir()) == [], "neither the file nor its temporary"
+
+
+def _bare_data_set(path: Path) -> bytes:
+    """A marked slice as a PACS export writes it: no preamble, no file meta, implicit VR."""
+    ds = pydicom.dcmread(path)
+    buffer = io.BytesIO()
+    ds.file_meta, ds.preamble = pydicom.dataset.FileMetaDataset(), None
+    pydicom.dcmwrite(buffer, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    return buffer.getvalue()
+
+
+def test_dicom_is_known_by_content_bare_and_gzipped_and_written_the_same_each_run(tmp_path):
+    stage = tmp_path / "stage"
+    source = _marked_slice(tmp_path / "slice.dcm")
+    (stage / "sub-a").mkdir(parents=True)
+    (stage / "sub-a" / "IM000001").write_bytes(_bare_data_set(source))
+    (stage / "sub-a" / "IM000002.gz").write_bytes(gzip.compress(source.read_bytes()))
+    runs = [tmp_path / "raw" / "a", tmp_path / "raw" / "b"]
+    for out in runs:
+        summary = deidentify_dataset(stage, out, SALT)
+
+    assert summary.counts == {"dicom": 1, "dicom (gzip)": 1}
+    assert find_markers(runs, MARKERS) == []  # gunzipped too
+    bare = (runs[0] / "sub-a" / "IM000001").read_bytes()
+    assert bare[128:132] == b"DICM", "written as a DICOM file, so every later stage knows it"
+    assert pydicom.dcmread(io.BytesIO(bare)).PixelData == pydicom.dcmread(source).PixelData
+    zipped = (runs[0] / "sub-a" / "IM000002.gz").read_bytes()
+    assert pydicom.dcmread(io.BytesIO(gzip.decompress(zipped))).PatientIdentityRemoved == "YES"
+    assert [p.read_bytes() for p in sorted(runs[0].rglob("IM*"))] == [
+        p.read_bytes() for p in sorted(runs[1].rglob("IM*"))
+    ], "same bytes on a rerun (DVC sees no change)"
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "build", "problem"),
+    [
+        ("series.zip", lambda d: _zip({"QXNAMEQX/readme.txt": b"x", "QXNAMEQX/IM1": d}),
+         r"a zip archive holding dicom \(member 2 of 2\)"),
+        ("series.tar.gz", lambda d: _tar_gz({"QXNAMEQX/IM1": d}), r"a tar archive inside a gzip stream"),
+        ("IM000009", lambda d: b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + b"\x00" * 200,
+         r"has no DICOM preamble and does not read as a DICOM instance"),
+        ("notes.dcm", lambda d: b"QXNAMEQX was here\n", r"named like a DICOM file but is not DICOM"),
+    ],
+)  # fmt: skip
+def test_what_could_hide_dicom_is_refused_naming_only_the_file(tmp_path, name, build, problem):
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / name).write_bytes(build(_marked_slice(tmp_path / "slice.dcm").read_bytes()))
+    out = tmp_path / "raw" / "x"
+    with pytest.raises(InputDataError, match=rf"{re.escape(name)}: {problem}") as caught:
+        deidentify_dataset(stage, out, SALT)
+    assert "QXNAMEQX" not in str(caught.value), "a member's name is not repeated"
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_an_archive_of_tables_is_copied(tmp_path):
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    tables = _zip({"reads.csv": b"name,label\nCQ500-CT-1,1\n"})
+    (stage / "reads.zip").write_bytes(tables)
+    assert deidentify_dataset(stage, tmp_path / "raw" / "x", SALT).counts == {"other": 1}
+    assert (tmp_path / "raw" / "x" / "reads.zip").read_bytes() == tables
+
+
+def test_a_damaged_dicom_under_a_bare_name_is_refused_not_copied(tmp_path):
+    """pydicom's no_meta.dcm: a data set behind one stray byte, which no reader opens; under a
+    PACS-style name it would otherwise be copied as it is, PatientName and all."""
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    shutil.copyfile(get_testdata_file("no_meta.dcm"), stage / "IM000003")
+    with pytest.raises(InputDataError, match=r"IM000003: holds DICOM elements .* does not start as a DICOM"):
+        deidentify_dataset(stage, tmp_path / "raw" / "x", SALT)
+    assert not (tmp_path / "raw" / "x").exists()

@@ -1,0 +1,390 @@
+"""Domain classifier: trained on real slices of domain a vs domain b, then asked about translations.
+
+Report 002 scores generated images with a classifier trained on real data: if translations of
+a into b are taken for b by a network that tells real a from real b, they carry b's features.
+The classifier is a small CNN trained from random initialisation (no download), selected on the
+validation slices, with its held-out test accuracy reported beside the share, so a reader can
+tell a weak classifier from a weak translator. Its own Snakemake rule keeps it out of the
+evaluation's reruns: changing an evaluation knob does not retrain it.
+
+The same network serves labelled data (report 002: healthy vs any haemorrhage, label 0 / 1 from
+the slices' ``labels`` array), and the generation evaluator retrains it on synthetic slices
+(train-on-synthetic / test-on-real) with the settings stored in its checkpoint.
+
+CLI: python -m pipeline.evaluate.measures.classifier --train-a A --train-b B --val-a ... --out-model classifier.pt
+     python -m pipeline.evaluate.measures.classifier --train T --val V --test H --class-names healthy haemorrhage ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.atomic import atomic_path, write_json
+from pipeline.errors import InputDataError, PipelineError
+from pipeline.evaluate.measures.slices import load_labelled_slices, load_test_slices
+
+log = logging.getLogger("pipeline.evaluate.measures.classifier")
+
+
+def build_network(width: int = 16, n_blocks: int = 3):
+    """n_blocks of conv-ReLU-maxpool (width doubling), global average pool, 2 logits (any input size).
+
+    No batch normalisation: with a few dozen training slices its running statistics never settle,
+    and the network would score differently in eval mode than it trained.
+    """
+    import torch.nn as nn
+
+    layers: list[nn.Module] = []
+    channels_in = 1
+    for block in range(n_blocks):
+        channels_out = width * 2**block
+        layers += [
+            nn.Conv2d(channels_in, channels_out, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        ]
+        channels_in = channels_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels_in, 2)]
+    return nn.Sequential(*layers)
+
+
+def to_tensor(images: np.ndarray, image_size: int | None):
+    """(N, H, W) in [0, 1] -> (N, 1, S, S) float tensor, area-resized when ``image_size`` differs."""
+    import torch
+
+    tensor = torch.from_numpy(np.asarray(images, np.float32))[:, None]
+    if image_size is not None and tuple(tensor.shape[-2:]) != (image_size, image_size):
+        tensor = torch.nn.functional.interpolate(tensor, size=(image_size, image_size), mode="area")
+    return tensor
+
+
+def predict_logits(network, tensor, batch_size: int):
+    """Logits of an (N, 1, S, S) tensor in eval mode, ``batch_size`` images at a time, without
+    gradients, on the network's device (the batches are sent there)."""
+    import torch
+
+    from pipeline.devices import module_device
+
+    device = module_device(network)
+    network.eval()
+    with torch.inference_mode():
+        return torch.cat([network(tensor[i : i + batch_size].to(device)) for i in range(0, len(tensor), batch_size)])
+
+
+def _scores(logits, labels) -> tuple[float, float, list[float]]:
+    """Accuracy, balanced accuracy (mean of per-class recall) and per-class accuracy."""
+    predicted, labels = logits.argmax(dim=1), labels.to(logits.device)
+    # recall of class c as counts (no boolean indexing: no data-dependent shapes on the device)
+    per_class = [float(((predicted == c) & (labels == c)).sum().float() / (labels == c).sum().float()) for c in (0, 1)]
+    return float((predicted == labels).float().mean()), float(np.mean(per_class)), per_class
+
+
+DEFAULT_SETTINGS = {
+    "epochs": 15, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "width": 16, "n_blocks": 3,
+    "image_size": 64, "flip_probability": 0.5, "patience": 5,
+}
+"""The CLI's defaults; the experiments set their own in params.yaml (``classifier:``)."""
+
+
+def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0, device: str = "cpu"):
+    """Train a fresh network on (x_train, y_train) and keep the epoch with the best validation score.
+
+    x_*: (N, 1, S, S) tensors in [0, 1]; y_*: (N,) long labels 0 / 1. ``settings`` holds the keys
+    of DEFAULT_SETTINGS. The loss weighs the classes by inverse frequency and selection uses
+    balanced accuracy (ties: lower validation loss), so an unbalanced pair (NORMAL vs PNEUMONIA,
+    healthy vs haemorrhage) cannot be won by always answering the larger class. Shared by the
+    real-data classifier and the train-on-synthetic ones, so that they differ only in their data.
+    Returns (network with the best weights, {balanced_accuracy, loss, epoch, state}, history).
+    The network and the data live on ``device``; the shuffles and flips are drawn on the CPU
+    (the same draws on any device) and copied over.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    counts = [int((y_train == c).sum()) for c in (0, 1)]
+    network = build_network(settings["width"], settings["n_blocks"]).to(device)
+    x_train, y_train, x_val, y_val = (t.to(device) for t in (x_train, y_train, x_val, y_val))
+    optimiser = torch.optim.Adam(network.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+    class_weights = torch.tensor([len(y_train) / (2.0 * n) for n in counts], dtype=torch.float32, device=device)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights)
+    batch_size = settings["batch_size"]
+    best = {"balanced_accuracy": -1.0, "loss": float("inf"), "epoch": 0, "state": None}
+    history = []
+    for epoch in range(1, settings["epochs"] + 1):
+        network.train()
+        order = torch.randperm(len(x_train), generator=generator)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size].to(device)
+            images = x_train[batch]
+            flip = (torch.rand(len(batch), generator=generator) < settings["flip_probability"]).to(device)
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            optimiser.zero_grad()
+            loss = loss_fn(network(images), y_train[batch])
+            loss.backward()
+            optimiser.step()
+        val_logits = predict_logits(network, x_val, batch_size)
+        val_loss = float(loss_fn(val_logits, y_val))
+        _, val_balanced, _ = _scores(val_logits, y_val)
+        history.append({"epoch": epoch, "train_loss": loss.item(), "val_loss": val_loss, "val_balanced_accuracy": val_balanced})
+        if (val_balanced, -val_loss) > (best["balanced_accuracy"], -best["loss"]):
+            state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+            best = {"balanced_accuracy": val_balanced, "loss": val_loss, "epoch": epoch, "state": state}
+        elif epoch - best["epoch"] >= settings["patience"]:
+            break
+    network.load_state_dict(best["state"])
+    return network, best, history
+
+
+def _settings_text(settings: dict, seed: int) -> dict:
+    return {
+        "architecture": f"{settings['n_blocks']} x (conv3x3-ReLU-maxpool), width {settings['width']} doubling, "
+        "global average pool, linear; random initialisation",
+        **settings,
+        "seed": seed, "loss": "cross-entropy weighted by inverse class frequency",
+        "selection": "epoch with the best validation balanced accuracy (ties: lower validation loss)",
+    }
+
+
+def _finish(network, best, history, x_test, y_test, class_names, labels_text, counts, settings, seed,
+            out_model: Path, out_json: Path, started: float, extra_checkpoint: dict) -> dict:
+    """Score the selected network on test, write classifier.pt and classifier.json atomically."""
+    import torch
+
+    test_accuracy, test_balanced, test_per_class = _scores(
+        predict_logits(network, x_test, settings["batch_size"]), y_test
+    )
+    checkpoint = {
+        "state_dict": {k: v.cpu() for k, v in best["state"].items()},
+        "width": settings["width"],
+        "n_blocks": settings["n_blocks"],
+        "image_size": settings["image_size"],
+        "class_names": list(class_names),
+        "settings": dict(settings),
+        **extra_checkpoint,
+    }
+    with atomic_path(out_model) as tmp:
+        torch.save(checkpoint, tmp)
+    summary = {
+        **({"domain_names": list(class_names)} if "domain_names" in extra_checkpoint else {}),
+        "class_names": list(class_names),
+        "labels": labels_text,
+        "n_train": counts["train"],
+        "n_val": counts["val"],
+        "n_test": counts["test"],
+        "selected_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "val_balanced_accuracy": best["balanced_accuracy"],
+        "test_accuracy": test_accuracy,
+        "test_balanced_accuracy": test_balanced,
+        "test_accuracy_per_class": dict(zip(class_names, test_per_class)),
+        "history": history,
+        "settings": _settings_text(settings, seed),
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    write_json(out_json, summary)
+    return summary
+
+
+def _prepare(threads: int, device: str) -> float:
+    import torch
+
+    from pipeline.devices import deterministic
+
+    started = time.monotonic()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    deterministic(device)
+    return started
+
+
+def train_classifier(
+    train: dict[str, Path],
+    val: dict[str, Path],
+    test: dict[str, Path],
+    out_model: Path,
+    out_json: Path,
+    domain_names: tuple[str, str] = ("a", "b"),
+    epochs: int = 15,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    width: int = 16,
+    n_blocks: int = 3,
+    image_size: int | None = 64,
+    flip_probability: float = 0.5,
+    patience: int = 5,
+    threads: int = 0,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict:
+    """Train on real train slices (label 0 = domain a, 1 = b), keep the epoch best on val, score on test.
+
+    train / val / test: {"a": npz, "b": npz} slice files (contracts: ``images`` in [0, 1], ``subject_ids``).
+    epochs (default 15), batch_size (32), lr (1e-3, Adam), weight_decay (1e-4): training.
+    width (16), n_blocks (3): network size; image_size: side the slices are area-resized to
+    (default 64; None keeps theirs). flip_probability: random left-right flips (default 0.5).
+    patience: stop after this many epochs without a better validation score (default 5).
+    threads: torch CPU threads (0 = torch's default). seed: initialisation, shuffling, flips.
+    Deterministic on CPU for a given seed and thread count. Returns the summary written to ``out_json``.
+    """
+    import torch
+
+    started = _prepare(threads, device)
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "width": width,
+                "n_blocks": n_blocks, "image_size": image_size, "flip_probability": flip_probability,
+                "patience": patience}
+
+    def load(split: dict[str, Path]):
+        sets = [load_test_slices(split[d]) for d in ("a", "b")]
+        images = to_tensor(np.concatenate([s["images"] for s in sets]), image_size)
+        labels = torch.cat([torch.full((len(s["images"]),), c, dtype=torch.long) for c, s in enumerate(sets)])
+        return images, labels, [len(s["images"]) for s in sets]
+
+    (x_train, y_train, n_train), (x_val, y_val, n_val), (x_test, y_test, n_test) = map(load, (train, val, test))
+    if min(n_train) == 0 or min(n_val) == 0:
+        raise PipelineError("the classifier needs train and val slices of both domains")
+    network, best, history = fit_classifier(x_train, y_train, x_val, y_val, settings, seed, device)
+    labels_text = {"0": f"domain a ({domain_names[0]})", "1": f"domain b ({domain_names[1]})"}
+    return _finish(network, best, history, x_test, y_test, domain_names, labels_text,
+                   {"train": n_train, "val": n_val, "test": n_test}, settings, seed, out_model, out_json, started,
+                   {"domain_names": list(domain_names)})
+
+
+def train_label_classifier(
+    train: Path,
+    val: Path,
+    test: Path,
+    out_model: Path,
+    out_json: Path,
+    class_names: tuple[str, str] = ("healthy", "haemorrhage"),
+    label_key: str = "labels",
+    threads: int = 0,
+    seed: int = 0,
+    device: str = "cpu",
+    **knobs,
+) -> dict:
+    """The same classifier on one labelled dataset: label 0 vs 1 of each slice (e.g. healthy vs any haemorrhage).
+
+    train / val / test: slices npz files carrying ``label_key``; knobs: the keys of DEFAULT_SETTINGS.
+    The checkpoint keeps every training setting, so the generation evaluator can train the same
+    classifier on synthetic slices (train-on-synthetic / test-on-real).
+    """
+    import torch
+
+    started = _prepare(threads, device)
+    unknown = set(knobs) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown classifier settings {sorted(unknown)}")
+    settings = DEFAULT_SETTINGS | knobs
+    tensors, counts = {}, {}
+    for split, path in (("train", train), ("val", val), ("test", test)):
+        data = load_labelled_slices(path, label_key)
+        labels = torch.from_numpy(data[label_key])
+        tensors[split] = (to_tensor(data["images"], settings["image_size"]), labels)
+        counts[split] = [int((labels == c).sum()) for c in (0, 1)]
+        if split != "test" and min(counts[split]) == 0:
+            raise InputDataError(path, f"the classifier needs {split} slices of both classes, got {counts[split]}")
+    network, best, history = fit_classifier(*tensors["train"], *tensors["val"], settings, seed, device)
+    labels_text = {"0": class_names[0], "1": class_names[1]}
+    return _finish(network, best, history, *tensors["test"], class_names, labels_text, counts, settings, seed,
+                   out_model, out_json, started, {"label_key": label_key})
+
+
+def load_classifier(path: Path, device: str = "cpu") -> tuple[object, dict]:
+    """The trained network (eval mode, on ``device``) and its checkpoint metadata."""
+    import torch
+
+    path = Path(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    network = build_network(checkpoint["width"], checkpoint["n_blocks"])
+    network.load_state_dict(checkpoint["state_dict"])
+    network.to(device).eval()
+    return network, checkpoint
+
+
+def probability_of_b(network, checkpoint: dict, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """P(domain b) of each (N, H, W) slice in [0, 1]."""
+    import torch
+
+    logits = predict_logits(network, to_tensor(images, checkpoint["image_size"]), batch_size)
+    return torch.softmax(logits, dim=1)[:, 1].double().cpu().numpy()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.devices import resolve_device
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate.measures.classifier", description=__doc__.splitlines()[0])
+    for split in ("train", "val", "test"):
+        parser.add_argument(f"--{split}", type=Path, help=f"{split}.npz with a label per slice (labelled mode)")
+        for domain in ("a", "b"):
+            parser.add_argument(f"--{split}-{domain}", type=Path, help=f"{split}.npz of domain {domain} (domain mode)")
+    parser.add_argument("--out-model", type=Path, required=True, help="classifier.pt to write")
+    parser.add_argument("--out-json", type=Path, required=True, help="classifier.json (accuracies) to write")
+    parser.add_argument("--domain-names", "--class-names", dest="names", nargs=2, metavar=("NAME0", "NAME1"),
+                        help="names of label 0 and 1 (default: a b in domain mode, healthy haemorrhage labelled)")
+    parser.add_argument("--label-key", default="labels", help="labelled mode: the npz array of 0 / 1 labels")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_SETTINGS["epochs"])
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_SETTINGS["batch_size"])
+    parser.add_argument("--lr", type=float, default=DEFAULT_SETTINGS["lr"])
+    parser.add_argument("--weight-decay", type=float, default=DEFAULT_SETTINGS["weight_decay"])
+    parser.add_argument("--width", type=int, default=DEFAULT_SETTINGS["width"])
+    parser.add_argument("--n-blocks", type=int, default=DEFAULT_SETTINGS["n_blocks"])
+    parser.add_argument("--image-size", type=int, default=DEFAULT_SETTINGS["image_size"], help="0 keeps the slices' size")
+    parser.add_argument("--flip-probability", type=float, default=DEFAULT_SETTINGS["flip_probability"])
+    parser.add_argument("--patience", type=int, default=DEFAULT_SETTINGS["patience"])
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    splits = ("train", "val", "test")
+    labelled = [getattr(args, s) for s in splits]
+    domains = [getattr(args, f"{s}_{d}") for s in splits for d in ("a", "b")]
+    complete = lambda paths: all(p is not None for p in paths)
+    absent = lambda paths: all(p is None for p in paths)
+    if not ((complete(labelled) and absent(domains)) or (complete(domains) and absent(labelled))):
+        parser.error("give either --train --val --test (labelled slices) or all six --{train,val,test}-{a,b}")
+    knobs = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+             "width": args.width, "n_blocks": args.n_blocks, "image_size": args.image_size or None,
+             "flip_probability": args.flip_probability, "patience": args.patience}
+    try:
+        if complete(labelled):
+            summary = train_label_classifier(
+                args.train, args.val, args.test, args.out_model, args.out_json,
+                class_names=tuple(args.names or ("healthy", "haemorrhage")), label_key=args.label_key,
+                threads=args.threads, seed=args.seed, device=device, **knobs,
+            )
+        else:
+            summary = train_classifier(
+                {"a": args.train_a, "b": args.train_b},
+                {"a": args.val_a, "b": args.val_b},
+                {"a": args.test_a, "b": args.test_b},
+                args.out_model,
+                args.out_json,
+                domain_names=tuple(args.names or ("a", "b")),
+                threads=args.threads,
+                seed=args.seed,
+                device=device,
+                **knobs,
+            )
+    except PipelineError as err:
+        log.error("%s", err)
+        return 1
+    log.info(
+        "classifier: test accuracy %.3f (balanced %.3f), epoch %d of %d, %.1f s",
+        summary["test_accuracy"], summary["test_balanced_accuracy"], summary["selected_epoch"],
+        summary["epochs_run"], summary["seconds"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.evaluate.measures import classifier
+
+SIZE = 16
+
+
+def write_split(folder, split: str, n_subjects: int, rng: np.random.Generator) -> dict:
+    """Domain a: dark noisy squares; domain b: bright ones with a disc -- easy for a real classifier."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    disc = ((yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2 < (SIZE / 4) ** 2).astype(np.float32)
+    paths = {}
+    for domain, (level, with_disc) in {"a": (0.2, False), "b": (0.5, True)}.items():
+        n = 3 * n_subjects
+        images = level + 0.1 * rng.random((n, SIZE, SIZE)) + (0.3 * disc if with_disc else 0.0)
+        paths[domain] = folder / f"{domain}_{split}.npz"
+        np.savez(
+            paths[domain],
+            images=np.clip(images, 0, 1).astype(np.float32),
+            subject_ids=np.repeat([f"{domain}{split}{i}" for i in range(n_subjects)], 3),
+            slice_index=np.tile(np.arange(3), n_subjects),
+        )
+    return paths
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slices")
+    rng = np.random.default_rng(0)
+    return {split: write_split(folder, split, n, rng) for split, n in (("train", 4), ("val", 2), ("test", 2))}
+
+
+def train(splits, out, seed=3):
+    return classifier.train_classifier(
+        splits["train"], splits["val"], splits["test"], out / "classifier.pt", out / "classifier.json",
+        domain_names=("CT", "MR"), epochs=8, batch_size=4, lr=1e-2, width=4, n_blocks=2, image_size=SIZE,
+        threads=1, seed=seed,
+    )
+
+
+def test_classifier_learns_the_domains_and_scores_translations(splits, tmp_path):
+    summary = train(splits, tmp_path)
+    assert summary["test_accuracy"] == 1.0 and summary["test_balanced_accuracy"] == 1.0
+    assert summary["n_train"] == [12, 12] and 1 <= summary["selected_epoch"] <= summary["epochs_run"] <= 8
+    assert json.loads((tmp_path / "classifier.json").read_text())["domain_names"] == ["CT", "MR"]
+    network, checkpoint = classifier.load_classifier(tmp_path / "classifier.pt")
+    with np.load(splits["test"]["b"]) as b, np.load(splits["test"]["a"]) as a:
+        p_b = classifier.probability_of_b(network, checkpoint, np.concatenate([a["images"], b["images"]]))
+    assert np.all(p_b[:6] < 0.5) and np.all(p_b[6:] > 0.5)
+    larger = classifier.probability_of_b(network, checkpoint, np.full((2, 2 * SIZE, 2 * SIZE), 0.2, np.float32))
+    assert larger.shape == (2,)  # resized to the training size
+
+
+def test_same_seed_same_classifier(splits, tmp_path):
+    train(splits, tmp_path / "one")
+    train(splits, tmp_path / "two")
+    train(splits, tmp_path / "other", seed=4)
+    weights = {
+        run: torch.load(tmp_path / run / "classifier.pt", weights_only=True)["state_dict"]
+        for run in ("one", "two", "other")
+    }
+    assert all(torch.equal(weights["one"][k], weights["two"][k]) for k in weights["one"])
+    assert not all(torch.equal(weights["one"][k], weights["other"][k]) for k in weights["one"])
+
+
+def test_labelled_mode_learns_healthy_vs_haemorrhage_through_the_cli(tmp_path):
+    """One dataset's slices, label 0 vs 1 from its ``labels`` array; the checkpoint keeps every setting."""
+    from generation_support import make_split, write_npz
+
+    paths = {name: write_npz(tmp_path / f"{name}.npz", make_split(seed, n, 4, name))
+             for name, seed, n in (("train", 20, 10), ("val", 21, 4), ("test", 22, 6))}
+    code = classifier.main([
+        "--train", str(paths["train"]), "--val", str(paths["val"]), "--test", str(paths["test"]),
+        "--class-names", "healthy", "haemorrhage", "--epochs", "20", "--batch-size", "8", "--lr", "3e-3",
+        "--width", "8", "--n-blocks", "3", "--image-size", "32", "--patience", "20", "--threads", "1",
+        "--out-model", str(tmp_path / "classifier.pt"), "--out-json", str(tmp_path / "classifier.json"),
+    ])
+    assert code == 0
+    summary = json.loads((tmp_path / "classifier.json").read_text())
+    with np.load(paths["test"]) as test:
+        assert summary["n_test"] == [int((test["labels"] == 0).sum()), int((test["labels"] == 1).sum())]
+    assert summary["class_names"] == ["healthy", "haemorrhage"] and summary["test_balanced_accuracy"] > 0.8
+    checkpoint = torch.load(tmp_path / "classifier.pt", weights_only=True)
+    assert checkpoint["settings"] == {"epochs": 20, "batch_size": 8, "lr": 3e-3, "weight_decay": 1e-4, "width": 8,
+                                      "n_blocks": 3, "image_size": 32, "flip_probability": 0.5, "patience": 20}
+
+
+def test_labelled_mode_bad_input_names_the_file(tmp_path, splits):
+    # a domain-mode npz has no labels: the error names the file and the missing array
+    with pytest.raises(classifier.InputDataError, match="missing array 'labels'") as error:
+        classifier.train_label_classifier(splits["train"]["a"], splits["val"]["a"], splits["test"]["a"],
+                                          tmp_path / "c.pt", tmp_path / "c.json", epochs=1)
+    assert str(splits["train"]["a"]) in str(error.value)
+    assert not (tmp_path / "c.pt").exists()
+    with pytest.raises(SystemExit):  # the two modes do not mix
+        classifier.main(["--train", "t.npz", "--val", "v.npz", "--test", "x.npz", "--train-a", "a.npz",
+                         "--out-model", "m.pt", "--out-json", "m.json"])

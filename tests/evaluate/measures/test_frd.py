@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from skimage.data import shepp_logan_phantom
+from skimage.transform import resize
+
+from pipeline.evaluate.measures import fid, frd
+
+
+def phantom_set(n: int, shift: float, contrast: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = resize(shepp_logan_phantom(), (32, 32), anti_aliasing=True)
+    images = [np.roll(base, k, axis=1) * contrast + shift + rng.normal(0, 0.03, base.shape) for k in range(n)]
+    return np.clip(images, 0.0, 1.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def features():
+    """Real PyRadiomics features (frd-score's extractor) of two clearly different small sets."""
+    real = phantom_set(4, 0.0, 1.0, seed=0)
+    other = phantom_set(4, 0.3, 0.4, seed=1)
+    return real, other, frd.radiomic_features(real)[0], frd.radiomic_features(other)[0]
+
+
+def test_frd_is_zero_for_a_set_with_itself_and_positive_for_different_sets(features):
+    _, _, real, other = features
+    assert real.shape[0] == 4 and real.shape[1] > 300  # frd-score v1: several hundred features
+    value, distance, _, reason = frd.frd_from_features(real, real)
+    assert value is None and distance == pytest.approx(0.0, abs=1e-6) and "coincide" in reason
+    value, distance, n_features, reason = frd.frd_from_features(real, other)
+    assert reason is None and distance > 1.0 and value == pytest.approx(np.log(distance))
+    assert 0 < n_features <= real.shape[1]
+
+
+def test_frd_equals_frd_scores_own_pipeline(features, tmp_path):
+    """Same features, same v1 recipe: our value is frd-score's compute_frd on the same images as files."""
+    from frd_score import compute_frd
+
+    real_images, other_images, real, other = features
+    folders = []
+    for name, images in (("real", real_images), ("other", other_images)):
+        files = []
+        for index, image in enumerate(images):
+            path = tmp_path / f"{name}{index}.nii.gz"
+            sitk.WriteImage(sitk.GetImageFromArray(image * frd.INTENSITY_SCALE), str(path))
+            files.append(str(path))
+        folders.append(files)
+    expected = compute_frd(folders, frd_version="v1", num_workers=1)
+    assert frd.frd_from_features(real, other)[0] == pytest.approx(expected, rel=1e-3)
+
+
+def test_features_that_are_not_finite_are_dropped():
+    rng = np.random.default_rng(0)
+    real, generated = rng.normal(size=(6, 5)), rng.normal(size=(5, 5)) + 1.0
+    real[:, 2] = 7.0  # zero spread in the reference: z-score is infinite, the column goes
+    generated[0, 4] = np.nan  # an image without features goes
+    value, distance, n_features, _ = frd.frd_from_features(real, generated)
+    keep = [0, 1, 3, 4]
+    z = lambda x: (x[:, keep] - real[:, keep].mean(0)) / real[:, keep].std(0)
+    assert n_features == 4
+    assert distance == pytest.approx(fid.frechet_distance(z(real), z(generated[1:])), rel=1e-5)
+    assert frd.frd_from_features(real[:1], generated)[3].startswith("FRD needs at least 2 images")
+
+
+def test_low_rank_frechet_distance_equals_the_sqrtm_route():
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(9, 40)), rng.normal(size=(12, 40)) * 1.5 + 0.2
+    expected = fid.frechet_distance_from_statistics(
+        a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    )
+    assert fid.frechet_distance_low_rank(a, b) == pytest.approx(expected, rel=1e-6)
+    assert fid.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)  # picks the sample route
+
+
+def test_a_constant_image_gives_a_row_of_nan_not_a_failure():
+    images = np.stack([np.zeros((32, 32), np.float32), phantom_set(1, 0.0, 1.0, seed=2)[0]])
+    features, names = frd.radiomic_features(images)
+    assert np.isnan(features[0]).all() and np.isfinite(features[1]).all() and len(names) == features.shape[1]

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.evaluate.measures import prdc
+
+
+def brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
+    """Naeem et al.'s four formulas written out with loops over samples (independent of the module)."""
+
+    def radius(points, i):
+        others = sorted(np.linalg.norm(points[i] - points[j]) for j in range(len(points)) if j != i)
+        return others[k - 1]
+
+    r = [radius(real, i) for i in range(len(real))]
+    s = [radius(fake, j) for j in range(len(fake))]
+    dist = lambda x, y: np.linalg.norm(x - y)
+    precision = np.mean([any(dist(y, real[i]) <= r[i] for i in range(len(real))) for y in fake])
+    recall = np.mean([any(dist(x, fake[j]) <= s[j] for j in range(len(fake))) for x in real])
+    density = sum(dist(y, real[i]) <= r[i] for y in fake for i in range(len(real))) / (k * len(fake))
+    coverage = np.mean([min(dist(real[i], y) for y in fake) <= r[i] for i in range(len(real))])
+    return {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+
+
+def test_matches_a_brute_force_computation_on_overlapping_sets():
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(40, 6))
+    fake = np.concatenate([rng.normal(size=(25, 6)) * 0.3, rng.normal(loc=3.0, size=(10, 6))])
+    measures = prdc.prdc(real, fake, k=5)
+    expected = brute_force(real, fake, 5)
+    assert measures == pytest.approx(expected, abs=1e-12)
+    assert 0 < measures["precision"] < 1 and 0 < measures["coverage"] < 1  # the case separates the measures
+
+
+def test_identical_sets_are_fully_covered():
+    real = np.random.default_rng(2).normal(size=(60, 4))
+    measures = prdc.prdc(real, real.copy(), k=5)
+    assert measures["precision"] == measures["recall"] == measures["coverage"] == 1.0
+    # each fake sits on its own real sample and inside the balls of that sample's k neighbours'
+    # owners on average: sum_i |{j: X_j in ball(X_i)}| = N (k + 1) without ties
+    assert measures["density"] == pytest.approx(6 / 5)
+
+
+def test_disjoint_far_apart_sets_score_zero():
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(30, 4))
+    measures = prdc.prdc(real, rng.normal(size=(30, 4)) + 1000.0, k=5)
+    assert measures == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+
+
+def test_subsets_by_row_index_equal_the_measures_of_the_subsets():
+    rng = np.random.default_rng(4)
+    real, fake = rng.normal(size=(30, 3)), rng.normal(size=(20, 3)) + 0.5
+    rows_real, rows_fake = np.arange(3, 27), np.arange(0, 20, 2)
+    assert prdc.PRDC(real, fake)(rows_real, rows_fake) == pytest.approx(prdc.prdc(real[rows_real], fake[rows_fake]))
+    assert prdc.PRDC(real, fake)(rows_real[:5], rows_fake) is None  # k = 5 needs more than 5 per set
+
+
+def test_too_few_samples_is_a_clear_error():
+    with pytest.raises(ValueError, match="more than 5 samples"):
+        prdc.prdc(np.zeros((5, 2)), np.ones((10, 2)))
