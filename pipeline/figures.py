@@ -505,8 +505,8 @@ def nearest_pairs(samples_npz: Path, out_png: Path) -> None:
         for c, (title, image, colour) in enumerate(panels):
             _show(axes[r, c], image)
             axes[r, c].set_title(title, fontsize=7, color=colour)
-    fig.suptitle(f"closest to training slices; red: nearer than the memorisation threshold {threshold:.3f} "
-                 "(a low quantile of held-out slices' distances to training)", fontsize=8)
+    fig.suptitle(f"closest to training slices (flips, zooms and shifts searched); red: near copy, nearer than "
+                 f"{threshold:.3f} (a share of new patients' median distance to training)", fontsize=8)
     _save(fig, out_png)
 
 

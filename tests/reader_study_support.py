@@ -9,8 +9,9 @@ import numpy as np
 from pipeline.train import train
 
 SIZE = 32
-N_SUBJECTS = 6
-COUNTS = {"train": 16, "val": 8, "test": 30}
+#: Test patients (two slices each): a study shows one image per patient, so 24 images need 24.
+N_SUBJECTS = 30
+COUNTS = {"train": 16, "val": 8, "test": 60}
 CYCLEGAN = {"model": {"variant": "resnet9_patchgan", "ngf": 4, "ndf": 4, "n_res_blocks": 1, "pool_size": 3},
             "train": {"epochs": 1, "batch_size": 2, "steps_per_epoch": 2, "sample_every": 10, "checkpoint_every": 1,
                       "threads": 1}}

@@ -26,8 +26,9 @@ from pipeline.reader_study import ANSWER_COLUMNS
 from pipeline.reader_study.__main__ import main
 from pipeline.reader_study.draw import draw_truths, model_task, spread_over_subjects
 from pipeline.reader_study.make import StudySettings, make_study
+from pipeline.reader_study.render import lattice_levels
 from pipeline.reader_study.score import read_answers, read_key, score_study
-from reader_study_support import N_SUBJECTS, SIZE, train_cgan, train_cyclegan
+from reader_study_support import SIZE, train_cgan, train_cyclegan
 
 N = 24
 SETTINGS = StudySettings(n_images=N, pick="random", candidates_per_image=1, display_window=(0.0, 1.0),
@@ -249,6 +250,65 @@ def test_every_image_is_encoded_alike_and_bytes_tell_nothing(cyclegan, translati
     assert blank(page) == blank((other / "study.html").read_text())
 
 
+def test_the_organisers_images_folder_tells_nothing_by_its_file_sizes(translation_study):
+    """images/ is not for readers, but a folder sent by mistake must not give the key away as the
+    first version's PNGs did: a compressed PNG's size follows the content (a noisy generated image
+    compresses worse), so every copy is stored uncompressed and has one size."""
+    files = sorted((translation_study / "images").glob("*.png"))
+    assert len(files) == N
+    assert len({path.stat().st_size for path in files}) == 1
+    assert files[0].stat().st_size >= SIZE * SIZE * 2  # the pixels are all there, not compressed
+
+
+def decoded_pixels(folder: Path) -> list[np.ndarray]:
+    """Every image of a study's page as the reader's computer decodes it (16-bit codes)."""
+    images = page_data((folder / "study.html").read_text())["images"]
+    return [np.frombuffer(base64.b64decode(image["pixels"]), dtype="<u2") for image in images]
+
+
+def stored_at(path: Path, out: Path, levels: int) -> Path:
+    """A copy of a test set whose values sit on the grid k / ``levels``, as the X-ray stage stores
+    8-bit films (k / 255) or a CT window of integer HU without resampling stores k / width."""
+    with np.load(path) as npz:
+        data = {name: npz[name] for name in npz.files}
+    data["images"] = (np.rint(data["images"].astype(np.float64) * levels) / levels).astype(np.float32)
+    np.savez(out, **data)
+    return out
+
+
+def test_real_images_stored_at_8_bit_lend_their_grid_to_every_image(cyclegan, tmp_path):
+    """The X-ray test sets hold 8-bit values (k / 255: every 16-bit code a multiple of 257); a
+    translator's output is continuous. A reader who calls an image real when all its codes are
+    multiples of 257 (or when it has at most 256 distinct values) would be right every time, and a
+    narrow window would show the real images banded and the generated ones smooth. Every image is
+    therefore shown on the real images' grid: the attack finds the same for every image."""
+    test_b = stored_at(cyclegan["test_b"], tmp_path / "test_b.npz", 255)
+    folder = tmp_path / "study"
+    make_study("rs_cyclegan", cyclegan["model"], folder, SETTINGS, test_a=cyclegan["test_a"], test_b=test_b,
+               secret=secret_with(N, lambda t: 8 <= t.count("real") <= 16))
+    key = json.loads((folder / "key.json").read_text())
+    pixels = decoded_pixels(folder)
+    assert {bool((codes % 257 == 0).all()) for codes in pixels} == {True}
+    assert max(len(np.unique(codes)) for codes in pixels) <= 256
+    # The real images are shown exactly as stored; the generated ones were moved to that grid.
+    with np.load(test_b) as npz:
+        stored = npz["images"]
+    for codes, entry in zip(pixels, key["images"]):
+        if entry["truth"] == "real":
+            assert (codes.reshape(SIZE, SIZE) == np.rint(stored[entry["source"]["index"]] * 255).astype(int) * 257).all()
+    assert json.loads((folder / "study.json").read_text())["display"]["stored_levels"] == 255
+
+
+@pytest.mark.parametrize("levels", [1, 2, 255, 256, 2000, 4095, 65534])
+def test_the_grid_of_the_real_images_is_found(levels, tmp_path):
+    rng = np.random.default_rng(levels)
+    values = np.clip(rng.normal(0.4, 0.3, (5, 16, 16)), 0, 1)
+    on_grid = (np.rint(values * levels) / levels).astype(np.float32)
+    assert lattice_levels(on_grid) == levels
+    assert lattice_levels(values.astype(np.float32)) is None  # continuous values: no grid
+    assert lattice_levels((np.rint(values * 65535) / 65535).astype(np.float32)) is None  # the page's own 16 bits
+
+
 def test_page_is_self_contained_and_holds_no_trace_of_the_key(translation_study):
     page = (translation_study / "study.html").read_text()
     key = json.loads((translation_study / "key.json").read_text())
@@ -284,16 +344,24 @@ def test_truths_are_independent_fair_coins():
         draw_truths(N, "42")
 
 
-def test_draw_is_random_spread_over_patients_and_from_the_test_sets(translation_study, cyclegan):
+def test_draw_is_random_one_image_per_patient_and_from_the_test_sets(translation_study, cyclegan, tmp_path):
     key = json.loads((translation_study / "key.json").read_text())
     real = [e["source"] for e in key["images"] if e["truth"] == "real"]
     fake = [e["source"]["translated_from"] for e in key["images"] if e["truth"] == "fake"]
     assert len(real) == key["n_real"] and len(fake) == key["n_fake"]
     assert {s["file"] for s in real} == {str(cyclegan["test_b"])} and {s["file"] for s in fake} == {str(cyclegan["test_a"])}
     for drawn in (real, fake):
-        per_patient = np.unique([s["subject_id"] for s in drawn], return_counts=True)[1]
-        assert len(per_patient) == min(N_SUBJECTS, len(drawn)) and per_patient.max() - per_patient.min() <= 1
-        assert len({s["index"] for s in drawn}) == len(drawn)  # without replacement
+        # No patient twice: two slices of one head look alike, and a reader who pairs them learns
+        # that both share a truth (or, when one side repeats patients and the other does not, which).
+        assert len({s["subject_id"] for s in drawn}) == len(drawn)
+    # Which slice of a patient is random: over studies, both slices of the test patients appear.
+    slices = set()
+    for secret in SECRETS[:6]:
+        draw = json.loads((make_translation(cyclegan, tmp_path / secret[:6], secret=secret) / "key.json").read_text())
+        slices |= {e["source"]["index"] for e in draw["images"] if e["truth"] == "real"}
+    with np.load(cyclegan["test_b"]) as npz:
+        subjects = npz["subject_ids"][sorted(slices)]
+    assert len(set(subjects.tolist())) < len(slices)  # some patient was shown by one slice here, another there
     # The shown fakes are the model's translations of the recorded source slices.
     translator = load_trained(cyclegan["model"])
     with np.load(cyclegan["test_a"]) as npz:
@@ -315,14 +383,78 @@ def test_spread_over_patients_balances_and_leaves_out_excluded_patients(tmp_path
         spread_over_subjects(subjects, 19, np.random.default_rng(0), tmp_path / "t.npz", frozenset({"p4"}))
 
 
-def test_too_few_test_images_is_a_clear_error_whatever_the_coins(cyclegan, cgan, tmp_path):
+def test_too_few_test_patients_is_a_clear_error_whatever_the_coins(cyclegan, cgan, tmp_path):
     for secret in SECRETS[:3]:
-        with pytest.raises(InputDataError, match=r"dom_a/test.npz: holds 30 source slices to translate; the study "
+        with pytest.raises(InputDataError, match=r"dom_a/test.npz: holds 30 patients to translate from; the study "
                                                  r"may need 31 .*lower reader_study.n_images"):
             make_translation(cyclegan, tmp_path / "s", with_settings(n_images=31), secret)
-        with pytest.raises(InputDataError, match=r"labelled/test.npz: holds 30 real images; the study may need 31"):
+        with pytest.raises(InputDataError, match=r"labelled/test.npz: holds 30 real patients; the study may need 31"):
             make_study("x", cgan["model"], tmp_path / "s", with_settings(n_images=31), real=cgan["real"], secret=secret)
     assert not (tmp_path / "s").exists()
+
+
+def slab_test_set(path: Path, patients: int, slices: int, prefix: str, seed: int) -> Path:
+    """A test set laid out as the slices stage writes slabs: several neighbouring, nearly
+    identical slices of each patient."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE] / SIZE
+    images, subjects = [], []
+    for patient in range(patients):
+        cy, cx, radius, level = *rng.uniform(0.3, 0.7, 2), rng.uniform(0.15, 0.35), rng.uniform(0.5, 1.0)
+        for s in range(slices):
+            disc = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < (radius + 0.01 * s) ** 2, level, 0.1)
+            images.append(np.clip(disc + rng.normal(0, 0.01, (SIZE, SIZE)), 0, 1))
+            subjects.append(f"{prefix}{patient}")
+    np.savez(path, images=np.asarray(images, np.float32), subject_ids=np.array(subjects),
+             slice_index=np.arange(len(subjects)) % slices, labels=(np.arange(len(subjects)) % 2).astype(np.int64))
+    return path
+
+
+def test_a_test_set_of_few_patients_in_slabs_is_refused_not_shown_twice_per_patient(cyclegan, cgan, tmp_path):
+    """The default profile's test sets hold 8 patients of 5 neighbouring slices each. The first
+    version drew 24 images from them: every patient two or three times, near-identical images
+    a reader pairs at a glance; when the other side's test set has more patients, a pair is
+    always of the side with fewer (the truth at a glance), and even when not, paired answers
+    make the binomial test too liberal. Now such a study is refused, whatever the coins; one
+    image per patient builds."""
+    slabs = slab_test_set(tmp_path / "slabs.npz", patients=6, slices=5, prefix="s", seed=4)  # 30 slices
+    for secret in SECRETS[:3]:
+        with pytest.raises(InputDataError, match=r"slabs.npz: holds 6 real patients; the study may need 24 "
+                                                 r"\(one image per patient"):
+            make_study("x", cyclegan["model"], tmp_path / "t", SETTINGS, test_a=cyclegan["test_a"], test_b=slabs,
+                       secret=secret)
+        with pytest.raises(InputDataError, match=r"slabs.npz: holds 6 real patients; the study may need 24"):
+            make_study("x", cgan["model"], tmp_path / "g", SETTINGS, real=slabs, secret=secret)
+    assert not (tmp_path / "t").exists() and not (tmp_path / "g").exists()
+    make_study("x", cyclegan["model"], tmp_path / "t", with_settings(n_images=6), test_a=cyclegan["test_a"],
+               test_b=slabs, secret=secret_with(6, lambda t: t.count("real") >= 4))
+    real = [e["source"]["subject_id"] for e in read_key(tmp_path / "t" / "key.json")["images"] if e["truth"] == "real"]
+    assert len(real) >= 4 and len(set(real)) == len(real)
+
+
+def test_patients_in_both_test_sets_are_shown_on_one_side_only_whatever_the_coins(cyclegan, tmp_path):
+    """Paired data (the same patients scanned in both modalities, under one id): a translation
+    next to the real scan of its own patient would pair them. Such patients are split once,
+    by the secret, between the two sides (half each), so the supply a study needs does not
+    depend on the coins: it builds for every secret or for none."""
+    with np.load(cyclegan["test_a"]) as npz:
+        source_ids = npz["subject_ids"]
+    with np.load(cyclegan["test_b"]) as npz:
+        paired = {name: npz[name] for name in npz.files}
+    paired["subject_ids"] = source_ids  # the same 30 patients as domain a
+    np.savez(tmp_path / "paired_b.npz", **paired)
+    for secret in SECRETS[:3]:  # 15 patients per side: 20 images may need 20 of one side
+        with pytest.raises(InputDataError, match=r"dom_a/test.npz: holds 15 patients to translate from \(15 of the "
+                                                 r"30 patients in both test sets are kept for the real images\)"):
+            make_study("x", cyclegan["model"], tmp_path / "s", with_settings(n_images=20), test_a=cyclegan["test_a"],
+                       test_b=tmp_path / "paired_b.npz", secret=secret)
+    for secret in SECRETS[:5]:
+        make_study("x", cyclegan["model"], tmp_path / "s", with_settings(n_images=12), test_a=cyclegan["test_a"],
+                   test_b=tmp_path / "paired_b.npz", secret=secret)
+        key = read_key(tmp_path / "s" / "key.json")
+        real = {e["source"]["subject_id"] for e in key["images"] if e["truth"] == "real"}
+        translated = {e["source"]["translated_from"]["subject_id"] for e in key["images"] if e["truth"] == "fake"}
+        assert real.isdisjoint(translated) and key["patients_in_both_test_sets"] == 30
 
 
 @pytest.mark.parametrize("side", ["real", "fake"])
@@ -456,8 +588,25 @@ def test_a_key_of_the_seeded_format_is_refused(translation_study, tmp_path):
     key = json.loads((translation_study / "key.json").read_text())
     key["format"] = 1
     (tmp_path / "key.json").write_text(json.dumps(key))
-    with pytest.raises(InputDataError, match=r"key.json: is a key of format 1; this version reads format 2"):
+    with pytest.raises(InputDataError, match=r"key.json: is a key of format 1; this version reads formats 2, 3"):
         read_key(tmp_path / "key.json")
+
+
+def test_a_key_of_the_previous_draw_is_scored_but_not_rebuilt(cyclegan, translation_study, tmp_path):
+    """Format 2 keys (slices spread over patients, no value grid) belong to pages readers may be
+    answering: their answers are scored; a rebuild would draw other images, so it is refused."""
+    from pipeline.reader_study.make import rebuild_study
+
+    key = json.loads((translation_study / "key.json").read_text())
+    key["format"] = 2
+    (tmp_path / "key.json").write_text(json.dumps(key))
+    old = read_key(tmp_path / "key.json")
+    answers = read_answers(write_answers(tmp_path / "a.csv", old, "a", lambda e: e["truth"]), old)
+    assert score_study(old, [answers])["readers"]["a"]["accuracy"]["value"] == 1.0
+    with pytest.raises(InputDataError, match=r"key.json: is a key of format 2, drawn by an earlier version"):
+        rebuild_study(tmp_path / "key.json", cyclegan["model"], tmp_path / "again", test_a=cyclegan["test_a"],
+                      test_b=cyclegan["test_b"])
+    assert not (tmp_path / "again").exists()
 
 
 # ---- CLI and Snakemake ----
@@ -508,8 +657,8 @@ def test_cli_make_takes_missing_values_from_params(cyclegan, tmp_path, repo_root
 
 @pytest.mark.slow
 def test_the_tiny_profile_builds_a_study_and_a_changed_knob_draws_a_new_one(built_tiny_repo, tmp_path):
-    """configs/tiny.yaml end to end: the session's tiny chain (its 2-slice test sets, its CycleGAN)
-    gives a study through the Snakemake rule; a changed knob reruns it, and the first key is kept.
+    """configs/tiny.yaml end to end: the session's tiny chain (its one-patient test sets, its
+    CycleGAN) gives a study through the Snakemake rule; a changed knob reruns it, and the first key is kept.
     Leaves the built repository as it found it."""
     import shutil
 
@@ -531,10 +680,10 @@ def test_the_tiny_profile_builds_a_study_and_a_changed_knob_draws_a_new_one(buil
         assert {p.name for p in (work / target).iterdir() if p.name != ".snakemake_timestamp"} == {
             "study.html", "key.json", "study.json", "images"}
         other_knobs = tmp_path / "other.yaml"
-        other_knobs.write_text(yaml.safe_dump({"reader_study": {"n_images": 1}}))
+        other_knobs.write_text(yaml.safe_dump({"reader_study": {"display_window": [0.1, 0.9]}}))
         run([*command, "--configfile", str(other_knobs), "--", target], work)
         other = json.loads((work / target / "key.json").read_text())
-        assert len(other["images"]) == 1 and other["secret"] != key["secret"]
+        assert other["settings"]["display_window"] == [0.1, 0.9] and other["secret"] != key["secret"]
         kept = {p.name for p in made[1].iterdir()}
         assert kept == {f"{key['study_id']}.json", f"{other['study_id']}.json"}
     finally:

@@ -1,6 +1,6 @@
 """One training step of a model at its profile's full size, as the engine takes it, on a device.
 
-``build_model`` and ``step_model`` follow ``pipeline.train.TrainingRun``: the model built on the
+``build_model`` and ``step_model`` follow ``pipeline.engine.loop.TrainingRun``: the model built on the
 CPU and moved with ``.to(device)`` (optimisers are built before the move), the training data
 held on the device (images, labels, maps, subject codes as the engine's batch keys, plus the
 host arrays ``bind_training_data`` receives), batches drawn by the engine's ``BatchSampler``,
@@ -21,7 +21,9 @@ from torch import nn
 
 from pipeline.device_check.profiles import TrainedNetworks
 from pipeline.models import GANModel
-from pipeline.train import BatchSampler, prepare_model, resolve_config, train_step
+from pipeline.engine.data import BatchSampler
+from pipeline.engine.knobs import resolve_config
+from pipeline.engine.step import prepare_model, train_step
 
 #: Patients the stand-in training data is spread over (seg2ct takes its style slice from one
 #: and its content from the others).

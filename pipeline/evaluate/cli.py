@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.evaluate.measures.intervals import IntervalPolicy
+from pipeline.evaluate.measures.memorisation import CopySearch
 from pipeline.evaluate.metrics_json import flatten_metrics, validate_metrics, write_metrics
 from pipeline.hashing import file_sha256
 
@@ -48,6 +49,28 @@ def add_common_arguments(parser: argparse.ArgumentParser, model_help: str) -> No
 def interval_policy(args: argparse.Namespace) -> IntervalPolicy:
     """The interval knobs of add_common_arguments, seeded with ``--seed``."""
     return IntervalPolicy(min_subjects=args.min_subjects, n_boot=args.n_boot, seed=args.seed)
+
+
+def add_memorisation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The memorisation check's flags (pipeline.evaluate.measures.memorisation.CopySearch; defaults there)."""
+    defaults = CopySearch()
+    parser.add_argument("--memorisation-copy-ratio", type=float, default=defaults.copy_ratio,
+                        help="near copy: distance below this share of new patients' median distance to training")
+    parser.add_argument("--memorisation-max-shift", type=float, default=defaults.max_shift,
+                        help="translations searched, share of the image side")
+    parser.add_argument("--memorisation-zooms", type=float, nargs="+", default=list(defaults.zooms),
+                        help="enlargements of the training slices searched (a crop resized back)")
+    parser.add_argument("--memorisation-candidates", type=int, default=defaults.candidates,
+                        help="training slices per image given the full alignment")
+    parser.add_argument("--memorisation-quantile", type=float, default=defaults.quantile,
+                        help="share_closer: quantile of the held-out distances")
+
+
+def copy_search(args: argparse.Namespace) -> CopySearch:
+    """The memorisation knobs of add_memorisation_arguments."""
+    return CopySearch(max_shift=args.memorisation_max_shift, zooms=tuple(args.memorisation_zooms),
+                      candidates=args.memorisation_candidates, copy_ratio=args.memorisation_copy_ratio,
+                      quantile=args.memorisation_quantile)
 
 
 def require_with(parser: argparse.ArgumentParser, args: argparse.Namespace, flags: Iterable[str], needed: str) -> None:

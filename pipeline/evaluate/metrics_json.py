@@ -22,7 +22,9 @@ SETTING_KEYS = {"data_range", "window_center", "window_width", "sigma", "max_dro
 
 GENERATION_BLOCKS = ("distribution", "per_class", "discriminator", "classifier", "tstr", "memorisation")
 """Blocks of a generator's metrics.json whose numbers go to MLflow."""
-GENERATION_SETTING_KEYS = {"k", "quantile", "max_share", "last_epochs", "seed", "n_epochs", "epochs", "threshold"}
+GENERATION_SETTING_KEYS = {"k", "quantile", "last_epochs", "seed", "n_epochs", "epochs", "threshold", "max_shift",
+                           "max_shift_pixels", "candidates", "candidate_spectrum_cycles", "copy_ratio"}
+"""Numbers of a generator's blocks that are settings (memorisation's search among them), kept out of MLflow."""
 
 
 MAP_TO_IMAGE_BLOCKS = ("distribution", "frd_per_organ", "anatomy", "style_per_organ", "diversity", "memorisation")

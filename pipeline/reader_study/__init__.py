@@ -38,5 +38,9 @@ CONFIDENCE_LEVELS = (1, 2, 3, 4, 5)
 PICKS = ("random", "best_by_discriminator")
 #: Columns of an answers CSV, as the page writes them.
 ANSWER_COLUMNS = ("study_id", "reader", "image_id", "position", "answer", "confidence")
-#: key.json format: 2 = secret-drawn coins per image (format 1, seeded 12 + 12, is not read).
-KEY_FORMAT = 2
+#: key.json format written now: 3 = secret-drawn coins per image, one image per patient, every image
+#: on the real test set's value grid. Format 2 (the same coins, slices spread over patients, no
+#: grid) is still scored but not rebuilt: this version would draw other images from its secret.
+#: Format 1 (seeded 12 + 12) is not read.
+KEY_FORMAT = 3
+SCORED_KEY_FORMATS = (2, 3)

@@ -11,10 +11,12 @@ The design (docs/reader-study.md gives the statistics behind it):
   generated with probability 1/2, independently. The count of each is not fixed and not stated
   (only key.json holds it), so no answer says anything about another, and under "no reader can
   tell" every reader's number of correct answers is exactly Binomial(n_images, 1/2).
-- **No image twice**: real images and translated source slices are drawn without replacement
-  (a repeated real image next to never-repeated fakes would tell its truth). Any coin outcome must
-  be servable, so each side must be able to supply ``n_images`` images (``require_supply``):
-  a test set smaller than that is a clear error, never a draw that works for some secrets only.
+- **No patient twice** (``one_per_patient``): every image shown, real or translated, is of a
+  different patient, and no patient is on both sides. Two slices of one head (the slices stage
+  keeps slabs of neighbouring slices) look alike: a reader who pairs them learns that both share
+  one truth, and where one side repeats patients and the other does not, which truth. Any coin
+  outcome must be servable, so each side must hold ``n_images`` usable patients
+  (``require_supply``): fewer is a clear error, never a draw that works for some secrets only.
 
 Real images are the held-out test slices of the domain the fakes claim to be (a translation
 experiment: the target domain of the study's direction; a generator: its dataset). Generated
@@ -22,12 +24,11 @@ images come from the trained model through the export the evaluator uses
 (``pipeline.models.load_trained``): a translator's ``translate(direction, images)`` applied to
 held-out test slices of the source domain, or a sampler's ``sample(n, labels, seed)``.
 
-- Both sides are drawn spread over patients: patients in random order, each patient's slices in
-  random order, then one slice per patient per round, so every patient is shown once before any
-  twice.
+- Both sides are drawn the same way: ``n`` patients at random, one slice of each at random.
 - A translation study shows one direction (``direction``: a_to_b or b_to_a): readers judge one
-  kind of image against its real counterpart. When source and target share patient ids, the real
-  images avoid the patients whose slices were translated (no image beside its own translation).
+  kind of image against its real counterpart. Patients in both test sets (paired data, one id)
+  are split once by the secret, half to each side (``split_shared_patients``), so no image is
+  shown beside its own translation and each side's supply is the same for every secret.
 - A conditional generator is asked for the classes of "class donors": real test slices drawn
   like the real images, one per generated image, so both sides have the test set's class mix in
   expectation (prevalence gives nothing away).
@@ -70,7 +71,8 @@ SCORING_NETWORK: dict[str, str | dict[str, str]] = {
 }
 #: Independent random streams of one study secret, one per use (so changing one draw never
 #: shifts another).
-STREAMS = {"truth": 1, "real": 2, "source": 3, "sampler": 4, "class_donors": 5, "tokens": 6}
+STREAMS = {"truth": 1, "real": 2, "source": 3, "sampler": 4, "class_donors": 5, "tokens": 6,
+           "shared_patients": 7}
 #: Bytes of operating-system randomness in a study secret (256 bits: beyond any brute force).
 SECRET_BYTES = 32
 #: Images a discriminator scores per forward pass.
@@ -118,12 +120,39 @@ class TestSet:
                 "slice_index": int(self.data["slice_index"][index])}
 
 
-def require_supply(test_set: TestSet, needed: int, what: str, knob: str) -> None:
-    """Any coin outcome must be servable without showing an image twice: a clear error otherwise."""
-    available = len(test_set.subject_ids)
-    if available < needed:
-        raise InputDataError(test_set.path, f"holds {available} {what}; the study may need {needed} (every coin "
-                                            f"can fall on one side, and no image is shown twice): lower {knob}")
+@dataclass(frozen=True)
+class Patients:
+    """The patients of a test set one side of a study may show, and why any are kept back."""
+
+    allowed: frozenset[str]
+    kept_back: str = ""
+
+
+def split_shared_patients(source: TestSet, real: TestSet, secret: str) -> tuple[Patients, Patients, int]:
+    """Patients in both test sets (paired data under one id) go to one side only: half of them,
+    drawn by the secret, may be translated, the others shown as real images. The sizes of both
+    halves are fixed, so whether a study can be served does not depend on the secret or the coins."""
+    source_ids, real_ids = set(source.subject_ids.tolist()), set(real.subject_ids.tolist())
+    shared = sorted(source_ids & real_ids)
+    order = stream(secret, "shared_patients").permutation(len(shared))
+    to_source = {shared[i] for i in order[:len(shared) // 2]}
+    to_real = set(shared) - to_source
+
+    def note(kept: set[str], side: str) -> str:
+        return f" ({len(kept)} of the {len(shared)} patients in both test sets are kept for {side})" if shared else ""
+
+    return (Patients(frozenset(source_ids - to_real), note(to_real, "the real images")),
+            Patients(frozenset(real_ids - to_source), note(to_source, "the translations")), len(shared))
+
+
+def require_supply(test_set: TestSet, patients: Patients | None, needed: int, what: str, knob: str) -> None:
+    """Any coin outcome must be servable with one image per patient: a clear error otherwise."""
+    allowed = set(test_set.subject_ids.tolist()) if patients is None else patients.allowed
+    if len(allowed) < needed:
+        kept_back = "" if patients is None else patients.kept_back
+        raise InputDataError(test_set.path, f"holds {len(allowed)} {what}{kept_back}; the study may need {needed} "
+                                            "(one image per patient, and every coin can fall on one side): "
+                                            f"lower {knob}")
 
 
 @dataclass
@@ -136,6 +165,17 @@ class Drawn:
     shape: tuple[int, int]
     labels: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def one_per_patient(test_set: TestSet, patients: Patients | None, n: int, rng: np.random.Generator,
+                    what: str, knob: str) -> np.ndarray:
+    """Indices of ``n`` images of ``n`` different patients: the patients at random, then one of
+    each patient's slices at random."""
+    require_supply(test_set, patients, n, what, knob)
+    subject_ids = test_set.subject_ids
+    subjects = sorted(set(subject_ids.tolist()) if patients is None else patients.allowed)
+    chosen = [subjects[i] for i in rng.permutation(len(subjects))[:n]]
+    return np.asarray([rng.choice(np.flatnonzero(subject_ids == subject)) for subject in chosen], dtype=np.int64)
 
 
 def spread_over_subjects(subject_ids: np.ndarray, n: int, rng: np.random.Generator, path: Path,
@@ -160,14 +200,17 @@ def spread_over_subjects(subject_ids: np.ndarray, n: int, rng: np.random.Generat
     return np.asarray(picked, dtype=np.int64)
 
 
-def draw_real(test_set: TestSet, n: int, secret: str, avoid_subjects: frozenset[str] = frozenset()) -> Drawn:
-    """``n`` held-out real images spread over patients, none of ``avoid_subjects``."""
-    exclude = frozenset(set(test_set.subject_ids.tolist()) & set(avoid_subjects))
-    picked = spread_over_subjects(test_set.subject_ids, n, stream(secret, "real"), test_set.path, exclude,
-                                  "real images")
+#: What ``require_supply`` names when a study cannot be served.
+REAL_PATIENTS, SOURCE_PATIENTS = "real patients", "patients to translate from"
+N_IMAGES_KNOB = "reader_study.n_images"
+
+
+def draw_real(test_set: TestSet, n: int, secret: str, patients: Patients | None = None) -> Drawn:
+    """``n`` held-out real images, each of another patient (of ``patients``' allowed ones)."""
+    picked = one_per_patient(test_set, patients, n, stream(secret, "real"), REAL_PATIENTS, N_IMAGES_KNOB)
     images = test_set.data["images"]
     return Drawn(images[picked].astype(np.float32), [test_set.provenance(i) for i in picked],
-                 tuple(int(v) for v in images.shape[1:]), extra={"patients_left_out": len(exclude)})
+                 tuple(int(v) for v in images.shape[1:]))
 
 
 def class_donor_labels(test_set: TestSet, n: int, secret: str) -> np.ndarray:
@@ -214,11 +257,12 @@ def _candidate_record(record: dict[str, Any], scores: np.ndarray | None, slot: i
 
 
 def generated_by_translation(translator: Any, source: TestSet, direction: str, n: int, k: int, secret: str,
-                             scorer: Scorer | None) -> Drawn:
-    """``n`` translations of held-out source images (each the best of ``k`` by ``scorer``). With
-    ``n`` = 0 one source slice is still translated, unshown, to learn the output size."""
-    picked = spread_over_subjects(source.subject_ids, max(n * k, 1), stream(secret, "source"), source.path,
-                                  what="source images to translate")
+                             scorer: Scorer | None, patients: Patients | None = None) -> Drawn:
+    """``n`` translations of held-out source images, every candidate of another patient (each
+    image shown the best of ``k`` by ``scorer``). With ``n`` = 0 one source slice is still
+    translated, unshown, to learn the output size."""
+    picked = one_per_patient(source, patients, max(n * k, 1), stream(secret, "source"), SOURCE_PATIENTS,
+                             f"{N_IMAGES_KNOB} (or candidates_per_image)")
     translated = checked(translator.translate(direction, source.data["images"][picked]), len(picked),
                          f"the translator ({direction})")
     shape = tuple(int(v) for v in translated.shape[1:])
@@ -226,8 +270,7 @@ def generated_by_translation(translator: Any, source: TestSet, direction: str, n
     chosen, scores = best_of(translated, k, scorer, None)
     provenance = [_candidate_record({"translated_from": source.provenance(picked[candidate]), "direction": direction},
                                     scores, slot, candidate, k) for slot, candidate in enumerate(chosen)]
-    return Drawn(translated[chosen], provenance, shape,
-                 extra={"source_subjects": sorted(set(source.subject_ids[picked].tolist()))})
+    return Drawn(translated[chosen], provenance, shape)
 
 
 def generated_by_sampling(sampler: Any, n: int, k: int, secret: str, labels: np.ndarray | None,

@@ -21,10 +21,10 @@ from pipeline.errors import ConfigError, InputDataError, PipelineError
 from pipeline.hashing import file_sha256
 from pipeline.reader_study import FAKE, KEY_FORMAT, PICKS, REAL, REAL_PROBABILITY
 from pipeline.reader_study.draw import (
-    DIRECTION_DOMAINS, Drawn, TestSet, check_secret, class_donor_labels, draw_real, draw_truths,
-    generated_by_sampling, generated_by_translation, load_discriminator, model_task, new_secret, require_supply,
-    stream)
-from pipeline.reader_study.render import check_window, encode_pixels, pixels_png, render_page
+    DIRECTION_DOMAINS, N_IMAGES_KNOB, REAL_PATIENTS, SOURCE_PATIENTS, Drawn, TestSet, check_secret,
+    class_donor_labels, draw_real, draw_truths, generated_by_sampling, generated_by_translation, load_discriminator,
+    model_task, new_secret, require_supply, split_shared_patients, stream)
+from pipeline.reader_study.render import check_window, encode_pixels, lattice_levels, pixels_png, render_page
 
 #: Random image ids: "img-" and this many hex digits (ids reveal nothing; they only have to be unique).
 TOKEN_BYTES = 5
@@ -37,8 +37,9 @@ DESIGN = {
     "secret": "256 bits of operating-system randomness (Python secrets), in key.json only; every random choice "
               "(truths, real and source draws, sampler seed, class donors, image ids) comes from it, nothing from "
               "params.yaml's seed; make --from-key key.json rebuilds this study byte for byte",
-    "draw": "without replacement: no real image and no translated source slice is shown twice; each side can supply "
-            "n_images (x candidates_per_image) images, so every coin outcome is served",
+    "draw": "one image per patient: no patient is shown twice, on one side or on both (patients in both test sets "
+            "are split once by the secret, half to each side); each side holds n_images (x candidates_per_image) "
+            "usable patients, so every coin outcome is served",
     "shown": "one image at a time, in position order; readers may go back and change an answer",
 }
 
@@ -137,8 +138,8 @@ def make_study(experiment: str, model_path: Path, out_dir: Path, settings: Study
         source_key, real_key = DIRECTION_DOMAINS[settings.direction]
         source_set, real_set = (TestSet.load({"a": test_a, "b": test_b}[side]) for side in (source_key, real_key))
         inputs.update(real=_file_record(real_set.path), translated_from=_file_record(source_set.path))
-        require_supply(source_set, n * k, "source slices to translate",
-                       "reader_study.n_images (or candidates_per_image)")
+        source_patients, real_patients, shared = split_shared_patients(source_set, real_set, secret)
+        require_supply(source_set, source_patients, n * k, SOURCE_PATIENTS, f"{N_IMAGES_KNOB} (or candidates_per_image)")
         generated = {"how": f"translations {settings.direction} of held-out {source_key} test slices",
                      "direction": settings.direction}
     else:
@@ -146,27 +147,29 @@ def make_study(experiment: str, model_path: Path, out_dir: Path, settings: Study
             raise ConfigError(f"{model_path} is a generator: the study needs the real test set (--real)")
         real_set = TestSet.load(real)
         inputs["real"] = _file_record(real_set.path)
+        real_patients, shared = None, 0
         conditional = int(getattr(model, "n_classes", 0) or 0) > 0
         generated = {"how": "samples of the generator (load_trained(...).sample)", "conditional": conditional}
         if conditional:
-            generated["classes"] = "of class donors: real test slices drawn like the real images, one per sample"
-    require_supply(real_set, n, "real images", "reader_study.n_images")
+            generated["classes"] = "of class donors: real test slices drawn at random over patients, one per sample"
+    require_supply(real_set, real_patients, n, REAL_PATIENTS, N_IMAGES_KNOB)
     if expected_inputs is not None:
         _check_inputs(inputs, expected_inputs)
 
     truths = draw_truths(n, secret)
     n_real = truths.count(REAL)
+    reals = draw_real(real_set, n_real, secret, real_patients)
     if task == "translation":
-        fakes = generated_by_translation(model, source_set, settings.direction, n - n_real, k, secret, scorer)
-        reals = draw_real(real_set, n_real, secret, avoid_subjects=frozenset(fakes.extra["source_subjects"]))
+        fakes = generated_by_translation(model, source_set, settings.direction, n - n_real, k, secret, scorer,
+                                         source_patients)
     else:
-        reals = draw_real(real_set, n_real, secret)
         labels = class_donor_labels(real_set, n - n_real, secret) if generated["conditional"] else None
         fakes = generated_by_sampling(model, n - n_real, k, secret, labels, scorer)
     shape = _common_shape(reals, fakes)
     sides = {REAL: iter(zip(reals.images, reals.provenance)), FAKE: iter(zip(fakes.images, fakes.provenance))}
     shown = [next(sides[truth]) for truth in truths]
-    pixels = [encode_pixels(image) for image, _ in shown]
+    levels = lattice_levels(real_set.data["images"])
+    pixels = [encode_pixels(image, levels) for image, _ in shown]
     tokens = _tokens(n, secret)
     digest = hashlib.sha256()
     for token, data in zip(tokens, pixels):
@@ -180,7 +183,7 @@ def make_study(experiment: str, model_path: Path, out_dir: Path, settings: Study
         "pick": settings.pick, "candidates_per_image": k, "confidence": settings.confidence,
         "settings": settings.record(), "inputs": inputs, "design": DESIGN,
         "n_images": n, "n_real": n_real, "n_fake": n - n_real,
-        "real_patients_left_out": reals.extra["patients_left_out"],
+        "patients_in_both_test_sets": shared,
         "images": [{"image_id": token, "position": position, "truth": truth, "file": f"images/{token}.png",
                     "source": provenance}
                    for position, (token, truth, (_, provenance)) in enumerate(zip(tokens, truths, shown), start=1)],
@@ -194,7 +197,11 @@ def make_study(experiment: str, model_path: Path, out_dir: Path, settings: Study
                              "every image alike",
                     "initial_window": list(window), "window_presets": settings.record()["window_presets"],
                     "encoding": "16-bit little-endian raw pixels (stored [0, 1] values x 65535, rounded), base64; "
-                                "the same number of bytes for every image; window / level applied in the page"},
+                                "the same number of bytes for every image; window / level applied in the page",
+                    "stored_levels": levels,
+                    "levels": "null: the real test set's values are continuous; a number L: they sit on the grid "
+                              "k / L (e.g. 8-bit films, L = 255), and every image shown, generated ones included, "
+                              "is rounded to that grid first, so precision tells nothing"},
         "page": {"file": "study.html", "sha256": hashlib.sha256(page_bytes).hexdigest(), "n_images": n},
         "files": {"for_readers": ["study.html"], "kept_by_the_organiser": ["key.json", "study.json", "images/"]},
         "not_here": "the secret and the real / generated counts are in key.json only",
@@ -242,6 +249,11 @@ def rebuild_study(key_path: Path, model_path: Path, out_dir: Path, *, test_a: Pa
     from pipeline.reader_study.score import read_key
 
     key = read_key(key_path)
+    if key["format"] != KEY_FORMAT:
+        raise InputDataError(key_path, f"is a key of format {key['format']}, drawn by an earlier version (slices spread "
+                                       f"over patients, no value grid); this version (format {KEY_FORMAT}) would draw "
+                                       "other images from its secret. Score its answers with this version; rebuild "
+                                       "its page with the version that made it")
     try:
         settings = StudySettings.from_record(key["settings"])
         secret = check_secret(key["secret"], f"{key_path}: 'secret'")

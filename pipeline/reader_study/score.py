@@ -47,7 +47,7 @@ from scipy.stats import beta, binomtest, norm, t as student_t
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import InputDataError
-from pipeline.reader_study import ANSWER_COLUMNS, CONFIDENCE_LEVELS, FAKE, KEY_FORMAT, REAL, TRUTHS
+from pipeline.reader_study import ANSWER_COLUMNS, CONFIDENCE_LEVELS, FAKE, REAL, SCORED_KEY_FORMATS, TRUTHS
 
 LEVEL = 0.95
 CHANCE = 0.5
@@ -78,9 +78,10 @@ def read_key(path: Path) -> dict[str, Any]:
         raise InputDataError(path, f"is not a readable key.json ({err})") from err
     if not isinstance(key, dict) or not isinstance(key.get("images"), list):
         raise InputDataError(path, "is not a reader-study key.json")
-    if key.get("format") != KEY_FORMAT:
-        raise InputDataError(path, f"is a key of format {key.get('format')!r}; this version reads format {KEY_FORMAT} "
-                                   "(one fair coin per image, drawn from a secret)")
+    if key.get("format") not in SCORED_KEY_FORMATS:
+        raise InputDataError(path, f"is a key of format {key.get('format')!r}; this version reads formats "
+                                   f"{', '.join(map(str, SCORED_KEY_FORMATS))} (one fair coin per image, drawn from a "
+                                   "secret)")
     for number, entry in enumerate(key["images"], start=1):
         if entry.get("truth") not in TRUTHS or not entry.get("image_id") or entry.get("position") != number:
             raise InputDataError(path, f"image entry {number} ({entry.get('image_id')!r}) has no valid truth, id "

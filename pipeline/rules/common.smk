@@ -270,10 +270,15 @@ def register_inputs(w):
     }
 
 
-def register_tasks(w):
+def register_tasks(w, input):
     """The register job's tasks (pipeline.preprocess.batch): per subject the `register register`
-    command with every knob, then `register apply` for its partner. As a param, a changed knob or
-    subject list reruns the job."""
+    command with every knob, then `register apply` for its partner.
+
+    The subject list comes from the download checkpoint's manifest, which a dry run may not have
+    read yet: a param built from it would be recorded as "<TBD>" there and rerun the job and
+    everything after it. Taking ``input`` makes it a derived param that Snakemake leaves out of
+    its params check (a new subject list changes data/raw/<dataset>, an input, anyway); the
+    rule's ``knobs`` param carries the knobs, so a changed knob still reruns the job."""
     reference = f"data/registered/{w.dataset}/reference.json"
     knobs = shlex.split(cli_flags(REG))
     paired = set(paired_subjects(w.dataset))
@@ -295,9 +300,10 @@ def register_tasks(w):
     return json.dumps(tasks)
 
 
-def mask_tasks(w):
+def mask_tasks(w, input):
     """The mask job's tasks: per subject `mask_headholder apply` (and for its partner), then the
-    overlay picture of the subject."""
+    overlay picture of the subject. A derived param, as register_tasks (the mask's knobs are in
+    its own input, data/masked/<dataset>/mask.nii.gz)."""
     mask = f"data/masked/{w.dataset}/mask.nii.gz"
     paired = set(paired_subjects(w.dataset))
     tasks = []
@@ -324,7 +330,8 @@ def preprocessing_qc(dataset):
 
 
 def slice_inputs(w):
-    """The slice extractor's per-subject files: final-stage volumes and partners, QC records."""
+    """The slice extractor's per-subject files: final-stage volumes and partners, QC records
+    (used as derived params: see register_tasks)."""
     stage = final_stage(w.dataset)
     subs = subjects(w.dataset)
     return {
@@ -508,6 +515,11 @@ def classifier_flags(w):
     return f"--domain-names {names} --seed {config['seed']} {knobs}"
 
 
+MEMORISATION_KNOBS = ("memorisation_copy_ratio", "memorisation_max_shift", "memorisation_zooms",
+                      "memorisation_candidates", "memorisation_quantile")
+"""experiments.<name>.evaluate knobs of the memorisation check, passed as --memorisation-* flags."""
+
+
 def generation_evaluate_flags(w):
     """The generation evaluator's flags from the experiment's evaluate section."""
     ev = experiment_cfg(w.experiment)["evaluate"]
@@ -520,7 +532,7 @@ def generation_evaluate_flags(w):
         flags.append("--skip-frd")
     if ev.get("tstr") is False:
         flags.append("--skip-tstr")
-    numbers = ("n_generated", "batch_size", "frd_max_images", "memorisation_quantile", "memorisation_max_share",
+    numbers = ("n_generated", "batch_size", "frd_max_images", *MEMORISATION_KNOBS,
                "d_fake_last_epochs", "n_figure_examples", "walk_steps", "n_nearest_pairs", "n_boot", "min_subjects")
     flags.append(cli_flags({key: ev[key] for key in numbers if key in ev}))
     return " ".join(flags)
@@ -596,8 +608,7 @@ def map_to_image_flags(w):
     if ev.get("frd_per_organ") is False:
         flags.append("--skip-frd-per-organ")
     numbers = ("n_perturbed", "batch_size", "frd_max_images", "style_min_pixels", "diversity_maps", "diversity_draws",
-               "memorisation_quantile", "memorisation_max_share", "n_figure_examples", "histogram_bins", "n_boot",
-               "min_subjects")
+               *MEMORISATION_KNOBS, "n_figure_examples", "histogram_bins", "n_boot", "min_subjects")
     flags.append(cli_flags({key: ev[key] for key in numbers if key in ev}))
     return " ".join(flags)
 

@@ -73,6 +73,7 @@ rule register:
         directory(subject_dir("registered", "{dataset}")),
     params:
         tasks=register_tasks,
+        knobs=lambda w: [cli_flags(REG), config["seed"]],
     threads: SUBJECT_WORKERS  # capped at --cores by Snakemake
     resources:
         **job_resources(config, "register"),
@@ -156,10 +157,10 @@ rule extract_slices:
         test_fraction=SLICES["test_fraction"],
         out_dir=lambda w: f"data/slices/{w.dataset}",
         # one function per name (not unpack): a dry run before the download checkpoint has
-        # run can then still format the command
-        volumes=lambda w: slice_inputs(w)["volumes"],
-        partners=lambda w: slice_inputs(w)["partners"],
-        qc=lambda w: slice_inputs(w)["qc"],
+        # run can then still format the command; derived from input (see register_tasks)
+        volumes=lambda w, input: slice_inputs(w)["volumes"],
+        partners=lambda w, input: slice_inputs(w)["partners"],
+        qc=lambda w, input: slice_inputs(w)["qc"],
     benchmark:
         "benchmarks/slices/{dataset}.tsv"
     log:

@@ -15,7 +15,8 @@ rule registration_qc_table:
             subcategory="{dataset}",
         ),
     params:
-        qc=lambda w: [subject_file("registered", w.dataset, s, ".qc.json") for s in subjects(w.dataset)],
+        qc=lambda w, input: [  # derived: see register_tasks
+            subject_file("registered", w.dataset, s, ".qc.json") for s in subjects(w.dataset)],
     log:
         "logs/qc/{dataset}/registration_table.log",
     conda:

@@ -6,7 +6,10 @@
   ``<task>_figures``, belongs to it);
 - pipeline/evaluate holds no flat module besides the registry, the dispatching CLI, the shared
   CLI helper and metrics.json's module: every measure and task lives in its layer;
-- no two modules of pipeline/ import each other, directly or round a longer circle.
+- no two modules of pipeline/ import each other, directly or round a longer circle;
+- data flows sources -> preprocess -> models / engine -> evaluate: no source imports a later stage
+  (what both sides need, label tables, kernel words, the pydicom log guard, lives below both:
+  pipeline/labels.py, pipeline/privacy.py).
 
 Every import counts, at module level or inside a function: a function-level import only defers
 the loading (for start-up time, or to keep torch out of a light CLI), the arrow between the two
@@ -27,6 +30,10 @@ MEASURES = f"{EVALUATE}.measures"
 TASKS = f"{EVALUATE}.tasks"
 EVALUATE_TOP = {EVALUATE, f"{EVALUATE}.__main__", f"{EVALUATE}.cli", f"{EVALUATE}.metrics_json", MEASURES, TASKS}
 """The only modules of pipeline/evaluate outside the two layers (the packages themselves included)."""
+SOURCES = "pipeline.sources"
+LATER_STAGES = ("pipeline.preprocess", "pipeline.models", "pipeline.engine", "pipeline.train", "pipeline.evaluate",
+                "pipeline.latent")
+"""Stages downstream of the sources, packages and their modules alike."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,13 @@ def layer_problems(root: Path) -> list[str]:
     return problems
 
 
+def stage_problems(root: Path) -> list[str]:
+    """Each import by which a source reaches a later stage, located."""
+    return [f"a source imports a later stage: {edge.where(root)}" for edge in imports(root)
+            if edge.source.startswith(f"{SOURCES}.")
+            and any(edge.target == stage or edge.target.startswith(f"{stage}.") for stage in LATER_STAGES)]
+
+
 def task_of(module: str) -> str:
     """The task a module under tasks/ belongs to: its name, less the ``_figures`` of its figures module."""
     return module.rsplit(".", 1)[-1].removesuffix("_figures")
@@ -146,6 +160,20 @@ def test_measures_know_no_task_and_tasks_know_no_other_task():
 
 def test_no_import_cycle_in_pipeline():
     assert cycles(REPO) == []
+
+
+def test_no_source_imports_a_later_stage():
+    assert stage_problems(REPO) == []
+
+
+def test_the_check_sees_a_source_reaching_a_later_stage(tmp_path):
+    """A deferred import of a preprocessing stage by a phantom, as the thorax phantom once had
+    for its label table, is an arrow the wrong way."""
+    copy = copy_pipeline(tmp_path)
+    phantom = copy / "pipeline/sources/phantom_tcia_thorax.py"
+    phantom.write_text(phantom.read_text() + "\n\ndef _wrong():\n    from pipeline.preprocess import thorax_labels\n")
+    assert any(p.startswith("a source imports a later stage: pipeline/sources/phantom_tcia_thorax.py")
+               for p in stage_problems(copy)), stage_problems(copy)
 
 
 def test_the_registry_names_task_evaluators():

@@ -1,4 +1,4 @@
-"""Summary of per-image values: mean, std, counts and the subject-bootstrap interval of the mean.
+"""Summary of per-image values: mean, std, counts and the subject-level interval of the mean.
 
 The block every per-image measure (SSIM, PSNR, Dice, a classifier's accuracy, ...) is reported
 as in metrics.json; the interval follows pipeline.evaluate.measures.intervals.
@@ -12,8 +12,9 @@ from pipeline.evaluate.measures import intervals
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 
 
-def summarise(values: np.ndarray, subject_ids: np.ndarray, policy: IntervalPolicy) -> dict:
-    """Mean / std (ddof 0) / n of per-image values with the subject-bootstrap 95% interval of the mean.
+def summarise(values: np.ndarray, subject_ids: np.ndarray, policy: IntervalPolicy, share: bool = False) -> dict:
+    """Mean / std (ddof 0) / n of per-image values with the 95% interval of the mean over subjects
+    (``subject_t``; ``subject_wilson`` when the values are a ``share``, 0 or 1 each: intervals.mean_ci).
 
     Infinities (identical images in PSNR) are counted apart and left out of mean, std and interval.
     """
@@ -24,8 +25,7 @@ def summarise(values: np.ndarray, subject_ids: np.ndarray, policy: IntervalPolic
         "n": int(values.size),
         "n_infinite": int(values.size - finite.size),
         "n_subjects": int(len(np.unique(np.asarray(subject_ids).astype(str)))),
-    } | (intervals.mean_ci(values, subject_ids, policy) if finite.size else
-         {"ci95": None, "ci95_reason": "no finite value", "ci_method": "subject_bootstrap"})
+    } | intervals.mean_ci(values, subject_ids, policy, share=share)
 
 
 def balanced_accuracy(correct: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray, policy: IntervalPolicy) -> dict:

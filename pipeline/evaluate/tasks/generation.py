@@ -18,7 +18,8 @@ Reports 002-004 ask the same questions of a generator, so they share this evalua
   trained on generated slices only and on real + generated, selected on the real validation
   slices, tested on the real test slices.
 - **Memorisation** (``memorisation``, pipeline.evaluate.measures.memorisation): does the generator
-  return training slices, exactly, mirrored or with a little noise?
+  return training slices, exactly, mirrored, noised, shifted or cropped, more often than new
+  patients' slices come that close to the training set?
 
 Sampling: a conditional generator is asked for ``n_generated`` images of every class, an
 unconditional one for ``n_generated`` in all, with ``seed``; the train-on-synthetic set is drawn
@@ -49,6 +50,7 @@ from pipeline.evaluate.measures import fid as fid_module
 from pipeline.evaluate.measures import frd as frd_module
 from pipeline.evaluate.measures.distribution import distribution_block, inception_and_radiomic_features
 from pipeline.evaluate.measures.intervals import IntervalPolicy
+from pipeline.evaluate.measures.memorisation import CopySearch
 from pipeline.evaluate.measures.slices import fixed_sample_indices, load_labelled_slices, load_test_slices
 from pipeline.evaluate.measures.summary import balanced_accuracy, summarise
 from pipeline.hashing import file_sha256
@@ -144,7 +146,8 @@ def classifier_blocks(
     labels = test["labels"]
     correct = ((p_real > 0.5).astype(np.int64) == labels).astype(np.float64)
     subjects = test["subject_ids"].astype(str)
-    per_class = {name: (summarise(correct[labels == c], subjects[labels == c], policy) if (labels == c).any() else None)
+    per_class = {name: (summarise(correct[labels == c], subjects[labels == c], policy, share=True)
+                        if (labels == c).any() else None)
                  for c, name in enumerate(class_names)}
     recalls = [block["mean"] for block in per_class.values() if block is not None]
     block = {
@@ -153,7 +156,7 @@ def classifier_blocks(
         "class_names": list(class_names),
         "compares": "classifier trained on real slices (label 0 vs 1), applied to the real test slices and to "
         "generated ones; called class c when P(c) > 0.5",
-        "test_accuracy": summarise(correct, subjects, policy),
+        "test_accuracy": summarise(correct, subjects, policy, share=True),
         "test_accuracy_per_class": per_class,
         "test_balanced_accuracy": float(np.mean(recalls)) if len(recalls) == 2 else None,
         "test_balanced_accuracy_estimate": balanced_accuracy(correct, labels, subjects, policy),
@@ -163,9 +166,11 @@ def classifier_blocks(
         called = (p_generated > 0.5).astype(np.float64)
         block["generated"]["unconditional"] = {
             "asked": None,
-            "share_called": {class_names[1]: summarise(called, generated_ids, policy)},
-            "real_test_share_called": {class_names[1]: summarise((p_real > 0.5).astype(np.float64), subjects, policy)},
-            "real_test_prevalence": {class_names[1]: summarise((labels == 1).astype(np.float64), subjects, policy)},
+            "share_called": {class_names[1]: summarise(called, generated_ids, policy, share=True)},
+            "real_test_share_called": {class_names[1]: summarise((p_real > 0.5).astype(np.float64), subjects, policy,
+                                                                 share=True)},
+            "real_test_prevalence": {class_names[1]: summarise((labels == 1).astype(np.float64), subjects, policy,
+                                                                       share=True)},
         }
     else:
         for c, name in enumerate(class_names):
@@ -173,7 +178,8 @@ def classifier_blocks(
             p_asked = p_generated[asked] if c == 1 else 1.0 - p_generated[asked]
             block["generated"][name] = {
                 "asked": name,
-                "share_called_asked": summarise((p_asked > 0.5).astype(np.float64), generated_ids[asked], policy),
+                "share_called_asked": summarise((p_asked > 0.5).astype(np.float64), generated_ids[asked], policy,
+                                                share=True),
                 "mean_probability_asked": summarise(p_asked, generated_ids[asked], policy),
             }
     return block, {"classifier_p1_real_test": p_real, "classifier_p1_generated": p_generated}
@@ -233,7 +239,7 @@ def tstr_block(
         block[name] = {
             "n_train": len(y),
             "selected_epoch": best["epoch"],
-            "test_accuracy": summarise(correct, subjects, policy),
+            "test_accuracy": summarise(correct, subjects, policy, share=True),
             "test_balanced_accuracy": float(np.mean(recalls)) if len(recalls) == 2 else None,
             "test_balanced_accuracy_estimate": balanced_accuracy(correct, test["labels"], subjects, policy),
         }
@@ -267,8 +273,7 @@ def evaluate_generation(
     fid_eps: float = 1e-6,
     frd: bool = True,
     frd_max_images: int = 200,
-    memorisation_quantile: float = 0.05,
-    memorisation_max_share: float = 0.2,
+    copy_search: CopySearch = CopySearch(),
     d_fake_last_epochs: int = 20,
     tstr: bool = True,
     class_names: tuple[str, str] = DEFAULT_CLASS_NAMES,
@@ -290,7 +295,7 @@ def evaluate_generation(
     inception_weights: the standard FID file (absent: FID / KID null with the reason).
     n_generated: images per class (conditional) or in all (unconditional), default 200.
     frd / frd_max_images: FRD on at most this many evenly spaced images per set (~0.4 s an image).
-    memorisation_quantile, memorisation_max_share: see pipeline.evaluate.measures.memorisation.
+    copy_search: the memorisation check's knobs (pipeline.evaluate.measures.memorisation.CopySearch).
     d_fake_last_epochs: epochs averaged in the discriminator measure (report 002: 20).
     tstr: train-on-synthetic / test-on-real (conditional generator, classifier and val needed).
     n_figure_examples, walk_steps, n_nearest_pairs: what samples_out keeps for the figures.
@@ -344,15 +349,11 @@ def evaluate_generation(
                 "test slices",
             ) | {"reason": None, "diversity": diversity(real_rows, generated_rows)}
 
-    train_flipped = train_data["images"][..., ::-1]
-    test_flipped = test_data["images"][..., ::-1]
     memo, memo_values = memorisation_module.memorisation(
-        generated, train_data["images"], test_data["images"], real_subjects,
-        generated_features=features["embedding"]["generated"],
-        train_features=(embed(train_data["images"]), embed(train_flipped)),
-        heldout_features=(features["embedding"]["real"], embed(test_flipped)),
-        feature_space=embedding.SETTINGS["name"], quantile=memorisation_quantile, max_share=memorisation_max_share,
-        policy=policy,
+        generated, train_data["images"], train_data["subject_ids"].astype(str), test_data["images"], real_subjects,
+        embed=embed, feature_space=embedding.SETTINGS["name"],
+        known_features={"generated": features["embedding"]["generated"], "heldout": features["embedding"]["real"]},
+        search=copy_search, policy=policy, device=device,
     )
 
     per_image: dict[str, np.ndarray] = {"generated_labels": generated_labels if conditional else np.zeros(0, np.int64)}
@@ -489,8 +490,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fid-eps", type=float, default=1e-6)
     parser.add_argument("--skip-frd", action="store_true", help="leave FRD null (PyRadiomics ~0.4 s an image)")
     parser.add_argument("--frd-max-images", type=int, default=200)
-    parser.add_argument("--memorisation-quantile", type=float, default=0.05)
-    parser.add_argument("--memorisation-max-share", type=float, default=0.2)
+    cli.add_memorisation_arguments(parser)
     parser.add_argument("--d-fake-last-epochs", type=int, default=20)
     parser.add_argument("--skip-tstr", action="store_true", help="no train-on-synthetic / test-on-real")
     parser.add_argument("--n-figure-examples", type=int, default=8)
@@ -509,14 +509,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def report(metrics: dict) -> None:
-    """Log PRDC and the memorisation share, and a warning when memorisation is flagged."""
+    """Log PRDC and the memorisation shares, and a warning when memorisation is flagged."""
     memo = metrics["memorisation"]
-    log.info("PRDC %s; memorisation share (pixels) %.3f%s",
+    log.info("PRDC %s; near copies of training slices (pixels) %.3f of generated vs %.3f of new patients' slices%s",
              {m: round(metrics["distribution"]["prdc"][m]["value"], 3) for m in prdc_module.MEASURES}
              if metrics["distribution"]["prdc"]["reason"] is None else metrics["distribution"]["prdc"]["reason"],
-             memo["pixel"]["share_closer"]["value"], " FLAGGED" if memo["flagged"] else "")
+             memo["pixel"]["share_near_copies"]["value"], memo["pixel"]["reference_share_near_copies"]["value"],
+             " FLAGGED" if memo["flagged"] else "")
     if memo["flagged"]:
-        log.warning("the generator returns images closer to training slices than new patients' slices are: "
+        log.warning("more generated images are near copies of training slices than new patients' slices are: "
                     "it may reproduce patient anatomy")
 
 
@@ -530,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
             model, args.test, args.train, val=args.val, history=args.history, classifier=args.classifier,
             inception_weights=args.inception_weights, n_generated=args.n_generated, batch_size=args.batch_size,
             fid_eps=args.fid_eps, frd=not args.skip_frd, frd_max_images=args.frd_max_images,
-            memorisation_quantile=args.memorisation_quantile, memorisation_max_share=args.memorisation_max_share,
+            copy_search=cli.copy_search(args),
             d_fake_last_epochs=args.d_fake_last_epochs, tstr=not args.skip_tstr,
             class_names=tuple(args.class_names), n_figure_examples=args.n_figure_examples,
             walk_steps=args.walk_steps, n_nearest_pairs=args.n_nearest_pairs, device=device,

@@ -22,9 +22,10 @@ The generation evaluator's questions, plus the two that report 003's claims need
   images each (one style, different z); per map the mean over pairs of the RMS pixel difference
   and of 1 - SSIM (skimage, data range 1). Beside it the same measures between the real test
   slices of different patients (what "different images" looks like in this data).
-- **Memorisation** (``memorisation``): every generated image's nearest training slice vs the
-  held-out slices' (pipeline.evaluate.measures.memorisation), pixels and random VGG-16 features. With
-  ~20 training images copies are the main risk.
+- **Memorisation** (``memorisation``): every generated image's nearest training slice under flips,
+  zooms and translations, near copies counted against new patients' slices
+  (pipeline.evaluate.measures.memorisation), pixels and random VGG-16 features. With ~20 training
+  images copies are the main risk.
 - What the perceptual losses used (``perceptual_weights``: "imagenet" or "random"), from the model.
 
 Units of the intervals: real test slices and images generated from a test map belong to the
@@ -63,6 +64,7 @@ from pipeline.evaluate.measures.distribution import (
     unavailable_frd,
 )
 from pipeline.evaluate.measures.intervals import IntervalPolicy
+from pipeline.evaluate.measures.memorisation import CopySearch
 from pipeline.evaluate.measures.segmenter import load_segmenter, predict_maps
 from pipeline.evaluate.measures.slices import fixed_sample_indices, load_map_slices
 from pipeline.evaluate.measures.summary import summarise
@@ -109,7 +111,7 @@ def style_block(distances: dict[str, np.ndarray], subjects: np.ndarray, organ_na
                 "to_content": summarise(to_content, subjects, policy),
                 "difference": difference,
                 "share_closer_to_style": summarise(np.where(valid, (to_style < to_content).astype(float), np.nan),
-                                                   subjects, policy),
+                                                   subjects, policy, share=True),
                 "closer": _verdict(difference),
             }
         block[name] = organ
@@ -206,8 +208,7 @@ def evaluate_map_to_image(
     style_min_pixels: int = 16,
     diversity_maps: int = 4,
     diversity_draws: int = 6,
-    memorisation_quantile: float = 0.05,
-    memorisation_max_share: float = 0.2,
+    copy_search: CopySearch = CopySearch(),
     n_figure_examples: int = 4,
     histogram_bins: int = 40,
     device: str = "cpu",
@@ -305,12 +306,10 @@ def evaluate_map_to_image(
                                                                         diversity_draws, seed, policy)
 
     memo, memo_values = memorisation_module.memorisation(
-        generated, train_data["images"], test_data["images"], test_subjects,
-        generated_features=features["embedding"]["generated"],
-        train_features=(embed(train_data["images"]), embed(train_data["images"][..., ::-1])),
-        heldout_features=(features["embedding"]["real"], embed(test_data["images"][..., ::-1])),
-        feature_space=embedding.SETTINGS["name"], quantile=memorisation_quantile, max_share=memorisation_max_share,
-        policy=policy,
+        generated, train_data["images"], train_data["subject_ids"].astype(str), test_data["images"], test_subjects,
+        embed=embed, feature_space=embedding.SETTINGS["name"],
+        known_features={"generated": features["embedding"]["generated"], "heldout": features["embedding"]["real"]},
+        search=copy_search, policy=policy, device=device,
     )
 
     weights = getattr(model, "perceptual_weights", None)
@@ -419,8 +418,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--style-min-pixels", type=int, default=16)
     parser.add_argument("--diversity-maps", type=int, default=4)
     parser.add_argument("--diversity-draws", type=int, default=6)
-    parser.add_argument("--memorisation-quantile", type=float, default=0.05)
-    parser.add_argument("--memorisation-max-share", type=float, default=0.2)
+    cli.add_memorisation_arguments(parser)
     parser.add_argument("--n-figure-examples", type=int, default=4)
     parser.add_argument("--histogram-bins", type=int, default=40)
     parser.add_argument("--samples-out", type=Path, help="samples.npz for the figures")
@@ -440,7 +438,7 @@ def report(metrics: dict) -> None:
     log.info("mean organ Dice: generated (test maps) %s, segmenter on real test %s",
              dice["generated_test_maps"]["mean_organ_dice"]["mean"], dice["segmenter_real_test"]["mean_organ_dice"]["mean"])
     if metrics["memorisation"]["flagged"]:
-        log.warning("generated images are closer to training slices than new patients' slices are: possible copies")
+        log.warning("more generated images are near copies of training slices than new patients' slices are")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             fid_eps=args.fid_eps, frd=not args.skip_frd, frd_per_organ=not args.skip_frd_per_organ,
             frd_max_images=args.frd_max_images, style_min_pixels=args.style_min_pixels,
             diversity_maps=args.diversity_maps, diversity_draws=args.diversity_draws,
-            memorisation_quantile=args.memorisation_quantile, memorisation_max_share=args.memorisation_max_share,
+            copy_search=cli.copy_search(args),
             n_figure_examples=args.n_figure_examples, histogram_bins=args.histogram_bins, device=device,
             intervals_policy=cli.interval_policy(args), seed=args.seed, samples_out=args.samples_out,
             generated_out=args.generated_out,

@@ -200,7 +200,7 @@ def classifier_share_block(
     return {
         "compares": f"classifier trained on real a vs real b, applied to translations G(x); intended class: domain {target_domain}",
         "intended_domain": target_domain,
-        "share_intended": summarise(assigned, subject_ids, policy),
+        "share_intended": summarise(assigned, subject_ids, policy, share=True),
         "mean_probability_intended": summarise(p_target, subject_ids, policy),
         "reason": None,
     }, {"classifier_p_intended": p_target}
@@ -217,7 +217,7 @@ def regions_block(
     if total.sum() <= 0.0:
         return None, "the translation changed nothing (total absolute change is 0)", {}
     share = float(inside.sum() / total.sum())
-    interval = intervals.ratio_ci(inside, total, subjects, policy)
+    interval = intervals.ratio_ci(inside, total, subjects, policy, bounds=(0.0, 1.0))
     return {
         "compares": "sum of |G(x) - x| inside the source's region_mask over the sum everywhere, native grid, all test images",
         "share_inside": share,
@@ -345,7 +345,7 @@ def evaluate_translation(
             "sha256": file_sha256(classifier),
             "domain_names": list(checkpoint["domain_names"]),
             "compares": "classifier's prediction vs the true domain of the real test slices of a and b",
-            "test_accuracy": summarise(correct, test_subjects, policy),
+            "test_accuracy": summarise(correct, test_subjects, policy, share=True),
             "test_accuracy_per_domain": per_class,
             "test_balanced_accuracy": float(np.mean(list(per_class.values()))),
         }

@@ -19,39 +19,177 @@ def draw_subjects(rng, n_subjects, mean, subject_sd, image_sd, images_per_subjec
     return rows, np.repeat([f"s{i}" for i in range(n_subjects)], images_per_subject)
 
 
-def test_bootstrap_resamples_subjects_not_images():
-    # Subject s1: 3 images at 0, subject s2: 1 image at 1. Replicates can only be the image-weighted
-    # means of {s1,s1}, {s1,s2}, {s2,s2}: 0, 1/4, 1 -- never the slice-level 1/2.
-    values = np.array([0.0, 0.0, 0.0, 1.0])
-    subjects = np.array(["s1", "s1", "s1", "s2"])
-    result = intervals.mean_ci(values, subjects, POLICY)
-    assert result == {"ci95": [0.0, 1.0], "ci95_reason": None, "ci_method": "subject_bootstrap"}
-    counts, image_subject = intervals.subject_draws(subjects, 500, np.random.default_rng(1))
-    replicates = (counts @ np.bincount(image_subject, weights=values)) / (counts @ np.bincount(image_subject))
-    assert set(np.round(replicates, 6)) == {0.0, 0.25, 1.0}
+def clustered_draws(rng, n_draws, sizes, kind, icc=0.4):
+    """(n_draws, images) per-image values of subjects with ``sizes`` images each, and the true mean.
+
+    normal: subject effect N(0, icc) + image noise N(0, 1 - icc). lognormal: exp of that with
+    log-variance 0.25 split the same way (images' skewness 1.75). share: 0/1 images of a subject
+    with probability p_s ~ Beta(mean p, ICC icc) (``kind`` = ("share", p)).
+    """
+    subject_of_image = np.repeat(np.arange(len(sizes)), sizes)
+    shape = (n_draws, len(sizes))
+    if isinstance(kind, tuple):
+        p = kind[1]
+        a_plus_b = 1.0 / icc - 1.0
+        p_subject = rng.beta(p * a_plus_b, (1.0 - p) * a_plus_b, shape)
+        return (rng.random((n_draws, sum(sizes))) < p_subject[:, subject_of_image]).astype(float), p
+    scale = 0.25 if kind == "lognormal" else 1.0
+    latent = (rng.normal(0.0, np.sqrt(icc * scale), shape)[:, subject_of_image]
+              + rng.normal(0.0, np.sqrt((1.0 - icc) * scale), (n_draws, sum(sizes))))
+    return (np.exp(latent), np.exp(scale / 2.0)) if kind == "lognormal" else (latent, 0.0)
 
 
-def test_bootstrap_interval_covers_the_mean_narrows_with_more_subjects_and_repeats_with_the_seed():
-    rng = np.random.default_rng(3)
-    widths = []
-    for n_subjects in (8, 80):
-        subject_means = rng.normal(0.7, 0.1, size=n_subjects)
-        values = np.repeat(subject_means, 4) + rng.normal(0, 0.01, size=4 * n_subjects)
-        subjects = np.repeat([f"p{i}" for i in range(n_subjects)], 4)
-        low, high = intervals.mean_ci(values, subjects, IntervalPolicy(seed=5))["ci95"]
-        assert low < values.mean() < high
-        assert intervals.mean_ci(values, subjects, IntervalPolicy(seed=5))["ci95"] == [low, high]
-        widths.append(high - low)
-    assert widths[1] < widths[0] / 2
+def percentile_bootstrap_coverage(draws, sizes, truth, rng, n_boot=1000):
+    """The method these intervals replace, written out: subjects resampled with replacement (all their
+    images), image-weighted mean per replicate, 2.5 and 97.5 percentiles; the share of draws covered."""
+    subject_of_image = np.repeat(np.arange(len(sizes)), sizes)
+    totals = np.stack([np.bincount(subject_of_image, weights=row) for row in draws])  # (draws, subjects)
+    picks = rng.integers(0, len(sizes), size=(n_boot, len(sizes)))
+    replicates = totals[:, picks].sum(axis=2) / np.asarray(sizes)[picks].sum(axis=1)  # (draws, n_boot)
+    low, high = np.percentile(replicates, [2.5, 97.5], axis=1)
+    return float(np.mean((low <= truth) & (truth <= high)))
+
+
+COVERAGE_DESIGNS = {
+    # name: (images per subject, kind, within-subject correlation)
+    "normal_icc0.3": ([5] * 8, "normal", 0.3),
+    "normal_icc0.5": ([5] * 8, "normal", 0.5),
+    "skewed_lognormal": ([5] * 8, "lognormal", 0.4),
+    "unequal_images": ([2, 2, 3, 4, 5, 6, 8, 10], "normal", 0.4),
+    "share_0.5": ([5] * 8, ("share", 0.5), 0.3),
+    "share_0.9": ([5] * 8, ("share", 0.9), 0.3),
+}
+
+
+@pytest.mark.parametrize("design", list(COVERAGE_DESIGNS))
+def test_per_image_mean_interval_covers_at_the_minimum_subject_count(design):
+    """8 subjects (evaluate.min_subjects), correlated images: the 95% interval of the per-image mean holds
+    the true mean in >= 93% of 1000 draws. The subject percentile bootstrap it replaces falls below 93% on
+    every continuous design (docs/evaluation.md has the rates)."""
+    sizes, kind, icc = COVERAGE_DESIGNS[design]
+    rng = np.random.default_rng(sum(map(ord, design)))
+    draws, truth = clustered_draws(rng, 1000, sizes, kind, icc)
+    subjects = np.repeat([f"s{i}" for i in range(len(sizes))], sizes)
+    policy = IntervalPolicy(min_subjects=8)
+    hits = 0
+    for values in draws:
+        result = intervals.mean_ci(values, subjects, policy, share=isinstance(kind, tuple))
+        low, high = result["ci95"]
+        assert low <= values.mean() <= high
+        assert result["ci_method"] == ("subject_wilson" if isinstance(kind, tuple) else "subject_t")
+        if isinstance(kind, tuple):
+            assert 0.0 <= low and high <= 1.0
+        hits += low <= truth <= high
+    assert 0.93 <= hits / len(draws) <= 0.99
+    if not isinstance(kind, tuple):
+        assert percentile_bootstrap_coverage(draws, sizes, truth, rng) < 0.93
+
+
+def cr2_reference(values, subject_of_image):
+    """The CR2 standard error and Bell-McCaffrey df of an intercept-only regression, from the matrix
+    definitions (Bell & McCaffrey 2002; Imbens & Kolesar 2016): A_g = (I - H_gg)^(-1/2),
+    V = sum (1' A_g e_g)^2 / N^2, df = (sum lambda)^2 / sum lambda^2 over the eigenvalues of G'G,
+    G_g = (I - H)_g' A_g 1_g / N."""
+    n = len(values)
+    x = np.ones((n, 1))
+    hat = x @ x.T / n
+    residuals = values - values.mean()
+    variance, columns = 0.0, []
+    for g in np.unique(subject_of_image):
+        rows = subject_of_image == g
+        adjust = np.real(scipy.linalg.sqrtm(np.linalg.inv(np.eye(rows.sum()) - hat[np.ix_(rows, rows)])))
+        variance += (x[rows].T @ adjust @ residuals[rows]).item() ** 2 / n**2
+        columns.append((np.eye(n) - hat)[rows].T @ adjust @ x[rows] / n)
+    lambdas = np.linalg.eigvalsh(np.hstack(columns).T @ np.hstack(columns))
+    return np.sqrt(variance), lambdas.sum() ** 2 / np.sum(lambdas**2)
+
+
+def test_without_skewness_the_interval_is_the_t_interval_of_cr2_with_bell_mccaffrey_df():
+    # subject contributions symmetric about the mean (skewness exactly 0): no Hall correction applies
+    subject_means = np.array([-3.0, -1.0, 0.0, 1.0, 3.0, -0.5, 0.5, 0.0]) + 10.0
+    noise = np.array([-0.2, 0.2, -0.1, 0.1, 0.0])
+    values = np.repeat(subject_means, 5) + np.tile(noise, 8)
+    subjects = np.repeat(np.arange(8), 5)
+    low, high = intervals.mean_ci(values, subjects, IntervalPolicy(min_subjects=8))["ci95"]
+    expected = scipy.stats.t.interval(0.95, 7, loc=values.mean(), scale=scipy.stats.sem(subject_means))
+    assert (low, high) == pytest.approx(expected, rel=1e-10)
+    # unequal images: the matrix-defined CR2 error and Bell-McCaffrey df (sizes mirror, so skewness 0 again)
+    sizes = [2, 6, 4, 4, 6, 2]
+    offsets = np.array([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0])
+    values = np.concatenate([np.full(k, o) + np.linspace(-0.3, 0.3, k) for k, o in zip(sizes, offsets)])
+    subject_of_image = np.repeat(np.arange(6), sizes)
+    se, df = cr2_reference(values, subject_of_image)
+    low, high = intervals.mean_ci(values, subject_of_image, IntervalPolicy(min_subjects=6))["ci95"]
+    assert (low, high) == pytest.approx(scipy.stats.t.interval(0.95, df, loc=values.mean(), scale=se), rel=1e-10)
+    assert df < 5  # fewer than subjects - 1 when subjects hold unequal numbers of images
+
+
+def test_a_right_skewed_mean_gets_a_longer_upper_arm_and_the_subject_is_the_unit():
+    rng = np.random.default_rng(4)
+    subjects = np.repeat([f"p{i}" for i in range(8)], 5)
+    values = np.exp(np.repeat(rng.normal(0.0, 0.8, 8), 5) + rng.normal(0.0, 0.2, 40))
+    low, high = intervals.mean_ci(values, subjects, IntervalPolicy(min_subjects=8))["ci95"]
+    assert high - values.mean() > 1.2 * (values.mean() - low) > 0  # Hall's correction for the long right tail
+    low_left, high_left = intervals.mean_ci(-values, subjects, IntervalPolicy(min_subjects=8))["ci95"]
+    assert (low_left, high_left) == pytest.approx((-high, -low), rel=1e-12)  # and its mirror image
+    # every image of every subject counted twice: same subjects, same interval (a slice-level
+    # interval would narrow by sqrt(2))
+    twice = intervals.mean_ci(np.repeat(values, 2), np.repeat(subjects, 2), IntervalPolicy(min_subjects=8))["ci95"]
+    assert twice == pytest.approx([low, high], rel=1e-12)
+
+
+def test_a_share_interval_stays_in_the_unit_range_and_is_wilson_on_the_effective_size():
+    subjects = np.repeat(np.arange(8), 5)
+    q = scipy.stats.t.ppf(0.975, 7)
+    # every image 1: the variance is 0, the effective size is the 8 subjects
+    low, high = intervals.mean_ci(np.ones(40), subjects, IntervalPolicy(min_subjects=8), share=True)["ci95"]
+    assert (low, high) == pytest.approx((8 / (8 + q**2), 1.0))
+    # the same values as a continuous measure (SSIM of identical images): the zero-width t interval
+    assert intervals.mean_ci(np.ones(40), subjects, IntervalPolicy(min_subjects=8))["ci95"] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="0 or 1"):
+        intervals.mean_ci(np.full(40, 0.5), subjects, IntervalPolicy(min_subjects=8), share=True)
+    # independent images (each its own subject): Wilson with n_eff = n - 1 (the CR2 variance of a
+    # share is share (1 - share) / (n - 1)) and t(n - 1) in place of z, from statsmodels
+    from statsmodels.stats.proportion import proportion_confint
+
+    called = (np.arange(200) % 5 == 0).astype(float)  # 40 of 200
+    low, high = intervals.mean_ci(called, np.arange(200), IntervalPolicy(min_subjects=8), share=True)["ci95"]
+    t199 = scipy.stats.t.ppf(0.975, 199)
+    expected = proportion_confint(0.2 * 199, 199, alpha=2 * scipy.stats.norm.sf(t199), method="wilson")
+    assert (low, high) == pytest.approx(expected, rel=1e-9)
+
+
+def test_difference_of_shares_is_newcombes_hybrid_score_interval_and_rare_events_use_the_images():
+    from statsmodels.stats.proportion import proportion_confint
+
+    # Newcombe (1998), Table II example (a): 56/70 vs 48/80, method 10 gives 0.0524 to 0.3339
+    first = {"value": 56 / 70, "ci95": list(proportion_confint(56, 70, method="wilson"))}
+    second = {"value": 48 / 80, "ci95": list(proportion_confint(48, 80, method="wilson"))}
+    result = intervals.difference_of_shares_ci(first, second)
+    assert result["value"] == pytest.approx(0.2) and result["ci_method"] == "newcombe_score"
+    assert result["ci95"] == pytest.approx([0.0524, 0.3339], abs=5e-5)
+    # no interval on either side: none on the difference, with the reason
+    missing = intervals.difference_of_shares_ci(first, {"value": 0.0, "ci95": None, "ci95_reason": "too few"})
+    assert missing["ci95"] is None and missing["ci95_reason"] == "too few"
+    # a share of 0 over 8 patients x 5 slices: rare events take the 40 slices as the size, otherwise the 8 patients
+    subjects, policy = np.repeat(np.arange(8), 5), IntervalPolicy(min_subjects=8)
+    q = scipy.stats.t.ppf(0.975, 7)
+    assert intervals.share_ci(np.zeros(40), subjects, policy)["ci95"] == pytest.approx([0.0, q**2 / (8 + q**2)])
+    rare = intervals.share_ci(np.zeros(40), subjects, policy, rare_events=True)["ci95"]
+    assert rare == pytest.approx([0.0, q**2 / (40 + q**2)])
 
 
 def test_infinities_are_left_out_and_a_ratio_interval_is_a_ratio_of_sums():
-    values = np.array([np.inf, 10.0, 20.0, 20.0])
-    low, high = intervals.mean_ci(values, np.array(["a", "a", "b", "b"]), POLICY)["ci95"]
-    assert low == pytest.approx(10.0) and high == pytest.approx(20.0)
-    inside, total = np.array([1.0, 1.0, 9.0]), np.array([2.0, 2.0, 10.0])
-    low, high = intervals.ratio_ci(inside, total, np.array(["a", "a", "b"]), POLICY)["ci95"]
-    assert low == pytest.approx(0.5) and high == pytest.approx(0.9)  # {a,a}: 2/4, {b,b}: 18/20
+    policy = IntervalPolicy(min_subjects=2)
+    values = np.array([np.inf, 10.0, 20.0, 22.0, 11.0])
+    subjects = np.array(["a", "a", "b", "b", "c"])
+    assert intervals.mean_ci(values, subjects, policy) == intervals.mean_ci(values[1:], subjects[1:], policy)
+    # a ratio of sums with unit denominators is the mean; a ratio is bounded where asked
+    inside, total = np.array([1.0, 1.0, 9.0, 3.0]), np.array([2.0, 2.0, 10.0, 6.0])
+    ratio = intervals.ratio_ci(inside, total, np.array(["a", "a", "b", "c"]), policy, bounds=(0.0, 1.0))
+    low, high = ratio["ci95"]
+    assert ratio["ci_method"] == "subject_t" and 0.0 <= low <= inside.sum() / total.sum() <= high <= 1.0
+    assert intervals.ratio_ci(values[1:], np.ones(4), subjects[1:], policy) == intervals.mean_ci(values, subjects, policy)
 
 
 def test_fewer_subjects_than_the_minimum_give_no_interval_but_the_reason():

@@ -1,96 +1,192 @@
+"""The memorisation check on realistic slices: the built-in RSNA-layout head CT phantom (MNI152 anatomy
+deformed per patient, skull, CSF, noise), brain window 40/80, 64 px as the default profile prepares it.
+
+Planted copies of training slices (exact, mirrored, noised, shifted by whole and by fractions of
+pixels, cropped and resized back) must each be caught (a near copy) at >= 90%, fresh patients'
+slices at <= 10%; a set of fresh slices must not be flagged and one with 5% copies must be. The
+distances are computed once per module; the set-level statistics are recomputed on subsets of them.
+"""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.stats
+from scipy import ndimage
+from skimage.transform import resize
 
-from generation_support import CopySampler, FreshSampler, make_split
 from pipeline.evaluate.measures import embedding, memorisation
 from pipeline.evaluate.measures.intervals import IntervalPolicy
+from pipeline.preprocess.ct_slices import square_resize
+from pipeline.preprocess.window import window_hu
+from pipeline.sources import phantom_rsna_ich
 
-POLICY = IntervalPolicy(min_subjects=3, n_boot=100, seed=0)
-N_GENERATED = 60
+SIZE = 64
+PER_KIND = 20
+POLICY = IntervalPolicy(min_subjects=8)
+SEARCH = memorisation.CopySearch()  # the params.yaml defaults
+
+
+def phantom_slices(first: int, n_patients: int, slices_per_patient: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windowed 64 px slices of phantom patients first .. first + n - 1 (healthy), and their patient ids."""
+    params = phantom_rsna_ich.RsnaPhantomParams(matrix=128, pixel_mm=1.96, template_resolution_mm=2,
+                                                slice_subsamples=1, slices_per_patient=slices_per_patient,
+                                                n_patients=first + n_patients)
+    images, subjects = [], []
+    for index in range(first, first + n_patients):
+        hu = phantom_rsna_ich.render_patient(index, 0, [], params).hu
+        for k in range(hu.shape[2]):
+            images.append(window_hu(square_resize(hu[..., k], SIZE), 40, 80))
+            subjects.append(f"p{index:03d}")
+    return np.stack(images).astype(np.float32), np.array(subjects)
+
+
+def cropped(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A crop of 88-94% of the side at a random place, resized back (bilinear)."""
+    side = int(rng.integers(56, 61))
+    y, x = rng.integers(0, SIZE - side + 1, size=2)
+    return resize(image[y : y + side, x : x + side], (SIZE, SIZE), order=1, preserve_range=True)
+
+
+COPIES = {
+    "exact": lambda image, rng: image,
+    "mirrored": lambda image, rng: image[:, ::-1],
+    "noised": lambda image, rng: np.clip(image + rng.normal(0.0, 0.02, image.shape), 0.0, 1.0),
+    "shifted_1_2_px": lambda image, rng: np.roll(image, tuple(rng.choice([-2, -1, 1, 2], size=2)), axis=(0, 1)),
+    "shifted_subpixel": lambda image, rng: ndimage.shift(image, rng.uniform(-2.0, 2.0, size=2), order=1),
+    "cropped_resized": cropped,
+}
 
 
 @pytest.fixture(scope="module")
 def data():
-    train = make_split(seed=10, n_subjects=12, slices=4, prefix="train")
-    heldout = make_split(seed=11, n_subjects=8, slices=4, prefix="test")
+    """Training patients like the default profile's (24 x 5 slices), 10 held-out patients, 20 fresh
+    patients x 10 slices (the generator that copies nothing) and PER_KIND planted copies of each kind."""
+    train, train_subjects = phantom_slices(0, 24, 5)
+    heldout, heldout_subjects = phantom_slices(24, 10, 5)
+    fresh, _ = phantom_slices(34, 20, 10)
+    rng = np.random.default_rng(0)
+    sources = {kind: rng.integers(0, len(train), PER_KIND) for kind in COPIES}
+    copies = {kind: np.stack([make(train[i], rng) for i in sources[kind]]).astype(np.float32)
+              for kind, make in COPIES.items()}
+    generated = np.concatenate([fresh, *copies.values()])
+    kinds = np.array(["fresh"] * len(fresh) + [kind for kind in COPIES for _ in range(PER_KIND)])
+    same_patient = train_subjects[:, None] == train_subjects[None, :]
+    distances = {
+        "generated": memorisation.nearest_aligned(generated, train, SEARCH),
+        "heldout": memorisation.nearest_aligned(heldout, train, SEARCH).distance,
+        "train": memorisation.nearest_aligned(train, train, SEARCH, exclude=same_patient).distance,
+    }
+    return {"train": train, "train_subjects": train_subjects, "heldout": heldout, "heldout_subjects": heldout_subjects,
+            "generated": generated, "kinds": kinds, "sources": sources, "distances": distances}
+
+
+def block_of(data, rows: np.ndarray) -> dict:
+    d = data["distances"]
+    return memorisation.space_block(d["generated"].distance[rows], d["heldout"], data["heldout_subjects"], d["train"],
+                                    data["train_subjects"], SEARCH, POLICY)
+
+
+def test_every_kind_of_planted_copy_is_caught_and_fresh_slices_are_not(data):
+    fresh = np.flatnonzero(data["kinds"] == "fresh")
+    block = block_of(data, fresh)
+    near = data["distances"]["generated"].distance < block["threshold"]
+    assert np.mean(near[fresh]) <= 0.10
+    for kind in COPIES:
+        rows = np.flatnonzero(data["kinds"] == kind)
+        assert np.mean(near[rows]) >= 0.90, kind
+        # the slice that was copied is the one found (a crop may match its neighbour slice instead)
+        found = data["distances"]["generated"].index[rows] == data["sources"][kind]
+        assert np.mean(found) >= (0.85 if kind == "cropped_resized" else 1.0), kind
+    assert np.all(data["distances"]["generated"].flipped[data["kinds"] == "mirrored"])
+
+
+def test_a_set_of_fresh_slices_is_not_flagged_and_one_with_five_percent_copies_is(data):
+    fresh = np.flatnonzero(data["kinds"] == "fresh")
+    clean = block_of(data, fresh)
+    assert not clean["flagged"] and clean["share_near_copies"]["value"] == 0.0
+    assert clean["reference_share_near_copies"]["value"] == 0.0
+    for kind in COPIES:
+        rows = np.concatenate([fresh[:190], np.flatnonzero(data["kinds"] == kind)[:10]])  # 10 of 200 copies
+        block = block_of(data, rows)
+        assert block["flagged"], kind
+        low, high = block["excess_share_near_copies"]["ci95"]
+        assert 0.0 < low <= block["excess_share_near_copies"]["value"] <= high
+    # the old rule (share below the held-out 5% quantile > 0.2) does not see them: 5% copies stay under 0.2
+    assert block["share_closer"]["value"] < 0.2
+
+
+def test_the_reference_is_how_close_new_patients_come(data):
+    d = data["distances"]
+    block = block_of(data, np.flatnonzero(data["kinds"] == "fresh"))
+    reference = np.concatenate([d["heldout"], d["train"]])
+    assert block["reference_median_distance"] == pytest.approx(np.median(reference))
+    assert block["threshold"] == pytest.approx(SEARCH.copy_ratio * np.median(reference))
+    # a training patient's slices against the other training patients' are as far as held-out patients' are
+    assert scipy.stats.mannwhitneyu(d["heldout"], d["train"]).pvalue > 0.01
+    assert np.min(reference) > block["threshold"]
+
+
+def brute_force_grid_distance(query: np.ndarray, reference: np.ndarray, max_shift: int) -> float:
+    """RMS over the central window, min over flips and integer shifts, with plain slicing."""
+    best = np.inf
+    core = query[max_shift:-max_shift, max_shift:-max_shift].astype(np.float64)
+    for candidate in (reference, reference[:, ::-1]):
+        for dy in range(-max_shift, max_shift + 1):
+            for dx in range(-max_shift, max_shift + 1):
+                moved = candidate[max_shift - dy : SIZE - max_shift - dy, max_shift - dx : SIZE - max_shift - dx]
+                best = min(best, float(np.sqrt(np.mean((core - moved) ** 2))))
+    return best
+
+
+def test_aligned_distance_is_at_most_the_brute_force_grid_minimum_and_zero_for_a_shifted_copy(data):
+    search = memorisation.CopySearch(zooms=(1.0,), candidates=len(data["train"]))  # every slice a candidate
+    m = search.shift_pixels(SIZE)
+    queries = data["generated"][data["kinds"] == "fresh"][:4]
+    matches = memorisation.nearest_aligned(queries, data["train"][:10], search)
+    for query, distance in zip(queries, matches.distance):
+        brute = min(brute_force_grid_distance(query, t, m) for t in data["train"][:10])
+        assert distance <= brute + 1e-4 and distance >= 0.8 * brute  # sub-pixel refinement only lowers it a little
+    shifted = np.roll(data["train"][3], (2, -1), axis=(0, 1))[None]
+    match = memorisation.nearest_aligned(shifted, data["train"][:10], search)
+    assert match.index[0] == 3 and match.distance[0] < 1e-3 and tuple(match.shift[0]) == (2.0, -1.0)
+
+
+@pytest.fixture(scope="module")
+def feature_run(data):
+    """The whole check, both spaces, on a smaller set (random VGG-16 features cost ~1 GFLOP an image):
+    40 fresh slices and 4 copies of each kind against the first 12 training patients."""
     network = embedding.build_random_vgg()
     embed = lambda images: embedding.embed(images, network=network)
-    return {
-        "train": train,
-        "heldout": heldout,
-        "embed": embed,
-        "train_features": (embed(train["images"]), embed(train["images"][..., ::-1])),
-        "heldout_features": (embed(heldout["images"]), embed(heldout["images"][..., ::-1])),
-    }
+    keep = data["train_subjects"] < "p012"
+    fresh = np.flatnonzero(data["kinds"] == "fresh")[::5]
+    copies = [np.flatnonzero(data["kinds"] == kind)[keep[data["sources"][kind]]][:4] for kind in COPIES]
+    rows = np.concatenate([fresh, *copies])
+    block, per_image = memorisation.memorisation(
+        data["generated"][rows], data["train"][keep], data["train_subjects"][keep], data["heldout"],
+        data["heldout_subjects"], embed=embed, feature_space="random_vgg16", search=SEARCH, policy=POLICY)
+    return block, per_image, data["kinds"][rows]
 
 
-def check(data, generated):
-    return memorisation.memorisation(
-        generated, data["train"]["images"], data["heldout"]["images"], data["heldout"]["subject_ids"],
-        generated_features=data["embed"](generated), train_features=data["train_features"],
-        heldout_features=data["heldout_features"], feature_space="random_vgg16", quantile=0.05, max_share=0.2,
-        policy=POLICY,
-    )
+def test_the_feature_space_sees_moved_copies_too(feature_run):
+    block, per_image, kinds = feature_run
+    near = per_image["feature_near_copy"]
+    assert np.mean(near[kinds == "fresh"]) <= 0.10
+    for kind in COPIES:
+        assert np.mean(near[kinds == kind]) >= 0.75, kind  # 4 images a kind here: 3 of 4
+    assert block["feature"]["flagged"] and block["pixel"]["flagged"] and block["flagged"]  # 24 of 64 are copies
+    assert block["feature_reason"] is None and block["search"]["max_shift_pixels"] == 6
 
 
-def brute_force_distance_to_train(image: np.ndarray, train: np.ndarray) -> float:
-    """RMS distance to the nearest training slice or its mirror image, with plain loops."""
-    candidates = list(train) + [t[:, ::-1] for t in train]
-    return min(float(np.sqrt(np.mean((image.astype(np.float64) - t) ** 2))) for t in candidates)
-
-
-@pytest.mark.parametrize("mode", ["exact", "flip", "noise"])
-def test_a_generator_that_returns_training_slices_is_flagged(data, mode):
-    sampler = CopySampler(data["train"], mode=mode, noise_sigma=0.02)
-    generated = sampler.sample(N_GENERATED, seed=1)
-    block, per_image = check(data, generated)
-    assert block["flagged"] and block["pixel"]["flagged"]
-    assert block["pixel"]["share_closer"]["value"] >= 0.95
-    if mode == "noise":  # noise reaches the random features too; exact and mirrored copies must be found there
-        assert block["feature"]["share_closer"]["value"] >= 0.5
-    else:
-        assert block["feature"]["flagged"] and block["feature"]["share_closer"]["value"] >= 0.95
-        # the copied slice itself is found, and whether it was mirrored
-        assert np.array_equal(per_image["pixel_nearest_train_index"], sampler.last_indices)
-        assert np.all(per_image["pixel_nearest_train_flipped"] == (mode == "flip"))
-        assert np.allclose(per_image["pixel_nearest_train_distance"], 0.0, atol=1e-5)
-
-
-def test_a_generator_that_draws_new_patients_is_not_flagged(data):
-    generated = FreshSampler(n_classes=0).sample(N_GENERATED, seed=5)
-    block, _ = check(data, generated)
-    assert not block["flagged"]
-    assert block["pixel"]["share_closer"]["value"] <= 0.2 and block["feature"]["share_closer"]["value"] <= 0.2
-    # the same held-out set defines "close": about the quantile's share of new patients fall below it
-    assert block["pixel"]["median_distance_generated_to_train"] > block["pixel"]["threshold"]
-
-
-def test_threshold_and_distances_match_a_brute_force_computation(data):
-    generated = CopySampler(data["train"], mode="noise", noise_sigma=0.05).sample(12, seed=2)
-    block, per_image = check(data, generated)
-    heldout_distances = [brute_force_distance_to_train(h, data["train"]["images"]) for h in data["heldout"]["images"]]
-    assert block["pixel"]["threshold"] == pytest.approx(np.quantile(heldout_distances, 0.05), rel=1e-6)
-    expected = [brute_force_distance_to_train(g, data["train"]["images"]) for g in generated]
-    assert per_image["pixel_nearest_train_distance"] == pytest.approx(expected, rel=1e-6)
-    share = np.mean(np.array(expected) < np.quantile(heldout_distances, 0.05))
-    assert block["pixel"]["share_closer"]["value"] == pytest.approx(share)
-
-
-def test_interval_of_the_share_contains_it_and_needs_enough_patients(data):
-    generated = FreshSampler(n_classes=0).sample(30, seed=6)
-    block, _ = check(data, generated)
-    share = block["pixel"]["share_closer"]
-    assert share["ci_method"] == "subject_jackknife"
-    assert share["ci95"][0] <= share["value"] <= share["ci95"][1]
-    few = memorisation.memorisation(generated, data["train"]["images"], data["heldout"]["images"][:8],
-                                    data["heldout"]["subject_ids"][:8], policy=POLICY)[0]
-    assert few["pixel"]["share_closer"]["ci95"] is None and "subjects" in few["pixel"]["share_closer"]["ci95_reason"]
-    assert few["feature"] is None and few["feature_reason"]
-
-
-def test_mismatched_sizes_are_a_clear_error(data):
+def test_interval_of_the_share_contains_it_and_bad_input_is_a_clear_error(data, feature_run):
+    block = feature_run[0]
+    for space in ("pixel", "feature"):
+        for key in ("share_near_copies", "reference_share_near_copies", "excess_share_near_copies", "share_closer"):
+            value, (low, high) = block[space][key]["value"], block[space][key]["ci95"]
+            assert low <= value <= high, (space, key)
     with pytest.raises(ValueError, match="one size"):
-        memorisation.memorisation(np.zeros((3, 16, 16)), data["train"]["images"], data["heldout"]["images"],
-                                  data["heldout"]["subject_ids"])
+        memorisation.memorisation(np.zeros((3, 16, 16)), data["train"], data["train_subjects"], data["heldout"],
+                                  data["heldout_subjects"])
+    with pytest.raises(ValueError, match="one patient"):
+        memorisation.memorisation(data["heldout"], data["train"][:5], data["train_subjects"][:5], data["heldout"],
+                                  data["heldout_subjects"])

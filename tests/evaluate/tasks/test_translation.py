@@ -103,7 +103,7 @@ def test_identity_translator_metrics(test_sets, tmp_path):
     assert ct_to_mri["ssim_cycle"]["ci95"] == [pytest.approx(1.0), pytest.approx(1.0)]
     assert mri_to_ct["ssim_cycle"]["ci95"] is None  # one subject: nothing to resample
     assert mri_to_ct["ssim_cycle"]["ci95_reason"].startswith("1 subjects, fewer than evaluate.min_subjects = 2")
-    assert ct_to_mri["ssim_cycle"]["ci_method"] == "subject_bootstrap"
+    assert ct_to_mri["ssim_cycle"]["ci_method"] == "subject_t"
     broken = json.loads(json.dumps(metrics))
     broken["ct_to_mri"]["ssim_cycle"]["ci95"] = [0.0, 0.5]  # excludes its mean, 1.0
     with pytest.raises(jsonschema.ValidationError, match="ct_to_mri/ssim_cycle/ci95: .* does not contain the estimate"):
