@@ -10,6 +10,7 @@ stdout; the CPU seconds of training beside it. What docs/experiment-dcgan-ct.md 
 
     python scripts/dcgan_ablation.py --slices data/slices/ct_haemorrhage --steps 600 \
         --variant batch '{"d_norm": "batch"}' --variant spectral '{"d_norm": "spectral"}'
+    python scripts/dcgan_ablation.py --slices data/slices/ct_haemorrhage --checkpoints epoch_10.pt epoch_20.pt
 """
 from __future__ import annotations
 
@@ -78,19 +79,44 @@ def run(name: str, overrides: dict, data: dict, test: dict, steps: int, every: i
                   flush=True)
 
 
+def score_checkpoints(paths: list[Path], experiment: str, test: dict, seed: int) -> None:
+    """The same scores for the engine's checkpoints of a target (copies of models/<exp>/checkpoint.pt):
+    PRDC over training, the learning curve of a default run."""
+    import yaml
+
+    with open("params.yaml") as f:
+        knobs = dict(yaml.safe_load(f)["experiments"][experiment]["model"])
+    cls = ConditionalDCGAN if knobs.pop("name") == "cgan" else DCGAN
+    network = embedding.build_random_vgg()
+    real_features = embedding.embed(test["images"], 64, network)
+    size = test["images"].shape[-1]
+    for path in paths:
+        state = torch.load(path, weights_only=False, map_location="cpu")
+        model = cls(knobs, None, seed, image_size=(size, size))
+        model.G.load_state_dict(state["networks"]["G"])
+        model.eval()
+        measures = score(model, real_features, test["subject_ids"].astype(str), network, seed)
+        print(json.dumps({"experiment": experiment, "epoch": state["epoch"], "step": state["step"],
+                          **{k: round(v, 3) for k, v in measures.items()}}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=Path, required=True, help="folder of train.npz and test.npz")
+    parser.add_argument("--checkpoints", type=Path, nargs="+", help="score these engine checkpoints instead")
+    parser.add_argument("--experiment", default="dcgan_ct_brain", help="whose params.yaml model the checkpoints hold")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--every", type=int, default=150)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--conditional", action="store_true", help="the cGAN")
-    parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
+    parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = load_labelled_slices(args.slices / "train.npz")
     test = load_labelled_slices(args.slices / "test.npz")
+    if args.checkpoints:
+        score_checkpoints(args.checkpoints, args.experiment, test, args.seed)
     for name, overrides in args.variant:
         run(name, json.loads(overrides), data, test, args.steps, args.every, args.batch, args.seed, args.conditional)
     return 0
