@@ -36,3 +36,7 @@ rule all:
     default_target: True
     input:
         expand("results/{experiment}/metrics.json", experiment=list(config["experiments"])),
+        expand(  # each experiment that declares claims: its verdict (pipeline/rules/verdict.smk)
+            "results/{experiment}/verdict.json",
+            experiment=[name for name, exp in config["experiments"].items() if exp.get("claims")],
+        ),

@@ -209,19 +209,26 @@ def metrics_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
         rows.append([label] + [pick(metrics[name]) for name in names])
 
     summary = lambda block, digits=3: _with_interval(block["mean"], block["ci95"], digits) if block else "n/a"
-    row("FID", lambda b: _with_interval(b["fid"]["value"], b["fid"].get("ci95"), 1))
-    row("KID", lambda b: _with_interval(b["kid"]["value"], b["kid"]["ci95"], 4))
-    row("FRD (ln)", lambda b: _with_interval(b["frd"]["value"], b["frd"]["ci95"], 2))
+    floor = lambda b, key: (b.get("floor") or {}).get(key) or {}
+    for label, key, digits in (("FID", "fid", 1), ("KID", "kid", 4), ("FRD (ln)", "frd", 2)):
+        row(label, lambda b, key=key, digits=digits: _with_interval(b[key]["value"], b[key].get("ci95"), digits))
+        row(f"  {key.upper()} floor (real vs real)", lambda b, key=key, digits=digits: _with_interval(
+            floor(b, key).get("value"), floor(b, key).get("ci95"), digits))
     row("SSIM(x, G(x))", lambda b: summary(b["ssim"]))
     row("cycle SSIM", lambda b: summary(b["ssim_cycle"]))
     row("paired SSIM", lambda b: summary(b["paired"] and b["paired"]["ssim"]))
+    row("paired SSIM gain over x", lambda b: summary(b["paired"] and b["paired"].get("ssim_gain")))
     row("paired PSNR (dB)", lambda b: summary(b["paired"] and b["paired"]["psnr"], 2))
     row("paired MAE (HU)", lambda b: summary(b["paired"] and b["paired"]["mae_hu"], 1))
     row("classifier: share intended", lambda b: summary(b["classifier"].get("share_intended")))
+    row("classifier: mean P(intended)", lambda b: summary(b["classifier"].get("mean_probability_intended")))
+    row("  classifier real-test AUC", lambda b: _with_interval(
+        (b["classifier"].get("classifier_auc") or {}).get("value"), (b["classifier"].get("classifier_auc") or {}).get("ci95")))
     row("stego drop (blur / noise)", lambda b: f"{b['steganography']['blur']['drop']:.3f} / "
         f"{b['steganography']['noise']['drop']:.3f}" + (" FLAG" if b["steganography"]["flagged"] else ""))
     row("change inside region", lambda b: _with_interval(b["regions"]["share_inside"], b["regions"]["ci95_inside"])
         if b["regions"] else "n/a")
+    row("  inside share - area share", lambda b: summary(b["regions"].get("excess_share")) if b["regions"] else "n/a")
     return ["metric"] + names, rows
 
 
@@ -239,9 +246,14 @@ def metrics_table(metrics_json: Path | dict, out_png: Path) -> None:
     table.scale(1.0, 1.3)
     accuracy = (metrics.get("classifier") or {}).get("test_accuracy")
     note = ("value [95% CI over subjects: bootstrap for per-image means, jackknife for FID / KID / FRD]; "
-            "no interval with fewer than the minimum number of test subjects")
+            "no interval with fewer than the minimum number of test subjects; floor: the same distance between\n"
+            "real test and real training images (split by patient); n/a: not measured (classifier shares: null "
+            "when the classifier fails its real-test check)")
     if accuracy:
         note += f"; classifier test accuracy {_with_interval(accuracy['mean'], accuracy['ci95'])}"
+        balanced = (metrics["classifier"].get("real_test") or {}).get("balanced_accuracy")
+        if balanced is not None:
+            note += f", balanced {balanced:.3f}"
     ax.set_title(note, fontsize=8)
     _save(fig, out_png)
 

@@ -12,7 +12,7 @@ threshold. A verdict reads metrics.json (and run.json for where it ran) and noth
   not pass.
 
 A threshold is a number, or relative to another number of the same metrics.json (e.g. a
-distance "within 2x of the real-vs-real floor": ``{metric: distribution/frd_floor, times: 2}``).
+distance "within 2x of the real-vs-real floor": ``{metric: distribution/floor/frd, times: 2}``).
 A relative threshold counts with its own interval, conservatively: a claim ``<=`` passes only
 when its upper bound is below the threshold's lower bound (and fails only when its lower bound
 is above the threshold's upper bound). A threshold number with no interval is used as it is,

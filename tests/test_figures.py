@@ -241,7 +241,8 @@ def test_metrics_table_shows_values_with_intervals():
         "paired": None,
         "classifier": {"reason": "no classifier given"},
         "steganography": {"blur": {"drop": 0.2}, "noise": {"drop": 0.01}, "flagged": True},
-        "regions": {"share_inside": 0.75, "ci95_inside": [0.7, 0.8]},
+        "regions": {"share_inside": 0.75, "ci95_inside": [0.7, 0.8], "excess_share": summary(0.25, [0.2, 0.3])},
+        "floor": {"frd": {"value": 1.25, "ci95": [1.0, 1.5]}, "fid": {"value": None}},
     }
     header, rows = figures.metrics_rows({"direction_names": ["a_to_b"], "a_to_b": block})
     table = {row[0]: row[1] for row in rows}
@@ -251,3 +252,5 @@ def test_metrics_table_shows_values_with_intervals():
     assert table["paired SSIM"] == "n/a" and table["classifier: share intended"] == "n/a"
     assert table["stego drop (blur / noise)"] == "0.200 / 0.010 FLAG"
     assert table["change inside region"] == "0.750 [0.700, 0.800]"
+    assert table["  FRD floor (real vs real)"] == "1.25 [1.00, 1.50]" and table["  FID floor (real vs real)"] == "n/a"
+    assert table["  inside share - area share"] == "0.250 [0.200, 0.300]"

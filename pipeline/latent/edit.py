@@ -16,7 +16,9 @@ every alpha in ``alphas``; alpha 0 is the unedited reconstruction. Measures per 
   ``pipeline.preprocess.ctr.ctr_from_masks``; the segmenter's own CTR error on the held-out
   phantom test slices (|CTR from predicted map - truth CTR|) is reported beside it;
 - the real-data classifier's cardiomegaly probability (``pipeline/evaluate/measures/classifier.py``,
-  trained on real train slices by its own rule);
+  trained on real train slices by its own rule), beside its AUC and balanced accuracy on the
+  held-out real slices, and null with the reason when it fails that check (no better than chance,
+  or outputs hovering at 0.5: ``classifier_real_test``);
 - identity: SSIM between the edited image and the unedited reconstruction over the pixels
   outside the heart (outside the union of the heart masks predicted in both), the skimage SSIM
   map (Wang et al. window, data range 1) averaged over those pixels;
@@ -144,6 +146,28 @@ class EditMeasures:
         from pipeline.evaluate.measures.classifier import probability_of_b
 
         return probability_of_b(self.classifier, self.classifier_checkpoint, images)
+
+    def real_test_check(self, test: dict[str, np.ndarray], policy) -> dict:
+        """The classifier on the held-out real slices with a 0 / 1 label (classifier.real_test_check)."""
+        from pipeline.evaluate.measures.classifier import acceptance, real_test_check
+
+        labels = np.asarray(test.get("labels", np.full(len(test["images"]), -1)))
+        known = np.isin(labels, (0, 1))
+        return real_test_check(self.probability(test["images"][known]), labels[known], test["subject_ids"][known],
+                               policy, *acceptance(self.classifier_checkpoint))
+
+
+def classifier_scores_checked(block: dict, check: dict) -> dict:
+    """An edit block's P(cardiomegaly) numbers beside the classifier's real-test AUC and balanced
+    accuracy, nulled with the reason when the classifier fails its real-test check."""
+    from pipeline.evaluate.measures.classifier import beside, null_summary
+
+    out = block | beside(check) | {"probability_reason": check["reason"]}
+    if not check["usable"]:
+        null = lambda summary: null_summary(summary["n"], summary["n_subjects"], check["reason"])
+        out["probability_per_alpha"] = [{"alpha": entry["alpha"], **null(entry)} for entry in block["probability_per_alpha"]]
+        out["probability_slope_per_unit_alpha"] = null(block["probability_slope_per_unit_alpha"])
+    return out
 
 
 def edit_block(sampler, measures: EditMeasures, codes: np.ndarray, subjects: np.ndarray, step: np.ndarray,
@@ -281,6 +305,7 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
                             "base_ctr": [float(ladder["ctr"][p, base_idx[p]]) for p in pairs],
                             "enlarged_ctr": [float(ladder["ctr"][p, enlarged_idx[p]]) for p in pairs]},
         "ctr_segmenter": segmenter_ctr_error(measures, test, policy),
+        "classifier_real_test": measures.real_test_check(test, policy),
         "directions": {},
     }
     figures: dict[str, np.ndarray] = {"alphas": np.asarray(alphas)}
@@ -289,7 +314,7 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
         if ladder_codes is not None:
             block["vs_true_ladder"] = ladder_block(sampler, measures, ladder, ladder_codes, check_patients, step,
                                                    alphas, policy)
-        section["directions"][name] = block
+        section["directions"][name] = classifier_scores_checked(block, section["classifier_real_test"])
         figures.update({f"{name}_images": out["images"][: settings["n_figure_images"]], f"{name}_ctr": out["ctr"],
                         f"{name}_probability": out["probability"]})
     return section, figures

@@ -478,6 +478,8 @@ def evaluate_inputs(w):
         "run": f"models/{w.experiment}/run.json",
         "test_a": f"data/slices/{a}/test.npz",
         "test_b": f"data/slices/{b}/test.npz",
+        "train_a": f"data/slices/{a}/train.npz",  # the real-vs-real floors beside FID / KID / FRD
+        "train_b": f"data/slices/{b}/train.npz",
         "panels": [f"results/{w.experiment}/figures/preprocessing_{d}.png" for d in (a, b) if not is_xray(d)],
         "preprocessing_qc": preprocessing_qc(a) + preprocessing_qc(b),
         "classifier": f"models/{w.experiment}/classifier.pt",

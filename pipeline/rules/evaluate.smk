@@ -79,7 +79,8 @@ rule evaluate:
         "../../envs/train.yaml"
     shell:
         "python -m pipeline.evaluate --model {input.model} --test-a {input.test_a} "
-        "--test-b {input.test_b} --history {input.history} --run-json {input.run} "
+        "--test-b {input.test_b} --train-a {input.train_a} --train-b {input.train_b} "
+        "--history {input.history} --run-json {input.run} "
         "--inception-weights {params.inception} {params.ct_window} "
         "{params.flags} --extra-figures {input.panels} {input.preprocessing_qc} "
         "--samples-out {output.samples} --triplets {output.triplets} --loss-curves {output.losses} "

@@ -85,22 +85,42 @@ def _scores(logits, labels) -> tuple[float, float, list[float]]:
     return float((predicted == labels).float().mean()), float(np.mean(per_class)), per_class
 
 
+def _auc(logits, labels) -> float:
+    """ROC AUC of P(class 1) (0.5 when a class is absent: nothing to rank)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    return float(roc_auc_score(labels, (logits[:, 1] - logits[:, 0]).double().cpu().numpy()))
+
+
 DEFAULT_SETTINGS = {
-    "epochs": 15, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "width": 16, "n_blocks": 3,
-    "image_size": 64, "flip_probability": 0.5, "patience": 5,
+    "epochs": 60, "min_epochs": 20, "batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4, "width": 16, "n_blocks": 3,
+    "image_size": 64, "flip_probability": 0.5, "patience": 15, "min_auc": 0.7, "min_confidence": 0.6,
 }
-"""The CLI's defaults; the experiments set their own in params.yaml (``classifier:``)."""
+"""The CLI's defaults; the experiments set their own in params.yaml (``classifier:``). ``min_auc`` and
+``min_confidence`` are not training knobs: they travel in the checkpoint and decide whether the
+classifier's scores are reported (``real_test_check``)."""
 
 
 def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0, device: str = "cpu"):
     """Train a fresh network on (x_train, y_train) and keep the epoch with the best validation score.
 
     x_*: (N, 1, S, S) tensors in [0, 1]; y_*: (N,) long labels 0 / 1. ``settings`` holds the keys
-    of DEFAULT_SETTINGS. The loss weighs the classes by inverse frequency and selection uses
-    balanced accuracy (ties: lower validation loss), so an unbalanced pair (NORMAL vs PNEUMONIA,
-    healthy vs haemorrhage) cannot be won by always answering the larger class. Shared by the
-    real-data classifier and the train-on-synthetic ones, so that they differ only in their data.
-    Returns (network with the best weights, {balanced_accuracy, loss, epoch, state}, history).
+    of DEFAULT_SETTINGS. The loss weighs the classes by inverse frequency, so an unbalanced pair
+    (NORMAL vs PNEUMONIA, healthy vs haemorrhage) cannot be won by always answering the larger
+    class. Selection: the epoch with the lowest validation loss (weighted cross-entropy, a proper
+    scoring rule: it rewards probabilities that are right and confident). Not AUC or accuracy:
+    the first epochs of a network from random initialisation output ~0.5 for everything, yet
+    rank the validation slices perfectly by differences in the fourth decimal (AUC 1.0 at epoch 2,
+    balanced accuracy 0.5, measured) or hit a lucky balanced accuracy, and nothing later beats
+    that score, so training stopped there (it did: loss still ln 2, every real slice called one
+    class, every translation P = 0.50x). Training stops after ``patience`` epochs without a lower
+    validation loss, never before ``min_epochs``.
+    Shared by the real-data classifier and the train-on-synthetic ones, so that they differ only
+    in their data. Returns (network with the best weights, {auc, balanced_accuracy, loss, epoch,
+    state}, history).
     The network and the data live on ``device``; the shuffles and flips are drawn on the CPU
     (the same draws on any device) and copied over.
     """
@@ -115,11 +135,12 @@ def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0
     class_weights = torch.tensor([len(y_train) / (2.0 * n) for n in counts], dtype=torch.float32, device=device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights)
     batch_size = settings["batch_size"]
-    best = {"balanced_accuracy": -1.0, "loss": float("inf"), "epoch": 0, "state": None}
+    best = {"auc": -1.0, "balanced_accuracy": -1.0, "loss": float("inf"), "epoch": 0, "state": None}
     history = []
     for epoch in range(1, settings["epochs"] + 1):
         network.train()
         order = torch.randperm(len(x_train), generator=generator)
+        losses = []
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size].to(device)
             images = x_train[batch]
@@ -129,14 +150,18 @@ def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0
             loss = loss_fn(network(images), y_train[batch])
             loss.backward()
             optimiser.step()
+            losses.append(loss.detach())  # no per-batch sync with the device
         val_logits = predict_logits(network, x_val, batch_size)
         val_loss = float(loss_fn(val_logits, y_val))
         _, val_balanced, _ = _scores(val_logits, y_val)
-        history.append({"epoch": epoch, "train_loss": loss.item(), "val_loss": val_loss, "val_balanced_accuracy": val_balanced})
-        if (val_balanced, -val_loss) > (best["balanced_accuracy"], -best["loss"]):
+        val_auc = _auc(val_logits, y_val)
+        history.append({"epoch": epoch, "train_loss": float(torch.stack(losses).mean()), "val_loss": val_loss,
+                        "val_auc": val_auc, "val_balanced_accuracy": val_balanced})
+        if val_loss < best["loss"]:
             state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-            best = {"balanced_accuracy": val_balanced, "loss": val_loss, "epoch": epoch, "state": state}
-        elif epoch - best["epoch"] >= settings["patience"]:
+            best = {"auc": val_auc, "balanced_accuracy": val_balanced, "loss": val_loss, "epoch": epoch,
+                    "state": state}
+        elif epoch - best["epoch"] >= settings["patience"] and epoch >= settings.get("min_epochs", 0):
             break
     network.load_state_dict(best["state"])
     return network, best, history
@@ -148,7 +173,10 @@ def _settings_text(settings: dict, seed: int) -> dict:
         "global average pool, linear; random initialisation",
         **settings,
         "seed": seed, "loss": "cross-entropy weighted by inverse class frequency",
-        "selection": "epoch with the best validation balanced accuracy (ties: lower validation loss)",
+        "selection": "epoch with the lowest validation loss; stop after `patience` epochs without a lower one, "
+        "never before `min_epochs`",
+        "scores_reported_when": f"real-test AUC >= {settings['min_auc']} with its interval above 0.5, and the "
+        f"balanced mean probability of the true class >= {settings['min_confidence']} (real_test_check)",
     }
 
 
@@ -157,9 +185,8 @@ def _finish(network, best, history, x_test, y_test, class_names, labels_text, co
     """Score the selected network on test, write classifier.pt and classifier.json atomically."""
     import torch
 
-    test_accuracy, test_balanced, test_per_class = _scores(
-        predict_logits(network, x_test, settings["batch_size"]), y_test
-    )
+    test_logits = predict_logits(network, x_test, settings["batch_size"])
+    test_accuracy, test_balanced, test_per_class = _scores(test_logits, y_test)
     checkpoint = {
         "state_dict": {k: v.cpu() for k, v in best["state"].items()},
         "width": settings["width"],
@@ -180,7 +207,9 @@ def _finish(network, best, history, x_test, y_test, class_names, labels_text, co
         "n_test": counts["test"],
         "selected_epoch": best["epoch"],
         "epochs_run": len(history),
+        "val_auc": best["auc"],
         "val_balanced_accuracy": best["balanced_accuracy"],
+        "test_auc": _auc(test_logits, y_test),
         "test_accuracy": test_accuracy,
         "test_balanced_accuracy": test_balanced,
         "test_accuracy_per_class": dict(zip(class_names, test_per_class)),
@@ -204,6 +233,13 @@ def _prepare(threads: int, device: str) -> float:
     return started
 
 
+def _settings(knobs: dict) -> dict:
+    unknown = set(knobs) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown classifier settings {sorted(unknown)}")
+    return DEFAULT_SETTINGS | knobs
+
+
 def train_classifier(
     train: dict[str, Path],
     val: dict[str, Path],
@@ -211,35 +247,26 @@ def train_classifier(
     out_model: Path,
     out_json: Path,
     domain_names: tuple[str, str] = ("a", "b"),
-    epochs: int = 15,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    width: int = 16,
-    n_blocks: int = 3,
-    image_size: int | None = 64,
-    flip_probability: float = 0.5,
-    patience: int = 5,
     threads: int = 0,
     seed: int = 0,
     device: str = "cpu",
+    **knobs,
 ) -> dict:
     """Train on real train slices (label 0 = domain a, 1 = b), keep the epoch best on val, score on test.
 
     train / val / test: {"a": npz, "b": npz} slice files (contracts: ``images`` in [0, 1], ``subject_ids``).
-    epochs (default 15), batch_size (32), lr (1e-3, Adam), weight_decay (1e-4): training.
-    width (16), n_blocks (3): network size; image_size: side the slices are area-resized to
-    (default 64; None keeps theirs). flip_probability: random left-right flips (default 0.5).
-    patience: stop after this many epochs without a better validation score (default 5).
+    knobs: the keys of DEFAULT_SETTINGS (their defaults there): epochs, min_epochs, patience,
+    batch_size, lr (Adam), weight_decay: training (``fit_classifier``); width, n_blocks: network
+    size; image_size: side the slices are area-resized to (None keeps theirs); flip_probability:
+    random left-right flips; min_auc, min_confidence: when its scores count (``real_test_check``).
     threads: torch CPU threads (0 = torch's default). seed: initialisation, shuffling, flips.
     Deterministic on CPU for a given seed and thread count. Returns the summary written to ``out_json``.
     """
     import torch
 
     started = _prepare(threads, device)
-    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "width": width,
-                "n_blocks": n_blocks, "image_size": image_size, "flip_probability": flip_probability,
-                "patience": patience}
+    settings = _settings(knobs)
+    image_size = settings["image_size"]
 
     def load(split: dict[str, Path]):
         sets = [load_test_slices(split[d]) for d in ("a", "b")]
@@ -279,10 +306,7 @@ def train_label_classifier(
     import torch
 
     started = _prepare(threads, device)
-    unknown = set(knobs) - set(DEFAULT_SETTINGS)
-    if unknown:
-        raise ValueError(f"unknown classifier settings {sorted(unknown)}")
-    settings = DEFAULT_SETTINGS | knobs
+    settings = _settings(knobs)
     tensors, counts = {}, {}
     for split, path in (("train", train), ("val", val), ("test", test)):
         data = load_labelled_slices(path, label_key)
@@ -317,6 +341,103 @@ def probability_of_b(network, checkpoint: dict, images: np.ndarray, batch_size: 
     return torch.softmax(logits, dim=1)[:, 1].double().cpu().numpy()
 
 
+def auc_with_interval(p_positive: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray, policy) -> dict:
+    """ROC AUC of ``p_positive`` for labels 1 vs 0, with the subject-bootstrap 95% interval.
+
+    AUC = P(a class-1 image scores above a class-0 image), ties counting one half. The interval
+    resamples subjects (a subject may hold images of both classes, as a patient's slices with and
+    without haemorrhage): each replicate weighs every image by how often its subject was drawn,
+    so the replicate AUC is sum_ij w_i w_j [s_i > s_j] / (sum w_pos x sum w_neg), computed from
+    the per-subject pair counts (subjects, not images, size the work); the percentile interval is
+    widened to the estimate in the rare case it misses it (AUC at 1 with few subjects). Null with
+    the reason when a class is absent; no interval when the subjects are fewer than the policy's minimum.
+    """
+    from pipeline.evaluate.measures import intervals
+
+    scores, labels = np.asarray(p_positive, np.float64), np.asarray(labels).astype(int)
+    subjects, image_subject = np.unique(np.asarray(subject_ids).astype(str), return_inverse=True)
+    block = {"value": None, "n_positive": int((labels == 1).sum()), "n_negative": int((labels == 0).sum()),
+             "n_subjects": int(len(subjects)), "ci95": None, "ci95_reason": None, "ci_method": "subject_bootstrap"}
+    if block["n_positive"] == 0 or block["n_negative"] == 0:
+        reason = "the real test slices hold one class only: no AUC"
+        return block | {"ci95_reason": reason, "reason": reason}
+    positive, negative = labels == 1, labels == 0
+    wins = (scores[positive][:, None] > scores[negative][None, :]) + 0.5 * (
+        scores[positive][:, None] == scores[negative][None, :])
+    pair_counts = np.zeros((len(subjects), len(subjects)))
+    np.add.at(pair_counts, (image_subject[positive][:, None], image_subject[negative][None, :]), wins)
+    n_pos = np.bincount(image_subject[positive], minlength=len(subjects)).astype(np.float64)
+    n_neg = np.bincount(image_subject[negative], minlength=len(subjects)).astype(np.float64)
+    block["value"] = float(pair_counts.sum() / (n_pos.sum() * n_neg.sum()))
+    block["reason"] = None
+    reason = intervals.too_few_subjects(policy, subject_ids)
+    if reason:
+        return block | {"ci95_reason": reason}
+    counts, _ = intervals.subject_draws(subject_ids, policy.n_boot, np.random.default_rng(policy.seed))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        replicates = np.einsum("bi,ij,bj->b", counts, pair_counts, counts) / ((counts @ n_pos) * (counts @ n_neg))
+    replicates = replicates[np.isfinite(replicates)]
+    tail = 100.0 * (1.0 - intervals.CONFIDENCE) / 2.0
+    low, high = np.percentile(replicates, [tail, 100.0 - tail])
+    return block | {"ci95": [float(min(low, block["value"])), float(max(high, block["value"]))]}
+
+
+def real_test_check(p_positive: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray, policy,
+                    min_auc: float, min_confidence: float) -> dict:
+    """How well the classifier does on real test slices, and whether its scores on other images count.
+
+    Reported beside every classifier-based number: AUC with its interval over subjects, balanced
+    accuracy (threshold 0.5) and the balanced mean probability it gives the true class. Its scores
+    are null (``usable`` false, ``reason`` says why) when it is no better than chance (AUC below
+    ``min_auc``, or an AUC interval reaching 0.5), or when its outputs hover at 0.5 (mean
+    probability of the true class below ``min_confidence``): a network that ranks real slices
+    by differences in the fourth decimal would call every translation one class with P = 0.50x
+    and a share of 1.0 would mean nothing.
+    """
+    labels = np.asarray(labels).astype(int)
+    p_positive = np.asarray(p_positive, np.float64)
+    auc = auc_with_interval(p_positive, labels, subject_ids, policy)
+    recalls, confidences = [], []
+    for c in (0, 1):
+        if (labels == c).any():
+            p_true = p_positive[labels == c] if c == 1 else 1.0 - p_positive[labels == c]
+            recalls.append(float(np.mean(p_true > 0.5)))
+            confidences.append(float(np.mean(p_true)))
+    balanced = float(np.mean(recalls)) if len(recalls) == 2 else None
+    confidence = float(np.mean(confidences)) if len(confidences) == 2 else None
+    reason = None
+    if auc["value"] is None:
+        reason = f"classifier's real-test AUC not measured ({auc['reason']})"
+    elif auc["value"] < min_auc:
+        reason = f"classifier's real-test AUC {auc['value']:.3f} is below classifier.min_auc = {min_auc:g}"
+    elif auc["ci95"] is not None and auc["ci95"][0] <= 0.5:
+        reason = (f"classifier's real-test AUC {auc['value']:.3f} has a 95% interval [{auc['ci95'][0]:.3f}, "
+                  f"{auc['ci95'][1]:.3f}] reaching chance (0.5)")
+    elif confidence < min_confidence:
+        reason = (f"classifier's mean probability of the true class on real test slices is {confidence:.3f}, below "
+                  f"classifier.min_confidence = {min_confidence:g}: its outputs hover at 0.5")
+    return {"auc": auc, "balanced_accuracy": balanced, "mean_probability_true_class": confidence,
+            "min_auc": min_auc, "min_confidence": min_confidence, "usable": reason is None, "reason": reason}
+
+
+def acceptance(checkpoint: dict) -> tuple[float, float]:
+    """(min_auc, min_confidence) stored in a checkpoint (defaults for checkpoints that predate them)."""
+    settings = checkpoint.get("settings", {})
+    return (float(settings.get("min_auc", DEFAULT_SETTINGS["min_auc"])),
+            float(settings.get("min_confidence", DEFAULT_SETTINGS["min_confidence"])))
+
+
+def beside(check: dict) -> dict:
+    """What goes beside every score of this classifier: its real-test AUC and balanced accuracy."""
+    return {"classifier_auc": check["auc"], "classifier_balanced_accuracy": check["balanced_accuracy"]}
+
+
+def null_summary(n: int, n_subjects: int, reason: str) -> dict:
+    """A per-image summary block left null with the reason (the path stays for claims to read)."""
+    return {"mean": None, "std": None, "n": int(n), "n_infinite": 0, "n_subjects": int(n_subjects), "ci95": None,
+            "ci95_reason": reason, "ci_method": "subject_bootstrap"}
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.devices import resolve_device
 
@@ -340,6 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=DEFAULT_SETTINGS["image_size"], help="0 keeps the slices' size")
     parser.add_argument("--flip-probability", type=float, default=DEFAULT_SETTINGS["flip_probability"])
     parser.add_argument("--patience", type=int, default=DEFAULT_SETTINGS["patience"])
+    parser.add_argument("--min-epochs", type=int, default=DEFAULT_SETTINGS["min_epochs"])
+    parser.add_argument("--min-auc", type=float, default=DEFAULT_SETTINGS["min_auc"],
+                        help="real-test AUC below this: the classifier's scores are null (stored in the checkpoint)")
+    parser.add_argument("--min-confidence", type=float, default=DEFAULT_SETTINGS["min_confidence"],
+                        help="balanced mean P(true class) on real test below this: scores null (stored)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -354,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give either --train --val --test (labelled slices) or all six --{train,val,test}-{a,b}")
     knobs = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
              "width": args.width, "n_blocks": args.n_blocks, "image_size": args.image_size or None,
-             "flip_probability": args.flip_probability, "patience": args.patience}
+             "flip_probability": args.flip_probability, "patience": args.patience, "min_epochs": args.min_epochs,
+             "min_auc": args.min_auc, "min_confidence": args.min_confidence}
     try:
         if complete(labelled):
             summary = train_label_classifier(
@@ -379,8 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 1
     log.info(
-        "classifier: test accuracy %.3f (balanced %.3f), epoch %d of %d, %.1f s",
-        summary["test_accuracy"], summary["test_balanced_accuracy"], summary["selected_epoch"],
+        "classifier: test AUC %.3f, accuracy %.3f (balanced %.3f), epoch %d of %d, %.1f s",
+        summary["test_auc"], summary["test_accuracy"], summary["test_balanced_accuracy"], summary["selected_epoch"],
         summary["epochs_run"], summary["seconds"],
     )
     return 0

@@ -110,8 +110,15 @@ def distribution_block(
     fid_eps: float,
     policy: IntervalPolicy,
     compares: str,
+    sets: tuple[str, str] = ("real", "generated"),
 ) -> dict:
-    """FID / KID / FRD / PRDC of the real rows vs the generated rows (indices into the evaluated sets)."""
+    """FID / KID / FRD (and PRDC where embeddings were computed) of two feature sets, restricted to rows.
+
+    ``sets`` names the reference set and the compared one among the keys of ``features`` (as
+    ``inception_and_radiomic_features`` made them); ``real_rows`` / ``generated_rows`` index them,
+    ``real_subjects`` / ``generated_ids`` give every row's subject (the unit of the intervals).
+    """
+    reference, compared = sets
     block = {
         "compares": compares,
         "n_real": len(real_rows),
@@ -120,34 +127,38 @@ def distribution_block(
     }
     if problems["inception"] is None:
         inception = features["inception"]
-        block |= distance_blocks(inception["real"][real_rows], real_subjects[real_rows],
-                                 inception["generated"][generated_rows], generated_ids[generated_rows], fid_eps, policy)
+        block |= distance_blocks(inception[reference][real_rows], real_subjects[real_rows],
+                                 inception[compared][generated_rows], generated_ids[generated_rows], fid_eps, policy)
         block["fid"]["compares"] = compares
     else:
         block |= fid_module.unavailable_distances(problems["inception"])
         block["fid"] |= {"compares": None} | _null_interval(problems["inception"])
         block["kid"] |= _null_interval(problems["inception"])
     if problems["frd"] is None:
-        real_pick = np.intersect1d(radiomic_rows["real"], real_rows)
-        generated_pick = np.intersect1d(radiomic_rows["generated"], generated_rows)
+        real_pick = np.intersect1d(radiomic_rows[reference], real_rows)
+        generated_pick = np.intersect1d(radiomic_rows[compared], generated_rows)
         lookup = lambda rows, pick: np.searchsorted(rows, pick)
         block["frd"] = frd_block(
-            features["radiomics"]["real"][lookup(radiomic_rows["real"], real_pick)], real_subjects[real_pick],
-            features["radiomics"]["generated"][lookup(radiomic_rows["generated"], generated_pick)],
+            features["radiomics"][reference][lookup(radiomic_rows[reference], real_pick)], real_subjects[real_pick],
+            features["radiomics"][compared][lookup(radiomic_rows[compared], generated_pick)],
             generated_ids[generated_pick], policy,
         )
     else:
         block["frd"] = unavailable_frd(problems["frd"])
-    block["prdc"] = prdc_block(features["embedding"]["real"][real_rows], real_subjects[real_rows],
-                               features["embedding"]["generated"][generated_rows], generated_ids[generated_rows], policy)
+    if "embedding" in features:
+        block["prdc"] = prdc_block(features["embedding"][reference][real_rows], real_subjects[real_rows],
+                                   features["embedding"][compared][generated_rows], generated_ids[generated_rows],
+                                   policy)
     return block
 
 
-def inception_and_radiomic_features(real: np.ndarray, generated: np.ndarray, inception_weights: Path | None,
-                                    frd: bool, frd_max_images: int, batch_size: int, device: str):
-    """Inception (FID / KID) and radiomic (FRD) features of a real and a generated set, for
-    ``distribution_block``: (features, radiomic_rows, problems), a feature space whose weights are
-    missing or which fails being left out with its reason in ``problems``."""
+def inception_and_radiomic_features(sets: dict[str, np.ndarray], inception_weights: Path | None, frd: bool,
+                                    frd_max_images: int, batch_size: int, device: str):
+    """Inception (FID / KID) and radiomic (FRD) features of named image sets (e.g. real, generated,
+    floor), for ``distribution_block``: (features[space][name], radiomic_rows[name], problems), a
+    feature space whose weights are missing or which fails being left out with its reason in
+    ``problems``. Radiomics cost ~0.4 s an image, so only ``frd_max_images`` evenly spaced images
+    of each set get them (``radiomic_rows``)."""
     problems: dict[str, str | None] = {"frd": None if frd else "FRD switched off (evaluate.frd: false)"}
     problems["inception"] = (fid_module.inception_weights_problem(inception_weights) if inception_weights is not None
                              else "no Inception weights file given")
@@ -155,20 +166,17 @@ def inception_and_radiomic_features(real: np.ndarray, generated: np.ndarray, inc
     if problems["inception"] is None:
         try:
             extractor = fid_module.load_inception(inception_weights, device=device)
-            features["inception"] = {
-                "real": fid_module.inception_features(extractor, real, batch_size, device),
-                "generated": fid_module.inception_features(extractor, generated, batch_size, device),
-            }
+            features["inception"] = {name: fid_module.inception_features(extractor, images, batch_size, device)
+                                     for name, images in sets.items()}
         except RuntimeError as err:
             problems["inception"] = (f"Inception weights at {inception_weights} do not load into torch-fidelity's "
                                      f"network ({str(err).splitlines()[0][:200]})")
-    radiomic_rows = {"real": fixed_sample_indices(len(real), frd_max_images),
-                     "generated": fixed_sample_indices(len(generated), frd_max_images)}
+    radiomic_rows = {name: fixed_sample_indices(len(images), frd_max_images) for name, images in sets.items()}
     if frd:
         try:
             features["radiomics"] = {
-                "real": frd_module.radiomic_features(real[radiomic_rows["real"]], "radiomics real")[0],
-                "generated": frd_module.radiomic_features(generated[radiomic_rows["generated"]], "radiomics generated")[0],
+                name: frd_module.radiomic_features(images[radiomic_rows[name]], f"radiomics {name}")[0]
+                for name, images in sets.items()
             }
         except (ValueError, RuntimeError) as err:
             problems["frd"] = f"radiomic feature extraction failed: {str(err)[:200]}"

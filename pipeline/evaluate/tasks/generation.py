@@ -48,7 +48,9 @@ from pipeline.evaluate.measures import embedding, memorisation as memorisation_m
 from pipeline.evaluate.measures.diversity import MeanPairwiseDistance
 from pipeline.evaluate.measures import fid as fid_module
 from pipeline.evaluate.measures import frd as frd_module
+from pipeline.evaluate.measures.classifier import acceptance, beside, null_summary, real_test_check
 from pipeline.evaluate.measures.distribution import distribution_block, inception_and_radiomic_features
+from pipeline.evaluate.measures.floor import FLOOR_SET, floor_block, floor_rows, unavailable_floor
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 from pipeline.evaluate.measures.memorisation import CopySearch
 from pipeline.evaluate.measures.slices import fixed_sample_indices, load_labelled_slices, load_test_slices
@@ -150,6 +152,7 @@ def classifier_blocks(
                         if (labels == c).any() else None)
                  for c, name in enumerate(class_names)}
     recalls = [block["mean"] for block in per_class.values() if block is not None]
+    check = real_test_check(p_real, labels, subjects, policy, *acceptance(checkpoint))
     block = {
         "path": str(classifier),
         "sha256": file_sha256(classifier),
@@ -160,28 +163,37 @@ def classifier_blocks(
         "test_accuracy_per_class": per_class,
         "test_balanced_accuracy": float(np.mean(recalls)) if len(recalls) == 2 else None,
         "test_balanced_accuracy_estimate": balanced_accuracy(correct, labels, subjects, policy),
+        "real_test": check,
         "generated": {},
     }
+
+    def score(values: np.ndarray, units: np.ndarray, share: bool = False) -> dict:
+        """A share or mean probability on generated images: null with the reason when the check fails."""
+        if check["usable"]:
+            return summarise(values, units, policy, share=share)
+        return null_summary(len(values), len(np.unique(units.astype(str))), check["reason"])
+
     if generated_labels is None:
         called = (p_generated > 0.5).astype(np.float64)
         block["generated"]["unconditional"] = {
             "asked": None,
-            "share_called": {class_names[1]: summarise(called, generated_ids, policy, share=True)},
+            "share_called": {class_names[1]: score(called, generated_ids, share=True)},
             "real_test_share_called": {class_names[1]: summarise((p_real > 0.5).astype(np.float64), subjects, policy,
                                                                  share=True)},
             "real_test_prevalence": {class_names[1]: summarise((labels == 1).astype(np.float64), subjects, policy,
-                                                                       share=True)},
-        }
+                                                               share=True)},
+            "reason": check["reason"],
+        } | beside(check)
     else:
         for c, name in enumerate(class_names):
             asked = generated_labels == c
             p_asked = p_generated[asked] if c == 1 else 1.0 - p_generated[asked]
             block["generated"][name] = {
                 "asked": name,
-                "share_called_asked": summarise((p_asked > 0.5).astype(np.float64), generated_ids[asked], policy,
-                                                share=True),
-                "mean_probability_asked": summarise(p_asked, generated_ids[asked], policy),
-            }
+                "share_called_asked": score((p_asked > 0.5).astype(np.float64), generated_ids[asked], share=True),
+                "mean_probability_asked": score(p_asked, generated_ids[asked]),
+                "reason": check["reason"],
+            } | beside(check)
     return block, {"classifier_p1_real_test": p_real, "classifier_p1_generated": p_generated}
 
 
@@ -206,7 +218,8 @@ def tstr_block(
     import torch
 
     from pipeline.devices import deterministic
-    from pipeline.evaluate.measures.classifier import DEFAULT_SETTINGS, predict_logits, fit_classifier, load_classifier, to_tensor
+    from pipeline.evaluate.measures.classifier import (DEFAULT_SETTINGS, auc_with_interval, fit_classifier,
+                                                       load_classifier, predict_logits, to_tensor)
 
     _, checkpoint = load_classifier(classifier)
     settings = DEFAULT_SETTINGS | checkpoint.get("settings", {})
@@ -233,7 +246,8 @@ def tstr_block(
     for name, (images, y) in variants.items():
         network, best, _ = fit_classifier(to_tensor(images, size), torch.from_numpy(y), x_val, y_val, settings, seed,
                                           device)
-        predicted = predict_logits(network, x_test, settings["batch_size"]).argmax(dim=1).cpu().numpy()
+        logits = predict_logits(network, x_test, settings["batch_size"]).cpu()
+        predicted = logits.argmax(dim=1).numpy()
         correct = (predicted == test["labels"]).astype(np.float64)
         recalls = [float(correct[test["labels"] == c].mean()) for c in (0, 1) if (test["labels"] == c).any()]
         block[name] = {
@@ -242,6 +256,8 @@ def tstr_block(
             "test_accuracy": summarise(correct, subjects, policy, share=True),
             "test_balanced_accuracy": float(np.mean(recalls)) if len(recalls) == 2 else None,
             "test_balanced_accuracy_estimate": balanced_accuracy(correct, test["labels"], subjects, policy),
+            "test_auc": auc_with_interval(torch.softmax(logits, dim=1)[:, 1].double().numpy(), test["labels"],
+                                          subjects, policy),
         }
     return block
 
@@ -307,7 +323,7 @@ def evaluate_generation(
     needs_labels = conditional or classifier is not None
     test_path, train_path = Path(test), Path(train)
     test_data = load_labelled(test_path, needs_labels)
-    train_data = load_labelled(train_path, needs_labels and tstr and conditional)
+    train_data = load_labelled(train_path, conditional)  # per-class floors and train-on-synthetic need its labels
     if train_data["images"].shape[1:] != test_data["images"].shape[1:]:
         raise InputDataError(train_path, f"slice size {train_data['images'].shape[1:]} differs from {test_path}'s")
     val_data = load_labelled(Path(val), True) if (val is not None and tstr and conditional and classifier) else None
@@ -318,16 +334,26 @@ def evaluate_generation(
     generated_ids = np.array([f"generated_{i}" for i in range(len(generated))])
     real_subjects = test_data["subject_ids"].astype(str)
 
+    on_floor = floor_rows(len(train_data["images"]), len(generated))
+    floor_subjects = train_data["subject_ids"].astype(str)[on_floor]
     features, radiomic_rows, problems = inception_and_radiomic_features(
-        test_data["images"], generated, inception_weights, frd, frd_max_images, batch_size, device)
+        {"real": test_data["images"], "generated": generated, FLOOR_SET: train_data["images"][on_floor]},
+        inception_weights, frd, frd_max_images, batch_size, device)
     network = embedding.build_random_vgg()
     embed = lambda images: embedding.embed(images, batch_size, network, device)
-    features["embedding"] = {"real": embed(test_data["images"]), "generated": embed(generated)}
+    train_embedding = embed(train_data["images"])
+    features["embedding"] = {"real": embed(test_data["images"]), "generated": embed(generated),
+                             FLOOR_SET: train_embedding[on_floor]}
 
     all_real, all_generated = np.arange(len(test_data["images"])), np.arange(len(generated))
     distribution = distribution_block(
         all_real, all_generated, real_subjects, generated_ids, features, radiomic_rows, problems, fid_eps, policy,
         f"{len(generated)} generated images vs {len(all_real)} real test slices",
+    )
+    distribution["floor"] = floor_block(
+        all_real, real_subjects, floor_subjects, len(generated), features, radiomic_rows, problems, fid_eps, policy,
+        f"{len(on_floor)} real training slices ({len(np.unique(floor_subjects))} patients) vs {len(all_real)} real "
+        "test slices",
     )
     diversity = lambda real_rows, generated_rows: MeanPairwiseDistance(
         features["embedding"]["real"][real_rows], real_subjects[real_rows],
@@ -348,6 +374,12 @@ def evaluate_generation(
                 policy, f"{len(generated_rows)} generated images asked to be {name} vs {len(real_rows)} real {name} "
                 "test slices",
             ) | {"reason": None, "diversity": diversity(real_rows, generated_rows)}
+            floor_of_class = np.flatnonzero(train_data["labels"][on_floor] == c)
+            per_class[name]["floor"] = unavailable_floor(f"{len(floor_of_class)} real training slices of class {name}: "
+                                                         "too few to compare") if len(floor_of_class) < 2 else floor_block(
+                real_rows, real_subjects, floor_subjects, len(generated_rows), features, radiomic_rows, problems,
+                fid_eps, policy, f"{len(floor_of_class)} real {name} training slices vs {len(real_rows)} real {name} "
+                "test slices", floor_subset=floor_of_class)
 
     memo, memo_values = memorisation_module.memorisation(
         generated, train_data["images"], train_data["subject_ids"].astype(str), test_data["images"], real_subjects,
@@ -376,6 +408,7 @@ def evaluate_generation(
                                device)
         tstr_info["trained_on_real"] = {"test_accuracy": classifier_info["test_accuracy"],
                                         "test_balanced_accuracy": classifier_info["test_balanced_accuracy"],
+                                        "test_auc": classifier_info["real_test"]["auc"],
                                         "note": "the classifier.pt itself (same network, settings and seed)"}
         tstr_info["reason"] = None
 
@@ -396,7 +429,9 @@ def evaluate_generation(
             "fid_eps": fid_eps,
             "prdc": prdc_module.DEFINITION.format(k=prdc_module.NEAREST_K),
             "memorisation": memo["definition"],
-            "classifier": "called class 1 when P(class 1) > 0.5",
+            "classifier": "called class 1 when P(class 1) > 0.5; shares and mean probabilities null with the reason "
+            "when the classifier fails its real-test check (classifier.real_test); train-on-synthetic is never "
+            "nulled: each variant's own real-test AUC and balanced accuracy are its result",
             "intervals": policy.describe() | {"generated_units": "each generated image is its own unit"},
             "seed": seed,
         },

@@ -63,6 +63,8 @@ from pipeline.evaluate.measures.distribution import (
     inception_and_radiomic_features,
     unavailable_frd,
 )
+from pipeline.evaluate.measures.floor import DEFINITION as FLOOR_DEFINITION
+from pipeline.evaluate.measures.floor import FLOOR_SET, floor_block, floor_rows, frd_floor, unavailable_floor
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 from pipeline.evaluate.measures.memorisation import CopySearch
 from pipeline.evaluate.measures.segmenter import load_segmenter, predict_maps
@@ -171,25 +173,37 @@ def diversity_block(model, test: dict[str, np.ndarray], n_maps: int, n_draws: in
 
 def frd_per_organ_block(real: np.ndarray, real_maps: np.ndarray, real_subjects: np.ndarray, generated: np.ndarray,
                         generated_maps: np.ndarray, generated_ids: np.ndarray, organ_names: list[str],
-                        max_images: int, policy: IntervalPolicy) -> dict:
-    """FRD inside each organ's mask (classes 1..), real test slices vs generated images."""
+                        max_images: int, policy: IntervalPolicy,
+                        floor: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
+    """FRD inside each organ's mask (classes 1..), real test slices vs generated images; with
+    ``floor`` = (images, maps, subjects) of the training patients, each organ's real-vs-real floor
+    (real test vs real training slices, each inside its own map) under ``floor``."""
     real_rows = fixed_sample_indices(len(real), max_images)
     generated_rows = fixed_sample_indices(len(generated), max_images)
+    sets = [("real", real, real_maps, real_rows), ("generated", generated, generated_maps, generated_rows)]
+    if floor is not None:
+        floor_images, floor_maps, floor_subjects = floor
+        on_floor = floor_rows(len(floor_images), len(generated_rows))
+        sets.append((FLOOR_SET, floor_images, floor_maps, on_floor))
     block = {"n_real_max": len(real_rows), "n_generated_max": len(generated_rows)}
+    floors = {"definition": FLOOR_DEFINITION, "reason": None} if floor is not None else unavailable_floor(
+        "no training slices given")
     for c, name in enumerate(organ_names):
         if c == 0:
             continue
         try:
-            features = [
-                frd_module.radiomic_features(images[rows], f"radiomics {name} {side}", masks=maps[rows] == c)[0]
-                for side, images, maps, rows in (("real", real, real_maps, real_rows),
-                                                 ("generated", generated, generated_maps, generated_rows))
-            ]
+            features = [frd_module.radiomic_features(images[rows], f"radiomics {name} {side}", masks=maps[rows] == c)[0]
+                        for side, images, maps, rows in sets]
         except (ValueError, RuntimeError) as err:
             block[name] = unavailable_frd(f"radiomic feature extraction failed: {str(err)[:200]}")
+            if floor is not None:
+                floors[name] = block[name]
             continue
         block[name] = frd_block(features[0], real_subjects[real_rows], features[1], generated_ids[generated_rows], policy)
-    return block
+        if floor is not None:
+            floors[name] = frd_floor(features[0], real_subjects[real_rows], features[2], floor_subjects[on_floor],
+                                     block[name]["n_generated"], policy)  # images showing the organ
+    return block | {"floor": floors}
 
 
 def evaluate_map_to_image(
@@ -248,18 +262,28 @@ def evaluate_map_to_image(
     generated_maps = np.concatenate([test_data["label_maps"].astype(np.uint8), maps_perturbed])
     generated_ids = np.array([f"generated_{i}" for i in range(len(generated))])
 
-    # distribution: FID / KID / FRD / PRDC, as for any generator
+    # distribution: FID / KID / FRD / PRDC, as for any generator, beside the real-vs-real floor
+    on_floor = floor_rows(len(train_data["images"]), len(generated))
+    floor_subjects = train_data["subject_ids"].astype(str)[on_floor]
     features, radiomic_rows, problems = inception_and_radiomic_features(
-        test_data["images"], generated, inception_weights, frd, frd_max_images, batch_size, device)
+        {"real": test_data["images"], "generated": generated, FLOOR_SET: train_data["images"][on_floor]},
+        inception_weights, frd, frd_max_images, batch_size, device)
     network = embedding.build_random_vgg()
     embed = lambda images: embedding.embed(images, batch_size, network, device)
-    features["embedding"] = {"real": embed(test_data["images"]), "generated": embed(generated)}
+    train_embedding = embed(train_data["images"])
+    features["embedding"] = {"real": embed(test_data["images"]), "generated": embed(generated),
+                             FLOOR_SET: train_embedding[on_floor]}
+    all_real = np.arange(len(test_data["images"]))
     distribution = distribution_block(
-        np.arange(len(test_data["images"])), np.arange(len(generated)), test_subjects, generated_ids, features,
+        all_real, np.arange(len(generated)), test_subjects, generated_ids, features,
         radiomic_rows, problems, fid_eps, policy,
         f"{len(generated)} generated images ({len(from_test)} from the test maps, {len(from_perturbed)} from perturbed "
         f"training maps) vs {len(test_data['images'])} real test slices",
     )
+    distribution["floor"] = floor_block(
+        all_real, test_subjects, floor_subjects, len(generated), features, radiomic_rows, problems, fid_eps, policy,
+        f"{len(on_floor)} real training slices ({len(np.unique(floor_subjects))} patients) vs {len(all_real)} real "
+        "test slices")
     if not frd:
         frd_organs = {"reason": problems["frd"]}
     elif not frd_per_organ:
@@ -267,7 +291,8 @@ def evaluate_map_to_image(
     else:
         frd_organs = {"reason": None} | frd_per_organ_block(
             test_data["images"], test_data["label_maps"], test_subjects, generated, generated_maps, generated_ids,
-            organ_names, frd_max_images, policy)
+            organ_names, frd_max_images, policy, floor=(train_data["images"], train_data["label_maps"],
+                                                        train_data["subject_ids"].astype(str)))
 
     # anatomy: the segmenter on real test slices and on generated images
     seg_network, seg_checkpoint = load_segmenter(segmenter, device)

@@ -1,12 +1,14 @@
 """Evaluate a trained two-way translator (CycleGAN) on the held-out test slices.
 
 For each direction: FID/KID (standard Inception) and FRD (radiomics) of translations against
-real test images of the target domain, SSIM between each source and its translation (structure
-kept, unpaired), cycle SSIM (x vs F(G(x))), the steganography check, the share of translations a
-real-data classifier assigns to the target domain, the share of change inside a region mask
+real test images of the target domain, each beside its real-vs-real floor (real test vs real
+training images of the target domain, pipeline.evaluate.measures.floor), SSIM between each source
+and its translation (structure kept, unpaired), cycle SSIM (x vs F(G(x))), the steganography
+check, the share of translations a real-data classifier assigns to the target domain (beside its
+real-test AUC; null when it is no better than chance), the share of change inside a region mask
 where the test npz carries one, and, where the source npz carries the same anatomy rendered in
 the other modality (phantom ``partner``), paired SSIM / PSNR / MAE, with MAE in HU when the
-target is CT. Every block states the data range and the normalisation its numbers depend on;
+target is CT, and the paired SSIM gain over the untranslated input. Every block states the data range and the normalisation its numbers depend on;
 every measured number carries a 95% interval over subjects (pipeline.evaluate.measures.intervals: a
 subject bootstrap for per-image metrics, a subject jackknife for FID / KID / FRD), or null with the reason.
 
@@ -32,7 +34,9 @@ from pipeline.evaluate.measures import intervals
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 from pipeline.evaluate.measures import fid as fid_module
 from pipeline.evaluate.measures import frd as frd_module
-from pipeline.evaluate.measures.distribution import distance_blocks, frd_block, unavailable_frd
+from pipeline.evaluate.measures.classifier import acceptance, beside, null_summary, real_test_check
+from pipeline.evaluate.measures.distribution import distribution_block, inception_and_radiomic_features
+from pipeline.evaluate.measures.floor import FLOOR_SET, floor_block, floor_rows, unavailable_floor
 from pipeline.evaluate.measures.regions import change_inside_mask
 from pipeline.evaluate.measures.slices import fixed_sample_indices, load_test_slices
 from pipeline.evaluate.measures.steganography import steganography_check
@@ -130,6 +134,24 @@ def paired_block(
     return block, per_image
 
 
+def paired_gain(source: np.ndarray, translated: np.ndarray, partner: np.ndarray, subject_ids: np.ndarray,
+                policy: IntervalPolicy) -> tuple[dict, dict[str, np.ndarray]]:
+    """What translating adds over doing nothing: per image SSIM(G(x), partner) - SSIM(x, partner).
+
+    The input x itself already shares the partner's anatomy, so a paired SSIM means little alone;
+    the gain is a paired difference on the same image (and so the same subject), its interval over
+    subjects, not the difference of two separately summarised means.
+    """
+    input_ssim = ssim_per_image(partner, source)
+    gain = ssim_per_image(partner, translated) - input_ssim
+    return {
+        "ssim_input": summarise(input_ssim, subject_ids, policy) | {
+            "compares": "the untranslated input x vs the partner (doing nothing)"},
+        "ssim_gain": summarise(gain, subject_ids, policy) | {
+            "compares": "per image SSIM(G(x), partner) - SSIM(x, partner): the paired gain of translating"},
+    }, {"ssim_input": input_ssim, "ssim_gain": gain}
+
+
 def direction_metrics(
     way: str,
     source: dict[str, np.ndarray],
@@ -186,24 +208,34 @@ def direction_metrics(
             ct_window,
             policy,
         )
-        values |= {f"paired_{key}": array for key, array in paired_values.items()}
+        gain_block, gain_values = paired_gain(source["images"][has_partner], translated[has_partner],
+                                              source["partner"][has_partner], subjects[has_partner], policy)
+        block["paired"] |= gain_block
+        values |= {f"paired_{key}": array for key, array in (paired_values | gain_values).items()}
         values["paired_index"] = np.flatnonzero(has_partner)
     return block, values
 
 
 def classifier_share_block(
-    probability_b: np.ndarray, target_domain: str, subject_ids: np.ndarray, policy: IntervalPolicy
+    probability_b: np.ndarray, target_domain: str, subject_ids: np.ndarray, policy: IntervalPolicy, check: dict
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Share of translations the real-data classifier assigns to the target domain (and mean probability)."""
+    """Share of translations the real-data classifier assigns to the target domain (and mean
+    probability), beside the classifier's real-test AUC and balanced accuracy; both null with the
+    reason when ``check`` (classifier.real_test_check) says its scores do not count."""
     p_target = probability_b if target_domain == "b" else 1.0 - probability_b
     assigned = (p_target > 0.5).astype(np.float64)
-    return {
+    block = {
         "compares": f"classifier trained on real a vs real b, applied to translations G(x); intended class: domain {target_domain}",
         "intended_domain": target_domain,
         "share_intended": summarise(assigned, subject_ids, policy, share=True),
         "mean_probability_intended": summarise(p_target, subject_ids, policy),
-        "reason": None,
-    }, {"classifier_p_intended": p_target}
+        "reason": check["reason"],
+    } | beside(check)
+    if not check["usable"]:
+        n_subjects = len(np.unique(subject_ids.astype(str)))
+        block |= {key: null_summary(len(p_target), n_subjects, check["reason"])
+                  for key in ("share_intended", "mean_probability_intended")}
+    return block, {"classifier_p_intended": p_target}
 
 
 def regions_block(
@@ -218,7 +250,13 @@ def regions_block(
         return None, "the translation changed nothing (total absolute change is 0)", {}
     share = float(inside.sum() / total.sum())
     interval = intervals.ratio_ci(inside, total, subjects, policy, bounds=(0.0, 1.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        excess = np.where(total > 0, inside / total, np.nan) - area
     return {
+        "excess_share": summarise(excess, subjects, policy) | {
+            "compares": "per image: share of |G(x) - x| inside the mask minus the mask's share of the image (0: "
+            "change spread evenly; > 0: concentrated inside); images the translation left unchanged are left out "
+            "(counted in n_infinite)"},
         "compares": "sum of |G(x) - x| inside the source's region_mask over the sum everywhere, native grid, all test images",
         "share_inside": share,
         "share_outside": 1.0 - share,
@@ -228,7 +266,7 @@ def regions_block(
         "mask_area_fraction": float(area.mean()),
         "n": len(total),
         "n_subjects": int(len(np.unique(subjects.astype(str)))),
-    }, None, {"change_inside": inside, "change_total": total}
+    }, None, {"change_inside": inside, "change_total": total, "change_excess_share": excess}
 
 
 def evaluate_translation(
@@ -255,6 +293,7 @@ def evaluate_translation(
     stego_noise_sigma: float = 0.02,
     stego_max_drop: float = 0.1,
     histogram_bins: int = 64,
+    train_paths: dict[str, Path] | None = None,
 ) -> dict:
     """Metrics of both translation directions on the test slices, as the dict written to metrics.json.
 
@@ -276,6 +315,9 @@ def evaluate_translation(
     intervals_policy: minimum subjects, bootstrap replicates and seed of every interval (intervals.py).
     stego_blur_sigma, stego_noise_sigma, stego_max_drop: steganography check (defaults 1.0 px, 0.02, 0.1).
     histogram_bins: bins over [0, 1] of the intensity histograms saved for the figure (default 64).
+    train_paths: {"a": train.npz, "b": train.npz}, the training patients' real slices: each
+        direction's distances get their real-vs-real floor (pipeline.evaluate.measures.floor); a
+        domain left out has a floor null with the reason.
     """
     policy = intervals_policy
     directions = directions or {"a_to_b": "ct_to_mri", "b_to_a": "mri_to_ct"}
@@ -296,38 +338,20 @@ def evaluate_translation(
         translated[way] = translate_all(model, way, data[source]["images"], batch_size)
         reconstructed[way] = translate_all(model, REVERSE[way], translated[way], batch_size)
 
-    weights_problem = fid_module.inception_weights_problem(inception_weights)
-    if weights_problem is None:
-        try:
-            extractor = fid_module.load_inception(inception_weights, device=device)
-        except RuntimeError as err:
-            weights_problem = (
-                f"Inception weights at {inception_weights} do not load into torch-fidelity's network "
-                f"({str(err).splitlines()[0][:200]})"
-            )
-    features: dict[str, np.ndarray] = {}
-    if weights_problem is None:
-        for domain in ("a", "b"):
-            features[domain] = fid_module.inception_features(
-                extractor, data[domain]["images"], batch_size, device
-            )
-        for way in directions:
-            features[way] = fid_module.inception_features(extractor, translated[way], batch_size, device)
-
-    frd_picks = {d: fixed_sample_indices(len(data[d]["images"]), frd_max_images) for d in ("a", "b")}
-    radiomics: dict[str, np.ndarray] = {}
-    frd_problem = None if frd else "FRD switched off (evaluate.frd: false)"
-    if frd:
-        try:
-            for domain in ("a", "b"):
-                radiomics[domain] = frd_module.radiomic_features(
-                    data[domain]["images"][frd_picks[domain]], desc=f"radiomics real {domain}"
-                )[0]
-            for way, name in directions.items():
-                picks = frd_picks[DOMAINS[way][0]]
-                radiomics[way] = frd_module.radiomic_features(translated[way][picks], desc=f"radiomics {name}")[0]
-        except (ValueError, RuntimeError) as err:
-            frd_problem = f"radiomic feature extraction failed: {str(err)[:200]}"
+    floor_data: dict[str, dict[str, np.ndarray]] = {}
+    for domain, path in (train_paths or {}).items():
+        floor_data[domain] = load_test_slices(Path(path))
+        if floor_data[domain]["images"].shape[1:] != data[domain]["images"].shape[1:]:
+            raise InputDataError(path, f"slice size {floor_data[domain]['images'].shape[1:]} differs from "
+                                       f"{test_paths[domain]}'s")
+    on_floor = {  # per target domain: its training images, as many as the translations compared with it
+        target: floor_rows(len(floor_data[target]["images"]), len(data[source]["images"]))
+        for source, target in (DOMAINS[way] for way in directions) if target in floor_data
+    }
+    image_sets = {domain: data[domain]["images"] for domain in ("a", "b")} | translated | {
+        f"{FLOOR_SET}_{domain}": floor_data[domain]["images"][rows] for domain, rows in on_floor.items()}
+    features, radiomic_rows, problems = inception_and_radiomic_features(
+        image_sets, inception_weights, frd, frd_max_images, batch_size, device)
 
     classifier_info, classifier_problem = None, "no classifier given"
     if classifier is not None:
@@ -340,6 +364,9 @@ def evaluate_translation(
         test_subjects = np.array([f"{d}:{s}" for d in ("a", "b") for s in data[d]["subject_ids"].astype(str)])
         per_class = {d: float(np.mean(correct[: len(p_b_real["a"])] if d == "a" else correct[len(p_b_real["a"]) :]))
                      for d in ("a", "b")}
+        labels = np.repeat([0, 1], [len(p_b_real["a"]), len(p_b_real["b"])])
+        check = real_test_check(np.concatenate([p_b_real["a"], p_b_real["b"]]), labels, test_subjects, policy,
+                                *acceptance(checkpoint))
         classifier_info = {
             "path": str(classifier),
             "sha256": file_sha256(classifier),
@@ -348,6 +375,7 @@ def evaluate_translation(
             "test_accuracy": summarise(correct, test_subjects, policy, share=True),
             "test_accuracy_per_domain": per_class,
             "test_balanced_accuracy": float(np.mean(list(per_class.values()))),
+            "real_test": check,
         }
 
     results: dict[str, dict] = {}
@@ -365,30 +393,24 @@ def evaluate_translation(
             ct_window,
             policy,
         )
-        if weights_problem is None:
-            block |= distance_blocks(
-                features[target], data[target]["subject_ids"], features[way], data[source]["subject_ids"],
-                fid_eps, policy,
-            )
-            block["fid"]["compares"] = (
-                f"{block['n_source']} translations vs {block['n_target']} real {target} images"
-            )
+        compares = f"{block['n_source']} translations vs {block['n_target']} real {target} images"
+        distances = distribution_block(
+            np.arange(len(data[target]["images"])), np.arange(len(translated[way])), data[target]["subject_ids"],
+            data[source]["subject_ids"], features, radiomic_rows, problems, fid_eps, policy, compares, sets=(target, way))
+        block |= {key: distances[key] for key in ("fid", "kid", "frd")}
+        if target in on_floor:
+            floor_subjects = floor_data[target]["subject_ids"].astype(str)[on_floor[target]]
+            block["floor"] = floor_block(
+                np.arange(len(data[target]["images"])), data[target]["subject_ids"], floor_subjects,
+                len(translated[way]), features, radiomic_rows, problems, fid_eps, policy,
+                f"{len(floor_subjects)} real {target} training images ({len(np.unique(floor_subjects))} subjects) vs "
+                f"{block['n_target']} real {target} test images", sets=(target, f"{FLOOR_SET}_{target}"))
         else:
-            block |= fid_module.unavailable_distances(weights_problem)
-            block["fid"]["compares"] = None
-            for key in ("fid", "kid"):
-                block[key] |= {"ci95": None, "ci95_reason": weights_problem, "ci_method": "subject_jackknife"}
-        if frd_problem is None:
-            block["frd"] = frd_block(
-                radiomics[target], data[target]["subject_ids"][frd_picks[target]],
-                radiomics[way], data[source]["subject_ids"][frd_picks[source]], policy,
-            )
-        else:
-            block["frd"] = unavailable_frd(frd_problem)
+            block["floor"] = unavailable_floor(f"no training slices of domain {target} given (--train-{target})")
         if classifier_problem is None:
             block["classifier"], classifier_values = classifier_share_block(
                 probability_of_b(network, checkpoint, translated[way], batch_size), target,
-                data[source]["subject_ids"], policy,
+                data[source]["subject_ids"], policy, check,
             )
             values |= classifier_values
         else:
@@ -442,7 +464,9 @@ def evaluate_translation(
             "fid_eps": fid_eps,
             "frd": frd_module.FRD_SETTINGS | {"enabled": frd, "max_images_per_set": frd_max_images},
             "intervals": policy.describe() | {"fid": "interval only when both sets hold at most 2048 images"},
-            "classifier": "share of translations with P(intended domain) > 0.5 under the domain classifier",
+            "classifier": "share of translations with P(intended domain) > 0.5 under the domain classifier; null "
+            "with the reason when the classifier fails its real-test check (classifier.real_test: AUC below min_auc "
+            "or its interval reaching 0.5, or mean P(true class) below min_confidence)",
             "steganography": {"blur_sigma_px": stego_blur_sigma, "noise_sigma": stego_noise_sigma,
                               "max_drop": stego_max_drop},
             "regions": "change = |G(x) - x| on the native grid; share inside = sum inside region_mask / sum overall",
@@ -498,6 +522,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cli.add_common_arguments(parser, "trained model.pt (pipeline.models.load_trained)")
     parser.add_argument("--test-a", type=Path, required=True, help="test.npz of domain a")
     parser.add_argument("--test-b", type=Path, required=True, help="test.npz of domain b")
+    parser.add_argument("--train-a", type=Path, help="train.npz of domain a: the real-vs-real floor of b_to_a")
+    parser.add_argument("--train-b", type=Path, help="train.npz of domain b: the real-vs-real floor of a_to_b")
     parser.add_argument(
         "--inception-weights", type=Path, required=True, help="pt_inception-2015-12-05-6726825d.pth"
     )
@@ -587,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             stego_noise_sigma=args.stego_noise_sigma,
             stego_max_drop=args.stego_max_drop,
             histogram_bins=args.histogram_bins,
+            train_paths={d: p for d, p in (("a", args.train_a), ("b", args.train_b)) if p is not None},
         )
 
     labels = tuple(args.labels)

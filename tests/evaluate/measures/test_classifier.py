@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pipeline.evaluate.measures import classifier
+from pipeline.evaluate.measures.intervals import IntervalPolicy
 
 SIZE = 16
 
@@ -88,7 +89,8 @@ def test_labelled_mode_learns_healthy_vs_haemorrhage_through_the_cli(tmp_path):
     assert summary["class_names"] == ["healthy", "haemorrhage"] and summary["test_balanced_accuracy"] > 0.8
     checkpoint = torch.load(tmp_path / "classifier.pt", weights_only=True)
     assert checkpoint["settings"] == {"epochs": 20, "batch_size": 8, "lr": 3e-3, "weight_decay": 1e-4, "width": 8,
-                                      "n_blocks": 3, "image_size": 32, "flip_probability": 0.5, "patience": 20}
+                                      "n_blocks": 3, "image_size": 32, "flip_probability": 0.5, "patience": 20,
+                                      "min_epochs": 20, "min_auc": 0.7, "min_confidence": 0.6}
 
 
 def test_labelled_mode_bad_input_names_the_file(tmp_path, splits):
@@ -101,3 +103,62 @@ def test_labelled_mode_bad_input_names_the_file(tmp_path, splits):
     with pytest.raises(SystemExit):  # the two modes do not mix
         classifier.main(["--train", "t.npz", "--val", "v.npz", "--test", "x.npz", "--train-a", "a.npz",
                          "--out-model", "m.pt", "--out-json", "m.json"])
+
+
+POLICY = IntervalPolicy(min_subjects=4, n_boot=300, seed=0)
+
+
+def auc_by_hand(scores, labels) -> float:
+    pairs = [(p, n) for p, lp in zip(scores, labels) if lp == 1 for n, ln in zip(scores, labels) if ln == 0]
+    return float(np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs]))
+
+
+def scored_slices(separation: float, seed: int = 0):
+    """12 patients x 4 slices, two of each patient's slices class 1; P(class 1) rises with ``separation``."""
+    rng = np.random.default_rng(seed)
+    labels = np.tile([0, 0, 1, 1], 12)
+    subjects = np.repeat([f"p{i}" for i in range(12)], 4)
+    scores = 1 / (1 + np.exp(-(separation * (labels - 0.5) + rng.normal(size=48))))
+    return scores, labels, subjects
+
+
+def test_auc_and_its_interval_over_patients_match_a_hand_count():
+    scores, labels, subjects = scored_slices(separation=2.0)
+    scores[5] = scores[8]  # a tie counts one half
+    block = classifier.auc_with_interval(scores, labels, subjects, POLICY)
+    assert block["value"] == pytest.approx(auc_by_hand(scores, labels), abs=1e-12)
+    assert block["n_positive"] == 24 and block["n_negative"] == 24 and block["n_subjects"] == 12
+    low, high = block["ci95"]
+    assert low < block["value"] < high and high - low > 0.05 and block["ci_method"] == "subject_bootstrap"
+    # the interval resamples patients: by hand, replicate AUCs of patient resamples bracket it the same way
+    rng = np.random.default_rng(1)
+    replicates = []
+    for _ in range(300):
+        drawn = rng.integers(0, 12, 12)
+        rows = np.concatenate([np.flatnonzero(subjects == f"p{i}") for i in drawn])
+        replicates.append(auc_by_hand(scores[rows], labels[rows]))
+    assert np.percentile(replicates, 2.5) == pytest.approx(low, abs=0.04)
+    assert np.percentile(replicates, 97.5) == pytest.approx(high, abs=0.04)
+    one_class = classifier.auc_with_interval(scores[labels == 1], labels[labels == 1], subjects[labels == 1], POLICY)
+    assert one_class["value"] is None and "one class" in one_class["reason"]
+
+
+def test_a_constant_classifier_and_one_hovering_at_one_half_are_not_usable():
+    scores, labels, subjects = scored_slices(separation=0.0)
+    constant = classifier.real_test_check(np.full(48, 0.501), labels, subjects, POLICY, min_auc=0.7, min_confidence=0.6)
+    assert constant["auc"]["value"] == 0.5 and not constant["usable"] and "min_auc" in constant["reason"]
+    assert constant["balanced_accuracy"] == 0.5  # everything called class 1: recall 1 and 0
+    # ranks the classes perfectly by the fourth decimal, every output ~0.5: AUC 1, but its probabilities say nothing
+    hovering = 0.5 + 1e-4 * (labels - 0.5)
+    check = classifier.real_test_check(hovering, labels, subjects, POLICY, min_auc=0.7, min_confidence=0.6)
+    assert check["auc"]["value"] == 1.0 and check["balanced_accuracy"] == 1.0
+    assert not check["usable"] and "hover" in check["reason"]
+    scores, labels, subjects = scored_slices(separation=6.0)
+    good = classifier.real_test_check(scores, labels, subjects, POLICY, min_auc=0.7, min_confidence=0.6)
+    assert good["usable"] and good["reason"] is None and good["auc"]["ci95"][0] > 0.5
+    # an AUC above the minimum whose interval still reaches chance is not usable either
+    scores, labels, subjects = scored_slices(separation=0.8, seed=2)
+    weak = classifier.real_test_check(scores, labels, subjects, POLICY, min_auc=0.6, min_confidence=0.5)
+    assert weak["auc"]["value"] > 0.6 and weak["auc"]["ci95"][0] <= 0.5
+    assert not weak["usable"] and "reaching chance" in weak["reason"]
+

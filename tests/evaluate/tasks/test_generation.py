@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from classifier_support import constant_classifier
 from generation_support import CopySampler, FreshSampler, make_split, write_npz
 from pipeline import figures
 from pipeline.errors import InputDataError
@@ -19,7 +20,7 @@ from pipeline.evaluate.tasks.generation import discriminator_block, evaluate_gen
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 
 POLICY = IntervalPolicy(min_subjects=3, n_boot=100, seed=0)
-CLASSIFIER = dict(epochs=20, batch_size=8, lr=3e-3, width=8, n_blocks=3, image_size=32, patience=20)
+CLASSIFIER = dict(epochs=60, batch_size=8, lr=3e-3, width=8, n_blocks=3, image_size=32, patience=20)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,17 @@ def test_conditional_generator_end_to_end(files, tmp_path):
     assert set(metrics["per_class"]) == {"healthy", "haemorrhage"}
     assert metrics["per_class"]["haemorrhage"]["n_generated"] == 24
 
+    # the real-vs-real floor beside it: held-out real slices vs the training patients' slices (all 40: fewer than
+    # the 48 generated), the same PRDC computation on the same reference rows
+    floor = metrics["distribution"]["floor"]
+    train_images = files["splits"]["train"]["images"]
+    assert (floor["n_reference"], floor["n_floor"], floor["n_compared"], floor["size_matched"]) == (24, 40, 48, False)
+    by_hand = prdc_module.prdc(embedding.embed(files["splits"]["test"]["images"]), embedding.embed(train_images))
+    assert floor["prdc"]["coverage"]["value"] == pytest.approx(by_hand["coverage"])
+    assert floor["prdc"]["precision"]["value"] == pytest.approx(by_hand["precision"])
+    haemorrhage_floor = metrics["per_class"]["haemorrhage"]["floor"]
+    assert haemorrhage_floor["n_floor"] == int((files["splits"]["train"]["labels"] == 1).sum())
+
     # the report's measure: mean d_fake of epochs 11..30 = mean(11..30) / 100
     disc = metrics["discriminator"]
     assert disc["d_fake"]["value"] == pytest.approx(np.mean(np.arange(11, 31)) / 100)
@@ -85,6 +97,10 @@ def test_conditional_generator_end_to_end(files, tmp_path):
     assert tstr["n_synthetic_per_class"] == {"healthy": int((files["splits"]["train"]["labels"] == 0).sum()),
                                              "haemorrhage": int((files["splits"]["train"]["labels"] == 1).sum())}
     assert tstr["trained_on_synthetic"]["test_accuracy"]["mean"] > 0.7
+    assert tstr["trained_on_synthetic"]["test_auc"]["value"] > 0.7
+    assert tstr["trained_on_real"]["test_auc"] == metrics["classifier"]["real_test"]["auc"]
+    assert metrics["classifier"]["real_test"]["usable"]
+    assert metrics["classifier"]["generated"]["haemorrhage"]["classifier_auc"] == metrics["classifier"]["real_test"]["auc"]
     assert tstr["trained_on_real_and_synthetic"]["n_train"] == 2 * len(files["splits"]["train"]["labels"])
 
     assert not metrics["memorisation"]["flagged"]
@@ -102,6 +118,20 @@ def test_conditional_generator_end_to_end(files, tmp_path):
         assert matplotlib.image.imread(tmp_path / f"{name}.png").std() > 0.05
     figures.gan_training_curves(files["history"], tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_a_classifier_that_did_not_learn_gives_no_share_called_as_asked(files, tmp_path):
+    """The issue's cGAN: every slice P(haemorrhage) = 0.501, so "share called as asked" was 1.0 for
+    haemorrhage. Its real-test AUC is 0.5: shares and mean probabilities are null with the reason."""
+    evaluation = dict(files, classifier=constant_classifier(tmp_path / "constant.pt", 32, p_1=0.501,
+                                                            names=("healthy", "haemorrhage")))
+    metrics = evaluate(evaluation, FreshSampler(n_classes=2), tmp_path, tstr=False)
+    validate_metrics(metrics)
+    assert not metrics["classifier"]["real_test"]["usable"]
+    for name in ("healthy", "haemorrhage"):
+        asked = metrics["classifier"]["generated"][name]
+        assert asked["share_called_asked"]["mean"] is None and asked["mean_probability_asked"]["mean"] is None
+        assert "AUC 0.500" in asked["reason"] and asked["classifier_auc"]["value"] == 0.5
 
 
 def test_copying_generator_is_flagged_and_the_pairs_show_the_copies(files, tmp_path):

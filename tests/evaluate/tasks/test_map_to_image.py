@@ -59,3 +59,34 @@ def test_evaluator_writes_valid_metrics_for_a_transparent_generator(tmp_path):
     assert lungs["share_closer_to_style"]["mean"] == 1.0
     assert metrics["anatomy"]["generated_test_maps"]["n_images"] == len(test["images"])
     assert metrics["perceptual_weights"] == "random" and metrics["generator"]["style_fixed"]
+
+
+def test_each_organs_frd_has_its_real_vs_real_floor(monkeypatch):
+    """frd_per_organ's floor: real test slices vs real training slices, each inside its own map,
+    the same FRD computation (stand-in features: mean, spread and top of the organ's pixels)."""
+    from pipeline.evaluate.measures import frd as frd_module
+    from pipeline.evaluate.measures.intervals import IntervalPolicy
+    from pipeline.evaluate.tasks.map_to_image import frd_per_organ_block
+
+    def organ_statistics(images, desc="", masks=None):
+        rows = [[image[mask].mean(), image[mask].std(), image[mask].max()] if mask.any() else [np.nan] * 3
+                for image, mask in zip(images, masks)]
+        return np.array(rows, np.float64), ["mean", "std", "max"]
+
+    monkeypatch.setattr(frd_module, "radiomic_features", organ_statistics)
+    rng = np.random.default_rng(0)
+    maps = lambda n: np.stack([np.pad(np.ones((8, 8), int), 4) * (1 + i % 2) for i in range(n)])  # organs 1 or 2
+    real, generated, train = rng.random((10, 16, 16)), rng.random((12, 16, 16)), 0.5 + 0.5 * rng.random((20, 16, 16))
+    real_maps, generated_maps, train_maps = maps(10), maps(12), maps(20)
+    subjects = lambda prefix, n: np.array([f"{prefix}{i // 2}" for i in range(n)])
+    block = frd_per_organ_block(real, real_maps, subjects("r", 10), generated, generated_maps, subjects("g", 12),
+                                ["background", "one", "two"], 50, IntervalPolicy(min_subjects=2, n_boot=50),
+                                floor=(train, train_maps, subjects("t", 20)))
+    kept = np.linspace(0, 19, 12).round().astype(int)  # as many training slices as generated ones, evenly spaced
+    for c, organ in ((1, "one"), (2, "two")):
+        by_hand = frd_module.frd_from_features(organ_statistics(real, masks=real_maps == c)[0],
+                                               organ_statistics(train[kept], masks=train_maps[kept] == c)[0])[0]
+        floor = block["floor"][organ]
+        # half the slices show each organ: 6 generated and 6 training slices enter each organ's FRD
+        assert floor["value"] == pytest.approx(by_hand) and floor["n_compared"] == 6 and floor["size_matched"]
+        assert block[organ]["value"] < floor["value"]  # the generated set is drawn like the real one, training is brighter

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
+from classifier_support import brightness_classifier, constant_classifier
 from pipeline.errors import InputDataError, PipelineError
 from pipeline.evaluate.measures import fid as fid_module
 from pipeline.evaluate.measures import frd as frd_module
@@ -133,8 +134,6 @@ def test_identity_translator_metrics(test_sets, tmp_path):
 
 
 def test_frd_classifier_regions_steganography_and_intervals(test_sets, tmp_path):
-    import torch
-
     from pipeline.evaluate.measures import classifier as classifier_module
 
     path_a, path_b = test_sets
@@ -143,10 +142,11 @@ def test_frd_classifier_regions_steganography_and_intervals(test_sets, tmp_path)
     mask = np.zeros(arrays["images"].shape, bool)
     mask[:, : SIZE // 2] = True
     np.savez(path_a, **arrays, region_mask=mask)
-    torch.manual_seed(0)
-    checkpoint = {"state_dict": classifier_module.build_network(4, 2).state_dict(), "width": 4, "n_blocks": 2,
-                  "image_size": SIZE, "domain_names": ["CT", "MR"]}
-    torch.save(checkpoint, tmp_path / "classifier.pt")
+    with np.load(path_b) as npz:
+        brighter = dict(npz)
+    brighter["images"] = (0.6 + 0.4 * brighter["images"]).astype(np.float32)  # MR brighter than CT: a usable classifier
+    np.savez(path_b, **brighter)
+    brightness_classifier(tmp_path / "classifier.pt", SIZE, threshold=0.76, names=("CT", "MR"))
     metrics = evaluate_translation(
         BlurTranslator(), path_a, path_b, inception_weights=tmp_path / "absent.pth",
         classifier=tmp_path / "classifier.pt", stego_max_drop=0.0,
@@ -171,6 +171,8 @@ def test_frd_classifier_regions_steganography_and_intervals(test_sets, tmp_path)
     assert block["classifier"]["share_intended"]["mean"] == pytest.approx(np.mean(p_b > 0.5))
     assert block["classifier"]["mean_probability_intended"]["mean"] == pytest.approx(p_b.mean())
     assert metrics["mri_to_ct"]["classifier"]["intended_domain"] == "a"
+    assert metrics["classifier"]["real_test"]["usable"] and block["classifier"]["classifier_auc"]["value"] == 1.0
+    assert block["classifier"]["classifier_balanced_accuracy"] == 1.0 and block["classifier"]["reason"] is None
     assert metrics["classifier"]["test_accuracy"]["n"] == 11 and metrics["classifier"]["domain_names"] == ["CT", "MR"]
 
     change = np.abs(translated.astype(np.float64) - source)
@@ -395,3 +397,69 @@ def test_cli_writes_valid_metrics_and_logs_to_the_run(test_sets, tmp_path, monke
         assert tmp_path / "results" / figure in logged["artifacts"]
         assert (tmp_path / "results" / figure).stat().st_size > 10_000
     assert written["settings"]["intervals"]["n_boot"] == 50 and written["settings"]["intervals"]["min_subjects"] == 8
+
+
+def test_a_classifier_that_did_not_learn_gives_no_share(test_sets, tmp_path):
+    """The issue's symptom: every image P(b) = 0.5025, so every translation into b was "called b"
+    (share 1.0). Its real-test AUC is 0.5: the share and mean probability are null with the reason."""
+    path_a, path_b = test_sets
+    metrics = evaluate_translation(
+        IdentityTranslator(), path_a, path_b, inception_weights=tmp_path / "absent.pth", frd=False,
+        classifier=constant_classifier(tmp_path / "classifier.pt", SIZE), intervals_policy=IntervalPolicy(min_subjects=2),
+    )
+    validate_metrics(metrics)
+    check = metrics["classifier"]["real_test"]
+    assert check["auc"]["value"] == 0.5 and check["balanced_accuracy"] == 0.5 and not check["usable"]
+    for name in ("ct_to_mri", "mri_to_ct"):
+        block = metrics[name]["classifier"]
+        assert block["share_intended"]["mean"] is None and block["mean_probability_intended"]["mean"] is None
+        assert "AUC 0.500" in block["reason"] and block["share_intended"]["ci95_reason"] == block["reason"]
+        assert block["classifier_auc"]["value"] == 0.5
+
+
+class PartnerOrShiftTranslator:
+    """a_to_b returns each CT slice's MR partner exactly; b_to_a lightens by 0.2 inside ``band`` columns and 0.05
+    elsewhere (a change concentrated in a known region)."""
+
+    def __init__(self, sources: np.ndarray, partners: np.ndarray, bands: np.ndarray):
+        self.partner_of = {image.tobytes(): partner for image, partner in zip(sources, partners)}
+        self.band_of = bands
+
+    def translate(self, direction: str, images: np.ndarray) -> np.ndarray:
+        if direction == "a_to_b":
+            return np.stack([self.partner_of.get(image.tobytes(), image) for image in images])
+        shift = np.where(self.band_of[: len(images)], 0.2, 0.05) if len(images) == len(self.band_of) else 0.0
+        return np.clip(images + shift, 0.0, 1.0).astype(np.float32)
+
+
+def test_paired_gain_and_change_inside_the_mask_against_hand_computations(tmp_path):
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(3)
+    ct, partner, mr = blobs(rng, 8), blobs(rng, 8), 0.7 * blobs(rng, 8)  # MR kept below 0.8: no clipping
+    columns = np.arange(SIZE)[None, None, :]
+    widths = np.array([4, 8, 12, 16, 20, 24, 6, 10])[:, None, None]
+    bands = np.broadcast_to(columns < widths, mr.shape).copy()  # each image its own region
+    subjects = np.array([f"s{i}" for i in range(8)])  # the default minimum: one slice per subject
+    np.savez(tmp_path / "ct.npz", images=ct, subject_ids=subjects, slice_index=np.zeros(8, int), partner=partner,
+             has_partner=np.ones(8, bool))
+    np.savez(tmp_path / "mr.npz", images=mr, subject_ids=np.char.add("m", subjects), slice_index=np.zeros(8, int),
+             region_mask=bands)
+    metrics = evaluate_translation(
+        PartnerOrShiftTranslator(ct, partner, bands), tmp_path / "ct.npz", tmp_path / "mr.npz",
+        inception_weights=tmp_path / "absent.pth", frd=False, intervals_policy=IntervalPolicy(min_subjects=8, n_boot=200),
+    )
+    validate_metrics(metrics)
+    ssim = lambda a, b: structural_similarity(a.astype(np.float64), b.astype(np.float64), data_range=1.0,
+                                              gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    # a translator returning the partner itself gains 1 - SSIM(x, partner) on every image
+    gain = metrics["ct_to_mri"]["paired"]["ssim_gain"]
+    by_hand = np.mean([1.0 - ssim(p, x) for x, p in zip(ct, partner)])
+    assert gain["mean"] == pytest.approx(by_hand, rel=1e-9) and gain["n_subjects"] == 8
+    assert metrics["ct_to_mri"]["paired"]["ssim_input"]["mean"] == pytest.approx(1.0 - by_hand, rel=1e-9)
+    assert gain["ci95"][0] <= gain["mean"] <= gain["ci95"][1]
+    # change 0.2 inside each image's band, 0.05 outside: share inside = 0.2 a / (0.2 a + 0.05 (1 - a)), a the band's area
+    area = bands.mean(axis=(1, 2))
+    excess = metrics["mri_to_ct"]["regions"]["excess_share"]
+    assert excess["mean"] == pytest.approx(np.mean(0.2 * area / (0.2 * area + 0.05 * (1 - area)) - area), rel=1e-6)
+    assert excess["ci95"][0] > 0 and excess["n"] == 8
