@@ -17,8 +17,20 @@ the non-saturating form), ``wgan_gp`` (Wasserstein critic with gradient penalty;
 with BatchNorm would couple the images the penalty differentiates, so ``d_norm: auto`` gives
 it layer normalisation instead) and ``wgan_clip`` (weights clipped to +-``clip_value`` after
 every critic step). With ``n_critic`` > 1 the critic is updated that many times per G update
-(each engine step is one D update; G steps every ``n_critic``-th). Optimisers: Adam with
-``lr_g`` / ``lr_d`` and ``adam_betas`` (report 002: 2e-4, beta1 0.5) for every loss.
+(each engine step is one D update; G steps every ``n_critic``-th).
+
+Optimisers follow each loss's paper unless set (``optimizer``, ``lr_g``, ``lr_d``,
+``adam_betas``, ``n_critic``: ``auto`` or null takes ``RECIPES[adversarial_loss]``): bce Adam 2e-4,
+betas (0.5, 0.999), one D step per G step (Radford et al., report 002); wgan_gp Adam 1e-4,
+betas (0, 0.9), 5 critic steps (Gulrajani et al.); wgan_clip RMSProp 5e-5, 5 critic steps
+(Arjovsky et al.: momentum-based optimisers made the clipped critic unstable).
+
+D's normalisation (``d_norm``): ``batch`` is the DCGAN recipe and sound at its batch of 128;
+at the CPU profile's batch of 8 a BatchNorm D sees batch statistics of 8 images that differ
+between its real and its fake half-batches, tells them apart by those alone and wins within a
+few epochs (measured: docs/experiment-dcgan-ct.md). ``spectral`` (Miyato et al. 2018) bounds
+each layer's Lipschitz constant without coupling the images of a batch; ``layer`` and
+``none`` are the other batch-free choices.
 
 Instance noise (``instance_noise_std``, ``instance_noise_epochs``): Gaussian noise of this std
 (in the [-1, 1] image range) is added to every image D sees, real and fake, in both phases,
@@ -60,7 +72,15 @@ from pipeline.models.losses import (
 log = logging.getLogger(__name__)
 
 GENERATION_LOSSES = ("bce", "wgan_gp", "wgan_clip")
-D_NORMS = ("auto", "batch", "layer", "none")
+D_NORMS = ("auto", "batch", "layer", "spectral", "none")
+OPTIMIZERS = ("adam", "rmsprop")
+#: Each loss's optimiser as its paper trained it; a knob left at "auto" takes its value from here.
+RECIPES: dict[str, dict[str, Any]] = {
+    "bce": {"optimizer": "adam", "lr_g": 2e-4, "lr_d": 2e-4, "adam_betas": [0.5, 0.999], "n_critic": 1},
+    "wgan_gp": {"optimizer": "adam", "lr_g": 1e-4, "lr_d": 1e-4, "adam_betas": [0.0, 0.9], "n_critic": 5},
+    "wgan_clip": {"optimizer": "rmsprop", "lr_g": 5e-5, "lr_d": 5e-5, "adam_betas": [0.5, 0.999], "n_critic": 5},
+}
+AUTO = "auto"
 #: Smallest image side: G starts from 4x4 and needs at least two doublings.
 MIN_IMAGE_SIZE = 16
 
@@ -73,12 +93,14 @@ DCGAN_KNOBS: dict[str, Any] = {
     "d_norm": "auto",            # D's hidden-layer normalisation; auto: batch, layer for wgan_gp
     "gp_weight": 10.0,           # wgan_gp: weight of the gradient penalty
     "clip_value": 0.01,          # wgan_clip: critic weights clipped to +-clip_value
-    "n_critic": 1,               # D updates per G update (WGAN: 5)
     "instance_noise_std": 0.0,   # std of the noise added to D's inputs at epoch 0 (0: off)
     "instance_noise_epochs": 0,  # epochs over which it anneals linearly to 0
-    "lr_g": 2e-4,
-    "lr_d": 2e-4,
-    "adam_betas": [0.5, 0.999],
+    # None or "auto": the loss's paper (RECIPES)
+    "optimizer": None,           # adam | rmsprop
+    "n_critic": None,            # D updates per G update
+    "lr_g": None,
+    "lr_d": None,
+    "adam_betas": None,
     "n_fixed_noise": 64,         # fixed noise vectors kept for the sample grids
 }
 CGAN_KNOBS: dict[str, Any] = {
@@ -102,12 +124,22 @@ def _init_dcgan(net: nn.Module, std: float) -> None:
     """DCGAN init: convs N(0, std), BatchNorm scales N(1, std) and shifts 0 (torch's global RNG)."""
     for module in net.modules():
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(module.weight, 0.0, std)
+            # a spectrally normalised conv computes its weight from the stored original
+            weight = (module.parametrizations.weight.original if nn.utils.parametrize.is_parametrized(module, "weight")
+                      else module.weight)
+            nn.init.normal_(weight, 0.0, std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.normal_(module.weight, 1.0, std)
             nn.init.zeros_(module.bias)
+
+
+def _optimizer(cfg: Mapping[str, Any], net: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The configured optimiser of one network (fused: one vectorised pass over all parameters)."""
+    if cfg["optimizer"] == "rmsprop":
+        return torch.optim.RMSprop(net.parameters(), lr=lr)
+    return torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(cfg["adam_betas"]), fused=True)
 
 
 class DCGANGenerator(nn.Module):
@@ -141,6 +173,12 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
+def _conv(kind: str, *args: Any, **kwargs: Any) -> nn.Conv2d:
+    """A D convolution, spectrally normalised when ``kind`` is "spectral" (every layer, as Miyato et al.)."""
+    conv = nn.Conv2d(*args, **kwargs)
+    return nn.utils.parametrizations.spectral_norm(conv) if kind == "spectral" else conv
+
+
 class DCGANDiscriminator(nn.Module):
     """(B, 1, S, S) [+ class] -> (B,) logits (bce) or critic scores (Wasserstein)."""
 
@@ -148,13 +186,13 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         self.n_classes = n_classes
         n = _n_doublings(image_size)
-        layers: list[nn.Module] = [nn.Conv2d(1 + n_classes, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        layers: list[nn.Module] = [_conv(norm, 1 + n_classes, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         width = ndf
         for _ in range(n - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=norm == "none"), _norm(norm, width * 2),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [_conv(norm, width, width * 2, 4, 2, 1, bias=norm in ("none", "spectral")),
+                       _norm(norm, width * 2), nn.LeakyReLU(0.2, True)]
             width *= 2
-        layers.append(nn.Conv2d(width, 1, 4, 1, 0, bias=False))
+        layers.append(_conv(norm, width, 1, 4, 1, 0, bias=False))
         self.net = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -191,10 +229,7 @@ class DCGAN(GANModel):
         self.network_names = ("G", "D")
         self.pretrained = {"G": f"random (DCGAN normal std {cfg['init_std']})",
                            "D": f"random (DCGAN normal std {cfg['init_std']})"}
-        betas = tuple(cfg["adam_betas"])
-        # fused: one vectorised pass over all parameters (CPU and CUDA), as in the CycleGAN
-        self.optimizers = {"D": torch.optim.Adam(self.D.parameters(), lr=cfg["lr_d"], betas=betas, fused=True),
-                           "G": torch.optim.Adam(self.G.parameters(), lr=cfg["lr_g"], betas=betas, fused=True)}
+        self.optimizers = {"D": _optimizer(cfg, self.D, cfg["lr_d"]), "G": _optimizer(cfg, self.G, cfg["lr_g"])}
         self.phases = {"D": 1, "G": cfg["n_critic"]}
         self.seed = seed
         self.rng = torch.Generator().manual_seed(seed)
@@ -208,21 +243,29 @@ class DCGAN(GANModel):
 
     @classmethod
     def resolve_config(cls, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The knobs with their defaults, ``auto`` optimiser knobs replaced by the loss's recipe."""
         cfg = merge_knobs(cls.knob_defaults, overrides, "model")
         if cfg["adversarial_loss"] not in GENERATION_LOSSES:
             raise ConfigError(f"model.adversarial_loss must be one of {GENERATION_LOSSES} for the {cls.name}, "
                               f"got {cfg['adversarial_loss']!r}")
+        recipe = RECIPES[cfg["adversarial_loss"]]
+        cfg |= {key: recipe[key] for key in recipe if cfg[key] is None or cfg[key] == AUTO}
+        if cfg["optimizer"] not in OPTIMIZERS:
+            raise ConfigError(f"model.optimizer must be auto or one of {OPTIMIZERS}, got {cfg['optimizer']!r}")
+        for key in ("lr_g", "lr_d"):
+            if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
+                raise ConfigError(f"model.{key} must be auto or a number > 0, got {cfg[key]!r}")
         if cfg["d_norm"] not in D_NORMS:
             raise ConfigError(f"model.d_norm must be one of {D_NORMS}, got {cfg['d_norm']!r}")
         if cfg["adversarial_loss"] == "wgan_gp" and cfg["d_norm"] == "batch":
             raise ConfigError("model.d_norm batch couples the images the gradient penalty differentiates: "
                               "use auto, layer or none with wgan_gp")
         for key in ("nz", "ngf", "ndf", "n_critic", "n_fixed_noise"):
-            if cfg[key] < 1:
+            if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {cfg[key]}")
         if cfg["instance_noise_std"] < 0 or cfg["instance_noise_epochs"] < 0 or cfg["clip_value"] <= 0:
             raise ConfigError("model.instance_noise_std and instance_noise_epochs must be >= 0, clip_value > 0")
-        if len(cfg["adam_betas"]) != 2:
+        if not isinstance(cfg["adam_betas"], (list, tuple)) or len(cfg["adam_betas"]) != 2:
             raise ConfigError(f"model.adam_betas needs two values, got {cfg['adam_betas']}")
         return cfg
 

@@ -59,11 +59,48 @@ def test_wgan_gp_critic_has_no_batchnorm():
     model = DCGAN({**SMALL, "adversarial_loss": "wgan_gp"}, None, 0, image_size=(32, 32))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.D.modules())
     assert any(isinstance(m, nn.GroupNorm) for m in model.D.modules())
-    assert model.phases == {"D": 1, "G": 1}
     with pytest.raises(ConfigError, match="gradient penalty"):
         DCGAN({"adversarial_loss": "wgan_gp", "d_norm": "batch"}, None, 0, image_size=(32, 32))
     with pytest.raises(ConfigError, match="adversarial_loss"):
         DCGAN({"adversarial_loss": "lsgan"}, None, 0, image_size=(32, 32))
+
+
+@pytest.mark.parametrize("loss, optimiser, lr, betas, n_critic", [
+    ("bce", torch.optim.Adam, 2e-4, (0.5, 0.999), 1),        # Radford et al. (report 002)
+    ("wgan_gp", torch.optim.Adam, 1e-4, (0.0, 0.9), 5),      # Gulrajani et al., algorithm 1
+    ("wgan_clip", torch.optim.RMSprop, 5e-5, None, 5),       # Arjovsky et al., algorithm 1
+])
+def test_each_loss_trains_with_its_papers_optimiser_unless_told_otherwise(loss, optimiser, lr, betas, n_critic):
+    model = DCGAN({**SMALL, "adversarial_loss": loss}, None, 0, image_size=(16, 16))
+    assert model.phases == {"D": 1, "G": n_critic}
+    for name in ("D", "G"):
+        opt = model.optimizers[name]
+        assert type(opt) is optimiser and opt.param_groups[0]["lr"] == lr
+        if betas is not None:
+            assert opt.param_groups[0]["betas"] == betas
+    told = DCGAN({**SMALL, "adversarial_loss": loss, "optimizer": "adam", "lr_d": 3e-3, "n_critic": 2,
+                  "adam_betas": [0.5, 0.9]}, None, 0, image_size=(16, 16))
+    assert type(told.optimizers["D"]) is torch.optim.Adam and told.optimizers["D"].param_groups[0]["lr"] == 3e-3
+    assert told.optimizers["G"].param_groups[0]["lr"] == lr and told.phases == {"D": 1, "G": 2}
+    with pytest.raises(ConfigError, match="optimizer"):
+        DCGAN({"optimizer": "sgd"}, None, 0, image_size=(16, 16))
+
+
+def test_spectral_norm_d_has_no_batch_coupling_and_unit_spectral_norm_layers():
+    model = DCGAN({**SMALL, "d_norm": "spectral"}, None, 0, image_size=(32, 32))
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in model.D.modules())
+    convs = [m for m in model.D.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(nn.utils.parametrize.is_parametrized(m, "weight") for m in convs)
+    model.D.train()
+    for _ in range(20):  # power iterations converge on the largest singular value
+        model.D(torch.randn(4, 1, 32, 32))
+    for conv in convs:
+        sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
+        assert sigma.item() == pytest.approx(1.0, abs=0.05)
+    # one image's score does not depend on the others in its batch (no batch statistics)
+    model.D.eval()
+    images = torch.randn(4, 1, 32, 32)
+    assert torch.allclose(model.D(images)[:1], model.D(images[:1]), atol=1e-5)
 
 
 def test_n_critic_steps_d_that_many_times_per_g_step_and_clipping_bounds_the_critic():

@@ -26,3 +26,35 @@ def summarise(values: np.ndarray, subject_ids: np.ndarray, policy: IntervalPolic
         "n_infinite": int(values.size - finite.size),
         "n_subjects": int(len(np.unique(np.asarray(subject_ids).astype(str)))),
     } | intervals.mean_ci(values, subject_ids, policy, share=share)
+
+
+def balanced_accuracy(correct: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray, policy: IntervalPolicy) -> dict:
+    """Balanced accuracy (the mean over classes of the share of that class called right) with the
+    subject-bootstrap 95% interval: each replicate weighs every image by how often its subject
+    was drawn, so a patient's slices of both classes move together. Null with the reason when a
+    class is absent."""
+    correct, labels = np.asarray(correct, np.float64), np.asarray(labels)
+    classes = np.unique(labels)
+    block = {"value": None, "n": int(correct.size), "n_subjects": intervals._n_subjects(subject_ids),
+             "n_per_class": {str(c): int((labels == c).sum()) for c in classes}, "ci_method": "subject_bootstrap"}
+    if len(classes) < 2:
+        reason = f"the images hold class {classes.tolist()} only: no balanced accuracy"
+        return block | {"reason": reason, "ci95": None, "ci95_reason": reason}
+    block |= {"value": float(np.mean([correct[labels == c].mean() for c in classes])), "reason": None}
+    reason = intervals.too_few_subjects(policy, subject_ids)
+    if reason:
+        return block | {"ci95": None, "ci95_reason": reason}
+    counts, image_subject = intervals.subject_draws(subject_ids, policy.n_boot, np.random.default_rng(policy.seed))
+    n_subjects = counts.shape[1]
+    recalls = []
+    for c in classes:
+        of_class = labels == c
+        right = np.bincount(image_subject[of_class], weights=correct[of_class], minlength=n_subjects)
+        total = np.bincount(image_subject[of_class], minlength=n_subjects).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            recalls.append((counts @ right) / (counts @ total))
+    replicates = np.mean(recalls, axis=0)
+    replicates = replicates[np.isfinite(replicates)]
+    tail = 100.0 * (1.0 - intervals.CONFIDENCE) / 2.0
+    low, high = np.percentile(replicates, [tail, 100.0 - tail])
+    return block | {"ci95": [float(min(low, block["value"])), float(max(high, block["value"]))], "ci95_reason": None}

@@ -6,6 +6,9 @@ Reports 002-004 ask the same questions of a generator, so they share this evalua
   KID in the standard Inception space (null with the reason when its weights are not on disk),
   FRD in radiomic space, and precision / recall / density / coverage (k = 5) in the random
   VGG-16 space of pipeline.evaluate.measures.embedding, between the real test slices and generated ones.
+- **Diversity** (``distribution/diversity``, per class too; pipeline.evaluate.measures.diversity):
+  the mean pairwise distance of the generated images over that of real test slices of different
+  patients, in the same random VGG-16 space (1: as varied as real patients; near 0: collapse).
 - **The report's own measure** (``discriminator``): the mean of D's output on generated images
   over the last epochs of training (default 20), read from history.csv's ``d_fake`` column.
 - **Classifier utility** (``classifier``, ``tstr``): the classifier trained on real healthy vs
@@ -42,6 +45,7 @@ from pipeline.atomic import atomic_path
 from pipeline.errors import InputDataError, PipelineError
 from pipeline.evaluate import cli
 from pipeline.evaluate.measures import embedding, memorisation as memorisation_module, prdc as prdc_module
+from pipeline.evaluate.measures.diversity import MeanPairwiseDistance
 from pipeline.evaluate.measures import fid as fid_module
 from pipeline.evaluate.measures import frd as frd_module
 from pipeline.evaluate.measures.classifier import acceptance, beside, null_summary, real_test_check
@@ -50,7 +54,7 @@ from pipeline.evaluate.measures.floor import FLOOR_SET, floor_block, floor_rows,
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 from pipeline.evaluate.measures.memorisation import CopySearch
 from pipeline.evaluate.measures.slices import fixed_sample_indices, load_labelled_slices, load_test_slices
-from pipeline.evaluate.measures.summary import summarise
+from pipeline.evaluate.measures.summary import balanced_accuracy, summarise
 from pipeline.hashing import file_sha256
 from pipeline.models import Sampler  # noise(n, seed) / generate(z, labels), where present, draw the walk
 
@@ -158,6 +162,7 @@ def classifier_blocks(
         "test_accuracy": summarise(correct, subjects, policy, share=True),
         "test_accuracy_per_class": per_class,
         "test_balanced_accuracy": float(np.mean(recalls)) if len(recalls) == 2 else None,
+        "test_balanced_accuracy_estimate": balanced_accuracy(correct, labels, subjects, policy),
         "real_test": check,
         "generated": {},
     }
@@ -250,6 +255,7 @@ def tstr_block(
             "selected_epoch": best["epoch"],
             "test_accuracy": summarise(correct, subjects, policy, share=True),
             "test_balanced_accuracy": float(np.mean(recalls)) if len(recalls) == 2 else None,
+            "test_balanced_accuracy_estimate": balanced_accuracy(correct, test["labels"], subjects, policy),
             "test_auc": auc_with_interval(torch.softmax(logits, dim=1)[:, 1].double().numpy(), test["labels"],
                                           subjects, policy),
         }
@@ -349,6 +355,11 @@ def evaluate_generation(
         f"{len(on_floor)} real training slices ({len(np.unique(floor_subjects))} patients) vs {len(all_real)} real "
         "test slices",
     )
+    diversity = lambda real_rows, generated_rows: MeanPairwiseDistance(
+        features["embedding"]["real"][real_rows], real_subjects[real_rows],
+        features["embedding"]["generated"][generated_rows], generated_ids[generated_rows],
+    ).block(policy, embedding.SETTINGS["name"])
+    distribution["diversity"] = diversity(all_real, all_generated)
     per_class, per_class_reason = None, "unconditional generator" if not conditional else None
     if conditional:
         per_class = {}
@@ -362,7 +373,7 @@ def evaluate_generation(
                 real_rows, generated_rows, real_subjects, generated_ids, features, radiomic_rows, problems, fid_eps,
                 policy, f"{len(generated_rows)} generated images asked to be {name} vs {len(real_rows)} real {name} "
                 "test slices",
-            ) | {"reason": None}
+            ) | {"reason": None, "diversity": diversity(real_rows, generated_rows)}
             floor_of_class = np.flatnonzero(train_data["labels"][on_floor] == c)
             per_class[name]["floor"] = unavailable_floor(f"{len(floor_of_class)} real training slices of class {name}: "
                                                          "too few to compare") if len(floor_of_class) < 2 else floor_block(

@@ -1,0 +1,126 @@
+"""Short DCGAN ablations on the slices a target trains on: PRDC and diversity over training steps.
+
+Each named variant trains the model of pipeline/models/dcgan.py (the engine's schedule: one D
+update per step, G every n_critic-th, instance noise by epoch) for ``--steps`` steps, and every
+``--every`` steps scores 200 samples of the exported sampler's G (eval mode, as the evaluator
+draws them) against the real test slices in the evaluator's feature space (random VGG-16):
+precision / recall / density / coverage (k = 5) and the diversity ratio (mean pairwise distance
+of the samples over that of real slices of different patients). One CSV row per checkpoint on
+stdout; the CPU seconds of training beside it. What docs/experiment-dcgan-ct.md reports.
+
+    python scripts/dcgan_ablation.py --slices data/slices/ct_haemorrhage --steps 600 \
+        --variant batch '{"d_norm": "batch"}' --variant spectral '{"d_norm": "spectral"}'
+    python scripts/dcgan_ablation.py --slices data/slices/ct_haemorrhage --checkpoints epoch_10.pt epoch_20.pt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.evaluate.measures import diversity, embedding, prdc
+from pipeline.evaluate.measures.slices import load_labelled_slices
+from pipeline.models.dcgan import ConditionalDCGAN, DCGAN
+
+N_SAMPLES = 200
+
+
+def score(model: DCGAN, real_features: np.ndarray, real_subjects: np.ndarray, network, seed: int) -> dict:
+    sampler = DCGAN.load_export(model.export() | {"image_size": [model.image_size] * 2}, "cpu") if not model.n_classes \
+        else ConditionalDCGAN.load_export(model.export() | {"image_size": [model.image_size] * 2}, "cpu")
+    labels = None if not model.n_classes else np.arange(N_SAMPLES) % model.n_classes
+    images = sampler.sample(N_SAMPLES, labels=labels, seed=seed)
+    features = embedding.embed(images, 64, network)
+    measures = prdc.prdc(real_features, features)
+    ids = np.array([f"g{i}" for i in range(N_SAMPLES)])
+    measures["diversity_ratio"] = diversity.MeanPairwiseDistance(real_features, real_subjects, features, ids).ratio()
+    measures["mean_intensity"] = float(images.mean())
+    return measures
+
+
+def run(name: str, overrides: dict, data: dict, test: dict, steps: int, every: int, batch: int, seed: int,
+        conditional: bool) -> None:
+    torch.manual_seed(seed)
+    cls = ConditionalDCGAN if conditional else DCGAN
+    size = data["images"].shape[-1]
+    model = cls(overrides, None, seed, image_size=(size, size))
+    images = torch.from_numpy(data["images"]).float()[:, None] * 2 - 1
+    labels = torch.from_numpy(data["labels"]).long()
+    network = embedding.build_random_vgg()
+    real_features = embedding.embed(test["images"], 64, network)
+    real_subjects = test["subject_ids"].astype(str)
+    order_rng = torch.Generator().manual_seed(seed)
+    per_epoch = len(images) // batch
+    cpu = 0.0
+    for step in range(1, steps + 1):
+        epoch, within = divmod(step - 1, per_epoch)
+        if within == 0:
+            model.start_epoch(epoch)
+            order = torch.randperm(len(images), generator=order_rng)
+        rows = order[within * batch:(within + 1) * batch]
+        started = time.process_time()
+        model.train()
+        batch_data = {"images": images[rows], "images_labels": labels[rows]}
+        for phase, period in model.phases.items():
+            if step % period == 0:
+                losses = model.train_phase(phase, batch_data)
+        cpu += time.process_time() - started
+        if step % every == 0:
+            model.eval()
+            measures = score(model, real_features, real_subjects, network, seed)
+            d_real = float(losses.get("d_real", float("nan"))) if "d_real" in losses else float("nan")
+            print(json.dumps({"variant": name, "step": step, "epoch": epoch + 1, "cpu_s_train": round(cpu, 1),
+                              **{k: round(v, 3) for k, v in measures.items()}, "d_real_last": round(d_real, 3)}),
+                  flush=True)
+
+
+def score_checkpoints(paths: list[Path], experiment: str, test: dict, seed: int) -> None:
+    """The same scores for the engine's checkpoints of a target (copies of models/<exp>/checkpoint.pt):
+    PRDC over training, the learning curve of a default run."""
+    import yaml
+
+    with open("params.yaml") as f:
+        knobs = dict(yaml.safe_load(f)["experiments"][experiment]["model"])
+    cls = ConditionalDCGAN if knobs.pop("name") == "cgan" else DCGAN
+    network = embedding.build_random_vgg()
+    real_features = embedding.embed(test["images"], 64, network)
+    size = test["images"].shape[-1]
+    for path in paths:
+        state = torch.load(path, weights_only=False, map_location="cpu")
+        model = cls(knobs, None, seed, image_size=(size, size))
+        model.G.load_state_dict(state["networks"]["G"])
+        model.eval()
+        measures = score(model, real_features, test["subject_ids"].astype(str), network, seed)
+        print(json.dumps({"experiment": experiment, "epoch": state["epoch"], "step": state["step"],
+                          **{k: round(v, 3) for k, v in measures.items()}}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=Path, required=True, help="folder of train.npz and test.npz")
+    parser.add_argument("--checkpoints", type=Path, nargs="+", help="score these engine checkpoints instead")
+    parser.add_argument("--experiment", default="dcgan_ct_brain", help="whose params.yaml model the checkpoints hold")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--every", type=int, default=150)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--conditional", action="store_true", help="the cGAN")
+    parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    data = load_labelled_slices(args.slices / "train.npz")
+    test = load_labelled_slices(args.slices / "test.npz")
+    if args.checkpoints:
+        score_checkpoints(args.checkpoints, args.experiment, test, args.seed)
+    for name, overrides in args.variant:
+        run(name, json.loads(overrides), data, test, args.steps, args.every, args.batch, args.seed, args.conditional)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
