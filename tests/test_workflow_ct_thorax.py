@@ -31,5 +31,5 @@ def test_thorax_slices_from_empty_data_and_reruns(built_tiny_repo: Path):
 
     assert_reruns(
         work, TARGET, "prepare_thorax_slices",
-        ("preprocess.thorax_slices.level_offset_mm", 5.0), ("phantom_tcia_thorax.noise_hu", 20.0),
+        ("preprocess.thorax_slices.level_offset_mm", 5.0), ("phantom_tcia_thorax.noise_hu", [10.0, 20.0]),
     )  # fmt: skip

@@ -33,7 +33,10 @@ def test_cxr_target_has_finite_metrics_and_figures(cxr_repo: Path):
         block = metrics[name]
         assert block["n_source"] > 0 and 0.0 <= block["ssim"]["mean"] <= 1.0
         assert 0.0 <= block["regions"]["share_inside"] <= 1.0  # lung masks from the phantom truth
-        assert block["classifier"]["share_intended"]["mean"] is not None
+        # the tiny classifier may fail its real-test check: then the share is null and says why
+        classifier = block["classifier"]
+        assert classifier["classifier_auc"]["value"] is not None
+        assert (classifier["share_intended"]["mean"] is not None) != bool(classifier["reason"])
     figures = cxr_repo / "results" / "cyclegan_cxr_pneumonia" / "figures"
     for name in ("triplets.png", "loss_curves.png", "difference_maps.png"):
         assert (figures / name).stat().st_size > 5_000, name
