@@ -21,6 +21,7 @@ echo "before: $(uptime)"
 case "$what" in
 headline)
     ln -s "$repo/.venv" .venv
+    export PATH="$PWD/.venv/bin:$PATH"  # the rules call `python`, as under `make quickstart`
     command=(.venv/bin/snakemake --cores 2 results/cyclegan_ct_mri/metrics.json)
     ;;
 ci)
