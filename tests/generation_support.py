@@ -56,6 +56,24 @@ def write_npz(path: Path, split: dict) -> Path:
     return path
 
 
+#: The real-data classifier's settings for these 32-px slices (trained in a few seconds).
+CLASSIFIER = dict(epochs=60, batch_size=8, lr=3e-3, width=8, n_blocks=3, image_size=32, patience=20)
+
+
+def splits_with_classifier(folder: Path, seed: int, n_test_subjects: int) -> dict[str, Path]:
+    """train / val / test npz files (10 / 4 / ``n_test_subjects`` patients of 4 slices, streams
+    ``seed``, +1, +2), the real-data classifier trained on them (``classifier``) and the arrays
+    themselves (``splits``)."""
+    from pipeline.evaluate.measures.classifier import train_label_classifier
+
+    sizes = {"train": (seed, 10, "tr"), "val": (seed + 1, 4, "va"), "test": (seed + 2, n_test_subjects, "te")}
+    splits = {name: make_split(stream, n, 4, prefix) for name, (stream, n, prefix) in sizes.items()}
+    paths = {name: write_npz(folder / f"{name}.npz", split) for name, split in splits.items()}
+    train_label_classifier(paths["train"], paths["val"], paths["test"], folder / "classifier.pt",
+                           folder / "classifier.json", threads=1, seed=0, **CLASSIFIER)
+    return paths | {"classifier": folder / "classifier.pt", "splits": splits}
+
+
 class FreshSampler:
     """Draws new patients from the data's own process: the ideal generator that copies nothing."""
 

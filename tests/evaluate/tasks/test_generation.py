@@ -9,33 +9,27 @@ import pandas as pd
 import pytest
 
 from classifier_support import constant_classifier
-from generation_support import CopySampler, FreshSampler, make_split, write_npz
+from generation_support import CopySampler, FreshSampler, splits_with_classifier
 from pipeline import figures
 from pipeline.errors import InputDataError
 from pipeline.evaluate.measures import embedding
 from pipeline.evaluate.metrics_json import flatten_metrics, validate_metrics, write_metrics
 from pipeline.evaluate.measures import prdc as prdc_module
-from pipeline.evaluate.measures.classifier import train_label_classifier
 from pipeline.evaluate.tasks.generation import discriminator_block, evaluate_generation
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 
 POLICY = IntervalPolicy(min_subjects=3, n_boot=100, seed=0)
-CLASSIFIER = dict(epochs=60, batch_size=8, lr=3e-3, width=8, n_blocks=3, image_size=32, patience=20)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slices")
-    splits = {"train": make_split(20, 10, 4, "tr"), "val": make_split(21, 4, 4, "va"), "test": make_split(22, 6, 4, "te")}
-    paths = {name: write_npz(folder / f"{name}.npz", split) for name, split in splits.items()}
-    train_label_classifier(paths["train"], paths["val"], paths["test"], folder / "classifier.pt",
-                           folder / "classifier.json", threads=1, seed=0, **CLASSIFIER)
+    paths = splits_with_classifier(folder, seed=20, n_test_subjects=6)
     epochs = np.arange(1, 31)
     history = pd.DataFrame({"epoch": epochs, "step": epochs * 4, "D": 1.0 / epochs, "G": 2.0 - 1.0 / epochs,
                             "d_real": 0.9 - epochs / 100, "d_fake": epochs / 100, "D_accuracy": 0.5 + 0 * epochs})
     history.to_csv(folder / "history.csv", index=False)
-    return paths | {"splits": splits, "classifier": folder / "classifier.pt", "history": folder / "history.csv",
-                    "folder": folder}
+    return paths | {"history": folder / "history.csv", "folder": folder}
 
 
 def evaluate(files, sampler, tmp_path, **kwargs):

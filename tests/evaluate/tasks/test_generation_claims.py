@@ -7,14 +7,12 @@ import numpy as np
 import pytest
 import yaml
 
-from generation_support import FreshSampler, make_split, write_npz
-from pipeline.evaluate.measures.classifier import train_label_classifier
+from generation_support import FreshSampler, splits_with_classifier
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 from pipeline.evaluate.tasks.generation import evaluate_generation
 from pipeline.verdict import FAIL, PASS, VERDICTS, judge_all
 
 POLICY = IntervalPolicy(min_subjects=3, n_boot=100, seed=0)
-CLASSIFIER = dict(epochs=60, batch_size=8, lr=3e-3, width=8, n_blocks=3, image_size=32, patience=20)
 
 
 class CollapsedSampler(FreshSampler):
@@ -27,11 +25,7 @@ class CollapsedSampler(FreshSampler):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slices")
-    splits = {"train": make_split(30, 10, 4, "tr"), "val": make_split(31, 4, 4, "va"), "test": make_split(32, 8, 4, "te")}
-    paths = {name: write_npz(folder / f"{name}.npz", split) for name, split in splits.items()}
-    train_label_classifier(paths["train"], paths["val"], paths["test"], folder / "classifier.pt",
-                           folder / "classifier.json", threads=1, seed=0, **CLASSIFIER)
-    return paths | {"classifier": folder / "classifier.pt"}
+    return splits_with_classifier(folder, seed=30, n_test_subjects=8)
 
 
 def claims(experiment: str) -> list[dict]:
