@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +51,14 @@ def _quiet_radiomics() -> None:
     logging.getLogger("pykwalify").setLevel(logging.WARNING)  # PyRadiomics validates its config at INFO
 
 
+def default_workers() -> int:
+    """Processes for radiomic extraction: the CPUs this process may run on (a Snakemake job's
+    cores on a cluster node, both cores of the 2-core machine)."""
+    return len(os.sched_getaffinity(0))
+
+
 def radiomic_features(images: np.ndarray, desc: str = "radiomic features",
-                      masks: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+                      masks: np.ndarray | None = None, workers: int | None = None) -> tuple[np.ndarray, list[str]]:
     """(N, F) float64 radiomic features of (N, H, W) slices in [0, 1], and the feature names.
 
     ``masks`` ((N, H, W) bool, optional): extract inside each image's mask only (FRD per organ,
@@ -59,7 +68,50 @@ def radiomic_features(images: np.ndarray, desc: str = "radiomic features",
     (which builds the mask and the 2-D handling the published numbers depend on) reads files.
     A slice whose extraction fails or yields nothing (a constant image) gives a row of NaN, dropped
     later as frd-score drops images with NaN features.
+
+    PyRadiomics is single-threaded pure-Python glue around small C kernels (~0.25 CPU-s a 64 px
+    slice), so the images are split into contiguous chunks over ``workers`` forked processes
+    (default :func:`default_workers`); each image's features do not depend on which process
+    extracted them, so the result is identical to one process's (tests/evaluate/test_frd.py).
+    Fork, not spawn: a spawned worker re-imports the evaluator's ``__main__`` (torch included),
+    seconds per worker; the workers only run PyRadiomics / SimpleITK, never torch.
     """
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"radiomic_features: workers must be >= 1, got {workers}")
+    chunks = _chunks(len(images), workers)
+    if workers == 1 or len(chunks) == 1 or multiprocessing.current_process().daemon:  # a daemon may not fork
+        parts = [_extract_chunk(images[rows], _rows(masks, rows))
+                 for rows in progress(chunks, desc=desc, total=len(chunks), unit="chunk")]
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = [pool.submit(_extract_chunk, images[rows], _rows(masks, rows)) for rows in chunks]
+            parts = [future.result() for future in progress(futures, desc=desc, total=len(futures), unit="chunk")]
+    rows = [row for part_rows, _ in parts for row in part_rows]
+    names = next((part_names for _, part_names in parts if part_names), [])
+    if not names:
+        raise ValueError("no radiomic features could be extracted from any image")
+    return np.array([row if row is not None else [np.nan] * len(names) for row in rows], np.float64), names
+
+
+#: Images per chunk handed to a worker at most: small enough that progress lines and the two
+#: cores' loads stay even, large enough that pickling and scheduling cost nothing beside extraction.
+CHUNK_IMAGES = 8
+
+
+def _chunks(n_images: int, workers: int) -> list[slice]:
+    """Contiguous row ranges covering ``n_images``, each at most CHUNK_IMAGES and no more than an
+    even share per worker."""
+    size = max(1, min(CHUNK_IMAGES, math.ceil(n_images / workers)))
+    return [slice(start, min(start + size, n_images)) for start in range(0, n_images, size)] or [slice(0, 0)]
+
+
+def _rows(array: np.ndarray | None, rows: slice) -> np.ndarray | None:
+    return None if array is None else array[rows]
+
+
+def _extract_chunk(images: np.ndarray, masks: np.ndarray | None) -> tuple[list[list[float] | None], list[str]]:
+    """Features of each image (None where extraction fails) and the feature names ([] if none)."""
     import SimpleITK as sitk
     from frd_score import frd
 
@@ -68,7 +120,7 @@ def radiomic_features(images: np.ndarray, desc: str = "radiomic features",
     rows: list[list[float] | None] = []
     names: list[str] = []
     with tempfile.TemporaryDirectory(prefix="frd-") as folder:
-        for index, image in enumerate(progress(images, desc=desc, total=len(images), unit="image")):
+        for index, image in enumerate(images):
             path = Path(folder) / f"{index}.nii.gz"
             sitk.WriteImage(sitk.GetImageFromArray(np.asarray(image, np.float32) * INTENSITY_SCALE), str(path))
             mask_path = None
@@ -84,11 +136,9 @@ def radiomic_features(images: np.ndarray, desc: str = "radiomic features",
             if result is None:
                 rows.append(None)
                 continue
-            rows.append(result[0])
+            rows.append(list(result[0]))
             names = names or list(result[1])
-    if not names:
-        raise ValueError("no radiomic features could be extracted from any image")
-    return np.array([row if row is not None else [np.nan] * len(names) for row in rows], np.float64), names
+    return rows, names
 
 
 def frd_from_features(real: np.ndarray, generated: np.ndarray) -> tuple[float | None, float | None, int, str | None]:

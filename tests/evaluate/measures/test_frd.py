@@ -78,3 +78,22 @@ def test_a_constant_image_gives_a_row_of_nan_not_a_failure():
     images = np.stack([np.zeros((32, 32), np.float32), phantom_set(1, 0.0, 1.0, seed=2)[0]])
     features, names = frd.radiomic_features(images)
     assert np.isnan(features[0]).all() and np.isfinite(features[1]).all() and len(names) == features.shape[1]
+
+
+def test_forked_workers_give_each_image_its_own_row_as_one_process_does(monkeypatch):
+    """Chunks over 2 forked processes, masks too: row for row the single-process features (a chunk
+    put back in the wrong place, or a mask paired with another chunk's image, would differ)."""
+    images = np.concatenate([phantom_set(5, 0.0, 1.0, seed=3), phantom_set(5, 0.2, 0.5, seed=4)])
+    images[7] = 0.0  # a constant image: its NaN row stays in its place
+    monkeypatch.setattr(frd, "CHUNK_IMAGES", 3)  # 4 chunks over 2 workers
+    masks = np.zeros(images.shape, bool)
+    for index in range(len(images)):
+        masks[index, 4 + index:20 + index, 6:26] = True  # every image its own mask
+    for given_masks in (None, masks):
+        alone, names = frd.radiomic_features(images, masks=given_masks, workers=1)
+        forked, forked_names = frd.radiomic_features(images, masks=given_masks, workers=2)
+        assert len(frd._chunks(len(images), 2)) > 2 and forked_names == names
+        np.testing.assert_array_equal(forked, alone)
+        assert np.isnan(forked[7]).all() and np.isfinite(forked[np.arange(len(images)) != 7]).all()
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        frd.radiomic_features(images, workers=0)
