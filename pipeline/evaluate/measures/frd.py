@@ -11,6 +11,7 @@ subjects without extracting features again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import multiprocessing
@@ -84,6 +85,7 @@ def radiomic_features(images: np.ndarray, desc: str = "radiomic features",
         parts = [_extract_chunk(images[rows], _rows(masks, rows))
                  for rows in progress(chunks, desc=desc, total=len(chunks), unit="chunk")]
     else:
+        _warm_up()  # once here, not once in every forked worker
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
             futures = [pool.submit(_extract_chunk, images[rows], _rows(masks, rows)) for rows in chunks]
             parts = [future.result() for future in progress(futures, desc=desc, total=len(futures), unit="chunk")]
@@ -100,10 +102,19 @@ CHUNK_IMAGES = 8
 
 
 def _chunks(n_images: int, workers: int) -> list[slice]:
-    """Contiguous row ranges covering ``n_images``, each at most CHUNK_IMAGES and no more than an
-    even share per worker."""
-    size = max(1, min(CHUNK_IMAGES, math.ceil(n_images / workers)))
-    return [slice(start, min(start + size, n_images)) for start in range(0, n_images, size)] or [slice(0, 0)]
+    """Contiguous row ranges covering ``n_images``: a multiple of ``workers`` ranges of near-equal
+    size (at most CHUNK_IMAGES each), so no worker waits alone on the last one."""
+    rounds = max(1, math.ceil(n_images / (workers * CHUNK_IMAGES)))
+    bounds = np.linspace(0, n_images, min(n_images, workers * rounds) + 1).round().astype(int)
+    return [slice(int(start), int(stop)) for start, stop in zip(bounds[:-1], bounds[1:])] or [slice(0, 0)]
+
+
+@functools.cache
+def _warm_up() -> None:
+    """One extraction of a small synthetic image: PyRadiomics' first image in a process costs
+    ~1.5 s more than the next (lazy imports and set-up), which forked workers then inherit."""
+    ramp = np.add.outer(np.arange(16.0), np.arange(16.0)) / 30.0
+    _extract_chunk(ramp[None], None)
 
 
 def _rows(array: np.ndarray | None, rows: slice) -> np.ndarray | None:
