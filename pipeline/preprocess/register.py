@@ -22,6 +22,7 @@ subject resampled onto the reference grid as is.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -178,14 +179,24 @@ def _warp(reference: ants.ANTsImage, image: ants.ANTsImage, transforms_dir: Path
     return ants.apply_transforms(reference, image, transform_list, interpolator="linear", defaultvalue=0.0)
 
 
-def _jacobian_range_in_head(reference: ants.ANTsImage, warp_file: Path) -> tuple[float, float]:
-    """Jacobian determinant extremes inside the reference head (ants.get_mask: above-mean voxels,
-    cleaned up and filled). Outside it, the field only has to bridge air and the field-of-view
-    edge, where extreme values mean nothing."""
+@functools.lru_cache(maxsize=4)
+def _head_mask(reference_path: Path, mtime_ns: int, size: int) -> ants.ANTsImage:
+    """ants.get_mask of the reference volume (above-mean voxels, cleaned up and filled), once per
+    process and reference file (its morphology costs ~0.3 s, the same for every subject of a
+    dataset); the file's mtime and size are part of the key, so a rewritten reference is read again."""
+    return ants.get_mask(_read_volume(reference_path))
+
+
+def _jacobian_range_in_head(reference: ants.ANTsImage, reference_path: Path, warp_file: Path) -> tuple[float, float]:
+    """Jacobian determinant extremes inside the reference head (:func:`_head_mask` of the file
+    ``reference`` was read from). Outside it, the field only has to bridge air and the
+    field-of-view edge, where extreme values mean nothing."""
     jacobian = ants.create_jacobian_determinant_image(reference, str(warp_file))  # on the warp's grid
+    stat = reference_path.stat()
     head = (
         ants.resample_image_to_target(
-            ants.get_mask(reference), jacobian, interp_type="nearestNeighbor"
+            _head_mask(reference_path.resolve(), stat.st_mtime_ns, stat.st_size), jacobian,
+            interp_type="nearestNeighbor",
         ).numpy()
         > 0
     )
@@ -414,7 +425,7 @@ def register_to_reference(
         ncc_rigid = _ncc(rigid_only.numpy(), reference.numpy())
         ncc_final = _ncc(warped.numpy(), reference.numpy())
         jacobian_range = (
-            _jacobian_range_in_head(reference, work / WARP_FILE)
+            _jacobian_range_in_head(reference, reference_path, work / WARP_FILE)
             if (work / WARP_FILE).exists()
             else (1.0, 1.0)
         )
