@@ -19,12 +19,15 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(target: str | Path, suffix: str | None = None, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary file path beside ``target``; rename it onto ``target`` on success.
 
     The temporary keeps ``target``'s suffixes (``.nii.gz``, ``.npz``...) unless ``suffix`` is
     given, so libraries that pick a format from the file name write the right one.
     On any exception the temporary is removed and ``target`` is left untouched.
+    ``durable``: fsync the file before the rename. False only for files inside an
+    :func:`atomic_dir` being built, which flushes its whole tree once before it is swapped in
+    (720 fsyncs of a dataset's DICOM files cost ~7 s of waiting; one flush costs little).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -35,8 +38,9 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -47,7 +51,8 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``target``; swap it into place on success.
 
-    An existing ``target`` is replaced only after the new one is complete.
+    An existing ``target`` is replaced only after the new one is complete and flushed to disk
+    (one ``os.sync`` for the whole tree, so the files in it need no fsync of their own).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +60,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp.chmod(0o777 & ~_UMASK)
     try:
         yield tmp
+        os.sync()
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

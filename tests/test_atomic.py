@@ -35,3 +35,23 @@ def test_write_json_refuses_nan(tmp_path):
     assert not (tmp_path / "m.json").exists()
     write_json(tmp_path / "m.json", {"x": 1})
     assert json.loads((tmp_path / "m.json").read_text()) == {"x": 1}
+
+
+def test_files_inside_an_atomic_dir_are_flushed_once_with_the_folder_not_one_by_one(tmp_path, monkeypatch):
+    """durable=False skips the per-file fsync; atomic_dir flushes its tree (os.sync) before the swap,
+    so a folder swapped in is on disk; a plain atomic_path still fsyncs its file."""
+    import os
+
+    events = []
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync"))
+    monkeypatch.setattr(os, "sync", lambda: events.append(
+        ("sync", (tmp_path / "dataset").exists(), sorted(p.name for p in folder.iterdir()))))
+    with atomic_dir(tmp_path / "dataset") as folder:
+        for index in range(3):
+            with atomic_path(folder / f"{index}.dcm", durable=False) as tmp:
+                tmp.write_bytes(b"x")
+    assert events == [("sync", False, ["0.dcm", "1.dcm", "2.dcm"])]  # once, all files written, before the swap
+    assert sorted(p.name for p in (tmp_path / "dataset").iterdir()) == ["0.dcm", "1.dcm", "2.dcm"]
+    events.clear()
+    write_json(tmp_path / "alone.json", {"a": 1})
+    assert events == ["fsync"]

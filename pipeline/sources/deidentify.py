@@ -365,13 +365,15 @@ def _deidentified_dicom(data: bytes, source: Path, salt: str) -> bytes:
 
 
 def _write_checked_dicom(
-    data: bytes, source: Path, target: Path, salt: str, original: Dataset, stream: str | None = None
+    data: bytes, source: Path, target: Path, salt: str, original: Dataset, stream: str | None = None,
+    durable: bool = True,
 ) -> None:
     """De-identify, write under a temporary name (compressed again as it came), read back and
     check against ``original`` (the header as read), then move into place: a file that fails the
-    check is never left behind."""
+    check is never left behind. ``durable=False`` (no fsync) for files inside deidentify_dataset's
+    atomic_dir, which flushes the whole folder once before it is swapped in."""
     written = _deidentified_dicom(data, source, salt)
-    with atomic_path(target) as tmp:
+    with atomic_path(target, durable=durable) as tmp:
         tmp.write_bytes(STREAMS[stream][1](written) if stream else written)
         check_deidentified(original, tmp, name=target)
 
@@ -688,7 +690,7 @@ def _deidentify_image(
             summary.excluded.append({"path": relative, "reason": risk})
             log.warning("%s: left out: %s", relative, risk)
             return False
-        _write_checked_dicom(data, source, target, salt, header, stream)
+        _write_checked_dicom(data, source, target, salt, header, stream, durable=False)
         return True
     if kind == "nifti":
         written = deidentify_nifti(data, source)
