@@ -3,8 +3,8 @@ maskings as one job instead of one job per subject.
 
 Why: every process that imports ants pays about 3 CPU-seconds for it (scikit-learn, statsmodels,
 matplotlib and pandas come along), more than registering a 2 mm subject costs; importing the
-window stage costs about 0.7 CPU-seconds, more than windowing a subject at 3 mm (about 0.4), and
-each Snakemake job adds its own start-up. One process per dataset pays them once. Each task is
+window stage costs about 0.7 CPU-seconds, several times what windowing a subject at 3 mm costs
+(about 0.1), and each Snakemake job adds its own start-up. One process per dataset pays them once. Each task is
 the list of the stage CLI's argument lists that belong to one subject, run in order (the subject,
 then its partner, which needs the subject's grid or transforms), so
 every subject is computed exactly as by its own `python -m <stage> ...` command. Tasks run one
