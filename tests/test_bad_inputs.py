@@ -179,8 +179,9 @@ def test_unknown_experiment_is_named_with_the_known_ones(repo_root):
 
 @pytest.mark.slow
 def test_bad_subject_message_lands_in_the_rule_log_and_no_output(repo_root, tmp_path):
-    """A local CT dataset with one truncated file: the window job for that subject fails, its log
-    says which file and why, no windowed volume exists for it; the good subject is unaffected."""
+    """A local CT dataset with one truncated file: the dataset's window job windows the good
+    subject, then fails; its log says which file and why, and which of the subjects' commands
+    failed; no windowed folder is left that looks complete."""
     studies = tmp_path / "studies"
     write_ct_series(studies / "GOOD_STUDY" / "series")
     _truncate_pixels(write_ct_series(studies / "BAD_STUDY" / "series")[1])
@@ -189,14 +190,14 @@ def test_bad_subject_message_lands_in_the_rule_log_and_no_output(repo_root, tmp_
     work = tiny_copy(repo_root, tmp_path / "repo", override, git=False)
     salt = load_salt()
     good, bad = pseudonym("GOOD_STUDY", salt), pseudonym("BAD_STUDY", salt)
-    targets = [f"data/windowed/ct_head/{s}.nii.gz" for s in (good, bad)]
-    proc = run(["snakemake", "--cores", "1", "--keep-going", *targets], work, check=False)
+    proc = run(["snakemake", "--cores", "1", "data/windowed/ct_head/subjects"], work, check=False)
     assert proc.returncode != 0
-    log = (work / "logs" / "window" / "ct_head" / f"{bad}.log").read_text()
+    log = (work / "logs" / "window" / "ct_head.log").read_text()
     errors = [line for line in log.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and re.match(
-        rf"error: data/raw/ct_head/{bad}/d000/f00001.dcm: pixel data cannot be decoded", errors[0]
-    ), log
-    assert not (work / targets[1]).exists()
-    assert (work / targets[0]).is_file()
+    assert len(errors) == 2, log
+    assert re.match(rf"error: data/raw/ct_head/{bad}/d000/f00001.dcm: pixel data cannot be decoded", errors[0]), log
+    assert errors[1].startswith("error: 1 of 2 tasks failed: python -m pipeline.preprocess.window ct "), log
+    assert f"--input data/raw/ct_head/{bad} " in errors[1] and good not in errors[1], log
+    assert f"data/raw/ct_head/{good}: chose the series" in log, "the good subject was windowed all the same"
+    assert not (work / "data" / "windowed" / "ct_head" / "subjects").exists()
     assert not list((work / "data" / "windowed" / "ct_head").glob(".*"))

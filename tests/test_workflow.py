@@ -12,7 +12,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-import yaml
 
 from workflow_support import TARGET, changed_param, copy_ignore, experiment_runs, planned_jobs, run
 
@@ -113,10 +112,11 @@ def test_window_change_reruns_windowing_and_after_but_not_download(tiny_repo: Pa
     with changed_param(tiny_repo, "preprocess.ct_window", {"preset": "custom", "center": 40, "width": 90}):
         jobs = planned_jobs(tiny_repo)
     assert "download" not in jobs
-    n_ct = yaml.safe_load((tiny_repo / "params.yaml").read_text())["datasets"]["ct_head"]["n_subjects"]
-    assert jobs["window"] == n_ct, "only the CT volumes are windowed again, not the MRI"
-    assert jobs["window_partner"] >= 1
+    # one window job per dataset: the CT volumes, and the MR dataset's CT partners (windowed too)
+    assert jobs["window"] == 2
     assert {"register", "extract_slices", "train", "evaluate"} <= set(jobs)
+    with changed_param(tiny_repo, "preprocess.partner_hu_range", [-1000.0, 3000.0]):
+        assert planned_jobs(tiny_repo)["window"] == 1, "only the MR dataset has full-HU CT partners"
     assert planned_jobs(tiny_repo) == {}
 
 
@@ -141,3 +141,4 @@ def test_dry_run_on_a_fresh_clone_plans_the_whole_chain(repo_root, tmp_path):
     shutil.copytree(repo_root, work, ignore=copy_ignore(repo_root))
     jobs = planned_jobs(work)
     assert jobs["download"] == 2 and jobs["train"] == 1 and jobs["evaluate"] == 1, jobs
+    assert jobs["window"] == jobs["register"] == 2, "windowing and registration: one job per dataset"

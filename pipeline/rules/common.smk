@@ -192,34 +192,67 @@ def cli_flags(knobs, only=None):
     return " ".join(flags)
 
 
-def raw_subject_path(w):
-    row = manifest_row(w.dataset, w.subject)
-    return f"data/raw/{w.dataset}/{row['path']}"
-
-
-def raw_partner(w):
-    row = manifest_row(w.dataset, w.subject)
-    return f"data/raw/{w.dataset}/{row['partner_path']}", row["partner_modality"]
-
-
-def reference_candidates(w):
-    """Windowed volumes the reference may be chosen from: all but the held-out paired subjects."""
+def reference_candidates(w, input):
+    """Windowed volumes the reference may be chosen from: all but the held-out paired subjects
+    (a derived param: see register_tasks)."""
     paired = set(paired_subjects(w.dataset))
-    return [f"data/windowed/{w.dataset}/{s}.nii.gz" for s in subjects(w.dataset) if s not in paired]
+    return [subject_file("windowed", w.dataset, s) for s in subjects(w.dataset) if s not in paired]
 
 
-def window_command(w):
-    if modality(w.dataset) == "CT":
-        return (
-            f"ct {window_flags()} --preferred-thickness-mm {PRE['ct_preferred_thickness_mm']:g}"
-        )
-    low, high = PRE["mri_percentiles"]
-    return f"mri --percentiles {low:g} {high:g}"
+def number_words(values):
+    """Numbers as the CLIs' words (3.0 -> '3')."""
+    return [f"{v:g}" for v in values]
+
+
+def window_command(dataset):
+    """The window CLI's subcommand and knobs for a dataset's own volumes."""
+    if modality(dataset) == "CT":
+        return ["ct", *shlex.split(window_flags()),
+                "--preferred-thickness-mm", f"{PRE['ct_preferred_thickness_mm']:g}"]  # fmt: skip
+    return ["mri", "--percentiles", *number_words(PRE["mri_percentiles"])]
+
+
+def partner_window_flags(dataset):
+    """Per partner file (partner_suffixes) the `window partner` knobs: the partner normalised for
+    its modality (the manifest's partner_modality), the CT partner over the full HU range."""
+    percentiles = number_words(PRE["mri_percentiles"])
+    flags = {".partner.nii.gz": [*shlex.split(window_flags()), "--percentiles", *percentiles]}
+    if ".partner_hu.nii.gz" in partner_suffixes(dataset):
+        flags[".partner_hu.nii.gz"] = ["--hu-range", *number_words(PRE["partner_hu_range"])]
+    return flags
+
+
+def window_knobs(w):
+    """Every knob the dataset's window job passes (its `knobs` param: a changed one reruns it)."""
+    return [window_command(w.dataset), str(PRE["voxel_mm"]), partner_window_flags(w.dataset)]
+
+
+def window_tasks(w, input):
+    """The window job's tasks (pipeline.preprocess.batch): per subject `window ct|mri`, then for
+    a paired subject `window partner` onto the subject's grid for each partner file. A derived
+    param, as register_tasks; window_knobs carries the knobs."""
+    paired = set(paired_subjects(w.dataset))
+    tasks = []
+    for row in manifest_rows(w.dataset):
+        s = row["subject_id"]
+        grid = subject_file("windowed", w.dataset, s)
+        task = [[
+            *window_command(w.dataset), "--input", f"data/raw/{w.dataset}/{row['path']}", "--output", grid,
+            "--voxel-mm", str(PRE["voxel_mm"]),
+        ]]  # fmt: skip
+        for suffix, knobs in partner_window_flags(w.dataset).items() if s in paired else ():
+            partner_modality = "CT" if suffix == ".partner_hu.nii.gz" else row["partner_modality"]
+            task.append([
+                "partner", "--input", f"data/raw/{w.dataset}/{row['partner_path']}",
+                "--modality", partner_modality, "--grid", grid, "--output", subject_file("windowed", w.dataset, s, suffix), *knobs,
+            ])  # fmt: skip
+        tasks.append(task)
+    return json.dumps(tasks)
 
 
 #: Stages run as one job per dataset (pipeline.preprocess.batch): their per-subject files are in
 #: one folder, the job's output.
-BATCHED_STAGES = ("registered", "masked")
+BATCHED_STAGES = ("windowed", "registered", "masked")
 
 
 #: Processes of a batched job: the CPUs a cluster job of register asks for (resources.register,
@@ -228,8 +261,8 @@ SUBJECT_WORKERS = job_resources(config, "register").get("cpus_per_task", 1)
 
 
 def subject_dir(stage, dataset):
-    """Where a stage keeps its per-subject files: data/windowed/<dataset> (one job per subject),
-    data/<stage>/<dataset>/subjects for the batched stages."""
+    """Where a stage keeps its per-subject files: data/<stage>/<dataset>/subjects for the batched
+    stages (one job per dataset), data/<stage>/<dataset> otherwise."""
     return f"data/{stage}/{dataset}/subjects" if stage in BATCHED_STAGES else f"data/{stage}/{dataset}"
 
 
@@ -238,8 +271,8 @@ def subject_file(stage, dataset, subject, suffix=".nii.gz"):
 
 
 def stage_input(stage, dataset, subs):
-    """What a job reading these subjects' files at a stage depends on: the files themselves
-    (windowed), or the batched stage's folder."""
+    """What a job reading these subjects' files at a stage depends on: the batched stage's
+    folder, or the files themselves (a stage run one job per subject)."""
     if stage in BATCHED_STAGES:
         return subject_dir(stage, dataset)
     return [subject_file(stage, dataset, s) for s in subs]
@@ -264,17 +297,8 @@ def stage_volume_files(w):
 
 def partner_suffixes(dataset):
     """A paired subject's partner files: the partner normalised for its modality, and a CT partner
-    (an MR dataset's) also over the full HU range (rule window_partner_hu; the paired MAE in HU)."""
+    (an MR dataset's) also over the full HU range (`window partner --hu-range`; the paired MAE in HU)."""
     return (".partner.nii.gz",) + (() if modality(dataset) == "CT" else (".partner_hu.nii.gz",))
-
-
-def register_inputs(w):
-    """The dataset's windowed volumes and partners (the register job's inputs)."""
-    return {
-        "moving": [subject_file("windowed", w.dataset, s) for s in subjects(w.dataset)],
-        "partners": [subject_file("windowed", w.dataset, s, suffix)
-                     for s in paired_subjects(w.dataset) for suffix in partner_suffixes(w.dataset)],
-    }
 
 
 def register_tasks(w, input):

@@ -19,6 +19,7 @@ rule preprocessing_panel:
         raw_path=panel_raw_path,
         modality=lambda w: modality(w.dataset),
         subject=panel_subject,
+        windowed=panel_stage("windowed", as_input=False),
         registered=panel_stage("registered", as_input=False),
         masked=lambda w: f"--masked {panel_stage('masked', as_input=False)(w)}" if final_stage(w.dataset) == "masked" else "",
     log:
@@ -27,7 +28,7 @@ rule preprocessing_panel:
         "../../envs/train.yaml"
     shell:
         "python -m pipeline.figures preprocessing --raw {params.raw_path:q} "
-        "--modality {params.modality} --windowed {input.windowed} "
+        "--modality {params.modality} --windowed {params.windowed} "
         "--registered {params.registered} {params.masked} --subject {params.subject} "
         "--out {output} > {log} 2>&1"
 

@@ -1,76 +1,43 @@
-# Stages 2-5: windowing (HU + VOI window / MRI normalisation), one job per subject -> ANTs
-# registration to an automatically chosen reference -> CT head-holder masking -> slice extraction
-# and subject-level split. Registration and masking run one job per dataset (pipeline.preprocess.batch:
-# importing ants costs more than registering a subject at the default size), each subject computed
-# by the same stage command as on its own, into data/<stage>/<dataset>/subjects/.
+# Stages 2-5: windowing (HU + VOI window / MRI normalisation) -> ANTs registration to an
+# automatically chosen reference -> CT head-holder masking -> slice extraction and subject-level
+# split. Windowing, registration and masking run one job per dataset (pipeline.preprocess.batch:
+# a process start costs more than windowing a subject, importing ants more than registering one
+# at the default size), each subject computed by the same stage command as on its own, into
+# data/<stage>/<dataset>/subjects/.
 
 rule window:
+    # Every subject of the dataset, then a paired subject's partner onto its grid (an MR
+    # dataset's CT partner also over the full HU range, preprocess.partner_hu_range, for the
+    # paired synthetic-CT metrics in HU), over {threads} processes.
     input:
-        "data/raw/{dataset}",
+        "data/raw/{dataset}",  # the subject list (tasks) comes from its manifest
     output:
-        "data/windowed/{dataset}/{subject}.nii.gz",
+        directory(subject_dir("windowed", "{dataset}")),
     params:
-        path=raw_subject_path,
-        command=window_command,
-        voxel_mm=PRE["voxel_mm"],
+        tasks=window_tasks,
+        knobs=window_knobs,
+    threads: SUBJECT_WORKERS  # capped at --cores by Snakemake
+    resources:
+        **job_resources(config, "register"),
     benchmark:
-        "benchmarks/window/{dataset}/{subject}.tsv"
+        "benchmarks/window/{dataset}.tsv"
     log:
-        "logs/window/{dataset}/{subject}.log",
+        "logs/window/{dataset}.log",
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m pipeline.preprocess.window {params.command} --input {params.path:q} "
-        "--output {output} --voxel-mm {params.voxel_mm} > {log} 2>&1"
-
-
-rule window_partner:
-    input:
-        raw="data/raw/{dataset}",
-        grid="data/windowed/{dataset}/{subject}.nii.gz",
-    output:
-        "data/windowed/{dataset}/{subject}.partner.nii.gz",
-    params:
-        path=lambda w: raw_partner(w)[0],
-        partner_modality=lambda w: raw_partner(w)[1],
-        window=window_flags(),
-        percentiles=" ".join(f"{p:g}" for p in PRE["mri_percentiles"]),
-    log:
-        "logs/window/{dataset}/{subject}.partner.log",
-    conda:
-        "../../envs/data.yaml"
-    shell:
-        "python -m pipeline.preprocess.window partner --input {params.path:q} "
-        "--modality {params.partner_modality} --grid {input.grid} --output {output} "
-        "{params.window} --percentiles {params.percentiles} > {log} 2>&1"
-
-
-rule window_partner_hu:
-    # A CT partner also over the full HU range (preprocess.partner_hu_range), for the paired
-    # synthetic-CT metrics in HU; registered like the partner, sliced into partner_hu.
-    input:
-        raw="data/raw/{dataset}",
-        grid="data/windowed/{dataset}/{subject}.nii.gz",
-    output:
-        "data/windowed/{dataset}/{subject}.partner_hu.nii.gz",
-    params:
-        path=lambda w: raw_partner(w)[0],
-        hu_range=" ".join(f"{v:g}" for v in PRE["partner_hu_range"]),
-    log:
-        "logs/window/{dataset}/{subject}.partner_hu.log",
-    conda:
-        "../../envs/data.yaml"
-    shell:
-        "python -m pipeline.preprocess.window partner --input {params.path:q} --modality CT "
-        "--grid {input.grid} --output {output} --hu-range {params.hu_range} > {log} 2>&1"
+        "python -m pipeline.preprocess.batch pipeline.preprocess.window --workers {threads} --keep-going "
+        "--tasks {params.tasks:q} > {log} 2>&1"
 
 
 rule choose_reference:
     input:
-        reference_candidates,
+        raw="data/raw/{dataset}",  # the subject list (candidates) comes from its manifest
+        windowed=subject_dir("windowed", "{dataset}"),
     output:
         "data/registered/{dataset}/reference.json",
     params:
+        candidates=reference_candidates,
         seed=config["seed"],
         rigid=cli_flags(REG, only="rigid_"),
     log:
@@ -78,7 +45,7 @@ rule choose_reference:
     conda:
         "../../envs/register.yaml"
     shell:
-        "python -m pipeline.preprocess.register choose --inputs {input} --out {output} "
+        "python -m pipeline.preprocess.register choose --inputs {params.candidates} --out {output} "
         "--seed {params.seed} {params.rigid} > {log} 2>&1"
 
 
@@ -86,8 +53,8 @@ rule register:
     # Every subject of the dataset onto the reference (and its partner with the subject's
     # transforms), over {threads} processes.
     input:
-        unpack(register_inputs),
         raw="data/raw/{dataset}",  # the subject list (tasks) comes from its manifest
+        windowed=subject_dir("windowed", "{dataset}"),
         reference="data/registered/{dataset}/reference.json",
     output:
         directory(subject_dir("registered", "{dataset}")),
