@@ -174,10 +174,8 @@ def inception_and_radiomic_features(sets: dict[str, np.ndarray], inception_weigh
     radiomic_rows = {name: fixed_sample_indices(len(images), frd_max_images) for name, images in sets.items()}
     if frd:
         try:
-            features["radiomics"] = {
-                name: frd_module.radiomic_features(images[radiomic_rows[name]], f"radiomics {name}")[0]
-                for name, images in sets.items()
-            }
+            features["radiomics"] = frd_module.radiomic_features_of_sets(
+                {name: images[radiomic_rows[name]] for name, images in sets.items()})
         except (ValueError, RuntimeError) as err:
             problems["frd"] = f"radiomic feature extraction failed: {str(err)[:200]}"
     return features, radiomic_rows, problems

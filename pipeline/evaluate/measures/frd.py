@@ -96,6 +96,19 @@ def radiomic_features(images: np.ndarray, desc: str = "radiomic features",
     return np.array([row if row is not None else [np.nan] * len(names) for row in rows], np.float64), names
 
 
+def radiomic_features_of_sets(sets: dict[str, np.ndarray], workers: int | None = None) -> dict[str, np.ndarray]:
+    """:func:`radiomic_features` of several named image sets through one pool of workers (the sets'
+    images in one list, split back by set): no pool start and no idle tail per set. A set whose
+    images give no features gets rows of NaN (FRD against it is then null with the reason)."""
+    names = list(sets)
+    if len({np.asarray(sets[name]).shape[1:] for name in names}) > 1:  # sizes differ: one call per set
+        return {name: radiomic_features(sets[name], f"radiomics {name}", workers=workers)[0] for name in names}
+    features, _ = radiomic_features(np.concatenate([np.asarray(sets[name]) for name in names]),
+                                    f"radiomics {', '.join(names)}", workers=workers)
+    bounds = np.cumsum([0] + [len(sets[name]) for name in names])
+    return {name: features[start:stop] for name, start, stop in zip(names, bounds[:-1], bounds[1:])}
+
+
 #: Images per chunk handed to a worker at most: small enough that progress lines and the two
 #: cores' loads stay even, large enough that pickling and scheduling cost nothing beside extraction.
 CHUNK_IMAGES = 8

@@ -97,3 +97,15 @@ def test_forked_workers_give_each_image_its_own_row_as_one_process_does(monkeypa
         assert np.isnan(forked[7]).all() and np.isfinite(forked[np.arange(len(images)) != 7]).all()
     with pytest.raises(ValueError, match="workers must be >= 1"):
         frd.radiomic_features(images, workers=0)
+
+
+def test_sets_through_one_pool_get_their_own_rows_back():
+    """radiomic_features_of_sets: each named set's rows equal that set's features alone (a split at
+    the wrong bound would shift rows between sets); a constant set gets NaN rows, not an error."""
+    sets = {"real": phantom_set(3, 0.0, 1.0, seed=5), "generated": phantom_set(4, 0.2, 0.6, seed=6),
+            "collapsed": np.zeros((2, 32, 32), np.float32)}
+    together = frd.radiomic_features_of_sets(sets, workers=2)
+    assert list(together) == list(sets)
+    for name in ("real", "generated"):
+        np.testing.assert_array_equal(together[name], frd.radiomic_features(sets[name], workers=1)[0])
+    assert together["collapsed"].shape == (2, together["real"].shape[1]) and np.isnan(together["collapsed"]).all()

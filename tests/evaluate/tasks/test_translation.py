@@ -26,7 +26,7 @@ SIZE = 32
 def cheap_radiomics(monkeypatch):
     """Coarse block means stand in for PyRadiomics (~0.4 s an image); tests/evaluate/measures/test_frd.py runs the real one."""
 
-    def block_means(images, desc=""):
+    def block_means(images, desc="", **_):
         blocks = images.reshape(len(images), 4, SIZE // 4, 4, SIZE // 4).mean(axis=(2, 4))
         return blocks.reshape(len(images), 16).astype(np.float64), [f"block{i}" for i in range(16)]
 
