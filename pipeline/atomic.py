@@ -7,6 +7,7 @@ within one file system, which is why the temporary lives beside the target).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ def atomic_path(target: str | Path, suffix: str | None = None, durable: bool = T
     ``durable``: fsync the file before the rename. False only for files inside an
     :func:`atomic_dir` being built, which flushes its whole tree once before it is swapped in
     (720 fsyncs of a dataset's DICOM files cost ~7 s of waiting; one flush costs little).
+    Only inside ``atomic_dir(..., flush=True)``.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -48,11 +50,12 @@ def atomic_path(target: str | Path, suffix: str | None = None, durable: bool = T
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
+def atomic_dir(target: str | Path, flush: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``target``; swap it into place on success.
 
-    An existing ``target`` is replaced only after the new one is complete and flushed to disk
-    (one ``os.sync`` for the whole tree, so the files in it need no fsync of their own).
+    An existing ``target`` is replaced only after the new one is complete. ``flush``: first flush
+    the file system holding it (:func:`flush_file_system`, once for the whole tree), for trees whose
+    files were written with ``atomic_path(..., durable=False)``.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +63,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp.chmod(0o777 & ~_UMASK)
     try:
         yield tmp
-        os.sync()
+        if flush:
+            flush_file_system(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -72,6 +76,22 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def flush_file_system(path: Path) -> None:
+    """Write the file system holding ``path`` to disk: Linux's syncfs (that file system only, not
+    every mount of a shared machine, which a stale network mount could hang), else os.sync."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):  # no syncfs in this C library (macOS)
+        pass
+    os.sync()
 
 
 def write_json(target: str | Path, obj: Any) -> None:

@@ -38,15 +38,17 @@ def test_write_json_refuses_nan(tmp_path):
 
 
 def test_files_inside_an_atomic_dir_are_flushed_once_with_the_folder_not_one_by_one(tmp_path, monkeypatch):
-    """durable=False skips the per-file fsync; atomic_dir flushes its tree (os.sync) before the swap,
-    so a folder swapped in is on disk; a plain atomic_path still fsyncs its file."""
+    """durable=False skips the per-file fsync; atomic_dir(flush=True) flushes its file system once
+    before the swap, so a folder swapped in is on disk; a plain atomic_path still fsyncs its file."""
     import os
+
+    from pipeline import atomic
 
     events = []
     monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync"))
-    monkeypatch.setattr(os, "sync", lambda: events.append(
+    monkeypatch.setattr(atomic, "flush_file_system", lambda path: events.append(
         ("sync", (tmp_path / "dataset").exists(), sorted(p.name for p in folder.iterdir()))))
-    with atomic_dir(tmp_path / "dataset") as folder:
+    with atomic_dir(tmp_path / "dataset", flush=True) as folder:
         for index in range(3):
             with atomic_path(folder / f"{index}.dcm", durable=False) as tmp:
                 tmp.write_bytes(b"x")
@@ -55,3 +57,12 @@ def test_files_inside_an_atomic_dir_are_flushed_once_with_the_folder_not_one_by_
     events.clear()
     write_json(tmp_path / "alone.json", {"a": 1})
     assert events == ["fsync"]
+
+
+def test_flush_file_system_returns_on_a_real_folder(tmp_path):
+    """The real syncfs call (or os.sync) on this machine's file system: no error, nothing changed."""
+    from pipeline.atomic import flush_file_system
+
+    (tmp_path / "a.txt").write_text("x")
+    flush_file_system(tmp_path)
+    assert (tmp_path / "a.txt").read_text() == "x"

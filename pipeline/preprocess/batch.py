@@ -53,6 +53,10 @@ def _run_task(stage: str, task: Sequence[Sequence[str]]) -> None:
         except SystemExit as exc:
             if exc.code not in (None, 0):
                 raise BatchCommandFailed(f"python -m {stage} {shlex.join(argv)} exited with {exc.code}") from None
+        except Exception as exc:  # not a bad input the CLI reports itself: name the command it broke
+            raise BatchCommandFailed(
+                f"python -m {stage} {shlex.join(argv)} raised {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def run_batch(

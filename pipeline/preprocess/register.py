@@ -332,7 +332,7 @@ def register_to_reference(
     rigid_metric: str = "MI",
     rigid_sampling_fraction: float = 0.25,
     rigid_gradient_step: float = 0.1,
-    syn_iterations: Sequence[int] = (40, 20, 10),
+    syn_iterations: Sequence[int] = (30, 15, 5),
     syn_shrink_factors: Sequence[int] = (8, 4, 2),
     syn_smoothing_sigmas: Sequence[float] = (3, 2, 1),
     syn_metric: str = "MI",

@@ -222,9 +222,17 @@ def partner_window_flags(dataset):
     return flags
 
 
+#: Sources whose subjects may carry a partner in the other modality (the phantom's held-out pairs;
+#: a local folder's subjects.tsv may list them); a real download (CQ500, IXI, ...) never does.
+PARTNER_SOURCES = ("phantom_head", "local")
+
+
 def window_knobs(w):
-    """Every knob the dataset's window job passes (its `knobs` param: a changed one reruns it)."""
-    return [window_command(w.dataset), str(PRE["voxel_mm"]), partner_window_flags(w.dataset)]
+    """Every knob the dataset's window job passes (its `knobs` param: a changed one reruns it).
+    Partner knobs only where partners can exist, so e.g. a new MRI percentile does not rerun a real
+    CT dataset's windowing (and its registration and training after it)."""
+    has_partners = dataset_cfg(w.dataset)["source"] in PARTNER_SOURCES
+    return [window_command(w.dataset), str(PRE["voxel_mm"]), partner_window_flags(w.dataset) if has_partners else {}]
 
 
 def window_tasks(w, input):

@@ -771,7 +771,7 @@ def deidentify_dataset(
     source = Path(source)
     summary = Summary()
     # pydicom's value-validation warnings quote header values (names, UIDs): keep them out of the logs.
-    with atomic_dir(out_dir) as tmp, values_kept_out_of_logs():
+    with atomic_dir(out_dir, flush=True) as tmp, values_kept_out_of_logs():
         for path in sorted(p for p in source.rglob("*") if p.is_file()):
             relative = path.relative_to(source).as_posix()
             if relative == RECORD_FILE:  # an earlier run's record (data de-identified before)

@@ -18,10 +18,12 @@ import multiprocessing
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import PipelineError
 from pipeline.evaluate.measures.fid import frechet_distance
 from pipeline.progress import progress
 
@@ -53,9 +55,19 @@ def _quiet_radiomics() -> None:
 
 
 def default_workers() -> int:
-    """Processes for radiomic extraction: the CPUs this process may run on (a Snakemake job's
-    cores on a cluster node, both cores of the 2-core machine)."""
-    return len(os.sched_getaffinity(0))
+    """Processes for radiomic extraction: the job's threads where Snakemake set them
+    (OMP_NUM_THREADS, which it exports as each job's ``threads``), never more than the CPUs this
+    process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where that does not exist)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    job_threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if job_threads.isdigit() and int(job_threads) > 0:
+        return min(available, int(job_threads))
+    return available
+
+
+class RadiomicsWorkerError(PipelineError):
+    """A radiomics worker process died (killed for memory, crashed): the job fails rather than
+    writing a metrics.json whose FRD is null for a reason that has nothing to do with the images."""
 
 
 def radiomic_features(images: np.ndarray, desc: str = "radiomic features",
@@ -70,10 +82,11 @@ def radiomic_features(images: np.ndarray, desc: str = "radiomic features",
     A slice whose extraction fails or yields nothing (a constant image) gives a row of NaN, dropped
     later as frd-score drops images with NaN features.
 
-    PyRadiomics is single-threaded pure-Python glue around small C kernels (~0.25 CPU-s a 64 px
+    PyRadiomics is single-threaded pure-Python glue around small C kernels (~0.15 CPU-s a 64 px
     slice), so the images are split into contiguous chunks over ``workers`` forked processes
     (default :func:`default_workers`); each image's features do not depend on which process
-    extracted them, so the result is identical to one process's (tests/evaluate/test_frd.py).
+    extracted them, so the result is identical to one process's (tests/evaluate/measures/test_frd.py).
+    A worker that dies is a :class:`RadiomicsWorkerError` (the job fails), not a null FRD.
     Fork, not spawn: a spawned worker re-imports the evaluator's ``__main__`` (torch included),
     seconds per worker; the workers only run PyRadiomics / SimpleITK, never torch.
     """
@@ -81,14 +94,22 @@ def radiomic_features(images: np.ndarray, desc: str = "radiomic features",
     if workers < 1:
         raise ValueError(f"radiomic_features: workers must be >= 1, got {workers}")
     chunks = _chunks(len(images), workers)
-    if workers == 1 or len(chunks) == 1 or multiprocessing.current_process().daemon:  # a daemon may not fork
+    can_fork = "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+    if workers == 1 or len(chunks) == 1 or not can_fork:  # a daemon process may not have children
         parts = [_extract_chunk(images[rows], _rows(masks, rows))
                  for rows in progress(chunks, desc=desc, total=len(chunks), unit="chunk")]
     else:
         _warm_up()  # once here, not once in every forked worker
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = [pool.submit(_extract_chunk, images[rows], _rows(masks, rows)) for rows in chunks]
-            parts = [future.result() for future in progress(futures, desc=desc, total=len(futures), unit="chunk")]
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [pool.submit(_extract_chunk, images[rows], _rows(masks, rows)) for rows in chunks]
+                parts = [future.result()
+                         for future in progress(futures, desc=desc, total=len(futures), unit="chunk")]
+        except BrokenProcessPool as exc:
+            raise RadiomicsWorkerError(
+                f"{desc}: a radiomics worker process died ({exc}); too little memory for {workers} workers? "
+                "Set OMP_NUM_THREADS (the evaluate job's threads) lower"
+            ) from exc
     rows = [row for part_rows, _ in parts for row in part_rows]
     names = next((part_names for _, part_names in parts if part_names), [])
     if not names:

@@ -109,3 +109,31 @@ def test_sets_through_one_pool_get_their_own_rows_back():
     for name in ("real", "generated"):
         np.testing.assert_array_equal(together[name], frd.radiomic_features(sets[name], workers=1)[0])
     assert together["collapsed"].shape == (2, together["real"].shape[1]) and np.isnan(together["collapsed"]).all()
+
+
+def _die(images, masks):
+    import os
+
+    os._exit(9)
+
+
+def test_a_worker_that_dies_fails_the_extraction_instead_of_giving_null_features(monkeypatch):
+    """A killed worker (e.g. out of memory) must stop the evaluation: a RadiomicsWorkerError, which
+    the evaluator does not turn into a null FRD (it catches ValueError / RuntimeError only)."""
+    monkeypatch.setattr(frd, "_warm_up", lambda: None)
+    monkeypatch.setattr(frd, "_extract_chunk", _die)  # runs in the forked worker
+    with pytest.raises(frd.RadiomicsWorkerError, match="worker process died") as caught:
+        frd.radiomic_features(phantom_set(6, 0.0, 1.0, seed=7), "radiomics real", workers=2)
+    assert not isinstance(caught.value, (ValueError, RuntimeError))
+
+
+def test_workers_follow_the_jobs_threads_never_more_than_the_cpus(monkeypatch):
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Snakemake exports for a 1-thread job
+    assert frd.default_workers() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cpus + 7))
+    assert frd.default_workers() == cpus
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert frd.default_workers() == cpus
