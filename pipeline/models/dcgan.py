@@ -37,8 +37,11 @@ Instance noise (``instance_noise_std``, ``instance_noise_epochs``): Gaussian noi
 annealed linearly to 0 over the first ``instance_noise_epochs`` epochs.
 
 Conditional GAN (``cgan``): the class enters G as a one-hot vector concatenated with z, and D
-as one constant map per class concatenated with the image channels (concatenated maps, not a
-projection discriminator). The fakes of a step are asked for the classes of that step's real
+as ``d_condition`` says: ``image_maps`` (report 002: one constant map per class concatenated
+with the image channels), ``class_bias``, ``feature_maps`` or ``projection`` (see
+DCGANDiscriminator). On the CPU default every choice collapsed by 600 steps; maps on the image
+collapse even an unconditional DCGAN (docs/experiment-dcgan-ct.md), so the others are there to
+be measured. The fakes of a step are asked for the classes of that step's real
 batch, so G sees the training class mix; ``class_balanced: true`` draws the real batches
 class-balanced instead (each class equally often), e.g. for RSNA's ~14% haemorrhage.
 
@@ -187,10 +190,10 @@ class DCGANDiscriminator(nn.Module):
     The class enters as ``condition`` says: one constant map per class concatenated with the
     image (``image_maps``, report 002's figure) or with the first layer's features
     (``feature_maps``), or ``projection`` (Miyato & Koyama 2018: the logit plus the inner product
-    of a learned class embedding with D's last features summed over space). Maps on the image
-    give the bias-free first layer a constant input, that is a bias, with which D thresholds
-    intensities (the exactly black air of every real slice that tanh only approaches) and wins:
-    measured in docs/experiment-dcgan-ct.md. The hidden layers have a bias already.
+    of a learned class embedding with D's last features summed over space); ``class_bias`` adds
+    what constant maps on the image add to D's first features, a per-class offset, as a bias
+    outside the spectral norm. Constant maps on the image made even an unconditional DCGAN
+    collapse where a plain first-layer bias did not (docs/experiment-dcgan-ct.md).
     """
 
     def __init__(self, image_size: int, ndf: int, n_classes: int = 0, norm: str = "batch",
