@@ -6,7 +6,8 @@ update per step, G every n_critic-th, instance noise by epoch) for ``--steps`` s
 draws them) against the real test slices in the evaluator's feature space (random VGG-16):
 precision / recall / density / coverage (k = 5) and the diversity ratio (mean pairwise distance
 of the samples over that of real slices of different patients). One CSV row per checkpoint on
-stdout; the CPU seconds of training beside it. What docs/experiment-dcgan-ct.md reports.
+stdout; the CPU seconds of training and D's mean accuracy since the last row beside it
+(``--grids``: the samples' first twelve per class as a PNG per row, to look at). What docs/experiment-dcgan-ct.md reports.
 
     python scripts/dcgan_ablation.py --slices data/slices/ct_haemorrhage --steps 600 \
         --variant batch '{"d_norm": "batch"}' --variant spectral '{"d_norm": "spectral"}'
@@ -30,11 +31,38 @@ from pipeline.models.dcgan import ConditionalDCGAN, DCGAN
 N_SAMPLES = 200
 
 
-def score(model: DCGAN, real_features: np.ndarray, real_subjects: np.ndarray, network, seed: int) -> dict:
+def save_grid(images: np.ndarray, labels: np.ndarray | None, path: Path, columns: int = 12) -> None:
+    """The first ``columns`` samples of each class (one row per class; one row when unconditional)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [images[:columns]] if labels is None else [images[labels == c][:columns] for c in np.unique(labels)]
+    figure, axes = plt.subplots(len(rows), columns, figsize=(columns, len(rows)), squeeze=False)
+    for axis_row, row in zip(axes, rows):
+        for axis, image in zip(axis_row, row):
+            axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+        for axis in axis_row:
+            axis.axis("off")
+    figure.savefig(path, dpi=64, bbox_inches="tight")
+    plt.close(figure)
+
+
+def blind(network: torch.nn.Module) -> None:
+    """Diagnostic: every label ``network`` sees is class 0, so it trains without the label (its
+    label inputs stay: what they do apart from carrying the class is measured)."""
+    forward = network.forward
+    network.forward = lambda x, labels=None: forward(x, None if labels is None else torch.zeros_like(labels))
+
+
+def score(model: DCGAN, real_features: np.ndarray, real_subjects: np.ndarray, network, seed: int,
+          grid: Path | None = None, blind_g: bool = False) -> dict:
     sampler = DCGAN.load_export(model.export() | {"image_size": [model.image_size] * 2}, "cpu") if not model.n_classes \
         else ConditionalDCGAN.load_export(model.export() | {"image_size": [model.image_size] * 2}, "cpu")
     labels = None if not model.n_classes else np.arange(N_SAMPLES) % model.n_classes
-    images = sampler.sample(N_SAMPLES, labels=labels, seed=seed)
+    images = sampler.sample(N_SAMPLES, labels=None if labels is None else labels * (not blind_g), seed=seed)
+    if grid is not None:
+        save_grid(images, labels, grid)
     features = embedding.embed(images, 64, network)
     measures = prdc.prdc(real_features, features)
     ids = np.array([f"g{i}" for i in range(N_SAMPLES)])
@@ -44,11 +72,13 @@ def score(model: DCGAN, real_features: np.ndarray, real_subjects: np.ndarray, ne
 
 
 def run(name: str, overrides: dict, data: dict, test: dict, steps: int, every: int, batch: int, seed: int,
-        conditional: bool) -> None:
+        conditional: bool, grids: Path | None = None, blind_networks: tuple[str, ...] = ()) -> None:
     torch.manual_seed(seed)
     cls = ConditionalDCGAN if conditional else DCGAN
     size = data["images"].shape[-1]
     model = cls(overrides, None, seed, image_size=(size, size))
+    for name in blind_networks:
+        blind(getattr(model, name))
     images = torch.from_numpy(data["images"]).float()[:, None] * 2 - 1
     labels = torch.from_numpy(data["labels"]).long()
     network = embedding.build_random_vgg()
@@ -57,6 +87,7 @@ def run(name: str, overrides: dict, data: dict, test: dict, steps: int, every: i
     order_rng = torch.Generator().manual_seed(seed)
     per_epoch = len(images) // batch
     cpu = 0.0
+    d_accuracies: list[float] = []
     for step in range(1, steps + 1):
         epoch, within = divmod(step - 1, per_epoch)
         if within == 0:
@@ -69,14 +100,18 @@ def run(name: str, overrides: dict, data: dict, test: dict, steps: int, every: i
         for phase, period in model.phases.items():
             if step % period == 0:
                 losses = model.train_phase(phase, batch_data)
+                if "D_accuracy" in losses:
+                    d_accuracies.append(float(losses["D_accuracy"]))
         cpu += time.process_time() - started
         if step % every == 0:
             model.eval()
-            measures = score(model, real_features, real_subjects, network, seed)
-            d_real = float(losses.get("d_real", float("nan"))) if "d_real" in losses else float("nan")
+            grid = None if grids is None else grids / f"{name}_step{step}.png"
+            measures = score(model, real_features, real_subjects, network, seed, grid, "G" in blind_networks)
+            d_accuracy = float(np.mean(d_accuracies)) if d_accuracies else float("nan")
+            d_accuracies = []
             print(json.dumps({"variant": name, "step": step, "epoch": epoch + 1, "cpu_s_train": round(cpu, 1),
-                              **{k: round(v, 3) for k, v in measures.items()}, "d_real_last": round(d_real, 3)}),
-                  flush=True)
+                              **{k: round(v, 3) for k, v in measures.items()},
+                              "d_accuracy_since_last": round(d_accuracy, 3)}), flush=True)
 
 
 def score_checkpoints(paths: list[Path], experiment: str, test: dict, seed: int) -> None:
@@ -110,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--conditional", action="store_true", help="the cGAN")
+    parser.add_argument("--blind", choices=("D", "G"), action="append", default=[],
+                        help="cGAN diagnostic: this network sees class 0 for every image (repeatable)")
+    parser.add_argument("--grids", type=Path, help="save a sample grid per scored step here (one row per class)")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -118,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoints:
         score_checkpoints(args.checkpoints, args.experiment, test, args.seed)
     for name, overrides in args.variant:
-        run(name, json.loads(overrides), data, test, args.steps, args.every, args.batch, args.seed, args.conditional)
+        run(name, json.loads(overrides), data, test, args.steps, args.every, args.batch, args.seed, args.conditional,
+            args.grids, tuple(args.blind))
     return 0
 
 

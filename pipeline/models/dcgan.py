@@ -37,8 +37,11 @@ Instance noise (``instance_noise_std``, ``instance_noise_epochs``): Gaussian noi
 annealed linearly to 0 over the first ``instance_noise_epochs`` epochs.
 
 Conditional GAN (``cgan``): the class enters G as a one-hot vector concatenated with z, and D
-as one constant map per class concatenated with the image channels (concatenated maps, not a
-projection discriminator). The fakes of a step are asked for the classes of that step's real
+as ``d_condition`` says: ``image_maps`` (report 002: one constant map per class concatenated
+with the image channels), ``class_bias``, ``feature_maps`` or ``projection`` (see
+DCGANDiscriminator). On the CPU default every choice collapsed by 600 steps; maps on the image
+collapse even an unconditional DCGAN (docs/experiment-dcgan-ct.md), so the others are there to
+be measured. The fakes of a step are asked for the classes of that step's real
 batch, so G sees the training class mix; ``class_balanced: true`` draws the real batches
 class-balanced instead (each class equally often), e.g. for RSNA's ~14% haemorrhage.
 
@@ -73,6 +76,7 @@ log = logging.getLogger(__name__)
 
 GENERATION_LOSSES = ("bce", "wgan_gp", "wgan_clip")
 D_NORMS = ("auto", "batch", "layer", "spectral", "none")
+D_CONDITIONS = ("image_maps", "feature_maps", "class_bias", "projection")
 OPTIMIZERS = ("adam", "rmsprop")
 #: Each loss's optimiser as its paper trained it; a knob left at "auto" takes its value from here.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -107,6 +111,7 @@ CGAN_KNOBS: dict[str, Any] = {
     **DCGAN_KNOBS,
     "class_names": ["healthy", "haemorrhage"],  # class i is the npz label i
     "class_balanced": False,     # draw real batches class-balanced instead of in shuffled passes
+    "d_condition": "image_maps",  # how the class enters D: image_maps (report 002) | feature_maps | projection
 }
 #: Generated columns of an unconditional sample grid.
 _GRID_COLUMNS = 3
@@ -180,26 +185,63 @@ def _conv(kind: str, *args: Any, **kwargs: Any) -> nn.Conv2d:
 
 
 class DCGANDiscriminator(nn.Module):
-    """(B, 1, S, S) [+ class] -> (B,) logits (bce) or critic scores (Wasserstein)."""
+    """(B, 1, S, S) [+ class] -> (B,) logits (bce) or critic scores (Wasserstein).
 
-    def __init__(self, image_size: int, ndf: int, n_classes: int = 0, norm: str = "batch"):
+    The class enters as ``condition`` says: one constant map per class concatenated with the
+    image (``image_maps``, report 002's figure) or with the first layer's features
+    (``feature_maps``), or ``projection`` (Miyato & Koyama 2018: the logit plus the inner product
+    of a learned class embedding with D's last features summed over space); ``class_bias`` adds
+    what constant maps on the image add to D's first features, a per-class offset, as a bias
+    outside the spectral norm. Constant maps on the image made even an unconditional DCGAN
+    collapse where a plain first-layer bias did not (docs/experiment-dcgan-ct.md).
+    """
+
+    def __init__(self, image_size: int, ndf: int, n_classes: int = 0, norm: str = "batch",
+                 condition: str = "image_maps"):
         super().__init__()
-        self.n_classes = n_classes
+        self.n_classes, self.condition = n_classes, condition
         n = _n_doublings(image_size)
-        layers: list[nn.Module] = [_conv(norm, 1 + n_classes, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        maps = n_classes if condition in ("image_maps", "feature_maps") else 0
+        image_maps, feature_maps = (maps, 0) if condition == "image_maps" else (0, maps)
+        layers: list[nn.Module] = [_conv(norm, 1 + image_maps, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         width = ndf
-        for _ in range(n - 1):
-            layers += [_conv(norm, width, width * 2, 4, 2, 1, bias=norm in ("none", "spectral")),
+        for index in range(n - 1):
+            extra = feature_maps if index == 0 else 0
+            layers += [_conv(norm, width + extra, width * 2, 4, 2, 1, bias=norm in ("none", "spectral")),
                        _norm(norm, width * 2), nn.LeakyReLU(0.2, True)]
             width *= 2
         layers.append(_conv(norm, width, 1, 4, 1, 0, bias=False))
         self.net = nn.Sequential(*layers)
+        if n_classes and condition == "class_bias":
+            # what constant maps on the image add to the first layer (a per-class offset of each
+            # feature), as a bias: outside the spectral norm, zero at start like the hidden biases
+            self.class_bias = nn.Embedding(n_classes, ndf)
+            nn.init.zeros_(self.class_bias.weight)
+        if n_classes and condition == "projection":
+            embed = nn.Embedding(n_classes, width)
+            # Glorot init as Miyato & Koyama's code; spectrally normalised with the rest of a spectral D
+            nn.init.xavier_uniform_(embed.weight)
+            self.embed = nn.utils.parametrizations.spectral_norm(embed) if norm == "spectral" else embed
+
+    @staticmethod
+    def _with_maps(x: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+        maps = F.one_hot(labels, n_classes).to(x.dtype)[:, :, None, None]
+        return torch.cat([x, maps.expand(-1, -1, *x.shape[-2:])], dim=1)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if self.n_classes:
-            maps = F.one_hot(labels, self.n_classes).to(images.dtype)[:, :, None, None]
-            images = torch.cat([images, maps.expand(-1, -1, *images.shape[-2:])], dim=1)
-        return self.net(images).flatten()
+        if not self.n_classes:
+            return self.net(images).flatten()
+        if self.condition == "image_maps":
+            return self.net(self._with_maps(images, labels, self.n_classes)).flatten()
+        if self.condition == "class_bias":
+            first = self.net[0](images) + self.class_bias(labels)[:, :, None, None]
+            return self.net[1:](first).flatten()
+        if self.condition == "feature_maps":
+            features = self._with_maps(self.net[:2](images), labels, self.n_classes)
+            return self.net[2:](features).flatten()
+        features = self.net[:-1](images)
+        projection = (self.embed(labels)[:, :, None, None] * features).sum(dim=(1, 2, 3))
+        return self.net[-1](features).flatten() + projection
 
 
 class DCGAN(GANModel):
@@ -223,7 +265,8 @@ class DCGAN(GANModel):
         self.image_size = int(image_size[0])
         self.n_classes = self._n_classes(cfg)
         self.G = DCGANGenerator(self.image_size, cfg["nz"], cfg["ngf"], self.n_classes)
-        self.D = DCGANDiscriminator(self.image_size, cfg["ndf"], self.n_classes, self._d_norm(cfg))
+        self.D = DCGANDiscriminator(self.image_size, cfg["ndf"], self.n_classes, self._d_norm(cfg),
+                                    cfg.get("d_condition", "image_maps"))
         _init_dcgan(self.G, cfg["init_std"])
         _init_dcgan(self.D, cfg["init_std"])
         self.network_names = ("G", "D")
@@ -432,6 +475,8 @@ class ConditionalDCGAN(DCGAN):
         names = cfg["class_names"]
         if len(names) < 2 or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
             raise ConfigError(f"model.class_names needs two or more distinct names, got {names}")
+        if cfg["d_condition"] not in D_CONDITIONS:
+            raise ConfigError(f"model.d_condition must be one of {D_CONDITIONS}, got {cfg['d_condition']!r}")
         return cfg
 
     @staticmethod

@@ -142,6 +142,30 @@ def test_cgan_label_enters_g_and_d():
     assert not torch.allclose(model.D(x, torch.zeros(3, dtype=torch.long)), model.D(x, torch.ones(3, dtype=torch.long)))
 
 
+@pytest.mark.parametrize("condition", ["class_bias", "feature_maps", "projection"])
+def test_cgan_d_conditions_other_than_image_maps_leave_the_image_alone_and_use_the_label(condition):
+    model = ConditionalDCGAN({**SMALL, "d_norm": "spectral", "d_condition": condition}, None, 0,
+                             image_size=(32, 32)).eval()
+    assert model.D.net[0].in_channels == 1  # no constant maps beside the image
+    x, healthy, bleed = torch.rand(3, 1, 32, 32), torch.zeros(3, dtype=torch.long), torch.ones(3, dtype=torch.long)
+    if condition == "class_bias":  # starts at zero like a bias: without it D is the unconditional one
+        with torch.no_grad():
+            assert torch.allclose(model.D(x, healthy), model.D.net(x).flatten())
+            nn.init.normal_(model.D.class_bias.weight)
+    with torch.no_grad():
+        assert not torch.allclose(model.D(x, healthy), model.D(x, bleed))
+        if condition == "projection":  # the classes differ by <e_1 - e_0, features summed over space>
+            features = model.D.net[:-1](x).sum(dim=(2, 3))
+            embedding = model.D.embed.weight
+            expected = features @ (embedding[1] - embedding[0])
+            assert torch.allclose(model.D(x, bleed) - model.D(x, healthy), expected, atol=1e-5)
+
+
+def test_unknown_d_condition_is_refused():
+    with pytest.raises(ConfigError, match="d_condition"):
+        ConditionalDCGAN({**SMALL, "d_condition": "maps"}, None, 0, image_size=(32, 32))
+
+
 def _label_only_sampler() -> GANSampler:
     """A conditional generator whose image depends on the class alone (z weights zeroed):
     class k's image is the same for any noise, and different from the other class's."""

@@ -32,14 +32,22 @@ from pipeline.evaluate.measures.slices import load_labelled_slices, load_test_sl
 log = logging.getLogger("pipeline.evaluate.measures.classifier")
 
 
-def build_network(width: int = 16, n_blocks: int = 3):
-    """n_blocks of conv-ReLU-maxpool (width doubling), global average pool, 2 logits (any input size).
+POOLINGS = ("average", "max")
 
-    No batch normalisation: with a few dozen training slices its running statistics never settle,
-    and the network would score differently in eval mode than it trained.
+
+def build_network(width: int = 16, n_blocks: int = 3, pooling: str = "average"):
+    """n_blocks of conv-ReLU-maxpool (width doubling), global pooling, 2 logits (any input size).
+
+    ``pooling`` over space: ``average`` (the whole image's evidence) or ``max`` (the strongest
+    local response: a lesion a few pixels wide, as a haemorrhage at 64 px, is not averaged away
+    by the rest of the head). No batch normalisation: with a few dozen training slices its
+    running statistics never settle, and the network would score differently in eval mode than
+    it trained.
     """
     import torch.nn as nn
 
+    if pooling not in POOLINGS:
+        raise ValueError(f"classifier pooling must be one of {POOLINGS}, got {pooling!r}")
     layers: list[nn.Module] = []
     channels_in = 1
     for block in range(n_blocks):
@@ -50,7 +58,8 @@ def build_network(width: int = 16, n_blocks: int = 3):
             nn.MaxPool2d(2),
         ]
         channels_in = channels_out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels_in, 2)]
+    pool = nn.AdaptiveAvgPool2d(1) if pooling == "average" else nn.AdaptiveMaxPool2d(1)
+    layers += [pool, nn.Flatten(), nn.Linear(channels_in, 2)]
     return nn.Sequential(*layers)
 
 
@@ -98,6 +107,7 @@ def _auc(logits, labels) -> float:
 DEFAULT_SETTINGS = {
     "epochs": 60, "min_epochs": 20, "batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4, "width": 16, "n_blocks": 3,
     "image_size": 64, "flip_probability": 0.5, "patience": 15, "min_auc": 0.7, "min_confidence": 0.6,
+    "pooling": "average",
 }
 """The CLI's defaults; the experiments set their own in params.yaml (``classifier:``). ``min_auc`` and
 ``min_confidence`` are not training knobs: they travel in the checkpoint and decide whether the
@@ -129,7 +139,7 @@ def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     counts = [int((y_train == c).sum()) for c in (0, 1)]
-    network = build_network(settings["width"], settings["n_blocks"]).to(device)
+    network = build_network(settings["width"], settings["n_blocks"], settings["pooling"]).to(device)
     x_train, y_train, x_val, y_val = (t.to(device) for t in (x_train, y_train, x_val, y_val))
     optimiser = torch.optim.Adam(network.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     class_weights = torch.tensor([len(y_train) / (2.0 * n) for n in counts], dtype=torch.float32, device=device)
@@ -170,7 +180,7 @@ def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0
 def _settings_text(settings: dict, seed: int) -> dict:
     return {
         "architecture": f"{settings['n_blocks']} x (conv3x3-ReLU-maxpool), width {settings['width']} doubling, "
-        "global average pool, linear; random initialisation",
+        f"global {settings['pooling']} pool, linear; random initialisation",
         **settings,
         "seed": seed, "loss": "cross-entropy weighted by inverse class frequency",
         "selection": "epoch with the lowest validation loss; stop after `patience` epochs without a lower one, "
@@ -191,6 +201,7 @@ def _finish(network, best, history, x_test, y_test, class_names, labels_text, co
         "state_dict": {k: v.cpu() for k, v in best["state"].items()},
         "width": settings["width"],
         "n_blocks": settings["n_blocks"],
+        "pooling": settings["pooling"],
         "image_size": settings["image_size"],
         "class_names": list(class_names),
         "settings": dict(settings),
@@ -256,8 +267,8 @@ def train_classifier(
 
     train / val / test: {"a": npz, "b": npz} slice files (contracts: ``images`` in [0, 1], ``subject_ids``).
     knobs: the keys of DEFAULT_SETTINGS (their defaults there): epochs, min_epochs, patience,
-    batch_size, lr (Adam), weight_decay: training (``fit_classifier``); width, n_blocks: network
-    size; image_size: side the slices are area-resized to (None keeps theirs); flip_probability:
+    batch_size, lr (Adam), weight_decay: training (``fit_classifier``); width, n_blocks, pooling:
+    network size and global pooling; image_size: side the slices are area-resized to (None keeps theirs); flip_probability:
     random left-right flips; min_auc, min_confidence: when its scores count (``real_test_check``).
     threads: torch CPU threads (0 = torch's default). seed: initialisation, shuffling, flips.
     Deterministic on CPU for a given seed and thread count. Returns the summary written to ``out_json``.
@@ -327,7 +338,7 @@ def load_classifier(path: Path, device: str = "cpu") -> tuple[object, dict]:
 
     path = Path(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    network = build_network(checkpoint["width"], checkpoint["n_blocks"])
+    network = build_network(checkpoint["width"], checkpoint["n_blocks"], checkpoint.get("pooling", "average"))
     network.load_state_dict(checkpoint["state_dict"])
     network.to(device).eval()
     return network, checkpoint
@@ -458,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight-decay", type=float, default=DEFAULT_SETTINGS["weight_decay"])
     parser.add_argument("--width", type=int, default=DEFAULT_SETTINGS["width"])
     parser.add_argument("--n-blocks", type=int, default=DEFAULT_SETTINGS["n_blocks"])
+    parser.add_argument("--pooling", choices=POOLINGS, default=DEFAULT_SETTINGS["pooling"],
+                        help="global pooling over space: average, or max (small lesions)")
     parser.add_argument("--image-size", type=int, default=DEFAULT_SETTINGS["image_size"], help="0 keeps the slices' size")
     parser.add_argument("--flip-probability", type=float, default=DEFAULT_SETTINGS["flip_probability"])
     parser.add_argument("--patience", type=int, default=DEFAULT_SETTINGS["patience"])
@@ -479,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     if not ((complete(labelled) and absent(domains)) or (complete(domains) and absent(labelled))):
         parser.error("give either --train --val --test (labelled slices) or all six --{train,val,test}-{a,b}")
     knobs = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-             "width": args.width, "n_blocks": args.n_blocks, "image_size": args.image_size or None,
+             "width": args.width, "n_blocks": args.n_blocks, "pooling": args.pooling,
+             "image_size": args.image_size or None,
              "flip_probability": args.flip_probability, "patience": args.patience, "min_epochs": args.min_epochs,
              "min_auc": args.min_auc, "min_confidence": args.min_confidence}
     try:
