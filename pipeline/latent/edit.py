@@ -247,6 +247,9 @@ def classifier_scores_checked(block: dict, check: dict) -> dict:
         null = lambda summary: null_summary(summary["n"], summary["n_subjects"], check["reason"])
         out["probability_per_alpha"] = [{"alpha": entry["alpha"], **null(entry)} for entry in block["probability_per_alpha"]]
         out["probability_slope_per_unit_alpha"] = null(block["probability_slope_per_unit_alpha"])
+        at_target = block.get("at_target_ctr")
+        if at_target and (at_target.get("probability") or {}).get("n") is not None:  # measured there: null it too
+            out["at_target_ctr"] = at_target | {"probability": null(at_target["probability"])}
     return out
 
 

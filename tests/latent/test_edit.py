@@ -130,3 +130,30 @@ def test_ctr_regression_direction_recovers_the_direction_that_sets_the_ctr():
     assert vector @ truth > 0.98 and r2 > 0.9
     _, r2_noise = regression_direction(w, rng.normal(0.45, 0.02, size=300))   # CTR unrelated to w
     assert r2_noise < 0.15
+
+
+def test_a_classifier_that_fails_its_check_leaves_no_probability_anywhere_in_the_edit_block():
+    """Every P(cardiomegaly) of an edit block is null with the reason when the classifier fails its
+    real-test check: per alpha, the slope, and at the alpha reaching the target CTR (a review found
+    the last one reported from a classifier no better than chance)."""
+    from pipeline.latent.edit import classifier_scores_checked
+
+    policy = IntervalPolicy(n_boot=200, seed=0, min_subjects=2)
+    subjects = np.repeat(np.arange(4), 2)
+    probability = np.full((8, 3), 0.62)
+    ctr = np.array([[0.45, 0.48, 0.55]] * 8) + np.linspace(0, 0.01, 8)[:, None]
+    at_target = at_target_block([-1.0, 0.0, 1.0], ctr, np.ones((8, 3)), probability, subjects, 0.5, policy)
+    assert at_target["probability"]["mean"] is not None  # measured before the check
+    block = {"probability_per_alpha": [{"alpha": a, **_summary(probability[:, i], subjects, policy)}
+                                       for i, a in enumerate([-1.0, 0.0, 1.0])],
+             "probability_slope_per_unit_alpha": _summary(probability[:, 0], subjects, policy),
+             "at_target_ctr": at_target}
+    failed = {"usable": False, "reason": "real-test AUC 0.52 < 0.7", "auc": 0.52, "balanced_accuracy": 0.5}
+    out = classifier_scores_checked(block, failed)
+    assert all(entry["mean"] is None for entry in out["probability_per_alpha"])
+    assert out["probability_slope_per_unit_alpha"]["mean"] is None
+    assert out["at_target_ctr"]["probability"]["mean"] is None
+    assert out["at_target_ctr"]["probability"]["ci95_reason"] == "real-test AUC 0.52 < 0.7"
+    assert out["at_target_ctr"]["ctr"] == at_target["ctr"]  # the CTR needs no classifier
+    passed = classifier_scores_checked(block, failed | {"usable": True, "reason": None})
+    assert passed["at_target_ctr"]["probability"]["mean"] == at_target["probability"]["mean"]
