@@ -59,10 +59,20 @@ def test_files_inside_an_atomic_dir_are_flushed_once_with_the_folder_not_one_by_
     assert events == ["fsync"]
 
 
-def test_flush_file_system_returns_on_a_real_folder(tmp_path):
-    """The real syncfs call (or os.sync) on this machine's file system: no error, nothing changed."""
+def test_flush_file_system_uses_syncfs_on_linux_not_a_machine_wide_sync(tmp_path, monkeypatch):
+    """On Linux the flush is syncfs of the folder's own file system: os.sync (every mount of a
+    shared machine, which a stale network mount can hang) must not be reached."""
+    import os
+    import sys
+
     from pipeline.atomic import flush_file_system
 
+    if not sys.platform.startswith("linux"):
+        pytest.skip("syncfs is Linux's")
+
+    def machine_wide():
+        raise AssertionError("os.sync called: syncfs failed or was not tried")
+
+    monkeypatch.setattr(os, "sync", machine_wide)
     (tmp_path / "a.txt").write_text("x")
     flush_file_system(tmp_path)
-    assert (tmp_path / "a.txt").read_text() == "x"
