@@ -38,6 +38,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "gpus": 1,                  # processes (one GPU each) the Snakemake rule asks torchrun for when distributed
     "deterministic": True,      # deterministic algorithms (bit-identical on CPU; CUDA: best effort)
     "threads": 0,               # CPU threads for torch (0: torch's default); part of the numerics
+    "cpu_unfold_weight_grad_positions": 64,  # CPU: conv weight gradients over <= this many output
+                                # positions by unfold + matmul (engine/cpu_conv.py); 0: oneDNN's
     "progress_interval_s": 30.0,  # seconds between progress lines (with ETA) when not on a terminal
 }
 DEVICES = ("auto", "cpu", "cuda")

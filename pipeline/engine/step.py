@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import torch
 
 from pipeline.distributed import DataParallel, use_sync_batchnorm
+from pipeline.engine.cpu_conv import use_unfold_weight_grads
 from pipeline.models import GANModel
 
 
@@ -29,12 +30,14 @@ def train_step(model: GANModel, batch: dict[str, torch.Tensor], global_step: int
 def prepare_model(model: GANModel, cfg: Mapping[str, Any], device: torch.device,
                   parallel: DataParallel | None = None) -> GANModel:
     """Apply the speed knobs to a model on ``device``: SyncBatchNorm when data-parallel on CUDA,
-    channels-last, bf16 autocast, torch.compile of the networks and of the fixed networks inside
+    the unfold weight gradient of small convolutions on the CPU (engine/cpu_conv.py), channels-last, bf16 autocast, torch.compile of the networks and of the fixed networks inside
     losses (networks keep their state-dict keys)."""
     if parallel is not None and parallel.world_size > 1:
         if device.type == "cuda":
             use_sync_batchnorm(model, model.network_names)
         model.parallel = parallel
+    if device.type == "cpu":
+        use_unfold_weight_grads(model.networks().values(), cfg["cpu_unfold_weight_grad_positions"])
     if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)
     model.mixed_precision = torch.bfloat16 if cfg["bf16"] else None
