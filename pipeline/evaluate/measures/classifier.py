@@ -360,8 +360,10 @@ def auc_with_interval(p_positive: np.ndarray, labels: np.ndarray, subject_ids: n
     without haemorrhage): each replicate weighs every image by how often its subject was drawn,
     so the replicate AUC is sum_ij w_i w_j [s_i > s_j] / (sum w_pos x sum w_neg), computed from
     the per-subject pair counts (subjects, not images, size the work); the percentile interval is
-    widened to the estimate in the rare case it misses it (AUC at 1 with few subjects). Null with
-    the reason when a class is absent; no interval when the subjects are fewer than the policy's minimum.
+    widened to the estimate in the rare case it misses it. At AUC 1 (or 0), where every replicate
+    is too and the percentile interval would be [1, 1], Wilson's interval with n = the subjects
+    (intervals.bounded_bootstrap_ci: 8 subjects give [0.59, 1]). Null with the reason when a
+    class is absent; no interval when the subjects are fewer than the policy's minimum.
     """
     from pipeline.evaluate.measures import intervals
 
@@ -387,10 +389,7 @@ def auc_with_interval(p_positive: np.ndarray, labels: np.ndarray, subject_ids: n
     counts, _ = intervals.subject_draws(subject_ids, policy.n_boot, np.random.default_rng(policy.seed))
     with np.errstate(divide="ignore", invalid="ignore"):
         replicates = np.einsum("bi,ij,bj->b", counts, pair_counts, counts) / ((counts @ n_pos) * (counts @ n_neg))
-    replicates = replicates[np.isfinite(replicates)]
-    tail = 100.0 * (1.0 - intervals.CONFIDENCE) / 2.0
-    low, high = np.percentile(replicates, [tail, 100.0 - tail])
-    return block | {"ci95": [float(min(low, block["value"])), float(max(high, block["value"]))]}
+    return block | intervals.bounded_bootstrap_ci(replicates, block["value"], len(subjects))
 
 
 def real_test_check(p_positive: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray, policy,
