@@ -121,6 +121,9 @@ METHODS = {
     ),
 }
 
+BOUND_ROUND_OFF = 1e-9
+"""A replicate this near 0 or 1 is there (a weighted AUC of a perfect ranking sums to 0.9999999999999999)."""
+
 MAX_ESTIMATE_SKEWNESS = 1.0
 """Hall's correction is a small-skewness expansion; capped here it keeps f(0) = a / 2 <= 1/6, far inside
 +-t(0.975, df), so the interval always contains its estimate (8 equal subjects reach at most 0.8)."""
@@ -266,7 +269,7 @@ def bounded_bootstrap_ci(replicates: np.ndarray, estimate: float, n_subjects: in
     """
     replicates = np.asarray(replicates, np.float64)
     replicates = replicates[np.isfinite(replicates)]
-    if estimate in (0.0, 1.0) and np.all(replicates == estimate):
+    if estimate in (0.0, 1.0) and np.all(np.abs(replicates - estimate) <= BOUND_ROUND_OFF):
         low, high = _wilson_score(estimate, float(n_subjects), float(n_subjects - 1))
         return _result([float(low), float(high)], "wilson_at_bound")
     if replicates.size == 0:
