@@ -234,7 +234,8 @@ class EditMeasures:
         labels = np.asarray(test.get("labels", np.full(len(test["images"]), -1)))
         known = np.isin(labels, (0, 1))
         return real_test_check(self.probability(test["images"][known]), labels[known], test["subject_ids"][known],
-                               policy, *acceptance(self.classifier_checkpoint))
+                               policy, *acceptance(self.classifier_checkpoint),
+                               class_names=tuple(self.classifier_checkpoint.get("class_names", ("0", "1"))))
 
 
 def classifier_scores_checked(block: dict, check: dict) -> dict:

@@ -156,6 +156,24 @@ def test_a_perfect_ranking_on_eight_patients_is_not_an_interval_at_one():
     assert block["ci95"] == pytest.approx([wilson_low, 1.0]) and block["ci95"][0] < 0.6
 
 
+def test_a_classifier_that_ranks_well_but_calls_one_class_the_other_at_one_half_is_not_usable():
+    """Healthy slices at P(haemorrhage) 0.05, haemorrhage ones at 0.30-0.45: every pair ranked right
+    (AUC 1) and a balanced mean P(true class) of ~0.67, yet no haemorrhage slice is called
+    haemorrhage at 0.5, the cut-off every share uses."""
+    labels = np.tile([0, 0, 1, 1], 12)
+    subjects = np.repeat([f"p{i}" for i in range(12)], 4)
+    scores = np.where(labels == 1, np.linspace(0.30, 0.45, 48), 0.05)
+    check = classifier.real_test_check(scores, labels, subjects, POLICY, min_auc=0.7, min_confidence=0.6,
+                                       class_names=("healthy", "haemorrhage"))
+    assert check["auc"]["value"] == 1.0 and check["mean_probability_true_class"] > 0.6
+    assert check["recall_at_half"]["haemorrhage"]["mean"] == 0.0 and check["recall_at_half"]["healthy"]["mean"] == 1.0
+    assert check["recall_at_half"]["healthy"]["ci_method"] == "subject_wilson"
+    assert not check["usable"] and "class haemorrhage" in check["reason"] and "0.000" in check["reason"]
+    fair = classifier.real_test_check(np.where(labels == 1, 0.8, 0.05), labels, subjects, POLICY, min_auc=0.7,
+                                      min_confidence=0.6, class_names=("healthy", "haemorrhage"))
+    assert fair["usable"] and fair["recall_at_half"]["haemorrhage"]["mean"] == 1.0
+
+
 def test_a_constant_classifier_and_one_hovering_at_one_half_are_not_usable():
     scores, labels, subjects = scored_slices(separation=0.0)
     constant = classifier.real_test_check(np.full(48, 0.501), labels, subjects, POLICY, min_auc=0.7, min_confidence=0.6)
