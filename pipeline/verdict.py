@@ -15,11 +15,26 @@ A threshold is a number, or relative to another number of the same metrics.json 
 distance "within 2x of the real-vs-real floor": ``{metric: distribution/floor/frd, times: 2}``).
 A relative threshold counts with its own interval, conservatively: a claim ``<=`` passes only
 when its upper bound is below the threshold's lower bound (and fails only when its lower bound
-is above the threshold's upper bound). A threshold number with no interval is used as it is,
-and the verdict says so.
+is above the threshold's upper bound). A relative threshold with no interval (too few subjects)
+gives at most UNDECIDED: a point floor has no uncertainty to count, so it never makes a PASS
+(a FAIL stays: the claim's whole interval is then on the wrong side of the floor's own estimate).
+A floor block that says ``size_matched: false`` (fewer real images than the compared set: FID and
+FRD err high at small n, which would lower the bar) makes its claims NOT MEASURED with the
+reason "floor not size-matched"; it is not rescaled, since the small-n bias depends on the
+features' spectrum and no factor corrects it in general.
+
+A zero-width interval at 0 or 1 (e.g. AUC [1, 1], a percentile bootstrap whose every replicate
+sits at the bound) says nothing about the population: it is UNDECIDED unless the block's
+``ci_method`` is one for which no spread is a measured fact (``ZERO_WIDTH_METHODS``: ``subject_t``,
+whose [1, 1] means every image scored exactly 1, as SSIM of identical images; ``subject_jackknife``,
+a set statistic that no left-out subject moves). The measures give such statistics Wilson's
+interval at the bound instead (pipeline/evaluate/measures/intervals.py ``wilson_at_bound``); this
+rule is the second line of defence.
 
 A path that is not in metrics.json is an error naming the file and the path: a claim that
-silently reads nothing would be a pass without a measured number.
+silently reads nothing would be a pass without a measured number. So is an interval that is not
+two finite numbers in order containing its value, and any interval of metrics.json that does not
+hold (pipeline/evaluate/measures/intervals.py ``interval_problems``, checked once a verdict).
 """
 from __future__ import annotations
 
@@ -37,13 +52,19 @@ from pipeline.errors import ConfigError, InputDataError, PipelineError
 PASS, FAIL, UNDECIDED, NOT_MEASURED = "PASS", "FAIL", "UNDECIDED", "NOT MEASURED"
 VERDICTS = (PASS, FAIL, UNDECIDED, NOT_MEASURED)
 COMPARISONS = (">=", ">", "<=", "<")
+MEASURE_BOUNDS = (0.0, 1.0)
+"""Where shares, AUCs, accuracies, SSIM and Dice end: a zero-width interval there is suspect."""
+ZERO_WIDTH_METHODS = ("subject_t", "subject_jackknife")
+"""ci_methods whose zero-width interval at a bound is a measured fact, not a degenerate resample (module docstring)."""
 
 
 class Estimate:
-    """A number of metrics.json with its 95% interval (or None) and why either is missing."""
+    """A number of metrics.json with its 95% interval (or None), how the interval was computed,
+    and why either is missing."""
 
-    def __init__(self, value: float | None, ci95: tuple[float, float] | None, reason: str | None):
-        self.value, self.ci95, self.reason = value, ci95, reason
+    def __init__(self, value: float | None, ci95: tuple[float, float] | None, reason: str | None,
+                 method: str | None = None):
+        self.value, self.ci95, self.reason, self.method = value, ci95, reason, method
 
 
 def lookup(metrics: Mapping[str, Any], path: str, source: Path | str) -> Any:
@@ -82,14 +103,30 @@ def estimate_at(metrics: Mapping[str, Any], path: str, source: Path | str) -> Es
     if key is None:
         raise InputDataError(source, f"claim path {path!r} is a block without 'mean' or 'value' (keys: {sorted(node)})")
     value = _finite(node[key])
-    interval = node.get("ci95")
-    ci = (float(interval[0]), float(interval[1])) if isinstance(interval, (list, tuple)) and len(interval) == 2 else None
+    ci = _interval(node.get("ci95"), value, path, source)
     reason = node.get("reason") if value is None else node.get("ci95_reason") if ci is None else None
     if value is None and not reason:
         reason = node.get("ci95_reason") or "null in metrics.json"
     if value is not None and ci is None and not reason:
         reason = "no interval given"
-    return Estimate(value, ci, reason)
+    return Estimate(value, ci, reason, node.get("ci_method"))
+
+
+def _interval(interval: Any, value: float | None, path: str, source: Path | str) -> tuple[float, float] | None:
+    """The (low, high) of a ``ci95`` entry, None when it is null; an InputDataError naming
+    ``source`` and ``path`` when it is not two finite numbers in order around ``value``."""
+    if interval is None:
+        return None
+    ends = [_finite(x) for x in interval] if isinstance(interval, (list, tuple)) else []
+    if len(ends) != 2 or None in ends:
+        raise InputDataError(source, f"claim path {path!r}: ci95 {interval!r} is not two finite numbers")
+    low, high = ends
+    if low > high:
+        raise InputDataError(source, f"claim path {path!r}: ci95 {interval!r} is reversed (low above high)")
+    if value is not None and not low <= value <= high and not math.isclose(value, low if value < low else high,
+                                                                          rel_tol=1e-9, abs_tol=1e-12):
+        raise InputDataError(source, f"claim path {path!r}: ci95 {interval!r} does not contain the value {value!r}")
+    return low, high
 
 
 def _threshold(claim: Mapping[str, Any], metrics: Mapping[str, Any], source: Path | str
@@ -101,10 +138,39 @@ def _threshold(claim: Mapping[str, Any], metrics: Mapping[str, Any], source: Pat
     ref = estimate_at(metrics, threshold["metric"], source)
     if ref.value is None:
         return None, f"threshold {threshold['metric']} is not measured ({ref.reason})"
+    unmatched = _not_size_matched(metrics, threshold["metric"])
+    if unmatched:
+        return None, f"floor not size-matched: {unmatched} (threshold {threshold['metric']})"
     times, plus = float(threshold.get("times", 1.0)), float(threshold.get("plus", 0.0))
     low, high = ref.ci95 if ref.ci95 is not None else (ref.value, ref.value)
     ends = sorted((times * low + plus, times * high + plus))
-    return (ends[0], ends[1]), None if ref.ci95 is not None else f"threshold {threshold['metric']} has no interval: its estimate is used"
+    return (ends[0], ends[1]), None if ref.ci95 is not None else POINT_THRESHOLD.format(metric=threshold["metric"])
+
+
+POINT_THRESHOLD = "threshold {metric} has no interval: a point threshold never makes a pass"
+
+
+def _not_size_matched(metrics: Mapping[str, Any], path: str) -> str | None:
+    """Why the floor block holding ``path`` (the node itself or its parent) is not comparable, or None:
+    ``size_matched: false`` there (fewer real images than the compared set)."""
+    parts = path.split("/")
+    for depth in (len(parts), len(parts) - 1):
+        node: Any = metrics
+        for key in parts[:depth]:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if isinstance(node, Mapping) and node.get("size_matched") is False:
+            return (f"{'/'.join(parts[:depth])} holds {node.get('n_floor', node.get('n_generated', '?'))} real images "
+                    f"beside {node.get('n_compared', '?')} compared ones")
+    return None
+
+
+def _at_bound_without_spread(found: Estimate) -> str | None:
+    """Why a zero-width interval at 0 or 1 cannot decide (module docstring), or None."""
+    low, high = found.ci95
+    if low == high and low in MEASURE_BOUNDS and found.method not in ZERO_WIDTH_METHODS:
+        return (f"a zero-width interval [{low:g}, {high:g}] at the measure's bound ({found.method or 'no ci_method'}) "
+                "does not show the population is there")
+    return None
 
 
 def judge(claim: Mapping[str, Any], metrics: Mapping[str, Any], source: Path | str,
@@ -137,6 +203,10 @@ def judge(claim: Mapping[str, Any], metrics: Mapping[str, Any], source: Path | s
     if found.ci95 is None:
         record["verdict"], record["reason"] = UNDECIDED, f"a point estimate alone cannot pass ({found.reason})"
         return record
+    degenerate = _at_bound_without_spread(found)
+    if degenerate:
+        record["verdict"], record["reason"] = UNDECIDED, degenerate
+        return record
     (low, high), (t_low, t_high) = found.ci95, bounds
     above = compare in (">=", ">")
     strict = compare in (">", "<")
@@ -147,7 +217,7 @@ def judge(claim: Mapping[str, Any], metrics: Mapping[str, Any], source: Path | s
         return x < t if strict else x <= t
 
     if beyond(low if above else high, t_high if above else t_low):
-        record["verdict"] = PASS
+        record["verdict"] = PASS if not threshold_note else UNDECIDED
     elif not beyond(high if above else low, t_low if above else t_high):
         record["verdict"] = FAIL
     else:
@@ -209,7 +279,13 @@ def _read_json(path: Path) -> dict[str, Any]:
 def build_verdict(experiment: str, claims: Sequence[Mapping[str, Any]], metrics_path: Path,
                   run_json: Path | None, profile: str) -> dict[str, Any]:
     """verdict.json's content for one experiment."""
+    from pipeline.evaluate.measures.intervals import interval_problems
+
     metrics = _read_json(metrics_path)
+    min_subjects = ((metrics.get("settings") or {}).get("intervals") or {}).get("min_subjects")
+    problems = interval_problems(metrics, min_subjects if isinstance(min_subjects, int) else None)
+    if problems:
+        raise InputDataError(metrics_path, "intervals that do not hold: " + "; ".join(problems))
     run = _read_json(run_json) if run_json else {}
     records = judge_all(claims, metrics, metrics_path)
     return {

@@ -79,6 +79,64 @@ def test_relative_threshold_counts_the_floor_interval_conservatively():
     assert unmeasured["verdict"] == NOT_MEASURED and "distribution/fid" in unmeasured["reason"]
 
 
+def test_a_relative_threshold_without_an_interval_never_makes_a_pass():
+    metrics = METRICS | {"floor": {"frd": {"value": 9.0, "ci95": None, "ci95_reason": "3 subjects"}}}
+    # frd [4, 6] wholly below the point floor 9: would pass, but the floor's uncertainty is not known
+    point = verdicts([claim("near", "distribution/frd", "<=", {"metric": "floor/frd"})], metrics)["near"]
+    assert point["verdict"] == UNDECIDED and "no interval" in point["reason"] and "floor/frd" in point["reason"]
+    # wholly above half the point floor (4.5): the claim's own interval misses even the floor's estimate
+    assert verdicts([claim("near", "distribution/frd", "<=", {"metric": "floor/frd", "times": 0.3})],
+                    metrics)["near"]["verdict"] == FAIL
+
+
+def test_a_floor_that_is_not_size_matched_leaves_its_claims_not_measured():
+    floor = {"n_floor": 28, "n_compared": 100, "size_matched": False,
+             "frd": {"value": 9.0, "ci95": [8.0, 10.0], "ci95_reason": None}}
+    metrics = METRICS | {"floor": floor, "organ_floor": {"value": 9.0, "ci95": [8.0, 10.0], "n_generated": 28,
+                                                         "n_compared": 100, "size_matched": False}}
+    for path in ("floor/frd", "organ_floor"):
+        out = verdicts([claim("near", "distribution/frd", "<=", {"metric": path})], metrics)["near"]
+        assert out["verdict"] == NOT_MEASURED and out["reason"].startswith("floor not size-matched"), out
+        assert "28 real images beside 100" in out["reason"]
+    matched = metrics | {"floor": floor | {"size_matched": True}}
+    assert verdicts([claim("near", "distribution/frd", "<=", {"metric": "floor/frd"})], matched)["near"]["verdict"] == PASS
+
+
+def test_a_zero_width_interval_at_the_bound_decides_nothing_unless_its_method_says_so():
+    metrics = {"auc": {"value": 1.0, "ci95": [1.0, 1.0], "ci_method": "subject_bootstrap"},
+               "bare_auc": {"value": 1.0, "ci95": [1.0, 1.0]},
+               "zero": {"value": 0.0, "ci95": [0.0, 0.0], "ci_method": "subject_bootstrap"},
+               "ssim": {"mean": 1.0, "ci95": [1.0, 1.0], "ci_method": "subject_t"},
+               "wilson": {"value": 1.0, "ci95": [0.59, 1.0], "ci_method": "wilson_at_bound"}}
+    out = verdicts([claim("auc", "auc", ">=", 0.95), claim("bare", "bare_auc", ">=", 0.95),
+                    claim("zero", "zero", "<=", 0.05), claim("ssim", "ssim", ">=", 0.8),
+                    claim("wilson", "wilson", ">=", 0.95)], metrics)
+    for name in ("auc", "bare", "zero"):
+        assert out[name]["verdict"] == UNDECIDED and "zero-width interval" in out[name]["reason"], out[name]
+    assert out["ssim"]["verdict"] == PASS  # every image scored exactly 1 (identical images): a measured fact
+    assert out["wilson"]["verdict"] == UNDECIDED and "straddles" in out["wilson"]["reason"]
+
+
+@pytest.mark.parametrize("interval, problem", [
+    ([0.2, float("nan")], "not two finite numbers"), ([0.2, None], "not two finite numbers"),
+    ([0.4, 0.2], "reversed"), ([0.31, 0.38], "does not contain the value 0.3"), ([0.2], "not two finite numbers"),
+])
+def test_an_interval_that_does_not_hold_is_an_error_naming_the_file_and_path(interval, problem):
+    metrics = {"ct_to_mri": {"ssim_gain": {"mean": 0.3, "ci95": interval}}}
+    with pytest.raises(InputDataError, match=rf"metrics.json: claim path 'ct_to_mri/ssim_gain': ci95 .* {problem}"):
+        judge_all([claim("gain", "ct_to_mri/ssim_gain", ">=", 0.15)], metrics, "metrics.json")
+    with pytest.raises(InputDataError, match=problem):  # also as a relative threshold's interval
+        judge_all([claim("gain", "distribution/frd", ">=", {"metric": "ct_to_mri/ssim_gain"})],
+                  METRICS | metrics, "metrics.json")
+
+
+def test_a_verdict_refuses_a_metrics_file_with_an_interval_that_does_not_hold(tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(METRICS | {"elsewhere": {"value": 2.0, "ci95": [0.0, 1.0]}}))
+    with pytest.raises(InputDataError, match=r"metrics.json: intervals that do not hold: /elsewhere/ci95"):
+        build_verdict("demo", [claim("gain", "ct_to_mri/ssim_gain", ">=", 0.15)], metrics, None, "default")
+
+
 def test_a_claim_that_needs_another_is_not_measured_unless_that_one_passes():
     out = verdicts([
         claim("share", "ct_to_mri/ssim_gain", ">=", 0.1, requires=["classifier_ok"]),   # declared first

@@ -26,9 +26,12 @@ heart to the ladder's largest one, whatever the scale of G's w space. Measures p
   trained on real train slices by its own rule), beside its AUC and balanced accuracy on the
   held-out real slices, and null with the reason when it fails that check (no better than chance,
   or outputs hovering at 0.5: ``classifier_real_test``);
-- identity: SSIM between the edited image and the unedited reconstruction over the pixels
-  outside the heart (outside the union of the heart masks predicted in both), the skimage SSIM
-  map (Wang et al. window, data range 1) averaged over those pixels;
+- identity: SSIM between the edited image and the unedited reconstruction over the thorax
+  outside the heart (``thorax_outside_heart``: pixels the segmenter calls thorax or heart in
+  either image, less the union of the heart masks predicted in both), the skimage SSIM map (Wang
+  et al. window, data range 1) averaged over those pixels. Not over the flat background beside
+  the body, where SSIM is about 1 whatever the edit, and which would lift the average towards 1
+  by its share of the film;
 - on the phantom's ladder patients (not used for the direction): SSIM of the edited image against
   the patient's true render at the ladder CTR nearest the CTR the edit reached.
 CTR change per unit alpha: the least-squares slope of CTR on alpha per image, averaged, with the
@@ -155,6 +158,15 @@ def ssim_outside(reference: np.ndarray, test: np.ndarray, outside: np.ndarray) -
     return float(ssim_map[outside].mean())
 
 
+def thorax_outside_heart(base_map: np.ndarray, edited_map: np.ndarray) -> np.ndarray:
+    """Pixels of the body that are heart in neither segmentation: (thorax or heart in either map)
+    and not heart in either (pipeline.labels CTR classes)."""
+    from pipeline.labels import CTR_BACKGROUND, CTR_HEART
+
+    body = (base_map != CTR_BACKGROUND) | (edited_map != CTR_BACKGROUND)
+    return body & (base_map != CTR_HEART) & (edited_map != CTR_HEART)
+
+
 def first_alpha_reaching(ctr_summaries: list[dict], target: float) -> tuple[int, bool]:
     """Index of the first alpha whose CTR interval lies wholly at or above ``target`` (and True),
     else of the alpha with the largest mean CTR (and False); summaries as ``summarise`` writes them."""
@@ -184,7 +196,7 @@ def at_target_block(alphas: list[float], ctr: np.ndarray, identity: np.ndarray, 
     a = edited[k]
     per_image_reached = (np.nan_to_num(ctr, nan=-np.inf) >= target).any(axis=1).astype(np.float64)
     return {"what": f"the first edited alpha whose mean CTR interval lies wholly at or above {target:g} (else the alpha "
-                    "of the largest mean CTR); CTR, identity SSIM outside the heart and P(cardiomegaly) there",
+                    "of the largest mean CTR); CTR, identity SSIM over the thorax outside the heart and P(cardiomegaly) there",
             "target_ctr": float(target), "reached": bool(reached), "alpha": float(alphas[a]),
             "ctr": ctr_summaries[a],
             "identity_ssim_outside_heart": _summary(identity[:, a], subjects, policy),
@@ -234,7 +246,8 @@ class EditMeasures:
         labels = np.asarray(test.get("labels", np.full(len(test["images"]), -1)))
         known = np.isin(labels, (0, 1))
         return real_test_check(self.probability(test["images"][known]), labels[known], test["subject_ids"][known],
-                               policy, *acceptance(self.classifier_checkpoint))
+                               policy, *acceptance(self.classifier_checkpoint),
+                               class_names=tuple(self.classifier_checkpoint.get("class_names", ("0", "1"))))
 
 
 def classifier_scores_checked(block: dict, check: dict) -> dict:
@@ -272,8 +285,8 @@ def edit_block(sampler, measures: EditMeasures, codes: np.ndarray, subjects: np.
     for i in range(n):
         for a in range(n_alpha):
             if a != base:
-                outside = ~((maps[i, a] == 2) | (maps[i, base] == 2))
-                identity[i, a] = ssim_outside(images[i, base], images[i, a], outside)
+                identity[i, a] = ssim_outside(images[i, base], images[i, a], thorax_outside_heart(maps[i, base],
+                                                                                                   maps[i, a]))
     edited_cols = [a for a in range(n_alpha) if a != base]
     block = {
         "n_images": int(n), "n_subjects": int(len(np.unique(subjects))),

@@ -99,12 +99,14 @@ def fit_lda(features: np.ndarray, labels: np.ndarray, solver: str, shrinkage: An
     return lda, normal / np.linalg.norm(normal)
 
 
-def _bootstrap(statistic, labels: np.ndarray, subjects: np.ndarray, policy) -> dict:
+def _bootstrap(statistic, labels: np.ndarray, subjects: np.ndarray, policy, bounded: bool = False) -> dict:
     """Subject-bootstrap percentile interval of ``statistic(weights)`` (weights = image multiplicities).
 
     A ratio like the separation can have a skewed bootstrap distribution whose percentiles miss
-    the estimate; such an interval is not reported (null with the reason), never stretched to fit."""
-    from pipeline.evaluate.measures.intervals import CONFIDENCE, subject_draws, too_few_subjects
+    the estimate; such an interval is not reported (null with the reason), never stretched to fit.
+    A ``bounded`` statistic (AUC, accuracy: shares) at 0 or 1 gets Wilson's interval on the subjects
+    (intervals.bounded_bootstrap_ci), not the point its replicates all sit on."""
+    from pipeline.evaluate.measures.intervals import CONFIDENCE, bounded_bootstrap_ci, subject_draws, too_few_subjects
 
     reason = too_few_subjects(policy, subjects)
     if reason:
@@ -114,9 +116,11 @@ def _bootstrap(statistic, labels: np.ndarray, subjects: np.ndarray, policy) -> d
     replicates = replicates[np.isfinite(replicates)]
     if replicates.size == 0:
         return {"ci95": None, "ci95_reason": "no replicate had a finite value", "ci_method": "subject_bootstrap"}
+    estimate = statistic(np.ones(len(subjects)))
+    if bounded and estimate in (0.0, 1.0):
+        return bounded_bootstrap_ci(replicates, estimate, len(np.unique(subjects)))
     tail = 100.0 * (1.0 - CONFIDENCE) / 2.0
     low, high = np.percentile(replicates, [tail, 100.0 - tail])
-    estimate = statistic(np.ones(len(subjects)))
     if not low <= estimate <= high:
         return {"ci95": None, "ci_method": "subject_bootstrap",
                 "ci95_reason": f"the bootstrap percentile interval [{low:.3g}, {high:.3g}] excludes the estimate "
@@ -135,13 +139,13 @@ def _auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = No
     return float(roc_auc_score(labels, scores, sample_weight=weights))
 
 
-def _measure(value: float, labels: np.ndarray, subjects: np.ndarray, statistic, policy) -> dict:
+def _measure(value: float, labels: np.ndarray, subjects: np.ndarray, statistic, policy, bounded: bool = False) -> dict:
     counts = {name: int((labels == cls).sum()) for cls, name in ((0, "healthy"), (1, "cardiomegaly"))}
     block = {"value": float(value), "n_images": counts, "n_subjects": int(len(np.unique(subjects)))}
     if not np.isfinite(value):
         return block | {"value": None, "ci95": None, "ci95_reason": "not computable on this set",
                         "ci_method": "subject_bootstrap"}
-    return block | _bootstrap(statistic, labels, subjects, policy)
+    return block | _bootstrap(statistic, labels, subjects, policy, bounded)
 
 
 def _too_few(labels: np.ndarray, where: str) -> str | None:
@@ -184,8 +188,8 @@ def separate(codes: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray, set
         correct = (lda.predict(features[held]) == y).astype(np.float64)
         section["separation_heldout"] = _measure(separation(p, y), y, s, lambda w: separation(p, y, w), policy)
         section["accuracy_heldout"] = _measure(float(correct.mean()), y, s,
-                                               lambda w: float((w * correct).sum() / w.sum()), policy)
-        section["auc_heldout"] = _measure(_auc(p, y), y, s, lambda w: _auc(p, y, w), policy)
+                                               lambda w: float((w * correct).sum() / w.sum()), policy, bounded=True)
+        section["auc_heldout"] = _measure(_auc(p, y), y, s, lambda w: _auc(p, y, w), policy, bounded=True)
     arrays = {"direction": normal, "projections": projections, "labels": labels, "fit": fit,
               "subject_ids": subjects}
     return section, arrays

@@ -111,9 +111,13 @@ def one_hot_masks(label_maps: torch.Tensor, n_labels: int) -> torch.Tensor:
 
 def masked_gram(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) features and (B, K, h, w) masks -> (B, K, C, C) Gram matrices per segment,
-    normalised by the segment's masked area (an empty mask gives zeros)."""
-    f = features.float().flatten(2)
-    m = masks.float().flatten(2)
+    normalised by the segment's masked area (an empty mask gives zeros): G_k = sum_p f_p f_p^T
+    m_kp / sum_p m_kp, every pixel weighted once by its (soft, after pooling) mask value. The one
+    definition: the evaluation's organ Grams (pipeline/evaluate/measures/organ_style.py) call this.
+    Float64 inputs stay float64 (the evaluation's host work); half or float32 compute in float32."""
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    f = features.to(dtype).flatten(2)
+    m = masks.to(dtype).flatten(2)
     area = m.sum(-1).clamp_min(torch.finfo(torch.float32).tiny)
     weighted = f.unsqueeze(1) * (m / area[..., None]).unsqueeze(2)  # (B, K, C, P): one pass over the features
     return weighted @ f.unsqueeze(1).transpose(-1, -2)

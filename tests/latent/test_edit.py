@@ -1,11 +1,14 @@
 """Edits: the direction, the edited codes and the CTR change per unit alpha on hand-made cases."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
+import torch
 
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 from pipeline.latent.edit import (apply_edit, at_target_block, difference_length, direction_as_code, regression_direction,
-                                  slopes, ssim_outside, unit_direction)
+                                  slopes, ssim_outside, thorax_outside_heart, unit_direction)
 from pipeline.latent.edit import _summary
 
 
@@ -74,6 +77,62 @@ def test_identity_ssim_outside_the_heart_matches_a_hand_computation():
     expected = _hand_ssim_map(image, edited)[outside].mean()
     assert np.isclose(ssim_outside(image, edited, outside), expected, atol=1e-6)
     assert np.isnan(ssim_outside(image, edited, np.zeros(image.shape, bool)))
+
+
+def test_identity_ssim_is_averaged_over_the_thorax_outside_the_heart_not_the_background():
+    """A 48 px film: a 24 px thorax (class 1) with a heart (class 2) in a flat black background
+    (class 0). The edit adds noise to the lungs; the background stays black, where SSIM is 1."""
+    rng = np.random.default_rng(6)
+    base_map = np.zeros((48, 48), np.int64)
+    base_map[12:36, 12:36] = 1
+    base_map[20:28, 20:26] = 2
+    edited_map = base_map.copy()
+    edited_map[20:29, 20:27] = 2                             # the heart grew
+    image = np.where(base_map > 0, 0.5 + 0.2 * rng.standard_normal((48, 48)), 0.0).clip(0, 1)
+    edited = np.where(base_map == 1, image + rng.normal(0, 0.15, image.shape), image).clip(0, 1)
+    region = thorax_outside_heart(base_map, edited_map)
+    by_hand = (base_map >= 1) & (base_map != 2) & (edited_map != 2)
+    assert np.array_equal(region, by_hand) and not region[:12].any()
+    expected = _hand_ssim_map(image, edited)[by_hand].mean()
+    assert np.isclose(ssim_outside(image, edited, region), expected, atol=1e-6)
+    with_background = ssim_outside(image, edited, (base_map != 2) & (edited_map != 2))
+    assert with_background > expected + 0.1  # the black three quarters of the film would lift it
+
+
+class _FilmSampler:
+    """A stand-in synthesis for edit_block: a 48 px film, black background, a 24 px thorax whose
+    texture changes with the code's first number (the edit), a heart that does not."""
+
+    def __init__(self):
+        rng = np.random.default_rng(7)
+        self.generator = torch.nn.Linear(1, 1)
+        self.image_size = (48, 48)
+        self.map = np.zeros((48, 48), np.int64)
+        self.map[12:36, 12:36] = 1
+        self.map[20:28, 20:26] = 2
+        self.texture, self.change = rng.uniform(0.3, 0.7, (48, 48)), rng.normal(0, 0.2, (48, 48))
+
+    def synthesis(self, ws, noise_mode):
+        amount = ws[:, 0, 0].double().numpy()[:, None, None]
+        films = np.where(self.map == 1, self.texture + amount * self.change, np.where(self.map == 2, 0.8, 0.0))
+        return torch.from_numpy(films.clip(0, 1) * 2 - 1)[:, None]
+
+
+def test_edit_blocks_identity_ssim_leaves_the_black_background_out():
+    from pipeline.latent.edit import edit_block
+
+    sampler = _FilmSampler()
+    measures = types.SimpleNamespace(maps=lambda images: np.repeat(sampler.map[None], len(images), axis=0),
+                                     probability=lambda images: np.full(len(images), 0.5))
+    policy = IntervalPolicy(min_subjects=2, n_boot=50, seed=0)
+    codes, step = np.zeros((4, 2, 3)), np.zeros((2, 3))
+    step[:, 0] = 1.0
+    block, arrays = edit_block(sampler, measures, codes, np.arange(4), step, [0.0, 1.0], policy)
+    base, edited = arrays["images"][0, 0].astype(np.float64), arrays["images"][0, 1].astype(np.float64)
+    thorax = sampler.map == 1
+    expected = _hand_ssim_map(base, edited)[thorax].mean()
+    assert np.isclose(block["identity_ssim_outside_heart"]["mean"], expected, atol=1e-5)
+    assert _hand_ssim_map(base, edited)[sampler.map != 2].mean() > expected + 0.1  # what the background would add
 
 
 def test_ctr_slope_interval_excludes_zero_only_when_the_edits_move_the_heart():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import norm
+from scipy.stats import t as t_dist
 
 from pipeline.evaluate.measures.intervals import IntervalPolicy
 from pipeline.latent.separation import code_features, separate, separation, split_subjects
@@ -73,3 +74,18 @@ def test_too_few_codes_of_a_class_give_null_measures_with_the_reason():
     assert section["separation_fit"] is None and section["separation_heldout"] is None
     assert "cardiomegaly" in section["reason"]
     assert arrays["direction"].size == 0
+
+
+def test_a_perfect_held_out_separation_is_not_an_interval_at_one():
+    """Codes far apart: every held-out code ranked and called right, every bootstrap replicate 1.
+    AUC and accuracy get Wilson's interval on the scoring subjects, not [1, 1]."""
+    codes, labels, subjects, _ = _gaussian_codes(40.0, 20, 6, seed=3)
+    section, _ = separate(codes, labels, subjects, {"fit_fraction": 0.5, "solver": "lsqr", "shrinkage": "auto"},
+                          seed=1, policy=IntervalPolicy(min_subjects=8, n_boot=100, seed=0))
+    n = section["auc_heldout"]["n_subjects"]
+    q2 = t_dist.ppf(0.975, n - 1) ** 2
+    wilson_low = (1 + q2 / (2 * n) - np.sqrt(q2) * np.sqrt(q2 / (4 * n**2))) / (1 + q2 / n)
+    for key in ("auc_heldout", "accuracy_heldout"):
+        block = section[key]
+        assert block["value"] == 1.0 and block["ci_method"] == "wilson_at_bound", block
+        assert np.allclose(block["ci95"], [wilson_low, 1.0]) and block["ci95"][0] < 0.9

@@ -28,11 +28,17 @@ import numpy as np
 from pipeline.atomic import atomic_path, write_json
 from pipeline.errors import InputDataError, PipelineError
 from pipeline.evaluate.measures.slices import load_labelled_slices, load_test_slices
+from pipeline.evaluate.measures.summary import summarise
 
 log = logging.getLogger("pipeline.evaluate.measures.classifier")
 
 
 POOLINGS = ("average", "max")
+CALL_CUT_OFF = 0.5
+"""P(class) above which an image is called that class: the cut-off of every share of generated or
+translated images called a class, and of the recalls the real-test check asks for."""
+MIN_RECALL_AT_CUT_OFF = 0.5
+"""Each class's real-test recall at CALL_CUT_OFF must beat a coin (real_test_check)."""
 
 
 def build_network(width: int = 16, n_blocks: int = 3, pooling: str = "average"):
@@ -185,8 +191,9 @@ def _settings_text(settings: dict, seed: int) -> dict:
         "seed": seed, "loss": "cross-entropy weighted by inverse class frequency",
         "selection": "epoch with the lowest validation loss; stop after `patience` epochs without a lower one, "
         "never before `min_epochs`",
-        "scores_reported_when": f"real-test AUC >= {settings['min_auc']} with its interval above 0.5, and the "
-        f"balanced mean probability of the true class >= {settings['min_confidence']} (real_test_check)",
+        "scores_reported_when": f"real-test AUC >= {settings['min_auc']} with its interval above 0.5, the "
+        f"balanced mean probability of the true class >= {settings['min_confidence']}, and each class's recall "
+        f"at P > {CALL_CUT_OFF:g} above {MIN_RECALL_AT_CUT_OFF:g} (real_test_check)",
     }
 
 
@@ -360,8 +367,10 @@ def auc_with_interval(p_positive: np.ndarray, labels: np.ndarray, subject_ids: n
     without haemorrhage): each replicate weighs every image by how often its subject was drawn,
     so the replicate AUC is sum_ij w_i w_j [s_i > s_j] / (sum w_pos x sum w_neg), computed from
     the per-subject pair counts (subjects, not images, size the work); the percentile interval is
-    widened to the estimate in the rare case it misses it (AUC at 1 with few subjects). Null with
-    the reason when a class is absent; no interval when the subjects are fewer than the policy's minimum.
+    widened to the estimate in the rare case it misses it. At AUC 1 (or 0), where every replicate
+    is too and the percentile interval would be [1, 1], Wilson's interval with n = the subjects
+    (intervals.bounded_bootstrap_ci: 8 subjects give [0.59, 1]). Null with the reason when a
+    class is absent; no interval when the subjects are fewer than the policy's minimum.
     """
     from pipeline.evaluate.measures import intervals
 
@@ -387,35 +396,42 @@ def auc_with_interval(p_positive: np.ndarray, labels: np.ndarray, subject_ids: n
     counts, _ = intervals.subject_draws(subject_ids, policy.n_boot, np.random.default_rng(policy.seed))
     with np.errstate(divide="ignore", invalid="ignore"):
         replicates = np.einsum("bi,ij,bj->b", counts, pair_counts, counts) / ((counts @ n_pos) * (counts @ n_neg))
-    replicates = replicates[np.isfinite(replicates)]
-    tail = 100.0 * (1.0 - intervals.CONFIDENCE) / 2.0
-    low, high = np.percentile(replicates, [tail, 100.0 - tail])
-    return block | {"ci95": [float(min(low, block["value"])), float(max(high, block["value"]))]}
+    return block | intervals.bounded_bootstrap_ci(replicates, block["value"], len(subjects))
 
 
 def real_test_check(p_positive: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray, policy,
-                    min_auc: float, min_confidence: float) -> dict:
+                    min_auc: float, min_confidence: float, class_names: tuple[str, str] = ("0", "1")) -> dict:
     """How well the classifier does on real test slices, and whether its scores on other images count.
 
     Reported beside every classifier-based number: AUC with its interval over subjects, balanced
-    accuracy (threshold 0.5) and the balanced mean probability it gives the true class. Its scores
-    are null (``usable`` false, ``reason`` says why) when it is no better than chance (AUC below
-    ``min_auc``, or an AUC interval reaching 0.5), or when its outputs hover at 0.5 (mean
-    probability of the true class below ``min_confidence``): a network that ranks real slices
-    by differences in the fourth decimal would call every translation one class with P = 0.50x
-    and a share of 1.0 would mean nothing.
+    accuracy (threshold 0.5), each class's recall at 0.5 with its Wilson interval over subjects
+    (``recall_at_half``, keyed by ``class_names``) and the balanced mean probability it gives the
+    true class. Its scores are null (``usable`` false, ``reason`` says why) when it is no better
+    than chance (AUC below ``min_auc``, or an AUC interval reaching 0.5), when its outputs hover
+    at 0.5 (mean probability of the true class below ``min_confidence``): a network that ranks
+    real slices by differences in the fourth decimal would call every translation one class with
+    P = 0.50x and a share of 1.0 would mean nothing; or when a class's recall at 0.5 is not above
+    0.5: the shares of images "called" a class are counts at that cut-off, and a classifier that
+    ranks well (AUC 0.9) yet calls most real slices of one class the other would report a share
+    of 1.0 for whatever it leans to.
     """
     labels = np.asarray(labels).astype(int)
     p_positive = np.asarray(p_positive, np.float64)
+    subject_ids = np.asarray(subject_ids)
     auc = auc_with_interval(p_positive, labels, subject_ids, policy)
-    recalls, confidences = [], []
+    recalls, confidences, recall_blocks = [], [], {}
     for c in (0, 1):
+        recall_blocks[class_names[c]] = None
         if (labels == c).any():
             p_true = p_positive[labels == c] if c == 1 else 1.0 - p_positive[labels == c]
-            recalls.append(float(np.mean(p_true > 0.5)))
+            called_right = (p_true > CALL_CUT_OFF).astype(np.float64)
+            recall_blocks[class_names[c]] = summarise(called_right, subject_ids[labels == c], policy, share=True)
+            recalls.append(float(called_right.mean()))
             confidences.append(float(np.mean(p_true)))
     balanced = float(np.mean(recalls)) if len(recalls) == 2 else None
     confidence = float(np.mean(confidences)) if len(confidences) == 2 else None
+    weak_class = next((name for name, block in recall_blocks.items()
+                       if block is not None and block["mean"] <= MIN_RECALL_AT_CUT_OFF), None)
     reason = None
     if auc["value"] is None:
         reason = f"classifier's real-test AUC not measured ({auc['reason']})"
@@ -427,8 +443,13 @@ def real_test_check(p_positive: np.ndarray, labels: np.ndarray, subject_ids: np.
     elif confidence < min_confidence:
         reason = (f"classifier's mean probability of the true class on real test slices is {confidence:.3f}, below "
                   f"classifier.min_confidence = {min_confidence:g}: its outputs hover at 0.5")
-    return {"auc": auc, "balanced_accuracy": balanced, "mean_probability_true_class": confidence,
-            "min_auc": min_auc, "min_confidence": min_confidence, "usable": reason is None, "reason": reason}
+    elif weak_class is not None:
+        reason = (f"classifier calls {recall_blocks[weak_class]['mean']:.3f} of the real test slices of class "
+                  f"{weak_class} as {weak_class} at P > {CALL_CUT_OFF:g}, not above {MIN_RECALL_AT_CUT_OFF:g}: shares "
+                  "called at that cut-off would say where it leans, not what the images are")
+    return {"auc": auc, "balanced_accuracy": balanced, "recall_at_half": recall_blocks,
+            "mean_probability_true_class": confidence, "min_auc": min_auc, "min_confidence": min_confidence,
+            "usable": reason is None, "reason": reason}
 
 
 def acceptance(checkpoint: dict) -> tuple[float, float]:

@@ -153,12 +153,13 @@ def distribution_block(
 
 
 def inception_and_radiomic_features(sets: dict[str, np.ndarray], inception_weights: Path | None, frd: bool,
-                                    frd_max_images: int, batch_size: int, device: str):
+                                    frd_max_images: int | dict[str, int], batch_size: int, device: str):
     """Inception (FID / KID) and radiomic (FRD) features of named image sets (e.g. real, generated,
     floor), for ``distribution_block``: (features[space][name], radiomic_rows[name], problems), a
     feature space whose weights are missing or which fails being left out with its reason in
     ``problems``. Radiomics cost ~0.4 s an image, so only ``frd_max_images`` evenly spaced images
-    of each set get them (``radiomic_rows``)."""
+    of each set get them (``radiomic_rows``; a dict gives each set its own number, e.g. a class's
+    floor as many as that class's generated images get)."""
     problems: dict[str, str | None] = {"frd": None if frd else "FRD switched off (evaluate.frd: false)"}
     problems["inception"] = (fid_module.inception_weights_problem(inception_weights) if inception_weights is not None
                              else "no Inception weights file given")
@@ -171,7 +172,8 @@ def inception_and_radiomic_features(sets: dict[str, np.ndarray], inception_weigh
         except RuntimeError as err:
             problems["inception"] = (f"Inception weights at {inception_weights} do not load into torch-fidelity's "
                                      f"network ({str(err).splitlines()[0][:200]})")
-    radiomic_rows = {name: fixed_sample_indices(len(images), frd_max_images) for name, images in sets.items()}
+    radiomic_rows = {name: fixed_sample_indices(len(images), frd_max_images[name] if isinstance(frd_max_images, dict)
+                                                else frd_max_images) for name, images in sets.items()}
     if frd:
         try:
             features["radiomics"] = frd_module.radiomic_features_of_sets(

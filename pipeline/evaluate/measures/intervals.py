@@ -44,9 +44,15 @@ statistic (the measured coverage of each: docs/evaluation.md):
     of subjects (the images of a subject counted as one), so the interval stays open towards
     the inside: 8 subjects all at 1 give [0.59, 1]. It always lies in [0, 1] and contains m.
 
-``subject_bootstrap`` (kept for pipeline/latent/separation.py's statistics, not per-image means)
+``subject_bootstrap`` (pipeline/latent/separation.py's statistics, AUC and balanced accuracy; not per-image means)
     Percentile bootstrap over subjects (``subject_draws``): each replicate draws as many subjects
     as there are, with replacement, with all their images.
+
+``wilson_at_bound`` (AUC and balanced accuracy at 0 or 1: ``bounded_bootstrap_ci``)
+    Where every replicate sits at the bound, the percentile interval is the point [1, 1] (or
+    [0, 0]): it would pass "AUC >= 0.95" from 8 subjects. These statistics are shares too (of
+    pairs ranked right, of images called right per class), so they get what ``subject_wilson``
+    gives a share at its bound: Wilson's score interval with n = the number of subjects.
 
 ``subject_jackknife`` (set-level statistics: FID, KID, FRD, PRDC, any distance between two sets)
     A bootstrap is wrong for these: a duplicated row shrinks a fitted covariance and pairs a row
@@ -99,7 +105,13 @@ METHODS = {
     ),
     "subject_bootstrap": (
         "percentile bootstrap over subjects: each replicate resamples subjects with replacement (all images of a "
-        "drawn subject, counted as often as drawn) and recomputes the statistic (pipeline/latent/separation.py)"
+        "drawn subject, counted as often as drawn) and recomputes the statistic (pipeline/latent/separation.py; "
+        "AUC and balanced accuracy away from 0 and 1)"
+    ),
+    "wilson_at_bound": (
+        "AUC or balanced accuracy at 0 or 1 (every bootstrap replicate there, so the percentile interval would "
+        "be a point): Wilson score interval with n = the number of subjects and t(0.975, subjects - 1), as "
+        "subject_wilson takes at a share of 0 or 1"
     ),
     "subject_jackknife": (
         "two-sample delete-one-subject jackknife: each subject of either set left out in turn, variance "
@@ -108,6 +120,9 @@ METHODS = {
         "this sample size (FID/FRD are biased upward at small n)"
     ),
 }
+
+BOUND_ROUND_OFF = 1e-9
+"""A replicate this near 0 or 1 is there (a weighted AUC of a perfect ranking sums to 0.9999999999999999)."""
 
 MAX_ESTIMATE_SKEWNESS = 1.0
 """Hall's correction is a small-skewness expansion; capped here it keeps f(0) = a / 2 <= 1/6, far inside
@@ -223,17 +238,45 @@ def _hall_t_interval(fit: _Linearised) -> tuple[float, float]:
     return fit.estimate - fit.standard_error * inverse(q), fit.estimate - fit.standard_error * inverse(-q)
 
 
+def _wilson_score(share: float, n_eff: float, df: float) -> tuple[float, float]:
+    """Wilson's score interval of a share on ``n_eff`` units with the t(0.975, ``df``) quantile in place of z."""
+    spread = share * (1.0 - share)
+    q2 = _t_quantile(df) ** 2
+    centre = (share + q2 / (2.0 * n_eff)) / (1.0 + q2 / n_eff)
+    half = np.sqrt(q2) * np.sqrt(spread / n_eff + q2 / (4.0 * n_eff**2)) / (1.0 + q2 / n_eff)
+    # round-off at a share of exactly 0 or 1 must not leave the estimate outside
+    return min(centre - half, share), max(centre + half, share)
+
+
 def _wilson_interval(fit: _Linearised, n_images: float, n_at_boundary: float) -> tuple[float, float]:
     """Wilson's score interval on the effective sample size (see the module docstring), t quantile;
     ``n_at_boundary``: the effective size taken when the share is 0 or 1 (no variance to estimate it)."""
     share = fit.estimate
     spread = share * (1.0 - share)
     n_eff = min(spread / fit.standard_error**2, n_images) if spread > 0 and fit.standard_error > 0 else n_at_boundary
-    q2 = _t_quantile(fit.df) ** 2
-    centre = (share + q2 / (2.0 * n_eff)) / (1.0 + q2 / n_eff)
-    half = np.sqrt(q2) * np.sqrt(spread / n_eff + q2 / (4.0 * n_eff**2)) / (1.0 + q2 / n_eff)
-    # round-off at a share of exactly 0 or 1 must not leave the estimate outside
-    return min(centre - half, share), max(centre + half, share)
+    return _wilson_score(share, n_eff, fit.df)
+
+
+def bounded_bootstrap_ci(replicates: np.ndarray, estimate: float, n_subjects: int) -> dict:
+    """Interval of a statistic in [0, 1] (AUC, balanced accuracy) from its subject-bootstrap replicates.
+
+    The percentile interval (``subject_bootstrap``), widened to the estimate where it misses it.
+    At a bound (the estimate 0 or 1 and every replicate with it: every pair ranked right, every
+    image called right) that interval is [1, 1] whatever the number of subjects, and would say the
+    population is at 1. There, as ``share_ci`` does for a share of 0 or 1, the interval is Wilson's
+    score interval with n = the number of subjects (a subject's images and pairs counted as one)
+    and t(0.975, subjects - 1): ``wilson_at_bound``; 8 subjects at 1 give [0.59, 1].
+    """
+    replicates = np.asarray(replicates, np.float64)
+    replicates = replicates[np.isfinite(replicates)]
+    if estimate in (0.0, 1.0) and np.all(np.abs(replicates - estimate) <= BOUND_ROUND_OFF):
+        low, high = _wilson_score(estimate, float(n_subjects), float(n_subjects - 1))
+        return _result([float(low), float(high)], "wilson_at_bound")
+    if replicates.size == 0:
+        return _result(None, "subject_bootstrap", "no bootstrap replicate had a finite value")
+    tail = 100.0 * (1.0 - CONFIDENCE) / 2.0
+    low, high = np.percentile(replicates, [tail, 100.0 - tail])
+    return _result([float(min(low, estimate)), float(max(high, estimate))], "subject_bootstrap")
 
 
 def ratio_ci(
@@ -365,8 +408,13 @@ def two_set_ci(
     return _result([float(low), float(high)], "subject_jackknife")
 
 
+def _is_finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
+
+
 def interval_problems(metrics: dict, min_subjects: int | None = None) -> list[str]:
-    """Every interval in a metrics dict that does not contain its point estimate, or (with
+    """Every interval in a metrics dict that is not two finite numbers in order, that does not
+    contain its point estimate, or (with
     ``min_subjects``) that sits beside an ``n_subjects`` below it, as 'path: ...' lines.
 
     The point estimate of ``ci95`` is the block's ``value`` (else ``mean``); ``ci95_<name>`` goes with
@@ -385,7 +433,11 @@ def interval_problems(metrics: dict, min_subjects: int | None = None) -> list[st
                     name = key[len("ci95_"):] if key != "ci95" else None
                     candidates = [name, f"share_{name}"] if name else ["value", "mean"]
                     point = next((node[c] for c in candidates if c and isinstance(node.get(c), (int, float))), None)
-                    if point is None:
+                    if len(ci) != 2 or not all(_is_finite_number(x) for x in ci):
+                        problems.append(f"{path}/{key}: {ci} is not two finite numbers")
+                    elif ci[0] > ci[1]:
+                        problems.append(f"{path}/{key}: {ci} is reversed (low above high)")
+                    elif point is None:
                         problems.append(f"{path}/{key}: no point estimate beside the interval")
                     elif not (ci[0] <= point <= ci[1]) and not np.isclose(point, ci, rtol=1e-9, atol=1e-12).any():
                         problems.append(f"{path}/{key}: {ci} does not contain the estimate {point}")

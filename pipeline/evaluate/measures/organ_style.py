@@ -7,11 +7,13 @@ each to the style image's same organ and to the content image's same organ:
 - **Gram distance**: features of a fixed random VGG-16 trunk (pipeline.evaluate.measures.embedding's
   network, the same on every machine; Ustyuzhaninov et al. 2017 showed random shallow filters'
   Gram matrices describe texture) at relu1_2 (full size) and relu2_2 (half size). Per layer
-  and organ the Gram matrix is G = F_m F_m^T / (C * A), F_m the features times the organ's mask
-  (carried down the pooling as the 2x2 average of the mask, i.e. the covered fraction), C the
-  channels and A the mask's area at that layer; the distance is the sum over the two layers of
-  ||G_x - G_y||_F^2 / C^2. Independent of the training loss's VGG-19 (which may have trained
-  weights or not), so the measure does not grade the loss by itself.
+  and organ the Gram matrix is the training loss's (style_losses.masked_gram): G = sum_p f_p f_p^T
+  m_p / A, m the organ's mask carried down the pooling as its 2x2 average (the covered fraction,
+  each pixel weighted once by it) and A = sum_p m_p the mask's area at that layer; the distance
+  is the sum over the two layers of ||G_x - G_y||_F^2 / C^2 (C the channels). (Earlier m^2 / (C A):
+  at soft mask borders that shrank a Gram with the organ's boundary-to-area ratio.) The network is
+  independent of the training loss's VGG-19 (which may have trained weights or not), so the
+  measure does not grade the loss by itself.
 - **Wasserstein-1 of intensities** (HU when the slices carry ``hu_window``, else [0, 1] units):
   scipy.stats.wasserstein_distance between the organ's pixel values in the two images.
 
@@ -27,8 +29,8 @@ GRAM_LAYERS = {"relu1_2": 4, "relu2_2": 9}
 """Layer name -> number of modules of the VGG-16 trunk (torchvision cfg "D") up to and including it."""
 
 DEFINITION = {
-    "gram": "sum over random-VGG-16 relu1_2 and relu2_2 of ||G_x - G_y||_F^2 / C^2, G = F_m F_m^T / (C * A) with "
-    "F_m the features masked by the organ (mask carried down the pooling as its 2x2 average) and A the mask area",
+    "gram": "sum over random-VGG-16 relu1_2 and relu2_2 of ||G_x - G_y||_F^2 / C^2, G = sum_p f_p f_p^T m_p / sum_p m_p "
+    "(the style loss's masked Gram) with m the organ's mask carried down the pooling as its 2x2 average",
     "wasserstein_1": "scipy.stats.wasserstein_distance of the organ's pixel values of the two images",
     "closer_to_style": "share of images whose distance to the style image's organ is below the distance to the "
     "content image's organ",
@@ -66,14 +68,20 @@ def _mask_pyramid(mask: np.ndarray, n_levels: int) -> list[np.ndarray]:
 
 
 def masked_grams(features: list[np.ndarray], mask: np.ndarray) -> list[np.ndarray] | None:
-    """Per layer the (C, C) Gram matrix of one image's features ((C, h, w) each) inside ``mask`` ((H, W))."""
+    """Per layer the (C, C) Gram matrix of one image's features ((C, h, w) each) inside ``mask`` ((H, W)),
+    as the training's style loss defines it (style_losses.masked_gram: sum_p f_p f_p^T m_p / sum_p m_p,
+    the mask carried down the pooling): the same Gram is trained for and measured. None when the
+    mask is empty at some level."""
+    import torch
+
+    from pipeline.models.style_losses import masked_gram
+
     grams = []
     for layer, m in zip(features, _mask_pyramid(mask, len(features))):
-        area = m.sum()
-        if area <= 0:
+        if m.sum() <= 0:
             return None
-        flat = (layer * m[None]).reshape(len(layer), -1)
-        grams.append(flat @ flat.T / (len(layer) * area))
+        gram = masked_gram(torch.from_numpy(np.asarray(layer, np.float64))[None], torch.from_numpy(m)[None, None])
+        grams.append(gram[0, 0].numpy())
     return grams
 
 

@@ -6,11 +6,17 @@ from one that draws blurry but varied ones. Each real sample X_i gets a ball who
 the distance to its k-th nearest other real sample (k = 5, the paper's choice), likewise each
 generated sample Y_j a radius s_j among the generated ones; with N real and M generated samples:
 
-- precision = 1/M  sum_j 1[ exists i: ||Y_j - X_i|| <= r_i ]   (fakes inside the real manifold)
-- recall    = 1/N  sum_i 1[ exists j: ||X_i - Y_j|| <= s_j ]   (reals inside the fake manifold)
-- density   = 1/(kM) sum_j sum_i 1[ ||Y_j - X_i|| <= r_i ]     (how many real balls hold each fake;
+- precision = 1/M  sum_j 1[ exists i: ||Y_j - X_i|| < r_i ]    (fakes inside the real manifold)
+- recall    = 1/N  sum_i 1[ exists j: ||X_i - Y_j|| < s_j ]    (reals inside the fake manifold)
+- density   = 1/(kM) sum_j sum_i 1[ ||Y_j - X_i|| < r_i ]      (how many real balls hold each fake;
   about 1 when the two distributions agree, above 1 when fakes crowd dense regions; unbounded)
-- coverage  = 1/N  sum_i 1[ min_j ||X_i - Y_j|| <= r_i ]         (reals with a fake in their ball)
+- coverage  = 1/N  sum_i 1[ min_j ||X_i - Y_j|| < r_i ]          (reals with a fake in their ball)
+
+A ball is open (strict ``<``), as in the authors' reference code (clovaai/generative-evaluation-prdc):
+it matters only with ties, e.g. k + 1 identical real vectors (blank slices) whose ball has radius
+0 and holds nothing, where a closed ball would count a generated copy of them as inside. On
+distinct samples the two agree except at the k-th neighbour itself, which the open ball leaves
+out (so identical sets have density 1, not (k + 1) / k).
 
 Density and coverage are the paper's outlier-robust replacements of precision and recall: an
 outlier among the reals inflates one ball, not the whole estimate. Distances are Euclidean in
@@ -33,7 +39,7 @@ DEFINITION = (
     "precision = share of generated samples inside some real ball; recall = share of real samples inside some "
     "generated ball; density = mean number of real balls holding a generated sample, divided by k; coverage = "
     "share of real samples whose ball holds a generated sample. Ball radius = distance to the k-th nearest other "
-    "sample of the same set."
+    "sample of the same set; balls are open (strictly inside, as the authors' reference code)."
 )
 
 
@@ -81,13 +87,13 @@ class PRDC:
         real_radii = kth_neighbour_radii(self.real_real[np.ix_(real_rows, real_rows)], self.k)
         generated_radii = kth_neighbour_radii(self.generated_generated[np.ix_(generated_rows, generated_rows)], self.k)
         between = self.real_generated[np.ix_(real_rows, generated_rows)]  # (N, M)
-        inside_real_balls = between <= real_radii[:, None]  # [i, j]: Y_j inside X_i's ball
-        inside_generated_balls = between <= generated_radii[None, :]  # [i, j]: X_i inside Y_j's ball
+        inside_real_balls = between < real_radii[:, None]  # [i, j]: Y_j inside X_i's ball
+        inside_generated_balls = between < generated_radii[None, :]  # [i, j]: X_i inside Y_j's ball
         return {
             "precision": float(inside_real_balls.any(axis=0).mean()),
             "recall": float(inside_generated_balls.any(axis=1).mean()),
             "density": float(inside_real_balls.sum() / (self.k * len(generated_rows))),
-            "coverage": float((between.min(axis=1) <= real_radii).mean()),
+            "coverage": float((between.min(axis=1) < real_radii).mean()),
         }
 
 

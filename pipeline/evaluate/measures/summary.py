@@ -31,8 +31,9 @@ def summarise(values: np.ndarray, subject_ids: np.ndarray, policy: IntervalPolic
 def balanced_accuracy(correct: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray, policy: IntervalPolicy) -> dict:
     """Balanced accuracy (the mean over classes of the share of that class called right) with the
     subject-bootstrap 95% interval: each replicate weighs every image by how often its subject
-    was drawn, so a patient's slices of both classes move together. Null with the reason when a
-    class is absent."""
+    was drawn, so a patient's slices of both classes move together; at 0 or 1, where every
+    replicate is too, Wilson's interval on the subjects (intervals.bounded_bootstrap_ci). Null
+    with the reason when a class is absent."""
     correct, labels = np.asarray(correct, np.float64), np.asarray(labels)
     classes = np.unique(labels)
     block = {"value": None, "n": int(correct.size), "n_subjects": intervals._n_subjects(subject_ids),
@@ -53,8 +54,4 @@ def balanced_accuracy(correct: np.ndarray, labels: np.ndarray, subject_ids: np.n
         total = np.bincount(image_subject[of_class], minlength=n_subjects).astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             recalls.append((counts @ right) / (counts @ total))
-    replicates = np.mean(recalls, axis=0)
-    replicates = replicates[np.isfinite(replicates)]
-    tail = 100.0 * (1.0 - intervals.CONFIDENCE) / 2.0
-    low, high = np.percentile(replicates, [tail, 100.0 - tail])
-    return block | {"ci95": [float(min(low, block["value"])), float(max(high, block["value"]))], "ci95_reason": None}
+    return block | intervals.bounded_bootstrap_ci(np.mean(recalls, axis=0), block["value"], n_subjects)

@@ -128,6 +128,35 @@ def discriminator_block(history_csv: Path | None, last_epochs: int) -> dict:
     }
 
 
+def class_floor_set(name: str) -> str:
+    """Key of class ``name``'s floor set among the feature sets."""
+    return f"{FLOOR_SET}_{name}"
+
+
+def class_floor_rows(train_labels: np.ndarray, generated_labels: np.ndarray, class_names) -> dict[str, np.ndarray]:
+    """Each class's floor set: training rows of that class, as many as the generated images asked to
+    be it (floor_rows: evenly spaced; all when fewer, and the floor says size_matched false). Drawn
+    from all the class's training slices, not from the overall floor already cut to the generated
+    count, which would hold only the class's prevalence of it (28 haemorrhage slices beside 100)."""
+    rows = {}
+    for c, name in enumerate(class_names):
+        of_class = np.flatnonzero(np.asarray(train_labels) == c)
+        rows[class_floor_set(name)] = of_class[floor_rows(len(of_class), int((generated_labels == c).sum()))]
+    return rows
+
+
+def class_floor_radiomic_counts(generated_labels: np.ndarray, class_names, frd_max_images: int) -> dict[str, int]:
+    """As many radiomic rows in each class's floor as that class's generated images get among the
+    generated set's ``frd_max_images`` evenly spaced ones: the class floor's FRD is size-matched too."""
+    picked = fixed_sample_indices(len(generated_labels), frd_max_images)
+    return {class_floor_set(name): max(int((generated_labels[picked] == c).sum()), MIN_RADIOMIC_ROWS)
+            for c, name in enumerate(class_names)}
+
+
+MIN_RADIOMIC_ROWS = 2
+"""FRD needs at least two images a set (a covariance); fewer radiomic rows are not extracted."""
+
+
 def classifier_blocks(
     classifier: Path,
     test: dict[str, np.ndarray],
@@ -152,7 +181,7 @@ def classifier_blocks(
                         if (labels == c).any() else None)
                  for c, name in enumerate(class_names)}
     recalls = [block["mean"] for block in per_class.values() if block is not None]
-    check = real_test_check(p_real, labels, subjects, policy, *acceptance(checkpoint))
+    check = real_test_check(p_real, labels, subjects, policy, *acceptance(checkpoint), class_names=tuple(class_names))
     block = {
         "path": str(classifier),
         "sha256": file_sha256(classifier),
@@ -336,14 +365,20 @@ def evaluate_generation(
 
     on_floor = floor_rows(len(train_data["images"]), len(generated))
     floor_subjects = train_data["subject_ids"].astype(str)[on_floor]
+    floor_sets = {FLOOR_SET: on_floor} | (class_floor_rows(train_data["labels"], generated_labels, class_names)
+                                          if conditional else {})
+    radiomic_counts = {"real": frd_max_images, "generated": frd_max_images} | {
+        name: frd_max_images for name in floor_sets} | (class_floor_radiomic_counts(
+            generated_labels, class_names, frd_max_images) if conditional else {})
     features, radiomic_rows, problems = inception_and_radiomic_features(
-        {"real": test_data["images"], "generated": generated, FLOOR_SET: train_data["images"][on_floor]},
-        inception_weights, frd, frd_max_images, batch_size, device)
+        {"real": test_data["images"], "generated": generated}
+        | {name: train_data["images"][rows] for name, rows in floor_sets.items()},
+        inception_weights, frd, radiomic_counts, batch_size, device)
     network = embedding.build_random_vgg()
     embed = lambda images: embedding.embed(images, batch_size, network, device)
     train_embedding = embed(train_data["images"])
-    features["embedding"] = {"real": embed(test_data["images"]), "generated": embed(generated),
-                             FLOOR_SET: train_embedding[on_floor]}
+    features["embedding"] = {"real": embed(test_data["images"]), "generated": embed(generated)} | {
+        name: train_embedding[rows] for name, rows in floor_sets.items()}
 
     all_real, all_generated = np.arange(len(test_data["images"])), np.arange(len(generated))
     distribution = distribution_block(
@@ -374,12 +409,13 @@ def evaluate_generation(
                 policy, f"{len(generated_rows)} generated images asked to be {name} vs {len(real_rows)} real {name} "
                 "test slices",
             ) | {"reason": None, "diversity": diversity(real_rows, generated_rows)}
-            floor_of_class = np.flatnonzero(train_data["labels"][on_floor] == c)
+            floor_of_class = floor_sets[class_floor_set(name)]
             per_class[name]["floor"] = unavailable_floor(f"{len(floor_of_class)} real training slices of class {name}: "
                                                          "too few to compare") if len(floor_of_class) < 2 else floor_block(
-                real_rows, real_subjects, floor_subjects, len(generated_rows), features, radiomic_rows, problems,
-                fid_eps, policy, f"{len(floor_of_class)} real {name} training slices vs {len(real_rows)} real {name} "
-                "test slices", floor_subset=floor_of_class)
+                real_rows, real_subjects, train_data["subject_ids"].astype(str)[floor_of_class], len(generated_rows),
+                features, radiomic_rows, problems, fid_eps, policy,
+                f"{len(floor_of_class)} real {name} training slices vs {len(real_rows)} real {name} test slices",
+                sets=("real", class_floor_set(name)))
 
     memo, memo_values = memorisation_module.memorisation(
         generated, train_data["images"], train_data["subject_ids"].astype(str), test_data["images"], real_subjects,

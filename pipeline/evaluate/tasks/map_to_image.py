@@ -201,7 +201,8 @@ def changed_pixels_block(predicted: np.ndarray, perturbed: np.ndarray, source: n
                          predicted_unperturbed: np.ndarray, subjects: np.ndarray, organ_names: list[str],
                          policy: IntervalPolicy) -> dict:
     """Dice on the pixels the perturbation changed, beside the same count for the image generated
-    from the UNPERTURBED map (what following the old anatomy scores there: the floor)."""
+    from the UNPERTURBED map (what following the old anatomy scores there: the floor), and their
+    per-image difference (paired: the same source map, so far more power than two intervals)."""
     scores, follows_perturbed, follows_source = changed_pixel_dice(predicted, perturbed, source, len(organ_names))
     floor, _, _ = changed_pixel_dice(predicted_unperturbed, perturbed, source, len(organ_names))
 
@@ -223,6 +224,7 @@ def changed_pixels_block(predicted: np.ndarray, perturbed: np.ndarray, source: n
                     "ignores the perturbation scores this",
             "mean_organ_dice": summarise(organ_mean(floor), subjects, policy),
         },
+        "perturbed_minus_unperturbed": summarise(organ_mean(scores) - organ_mean(floor), subjects, policy),
     }
 
 

@@ -406,7 +406,7 @@ def evaluate_translation(
                      for d in ("a", "b")}
         labels = np.repeat([0, 1], [len(p_b_real["a"]), len(p_b_real["b"])])
         check = real_test_check(np.concatenate([p_b_real["a"], p_b_real["b"]]), labels, test_subjects, policy,
-                                *acceptance(checkpoint))
+                                *acceptance(checkpoint), class_names=("a", "b"))
         classifier_info = {
             "path": str(classifier),
             "sha256": file_sha256(classifier),

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from pipeline.evaluate.measures import classifier
 from pipeline.evaluate.measures.intervals import IntervalPolicy
@@ -141,6 +142,36 @@ def test_auc_and_its_interval_over_patients_match_a_hand_count():
     assert np.percentile(replicates, 97.5) == pytest.approx(high, abs=0.04)
     one_class = classifier.auc_with_interval(scores[labels == 1], labels[labels == 1], subjects[labels == 1], POLICY)
     assert one_class["value"] is None and "one class" in one_class["reason"]
+
+
+def test_a_perfect_ranking_on_eight_patients_is_not_an_interval_at_one():
+    """Every positive above every negative: every bootstrap replicate is 1 and the percentile
+    interval [1, 1] would pass 'AUC >= 0.95' from 8 patients; Wilson with n = 8 subjects instead."""
+    labels = np.tile([0, 0, 1, 1], 8)
+    subjects = np.repeat([f"p{i}" for i in range(8)], 4)
+    block = classifier.auc_with_interval(labels * 0.8 + 0.1, labels, subjects, POLICY)
+    q2 = stats.t.ppf(0.975, 7) ** 2
+    wilson_low = (1 + q2 / 16 - np.sqrt(q2) * np.sqrt(q2 / 256)) / (1 + q2 / 8)
+    assert block["value"] == 1.0 and block["ci_method"] == "wilson_at_bound"
+    assert block["ci95"] == pytest.approx([wilson_low, 1.0]) and block["ci95"][0] < 0.6
+
+
+def test_a_classifier_that_ranks_well_but_calls_one_class_the_other_at_one_half_is_not_usable():
+    """Healthy slices at P(haemorrhage) 0.05, haemorrhage ones at 0.30-0.45: every pair ranked right
+    (AUC 1) and a balanced mean P(true class) of ~0.67, yet no haemorrhage slice is called
+    haemorrhage at 0.5, the cut-off every share uses."""
+    labels = np.tile([0, 0, 1, 1], 12)
+    subjects = np.repeat([f"p{i}" for i in range(12)], 4)
+    scores = np.where(labels == 1, np.linspace(0.30, 0.45, 48), 0.05)
+    check = classifier.real_test_check(scores, labels, subjects, POLICY, min_auc=0.7, min_confidence=0.6,
+                                       class_names=("healthy", "haemorrhage"))
+    assert check["auc"]["value"] == 1.0 and check["mean_probability_true_class"] > 0.6
+    assert check["recall_at_half"]["haemorrhage"]["mean"] == 0.0 and check["recall_at_half"]["healthy"]["mean"] == 1.0
+    assert check["recall_at_half"]["healthy"]["ci_method"] == "subject_wilson"
+    assert not check["usable"] and "class haemorrhage" in check["reason"] and "0.000" in check["reason"]
+    fair = classifier.real_test_check(np.where(labels == 1, 0.8, 0.05), labels, subjects, POLICY, min_auc=0.7,
+                                      min_confidence=0.6, class_names=("healthy", "haemorrhage"))
+    assert fair["usable"] and fair["recall_at_half"]["haemorrhage"]["mean"] == 1.0
 
 
 def test_a_constant_classifier_and_one_hovering_at_one_half_are_not_usable():

@@ -295,3 +295,11 @@ def test_interval_problems_finds_an_interval_that_excludes_its_estimate():
     few = {"ssim": {"mean": 0.5, "ci95": [0.4, 0.6], "n_subjects": 3}}
     assert intervals.interval_problems(few) == []
     assert intervals.interval_problems(few, min_subjects=8) == ["/ssim/ci95: an interval over 3 subjects, fewer than 8"]
+
+
+def test_interval_problems_finds_an_interval_that_is_not_two_finite_numbers_in_order():
+    malformed = {"a": {"value": 0.5, "ci95": [0.4, None]}, "b": {"value": 0.5, "ci95": [0.6, 0.4]},
+                 "c": {"value": 0.5, "ci95": [float("nan"), 0.6]}, "d": {"value": 0.5, "ci95": [0.5]}}
+    problems = intervals.interval_problems(malformed)
+    assert problems == ["/a/ci95: [0.4, None] is not two finite numbers", "/b/ci95: [0.6, 0.4] is reversed (low above high)",
+                        "/c/ci95: [nan, 0.6] is not two finite numbers", "/d/ci95: [0.5] is not two finite numbers"]

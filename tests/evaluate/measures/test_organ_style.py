@@ -58,12 +58,25 @@ def test_masked_gram_equals_a_direct_computation():
     layer1, layer2 = rng.standard_normal((3, 8, 8)), rng.standard_normal((4, 4, 4))
     mask = np.zeros((8, 8))
     mask[2:6, 1:5] = 1
+    mask[1, 1] = 0.5                                         # a soft border pixel: weighted once, not squared
     grams = organ_style.masked_grams([layer1, layer2], mask)
-    direct1 = np.einsum("ihw,jhw->ij", layer1 * mask, layer1 * mask) / (3 * mask.sum())
+    direct1 = np.einsum("ihw,jhw->ij", layer1 * mask, layer1) / mask.sum()
     pooled = mask.reshape(4, 2, 4, 2).mean(axis=(1, 3))    # the mask carried down one 2x2 pooling
-    direct2 = np.einsum("ihw,jhw->ij", layer2 * pooled, layer2 * pooled) / (4 * pooled.sum())
+    direct2 = np.einsum("ihw,jhw->ij", layer2 * pooled, layer2) / pooled.sum()
     assert np.allclose(grams[0], direct1) and np.allclose(grams[1], direct2)
     assert organ_style.masked_grams([layer1], np.zeros((8, 8))) is None
+
+
+def test_the_measured_gram_is_the_one_the_style_loss_trains():
+    """One definition (m / sum m): the evaluation's organ Gram equals the training loss's masked_gram."""
+    import torch
+
+    from pipeline.models.style_losses import masked_gram
+
+    rng = np.random.default_rng(2)
+    layer, mask = rng.standard_normal((5, 6, 6)), rng.random((6, 6))
+    trained = masked_gram(torch.from_numpy(layer[None]).float(), torch.from_numpy(mask[None, None]).float())
+    np.testing.assert_allclose(organ_style.masked_grams([layer], mask)[0], trained[0, 0].numpy(), rtol=1e-5, atol=1e-6)
 
 
 def _two_textures(size: int = 32):

@@ -16,10 +16,10 @@ def brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
     r = [radius(real, i) for i in range(len(real))]
     s = [radius(fake, j) for j in range(len(fake))]
     dist = lambda x, y: np.linalg.norm(x - y)
-    precision = np.mean([any(dist(y, real[i]) <= r[i] for i in range(len(real))) for y in fake])
-    recall = np.mean([any(dist(x, fake[j]) <= s[j] for j in range(len(fake))) for x in real])
-    density = sum(dist(y, real[i]) <= r[i] for y in fake for i in range(len(real))) / (k * len(fake))
-    coverage = np.mean([min(dist(real[i], y) for y in fake) <= r[i] for i in range(len(real))])
+    precision = np.mean([any(dist(y, real[i]) < r[i] for i in range(len(real))) for y in fake])
+    recall = np.mean([any(dist(x, fake[j]) < s[j] for j in range(len(fake))) for x in real])
+    density = sum(dist(y, real[i]) < r[i] for y in fake for i in range(len(real))) / (k * len(fake))
+    coverage = np.mean([min(dist(real[i], y) for y in fake) < r[i] for i in range(len(real))])
     return {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
 
 
@@ -37,9 +37,26 @@ def test_identical_sets_are_fully_covered():
     real = np.random.default_rng(2).normal(size=(60, 4))
     measures = prdc.prdc(real, real.copy(), k=5)
     assert measures["precision"] == measures["recall"] == measures["coverage"] == 1.0
-    # each fake sits on its own real sample and inside the balls of that sample's k neighbours'
-    # owners on average: sum_i |{j: X_j in ball(X_i)}| = N (k + 1) without ties
-    assert measures["density"] == pytest.approx(6 / 5)
+    # each fake sits on its own real sample; an open ball of radius r_i holds X_i and its k - 1
+    # nearer neighbours (the k-th lies on the boundary): sum_i |{j: X_j in ball(X_i)}| = N k without ties
+    assert measures["density"] == pytest.approx(1.0)
+
+
+def test_balls_are_open_so_a_copy_of_duplicated_real_vectors_is_not_inside_their_zero_radius_ball():
+    """Six identical real vectors (blank slices): each one's 5th nearest other real vector is a copy,
+    radius 0. A generated copy of them is inside no ball (Naeem et al.'s reference uses <); a closed
+    ball (<=) would count it as inside all six and as covering them."""
+    rng = np.random.default_rng(5)
+    blank = np.zeros((6, 4))
+    spread = rng.integers(20, 40, size=(14, 4)).astype(np.float64)  # far from the blanks, radii > 0
+    real = np.concatenate([blank, spread])
+    fake = np.concatenate([np.zeros((1, 4)), spread[:9] + 0.5])
+    measures = prdc.prdc(real, fake, k=5)
+    assert measures == pytest.approx(brute_force(real, fake, 5), abs=1e-12)
+    # by hand: the blank copy is inside no real ball (6 of radius 0, 14 far away), so precision <= 9/10
+    assert measures["precision"] <= 0.9
+    # and none of the six blanks is covered (their balls hold nothing), so coverage <= 14/20
+    assert measures["coverage"] <= 14 / 20
 
 
 def test_disjoint_far_apart_sets_score_zero():

@@ -24,7 +24,7 @@ POLICY = IntervalPolicy(min_subjects=3, n_boot=100, seed=0)
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slices")
-    paths = splits_with_classifier(folder, seed=20, n_test_subjects=6)
+    paths = splits_with_classifier(folder, seed=20, n_test_subjects=8)  # 8: a perfect AUC's Wilson interval clears 0.5
     epochs = np.arange(1, 31)
     history = pd.DataFrame({"epoch": epochs, "step": epochs * 4, "D": 1.0 / epochs, "G": 2.0 - 1.0 / epochs,
                             "d_real": 0.9 - epochs / 100, "d_fake": epochs / 100, "D_accuracy": 0.5 + 0 * epochs})
@@ -41,6 +41,27 @@ def evaluate(files, sampler, tmp_path, **kwargs):
     )
 
 
+def test_a_class_floor_is_drawn_size_matched_from_all_the_class_training_slices(files, tmp_path):
+    """12 generated images a class beside 40 training slices: the overall floor is cut to 24 rows,
+    of which only the class's prevalence is haemorrhage; each class's floor is drawn from all of
+    that class's training slices instead, 12 of them where there are, evenly spaced."""
+    metrics = evaluate_generation(FreshSampler(n_classes=2), files["test"], files["train"],
+                                  inception_weights=tmp_path / "absent.pth", n_generated=12, frd=False, tstr=False,
+                                  intervals_policy=POLICY)
+    train, test = files["splits"]["train"], files["splits"]["test"]
+    assert metrics["distribution"]["floor"]["n_floor"] == 24
+    for c, name in enumerate(("healthy", "haemorrhage")):
+        of_class = np.flatnonzero(train["labels"] == c)
+        assert len(of_class) > 12  # enough to match 12 generated images, as the fixture is drawn
+        floor = metrics["per_class"][name]["floor"]
+        assert (floor["n_floor"], floor["n_compared"], floor["size_matched"]) == (12, 12, True), (name, floor)
+        picked = of_class[np.unique(np.linspace(0, len(of_class) - 1, 12).round().astype(int))]
+        by_hand = prdc_module.prdc(embedding.embed(test["images"][test["labels"] == c]),
+                                   embedding.embed(train["images"][picked]))
+        assert floor["prdc"]["coverage"]["value"] == pytest.approx(by_hand["coverage"])
+        assert floor["prdc"]["density"]["value"] == pytest.approx(by_hand["density"])
+
+
 def test_conditional_generator_end_to_end(files, tmp_path):
     metrics = evaluate(files, FreshSampler(n_classes=2), tmp_path)
     validate_metrics(metrics)
@@ -51,7 +72,7 @@ def test_conditional_generator_end_to_end(files, tmp_path):
     assert metrics["distribution"]["fid"]["value"] is None and "not found" in metrics["distribution"]["fid"]["reason"]
     # PRDC of a generator that draws from the data's own process: high fidelity and coverage
     prdc = metrics["distribution"]["prdc"]
-    assert prdc["feature_space"] == "random_vgg16" and prdc["n_real"] == 24 and prdc["n_generated"] == 48
+    assert prdc["feature_space"] == "random_vgg16" and prdc["n_real"] == 32 and prdc["n_generated"] == 48
     # a generator drawing new patients covers the real slices far better than one repeating a single slice
     # (the measures themselves are checked against a brute-force computation in test_prdc.py)
     collapsed = prdc_module.prdc(embedding.embed(files["splits"]["test"]["images"]),
@@ -65,12 +86,13 @@ def test_conditional_generator_end_to_end(files, tmp_path):
     # the 48 generated), the same PRDC computation on the same reference rows
     floor = metrics["distribution"]["floor"]
     train_images = files["splits"]["train"]["images"]
-    assert (floor["n_reference"], floor["n_floor"], floor["n_compared"], floor["size_matched"]) == (24, 40, 48, False)
+    assert (floor["n_reference"], floor["n_floor"], floor["n_compared"], floor["size_matched"]) == (32, 40, 48, False)
     by_hand = prdc_module.prdc(embedding.embed(files["splits"]["test"]["images"]), embedding.embed(train_images))
     assert floor["prdc"]["coverage"]["value"] == pytest.approx(by_hand["coverage"])
     assert floor["prdc"]["precision"]["value"] == pytest.approx(by_hand["precision"])
     haemorrhage_floor = metrics["per_class"]["haemorrhage"]["floor"]
-    assert haemorrhage_floor["n_floor"] == int((files["splits"]["train"]["labels"] == 1).sum())
+    assert haemorrhage_floor["n_floor"] == int((files["splits"]["train"]["labels"] == 1).sum())  # fewer than 24
+    assert haemorrhage_floor["size_matched"] is False
 
     # the report's measure: mean d_fake of epochs 11..30 = mean(11..30) / 100
     disc = metrics["discriminator"]

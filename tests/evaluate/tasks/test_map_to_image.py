@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.evaluate.measures.intervals import IntervalPolicy
-from pipeline.evaluate.tasks.map_to_image import _verdict, pairwise_diversity, reference_ct_block
+from pipeline.evaluate.tasks.map_to_image import (_verdict, changed_pixels_block, pairwise_diversity,
+                                                  reference_ct_block)
 
 
 def test_verdict_needs_an_interval_that_excludes_zero():
@@ -14,6 +15,27 @@ def test_verdict_needs_an_interval_that_excludes_zero():
     assert _verdict({"mean": -1.0, "ci95": [-2.0, -0.1]}) == "content"
     assert _verdict({"mean": 0.5, "ci95": [-0.1, 1.0]}) == "undecided"
     assert _verdict({"mean": 0.5, "ci95": None}) == "undecided"
+
+
+def test_perturbed_minus_unperturbed_is_the_paired_per_image_difference():
+    """8 source maps (one patient each), a 4 x 4 block of class 0 turned into class 2. The image of
+    the perturbed map follows it on images 0-5 (Dice 1 on the changed pixels), not on 6-7; the
+    image of the unperturbed map never does (it keeps class 0 there: Dice 0)."""
+    source = np.zeros((8, 12, 12), np.int64)
+    source[:, 6:] = 1
+    perturbed = source.copy()
+    perturbed[:, 1:5, 1:5] = 2
+    predicted = perturbed.copy()
+    predicted[6:] = source[6:]
+    block = changed_pixels_block(predicted, perturbed, source, source.copy(), np.array([f"p{i}" for i in range(8)]),
+                                 ["background", "body", "lungs"], IntervalPolicy(min_subjects=8))
+    # organ classes 1 and 2: class 1 is absent from the changed pixels (NaN), class 2 scores 1 or 0
+    per_image = np.array([1.0] * 6 + [0.0] * 2)
+    assert block["perturbed_minus_unperturbed"]["mean"] == pytest.approx(per_image.mean())
+    assert block["perturbed_minus_unperturbed"]["n"] == 8
+    assert block["unperturbed_image_floor"]["mean_organ_dice"]["mean"] == 0.0
+    low, high = block["perturbed_minus_unperturbed"]["ci95"]
+    assert low < 0.75 < high and block["perturbed_minus_unperturbed"]["ci_method"] == "subject_t"
 
 
 def test_pairwise_diversity_is_zero_for_copies_and_grows_with_difference():
