@@ -114,7 +114,8 @@ def step_model(model: GANModel, run: TrainedNetworks, train_cfg: Mapping[str, An
     balance = {d: aligned[d][specs[d].labels_key] for d in model.class_balanced_inputs}
     sampler = BatchSampler(images, run.batch_size, train_cfg["crop_size"], train_cfg["flip_probability"], None,
                            memory_format, {d: t for d, t in aligned.items() if t}, balance, model.training_subsets)
-    prepare_model(model, {**train_cfg, "compile": False}, device)
+    # The CPU's unfold weight gradient off: this step stands for a GPU's (FLOPs and memory alike).
+    prepare_model(model, {**train_cfg, "compile": False, "cpu_unfold_weight_grad_positions": 0}, device)
     model.train()
     period = max(model.phases.values())
     steps = period * n_periods

@@ -15,10 +15,16 @@ oneDNN's. Measured crossover: at <= 64 positions unfold wins for every ResNet-18
 shape seen (256 -> 256 at 4 x 4: 0.94 vs 1.01 ms); at 256 (128 -> 128 at 8 x 8) oneDNN wins.
 
 The result is the same sum in another order: it agrees with oneDNN's to float rounding
-(tests/engine/test_cpu_conv.py), is deterministic on the CPU, and supports double backward (R1,
-gradient penalty). Only plain ``nn.Conv2d`` layers (one group, zero padding) on the CPU are
-changed, by class (``UnfoldGradConv2d``), so state-dict keys, ``deepcopy`` and hooks (spectral
-norm) keep working. CUDA is left alone: cuDNN has no such cliff.
+(tests/test_train_cpu_conv.py), is bit-identical run to run on the CPU, and supports double
+backward (R1, gradient penalty; the weight's term is then computed even when only the input's
+is asked for). Only plain ``nn.Conv2d`` layers (one group, zero padding) are changed, by class
+(``UnfoldGradConv2d``), so state-dict keys, ``deepcopy`` and hook-based spectral norm keep
+working; layers under ``torch.nn.utils.parametrize`` (the DCGAN's spectral norm) have another
+class and keep oneDNN. Narrow layers keep oneDNN too (fewer than ``MIN_PATCH_SIZE`` weights per
+output channel: 64 -> 32 at 4 x 4 took 0.67 ms by unfold vs 0.45, a 1x1 256 -> 512 1.31 vs
+1.02), as do inputs under CPU autocast (bf16 gradients would meet float32 weights) and
+unbatched 3-D inputs. CUDA is left alone: cuDNN has no such cliff. Not supported on the
+changed layers: forward-mode AD, torch.func transforms and TorchScript (none used here).
 """
 from __future__ import annotations
 
@@ -62,6 +68,10 @@ class _UnfoldWeightGradConv(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None
 
 
+#: Weights per output channel (in channels x kernel height x width) below which oneDNN stays faster.
+MIN_PATCH_SIZE = 1024
+
+
 class UnfoldGradConv2d(nn.Conv2d):
     """``nn.Conv2d`` that takes the unfold weight gradient when a step needs the weight's gradient
     and sums over at most ``max_positions`` output positions; otherwise exactly nn.Conv2d."""
@@ -69,7 +79,8 @@ class UnfoldGradConv2d(nn.Conv2d):
     max_positions: int = 0
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if (torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu"
+        if (torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu" and x.dim() == 4
+                and weight[0].numel() >= MIN_PATCH_SIZE and not torch.is_autocast_enabled("cpu")
                 and _output_positions(x, self) <= self.max_positions):
             return _UnfoldWeightGradConv.apply(x, weight, bias, self.stride, self.padding, self.dilation)
         return super()._conv_forward(x, weight, bias)

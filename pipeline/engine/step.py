@@ -30,8 +30,9 @@ def train_step(model: GANModel, batch: dict[str, torch.Tensor], global_step: int
 def prepare_model(model: GANModel, cfg: Mapping[str, Any], device: torch.device,
                   parallel: DataParallel | None = None) -> GANModel:
     """Apply the speed knobs to a model on ``device``: SyncBatchNorm when data-parallel on CUDA,
-    the unfold weight gradient of small convolutions on the CPU (engine/cpu_conv.py), channels-last, bf16 autocast, torch.compile of the networks and of the fixed networks inside
-    losses (networks keep their state-dict keys)."""
+    the CPU's unfold weight gradient of small convolutions (engine/cpu_conv.py), channels-last,
+    bf16 autocast, torch.compile of the networks and of the fixed networks inside losses
+    (networks keep their state-dict keys)."""
     if parallel is not None and parallel.world_size > 1:
         if device.type == "cuda":
             use_sync_batchnorm(model, model.network_names)
