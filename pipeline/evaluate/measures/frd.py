@@ -11,6 +11,7 @@ subjects without extracting features again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -86,6 +87,8 @@ def radiomic_features(images: np.ndarray, desc: str = "radiomic features",
     slice), so the images are split into contiguous chunks over ``workers`` forked processes
     (default :func:`default_workers`); each image's features do not depend on which process
     extracted them, so the result is identical to one process's (tests/evaluate/measures/test_frd.py).
+    ITK runs single-threaded during extraction (:data:`ITK_THREADS`), so the features are bit-identical
+    from run to run and on machines with any number of CPUs.
     A worker that dies is a :class:`RadiomicsWorkerError` (the job fails), not a null FRD.
     Fork, not spawn: a spawned worker re-imports the evaluator's ``__main__`` (torch included),
     seconds per worker; the workers only run PyRadiomics / SimpleITK, never torch.
@@ -143,6 +146,31 @@ def _chunks(n_images: int, workers: int) -> list[slice]:
     return [slice(int(start), int(stop)) for start, stop in zip(bounds[:-1], bounds[1:])] or [slice(0, 0)]
 
 
+ITK_THREADS = 1
+"""SimpleITK threads while extracting. ITK's multi-threaded reductions (the mean and standard deviation
+of ``sitk.Normalize``, which PyRadiomics' normalizeImage calls on every image) split the image by the
+thread count and add the partial sums in the order the threads finish, so with several threads the
+normalised image's last bits changed from run to run and from machine to machine. FRD magnifies
+them: the wavelet bands' ``firstorder_Mean`` are round-off alone (~1e-16, mathematically 0), and the
+z-score scales them to unit size, so FRD and its floor moved in the 4th-5th digit. One thread fixes
+the order, as PyRadiomics' own batch scripts do; parallelism comes from the forked workers (ITK's
+calls on a 64 px slice are too short to gain from threads)."""
+
+
+@contextlib.contextmanager
+def _itk_threads(threads: int):
+    """SimpleITK's global default thread count set to ``threads`` inside, restored after (the
+    single-process path runs in the evaluator's own process)."""
+    import SimpleITK as sitk
+
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
 @functools.cache
 def _warm_up() -> None:
     """One extraction of a small synthetic image: PyRadiomics' first image in a process costs
@@ -164,7 +192,7 @@ def _extract_chunk(images: np.ndarray, masks: np.ndarray | None) -> tuple[list[l
     extractor = frd.get_feature_extractor(frd_version=FRD_VERSION, image_dim=2)
     rows: list[list[float] | None] = []
     names: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="frd-") as folder:
+    with tempfile.TemporaryDirectory(prefix="frd-") as folder, _itk_threads(ITK_THREADS):
         for index, image in enumerate(images):
             path = Path(folder) / f"{index}.nii.gz"
             sitk.WriteImage(sitk.GetImageFromArray(np.asarray(image, np.float32) * INTENSITY_SCALE), str(path))

@@ -111,6 +111,33 @@ def test_sets_through_one_pool_get_their_own_rows_back():
     assert together["collapsed"].shape == (2, together["real"].shape[1]) and np.isnan(together["collapsed"]).all()
 
 
+def test_features_do_not_depend_on_itks_thread_count():
+    """ITK's multi-threaded reductions split an image by the thread count and add the partial sums
+    as threads finish: sitk.Normalize (PyRadiomics normalises every image with it) of this phantom
+    differs in its last bits between 1 and 8 threads. The features must not: in the evaluator's
+    process and in forked workers alike, whatever thread count the caller left ITK at, and that
+    setting is the caller's again afterwards."""
+    images = phantom_set(4, 0.2, 0.5, seed=0)
+    caller_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+
+    def normalised(threads: int) -> np.ndarray:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+        return sitk.GetArrayFromImage(sitk.Normalize(sitk.GetImageFromArray(images[1] * frd.INTENSITY_SCALE)))
+
+    try:
+        assert not np.array_equal(normalised(1), normalised(8)), "the phantom no longer shows ITK's thread dependence"
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        one_thread = frd.radiomic_features(images, workers=1)[0]
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(8)
+        in_process = frd.radiomic_features(images, workers=1)[0]
+        forked = frd.radiomic_features(images, workers=2)[0]
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 8
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(caller_threads)
+    np.testing.assert_array_equal(in_process, one_thread)
+    np.testing.assert_array_equal(forked, one_thread)
+
+
 def _die(images, masks):
     import os
 
