@@ -115,18 +115,14 @@ def estimate_at(metrics: Mapping[str, Any], path: str, source: Path | str) -> Es
 def _interval(interval: Any, value: float | None, path: str, source: Path | str) -> tuple[float, float] | None:
     """The (low, high) of a ``ci95`` entry, None when it is null; an InputDataError naming
     ``source`` and ``path`` when it is not two finite numbers in order around ``value``."""
+    from pipeline.evaluate.measures.intervals import interval_problem
+
     if interval is None:
         return None
-    ends = [_finite(x) for x in interval] if isinstance(interval, (list, tuple)) else []
-    if len(ends) != 2 or None in ends:
-        raise InputDataError(source, f"claim path {path!r}: ci95 {interval!r} is not two finite numbers")
-    low, high = ends
-    if low > high:
-        raise InputDataError(source, f"claim path {path!r}: ci95 {interval!r} is reversed (low above high)")
-    if value is not None and not low <= value <= high and not math.isclose(value, low if value < low else high,
-                                                                          rel_tol=1e-9, abs_tol=1e-12):
-        raise InputDataError(source, f"claim path {path!r}: ci95 {interval!r} does not contain the value {value!r}")
-    return low, high
+    problem = interval_problem(interval, value)
+    if problem is not None:
+        raise InputDataError(source, f"claim path {path!r}: ci95 {problem}")
+    return float(interval[0]), float(interval[1])
 
 
 def _threshold(claim: Mapping[str, Any], metrics: Mapping[str, Any], source: Path | str

@@ -119,7 +119,7 @@ def test_a_zero_width_interval_at_the_bound_decides_nothing_unless_its_method_sa
 
 @pytest.mark.parametrize("interval, problem", [
     ([0.2, float("nan")], "not two finite numbers"), ([0.2, None], "not two finite numbers"),
-    ([0.4, 0.2], "reversed"), ([0.31, 0.38], "does not contain the value 0.3"), ([0.2], "not two finite numbers"),
+    ([0.4, 0.2], "reversed"), ([0.31, 0.38], "does not contain the estimate 0.3"), ([0.2], "not two finite numbers"),
 ])
 def test_an_interval_that_does_not_hold_is_an_error_naming_the_file_and_path(interval, problem):
     metrics = {"ct_to_mri": {"ssim_gain": {"mean": 0.3, "ci95": interval}}}

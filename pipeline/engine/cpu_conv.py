@@ -79,8 +79,9 @@ class UnfoldGradConv2d(nn.Conv2d):
     max_positions: int = 0
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        patch_size = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         if (torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu" and x.dim() == 4
-                and weight[0].numel() >= MIN_PATCH_SIZE and not torch.is_autocast_enabled("cpu")
+                and patch_size >= MIN_PATCH_SIZE and not torch.is_autocast_enabled("cpu")
                 and _output_positions(x, self) <= self.max_positions):
             return _UnfoldWeightGradConv.apply(x, weight, bias, self.stride, self.padding, self.dilation)
         return super()._conv_forward(x, weight, bias)

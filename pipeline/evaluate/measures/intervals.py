@@ -412,6 +412,19 @@ def _is_finite_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
 
 
+def interval_problem(ci, point) -> str | None:
+    """What is wrong with one interval ``ci`` beside its estimate ``point`` (None: no estimate
+    known), or None: not two finite numbers, reversed, or not containing the estimate (beyond
+    round-off)."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or not all(_is_finite_number(x) for x in ci):
+        return f"{ci} is not two finite numbers"
+    if ci[0] > ci[1]:
+        return f"{ci} is reversed (low above high)"
+    if point is not None and not (ci[0] <= point <= ci[1]) and not np.isclose(point, ci, rtol=1e-9, atol=1e-12).any():
+        return f"{ci} does not contain the estimate {point}"
+    return None
+
+
 def interval_problems(metrics: dict, min_subjects: int | None = None) -> list[str]:
     """Every interval in a metrics dict that is not two finite numbers in order, that does not
     contain its point estimate, or (with
@@ -433,14 +446,11 @@ def interval_problems(metrics: dict, min_subjects: int | None = None) -> list[st
                     name = key[len("ci95_"):] if key != "ci95" else None
                     candidates = [name, f"share_{name}"] if name else ["value", "mean"]
                     point = next((node[c] for c in candidates if c and isinstance(node.get(c), (int, float))), None)
-                    if len(ci) != 2 or not all(_is_finite_number(x) for x in ci):
-                        problems.append(f"{path}/{key}: {ci} is not two finite numbers")
-                    elif ci[0] > ci[1]:
-                        problems.append(f"{path}/{key}: {ci} is reversed (low above high)")
-                    elif point is None:
-                        problems.append(f"{path}/{key}: no point estimate beside the interval")
-                    elif not (ci[0] <= point <= ci[1]) and not np.isclose(point, ci, rtol=1e-9, atol=1e-12).any():
-                        problems.append(f"{path}/{key}: {ci} does not contain the estimate {point}")
+                    problem = interval_problem(ci, point)
+                    if problem is None and point is None:
+                        problem = "no point estimate beside the interval"
+                    if problem is not None:
+                        problems.append(f"{path}/{key}: {problem}")
             for key, value in node.items():
                 walk(value, f"{path}/{key}")
         elif isinstance(node, list):
