@@ -22,14 +22,16 @@ subject resampled onto the reference grid as is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 _THREADS_VARIABLE = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
@@ -58,6 +60,11 @@ METRIC_PARAMETER = {"CC": 2, "MI": 32, "Mattes": 32, "MeanSquares": 0}
 #: A level stops early once the metric's slope over the last 10 iterations is below 1e-6
 #: (antsRegistrationSyN.sh's convergence threshold and window).
 CONVERGENCE = "1e-6,10"
+#: antsRegistration picks how to write each transform from substrings of the whole output path:
+#: with any of these anywhere in it (a folder's name included), it writes the SyN warp field as a
+#: transform file, which fails with a message on stderr only, leaving the affine alone and a
+#: "successful" rigid-only registration (seen when a temporary folder's random name began "h5").
+ANTS_PATH_TRIGGERS = (".h5", ".hdf5", ".xfm", ".mat", ".txt")
 
 
 def _check_determinism(seed: int) -> None:
@@ -153,6 +160,35 @@ def _run_ants(
         "--write-composite-transform", "0",
     ]  # fmt: skip
     ants.registration(arguments, None)
+
+
+def _ants_can_write_to(folder: Path) -> bool:
+    """False where antsRegistration would misread ``folder``'s path (:data:`ANTS_PATH_TRIGGERS`)."""
+    path = str(Path(folder).absolute()).lower()
+    return not any(trigger in path for trigger in ANTS_PATH_TRIGGERS)
+
+
+@contextlib.contextmanager
+def _ants_output_folder(work: Path) -> Iterator[Path]:
+    """Where antsRegistration writes: ``work`` itself, or a scratch folder under the system's
+    temporary directory (files moved into ``work`` afterwards) when ``work``'s path would be
+    misread; a clear error when neither path is safe."""
+    if _ants_can_write_to(work):
+        yield work
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="ants-"))
+    try:
+        if not _ants_can_write_to(scratch):
+            raise ConfigError(
+                f"{work}: antsRegistration cannot write its warp field under a path containing any of "
+                f"{', '.join(ANTS_PATH_TRIGGERS)}, and neither can it under the temporary directory "
+                f"{scratch.parent}: rename the folder or set TMPDIR"
+            )
+        yield scratch
+        for written in scratch.iterdir():
+            shutil.move(str(written), str(work / written.name))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _rigid_stage(fixed: ants.ANTsImage, moving: ants.ANTsImage, knobs: dict) -> list[str]:
@@ -251,7 +287,7 @@ def choose_reference(
     fixed = images[provisional]
 
     aligned: dict[str, np.ndarray] = {}
-    with tempfile.TemporaryDirectory(prefix="choose_reference.") as work:
+    with tempfile.TemporaryDirectory(prefix="choose_reference-") as work:
         for subject in candidates:
             if subject == provisional:
                 aligned[subject] = fixed.numpy()
@@ -410,9 +446,12 @@ def register_to_reference(
                     total_sigma=syn_total_sigma,
                 )
             try:
-                _run_ants(reference, moving, stages, f"{work}{os.sep}", seed)
+                with _ants_output_folder(work) as written:
+                    _run_ants(reference, moving, stages, f"{written}{os.sep}", seed)
+                if transform == "SyN" and not (work / WARP_FILE).exists():
+                    raise RuntimeError(f"it wrote no {WARP_FILE} (its messages on stderr say why)")
             except RuntimeError as exc:
-                failure = f"antsRegistration raised: {exc}"
+                failure = f"antsRegistration failed: {exc}"
                 for leftover in work.iterdir():
                     leftover.unlink()
                 _write_identity_affine(work)

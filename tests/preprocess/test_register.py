@@ -302,3 +302,50 @@ def test_bad_inputs_are_named(pair, tmp_path):
         )
     with pytest.raises(InputDataError, match="not a reference JSON"):
         register.read_reference_json(pair["fixed"])
+
+
+@pytest.mark.parametrize("trigger", ["h5", "mat"])
+def test_a_path_that_ants_would_misread_still_gets_its_warp(pair, registered, tmp_path, monkeypatch, trigger):
+    """antsRegistration writes its warp as a transform file (and fails, on stderr only) when its
+    output path contains ".h5", ".mat"...: a folder so named must still get the same registration.
+    (CI once failed when a temporary folder's random name began "h5".)"""
+    monkeypatch.setattr(register.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    folder = tmp_path / f"study.{trigger}x" / "moving.transforms"
+    qc = register.register_to_reference(
+        pair["moving"], pair["fixed"], folder.parent / "moving.nii.gz", folder, folder.parent / "qc.json",
+        seed=3,
+    )
+    assert qc["status"] == "ok", qc["reason"]
+    assert sorted(p.name for p in folder.iterdir()) == ["0GenericAffine.mat", "1Warp.nii.gz"]
+    warp = np.asarray(nib.load(folder / "1Warp.nii.gz").dataobj)
+    expected = np.asarray(nib.load(registered["folder"] / "moving.transforms" / "1Warp.nii.gz").dataobj)
+    assert np.array_equal(warp, expected)
+    assert not list((tmp_path / "tmp").iterdir())  # the scratch folder is gone
+
+
+def test_a_temporary_directory_ants_would_misread_is_a_clear_error(pair, tmp_path, monkeypatch):
+    unsafe_tmp = tmp_path / "scratch.h5"
+    unsafe_tmp.mkdir()
+    monkeypatch.setattr(register.tempfile, "tempdir", str(unsafe_tmp))
+    out = tmp_path / "study.h5"
+    with pytest.raises(ConfigError, match=r"study\.h5.*TMPDIR"):
+        register.register_to_reference(
+            pair["moving"], pair["fixed"], out / "o.nii.gz", out / "t", out / "q.json", seed=3
+        )
+    assert not (out / "t").exists() and not list(unsafe_tmp.iterdir())
+
+
+def test_syn_that_writes_no_warp_is_a_failed_registration(pair, tmp_path, monkeypatch):
+    """antsRegistration returning without its warp fails the subject's QC (no silent rigid-only result)."""
+    real_run = register._run_ants
+
+    def run_then_lose_the_warp(fixed, moving, stages, prefix, seed):
+        real_run(fixed, moving, stages, prefix, seed)
+        Path(prefix, register.WARP_FILE).unlink()
+
+    monkeypatch.setattr(register, "_run_ants", run_then_lose_the_warp)
+    qc = register.register_to_reference(
+        pair["moving"], pair["fixed"], tmp_path / "o.nii.gz", tmp_path / "t", tmp_path / "q.json", seed=3
+    )
+    assert qc["status"] == "failed" and f"wrote no {register.WARP_FILE}" in qc["reason"]
