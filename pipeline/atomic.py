@@ -58,7 +58,9 @@ def atomic_dir(target: str | Path, flush: bool = False) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    # No dot before the random part: a folder named ".x.h5k2....tmp" would make antsRegistration
+    # write a warp field as a transform file (pipeline.preprocess.register.ANTS_PATH_TRIGGERS).
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent))
     tmp.chmod(0o777 & ~_UMASK)
     try:
         yield tmp

@@ -15,8 +15,9 @@ the workflow unless asked to): the image on the reference grid, a transforms fol
 ``0GenericAffine.mat`` (centre-of-mass initialisation + rigid) and, for SyN, ``1Warp.nii.gz``,
 and a QC JSON. A subject whose registration is implausible gets ``"status": "failed"`` and a
 reason in its QC JSON; its image is still written (for inspection) and the slice stage drops it.
-If ANTs itself raised, the transforms folder holds an identity affine and the image is the
-subject resampled onto the reference grid as is.
+If ANTs itself raised or returned without writing its transforms (it reports some write failures
+on stderr only), the transforms folder holds an identity affine and the image is the subject
+resampled onto the reference grid as is.
 """
 
 from __future__ import annotations
@@ -60,11 +61,14 @@ METRIC_PARAMETER = {"CC": 2, "MI": 32, "Mattes": 32, "MeanSquares": 0}
 #: A level stops early once the metric's slope over the last 10 iterations is below 1e-6
 #: (antsRegistrationSyN.sh's convergence threshold and window).
 CONVERGENCE = "1e-6,10"
-#: antsRegistration picks how to write each transform from substrings of the whole output path:
-#: with any of these anywhere in it (a folder's name included), it writes the SyN warp field as a
-#: transform file, which fails with a message on stderr only, leaving the affine alone and a
-#: "successful" rigid-only registration (seen when a temporary folder's random name began "h5").
-ANTS_PATH_TRIGGERS = (".h5", ".hdf5", ".xfm", ".mat", ".txt")
+#: antsRegistration picks how to write each transform from substrings of the output path it is
+#: given (case-sensitive; ANTs' itkantsReadWriteTransform.h, WriteTransform): with any of these
+#: anywhere in it (a folder's name included), it writes the SyN warp field as a transform file,
+#: which fails with a message on stderr only, leaving the affine alone and a "successful"
+#: rigid-only registration (seen when a temporary folder's random name began "h5"). A comma or
+#: bracket would split its ``--output [prefix]`` option instead.
+ANTS_PATH_TRIGGERS = (".h5", ".hdf5", ".hdf4", ".xfm", ".mat", ".txt", ",", "[", "]")
+INVERSE_WARP_FILE = "1InverseWarp.nii.gz"
 
 
 def _check_determinism(seed: int) -> None:
@@ -163,16 +167,17 @@ def _run_ants(
 
 
 def _ants_can_write_to(folder: Path) -> bool:
-    """False where antsRegistration would misread ``folder``'s path (:data:`ANTS_PATH_TRIGGERS`)."""
-    path = str(Path(folder).absolute()).lower()
-    return not any(trigger in path for trigger in ANTS_PATH_TRIGGERS)
+    """False where antsRegistration would misread the output prefix ``folder`` + "/" (exactly the
+    string it is given: :data:`ANTS_PATH_TRIGGERS`)."""
+    return not any(trigger in f"{folder}{os.sep}" for trigger in ANTS_PATH_TRIGGERS)
 
 
 @contextlib.contextmanager
-def _ants_output_folder(work: Path) -> Iterator[Path]:
-    """Where antsRegistration writes: ``work`` itself, or a scratch folder under the system's
-    temporary directory (files moved into ``work`` afterwards) when ``work``'s path would be
-    misread; a clear error when neither path is safe."""
+def _ants_output_folder(work: Path, target: Path) -> Iterator[Path]:
+    """Where antsRegistration writes ``target``'s transforms: ``work`` (its temporary folder)
+    itself, or, when that path would be misread, a scratch folder under the system's temporary
+    directory whose files are moved into ``work`` afterwards (the unused inverse warp left
+    behind); a clear error naming ``target`` when neither path is safe."""
     if _ants_can_write_to(work):
         yield work
         return
@@ -180,11 +185,12 @@ def _ants_output_folder(work: Path) -> Iterator[Path]:
     try:
         if not _ants_can_write_to(scratch):
             raise ConfigError(
-                f"{work}: antsRegistration cannot write its warp field under a path containing any of "
-                f"{', '.join(ANTS_PATH_TRIGGERS)}, and neither can it under the temporary directory "
-                f"{scratch.parent}: rename the folder or set TMPDIR"
+                f"{target}: antsRegistration misreads an output path containing any of "
+                f"{' '.join(ANTS_PATH_TRIGGERS)} (it silently drops the warp field), and the temporary "
+                f"directory {scratch.parent} has one too: rename the folder or set TMPDIR"
             )
         yield scratch
+        (scratch / INVERSE_WARP_FILE).unlink(missing_ok=True)
         for written in scratch.iterdir():
             shutil.move(str(written), str(work / written.name))
     finally:
@@ -446,16 +452,18 @@ def register_to_reference(
                     total_sigma=syn_total_sigma,
                 )
             try:
-                with _ants_output_folder(work) as written:
+                with _ants_output_folder(work, transforms_dir) as written:
                     _run_ants(reference, moving, stages, f"{written}{os.sep}", seed)
-                if transform == "SyN" and not (work / WARP_FILE).exists():
-                    raise RuntimeError(f"it wrote no {WARP_FILE} (its messages on stderr say why)")
+                expected = (AFFINE_FILE, WARP_FILE) if transform == "SyN" else (AFFINE_FILE,)
+                missing = [name for name in expected if not (work / name).exists()]
+                if missing:
+                    raise RuntimeError(f"it wrote no {' or '.join(missing)} (its messages on stderr say why)")
             except RuntimeError as exc:
                 failure = f"antsRegistration failed: {exc}"
                 for leftover in work.iterdir():
                     leftover.unlink()
                 _write_identity_affine(work)
-            (work / "1InverseWarp.nii.gz").unlink(missing_ok=True)  # not used downstream; saves disk
+            (work / INVERSE_WARP_FILE).unlink(missing_ok=True)  # not used downstream; saves disk
 
         rigid_only = ants.apply_transforms(
             reference, moving, [str(work / AFFINE_FILE)], interpolator="linear"

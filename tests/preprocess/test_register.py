@@ -304,7 +304,17 @@ def test_bad_inputs_are_named(pair, tmp_path):
         register.read_reference_json(pair["fixed"])
 
 
-@pytest.mark.parametrize("trigger", ["h5", "mat"])
+def test_the_path_check_matches_what_ants_misreads():
+    """Exactly the string given to ANTs, case-sensitive (ANTs' WriteTransform uses find()): every
+    trigger anywhere in it is caught, look-alikes are not."""
+    for trigger in register.ANTS_PATH_TRIGGERS:
+        assert not register._ants_can_write_to(Path(f"out/study{trigger}x/s.transforms"))
+        assert not register._ants_can_write_to(Path(f"out/s{trigger}"))
+    for fine in ("out/STUDY.H5/s", "out/a.MAT/s", "out/a.tfm/s", "out/a.nii.gz/s", "out/.s-h5k.tmp"):
+        assert register._ants_can_write_to(Path(fine))
+
+
+@pytest.mark.parametrize("trigger", ["h5", "hdf4", "mat"])
 def test_a_path_that_ants_would_misread_still_gets_its_warp(pair, registered, tmp_path, monkeypatch, trigger):
     """antsRegistration writes its warp as a transform file (and fails, on stderr only) when its
     output path contains ".h5", ".mat"...: a folder so named must still get the same registration.
@@ -329,11 +339,12 @@ def test_a_temporary_directory_ants_would_misread_is_a_clear_error(pair, tmp_pat
     unsafe_tmp.mkdir()
     monkeypatch.setattr(register.tempfile, "tempdir", str(unsafe_tmp))
     out = tmp_path / "study.h5"
-    with pytest.raises(ConfigError, match=r"study\.h5.*TMPDIR"):
+    with pytest.raises(ConfigError, match=r"study\.h5.*TMPDIR") as excinfo:
         register.register_to_reference(
             pair["moving"], pair["fixed"], out / "o.nii.gz", out / "t", out / "q.json", seed=3
         )
     assert not (out / "t").exists() and not list(unsafe_tmp.iterdir())
+    assert "study.h5/t" in str(excinfo.value) and ".tmp" not in str(excinfo.value)  # the folder asked for
 
 
 def test_syn_that_writes_no_warp_is_a_failed_registration(pair, tmp_path, monkeypatch):

@@ -94,7 +94,8 @@ def prdc_block(real_features: np.ndarray, real_subjects: np.ndarray, generated_f
     for name in prdc_module.MEASURES:
         statistic = lambda r, g, name=name: (measures(r, g) or {}).get(name)
         block[name] = {"value": values[name]} | intervals.two_set_ci(
-            statistic, real_subjects, generated_ids, policy, lower_bound=0.0
+            statistic, real_subjects, generated_ids, policy, lower_bound=0.0,
+            upper_bound=None if name in prdc_module.UNBOUNDED else 1.0,
         )
     return block
 

@@ -377,11 +377,15 @@ def two_set_ci(
     generated_subjects: np.ndarray,
     policy: IntervalPolicy,
     lower_bound: float | None = None,
+    upper_bound: float | None = None,
 ) -> dict:
     """Jackknife interval of ``statistic(real_rows, generated_rows)`` (see the module docstring).
 
     ``statistic`` gets index arrays into the two sets (so it can reuse features or kernel matrices
-    computed once); ``lower_bound`` clips the interval (0 for a distance).
+    computed once); ``lower_bound`` / ``upper_bound`` clip the interval to the statistic's range
+    (0 for a distance; 0 and 1 for a share such as PRDC's precision, recall and coverage, whose
+    symmetric t interval can otherwise reach past 1). Clipping to a range the true value cannot
+    leave changes no interval's coverage.
     """
     reason = too_few_subjects(policy, real_subjects, generated_subjects)
     if reason:
@@ -405,6 +409,8 @@ def two_set_ci(
     low, high = estimate - half_width, estimate + half_width
     if lower_bound is not None:
         low, high = max(low, lower_bound), max(high, lower_bound)
+    if upper_bound is not None:
+        low, high = min(low, upper_bound), min(high, upper_bound)
     return _result([float(low), float(high)], "subject_jackknife")
 
 

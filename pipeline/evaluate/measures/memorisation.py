@@ -351,7 +351,7 @@ def space_block(
     share = share_closer(heldout, generated, search.quantile)
     closer = intervals.two_set_ci(
         lambda h, g: share_closer(heldout[h], generated[g], search.quantile), np.asarray(heldout_subjects),
-        generated_ids, policy, lower_bound=0.0,
+        generated_ids, policy, lower_bound=0.0, upper_bound=1.0,
     )
     return {
         "reference_median_distance": typical,

@@ -33,6 +33,10 @@ NEAREST_K = 5
 """The paper's k: its experiments found 5 a good balance of bias and variance for all four."""
 
 MEASURES = ("precision", "recall", "density", "coverage")
+#: The measures not bounded above by 1 (density, the mean number of real balls holding a generated
+#: sample over k, exceeds 1 where generated samples crowd the dense parts of the real set);
+#: the other three are shares, whose intervals are clipped to [0, 1].
+UNBOUNDED = ("density",)
 
 DEFINITION = (
     "Naeem et al. 2020, k-nearest-neighbour balls (k = {k}) in the named feature space, Euclidean distance: "

@@ -77,3 +77,32 @@ def test_subsets_by_row_index_equal_the_measures_of_the_subsets():
 def test_too_few_samples_is_a_clear_error():
     with pytest.raises(ValueError, match="more than 5 samples"):
         prdc.prdc(np.zeros((5, 2)), np.ones((10, 2)))
+
+
+def test_intervals_of_the_three_shares_stay_in_the_unit_range_density_may_pass_one():
+    """Generated samples all inside the real set's balls, subjects of uneven size: recall, coverage
+    and precision sit at or near 1, where the jackknife's symmetric t interval reaches past 1 (seen
+    as recall [0.8, 1.04] in a run); the block clips the three shares to [0, 1], not density."""
+    from pipeline.evaluate.measures import distribution, intervals
+    from pipeline.evaluate.measures.intervals import IntervalPolicy
+
+    rng = np.random.default_rng(4)
+    real = rng.normal(size=(60, 3))
+    generated = real[rng.integers(0, 60, 90)] + rng.normal(scale=0.05, size=(90, 3))  # crowded, inside
+    real_subjects = np.repeat(np.arange(10), 6).astype(str)
+    generated_ids = np.repeat(np.arange(15), 6).astype(str)
+    policy = IntervalPolicy(min_subjects=8)
+    block = distribution.prdc_block(real, real_subjects, generated, generated_ids, policy)
+    measures = prdc.PRDC(real, generated)
+    unclipped = {
+        name: intervals.two_set_ci(
+            lambda r, g, name=name: measures(r, g)[name], real_subjects, generated_ids, policy
+        )["ci95"]
+        for name in prdc.MEASURES
+    }
+    assert max(unclipped[name][1] for name in ("precision", "recall", "coverage")) > 1.0  # the case arises
+    for name in ("precision", "recall", "coverage"):
+        low, high = block[name]["ci95"]
+        assert 0.0 <= low <= block[name]["value"] <= high <= 1.0
+        assert (low, high) == (min(unclipped[name][0], 1.0), min(unclipped[name][1], 1.0))
+    assert block["density"]["value"] > 1.0 and block["density"]["ci95"] == unclipped["density"]
