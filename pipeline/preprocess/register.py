@@ -613,5 +613,23 @@ def _apply(
     apply_subject_transforms(image, reference or read_reference_json(reference_json), transforms, out)
 
 
+#: Flags whose values are a task's outputs (pipeline.preprocess.batch --resume-dir keeps them).
+RESUMABLE_OUTPUT_FLAGS = ("--out", "--transforms", "--qc")
+
+
+def resume_inputs(task: Sequence[Sequence[str]]) -> list[Path]:
+    """Every file one subject's task (``register`` then ``apply`` commands) reads, the reference
+    volume behind ``--reference-json`` included: pipeline.preprocess.batch keys a kept result on
+    their contents, so a changed input is registered again."""
+    inputs: list[Path] = []
+    for argv in task:
+        for flag, value in zip(argv, argv[1:]):
+            if flag in ("--moving", "--image", "--reference"):
+                inputs.append(Path(value))
+            elif flag == "--reference-json":
+                inputs += [Path(value), read_reference_json(value)]
+    return inputs
+
+
 if __name__ == "__main__":
     main()

@@ -51,7 +51,8 @@ rule choose_reference:
 
 rule register:
     # Every subject of the dataset onto the reference (and its partner with the subject's
-    # transforms), over {threads} processes.
+    # transforms), over {threads} processes. Subjects finished by a killed or failed run are kept
+    # in data/.resume/ and restored by the next (pipeline/preprocess/batch.py --resume-dir).
     input:
         raw="data/raw/{dataset}",  # the subject list (tasks) comes from its manifest
         windowed=subject_dir("windowed", "{dataset}"),
@@ -72,7 +73,7 @@ rule register:
         "../../envs/register.yaml"
     shell:
         "python -m pipeline.preprocess.batch pipeline.preprocess.register --workers {threads} "
-        "--tasks {params.tasks:q} > {log} 2>&1"
+        "--resume-dir data/.resume/registered/{wildcards.dataset} --tasks {params.tasks:q} > {log} 2>&1"
 
 
 rule build_headholder_mask:

@@ -7,6 +7,7 @@ grids so that a registration takes about a second.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -360,3 +361,59 @@ def test_syn_that_writes_no_warp_is_a_failed_registration(pair, tmp_path, monkey
         pair["moving"], pair["fixed"], tmp_path / "o.nii.gz", tmp_path / "t", tmp_path / "q.json", seed=3
     )
     assert qc["status"] == "failed" and f"wrote no {register.WARP_FILE}" in qc["reason"]
+
+
+def test_a_failed_batch_keeps_finished_subjects_and_the_rerun_restores_them(
+    pair, registered, tmp_path, monkeypatch
+):
+    """pipeline.preprocess.batch --resume-dir: Snakemake deletes a failed register job's output folder;
+    the subjects it had finished come back from the resume folder on the rerun (not registered
+    again, bit-identical), a successful batch clears it, and a kept subject whose input changed
+    since is registered again."""
+    from pipeline.preprocess import batch
+
+    reference_json = tmp_path / "reference.json"
+    reference_json.write_text(json.dumps({"path": str(pair["fixed"])}))
+    out, resume = tmp_path / "subjects", tmp_path / "resume"
+    first, second = tmp_path / "first_in.nii.gz", tmp_path / "second_in.nii.gz"
+    first.write_bytes(pair["moving"].read_bytes())
+
+    def task(name: str, moving: Path) -> list[list[str]]:
+        return [["register", "--moving", str(moving), "--reference-json", str(reference_json),
+                 "--out", str(out / f"{name}.nii.gz"), "--transforms", str(out / f"{name}.transforms"),
+                 "--qc", str(out / f"{name}.qc.json"), "--seed", "3"]]  # fmt: skip
+
+    tasks = [task("first", first), task("second", second)]  # second's input is missing
+    assert {reference_json, pair["fixed"], first} == set(register.resume_inputs(tasks[0]))
+    with pytest.raises(batch.BatchCommandFailed, match="second_in.nii.gz"):
+        batch.run_batch("pipeline.preprocess.register", tasks, resume_dir=resume)
+    assert len([p for p in resume.iterdir() if (p / "complete").is_file()]) == 1
+    shutil.rmtree(out)  # what Snakemake does with a failed job's output folder
+
+    second.write_bytes(pair["moving"].read_bytes())
+    calls = []
+    real = register.register_to_reference
+    def counted(moving, *args, **kwargs):
+        calls.append(moving)
+        return real(moving, *args, **kwargs)
+
+    monkeypatch.setattr(register, "register_to_reference", counted)
+    batch.run_batch("pipeline.preprocess.register", tasks, resume_dir=resume)
+    assert calls == [second]  # the first subject was restored, not registered again
+    expected = np.asarray(nib.load(registered["folder"] / "moving.nii.gz").dataobj)
+    for name in ("first", "second"):
+        assert np.array_equal(np.asarray(nib.load(out / f"{name}.nii.gz").dataobj), expected)
+        assert (out / f"{name}.transforms" / register.WARP_FILE).is_file()
+    qc = json.loads((out / "first.qc.json").read_text())
+    assert qc["ncc_final"] == registered["qc"]["ncc_final"]
+    assert not resume.exists()  # a successful batch clears it
+
+    with pytest.raises(batch.BatchCommandFailed):  # keeps the first subject again
+        batch.run_batch(
+            "pipeline.preprocess.register", [tasks[0], task("x", tmp_path / "none")], resume_dir=resume
+        )
+    image = nib.load(first)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj) * 0.9, image.affine), first)  # same path, new content
+    calls.clear()
+    batch.run_batch("pipeline.preprocess.register", [tasks[0]], resume_dir=resume)
+    assert calls == [first]
