@@ -21,12 +21,16 @@ every broken subject of a dataset, as one job per subject with ``snakemake --kee
 
 ``--resume-dir``: what a killed or failed batch had finished is not lost. Snakemake removes a
 failed job's output folder, which for registration at 1 mm (minutes a subject) threw away every
-finished subject. With a resume folder (beside the output, not in it), each task's outputs are
-hard-linked there once the task has succeeded, under a key hashed from the stage's source, the
-task's arguments and the contents of every file it reads (the stage's ``resume_inputs``); the next
-run restores a task with the same key instead of running it, and a batch that succeeds removes
-the folder. A changed input, knob or stage code changes the key and the task runs again. The
-restored files are the kept ones themselves (registration is bit-identical run to run anyway).
+finished subject. With a resume folder (beside the output, not in it), each task's outputs (the
+stage's ``resume_outputs``) are hard-linked there once all its commands have succeeded, under a
+key hashed from this module's and the stage module's source, the stage's library versions
+(``resume_versions``), the task's arguments and the contents of every file it reads
+(``resume_inputs``); the next run restores a task with the same key instead of running it, drops
+entries no task can use, and a batch that succeeds removes the folder. A changed input, knob,
+seed, library version or stage module changes the key and the task runs again; code the stage
+imports from elsewhere (file writing, argument parsing) is not in the key: after changing it, or
+to force a re-registration, delete ``data/.resume``. The restored files are the kept ones
+themselves (registration is bit-identical run to run anyway).
 """
 
 from __future__ import annotations
@@ -42,11 +46,12 @@ import os
 import shlex
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
+from pipeline.atomic import flush_file_system
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.preprocess import run_cli, stage_parser
 
@@ -60,35 +65,42 @@ class BatchCommandFailed(PipelineError):
     """One subject's command exited non-zero (its own error line is already in the log)."""
 
 
-def _task_outputs(module, task: Sequence[Sequence[str]]) -> list[Path]:
-    """The task's output paths: the values of the stage's ``RESUMABLE_OUTPUT_FLAGS``."""
-    flags = module.RESUMABLE_OUTPUT_FLAGS
-    return [Path(value) for argv in task for flag, value in zip(argv, argv[1:]) if flag in flags]
+def _file_digests(path: Path) -> Iterator[bytes]:
+    """Name and content digests of a file, or of every file under a folder (sorted)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        yield str(file).encode() + b"\0"
+        with open(file, "rb") as fh:
+            yield hashlib.file_digest(fh, "sha256").digest()
 
 
 def _task_key(module, task: Sequence[Sequence[str]]) -> str | None:
-    """Hash of the stage's source, the task's arguments and the contents of the files it reads;
-    None when an input cannot be read (the task then runs and reports it as usual)."""
-    digest = hashlib.sha256(Path(inspect.getsourcefile(module)).read_bytes())
+    """Hash of this module's and the stage's source, the stage's library versions
+    (``resume_versions``), the task's arguments and the contents of every file it reads
+    (``resume_inputs``); None when the task is not resumable or an input cannot be read (it then
+    runs, and reports a bad input as usual)."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(Path(inspect.getsourcefile(module)).read_bytes())
+    digest.update(module.resume_versions().encode())
     digest.update(json.dumps(task).encode())
     try:
+        module.resume_outputs(task)  # raises for a command the stage cannot resume
         for path in module.resume_inputs(task):
-            digest.update(str(path).encode() + b"\0")
-            with open(path, "rb") as fh:
-                digest.update(hashlib.file_digest(fh, "sha256").digest())
+            for chunk in _file_digests(Path(path)):
+                digest.update(chunk)
     except (OSError, PipelineError):
         return None
     return digest.hexdigest()[:32]
 
 
 def _link_tree(source: Path, target: Path) -> None:
-    """``source`` (a file or a folder) at ``target`` as hard links, copies across file systems."""
+    """``source`` (a file or a folder) at ``target`` as hard links, copies where links fail."""
 
     def link(src: str, dst: str) -> None:
         try:
             os.link(src, dst)
         except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP):
                 raise
             shutil.copy2(src, dst)
 
@@ -99,41 +111,70 @@ def _link_tree(source: Path, target: Path) -> None:
 
 
 def _restore(module, task: Sequence[Sequence[str]], kept: Path) -> bool:
-    """Put a kept result of ``task`` (``kept``, a folder written by :func:`_keep`) back in place;
-    False when there is none."""
-    if not (kept / "complete").is_file():
+    """Put a kept result of ``task`` (``kept``, written by :func:`_keep`) back in place; False when
+    there is none or it does not name the same outputs (the task then runs)."""
+    try:
+        record = json.loads((kept / "complete").read_text())
+    except (OSError, ValueError):
         return False
-    outputs = _task_outputs(module, task)
-    for index, out in enumerate(outputs):
+    outputs = [str(p) for p in module.resume_outputs(task)]
+    if not isinstance(record, dict) or record.get("outputs") != outputs:
+        return False
+    for index, out in enumerate(map(Path, outputs)):
         if out.is_dir():
             shutil.rmtree(out)
         out.unlink(missing_ok=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         _link_tree(kept / str(index), out)
-    _log.info("restored from an interrupted run (%s): %s", kept, ", ".join(map(str, outputs)))
+    _log.info("restored from an interrupted run (%s): %s", kept, ", ".join(outputs))
     return True
 
 
 def _keep(module, task: Sequence[Sequence[str]], resume_dir: Path, key: str) -> None:
-    """Hard-link a finished task's outputs into ``resume_dir``/``key`` (complete only once all are)."""
+    """Hard-link a finished task's outputs into ``resume_dir``/``key``, made durable and then
+    renamed into place, so that an entry is complete or absent."""
     partial_dir = resume_dir / f".{key}-{os.getpid()}"
     shutil.rmtree(partial_dir, ignore_errors=True)
     partial_dir.mkdir(parents=True)
-    for index, out in enumerate(_task_outputs(module, task)):
-        _link_tree(out, partial_dir / str(index))
-    (partial_dir / "complete").write_text(json.dumps(task))
+    outputs = [str(p) for p in module.resume_outputs(task)]
+    for index, out in enumerate(outputs):
+        _link_tree(Path(out), partial_dir / str(index))
+    (partial_dir / "complete").write_text(json.dumps({"outputs": outputs, "task": task}))
+    flush_file_system(partial_dir)  # the stage writes some outputs without fsync (atomic_dir flush=False)
     shutil.rmtree(resume_dir / key, ignore_errors=True)
     os.replace(partial_dir, resume_dir / key)
 
 
-def _run_task(stage: str, task: Sequence[Sequence[str]], resume_dir: Path | None = None) -> None:
+def _run_task(
+    stage: str, task: Sequence[Sequence[str]], resume_dir: Path | None = None, key: str | None = None
+) -> None:
+    """Run one task's commands, or restore its kept result from ``resume_dir``/``key``. Keeping
+    or restoring that fails (a full disk, a damaged entry) only costs the shortcut: the entry is
+    dropped with a warning and the task runs as without a resume folder."""
     module = importlib.import_module(stage)
-    key = _task_key(module, task) if resume_dir is not None else None
-    if key and _restore(module, task, resume_dir / key):
-        return
+    if key:
+        try:
+            if _restore(module, task, resume_dir / key):
+                return
+        except OSError as exc:
+            _log.warning("could not restore %s (%s): running the task again", resume_dir / key, exc)
+            shutil.rmtree(resume_dir / key, ignore_errors=True)
     _run_commands(module.main, stage, task)
     if key:
-        _keep(module, task, resume_dir, key)
+        try:
+            _keep(module, task, resume_dir, key)
+        except OSError as exc:
+            _log.warning("could not keep %s for a later run (%s)", resume_dir / key, exc)
+            shutil.rmtree(resume_dir / f".{key}-{os.getpid()}", ignore_errors=True)
+
+
+def _prune(resume_dir: Path, keys: Sequence[str | None]) -> None:
+    """Drop kept entries that no current task can use (old knobs, inputs or code; partial ones)."""
+    if not resume_dir.is_dir():
+        return
+    for entry in resume_dir.iterdir():
+        if entry.name not in keys:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _run_commands(main: Callable[[list[str]], None], stage: str, task: Sequence[Sequence[str]]) -> None:
@@ -167,10 +208,13 @@ def run_batch(
     if workers < 1:
         raise ConfigError(f"batch: workers must be >= 1, got {workers}")
     module = importlib.import_module(stage)  # once, before any fork
+    keys: list[str | None] = [None] * len(tasks)
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
-        if not all(hasattr(module, name) for name in ("RESUMABLE_OUTPUT_FLAGS", "resume_inputs")):
+        if not all(hasattr(module, name) for name in ("resume_outputs", "resume_inputs", "resume_versions")):
             raise ConfigError(f"batch --resume-dir: {stage} does not declare its outputs and inputs")
+        keys = [_task_key(module, task) for task in tasks]
+        _prune(resume_dir, keys)
     start = time.perf_counter()
     failures: list[BatchCommandFailed] = []
 
@@ -183,12 +227,12 @@ def run_batch(
             failures.append(exc)
 
     if workers == 1 or len(tasks) <= 1:
-        for task in tasks:
-            collect(partial(_run_task, stage, task, resume_dir))
+        for task, key in zip(tasks, keys):
+            collect(partial(_run_task, stage, task, resume_dir, key))
     else:
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
-            futures = [pool.submit(_run_task, stage, task, resume_dir) for task in tasks]
+            futures = [pool.submit(_run_task, stage, task, resume_dir, key) for task, key in zip(tasks, keys)]
             try:
                 for future in futures:
                     collect(future.result)

@@ -613,22 +613,45 @@ def _apply(
     apply_subject_transforms(image, reference or read_reference_json(reference_json), transforms, out)
 
 
-#: Flags whose values are a task's outputs (pipeline.preprocess.batch --resume-dir keeps them).
-RESUMABLE_OUTPUT_FLAGS = ("--out", "--transforms", "--qc")
+def resume_outputs(task: Sequence[Sequence[str]]) -> list[Path]:
+    """What one subject's task (``register``, then ``apply`` for its partners) writes, for
+    pipeline.preprocess.batch --resume-dir; ConfigError for a command it cannot resume."""
+    outputs: list[Path] = []
+    for argv in task:
+        command = argv[0] if argv else ""
+        flags = {"register": ("--out", "--transforms", "--qc"), "apply": ("--out",)}.get(command)
+        if flags is None:
+            raise ConfigError(f"batch --resume-dir: cannot resume 'register {command}' commands")
+        outputs += [Path(value) for flag, value in zip(argv, argv[1:]) if flag in flags]
+    return outputs
 
 
 def resume_inputs(task: Sequence[Sequence[str]]) -> list[Path]:
-    """Every file one subject's task (``register`` then ``apply`` commands) reads, the reference
-    volume behind ``--reference-json`` included: pipeline.preprocess.batch keys a kept result on
-    their contents, so a changed input is registered again."""
+    """Every file or folder one subject's task reads, the reference volume behind
+    ``--reference-json`` included, and an ``apply``'s transforms unless the task's own ``register``
+    writes them: pipeline.preprocess.batch keys a kept result on their contents."""
     inputs: list[Path] = []
+    written: set[str] = set()
     for argv in task:
         for flag, value in zip(argv, argv[1:]):
             if flag in ("--moving", "--image", "--reference"):
                 inputs.append(Path(value))
             elif flag == "--reference-json":
                 inputs += [Path(value), read_reference_json(value)]
+            elif flag == "--transforms" and argv[0] == "apply" and value not in written:
+                inputs.append(Path(value))
+        if argv and argv[0] == "register":
+            written.update(value for flag, value in zip(argv, argv[1:]) if flag == "--transforms")
     return inputs
+
+
+def resume_versions() -> str:
+    """The libraries whose version changes a registration, for pipeline.preprocess.batch's key."""
+    return ", ".join(
+        f"{name} {version}"
+        for name, version in (("antspyx", ants.__version__), ("nibabel", nib.__version__),
+                              ("numpy", np.__version__), ("python", sys.version))
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

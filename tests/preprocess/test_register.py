@@ -367,53 +367,92 @@ def test_a_failed_batch_keeps_finished_subjects_and_the_rerun_restores_them(
     pair, registered, tmp_path, monkeypatch
 ):
     """pipeline.preprocess.batch --resume-dir: Snakemake deletes a failed register job's output folder;
-    the subjects it had finished come back from the resume folder on the rerun (not registered
-    again, bit-identical), a successful batch clears it, and a kept subject whose input changed
-    since is registered again."""
+    the subjects it had finished (register, then apply to a partner) come back from the resume
+    folder on the rerun over two forked workers (not registered again, bit-identical), a successful
+    batch clears it, a kept subject whose input changed since is registered again, and a damaged
+    entry only costs the shortcut."""
     from pipeline.preprocess import batch
 
     reference_json = tmp_path / "reference.json"
     reference_json.write_text(json.dumps({"path": str(pair["fixed"])}))
-    out, resume = tmp_path / "subjects", tmp_path / "resume"
+    out, resume, log = tmp_path / "subjects", tmp_path / "resume", tmp_path / "registered.log"
     first, second = tmp_path / "first_in.nii.gz", tmp_path / "second_in.nii.gz"
     first.write_bytes(pair["moving"].read_bytes())
 
     def task(name: str, moving: Path) -> list[list[str]]:
-        return [["register", "--moving", str(moving), "--reference-json", str(reference_json),
-                 "--out", str(out / f"{name}.nii.gz"), "--transforms", str(out / f"{name}.transforms"),
-                 "--qc", str(out / f"{name}.qc.json"), "--seed", "3"]]  # fmt: skip
+        return [
+            ["register", "--moving", str(moving), "--reference-json", str(reference_json),
+             "--out", str(out / f"{name}.nii.gz"), "--transforms", str(out / f"{name}.transforms"),
+             "--qc", str(out / f"{name}.qc.json"), "--seed", "3"],
+            ["apply", "--image", str(pair["moving_brain"]), "--reference-json", str(reference_json),
+             "--transforms", str(out / f"{name}.transforms"), "--out", str(out / f"{name}.brain.nii.gz")],
+        ]  # fmt: skip
 
+    real = register.register_to_reference
+
+    def counted(moving, *args, **kwargs):  # forked workers append to one file
+        with open(log, "a") as fh:
+            fh.write(f"{Path(moving).name}\n")
+        return real(moving, *args, **kwargs)
+
+    def registered_since() -> list[str]:
+        names = log.read_text().split() if log.exists() else []
+        log.unlink(missing_ok=True)
+        return sorted(names)
+
+    monkeypatch.setattr(register, "register_to_reference", counted)
     tasks = [task("first", first), task("second", second)]  # second's input is missing
-    assert {reference_json, pair["fixed"], first} == set(register.resume_inputs(tasks[0]))
     with pytest.raises(batch.BatchCommandFailed, match="second_in.nii.gz"):
         batch.run_batch("pipeline.preprocess.register", tasks, resume_dir=resume)
+    assert registered_since() == ["first_in.nii.gz", "second_in.nii.gz"]  # the second one fails
     assert len([p for p in resume.iterdir() if (p / "complete").is_file()]) == 1
+    first_brain = (out / "first.brain.nii.gz").read_bytes()
     shutil.rmtree(out)  # what Snakemake does with a failed job's output folder
 
     second.write_bytes(pair["moving"].read_bytes())
-    calls = []
-    real = register.register_to_reference
-    def counted(moving, *args, **kwargs):
-        calls.append(moving)
-        return real(moving, *args, **kwargs)
-
-    monkeypatch.setattr(register, "register_to_reference", counted)
-    batch.run_batch("pipeline.preprocess.register", tasks, resume_dir=resume)
-    assert calls == [second]  # the first subject was restored, not registered again
+    batch.run_batch("pipeline.preprocess.register", tasks, workers=2, resume_dir=resume)
+    assert registered_since() == ["second_in.nii.gz"]  # the first one was restored, not registered again
     expected = np.asarray(nib.load(registered["folder"] / "moving.nii.gz").dataobj)
     for name in ("first", "second"):
         assert np.array_equal(np.asarray(nib.load(out / f"{name}.nii.gz").dataobj), expected)
         assert (out / f"{name}.transforms" / register.WARP_FILE).is_file()
+    assert (out / "first.brain.nii.gz").read_bytes() == first_brain  # the kept file itself
+    brains = [np.asarray(nib.load(out / f"{name}.brain.nii.gz").dataobj) for name in ("first", "second")]
+    assert np.array_equal(*brains)
     qc = json.loads((out / "first.qc.json").read_text())
     assert qc["ncc_final"] == registered["qc"]["ncc_final"]
     assert not resume.exists()  # a successful batch clears it
 
+    failing = [tasks[0], task("x", tmp_path / "none")]
     with pytest.raises(batch.BatchCommandFailed):  # keeps the first subject again
-        batch.run_batch(
-            "pipeline.preprocess.register", [tasks[0], task("x", tmp_path / "none")], resume_dir=resume
-        )
+        batch.run_batch("pipeline.preprocess.register", failing, resume_dir=resume)
     image = nib.load(first)
     nib.save(nib.Nifti1Image(np.asarray(image.dataobj) * 0.9, image.affine), first)  # same path, new content
-    calls.clear()
+    registered_since()
     batch.run_batch("pipeline.preprocess.register", [tasks[0]], resume_dir=resume)
-    assert calls == [first]
+    assert registered_since() == ["first_in.nii.gz"]
+
+    with pytest.raises(batch.BatchCommandFailed):
+        batch.run_batch("pipeline.preprocess.register", failing, resume_dir=resume)
+    (entry,) = [p for p in resume.iterdir() if (p / "complete").is_file()]
+    (entry / "complete").write_text("{damaged")
+    registered_since()
+    batch.run_batch("pipeline.preprocess.register", [tasks[0]], resume_dir=resume)
+    assert registered_since() == ["first_in.nii.gz"]  # ran again instead of restoring a damaged entry
+
+
+def test_what_a_kept_registration_is_keyed_on(pair, registered, tmp_path):
+    """An apply whose transforms the task did not write is keyed on their contents; a command the
+    stage cannot resume (choose) makes the task run without a key."""
+    from pipeline.preprocess import batch
+
+    transforms = tmp_path / "t.transforms"
+    shutil.copytree(registered["folder"] / "moving.transforms", transforms)
+    apply = [["apply", "--image", str(pair["moving_brain"]), "--reference", str(pair["fixed"]),
+              "--transforms", str(transforms), "--out", str(tmp_path / "o.nii.gz")]]  # fmt: skip
+    assert register.resume_outputs(apply) == [tmp_path / "o.nii.gz"]
+    before = batch._task_key(register, apply)
+    (transforms / register.WARP_FILE).write_bytes(b"changed")
+    assert before is not None and batch._task_key(register, apply) != before
+    choose = [["choose", "--inputs", str(pair["moving"]), "--out", str(tmp_path / "r.json")]]
+    assert batch._task_key(register, choose) is None
