@@ -36,6 +36,7 @@ themselves (registration is bit-identical run to run anyway).
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import importlib
 import inspect
@@ -65,13 +66,29 @@ class BatchCommandFailed(PipelineError):
     """One subject's command exited non-zero (its own error line is already in the log)."""
 
 
+@functools.cache
+def _code_digest(stage: str) -> bytes:
+    """This module's and the stage module's source and the stage's library versions, once per run."""
+    module = importlib.import_module(stage)
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(Path(inspect.getsourcefile(module)).read_bytes())
+    digest.update(module.resume_versions().encode())
+    return digest.digest()
+
+
+@functools.cache
+def _content_digest(path: str, mtime_ns: int, size: int) -> bytes:
+    """A file's content digest, once per run (every subject's key reads the same reference volume)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").digest()
+
+
 def _file_digests(path: Path) -> Iterator[bytes]:
     """Name and content digests of a file, or of every file under a folder (sorted)."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
-        yield str(file).encode() + b"\0"
-        with open(file, "rb") as fh:
-            yield hashlib.file_digest(fh, "sha256").digest()
+        stat = file.stat()
+        yield str(file).encode() + b"\0" + _content_digest(str(file), stat.st_mtime_ns, stat.st_size)
 
 
 def _task_key(module, task: Sequence[Sequence[str]]) -> str | None:
@@ -79,9 +96,7 @@ def _task_key(module, task: Sequence[Sequence[str]]) -> str | None:
     (``resume_versions``), the task's arguments and the contents of every file it reads
     (``resume_inputs``); None when the task is not resumable or an input cannot be read (it then
     runs, and reports a bad input as usual)."""
-    digest = hashlib.sha256(Path(__file__).read_bytes())
-    digest.update(Path(inspect.getsourcefile(module)).read_bytes())
-    digest.update(module.resume_versions().encode())
+    digest = hashlib.sha256(_code_digest(module.__name__))
     digest.update(json.dumps(task).encode())
     try:
         module.resume_outputs(task)  # raises for a command the stage cannot resume
@@ -213,6 +228,7 @@ def run_batch(
         resume_dir = Path(resume_dir)
         if not all(hasattr(module, name) for name in ("resume_outputs", "resume_inputs", "resume_versions")):
             raise ConfigError(f"batch --resume-dir: {stage} does not declare its outputs and inputs")
+        _content_digest.cache_clear()  # digests are reused within one run only
         keys = [_task_key(module, task) for task in tasks]
         _prune(resume_dir, keys)
     start = time.perf_counter()
