@@ -160,6 +160,7 @@ def test_a_reader_reads_with_keyboard_zoom_and_window_resumes_and_is_scored(stud
     from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
 
     key = json.loads((study / "key.json").read_text())
     truth = [entry["truth"] for entry in key["images"]]
@@ -219,6 +220,9 @@ def test_a_reader_reads_with_keyboard_zoom_and_window_resumes_and_is_scored(stud
 
     # Leaving with answers not downloaded asks first; after the reload the reader is back where they were.
     assert reload_asks_to_leave(browser)
+    # The page resumes in its closing script; a CI run once read the study screen before it showed
+    # (text ''), so wait for it (a page that never resumes still fails here or below).
+    WebDriverWait(browser, DIALOG_TIMEOUT_S).until(lambda b: text(b, "position") != "")
     assert text(browser, "position") == f"Image {N // 2} of {N}"
     assert text(browser, "answered") == f"{N // 2} of {N} answered" and "Welcome back" in text(browser, "status")
     # Closing the tab ends its session: a new tab starts at the reader code, the same code resumes.
