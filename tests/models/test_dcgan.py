@@ -131,6 +131,39 @@ def test_instance_noise_reaches_both_d_inputs_with_the_scheduled_std():
             assert noise.std().item() == pytest.approx(expected, abs=0.02)
 
 
+def test_diffaugment_reaches_every_image_d_sees_in_both_phases_and_repeats_from_the_seed():
+    """With augment: diffaugment, D is shown translated, cut-out, recoloured images: real and fake in
+    D's phase and fake in G's, each image its own draw; with augment: none exactly the images. Two
+    models of the same seed draw the same augmentations (a resumed run repeats them)."""
+    real = torch.linspace(-1, 1, 8 * 16 * 16).reshape(8, 1, 16, 16)
+
+    def seen(augment: str, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        torch.manual_seed(seed)  # the engine seeds the weights' draw so
+        model = DCGAN({**SMALL, "augment": augment}, None, seed, image_size=(16, 16))
+        d_inputs, g_outputs = [], []
+        model.D.register_forward_pre_hook(lambda module, args: d_inputs.append(args[0].detach().clone()))
+        model.G.register_forward_hook(lambda module, args, out: g_outputs.append(out.detach().float().clone()))
+        model.train_phase("D", {"images": real})
+        model.train_phase("G", {"images": real})
+        return d_inputs, g_outputs
+
+    plain, plain_g = seen("none")
+    assert torch.equal(plain[0], real) and torch.equal(plain[1], plain_g[0]) and torch.equal(plain[2], plain_g[1])
+    augmented, augmented_g = seen("diffaugment")
+    for shown, original in ((augmented[0], real), (augmented[1], augmented_g[0]), (augmented[2], augmented_g[1])):
+        changed = (shown - original).abs().flatten(1).amax(1) > 1e-3
+        assert changed.all(), "every image D sees is augmented"
+        zeros = (shown == 0).flatten(1).float().mean(1)
+        assert (zeros >= 0.25 - 1e-6).all(), "a cut-out square of half the side (a quarter of the pixels) is 0"
+    assert not torch.equal(augmented[0][0], augmented[0][1] - real[1] + real[0]), "each image its own draw"
+    again, _ = seen("diffaugment")
+    assert all(torch.equal(a, b) for a, b in zip(again, augmented))
+    other_seed, _ = seen("diffaugment", seed=1)
+    assert not torch.equal(other_seed[0], augmented[0])
+    with pytest.raises(ConfigError, match="model.augment"):
+        DCGAN({**SMALL, "augment": "ada"}, None, 0, image_size=(16, 16))
+
+
 def test_cgan_label_enters_g_and_d():
     model = ConditionalDCGAN({**SMALL}, None, 0, image_size=(32, 32)).eval()
     assert model.G.net[0].in_channels == SMALL["nz"] + 2       # z concatenated with the one-hot label

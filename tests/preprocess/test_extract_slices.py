@@ -236,3 +236,65 @@ def test_an_empty_split_keeps_the_array_schema(dataset):
     assert data["val"]["images"].shape == (0, SIZE, SIZE) and data["val"]["images"].dtype == np.float32
     assert data["val"]["subject_ids"].shape == (0,) and data["val"]["slice_index"].dtype == np.int64
     assert data["test"]["has_partner"].dtype == bool
+
+
+def _ellipse_head(shape: tuple[int, int, int], centre: tuple[float, float], radii: tuple[float, float],
+                  value: float = 0.6, seed: int = 0) -> np.ndarray:
+    """An elliptic cylinder 'head' (x, y radii in voxels) over the mid z range, with noise in the
+    background (as an MR's) and one stray bright voxel far from the head."""
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    inside = ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 <= 1
+    volume = np.abs(np.random.default_rng(seed).normal(0, 0.01, shape)).astype(np.float32)
+    volume[inside, shape[2] // 4: 3 * shape[2] // 4] = value
+    volume[1, 1, :] = 1.0
+    return volume
+
+
+def _head_box(image: np.ndarray) -> tuple[float, float, float]:
+    """(row centre, column centre, longer side) of the largest blob above half the head's value (not
+    the stray voxel)."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(image > 0.3)
+    sizes = ndimage.sum_labels(image > 0.3, labels, range(1, count + 1))
+    rows, columns = np.nonzero(labels == 1 + int(np.argmax(sizes)))
+    return ((rows.min() + rows.max()) / 2, (columns.min() + columns.max()) / 2,
+            max(rows.max() - rows.min() + 1, columns.max() - columns.min() + 1))
+
+
+@pytest.mark.parametrize("grid, centre, radii, off_centre", [
+    ((96, 96, 12), (30.0, 60.0), (18.0, 22.0), True),    # off-centre head, large grid (a CT's field of view)
+    ((64, 80, 12), (33.0, 38.0), (24.0, 30.0), False),   # near-centre head filling a rectangular grid (an MR's)
+])
+def test_head_framing_centres_every_datasets_reference_head_at_the_same_size(tmp_path, grid, centre, radii,
+                                                                              off_centre):
+    """Two 'modalities' whose heads sit at different places and sizes in their grids come out alike:
+    the reference head centred (within half a pixel) and its longer side head_fraction of the frame
+    (within a pixel); the partner is cut from the same square; without head_fraction the heads of
+    these grids sit apart (the behaviour that made the translator move the anatomy)."""
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    volume = _ellipse_head(grid, centre, radii)
+    paths = {f"s{i}": _save(folder / f"s{i}.nii.gz", volume) for i in range(4)}
+    partners = {"s3": _save(folder / "s3.partner.nii.gz", volume * 0.5)}
+    size, fraction = 64, 0.8
+    slices.extract_slices(paths, partners, {}, paths["s0"], tmp_path / "framed", size=size, slab=1,
+                          head_fraction=fraction, seed=0)
+    framed = np.load(tmp_path / "framed" / "test.npz")
+    row, column, side = _head_box(framed["images"][0])
+    assert row == pytest.approx((size - 1) / 2, abs=0.6) and column == pytest.approx((size - 1) / 2, abs=0.6)
+    assert side == pytest.approx(fraction * size, abs=1.5)
+    index = list(framed["subject_ids"]).index("s3")
+    assert np.allclose(framed["partner"][index], 0.5 * framed["images"][index], atol=1e-5)
+    slices.extract_slices(paths, {}, {}, paths["s0"], tmp_path / "whole", size=size, slab=1, seed=0)
+    whole = np.load(tmp_path / "whole" / "train.npz")["images"][0]
+    whole_row, whole_column, _ = _head_box(whole)
+    assert (max(abs(whole_row - (size - 1) / 2), abs(whole_column - (size - 1) / 2)) > 2) == off_centre
+
+
+def test_head_framing_rejects_bad_fractions_and_a_reference_without_a_head(dataset, tmp_path):
+    with pytest.raises(ConfigError, match="head_fraction"):
+        _run(dataset, head_fraction=1.5)
+    empty = _save(tmp_path / "empty.nii.gz", np.zeros(SHAPE, np.float32))
+    with pytest.raises(InputDataError, match="empty.nii.gz"):
+        slices.extract_slices({"sub00": empty}, {}, {}, empty, tmp_path / "o", head_fraction=0.8)
