@@ -44,7 +44,9 @@ from pipeline.evaluate.measures.summary import summarise
 from pipeline.evaluate.measures.image_metrics import (
     BODY_THRESHOLD_HU,
     DATA_RANGE,
+    FOREGROUND_THRESHOLD,
     SSIM_SETTINGS,
+    centroid_shift_per_image,
     mae_hu_per_image,
     mae_per_image,
     psnr_per_image,
@@ -178,12 +180,19 @@ def paired_gain(source: np.ndarray, translated: np.ndarray, partner: np.ndarray,
     """
     input_ssim = ssim_per_image(partner, source)
     gain = ssim_per_image(partner, translated) - input_ssim
+    shift, input_shift = centroid_shift_per_image(partner, translated), centroid_shift_per_image(partner, source)
+    where = (f"foreground (> {FOREGROUND_THRESHOLD:g} after a 1-pixel Gaussian) centroid distance in pixels of "
+             f"{translated.shape[-1]}")
     return {
         "ssim_input": summarise(input_ssim, subject_ids, policy) | {
             "compares": "the untranslated input x vs the partner (doing nothing)"},
         "ssim_gain": summarise(gain, subject_ids, policy) | {
             "compares": "per image SSIM(G(x), partner) - SSIM(x, partner): the paired gain of translating"},
-    }, {"ssim_input": input_ssim, "ssim_gain": gain}
+        "anatomy_shift_px": summarise(shift, subject_ids, policy) | {
+            "compares": f"G(x) vs the partner: {where}; a translator that moves the anatomy shows here"},
+        "anatomy_shift_px_input": summarise(input_shift, subject_ids, policy) | {
+            "compares": f"the input x vs the partner (the floor: same anatomy, two modalities' outlines): {where}"},
+    }, {"ssim_input": input_ssim, "ssim_gain": gain, "anatomy_shift_px": shift, "anatomy_shift_px_input": input_shift}
 
 
 def direction_metrics(
