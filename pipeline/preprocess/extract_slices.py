@@ -8,16 +8,17 @@ so no patient leaks between splits; subjects with a partner (the same anatomy in
 modality) always go to test, where the partner is scored against the translation. Subjects whose
 registration QC failed are dropped and listed, with the reason, in the manifest.
 
-Framing (``head_fraction``): each dataset is registered onto its own reference subject, whose head
-sits wherever its scanner put it, so padding the whole plane to a square leaves the heads of two
-datasets at different places and sizes in the frame. A translator between them then learns to move
-and rescale the anatomy (measured: CT and T2 heads 3.3 px apart at 64 px made both CycleGAN
-directions shift the head by about 3 px, paired SSIM against the partner 0.34 instead of 0.53-0.62
-with the shift undone; docs/evaluation.md). With ``head_fraction`` set, every slice is cut from the
-same square of the reference grid: centred on the reference head's bounding box over the slab
-(above a tenth of its maximum, largest component), its side the box's longer side over
-``head_fraction``, zero beyond the grid. Every dataset's reference head then sits centred, its longer
-side ``head_fraction`` of the frame. None pads the whole plane instead.
+Framing (``frame_mm``): each dataset is registered onto its own reference subject, whose head sits
+wherever its scanner put it on a grid of its own extent, so padding the whole plane to a square
+leaves two datasets' heads at different places and scales in the frame. A translator between them
+then learns to move and rescale the anatomy (measured on the headline's proof data: CT and T2 heads
+3.3 px apart at 64 px, and both CycleGAN directions moved the head by 3.4 px; docs/evaluation.md).
+With ``frame_mm`` set, every slice is resampled from the same square of the reference grid: centred
+(to a fraction of a voxel) on the reference head's bounding box over the slab (above a tenth of its
+maximum, largest component), ``frame_mm`` millimetres a side, zero beyond the grid. Every dataset's
+reference head then sits centred at the same millimetres per pixel, whatever its grid; the head's
+own size and shape stay as scanned (a box fitted to the head would scale each modality by what its
+window shows of the head: skull in CT, scalp or brain in T2). None pads the whole plane instead.
 
 Outputs in ``out_dir``: ``train.npz``, ``val.npz``, ``test.npz`` (arrays ``images`` float32
 (N, size, size), ``subject_ids`` str, ``slice_index`` int; test also ``partner`` and
@@ -133,8 +134,9 @@ def reference_slice_indices(reference_path: str | Path, axial_fraction: float, s
     return indices
 
 
-#: The square a slice is cut from, in display coordinates of the reference grid: (top, left, side).
-Frame = tuple[int, int, int]
+#: The square a slice is cut from, in display coordinates of the reference grid (voxel centres at
+#: integers): (top edge, left edge, side), floats; the whole-plane frame is whole voxels.
+Frame = tuple[float, float, float]
 
 
 def whole_plane_frame(shape: Sequence[int]) -> Frame:
@@ -144,13 +146,13 @@ def whole_plane_frame(shape: Sequence[int]) -> Frame:
     return (-((side - height) // 2), -((side - width) // 2), side)
 
 
-def head_frame(reference_values: np.ndarray, indices: Sequence[int], head_fraction: float) -> Frame:
-    """The square centred on the reference head's bounding box over the slab ``indices``, its side the
-    box's longer side / ``head_fraction`` (display coordinates; may reach beyond the grid).
+def head_box(reference_values: np.ndarray, indices: Sequence[int]) -> tuple[float, float, float, float]:
+    """The reference head's bounding box over the slab ``indices`` in display coordinates (top,
+    bottom, left, right: the outer edges of its edge voxels).
 
     The head: the largest connected component of the slab's mean smoothed (Gaussian, 1 voxel) above a
-    tenth of its maximum, so acquisition noise in the background and stray bright voxels do not widen
-    the box; its edge is then read on the unsmoothed mean (above a tenth of its maximum).
+    tenth of its maximum, so acquisition noise in the background and stray bright voxels do not
+    widen the box; its edge is then read on the unsmoothed mean (above a tenth of its maximum).
     """
     from scipy import ndimage
 
@@ -164,23 +166,49 @@ def head_frame(reference_values: np.ndarray, indices: Sequence[int], head_fracti
     # the smoothing finds the head; its edge is read on the unsmoothed slab (smoothing widens it)
     head = (raw > 0.1 * raw.max()) & ndimage.binary_dilation(labels == largest, iterations=2)
     rows, columns = np.nonzero(head)
-    extent = max(rows.max() - rows.min() + 1, columns.max() - columns.min() + 1)
-    side = int(math.ceil(extent / head_fraction))
-    centre_row, centre_column = (rows.min() + rows.max() + 1) / 2, (columns.min() + columns.max() + 1) / 2
-    return (int(round(centre_row - side / 2)), int(round(centre_column - side / 2)), side)
+    return rows.min() - 0.5, rows.max() + 0.5, columns.min() - 0.5, columns.max() + 0.5
+
+
+def head_frame(reference: nib.Nifti1Image, indices: Sequence[int], frame_mm: float) -> Frame:
+    """The square ``frame_mm`` a side centred on the reference head's box (display coordinates)."""
+    zooms = [float(z) for z in reference.header.get_zooms()[:2]]
+    if abs(zooms[0] - zooms[1]) > 0.01 * max(zooms):
+        raise InputDataError("reference", f"in-plane voxels of {zooms[0]:g} x {zooms[1]:g} mm: framing in mm "
+                             "needs square voxels (the windowing stage resamples to preprocess.voxel_mm)")
+    top, bottom, left, right = head_box(np.asanyarray(reference.dataobj), indices)
+    side = frame_mm / zooms[0]
+    extent_mm = max(bottom - top, right - left) * zooms[0]
+    if extent_mm > frame_mm:
+        raise ConfigError(f"slices.frame_mm: the reference head spans {extent_mm:.0f} mm in its slices, more "
+                          f"than the frame's {frame_mm:g} mm: raise frame_mm or the head is cut")
+    return ((top + bottom) / 2 - side / 2, (left + right) / 2 - side / 2, side)
 
 
 def _prepare(axial: np.ndarray, size: int, frame: Frame | None = None) -> np.ndarray:
-    """Display orientation, cut to ``frame`` (default: the whole plane padded to a square, which keeps
-    the aspect; zero beyond the grid), resized, clipped to [0, 1]."""
+    """Display orientation, cut to ``frame``, resized, clipped to [0, 1]. Without a frame: the whole
+    plane zero-padded to a square (keeps the aspect) and resized (skimage, anti-aliased). With one:
+    resampled (bilinear, zero beyond the grid) at the frame's output pixel centres after the same
+    anti-aliasing Gaussian skimage's resize uses (sigma = (scale - 1) / 2)."""
     picture = to_display(axial)
-    top, left, side = frame if frame is not None else whole_plane_frame(np.shape(axial))
-    square = np.zeros((side, side), dtype=np.float32)
-    rows = slice(max(top, 0), min(top + side, picture.shape[0]))
-    columns = slice(max(left, 0), min(left + side, picture.shape[1]))
-    square[rows.start - top : rows.stop - top, columns.start - left : columns.stop - left] = picture[rows, columns]
-    resized = resize(square, (size, size), order=1, anti_aliasing=side > size, preserve_range=True)
-    return np.clip(resized, 0.0, 1.0).astype(np.float32)
+    if frame is None:
+        top, left, side = whole_plane_frame(np.shape(axial))
+        square = np.zeros((side, side), dtype=np.float32)
+        rows = slice(max(top, 0), min(top + side, picture.shape[0]))
+        columns = slice(max(left, 0), min(left + side, picture.shape[1]))
+        square[rows.start - top : rows.stop - top, columns.start - left : columns.stop - left] = picture[rows, columns]
+        resized = resize(square, (size, size), order=1, anti_aliasing=side > size, preserve_range=True)
+        return np.clip(resized, 0.0, 1.0).astype(np.float32)
+    from scipy import ndimage
+
+    top, left, side = frame
+    scale = side / size
+    source = picture.astype(np.float64)
+    if scale > 1:
+        source = ndimage.gaussian_filter(source, (scale - 1) / 2, mode="constant")
+    centres = (np.arange(size) + 0.5) * scale - 0.5  # output pixel centres, in voxels from the frame's edge
+    rows, columns = np.meshgrid(top + 0.5 + centres, left + 0.5 + centres, indexing="ij")
+    resampled = ndimage.map_coordinates(source, [rows, columns], order=1, mode="constant", cval=0.0)
+    return np.clip(resampled, 0.0, 1.0).astype(np.float32)
 
 
 def _slab(
@@ -315,7 +343,7 @@ def extract_slices(
     test_subjects: Sequence[str] = (),
     partners_hu: dict[str, Path] | None = None,
     partner_hu_range: Sequence[float] | None = None,
-    head_fraction: float | None = None,
+    frame_mm: float | None = None,
 ) -> dict[str, int]:
     """Write the three split files, the manifest and the contact sheet; returns samples per split.
 
@@ -323,8 +351,8 @@ def extract_slices(
         1 = vertex; 0.5 = mid-head, around the lateral ventricles).
     slab: consecutive slices taken around that index, each one a sample.
     size: output side in pixels (the slice is zero-padded to a square first).
-    head_fraction: frame every slice on the reference head (its longer side this share of the
-        frame, centred; module docstring); None: the whole plane padded to a square.
+    frame_mm: frame every slice on the reference head (centred, this many mm a side; module
+        docstring); None: the whole plane padded to a square.
     val_fraction / test_fraction: share of the kept subjects in val / test; subjects with a partner
         or listed in ``test_subjects`` always go to test. seed: drives the split.
     partners_hu: per subject with a partner, the partner CT over ``partner_hu_range`` = [low, high] HU
@@ -332,8 +360,8 @@ def extract_slices(
     """
     if not 0 <= axial_fraction <= 1:
         raise ConfigError(f"slices.axial_fraction: must be in [0, 1], got {axial_fraction}")
-    if head_fraction is not None and not 0 < head_fraction <= 1:
-        raise ConfigError(f"slices.head_fraction: must be in (0, 1] or null, got {head_fraction}")
+    if frame_mm is not None and not frame_mm > 0:
+        raise ConfigError(f"slices.frame_mm: must be > 0 or null, got {frame_mm}")
     if slab < 1 or size < 8:
         raise ConfigError(f"slices: slab must be >= 1 and size >= 8, got {slab}, {size}")
     check_split_fractions("slices", val_fraction, test_fraction)
@@ -353,9 +381,9 @@ def extract_slices(
     indices = reference_slice_indices(reference_path, axial_fraction, slab)
     reference = _load_ras(reference_path)
     frame = None
-    if head_fraction is not None:
+    if frame_mm is not None:
         try:
-            frame = head_frame(np.asanyarray(reference.dataobj), indices, head_fraction)
+            frame = head_frame(reference, indices, frame_mm)
         except InputDataError as exc:
             raise InputDataError(reference_path, exc.problem) from exc
 
@@ -436,7 +464,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out-dir", dest="out_dir", required=True, type=Path)
     knobs = ["axial_fraction", "slab", "size", "val_fraction", "test_fraction", "seed"]
-    add_knob_options(parser, extract_slices, knobs, {"test_subjects": {"nargs": "*"}, "head_fraction": {"type": float}})
+    add_knob_options(parser, extract_slices, knobs, {"test_subjects": {"nargs": "*"}, "frame_mm": {"type": float}})
     parser.add_argument("--partners-hu", type=Path, nargs="*", default=[],
                         help="<subject>.partner_hu.nii.gz files: CT partners over --partner-hu-range (window partner --hu-range)")
     parser.add_argument("--partner-hu-range", dest="partner_hu_range", type=float, nargs=2, metavar=("LOW", "HIGH"),

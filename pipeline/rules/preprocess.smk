@@ -141,7 +141,7 @@ rule extract_slices:
         axial_fraction=SLICES["axial_fraction"],
         slab=SLICES["slab"],
         size=SLICES["size"],
-        head_fraction=lambda w: "" if SLICES["head_fraction"] is None else f"--head-fraction {SLICES['head_fraction']}",
+        frame_mm=lambda w: "" if SLICES["frame_mm"] is None else f"--frame-mm {SLICES['frame_mm']}",
         val_fraction=SLICES["val_fraction"],
         test_fraction=SLICES["test_fraction"],
         out_dir=lambda w: f"data/slices/{w.dataset}",
@@ -163,5 +163,5 @@ rule extract_slices:
         "--partners {params.partners} --partners-hu {params.partners_hu} "
         "--partner-hu-range {params.partner_hu_range} --qc {params.qc} --reference-json {input.reference} "
         "--out-dir {params.out_dir} --axial-fraction {params.axial_fraction} --slab {params.slab} "
-        "--size {params.size} {params.head_fraction} --val-fraction {params.val_fraction} "
+        "--size {params.size} {params.frame_mm} --val-fraction {params.val_fraction} "
         "--test-fraction {params.test_fraction} --seed {params.seed} > {log} 2>&1"

@@ -238,63 +238,86 @@ def test_an_empty_split_keeps_the_array_schema(dataset):
     assert data["test"]["has_partner"].dtype == bool
 
 
-def _ellipse_head(shape: tuple[int, int, int], centre: tuple[float, float], radii: tuple[float, float],
-                  value: float = 0.6, seed: int = 0) -> np.ndarray:
-    """An elliptic cylinder 'head' (x, y radii in voxels) over the mid z range, with noise in the
-    background (as an MR's) and one stray bright voxel far from the head."""
-    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-    inside = ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 <= 1
+def _ellipse_head(shape: tuple[int, int, int], voxel_mm: float, centre_mm: tuple[float, float],
+                  radii_mm: tuple[float, float], value: float = 0.6, seed: int = 0) -> np.ndarray:
+    """An elliptic cylinder 'head' (x, y centre and radii in mm) over the mid z range, with noise in
+    the background (as an MR's) and one stray bright voxel far from the head."""
+    x, y = (np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij") + np.float64(0.0)) * voxel_mm
+    inside = ((x - centre_mm[0]) / radii_mm[0]) ** 2 + ((y - centre_mm[1]) / radii_mm[1]) ** 2 <= 1
     volume = np.abs(np.random.default_rng(seed).normal(0, 0.01, shape)).astype(np.float32)
     volume[inside, shape[2] // 4: 3 * shape[2] // 4] = value
     volume[1, 1, :] = 1.0
     return volume
 
 
-def _head_box(image: np.ndarray) -> tuple[float, float, float]:
-    """(row centre, column centre, longer side) of the largest blob above half the head's value (not
-    the stray voxel)."""
+def _head_box(image: np.ndarray) -> tuple[float, float, float, float]:
+    """(row centre, column centre, height, width) in pixels of the largest blob above half the head's
+    value (not the stray voxel), from its area-weighted edge: sub-pixel."""
     from scipy import ndimage
 
     labels, count = ndimage.label(image > 0.3)
     sizes = ndimage.sum_labels(image > 0.3, labels, range(1, count + 1))
-    rows, columns = np.nonzero(labels == 1 + int(np.argmax(sizes)))
-    return ((rows.min() + rows.max()) / 2, (columns.min() + columns.max()) / 2,
-            max(rows.max() - rows.min() + 1, columns.max() - columns.min() + 1))
+    blob = labels == 1 + int(np.argmax(sizes))
+    rows, columns = np.nonzero(blob)
+    weight = np.clip(image / 0.6, 0, 1) * ndimage.binary_dilation(blob, iterations=2)
+    return (float((rows.min() + rows.max()) / 2), float((columns.min() + columns.max()) / 2),
+            float(weight.sum(axis=0).max()), float(weight.sum(axis=1).max()))
 
 
-@pytest.mark.parametrize("grid, centre, radii, off_centre", [
-    ((96, 96, 12), (30.0, 60.0), (18.0, 22.0), True),    # off-centre head, large grid (a CT's field of view)
-    ((64, 80, 12), (33.0, 38.0), (24.0, 30.0), False),   # near-centre head filling a rectangular grid (an MR's)
-])
-def test_head_framing_centres_every_datasets_reference_head_at_the_same_size(tmp_path, grid, centre, radii,
-                                                                              off_centre):
-    """Two 'modalities' whose heads sit at different places and sizes in their grids come out alike:
-    the reference head centred (within half a pixel) and its longer side head_fraction of the frame
-    (within a pixel); the partner is cut from the same square; without head_fraction the heads of
-    these grids sit apart (the behaviour that made the translator move the anatomy)."""
-    folder = tmp_path / "vols"
+def _framed_head(tmp_path: Path, name: str, shape, voxel_mm: float, centre_mm, frame_mm: float | None,
+                 size: int = 64) -> dict[str, np.ndarray]:
+    folder = tmp_path / name
     folder.mkdir()
-    volume = _ellipse_head(grid, centre, radii)
-    paths = {f"s{i}": _save(folder / f"s{i}.nii.gz", volume) for i in range(4)}
-    partners = {"s3": _save(folder / "s3.partner.nii.gz", volume * 0.5)}
-    size, fraction = 64, 0.8
-    slices.extract_slices(paths, partners, {}, paths["s0"], tmp_path / "framed", size=size, slab=1,
-                          head_fraction=fraction, seed=0)
-    framed = np.load(tmp_path / "framed" / "test.npz")
-    row, column, side = _head_box(framed["images"][0])
-    assert row == pytest.approx((size - 1) / 2, abs=0.6) and column == pytest.approx((size - 1) / 2, abs=0.6)
-    assert side == pytest.approx(fraction * size, abs=1.5)
-    index = list(framed["subject_ids"]).index("s3")
-    assert np.allclose(framed["partner"][index], 0.5 * framed["images"][index], atol=1e-5)
-    slices.extract_slices(paths, {}, {}, paths["s0"], tmp_path / "whole", size=size, slab=1, seed=0)
-    whole = np.load(tmp_path / "whole" / "train.npz")["images"][0]
-    whole_row, whole_column, _ = _head_box(whole)
-    assert (max(abs(whole_row - (size - 1) / 2), abs(whole_column - (size - 1) / 2)) > 2) == off_centre
+    volume = _ellipse_head(shape, voxel_mm, centre_mm, (75.0, 92.0))
+    affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+    paths = {}
+    for i in range(4):
+        paths[f"s{i}"] = folder / f"s{i}.nii.gz"
+        nib.save(nib.Nifti1Image(volume, affine), paths[f"s{i}"])
+    nib.save(nib.Nifti1Image(volume * 0.5, affine), folder / "s3.partner.nii.gz")
+    nib.save(nib.Nifti1Image(volume * 0.25, affine), folder / "s3.partner_hu.nii.gz")
+    slices.extract_slices(paths, {"s3": folder / "s3.partner.nii.gz"}, {}, paths["s0"], folder / "out", size=size,
+                          slab=1, seed=0, frame_mm=frame_mm, partners_hu={"s3": folder / "s3.partner_hu.nii.gz"},
+                          partner_hu_range=[0.0, 1.0])
+    return dict(np.load(folder / "out" / "test.npz"))
 
 
-def test_head_framing_rejects_bad_fractions_and_a_reference_without_a_head(dataset, tmp_path):
-    with pytest.raises(ConfigError, match="head_fraction"):
-        _run(dataset, head_fraction=1.5)
+def test_frame_mm_puts_every_datasets_head_at_the_frame_centre_at_one_scale(tmp_path):
+    """The same 150 x 184 mm head on two 'modalities' grids (a CT's 96 x 96 voxels of 2.5 mm, the head
+    off-centre; an MR's 70 x 90 voxels of 3 mm, the head elsewhere) comes out centred (within 0.3 px)
+    and the same size in pixels (within 0.6 px of each other; 184 / 232 x 64 = 50.8 px front to back), and the
+    partner and the full-HU partner are resampled with the very same frame; padding the whole plane
+    instead leaves the heads apart in place and scale (the fault this framing removes)."""
+    size, frame_mm = 64, 232.0
+    ct = _framed_head(tmp_path, "ct", (96, 96, 12), 2.5, (80.0, 140.0), frame_mm)
+    mr = _framed_head(tmp_path, "mr", (70, 90, 12), 3.0, (110.0, 130.0), frame_mm)
+    boxes = [_head_box(data["images"][0]) for data in (ct, mr)]
+    for row, column, height, width in boxes:
+        assert row == pytest.approx((size - 1) / 2, abs=0.3) and column == pytest.approx((size - 1) / 2, abs=0.3)
+        # the ellipse on whole voxels spans up to one voxel (~0.7 px) less than its 184 / 150 mm
+        assert height == pytest.approx(184 / frame_mm * size, abs=1.0)
+        assert width == pytest.approx(150 / frame_mm * size, abs=1.0)
+    assert boxes[0][2] == pytest.approx(boxes[1][2], abs=0.6) and boxes[0][3] == pytest.approx(boxes[1][3], abs=0.6)
+    for data in (ct, mr):
+        index = list(data["subject_ids"]).index("s3")
+        assert np.allclose(data["partner"][index], 0.5 * data["images"][index], atol=1e-5)
+        assert np.allclose(data["partner_hu"][index], 0.25 * data["images"][index], atol=1e-5)
+    whole = [_head_box(_framed_head(tmp_path, f"{name}_whole", shape, voxel, centre, None)["images"][0])
+             for name, shape, voxel, centre in (("ct", (96, 96, 12), 2.5, (80.0, 140.0)),
+                                                ("mr", (70, 90, 12), 3.0, (110.0, 130.0)))]
+    assert abs(whole[0][0] - whole[1][0]) + abs(whole[0][1] - whole[1][1]) > 3
+    assert abs(whole[0][2] - whole[1][2]) > 3
+
+
+def test_framing_rejects_bad_sizes_a_head_larger_than_the_frame_and_a_reference_without_a_head(dataset, tmp_path):
+    with pytest.raises(ConfigError, match="frame_mm"):
+        _run(dataset, frame_mm=0.0)
+    with pytest.raises(ConfigError, match="frame_mm.*spans"):
+        _run(dataset, frame_mm=20.0)  # the box head spans 36 mm
     empty = _save(tmp_path / "empty.nii.gz", np.zeros(SHAPE, np.float32))
     with pytest.raises(InputDataError, match="empty.nii.gz"):
-        slices.extract_slices({"sub00": empty}, {}, {}, empty, tmp_path / "o", head_fraction=0.8)
+        slices.extract_slices({"sub00": empty}, {}, {}, empty, tmp_path / "o", frame_mm=200.0)
+    oblong = tmp_path / "oblong.nii.gz"
+    nib.save(nib.Nifti1Image(_volume(0), np.diag([2.0, 3.0, 2.0, 1.0])), oblong)
+    with pytest.raises(InputDataError, match="oblong.nii.gz.*square voxels"):
+        slices.extract_slices({"sub00": oblong}, {}, {}, oblong, tmp_path / "o2", frame_mm=200.0)
