@@ -95,8 +95,9 @@ def diff_augment(images: torch.Tensor, knobs: Mapping[str, Any], generator: torc
     """DiffAugment's colour, translation and cutout on (N, C, H, W) images in [-1, 1]."""
     n, _, height, width = images.shape
     device, dtype = images.device, images.dtype
-    # colour: brightness (uniform +-0.5 on [0, 1] = +-1 on [-1, 1]), contrast (x0.5..1.5 around the mean)
-    images = images + ((_uniform(n, generator, device) - 0.5) * 2).to(dtype).reshape(n, 1, 1, 1)
+    # colour as Zhao et al.'s rand_brightness / rand_contrast on [-1, 1] images: brightness uniform +-0.5,
+    # contrast x0.5..1.5 around each image's mean
+    images = images + (_uniform(n, generator, device) - 0.5).to(dtype).reshape(n, 1, 1, 1)
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
     images = (images - mean) * (_uniform(n, generator, device) + 0.5).to(dtype).reshape(n, 1, 1, 1) + mean
     # translation by up to translate_fraction of the side, zero (mid-grey 0) fill

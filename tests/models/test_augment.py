@@ -77,6 +77,18 @@ def test_diffaugment_keeps_shape_and_lets_gradients_through():
     assert all(int((o == 0).sum()) >= 8 * 8 for o in out.detach())
 
 
+def test_diffaugment_brightness_is_zhaos_uniform_half_on_minus_one_to_one_images():
+    """With translation and cut-out off and constant images, the contrast step leaves each image at
+    its mean, so the output minus the input is the brightness draw: uniform over [-0.5, 0.5] (Zhao et
+    al.'s rand_brightness on [-1, 1] images), a different draw per image."""
+    images = torch.zeros(4000, 1, 4, 4)
+    out = diff_augment(images, {"translate_fraction": 0.0, "cutout_fraction": 0.0}, torch.Generator().manual_seed(1))
+    shifts = (out - images)[:, 0, 0, 0]
+    assert torch.allclose(out - images, shifts[:, None, None, None].expand_as(out))
+    assert -0.5 <= shifts.min().item() < -0.48 and 0.48 < shifts.max().item() <= 0.5
+    assert shifts.std().item() == pytest.approx(1 / 12 ** 0.5, abs=0.01)
+
+
 def test_ada_with_p_as_a_device_tensor_keeps_unchosen_images_bit_for_bit():
     """The controller's p is a 0-dim tensor (no host read in a step): at p 0 every transform is
     drawn but no image changes; at any p it augments as the float p does with the same draws."""

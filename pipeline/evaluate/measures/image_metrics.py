@@ -56,8 +56,22 @@ def ssim_per_image(reference: np.ndarray, test: np.ndarray, data_range: float = 
 
 
 FOREGROUND_THRESHOLD = 0.05
-"""Anatomy for the centroid shift: above this in [0, 1] after a 1-pixel Gaussian (background is ~0
-in both contracts; the smoothing keeps background noise out)."""
+"""Anatomy for the centroid shift and scale: above this in [0, 1], isolated pixels opened away
+(background is ~0 in both contracts)."""
+
+
+def _foregrounds(stack: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the foreground's pixel count and centroid (row, column; NaN when empty)."""
+    # an opening (3 x 3 cross, per image) drops isolated noise pixels without moving the outline by
+    # the intensities behind it, as smoothing before the threshold would (a bright edge grows further)
+    cross = np.zeros((3, 3, 3), bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)
+    masks = ndimage.binary_opening(stack > threshold, structure=cross)
+    rows, columns = np.indices(stack.shape[1:], dtype=np.float64)
+    counts = masks.sum(axis=(1, 2)).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroids = np.stack([(masks * rows).sum(axis=(1, 2)) / counts, (masks * columns).sum(axis=(1, 2)) / counts], 1)
+    return counts, centroids
 
 
 def centroid_shift_per_image(reference: np.ndarray, test: np.ndarray,
@@ -65,19 +79,30 @@ def centroid_shift_per_image(reference: np.ndarray, test: np.ndarray,
     """Distance in pixels between the centroids of each pair's foreground (the anatomy's outline).
 
     Two images of one anatomy in two modalities share where the anatomy is, not its intensities,
-    so a translation that moved the anatomy shows here whatever it painted inside; an image with no
-    foreground gives NaN.
+    so a translation that moved the anatomy as a whole shows here whatever it painted inside (a
+    change of size or shape about the same centre does not: ``foreground_scale_error_per_image``).
+    A test image with no foreground counts as the image's diagonal (as far off as can be: blanking
+    an image never helps); a reference with none gives NaN (nothing to compare).
     """
     _check_pair(reference, test)
+    reference_counts, reference_centroids = _foregrounds(reference, threshold)
+    test_counts, test_centroids = _foregrounds(test, threshold)
+    shifts = np.linalg.norm(reference_centroids - test_centroids, axis=1)
+    shifts[(test_counts == 0) & (reference_counts > 0)] = float(np.hypot(*reference.shape[1:]))
+    return shifts
 
-    def centroids(stack: np.ndarray) -> np.ndarray:
-        masks = ndimage.gaussian_filter(stack.astype(np.float64), (0, 1, 1)) > threshold
-        rows, columns = np.indices(stack.shape[1:], dtype=np.float64)
-        counts = masks.sum(axis=(1, 2)).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.stack([(masks * rows).sum(axis=(1, 2)) / counts, (masks * columns).sum(axis=(1, 2)) / counts], 1)
 
-    return np.linalg.norm(centroids(reference) - centroids(test), axis=1)
+def foreground_scale_error_per_image(reference: np.ndarray, test: np.ndarray,
+                                     threshold: float = FOREGROUND_THRESHOLD) -> np.ndarray:
+    """|sqrt(foreground area of test / that of reference) - 1| per pair: how far the anatomy's
+    linear size differs (0.1 = 10% larger or smaller); an empty test image gives 1, an empty
+    reference NaN. Meaningful between images of one modality (their foregrounds show the same
+    tissues), e.g. a translation and the partner in the target modality."""
+    _check_pair(reference, test)
+    reference_counts, _ = _foregrounds(reference, threshold)
+    test_counts, _ = _foregrounds(test, threshold)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.abs(np.sqrt(test_counts / reference_counts) - 1.0)
 
 
 def psnr_per_image(reference: np.ndarray, test: np.ndarray, data_range: float = DATA_RANGE) -> np.ndarray:

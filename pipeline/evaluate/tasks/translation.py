@@ -47,6 +47,7 @@ from pipeline.evaluate.measures.image_metrics import (
     FOREGROUND_THRESHOLD,
     SSIM_SETTINGS,
     centroid_shift_per_image,
+    foreground_scale_error_per_image,
     mae_hu_per_image,
     mae_per_image,
     psnr_per_image,
@@ -181,7 +182,8 @@ def paired_gain(source: np.ndarray, translated: np.ndarray, partner: np.ndarray,
     input_ssim = ssim_per_image(partner, source)
     gain = ssim_per_image(partner, translated) - input_ssim
     shift, input_shift = centroid_shift_per_image(partner, translated), centroid_shift_per_image(partner, source)
-    where = (f"foreground (> {FOREGROUND_THRESHOLD:g} after a 1-pixel Gaussian) centroid distance in pixels of "
+    scale_error = foreground_scale_error_per_image(partner, translated)
+    where = (f"foreground (> {FOREGROUND_THRESHOLD:g}, isolated pixels opened away) centroid distance in pixels of "
              f"{translated.shape[-1]}")
     return {
         "ssim_input": summarise(input_ssim, subject_ids, policy) | {
@@ -192,7 +194,11 @@ def paired_gain(source: np.ndarray, translated: np.ndarray, partner: np.ndarray,
             "compares": f"G(x) vs the partner: {where}; a translator that moves the anatomy shows here"},
         "anatomy_shift_px_input": summarise(input_shift, subject_ids, policy) | {
             "compares": f"the input x vs the partner (the floor: same anatomy, two modalities' outlines): {where}"},
-    }, {"ssim_input": input_ssim, "ssim_gain": gain, "anatomy_shift_px": shift, "anatomy_shift_px_input": input_shift}
+        "anatomy_scale_error": summarise(scale_error, subject_ids, policy) | {
+            "compares": "G(x) vs the partner (one modality): |sqrt(foreground area ratio) - 1|, the anatomy's "
+                        "linear size change; an empty G(x) counts 1"},
+    }, {"ssim_input": input_ssim, "ssim_gain": gain, "anatomy_shift_px": shift, "anatomy_shift_px_input": input_shift,
+        "anatomy_scale_error": scale_error}
 
 
 def direction_metrics(

@@ -8,6 +8,7 @@ from skimage.metrics import structural_similarity
 from pipeline.evaluate.measures.image_metrics import (
     body_mask,
     centroid_shift_per_image,
+    foreground_scale_error_per_image,
     mae_hu_per_image,
     mae_in_mask,
     mae_per_image,
@@ -162,3 +163,22 @@ def test_centroid_shift_finds_a_moved_anatomy_whatever_its_intensities():
     assert shifts[0] == pytest.approx(5.0, abs=0.05)
     assert shifts[1] == pytest.approx(0.0, abs=0.05)
     assert np.isnan(shifts[2])
+    # a lopsided anatomy (bright on one side, dark on the other) moved by (0, 3): intensities do not
+    # pull the centroid, the outline does; a blank translation is as far off as can be, not left out
+    lopsided = np.where(columns < 32, 0.9, 0.25) * (np.hypot(rows - 32, columns - 30) < 20)
+    moved = np.where(columns < 35, 0.2, 0.95) * (np.hypot(rows - 32, columns - 33) < 20)
+    pair = centroid_shift_per_image(np.stack([lopsided, lopsided]), np.stack([moved, np.zeros((64, 64))]))
+    assert pair[0] == pytest.approx(3.0, abs=0.05) and pair[1] == pytest.approx(np.hypot(64, 64))
+
+
+def test_scale_error_sees_a_shrunken_anatomy_that_the_centroid_misses():
+    """A disc of radius 20 against one of 18 about the same centre: centroid shift 0, scale error
+    |18.x / 20.x - 1| ~ 0.1 (areas counted on the smoothed outlines, so within 0.01); the same disc 0;
+    a blank image 1."""
+    rows, columns = np.indices((64, 64))
+    disc = lambda radius: (np.hypot(rows - 32, columns - 32) < radius).astype(float) * 0.7
+    reference = np.stack([disc(20), disc(20), disc(20)])
+    test = np.stack([disc(18), disc(20), np.zeros((64, 64))])
+    assert centroid_shift_per_image(reference, test)[0] == pytest.approx(0.0, abs=0.05)
+    errors = foreground_scale_error_per_image(reference, test)
+    assert errors[0] == pytest.approx(0.1, abs=0.01) and errors[1] == pytest.approx(0.0, abs=1e-9) and errors[2] == 1.0
