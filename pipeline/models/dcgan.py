@@ -39,8 +39,11 @@ annealed linearly to 0 over the first ``instance_noise_epochs`` epochs.
 DiffAugment (``augment: diffaugment``; Zhao et al. 2020, ``pipeline.models.augment``): every image
 D sees, real and fake, in both phases, gets a random brightness / contrast change, a translation
 of up to ``translate_fraction`` of the side and a cut-out square of ``cutout_fraction`` of it, so D
-cannot win by memorising a small training set (the DCGAN at batch 8 on 720 slices collapsed by
-900 steps with D right on 93-96% of images: docs/experiment-dcgan-ct.md).
+cannot win by memorising a small training set. Measured on the proof data (docs/experiment-dcgan-ct.md):
+the DCGAN at batch 8 on 720 slices collapsed by 900 steps with D right on 93-97% of images, and
+with DiffAugment collapsed all the same (one seed) with D right on 63-71%; so it is off by default.
+The gradient penalty (wgan_gp) is taken on the augmented images; the cut-out can hide a class's
+defining detail (a bleed) from a conditional D.
 
 Conditional GAN (``cgan``): the class enters G as a one-hot vector concatenated with z, and D
 as ``d_condition`` says: ``image_maps`` (report 002: one constant map per class concatenated
