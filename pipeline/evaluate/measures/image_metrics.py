@@ -56,17 +56,19 @@ def ssim_per_image(reference: np.ndarray, test: np.ndarray, data_range: float = 
 
 
 FOREGROUND_THRESHOLD = 0.05
-"""Anatomy for the centroid shift and scale: above this in [0, 1], isolated pixels opened away
-(background is ~0 in both contracts)."""
+"""Anatomy for the centroid shift and scale: above this in [0, 1], isolated pixels opened away,
+holes filled (background is ~0 in both contracts)."""
 
 
 def _foregrounds(stack: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: the foreground's pixel count and centroid (row, column; NaN when empty)."""
+    """Per image: the foreground's pixel count and centroid (row, column; NaN when empty). The
+    foreground is the anatomy's outline filled: a dark ring inside it (a T2's skull) is not a hole
+    in one image and painted grey in another."""
     # an opening (3 x 3 cross, per image) drops isolated noise pixels without moving the outline by
     # the intensities behind it, as smoothing before the threshold would (a bright edge grows further)
     cross = np.zeros((3, 3, 3), bool)
     cross[1] = ndimage.generate_binary_structure(2, 1)
-    masks = ndimage.binary_opening(stack > threshold, structure=cross)
+    masks = ndimage.binary_fill_holes(ndimage.binary_opening(stack > threshold, structure=cross), structure=cross)
     rows, columns = np.indices(stack.shape[1:], dtype=np.float64)
     counts = masks.sum(axis=(1, 2)).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -183,7 +183,8 @@ def paired_gain(source: np.ndarray, translated: np.ndarray, partner: np.ndarray,
     gain = ssim_per_image(partner, translated) - input_ssim
     shift, input_shift = centroid_shift_per_image(partner, translated), centroid_shift_per_image(partner, source)
     scale_error = foreground_scale_error_per_image(partner, translated)
-    where = (f"foreground (> {FOREGROUND_THRESHOLD:g}, isolated pixels opened away) centroid distance in pixels of "
+    where = (f"foreground (> {FOREGROUND_THRESHOLD:g}, isolated pixels opened away, holes filled) centroid distance "
+             "in pixels of "
              f"{translated.shape[-1]}")
     return {
         "ssim_input": summarise(input_ssim, subject_ids, policy) | {
