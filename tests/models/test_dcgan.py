@@ -103,6 +103,34 @@ def test_spectral_norm_d_has_no_batch_coupling_and_unit_spectral_norm_layers():
     assert torch.allclose(model.D(images)[:1], model.D(images[:1]), atol=1e-5)
 
 
+def test_minibatch_std_lets_d_tell_a_batch_of_one_image_from_a_varied_one():
+    """With d_minibatch_std D's score of an image depends on how much its group differs (the
+    signal against a G that draws one image for every z); its spread feature is the standard
+    deviation over the group, computed here by hand."""
+    torch.manual_seed(0)
+    model = DCGAN({**SMALL, "d_norm": "spectral", "d_minibatch_std": 4}, None, 0, image_size=(32, 32))
+    model.D.eval()
+    image, others = torch.randn(1, 1, 32, 32), torch.randn(3, 1, 32, 32)
+    same, varied = image.expand(4, -1, -1, -1), torch.cat([image, others])
+    assert not torch.allclose(model.D(same)[0], model.D(varied)[0], atol=1e-4)
+    features = model.D.net[:-2](varied)
+    spread = model.D.net[-2](features)[:, -1]            # the added map, constant over pixels
+    by_hand = features.std(dim=0, unbiased=False).mean()
+    assert torch.allclose(spread, by_hand.expand_as(spread), atol=1e-4)
+    assert model.D.net[-2](model.D.net[:-2](same))[:, -1].abs().max() < 1e-3   # no spread: ~0
+    # off (the default): an image's score does not depend on its batchmates
+    plain = DCGAN({**SMALL, "d_norm": "spectral"}, None, 0, image_size=(32, 32))
+    plain.D.eval()
+    assert torch.allclose(plain.D(same)[0], plain.D(varied)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [{"d_minibatch_std": 1}, {"d_minibatch_std": -2}, {"d_minibatch_std": True},
+                                       {"d_minibatch_std": 4, "adversarial_loss": "wgan_gp"}])
+def test_minibatch_std_settings_that_cannot_work_are_refused(overrides):
+    with pytest.raises(ConfigError, match="d_minibatch_std"):
+        DCGAN({**SMALL, **overrides}, None, 0, image_size=(32, 32))
+
+
 def test_n_critic_steps_d_that_many_times_per_g_step_and_clipping_bounds_the_critic():
     model = DCGAN({**SMALL, "adversarial_loss": "wgan_clip", "n_critic": 5, "clip_value": 0.01}, None, 0,
                   image_size=(16, 16))
