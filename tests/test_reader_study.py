@@ -685,3 +685,15 @@ def test_the_tiny_profile_builds_a_study_and_a_changed_knob_draws_a_new_one(buil
         run(["snakemake", "--cleanup-metadata", target], work, check=False)
         for path in made:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_discriminator_that_scores_an_image_by_its_batchmates_is_refused_as_the_judge(cgan, tmp_path):
+    """With model.d_minibatch_std D's score of one candidate depends on the others scored with it."""
+    from pipeline.reader_study.draw import load_discriminator
+
+    export = torch.load(cgan["model"], weights_only=True)
+    export["config"] = {**export["config"], "d_minibatch_std": 4}
+    torch.save(export, tmp_path / "model.pt")
+    with pytest.raises(ConfigError, match=r"model.pt's D sees the spread of each group of 4 images"):
+        load_discriminator(tmp_path / "model.pt", cgan["checkpoint"], None)
+    load_discriminator(cgan["model"], cgan["checkpoint"], None)  # the same run without the option is a judge

@@ -49,9 +49,9 @@ Minibatch standard deviation (``d_minibatch_std``: a group size, 0 = off; Karras
 D's last layer also sees how much the images of each group differ, averaged over features and
 pixels, so a G that maps every z to one image is caught by that number alone. Not with
 ``wgan_gp`` (it couples the images the penalty differentiates, as a BatchNorm D would). Off by
-default: on the proof data (docs/experiment-dcgan-ct.md) it made a D that already wins win more
-and, of the two seeds the plain spectral D kept varied for 1,200 steps, collapsed one and left
-the other with a coverage of 0.03 (0.49 without).
+default: on the proof data (docs/experiment-dcgan-ct.md, one run per seed) it did not prevent the
+collapse: of the two seeds the plain spectral D kept varied for 1,200 steps, one collapsed with it
+and the other reached a coverage of 0.03 (0.49 without).
 
 Conditional GAN (``cgan``): the class enters G as a one-hot vector concatenated with z, and D
 as ``d_condition`` says: ``image_maps`` (report 002: one constant map per class concatenated
@@ -212,7 +212,9 @@ class MinibatchStd(nn.Module):
     """One more feature map for D's last layer: how much a group of ``group_size`` images differs
     (Karras et al. 2018, ProGAN; ``stylegan2_networks.minibatch_stddev``), so a generator that
     draws one image for every z is told apart by that alone. Real and generated images go
-    through D in separate calls, so a group never mixes them."""
+    through D in separate calls in training, so a group never mixes them; a batch whose size the
+    group does not divide takes the largest group that does (``minibatch_stddev``). A score of one
+    image depends on its batchmates, so the reader study refuses such a D as its judge."""
 
     def __init__(self, group_size: int):
         super().__init__()
@@ -347,7 +349,8 @@ class DCGAN(GANModel):
         minibatch_std = cfg["d_minibatch_std"]
         if isinstance(minibatch_std, bool) or not isinstance(minibatch_std, int) or minibatch_std < 0 \
                 or minibatch_std == 1:
-            raise ConfigError(f"model.d_minibatch_std must be 0 (off) or a group size >= 2, got {minibatch_std!r}")
+            raise ConfigError("model.d_minibatch_std must be 0 (off) or a group size >= 2, "
+                              f"got {minibatch_std!r}")
         if minibatch_std and cfg["adversarial_loss"] == "wgan_gp":
             raise ConfigError("model.d_minibatch_std couples the images the gradient penalty differentiates "
                               "(as a BatchNorm D would): set it to 0 with wgan_gp")

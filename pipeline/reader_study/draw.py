@@ -362,6 +362,11 @@ def load_discriminator(model_path: Path, checkpoint_path: Path, direction: str |
     if network not in state["networks"]:
         raise InputDataError(checkpoint_path, f"holds no network {network!r}")
     config = dict(export["config"])
+    if config.get("d_minibatch_std"):
+        group = config["d_minibatch_std"]
+        raise ConfigError(f"reader_study.pick best_by_discriminator: {model_path}'s D sees the spread of "
+                          f"each group of {group} images (model.d_minibatch_std), so its score of one "
+                          "image depends on the others scored with it; use pick: random")
     if "pretrained" in config:
         config["pretrained"] = "none"  # the weights come from the checkpoint; no ImageNet file is needed
     with torch.random.fork_rng(devices=[]):

@@ -124,7 +124,25 @@ def test_minibatch_std_lets_d_tell_a_batch_of_one_image_from_a_varied_one():
     assert torch.allclose(plain.D(same)[0], plain.D(varied)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("overrides", [{"d_minibatch_std": 1}, {"d_minibatch_std": -2}, {"d_minibatch_std": True},
+def test_minibatch_std_groups_a_batch_of_eight_in_fours_and_every_conditional_d_takes_it():
+    """Batch 8, groups of 4: image i shares its group with the images of its parity (the strided
+    grouping of stylegan2-ada's layer), each group's spread computed here by hand; and each way
+    the class enters a cGAN's D works with the extra map."""
+    torch.manual_seed(0)
+    model = DCGAN({**SMALL, "d_norm": "spectral", "d_minibatch_std": 4}, None, 0, image_size=(32, 32))
+    features = model.D.net[:-2](torch.randn(8, 1, 32, 32))
+    spread = model.D.net[-2](features)[:, -1, 0, 0]
+    for members in ([0, 2, 4, 6], [1, 3, 5, 7]):   # reshape(4, 2, ...): group index runs slowest
+        by_hand = features[members].std(dim=0, unbiased=False).mean()
+        assert torch.allclose(spread[members], by_hand.expand(4), atol=1e-4)
+    assert not torch.allclose(spread[0], spread[1], atol=1e-4)
+    for condition in ("image_maps", "feature_maps", "class_bias", "projection"):
+        knobs = {**SMALL, "d_norm": "spectral", "d_minibatch_std": 4, "d_condition": condition}
+        cgan = ConditionalDCGAN(knobs, None, 0, image_size=(32, 32))
+        assert cgan.D(torch.randn(8, 1, 32, 32), torch.randint(0, 2, (8,))).shape == (8,)
+
+
+@pytest.mark.parametrize("overrides", [{"d_minibatch_std": 1}, {"d_minibatch_std": -2},
                                        {"d_minibatch_std": 4, "adversarial_loss": "wgan_gp"}])
 def test_minibatch_std_settings_that_cannot_work_are_refused(overrides):
     with pytest.raises(ConfigError, match="d_minibatch_std"):
