@@ -184,8 +184,7 @@ def paired_gain(source: np.ndarray, translated: np.ndarray, partner: np.ndarray,
     shift, input_shift = centroid_shift_per_image(partner, translated), centroid_shift_per_image(partner, source)
     scale_error = foreground_scale_error_per_image(partner, translated)
     where = (f"foreground (> {FOREGROUND_THRESHOLD:g}, isolated pixels opened away, holes filled) centroid distance "
-             "in pixels of "
-             f"{translated.shape[-1]}")
+             f"in pixels of {translated.shape[-1]}")
     return {
         "ssim_input": summarise(input_ssim, subject_ids, policy) | {
             "compares": "the untranslated input x vs the partner (doing nothing)"},

@@ -173,7 +173,7 @@ def test_centroid_shift_finds_a_moved_anatomy_whatever_its_intensities():
 
 def test_scale_error_sees_a_shrunken_anatomy_that_the_centroid_misses():
     """A disc of radius 20 against one of 18 about the same centre: centroid shift 0, scale error
-    |18.x / 20.x - 1| ~ 0.1 (areas counted on the smoothed outlines, so within 0.01); the same disc 0;
+    |18.x / 20.x - 1| ~ 0.1 (areas counted in whole pixels, so within 0.01); the same disc 0;
     a blank image 1."""
     rows, columns = np.indices((64, 64))
     disc = lambda radius: (np.hypot(rows - 32, columns - 32) < radius).astype(float) * 0.7
