@@ -34,6 +34,7 @@ log = logging.getLogger("pipeline.evaluate.measures.classifier")
 
 
 POOLINGS = ("average", "max")
+ACTIVATIONS = ("relu", "leaky_relu")
 CALL_CUT_OFF = 0.5
 """P(class) above which an image is called that class: the cut-off of every share of generated or
 translated images called a class, and of the recalls the real-test check asks for."""
@@ -41,32 +42,59 @@ MIN_RECALL_AT_CUT_OFF = 0.5
 """Each class's real-test recall at CALL_CUT_OFF must beat a coin (real_test_check)."""
 
 
-def build_network(width: int = 16, n_blocks: int = 3, pooling: str = "average"):
-    """n_blocks of conv-ReLU-maxpool (width doubling), global pooling, 2 logits (any input size).
+def build_network(width: int = 16, n_blocks: int = 3, pooling: str = "average", activation: str = "relu"):
+    """n_blocks of conv-activation-maxpool (width doubling), global pooling, 2 logits (any input size).
 
     ``pooling`` over space: ``average`` (the whole image's evidence) or ``max`` (the strongest
     local response: a lesion a few pixels wide, as a haemorrhage at 64 px, is not averaged away
-    by the rest of the head). No batch normalisation: with a few dozen training slices its
-    running statistics never settle, and the network would score differently in eval mode than
-    it trained.
+    by the rest of the head). ``activation``: ``relu``, or ``leaky_relu`` (slope 0.2 below 0): on
+    a weak, local signal (a bleed among heads) ReLU units can all fall silent in the first steps
+    and the loss stays at ln 2 for every epoch, a lottery of the seed (measured on the proof
+    profile's haemorrhage slices: seeds 0 and 1 of 3 never left ln 2 with ReLU; with leaky ReLU
+    all three learned; docs/experiment-dcgan-ct.md). No batch normalisation: with a few dozen
+    training slices its running statistics never settle, and the network would score differently
+    in eval mode than it trained (group normalisation, tried on the haemorrhage slices, learned
+    less: test AUC 0.48-0.53).
     """
     import torch.nn as nn
 
     if pooling not in POOLINGS:
         raise ValueError(f"classifier pooling must be one of {POOLINGS}, got {pooling!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"classifier activation must be one of {ACTIVATIONS}, got {activation!r}")
     layers: list[nn.Module] = []
     channels_in = 1
     for block in range(n_blocks):
         channels_out = width * 2**block
         layers += [
             nn.Conv2d(channels_in, channels_out, 3, padding=1),
-            nn.ReLU(inplace=True),
+            nn.ReLU(inplace=True) if activation == "relu" else nn.LeakyReLU(0.2, inplace=True),
             nn.MaxPool2d(2),
         ]
         channels_in = channels_out
     pool = nn.AdaptiveAvgPool2d(1) if pooling == "average" else nn.AdaptiveMaxPool2d(1)
     layers += [pool, nn.Flatten(), nn.Linear(channels_in, 2)]
     return nn.Sequential(*layers)
+
+
+def random_shift(images, max_shift: int, generator):
+    """Each image of an (N, C, H, W) batch moved by its own whole-pixel offset, uniform in
+    [-max_shift, max_shift] along each axis, the uncovered border filled with 0 (the slices'
+    background). Offsets are drawn on the CPU ``generator`` (the same draws on any device).
+    A head's place in the field of view says nothing about its class; without this the
+    haemorrhage classifier learned the training patients' head positions (train loss falling,
+    validation AUC not rising)."""
+    import torch
+
+    if max_shift <= 0:
+        return images
+    n, _, height, width = images.shape
+    offsets = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator).to(images.device)
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
+    rows = torch.arange(height, device=images.device)[None] + max_shift - offsets[:, :1]  # (N, H)
+    cols = torch.arange(width, device=images.device)[None] + max_shift - offsets[:, 1:]  # (N, W)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def to_tensor(images: np.ndarray, image_size: int | None):
@@ -113,7 +141,7 @@ def _auc(logits, labels) -> float:
 DEFAULT_SETTINGS = {
     "epochs": 60, "min_epochs": 20, "batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4, "width": 16, "n_blocks": 3,
     "image_size": 64, "flip_probability": 0.5, "patience": 15, "min_auc": 0.7, "min_confidence": 0.6,
-    "pooling": "average",
+    "pooling": "average", "activation": "relu", "shift_pixels": 0,
 }
 """The CLI's defaults; the experiments set their own in params.yaml (``classifier:``). ``min_auc`` and
 ``min_confidence`` are not training knobs: they travel in the checkpoint and decide whether the
@@ -145,7 +173,8 @@ def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     counts = [int((y_train == c).sum()) for c in (0, 1)]
-    network = build_network(settings["width"], settings["n_blocks"], settings["pooling"]).to(device)
+    network = build_network(settings["width"], settings["n_blocks"], settings["pooling"],
+                            settings["activation"]).to(device)
     x_train, y_train, x_val, y_val = (t.to(device) for t in (x_train, y_train, x_val, y_val))
     optimiser = torch.optim.Adam(network.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     class_weights = torch.tensor([len(y_train) / (2.0 * n) for n in counts], dtype=torch.float32, device=device)
@@ -162,6 +191,7 @@ def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0
             images = x_train[batch]
             flip = (torch.rand(len(batch), generator=generator) < settings["flip_probability"]).to(device)
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            images = random_shift(images, settings["shift_pixels"], generator)
             optimiser.zero_grad()
             loss = loss_fn(network(images), y_train[batch])
             loss.backward()
@@ -185,7 +215,7 @@ def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0
 
 def _settings_text(settings: dict, seed: int) -> dict:
     return {
-        "architecture": f"{settings['n_blocks']} x (conv3x3-ReLU-maxpool), width {settings['width']} doubling, "
+        "architecture": f"{settings['n_blocks']} x (conv3x3-{settings['activation']}-maxpool), width {settings['width']} doubling, "
         f"global {settings['pooling']} pool, linear; random initialisation",
         **settings,
         "seed": seed, "loss": "cross-entropy weighted by inverse class frequency",
@@ -209,6 +239,7 @@ def _finish(network, best, history, x_test, y_test, class_names, labels_text, co
         "width": settings["width"],
         "n_blocks": settings["n_blocks"],
         "pooling": settings["pooling"],
+        "activation": settings["activation"],
         "image_size": settings["image_size"],
         "class_names": list(class_names),
         "settings": dict(settings),
@@ -345,7 +376,8 @@ def load_classifier(path: Path, device: str = "cpu") -> tuple[object, dict]:
 
     path = Path(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    network = build_network(checkpoint["width"], checkpoint["n_blocks"], checkpoint.get("pooling", "average"))
+    network = build_network(checkpoint["width"], checkpoint["n_blocks"], checkpoint.get("pooling", "average"),
+                            checkpoint.get("activation", "relu"))
     network.load_state_dict(checkpoint["state_dict"])
     network.to(device).eval()
     return network, checkpoint
@@ -492,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-blocks", type=int, default=DEFAULT_SETTINGS["n_blocks"])
     parser.add_argument("--pooling", choices=POOLINGS, default=DEFAULT_SETTINGS["pooling"],
                         help="global pooling over space: average, or max (small lesions)")
+    parser.add_argument("--activation", choices=ACTIVATIONS, default=DEFAULT_SETTINGS["activation"],
+                        help="relu, or leaky_relu (slope 0.2: no unit falls silent on a weak signal)")
+    parser.add_argument("--shift-pixels", type=int, default=DEFAULT_SETTINGS["shift_pixels"],
+                        help="training augmentation: each image moved by up to this many pixels each way")
     parser.add_argument("--image-size", type=int, default=DEFAULT_SETTINGS["image_size"], help="0 keeps the slices' size")
     parser.add_argument("--flip-probability", type=float, default=DEFAULT_SETTINGS["flip_probability"])
     parser.add_argument("--patience", type=int, default=DEFAULT_SETTINGS["patience"])
@@ -514,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give either --train --val --test (labelled slices) or all six --{train,val,test}-{a,b}")
     knobs = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
              "width": args.width, "n_blocks": args.n_blocks, "pooling": args.pooling,
+             "activation": args.activation, "shift_pixels": args.shift_pixels,
              "image_size": args.image_size or None,
              "flip_probability": args.flip_probability, "patience": args.patience, "min_epochs": args.min_epochs,
              "min_auc": args.min_auc, "min_confidence": args.min_confidence}

@@ -81,6 +81,7 @@ def test_labelled_mode_learns_healthy_vs_haemorrhage_through_the_cli(tmp_path):
         "--train", str(paths["train"]), "--val", str(paths["val"]), "--test", str(paths["test"]),
         "--class-names", "healthy", "haemorrhage", "--epochs", "20", "--batch-size", "8", "--lr", "3e-3",
         "--width", "8", "--n-blocks", "3", "--image-size", "32", "--patience", "20", "--threads", "1",
+        "--activation", "leaky_relu", "--shift-pixels", "2",
         "--out-model", str(tmp_path / "classifier.pt"), "--out-json", str(tmp_path / "classifier.json"),
     ])
     assert code == 0
@@ -91,7 +92,12 @@ def test_labelled_mode_learns_healthy_vs_haemorrhage_through_the_cli(tmp_path):
     checkpoint = torch.load(tmp_path / "classifier.pt", weights_only=True)
     assert checkpoint["settings"] == {"epochs": 20, "batch_size": 8, "lr": 3e-3, "weight_decay": 1e-4, "width": 8,
                                       "n_blocks": 3, "image_size": 32, "flip_probability": 0.5, "patience": 20,
-                                      "min_epochs": 20, "min_auc": 0.7, "min_confidence": 0.6, "pooling": "average"}
+                                      "min_epochs": 20, "min_auc": 0.7, "min_confidence": 0.6, "pooling": "average",
+                                      "activation": "leaky_relu", "shift_pixels": 2}
+    assert checkpoint["activation"] == "leaky_relu"
+    network, _ = classifier.load_classifier(tmp_path / "classifier.pt")
+    assert any(isinstance(m, torch.nn.LeakyReLU) for m in network)
+    assert summary["settings"]["architecture"].startswith("3 x (conv3x3-leaky_relu-maxpool)")
 
 
 def test_labelled_mode_bad_input_names_the_file(tmp_path, splits):
@@ -240,3 +246,50 @@ def test_max_pooled_classifier_learns_small_bright_spots_in_varied_heads():
     x_test, y_test = heads(80)
     _, balanced, _ = classifier._scores(classifier.predict_logits(network, x_test, 32), y_test)
     assert balanced >= 0.9, balanced
+
+
+def test_random_shift_moves_each_image_by_its_own_offset_and_fills_with_zeros():
+    """Each image of the batch is its own whole-pixel translation of the input (the offset read
+    back from where a single bright pixel went), within +-max_shift, and what came in from
+    outside the image is 0, as the slices' background."""
+    n, size, k = 64, 12, 3
+    images = torch.zeros(n, 1, size, size)
+    images[:, 0, 5, 6] = 1.0
+    images[:, 0, 0, :] = 0.5  # a top row that must move with the image, not wrap round
+    moved = classifier.random_shift(images, k, torch.Generator().manual_seed(0))
+    assert moved.shape == images.shape
+    offsets = set()
+    for image in moved[:, 0]:
+        row, col = divmod(int(image.argmax()), size)
+        dy, dx = row - 5, col - 6
+        assert abs(dy) <= k and abs(dx) <= k
+        expected = torch.zeros(size, size)
+        src = images[0, 0]
+        for i in range(size):
+            for j in range(size):
+                if 0 <= i - dy < size and 0 <= j - dx < size:
+                    expected[i, j] = src[i - dy, j - dx]
+        assert torch.equal(image, expected)
+        offsets.add((dy, dx))
+    assert len(offsets) > 20  # drawn per image, not one offset for the batch
+    assert torch.equal(classifier.random_shift(images, 0, torch.Generator()), images)
+
+
+def test_a_leaky_classifier_is_rebuilt_as_it_was_trained(tmp_path):
+    """The activation travels in classifier.pt: a leaky-ReLU network loaded back scores images as
+    the trained one did (a ReLU rebuild has the same weights, so only the scores tell)."""
+    torch.manual_seed(0)
+    network = classifier.build_network(4, 2, "max", "leaky_relu").eval()
+    assert any(isinstance(m, torch.nn.LeakyReLU) for m in network)
+    path = tmp_path / "classifier.pt"
+    torch.save({"state_dict": network.state_dict(), "width": 4, "n_blocks": 2, "pooling": "max",
+                "activation": "leaky_relu", "image_size": 16}, path)
+    loaded, _ = classifier.load_classifier(path)
+    images = torch.rand(8, 1, 16, 16) - 0.5
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), network(images))
+        relu = classifier.build_network(4, 2, "max", "relu").eval()
+        relu.load_state_dict(network.state_dict())
+        assert not torch.allclose(relu(images), network(images), atol=1e-4)
+    with pytest.raises(ValueError, match="activation"):
+        classifier.build_network(4, 2, "max", "gelu")
