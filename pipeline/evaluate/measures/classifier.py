@@ -47,14 +47,13 @@ def build_network(width: int = 16, n_blocks: int = 3, pooling: str = "average", 
 
     ``pooling`` over space: ``average`` (the whole image's evidence) or ``max`` (the strongest
     local response: a lesion a few pixels wide, as a haemorrhage at 64 px, is not averaged away
-    by the rest of the head). ``activation``: ``relu``, or ``leaky_relu`` (slope 0.2 below 0): on
-    a weak, local signal (a bleed among heads) ReLU units can all fall silent in the first steps
-    and the loss stays at ln 2 for every epoch, a lottery of the seed (measured on the proof
-    profile's haemorrhage slices: seeds 0 and 1 of 3 never left ln 2 with ReLU; with leaky ReLU
-    all three learned; docs/experiment-dcgan-ct.md). No batch normalisation: with a few dozen
-    training slices its running statistics never settle, and the network would score differently
-    in eval mode than it trained (group normalisation, tried on the haemorrhage slices, learned
-    less: test AUC 0.48-0.53).
+    by the rest of the head). ``activation``: ``relu``, or ``leaky_relu`` (slope 0.2 below 0):
+    on a weak, local signal (a bleed among heads) a ReLU network can sit at ln 2 for every epoch,
+    a lottery of the seed (on the proof profile's haemorrhage slices with shifts: ReLU seed 0
+    never left ln 2; with leaky ReLU seeds 0-2 all learned; docs/experiment-dcgan-ct.md). No
+    batch normalisation: with a few dozen training slices its running statistics never settle,
+    and the network would score differently in eval mode than it trained (group normalisation,
+    tried on the haemorrhage slices, learned less: validation AUC 0.52-0.58).
     """
     import torch.nn as nn
 
@@ -82,8 +81,9 @@ def random_shift(images, max_shift: int, generator):
     [-max_shift, max_shift] along each axis, the uncovered border filled with 0 (the slices'
     background). Offsets are drawn on the CPU ``generator`` (the same draws on any device).
     A head's place in the field of view says nothing about its class; without this the
-    haemorrhage classifier learned the training patients' head positions (train loss falling,
-    validation AUC not rising)."""
+    haemorrhage classifier's training loss fell while its validation AUC did not rise (probably
+    learning where each training patient's head lay). ``max_shift`` is in pixels of the images
+    as given (the classifier's ``image_size``)."""
     import torch
 
     if max_shift <= 0:
@@ -286,7 +286,12 @@ def _settings(knobs: dict) -> dict:
     unknown = set(knobs) - set(DEFAULT_SETTINGS)
     if unknown:
         raise ValueError(f"unknown classifier settings {sorted(unknown)}")
-    return DEFAULT_SETTINGS | knobs
+    settings = DEFAULT_SETTINGS | knobs
+    shift, side = settings["shift_pixels"], settings["image_size"]
+    if not isinstance(shift, int) or shift < 0 or (side and 2 * shift >= side):
+        raise ValueError(f"classifier shift_pixels must be a whole number of pixels from 0 to below half the "
+                         f"image side ({side}), got {shift!r}")
+    return settings
 
 
 def train_classifier(

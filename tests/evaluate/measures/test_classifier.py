@@ -38,11 +38,11 @@ def splits(tmp_path_factory):
     return {split: write_split(folder, split, n, rng) for split, n in (("train", 4), ("val", 2), ("test", 2))}
 
 
-def train(splits, out, seed=3):
+def train(splits, out, seed=3, **knobs):
     return classifier.train_classifier(
         splits["train"], splits["val"], splits["test"], out / "classifier.pt", out / "classifier.json",
         domain_names=("CT", "MR"), epochs=8, batch_size=4, lr=1e-2, width=4, n_blocks=2, image_size=SIZE,
-        threads=1, seed=seed,
+        threads=1, seed=seed, **knobs,
     )
 
 
@@ -272,7 +272,27 @@ def test_random_shift_moves_each_image_by_its_own_offset_and_fills_with_zeros():
         assert torch.equal(image, expected)
         offsets.add((dy, dx))
     assert len(offsets) > 20  # drawn per image, not one offset for the batch
-    assert torch.equal(classifier.random_shift(images, 0, torch.Generator()), images)
+    assert {dy for dy, _ in offsets} >= {-k, k} and {dx for _, dx in offsets} >= {-k, k}  # the whole range
+    generator = torch.Generator().manual_seed(1)
+    state = generator.get_state()
+    assert torch.equal(classifier.random_shift(images, 0, generator), images)
+    assert torch.equal(generator.get_state(), state)  # off draws nothing: other classifiers unchanged
+    with pytest.raises(ValueError, match="shift_pixels"):
+        classifier._settings({"shift_pixels": -1})
+    with pytest.raises(ValueError, match="shift_pixels"):
+        classifier._settings({"shift_pixels": 32, "image_size": 64})
+
+
+def test_same_seed_same_shifted_classifier(splits, tmp_path):
+    """Shifts are drawn from the seeded generator: two runs with the same seed give the same network."""
+    first = train(splits, tmp_path / "one", shift_pixels=2)
+    second = train(splits, tmp_path / "two", shift_pixels=2)
+    assert first["history"] == second["history"]
+    train(splits, tmp_path / "unshifted")
+    a, b, c = (torch.load(tmp_path / run / "classifier.pt", weights_only=True)["state_dict"]
+               for run in ("one", "two", "unshifted"))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not all(torch.equal(a[key], c[key]) for key in a)  # the shifts did reach training
 
 
 def test_a_leaky_classifier_is_rebuilt_as_it_was_trained(tmp_path):
