@@ -215,8 +215,9 @@ def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0
 
 def _settings_text(settings: dict, seed: int) -> dict:
     return {
-        "architecture": f"{settings['n_blocks']} x (conv3x3-{settings['activation']}-maxpool), width {settings['width']} doubling, "
-        f"global {settings['pooling']} pool, linear; random initialisation",
+        "architecture": f"{settings['n_blocks']} x (conv3x3-{settings['activation']}-maxpool), "
+        f"width {settings['width']} doubling, global {settings['pooling']} pool, linear; "
+        "random initialisation",
         **settings,
         "seed": seed, "loss": "cross-entropy weighted by inverse class frequency",
         "selection": "epoch with the lowest validation loss; stop after `patience` epochs without a lower one, "
@@ -530,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pooling", choices=POOLINGS, default=DEFAULT_SETTINGS["pooling"],
                         help="global pooling over space: average, or max (small lesions)")
     parser.add_argument("--activation", choices=ACTIVATIONS, default=DEFAULT_SETTINGS["activation"],
-                        help="relu, or leaky_relu (slope 0.2: no unit falls silent on a weak signal)")
+                        help="relu, or leaky_relu (slope 0.2: a gradient through every unit)")
     parser.add_argument("--shift-pixels", type=int, default=DEFAULT_SETTINGS["shift_pixels"],
                         help="training augmentation: each image moved by up to this many pixels each way")
     parser.add_argument("--image-size", type=int, default=DEFAULT_SETTINGS["image_size"], help="0 keeps the slices' size")

@@ -92,7 +92,8 @@ def test_labelled_mode_learns_healthy_vs_haemorrhage_through_the_cli(tmp_path):
     checkpoint = torch.load(tmp_path / "classifier.pt", weights_only=True)
     assert checkpoint["settings"] == {"epochs": 20, "batch_size": 8, "lr": 3e-3, "weight_decay": 1e-4, "width": 8,
                                       "n_blocks": 3, "image_size": 32, "flip_probability": 0.5, "patience": 20,
-                                      "min_epochs": 20, "min_auc": 0.7, "min_confidence": 0.6, "pooling": "average",
+                                      "min_epochs": 20, "min_auc": 0.7, "min_confidence": 0.6,
+                                      "pooling": "average",
                                       "activation": "leaky_relu", "shift_pixels": 2}
     assert checkpoint["activation"] == "leaky_relu"
     network, _ = classifier.load_classifier(tmp_path / "classifier.pt")
