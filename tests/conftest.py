@@ -1,8 +1,10 @@
 """Shared fixtures. Tests build their own small data; nothing binary is checked in."""
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,8 +18,12 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Pseudonymous ids need a salt; tests use a fixed one and never create ~/.config/medgan-workflow/salt.
 os.environ.setdefault("MEDGAN_SALT", "test-salt-not-secret-0123456789")
-# Downloads and the staging of originals go to the user's cache; tests keep theirs in /tmp.
-os.environ.setdefault("MEDGAN_CACHE_DIR", tempfile.mkdtemp(prefix="medgan-test-cache-"))
+# Downloads and the staging of originals go to the user's cache; tests keep theirs in /tmp: one
+# folder per session (made by the first process, inherited by xdist's workers), removed when the
+# process that made it exits.
+if "MEDGAN_CACHE_DIR" not in os.environ:
+    os.environ["MEDGAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="medgan-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MEDGAN_CACHE_DIR"], ignore_errors=True)
 # Under pytest-xdist (`make test`: -n 2) the workers share the cores: each gets its share of
 # threads instead of all of them (oversubscribed OpenMP threads wait on each other). Snakemake
 # jobs still get their rule's threads (Snakemake sets OMP_NUM_THREADS per job).
