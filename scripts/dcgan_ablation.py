@@ -12,6 +12,12 @@ stdout; the CPU seconds of training and D's mean accuracy since the last row bes
     python scripts/dcgan_ablation.py --slices data/slices/ct_haemorrhage --steps 600 \
         --variant batch '{"d_norm": "batch"}' --variant spectral '{"d_norm": "spectral"}'
     python scripts/dcgan_ablation.py --slices data/slices/ct_haemorrhage --checkpoints epoch_10.pt epoch_20.pt
+
+A variant's JSON changes the experiment's own model knobs (``--experiment``'s in params.yaml, then
+each ``--configfile`` overlay, as Snakemake resolves them; ``--conditional`` defaults to the cGAN),
+never the code's defaults: those are the full profile's (ngf 64, a BatchNorm D), so a variant
+written as ``{"ndf": 8}`` over them silently ran another network. The knobs each variant ran with
+are printed to stderr.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.config import load_params
 from pipeline.evaluate.measures import diversity, embedding, prdc
 from pipeline.evaluate.measures.slices import load_labelled_slices
 from pipeline.models.dcgan import ConditionalDCGAN, DCGAN
@@ -71,6 +78,12 @@ def score(model: DCGAN, real_features: np.ndarray, real_subjects: np.ndarray, ne
     return measures
 
 
+def experiment_knobs(experiment: str, config_files: list[Path]) -> tuple[type[DCGAN], dict]:
+    """The experiment's model class and knobs as a Snakemake run resolves them (params.yaml + overlays)."""
+    knobs = dict(load_params("params.yaml", config_files=config_files)["experiments"][experiment]["model"])
+    return (ConditionalDCGAN if knobs.pop("name") == "cgan" else DCGAN), knobs
+
+
 def run(name: str, overrides: dict, data: dict, test: dict, steps: int, every: int, batch: int, seed: int,
         conditional: bool, grids: Path | None = None, blind_networks: tuple[str, ...] = ()) -> None:
     torch.manual_seed(seed)
@@ -114,14 +127,10 @@ def run(name: str, overrides: dict, data: dict, test: dict, steps: int, every: i
                               "d_accuracy_since_last": round(d_accuracy, 3)}), flush=True)
 
 
-def score_checkpoints(paths: list[Path], experiment: str, test: dict, seed: int) -> None:
+def score_checkpoints(paths: list[Path], experiment: str, config_files: list[Path], test: dict, seed: int) -> None:
     """The same scores for the engine's checkpoints of a target (copies of models/<exp>/checkpoint.pt):
     PRDC over training, the learning curve of a default run."""
-    import yaml
-
-    with open("params.yaml") as f:
-        knobs = dict(yaml.safe_load(f)["experiments"][experiment]["model"])
-    cls = ConditionalDCGAN if knobs.pop("name") == "cgan" else DCGAN
+    cls, knobs = experiment_knobs(experiment, config_files)
     network = embedding.build_random_vgg()
     real_features = embedding.embed(test["images"], 64, network)
     size = test["images"].shape[-1]
@@ -139,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=Path, required=True, help="folder of train.npz and test.npz")
     parser.add_argument("--checkpoints", type=Path, nargs="+", help="score these engine checkpoints instead")
-    parser.add_argument("--experiment", default="dcgan_ct_brain", help="whose params.yaml model the checkpoints hold")
+    parser.add_argument("--experiment", help="whose model knobs the variants change and the checkpoints hold "
+                        "(default: cgan_ct_haemorrhage with --conditional, else dcgan_ct_brain)")
+    parser.add_argument("--configfile", type=Path, nargs="*", default=[],
+                        help="overlays on params.yaml, as snakemake --configfile (e.g. configs/proof.yaml)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--every", type=int, default=150)
     parser.add_argument("--batch", type=int, default=8)
@@ -150,13 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grids", type=Path, help="save a sample grid per scored step here (one row per class)")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
     args = parser.parse_args(argv)
+    args.experiment = args.experiment or ("cgan_ct_haemorrhage" if args.conditional else "dcgan_ct_brain")
     torch.set_num_threads(1)
     data = load_labelled_slices(args.slices / "train.npz")
     test = load_labelled_slices(args.slices / "test.npz")
     if args.checkpoints:
-        score_checkpoints(args.checkpoints, args.experiment, test, args.seed)
+        score_checkpoints(args.checkpoints, args.experiment, args.configfile, test, args.seed)
+    _, base = experiment_knobs(args.experiment, args.configfile)
     for name, overrides in args.variant:
-        run(name, json.loads(overrides), data, test, args.steps, args.every, args.batch, args.seed, args.conditional,
+        knobs = {**base, **json.loads(overrides)}
+        print(f"{name}: {json.dumps(knobs)}", file=sys.stderr, flush=True)
+        run(name, knobs, data, test, args.steps, args.every, args.batch, args.seed, args.conditional,
             args.grids, tuple(args.blind))
     return 0
 
