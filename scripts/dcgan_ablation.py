@@ -84,10 +84,9 @@ def experiment_knobs(experiment: str, config_files: list[Path]) -> tuple[type[DC
     return (ConditionalDCGAN if knobs.pop("name") == "cgan" else DCGAN), knobs
 
 
-def run(name: str, overrides: dict, data: dict, test: dict, steps: int, every: int, batch: int, seed: int,
-        conditional: bool, grids: Path | None = None, blind_networks: tuple[str, ...] = ()) -> None:
+def run(name: str, cls: type[DCGAN], overrides: dict, data: dict, test: dict, steps: int, every: int, batch: int,
+        seed: int, grids: Path | None = None, blind_networks: tuple[str, ...] = ()) -> None:
     torch.manual_seed(seed)
-    cls = ConditionalDCGAN if conditional else DCGAN
     size = data["images"].shape[-1]
     model = cls(overrides, None, seed, image_size=(size, size))
     for name in blind_networks:
@@ -156,24 +155,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=150)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--conditional", action="store_true", help="the cGAN")
+    parser.add_argument("--conditional", action="store_true", help="the cGAN (cgan_ct_haemorrhage's knobs by default)")
     parser.add_argument("--blind", choices=("D", "G"), action="append", default=[],
                         help="cGAN diagnostic: this network sees class 0 for every image (repeatable)")
     parser.add_argument("--grids", type=Path, help="save a sample grid per scored step here (one row per class)")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
     args = parser.parse_args(argv)
     args.experiment = args.experiment or ("cgan_ct_haemorrhage" if args.conditional else "dcgan_ct_brain")
+    cls, base = experiment_knobs(args.experiment, args.configfile)
+    if args.conditional != (cls is ConditionalDCGAN):
+        parser.error(f"--experiment {args.experiment} is {'' if cls is ConditionalDCGAN else 'un'}conditional: "
+                     f"{'add' if cls is ConditionalDCGAN else 'drop'} --conditional")
     torch.set_num_threads(1)
     data = load_labelled_slices(args.slices / "train.npz")
     test = load_labelled_slices(args.slices / "test.npz")
     if args.checkpoints:
         score_checkpoints(args.checkpoints, args.experiment, args.configfile, test, args.seed)
-    _, base = experiment_knobs(args.experiment, args.configfile)
     for name, overrides in args.variant:
         knobs = {**base, **json.loads(overrides)}
         print(f"{name}: {json.dumps(knobs)}", file=sys.stderr, flush=True)
-        run(name, knobs, data, test, args.steps, args.every, args.batch, args.seed, args.conditional,
-            args.grids, tuple(args.blind))
+        run(name, cls, knobs, data, test, args.steps, args.every, args.batch, args.seed, args.grids, tuple(args.blind))
     return 0
 
 

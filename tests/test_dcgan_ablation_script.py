@@ -1,12 +1,16 @@
-"""scripts/dcgan_ablation.py: a variant changes the experiment's knobs as Snakemake resolves them."""
+"""scripts/dcgan_ablation.py: a variant changes the experiment's knobs as Snakemake resolves them
+(params.yaml, then the --configfile overlays), never the code's full-profile defaults."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
-import yaml
+import pytest
 
-from conftest import REPO
-from pipeline.models.dcgan import DCGAN_KNOBS
+from pipeline.config import load_params
+from pipeline.models.dcgan import CGAN_KNOBS
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _script():
@@ -16,19 +20,35 @@ def _script():
     return module
 
 
-def test_variants_start_from_params_and_the_overlay_not_the_code_defaults(monkeypatch):
+@pytest.fixture
+def script(monkeypatch):
+    """The script with its data loading and training replaced by a recorder of what each variant runs."""
+    module = _script()
+    runs = []
     monkeypatch.chdir(REPO)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())["experiments"]["cgan_ct_haemorrhage"]["model"]
-    proof = yaml.safe_load((REPO / "configs" / "proof.yaml").read_text())["experiments"]["cgan_ct_haemorrhage"]["model"]
-    script = _script()
+    monkeypatch.setattr(module, "load_labelled_slices", lambda path: {"path": path})
+    monkeypatch.setattr(module, "run", lambda name, cls, knobs, *args, **kwargs: runs.append((name, cls, knobs)))
+    module.runs = runs
+    return module
 
-    cls, knobs = script.experiment_knobs("cgan_ct_haemorrhage", [REPO / "configs" / "proof.yaml"])
-    assert cls is script.ConditionalDCGAN
-    assert knobs["ndf"] == proof["ndf"] != params["ndf"]            # the overlay's
-    assert knobs["ngf"] == params["ngf"] != DCGAN_KNOBS["ngf"]  # params.yaml's, not the code's 64
-    assert knobs["d_norm"] == params["d_norm"] == "spectral"
-    assert "name" not in knobs
 
-    cls, knobs = script.experiment_knobs("dcgan_ct_brain", [])
-    assert cls is script.DCGAN and knobs["ndf"] == yaml.safe_load((REPO / "params.yaml").read_text())[
-        "experiments"]["dcgan_ct_brain"]["model"]["ndf"]
+def test_a_variant_changes_the_proof_profiles_cgan_and_nothing_else(script):
+    proof = REPO / "configs" / "proof.yaml"
+    assert script.main(["--slices", "x", "--conditional", "--configfile", str(proof),
+                        "--variant", "narrow", '{"ndf": 4}']) == 0
+    (name, cls, knobs), = script.runs
+    expected = dict(load_params("params.yaml", config_files=[proof])["experiments"]["cgan_ct_haemorrhage"]["model"])
+    assert expected.pop("name") == "cgan" and cls is script.ConditionalDCGAN
+    assert knobs == {**expected, "ndf": 4}
+    # what every variant used to be built on instead: the code's defaults (the full profile's G and D)
+    assert {k: knobs[k] for k in ("ngf", "d_norm")} != {k: CGAN_KNOBS[k] for k in ("ngf", "d_norm")}
+
+
+def test_the_model_class_follows_the_experiment(script):
+    assert script.main(["--slices", "x", "--variant", "same", "{}"]) == 0
+    (_, cls, knobs), = script.runs
+    assert cls is script.DCGAN and "d_condition" not in knobs
+    with pytest.raises(SystemExit):
+        script.main(["--slices", "x", "--experiment", "cgan_ct_haemorrhage", "--variant", "same", "{}"])
+    with pytest.raises(SystemExit):
+        script.main(["--slices", "x", "--conditional", "--experiment", "dcgan_ct_brain", "--variant", "same", "{}"])
