@@ -44,7 +44,7 @@ for experiment in "${experiments[@]}"; do
     started=$(date -Is)
     echo "full smoke: $experiment on $device ($cores cores, load $load_before)"
     (cd "$work/repo" && nice -n "$nice_level" /usr/bin/time -v -o "$work/runs/$experiment.time" \
-        "$bin/snakemake" --cores "$cores" --configfiles "${configs[@]}" -- "results/$experiment/metrics.json") \
+        "$bin/snakemake" --cores "$cores" --rerun-incomplete --configfiles "${configs[@]}" -- "results/$experiment/metrics.json") \
         >"$work/runs/$experiment.log" 2>&1
     rc=$?
     [ $rc -eq 0 ] || { status=1; echo "  failed (exit $rc): $work/runs/$experiment.log"; }

@@ -13,14 +13,17 @@ from typing import Any, Mapping
 from pipeline.device_check import projection
 from pipeline.device_check.profiles import experiments
 
-#: What a CPU run of a GPU profile switches off besides the devices: bf16 autocast and
-#: torch.compile are the GPU's speed knobs (the device check covers bf16 at full size).
-CPU_OFF = {"bf16": False, "compile": False}
+#: What a CPU run of a GPU profile changes besides the devices: bf16 autocast and torch.compile
+#: (the GPU's speed knobs; the device check covers bf16 at full size) off, and every job with a
+#: ``threads`` knob on all the cores Snakemake gives it (0: torch's default; its rule then reserves them all, so jobs run one at a time).
+#: The default profile's ``threads: 1`` lets small jobs share 2 cores; a full-size step on one
+#: thread would take twice as long (StyleGAN2's smoke: a training step of 32 at 128 px).
+CPU_KNOBS = {"bf16": False, "compile": False, "threads": 0}
 
 
 def device_overlay(cfg: Mapping[str, Any], device: str) -> dict[str, Any]:
     """An overlay of ``cfg``'s experiments with every ``device`` knob set to ``device`` (and, for
-    the CPU, the GPU-only speed knobs off)."""
+    the CPU, ``CPU_KNOBS``)."""
 
     def walk(node: Any) -> Any:
         if not isinstance(node, Mapping):
@@ -34,7 +37,7 @@ def device_overlay(cfg: Mapping[str, Any], device: str) -> dict[str, Any]:
                 if inner:
                     out[key] = inner
         if device == "cpu" and "device" in node:
-            out.update({k: v for k, v in CPU_OFF.items() if k in node})
+            out.update({k: v for k, v in CPU_KNOBS.items() if k in node})
         return out
 
     return {"experiments": {name: walk(exp) for name, exp in cfg["experiments"].items() if walk(exp)}}
