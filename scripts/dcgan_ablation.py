@@ -7,7 +7,10 @@ draws them) against the real test slices in the evaluator's feature space (rando
 precision / recall / density / coverage (k = 5) and the diversity ratio (mean pairwise distance
 of the samples over that of real slices of different patients). One CSV row per checkpoint on
 stdout; the CPU seconds of training and D's mean accuracy since the last row beside it
-(``--grids``: the samples' first twelve per class as a PNG per row, to look at). What docs/experiment-dcgan-ct.md reports.
+(``--grids``: the samples' first twelve per class as a PNG per row, to look at). With ``--judge``
+(a real-data classifier.pt of the experiment, e.g. models/cgan_ct_haemorrhage/classifier.pt) each
+row of a cGAN also has, per class, the share of the samples asked for it that the judge calls it
+(P > 0.5, as metrics.json's ``share_called_asked``). What docs/experiment-dcgan-ct.md reports.
 
     python scripts/dcgan_ablation.py --slices data/slices/ct_haemorrhage --steps 600 \
         --variant batch '{"d_norm": "batch"}' --variant spectral '{"d_norm": "spectral"}'
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 
 from pipeline.config import load_params
-from pipeline.evaluate.measures import diversity, embedding, prdc
+from pipeline.evaluate.measures import classifier, diversity, embedding, prdc
 from pipeline.evaluate.measures.slices import load_labelled_slices
 from pipeline.models.dcgan import ConditionalDCGAN, DCGAN
 
@@ -63,7 +66,7 @@ def blind(network: torch.nn.Module) -> None:
 
 
 def score(model: DCGAN, real_features: np.ndarray, real_subjects: np.ndarray, network, seed: int,
-          grid: Path | None = None, blind_g: bool = False) -> dict:
+          grid: Path | None = None, blind_g: bool = False, judge: tuple | None = None) -> dict:
     sampler = DCGAN.load_export(model.export() | {"image_size": [model.image_size] * 2}, "cpu") if not model.n_classes \
         else ConditionalDCGAN.load_export(model.export() | {"image_size": [model.image_size] * 2}, "cpu")
     labels = None if not model.n_classes else np.arange(N_SAMPLES) % model.n_classes
@@ -75,6 +78,11 @@ def score(model: DCGAN, real_features: np.ndarray, real_subjects: np.ndarray, ne
     ids = np.array([f"g{i}" for i in range(N_SAMPLES)])
     measures["diversity_ratio"] = diversity.MeanPairwiseDistance(real_features, real_subjects, features, ids).ratio()
     measures["mean_intensity"] = float(images.mean())
+    if judge is not None and labels is not None:
+        p_class_1 = classifier.probability_of_b(*judge, images)
+        for c, name in enumerate(model.config["class_names"]):
+            called = p_class_1[labels == c] > 0.5
+            measures[f"called_asked_{name}"] = float(called.mean() if c == 1 else 1.0 - called.mean())
     return measures
 
 
@@ -85,7 +93,7 @@ def experiment_knobs(experiment: str, config_files: list[Path]) -> tuple[type[DC
 
 
 def run(name: str, cls: type[DCGAN], overrides: dict, data: dict, test: dict, steps: int, every: int, batch: int,
-        seed: int, grids: Path | None = None, blind_networks: tuple[str, ...] = ()) -> None:
+        seed: int, grids: Path | None = None, blind_networks: tuple[str, ...] = (), judge: tuple | None = None) -> None:
     torch.manual_seed(seed)
     size = data["images"].shape[-1]
     model = cls(overrides, None, seed, image_size=(size, size))
@@ -118,7 +126,7 @@ def run(name: str, cls: type[DCGAN], overrides: dict, data: dict, test: dict, st
         if step % every == 0:
             model.eval()
             grid = None if grids is None else grids / f"{name}_step{step}.png"
-            measures = score(model, real_features, real_subjects, network, seed, grid, "G" in blind_networks)
+            measures = score(model, real_features, real_subjects, network, seed, grid, "G" in blind_networks, judge)
             d_accuracy = float(np.mean(d_accuracies)) if d_accuracies else float("nan")
             d_accuracies = []
             print(json.dumps({"variant": name, "step": step, "epoch": epoch + 1, "cpu_s_train": round(cpu, 1),
@@ -159,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blind", choices=("D", "G"), action="append", default=[],
                         help="cGAN diagnostic: this network sees class 0 for every image (repeatable)")
     parser.add_argument("--grids", type=Path, help="save a sample grid per scored step here (one row per class)")
+    parser.add_argument("--judge", type=Path,
+                        help="cGAN: a real-data classifier.pt; each row gets the share called as asked per class")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
     args = parser.parse_args(argv)
     args.experiment = args.experiment or ("cgan_ct_haemorrhage" if args.conditional else "dcgan_ct_brain")
@@ -169,12 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     data = load_labelled_slices(args.slices / "train.npz")
     test = load_labelled_slices(args.slices / "test.npz")
+    judge = classifier.load_classifier(args.judge) if args.judge else None
     if args.checkpoints:
         score_checkpoints(args.checkpoints, args.experiment, args.configfile, test, args.seed)
     for name, overrides in args.variant:
         knobs = {**base, **json.loads(overrides)}
         print(f"{name}: {json.dumps(knobs)}", file=sys.stderr, flush=True)
-        run(name, cls, knobs, data, test, args.steps, args.every, args.batch, args.seed, args.grids, tuple(args.blind))
+        run(name, cls, knobs, data, test, args.steps, args.every, args.batch, args.seed, args.grids, tuple(args.blind),
+            judge)
     return 0
 
 

@@ -21,6 +21,7 @@ TRAIN = {"batch_size": 8, "steps_per_epoch": 3, "sample_every": 2, "checkpoint_e
 CGAN = {"name": "cgan", "ngf": 8, "ndf": 4, "nz": 8, "class_balanced": True, "instance_noise_std": 0.2,
         "instance_noise_epochs": 3}
 WGAN = {"name": "dcgan", "ngf": 8, "ndf": 4, "nz": 8, "adversarial_loss": "wgan_gp", "n_critic": 2}
+ACGAN = {"name": "cgan", "ngf": 8, "ndf": 4, "nz": 8, "d_condition": "auxiliary", "d_norm": "spectral"}
 
 
 def write_labelled_slices(root: Path, size: int = 16, counts=(("train", 40), ("val", 8))) -> dict[str, Path]:
@@ -59,7 +60,8 @@ def exported(model_pt: Path) -> dict[str, torch.Tensor]:
     return {**{f"G.{k}": v for k, v in payload["networks"]["G"].items()}, "fixed_noise": payload["fixed_noise"]}
 
 
-@pytest.mark.parametrize("model", [CGAN, WGAN], ids=["cgan_balanced_noise", "dcgan_wgan_gp_n_critic"])
+@pytest.mark.parametrize("model", [CGAN, WGAN, ACGAN],
+                         ids=["cgan_balanced_noise", "dcgan_wgan_gp_n_critic", "cgan_auxiliary_spectral"])
 def test_two_plus_two_epochs_equal_four_bit_for_bit(slices, store, tmp_path, model):
     """Fixed noise, the noise generator, class-balanced draws, the instance-noise schedule, the
     critic ratio and the optimisers all cross the resume: weights and history are identical."""
@@ -73,6 +75,9 @@ def test_two_plus_two_epochs_equal_four_bit_for_bit(slices, store, tmp_path, mod
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert (resumed / "history.csv").read_text() == (straight / "history.csv").read_text()
+    if model.get("d_condition") == "auxiliary":  # D's class head: its loss and accuracy on real slices
+        header = (resumed / "history.csv").read_text().splitlines()[0].split(",")
+        assert {"D_class", "G_class", "D_class_accuracy"} <= set(header)
     assert first_grid == (straight / "samples" / "epoch_0002.png").read_bytes()  # the same fixed noise
 
 

@@ -58,7 +58,13 @@ as ``d_condition`` says: ``image_maps`` (report 002: one constant map per class 
 with the image channels), ``class_bias``, ``feature_maps`` or ``projection`` (see
 DCGANDiscriminator). On the CPU default every choice collapsed by 600 steps; maps on the image
 collapse even an unconditional DCGAN (docs/experiment-dcgan-ct.md), so the others are there to
-be measured. The fakes of a step are asked for the classes of that step's real
+be measured. ``auxiliary`` is the AC-GAN (Odena et al. 2017): D never sees the class; a second
+head on D's last features predicts it. That head learns from real slices only (cross-entropy with
+their labels, times ``aux_class_weight``), so it is a real-data classifier inside D; G's loss
+adds the same cross-entropy of its images against the class asked, so G is pushed to draw what
+tells the classes apart on real slices. Odena et al. also train the head on generated images
+(with the class asked); here it is not, so a G that ignores the label cannot teach D's head that
+its images are of the class asked. The fakes of a step are asked for the classes of that step's real
 batch, so G sees the training class mix; ``class_balanced: true`` draws the real batches
 class-balanced instead (each class equally often), e.g. for RSNA's ~14% haemorrhage.
 
@@ -96,7 +102,7 @@ log = logging.getLogger(__name__)
 GENERATION_LOSSES = ("bce", "wgan_gp", "wgan_clip")
 D_NORMS = ("auto", "batch", "layer", "spectral", "none")
 DCGAN_AUGMENTS = ("none", "diffaugment")
-D_CONDITIONS = ("image_maps", "feature_maps", "class_bias", "projection")
+D_CONDITIONS = ("image_maps", "feature_maps", "class_bias", "projection", "auxiliary")
 OPTIMIZERS = ("adam", "rmsprop")
 #: Each loss's optimiser as its paper trained it; a knob left at "auto" takes its value from here.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -135,7 +141,8 @@ CGAN_KNOBS: dict[str, Any] = {
     **DCGAN_KNOBS,
     "class_names": ["healthy", "haemorrhage"],  # class i is the npz label i
     "class_balanced": False,     # draw real batches class-balanced instead of in shuffled passes
-    "d_condition": "image_maps",  # how the class enters D: image_maps (report 002) | feature_maps | projection
+    "d_condition": "image_maps",  # how the class enters D: image_maps (report 002) | ... | auxiliary (AC-GAN)
+    "aux_class_weight": 1.0,     # d_condition auxiliary: weight of the class cross-entropy in D's and G's losses
 }
 #: Generated columns of an unconditional sample grid.
 _GRID_COLUMNS = 3
@@ -230,7 +237,8 @@ class DCGANDiscriminator(nn.Module):
     The class enters as ``condition`` says: one constant map per class concatenated with the
     image (``image_maps``, report 002's figure) or with the first layer's features
     (``feature_maps``), or ``projection`` (Miyato & Koyama 2018: the logit plus the inner product
-    of a learned class embedding with D's last features summed over space); ``class_bias`` adds
+    of a learned class embedding with D's last features summed over space); ``auxiliary`` (AC-GAN):
+    the image alone, and a class head beside the real / fake one (``scores``); ``class_bias`` adds
     what constant maps on the image add to D's first features, a per-class offset, as a bias
     outside the spectral norm. Constant maps on the image made even an unconditional DCGAN
     collapse where a plain first-layer bias did not (docs/experiment-dcgan-ct.md).
@@ -265,14 +273,24 @@ class DCGANDiscriminator(nn.Module):
             # Glorot init as Miyato & Koyama's code; spectrally normalised with the rest of a spectral D
             nn.init.xavier_uniform_(embed.weight)
             self.embed = nn.utils.parametrizations.spectral_norm(embed) if norm == "spectral" else embed
+        if n_classes and condition == "auxiliary":
+            self.classify = _conv(norm, width, n_classes, 4, 1, 0, bias=True)
 
     @staticmethod
     def _with_maps(x: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
         maps = F.one_hot(labels, n_classes).to(x.dtype)[:, :, None, None]
         return torch.cat([x, maps.expand(-1, -1, *x.shape[-2:])], dim=1)
 
+    def scores(self, images: torch.Tensor, labels: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B,) real / fake logits and, with ``auxiliary``, (B, n_classes) class logits (else None)."""
+        if self.n_classes and self.condition == "auxiliary":
+            features = self.net[:-1](images)
+            return self.net[-1](features).flatten(), self.classify(features).flatten(1)
+        return self(images, labels), None
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.n_classes:
+        if not self.n_classes or self.condition == "auxiliary":
             return self.net(images).flatten()
         if self.condition == "image_maps":
             return self.net(self._with_maps(images, labels, self.n_classes)).flatten()
@@ -447,12 +465,17 @@ class DCGAN(GANModel):
             fake = self.G(self._noise(len(real), real.device), labels).float()
         real_in, fake_in = self._seen_by_d(real), self._seen_by_d(fake)
         with self.autocast():
-            real_out, fake_out = self.D(real_in, labels).float(), self.D(fake_in, labels).float()
+            (real_out, real_classes), fake_out = self.D.scores(real_in, labels), self.D(fake_in, labels).float()
+            real_out = real_out.float()
         if kind == "bce":
             loss = adversarial_loss(kind, real_out, True) + adversarial_loss(kind, fake_out, False)
         else:
             loss = fake_out.mean() - real_out.mean()
         losses = {"d_real": self._score(kind, real_out.detach()), "d_fake": self._score(kind, fake_out.detach())}
+        if real_classes is not None:  # AC-GAN: D's class head learns the real slices' labels
+            losses["D_class"] = F.cross_entropy(real_classes.float(), labels)
+            losses["D_class_accuracy"] = (real_classes.argmax(1) == labels).float().mean()
+            loss = loss + cfg["aux_class_weight"] * losses["D_class"]
         if kind == "bce":
             losses["D_accuracy"] = 0.5 * ((real_out > 0).float().mean() + (fake_out < 0).float().mean())
         else:
@@ -472,11 +495,15 @@ class DCGAN(GANModel):
         kind = self.config["adversarial_loss"]
         with frozen(self.D), self.autocast():
             fake = self.G(self._noise(n, device), labels)
-            out = self.D(self._seen_by_d(fake), labels).float()
+            out, classes = self.D.scores(self._seen_by_d(fake), labels)
             # bce: the non-saturating loss (maximise log D(G(z))); Wasserstein: -mean critic(fake).
-            loss = adversarial_loss(kind, out, target_is_real=True)
+            loss = adversarial_loss(kind, out.float(), target_is_real=True)
+            losses = {}
+            if classes is not None:  # AC-GAN: G's images should be called the class asked
+                losses["G_class"] = F.cross_entropy(classes.float(), labels)
+                loss = loss + self.config["aux_class_weight"] * losses["G_class"]
         self.optimizer_step("G", loss)
-        return {"G": loss.detach()}
+        return {name: value.detach() for name, value in {"G": loss, **losses}.items()}
 
     # -- sample grids, state, export -------------------------------------------------------------
 
@@ -526,6 +553,8 @@ class ConditionalDCGAN(DCGAN):
     name = "cgan"
     inputs = (DataInput("images", labels=True),)
     knob_defaults = CGAN_KNOBS
+    loss_kinds = {**DCGAN.loss_kinds, "D_class": "discriminator", "G_class": "generator",
+                  "D_class_accuracy": "discriminator_output"}
 
     def __init__(self, config: Mapping[str, Any], weights_dir: Path | None, seed: int,
                  image_size: tuple[int, int] | None = None):
@@ -541,7 +570,14 @@ class ConditionalDCGAN(DCGAN):
             raise ConfigError(f"model.class_names needs two or more distinct names, got {names}")
         if cfg["d_condition"] not in D_CONDITIONS:
             raise ConfigError(f"model.d_condition must be one of {D_CONDITIONS}, got {cfg['d_condition']!r}")
+        weight = cfg["aux_class_weight"]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"model.aux_class_weight must be a number >= 0, got {weight!r}")
         return cfg
+
+    def _loss_names(self) -> tuple[str, ...]:
+        extra = ("D_class", "G_class", "D_class_accuracy") if self.config["d_condition"] == "auxiliary" else ()
+        return (*super()._loss_names(), *extra)
 
     @staticmethod
     def _n_classes(cfg: Mapping[str, Any]) -> int:
