@@ -80,9 +80,9 @@ def score(model: DCGAN, real_features: np.ndarray, real_subjects: np.ndarray, ne
     measures["mean_intensity"] = float(images.mean())
     if judge is not None and labels is not None:
         p_class_1 = classifier.probability_of_b(*judge, images)
-        for c, name in enumerate(model.config["class_names"]):
-            called = p_class_1[labels == c] > 0.5
-            measures[f"called_asked_{name}"] = float(called.mean() if c == 1 else 1.0 - called.mean())
+        for c, name in enumerate(model.config["class_names"]):  # as the evaluator: P(class asked) > 0.5
+            p_asked = p_class_1[labels == c] if c == 1 else 1.0 - p_class_1[labels == c]
+            measures[f"called_asked_{name}"] = float((p_asked > 0.5).mean())
     return measures
 
 
@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     data = load_labelled_slices(args.slices / "train.npz")
     test = load_labelled_slices(args.slices / "test.npz")
+    if args.judge and cls is not ConditionalDCGAN:
+        parser.error("--judge scores a conditional GAN's labels: add --conditional")
     judge = classifier.load_classifier(args.judge) if args.judge else None
     if args.checkpoints:
         score_checkpoints(args.checkpoints, args.experiment, args.configfile, test, args.seed)

@@ -14,10 +14,12 @@ from pipeline.device_check import projection
 from pipeline.device_check.profiles import experiments
 
 #: What a CPU run of a GPU profile changes besides the devices: bf16 autocast and torch.compile
-#: (the GPU's speed knobs; the device check covers bf16 at full size) off, and every job with a
-#: ``threads`` knob on all the cores Snakemake gives it (0: torch's default; its rule then reserves them all, so jobs run one at a time).
-#: The default profile's ``threads: 1`` lets small jobs share 2 cores; a full-size step on one
-#: thread would take twice as long (StyleGAN2's smoke: a training step of 32 at 128 px).
+#: (the GPU's speed knobs; the device check covers bf16 at full size) off, and every ``threads``
+#: knob at 0 (torch's default: as many threads as the job's rule reserves, which Snakemake passes on
+#: as OMP_NUM_THREADS). The train rule then reserves every core (``train_job_threads``); the other
+#: network rules keep their own ``threads:`` (the encoder 8, the segmenters 2, seg2ct's style
+#: variants 1, all capped at --cores). The default profile's ``threads: 1`` had StyleGAN2's full-size
+#: step (32 images at 128 px) on one thread of two.
 CPU_KNOBS = {"bf16": False, "compile": False, "threads": 0}
 
 

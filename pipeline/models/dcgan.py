@@ -56,15 +56,18 @@ and the other reached a coverage of 0.03 (0.49 without).
 Conditional GAN (``cgan``): the class enters G as a one-hot vector concatenated with z, and D
 as ``d_condition`` says: ``image_maps`` (report 002: one constant map per class concatenated
 with the image channels), ``class_bias``, ``feature_maps`` or ``projection`` (see
-DCGANDiscriminator). On the CPU default every choice collapsed by 600 steps; maps on the image
-collapse even an unconditional DCGAN (docs/experiment-dcgan-ct.md), so the others are there to
-be measured. ``auxiliary`` is the AC-GAN (Odena et al. 2017): D never sees the class; a second
-head on D's last features predicts it. That head learns from real slices only (cross-entropy with
-their labels, times ``aux_class_weight``), so it is a real-data classifier inside D; G's loss
-adds the same cross-entropy of its images against the class asked, so G is pushed to draw what
-tells the classes apart on real slices. Odena et al. also train the head on generated images
-(with the class asked); here it is not, so a G that ignores the label cannot teach D's head that
-its images are of the class asked. The fakes of a step are asked for the classes of that step's real
+DCGANDiscriminator). On the CPU default the first four collapsed by 600 steps with a spectral D;
+maps on the image collapse even an unconditional DCGAN (docs/experiment-dcgan-ct.md), so the
+others are there to be measured. ``auxiliary`` is an AC-GAN variant (Odena et al. 2017): D never
+sees the class; a second head on D's last features predicts it. That head's loss is the
+cross-entropy with the labels of real slices only (times ``aux_class_weight``; D's trunk is shared
+with the real / fake head, which sees generated images); G's loss adds the same cross-entropy of
+its images against the class asked, so G is pushed to draw what the head tells apart on real
+slices. Odena et al. also train the head on generated images (with the class asked); here it is
+not, so a G that ignores the label cannot teach D's head that its images are of the class asked.
+A judge trained on the same real slices is then not independent of what G optimised: G may meet
+the head with features no real slice has, so a share called as asked above the judge's own
+recall on real slices reads as exaggeration, not realism (docs/experiment-dcgan-ct.md). The fakes of a step are asked for the classes of that step's real
 batch, so G sees the training class mix; ``class_balanced: true`` draws the real batches
 class-balanced instead (each class equally often), e.g. for RSNA's ~14% haemorrhage.
 
@@ -72,7 +75,9 @@ History columns: ``D``, ``G`` losses; ``d_real`` / ``d_fake``, D's mean output o
 on the fake batch of each D step before its update (probabilities for bce, raw critic values
 for the Wasserstein losses): the report's own measure is the mean of ``d_fake`` over the last
 20 epochs. ``D_accuracy`` (bce), ``gp`` and ``wasserstein`` (mean critic real - fake) as the
-loss asks; ``instance_noise_std`` when noise is on.
+loss asks; ``instance_noise_std`` when noise is on; with ``auxiliary``, ``D_class`` (the class head's
+cross-entropy on the real batch), ``D_class_accuracy`` (its accuracy there) and ``G_class`` (on G's
+images against the class asked), whose weighted sums are part of ``D`` and ``G``.
 
 The sample grids show fixed noise vectors drawn once from the seed and kept in the checkpoint,
 so every grid of a run (resumed or not) shows the same z. The exported sampler draws its noise
@@ -548,7 +553,8 @@ class DCGAN(GANModel):
 
 
 class ConditionalDCGAN(DCGAN):
-    """DCGAN conditioned on a class (healthy / haemorrhage): G(z, y), D(x, y)."""
+    """DCGAN conditioned on a class (healthy / haemorrhage): G(z, y), D(x, y) (with ``auxiliary``,
+    D(x) and a class head)."""
 
     name = "cgan"
     inputs = (DataInput("images", labels=True),)
@@ -571,8 +577,8 @@ class ConditionalDCGAN(DCGAN):
         if cfg["d_condition"] not in D_CONDITIONS:
             raise ConfigError(f"model.d_condition must be one of {D_CONDITIONS}, got {cfg['d_condition']!r}")
         weight = cfg["aux_class_weight"]
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ConfigError(f"model.aux_class_weight must be a number >= 0, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+            raise ConfigError(f"model.aux_class_weight must be a finite number >= 0, got {weight!r}")
         return cfg
 
     def _loss_names(self) -> tuple[str, ...]:

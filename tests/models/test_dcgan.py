@@ -136,10 +136,12 @@ def test_minibatch_std_groups_a_batch_of_eight_in_fours_and_every_conditional_d_
         by_hand = features[members].std(dim=0, unbiased=False).mean()
         assert torch.allclose(spread[members], by_hand.expand(4), atol=1e-4)
     assert not torch.allclose(spread[0], spread[1], atol=1e-4)
-    for condition in ("image_maps", "feature_maps", "class_bias", "projection"):
+    for condition in ("image_maps", "feature_maps", "class_bias", "projection", "auxiliary"):
         knobs = {**SMALL, "d_norm": "spectral", "d_minibatch_std": 4, "d_condition": condition}
         cgan = ConditionalDCGAN(knobs, None, 0, image_size=(32, 32))
         assert cgan.D(torch.randn(8, 1, 32, 32), torch.randint(0, 2, (8,))).shape == (8,)
+        classes = cgan.D.scores(torch.randn(8, 1, 32, 32), torch.randint(0, 2, (8,)))[1]
+        assert (classes is None) == (condition != "auxiliary") and (classes is None or classes.shape == (8, 2))
 
 
 @pytest.mark.parametrize("overrides", [{"d_minibatch_std": 1}, {"d_minibatch_std": -2},
@@ -316,8 +318,10 @@ def test_acgan_d_sees_no_label_and_its_class_head_makes_g_draw_the_class_asked()
 def test_unknown_d_condition_is_refused():
     with pytest.raises(ConfigError, match="d_condition"):
         ConditionalDCGAN({**SMALL, "d_condition": "maps"}, None, 0, image_size=(32, 32))
-    with pytest.raises(ConfigError, match="aux_class_weight"):
-        ConditionalDCGAN({**SMALL, "d_condition": "auxiliary", "aux_class_weight": -1}, None, 0, image_size=(32, 32))
+    for weight in (-1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="aux_class_weight"):
+            ConditionalDCGAN({**SMALL, "d_condition": "auxiliary", "aux_class_weight": weight}, None, 0,
+                             image_size=(32, 32))
 
 
 def _label_only_sampler() -> GANSampler:
