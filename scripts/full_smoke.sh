@@ -28,6 +28,9 @@ cores=${CORES:-$(nproc)}
 nice_level=${NICE:-$([ "$device" = cpu ] && echo 10 || echo 0)}
 mkdir -p "$work/repo" "$work/runs"
 work=$(cd "$work" && pwd)
+# One smoke run per folder at a time: the unlock below would otherwise free another run's lock.
+exec 9>"$work/.running"
+flock -n 9 || { echo "full smoke: another run holds $work (.running)" >&2; exit 2; }
 bin=$(dirname "$(command -v "$py")")
 export PATH="$bin:$PATH" PYTHONUNBUFFERED=1 MEDGAN_PROGRESS=off DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true
 
@@ -43,6 +46,10 @@ for experiment in "${experiments[@]}"; do
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     started=$(date -Is)
     echo "full smoke: $experiment on $device ($cores cores, load $load_before)"
+    # a killed run (kill -9, the OOM killer, a lost session) leaves Snakemake's lock behind; the
+    # flock above says none is running here, so it is stale; --rerun-incomplete redoes its jobs
+    (cd "$work/repo" && "$bin/snakemake" --unlock --configfiles "${configs[@]}" -- "results/$experiment/metrics.json") \
+        >/dev/null 2>&1
     (cd "$work/repo" && nice -n "$nice_level" /usr/bin/time -v -o "$work/runs/$experiment.time" \
         "$bin/snakemake" --cores "$cores" --rerun-incomplete --configfiles "${configs[@]}" -- "results/$experiment/metrics.json") \
         >"$work/runs/$experiment.log" 2>&1
