@@ -93,7 +93,8 @@ def experiment_knobs(experiment: str, config_files: list[Path]) -> tuple[type[DC
 
 
 def run(name: str, cls: type[DCGAN], overrides: dict, data: dict, test: dict, steps: int, every: int, batch: int,
-        seed: int, grids: Path | None = None, blind_networks: tuple[str, ...] = (), judge: tuple | None = None) -> None:
+        seed: int, grids: Path | None = None, blind_networks: tuple[str, ...] = (),
+        judge: tuple | None = None) -> None:
     torch.manual_seed(seed)
     size = data["images"].shape[-1]
     model = cls(overrides, None, seed, image_size=(size, size))
@@ -126,7 +127,8 @@ def run(name: str, cls: type[DCGAN], overrides: dict, data: dict, test: dict, st
         if step % every == 0:
             model.eval()
             grid = None if grids is None else grids / f"{name}_step{step}.png"
-            measures = score(model, real_features, real_subjects, network, seed, grid, "G" in blind_networks, judge)
+            measures = score(model, real_features, real_subjects, network, seed, grid, "G" in blind_networks,
+                             judge)
             d_accuracy = float(np.mean(d_accuracies)) if d_accuracies else float("nan")
             d_accuracies = []
             print(json.dumps({"variant": name, "step": step, "epoch": epoch + 1, "cpu_s_train": round(cpu, 1),
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="cGAN diagnostic: this network sees class 0 for every image (repeatable)")
     parser.add_argument("--grids", type=Path, help="save a sample grid per scored step here (one row per class)")
     parser.add_argument("--judge", type=Path,
-                        help="cGAN: a real-data classifier.pt; each row gets the share called as asked per class")
+                        help="cGAN: a real-data classifier.pt; rows get the share called as asked per class")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
     args = parser.parse_args(argv)
     args.experiment = args.experiment or ("cgan_ct_haemorrhage" if args.conditional else "dcgan_ct_brain")
@@ -187,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, overrides in args.variant:
         knobs = {**base, **json.loads(overrides)}
         print(f"{name}: {json.dumps(knobs)}", file=sys.stderr, flush=True)
-        run(name, cls, knobs, data, test, args.steps, args.every, args.batch, args.seed, args.grids, tuple(args.blind),
-            judge)
+        run(name, cls, knobs, data, test, args.steps, args.every, args.batch, args.seed, args.grids,
+            tuple(args.blind), judge)
     return 0
 
 

@@ -67,9 +67,10 @@ slices. Odena et al. also train the head on generated images (with the class ask
 not, so a G that ignores the label cannot teach D's head that its images are of the class asked.
 A judge trained on the same real slices is then not independent of what G optimised: G may meet
 the head with features no real slice has, so a share called as asked above the judge's own
-recall on real slices reads as exaggeration, not realism (docs/experiment-dcgan-ct.md). The fakes of a step are asked for the classes of that step's real
-batch, so G sees the training class mix; ``class_balanced: true`` draws the real batches
-class-balanced instead (each class equally often), e.g. for RSNA's ~14% haemorrhage.
+recall on real slices reads as exaggeration, not realism (docs/experiment-dcgan-ct.md). The fakes
+of a step are asked for the classes of that step's real batch, so G sees the training class mix;
+``class_balanced: true`` draws the real batches class-balanced instead (each class equally often),
+e.g. for RSNA's ~14% haemorrhage.
 
 History columns: ``D``, ``G`` losses; ``d_real`` / ``d_fake``, D's mean output on the real and
 on the fake batch of each D step before its update (probabilities for bce, raw critic values
@@ -147,7 +148,7 @@ CGAN_KNOBS: dict[str, Any] = {
     "class_names": ["healthy", "haemorrhage"],  # class i is the npz label i
     "class_balanced": False,     # draw real batches class-balanced instead of in shuffled passes
     "d_condition": "image_maps",  # how the class enters D: image_maps (report 002) | ... | auxiliary (AC-GAN)
-    "aux_class_weight": 1.0,     # d_condition auxiliary: weight of the class cross-entropy in D's and G's losses
+    "aux_class_weight": 1.0,     # d_condition auxiliary: weight of the class cross-entropy (D's and G's loss)
 }
 #: Generated columns of an unconditional sample grid.
 _GRID_COLUMNS = 3
@@ -470,8 +471,8 @@ class DCGAN(GANModel):
             fake = self.G(self._noise(len(real), real.device), labels).float()
         real_in, fake_in = self._seen_by_d(real), self._seen_by_d(fake)
         with self.autocast():
-            (real_out, real_classes), fake_out = self.D.scores(real_in, labels), self.D(fake_in, labels).float()
-            real_out = real_out.float()
+            real_out, real_classes = self.D.scores(real_in, labels)
+            real_out, fake_out = real_out.float(), self.D(fake_in, labels).float()
         if kind == "bce":
             loss = adversarial_loss(kind, real_out, True) + adversarial_loss(kind, fake_out, False)
         else:
@@ -582,8 +583,8 @@ class ConditionalDCGAN(DCGAN):
         return cfg
 
     def _loss_names(self) -> tuple[str, ...]:
-        extra = ("D_class", "G_class", "D_class_accuracy") if self.config["d_condition"] == "auxiliary" else ()
-        return (*super()._loss_names(), *extra)
+        auxiliary = self.config["d_condition"] == "auxiliary"
+        return (*super()._loss_names(), *(("D_class", "G_class", "D_class_accuracy") if auxiliary else ()))
 
     @staticmethod
     def _n_classes(cfg: Mapping[str, Any]) -> int:
