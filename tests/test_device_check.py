@@ -163,9 +163,9 @@ def test_device_overlay_puts_every_device_knob_on_the_cpu():
     assert len(found) >= 2 * len(EXPECTED_STEP) + 3  # train + evaluate each; the encoder, inversion, edits
     assert {value for _, value in found} == {"cpu"}
     assert not merged["experiments"]["cyclegan_ct_mri"]["train"]["compile"]
-    # one-thread jobs of the default profile get every core on the CPU (StyleGAN2 sets 1 in params.yaml)
-    assert FULL["experiments"]["stylegan_cxr_cardiomegaly"]["train"]["threads"] == 1
-    assert merged["experiments"]["stylegan_cxr_cardiomegaly"]["train"]["threads"] == 0
+    # one-thread jobs of the default profile get every core on the CPU (map -> CT sets 1 in params.yaml)
+    assert FULL["experiments"]["seg2ct_style"]["train"]["threads"] == 1
+    assert merged["experiments"]["seg2ct_style"]["train"]["threads"] == 0
 
 
 def test_smoke_summary_reads_time_reports_and_benchmarks(tmp_path):

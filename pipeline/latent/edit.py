@@ -15,9 +15,14 @@ Directions (both unit vectors in w, or in flattened W+ when the codes differ per
 
 Each held-out (validation / test) healthy image's optimised code w (up to ``max_images``) becomes w + alpha v for
 every alpha in ``alphas``; alpha 0 is the unedited reconstruction. ``alpha_unit`` sets the length of v:
-``w`` (a unit vector) or ``pair_distance`` (v as long as the encoder-pair difference |mean E(I*) - E(I)|,
-for both directions), so alpha 1 is the encoder's own estimate of the move from a patient's healthy
-heart to the ladder's largest one, whatever the scale of G's w space. Measures per edited image:
+``w`` (a unit vector), ``w_std`` (each direction as long as the standard deviation of G's own codes
+along it: ``w_std_samples`` mapped z, projected on the unit direction; alpha 1 is one standard
+deviation of the codes G draws, whatever the scale of G's w space, as InterFaceGAN's edits are
+counted) or ``pair_distance`` (v as long as the encoder-pair difference |mean E(I*) - E(I)|, for
+all directions: alpha 1 is the encoder's own estimate of the move from a patient's healthy heart to
+the ladder's largest one; an encoder that shrinks its codes toward G's mean w shrinks that unit
+with them: measured on the proof run, a pair distance of 0.34 against a spread of 1.8 of G's codes
+along the same direction, docs/experiment-stylegan-cxr.md). Measures per edited image:
 - CTR, from the label map a heart / thorax segmenter (``pipeline/evaluate/measures/segmenter.py``, the
   U-Net of pipeline/evaluate/measures/segmenter.py, trained by its own rule on phantom slices with truth maps) predicts, through
   ``pipeline.preprocess.ctr.ctr_from_masks``; the segmenter's own CTR error on the held-out
@@ -68,11 +73,12 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "max_images": 32,                      # held-out healthy test images edited
     "n_figure_images": 4,                  # rows of the edit-sequence figure
     "target_ctr": 0.5,                     # CTR an edit toward cardiomegaly should reach (the phantom's threshold)
-    "alpha_unit": "w",                     # w (unit steps) | pair_distance (steps as long as the encoder-pair difference)
+    "alpha_unit": "w",                     # w (unit steps) | w_std (G's codes' std along each direction) | pair_distance
+    "w_std_samples": 2000,                 # mapped z whose spread along each direction is its unit (alpha_unit w_std)
     "ctr_regression_samples": 0,           # G samples whose measured CTR is regressed on w (0: no ctr_regression direction)
 }
 DIRECTIONS = ("encoder_pair", "lda", "ctr_regression")
-ALPHA_UNITS = ("w", "pair_distance")
+ALPHA_UNITS = ("w", "w_std", "pair_distance")
 
 
 def unit_direction(difference: np.ndarray, per_layer: bool) -> np.ndarray:
@@ -113,6 +119,21 @@ def regression_direction(w: np.ndarray, values: np.ndarray) -> tuple[np.ndarray,
         raise ConfigError("the CTR regression direction is zero: the measured CTR does not vary with w")
     r2 = 1.0 - float(np.sum((y - x @ coef) ** 2) / np.sum(y ** 2)) if np.sum(y ** 2) > 0 else float("nan")
     return coef / norm, r2
+
+
+def spread_along(step: np.ndarray, sample_ws: np.ndarray) -> float:
+    """Standard deviation (ddof 1) of G's codes ``sample_ws`` (n, w_dim) projected on the unit
+    (num_ws, w_dim) ``step``: on its first layer's w when the step repeats one w (W), on the whole
+    flattened step when it differs per layer (W+, the codes repeated over the layers)."""
+    step, sample_ws = np.asarray(step, np.float64), np.asarray(sample_ws, np.float64)
+    if np.allclose(step, step[:1]):
+        projection = sample_ws @ (step[0] / np.linalg.norm(step[0]))
+    else:
+        flat = step.ravel() / np.linalg.norm(step)
+        projection = np.repeat(sample_ws[:, None], len(step), axis=1).reshape(len(sample_ws), -1) @ flat
+    if len(projection) < 2:
+        raise ConfigError("edit.w_std_samples must be >= 2 to measure the codes' spread")
+    return float(np.std(projection, ddof=1))
 
 
 def direction_as_code(vector: np.ndarray, num_ws: int, w_dim: int) -> np.ndarray:
@@ -408,8 +429,16 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
             if settings["direction"] == "ctr_regression":
                 raise
             regression["reason"] = str(err)
-    step_length = difference_length(difference, per_layer) if settings["alpha_unit"] == "pair_distance" else 1.0
-    steps = {name: step * step_length for name, step in steps.items()}
+    if settings["alpha_unit"] == "pair_distance":
+        lengths = {name: difference_length(difference, per_layer) for name in steps}
+    elif settings["alpha_unit"] == "w_std":
+        z = sampler.noise(int(settings["w_std_samples"]), seed=seed + 11)
+        with torch.no_grad():
+            spread_ws = sampler.mapping(z).float().cpu()[:, 0].numpy()
+        lengths = {name: spread_along(step, spread_ws) for name, step in steps.items()}
+    else:
+        lengths = {name: 1.0 for name in steps}
+    steps = {name: step * lengths[name] for name, step in steps.items()}
 
     healthy = np.flatnonzero(codes["real_labels"] == 0)[: int(settings["max_images"])]
     if not len(healthy):
@@ -424,7 +453,8 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
         "settings": {**settings, "seed": seed},
         "device": str(device),
         "headline_direction": settings["direction"],
-        "step_length": {"alpha_unit": settings["alpha_unit"], "w_per_unit_alpha": step_length,
+        "step_length": {"alpha_unit": settings["alpha_unit"], "w_per_unit_alpha": lengths,
+                        "encoder_pair_distance": difference_length(difference, per_layer),
                         "what": "length in w of the step alpha = 1 (both directions)"},
         "direction_pairs": {"patients": [str(s) for s in ladder["subject_ids"][:n_pairs]],
                             "base_ctr": [float(ladder["ctr"][p, base_idx[p]]) for p in pairs],
@@ -507,6 +537,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key in ("direction_pairs", "max_images", "n_figure_images"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=DEFAULT_SETTINGS[key])
     parser.add_argument("--ctr-regression-samples", type=int, default=DEFAULT_SETTINGS["ctr_regression_samples"])
+    parser.add_argument("--w-std-samples", type=int, default=DEFAULT_SETTINGS["w_std_samples"],
+                        help="mapped z whose spread along each direction is alpha's unit (--alpha-unit w_std)")
     parser.add_argument("--alpha-unit", choices=ALPHA_UNITS, default=DEFAULT_SETTINGS["alpha_unit"])
     parser.add_argument("--target-ctr", type=float, default=DEFAULT_SETTINGS["target_ctr"],
                         help="CTR the edits should reach (at_target_ctr)")
@@ -529,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = {"alphas": list(args.alphas), "direction": args.edit_direction, "direction_pairs": args.direction_pairs,
                 "max_images": args.max_images, "n_figure_images": args.n_figure_images, "target_ctr": args.target_ctr,
-                "alpha_unit": args.alpha_unit, "ctr_regression_samples": args.ctr_regression_samples}
+                "alpha_unit": args.alpha_unit, "ctr_regression_samples": args.ctr_regression_samples,
+                "w_std_samples": args.w_std_samples}
     torch.manual_seed(args.seed)
     try:
         policy = IntervalPolicy(min_subjects=args.min_subjects, n_boot=args.n_boot, seed=args.seed)

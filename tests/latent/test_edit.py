@@ -216,3 +216,22 @@ def test_a_classifier_that_fails_its_check_leaves_no_probability_anywhere_in_the
     assert out["at_target_ctr"]["ctr"] == at_target["ctr"]  # the CTR needs no classifier
     passed = classifier_scores_checked(block, failed | {"usable": True, "reason": None})
     assert passed["at_target_ctr"]["probability"]["mean"] == at_target["probability"]["mean"]
+
+
+def test_w_std_unit_is_the_spread_of_gs_codes_along_each_direction():
+    """alpha_unit w_std: alpha 1 = the standard deviation of G's codes projected on the direction.
+    Codes drawn with std 3 along one axis and 0.5 across it: 3 along the axis, 0.5 across, and
+    (9 + 0.25) ** 0.5 / 2 ** 0.5 on the diagonal, in W (one w repeated) and in W+ (per layer)."""
+    from pipeline.latent.edit import spread_along
+
+    rng = np.random.default_rng(3)
+    ws = rng.normal(size=(20000, 4)) * np.array([3.0, 0.5, 0.5, 0.5]) + 7.0   # the mean plays no part
+    along, across = np.zeros((2, 4)), np.zeros((2, 4))
+    along[:, 0], across[:, 1] = 1.0, 1.0
+    assert abs(spread_along(along, ws) - 3.0) < 0.05
+    assert abs(spread_along(across, ws) - 0.5) < 0.01
+    diagonal = unit_direction(np.array([[1.0, 1.0, 0, 0]] * 2), per_layer=False)
+    assert abs(spread_along(diagonal, ws) - np.sqrt((9 + 0.25) / 2)) < 0.05
+    # W+: a step differing per layer, on codes repeated over the layers (norm over all entries)
+    plus = unit_direction(np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), per_layer=True)
+    assert abs(spread_along(plus, ws) - np.sqrt((3.0 ** 2 + 0.5 ** 2) / 2)) < 0.05
