@@ -18,8 +18,8 @@ from pipeline.device_check.profiles import experiments
 #: knob at 0 (torch's default: as many threads as the job's rule reserves, which Snakemake passes on
 #: as OMP_NUM_THREADS). The train rule then reserves every core (``train_job_threads``); the other
 #: network rules keep their own ``threads:`` (the encoder 8, the segmenters 2, seg2ct's style
-#: variants 1, all capped at --cores). The default profile's ``threads: 1`` had StyleGAN2's full-size
-#: step (32 images at 128 px) on one thread of two.
+#: variants 1, all capped at --cores). The default profile's ``threads: 1`` (StyleGAN2's until
+#: 2f43039, map -> CT's still) had StyleGAN2's full-size step (32 images at 128 px) on one thread of two.
 CPU_KNOBS = {"bf16": False, "compile": False, "threads": 0}
 
 

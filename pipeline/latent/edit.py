@@ -1,7 +1,7 @@
 """Disease-aware editing (report 004, Fig. 2C-D): move held-out healthy codes along a latent
 direction toward cardiomegaly and measure what the edit did.
 
-Directions (both unit vectors in w, or in flattened W+ when the codes differ per layer):
+Directions (unit vectors in w, or in flattened W+ when the codes differ per layer):
 - ``encoder_pair`` (the report's recipe): v = normalise(mean_k E(I*_k) - E(I_k)) over the first
   ``direction_pairs`` patients of the phantom's CTR ladder, I the patient's own healthy render
   and I* the same patient rendered with the ladder's largest heart (the report edited I by hand
@@ -16,9 +16,10 @@ Directions (both unit vectors in w, or in flattened W+ when the codes differ per
 Each held-out (validation / test) healthy image's optimised code w (up to ``max_images``) becomes w + alpha v for
 every alpha in ``alphas``; alpha 0 is the unedited reconstruction. ``alpha_unit`` sets the length of v:
 ``w`` (a unit vector), ``w_std`` (each direction as long as the standard deviation of G's own codes
-along it: ``w_std_samples`` mapped z, projected on the unit direction; alpha 1 is one standard
-deviation of the codes G draws, whatever the scale of G's w space, as InterFaceGAN's edits are
-counted) or ``pair_distance`` (v as long as the encoder-pair difference |mean E(I*) - E(I)|, for
+along it: ``w_std_samples`` mapped z, projected on the direction; alpha 1 is one standard
+deviation of the codes G draws along that direction, whatever the scale of G's w space, as
+GANSpace counts its edits; each direction has its own length in w, written to
+``step_length``) or ``pair_distance`` (v as long as the encoder-pair difference |mean E(I*) - E(I)|, for
 all directions: alpha 1 is the encoder's own estimate of the move from a patient's healthy heart to
 the ladder's largest one; an encoder that shrinks its codes toward G's mean w shrinks that unit
 with them: measured on the proof run, a pair distance of 0.34 against a spread of 1.8 of G's codes
@@ -67,14 +68,15 @@ from pipeline.errors import ConfigError, InputDataError, PipelineError
 log = logging.getLogger("pipeline.latent.edit")
 
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "alphas": [0.0, 1.0, 2.0, 3.0, 4.0],   # steps along the unit direction (w units)
+    "alphas": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0],   # steps along the direction, in alpha_unit
     "direction": "encoder_pair",           # the headline direction: encoder_pair | lda
     "direction_pairs": 1,                  # ladder patients whose (healthy, enlarged) pair makes v (report: 1)
     "max_images": 32,                      # held-out healthy test images edited
     "n_figure_images": 4,                  # rows of the edit-sequence figure
     "target_ctr": 0.5,                     # CTR an edit toward cardiomegaly should reach (the phantom's threshold)
-    "alpha_unit": "w",                     # w (unit steps) | w_std (G's codes' std along each direction) | pair_distance
-    "w_std_samples": 2000,                 # mapped z whose spread along each direction is its unit (alpha_unit w_std)
+    "alpha_unit": "w_std",                 # w_std (G's codes' std along each direction) | w (unit steps) | pair_distance
+    "w_std_samples": 2000,                 # mapped z whose spread along each direction is its unit (alpha_unit w_std;
+                                           # not inversion's n_w_std_samples: one overall spread for its noise)
     "ctr_regression_samples": 0,           # G samples whose measured CTR is regressed on w (0: no ctr_regression direction)
 }
 DIRECTIONS = ("encoder_pair", "lda", "ctr_regression")
@@ -122,18 +124,23 @@ def regression_direction(w: np.ndarray, values: np.ndarray) -> tuple[np.ndarray,
 
 
 def spread_along(step: np.ndarray, sample_ws: np.ndarray) -> float:
-    """Standard deviation (ddof 1) of G's codes ``sample_ws`` (n, w_dim) projected on the unit
-    (num_ws, w_dim) ``step``: on its first layer's w when the step repeats one w (W), on the whole
-    flattened step when it differs per layer (W+, the codes repeated over the layers)."""
+    """The multiplier that makes ``step`` (num_ws, w_dim) one standard deviation (ddof 1) of G's codes
+    along it. G's codes ``sample_ws`` (n, w_dim) are repeated over the layers, so in the flattened
+    code space their projection on the step's direction is ``w . sum_l step_l / |step|`` and its
+    standard deviation sigma; the move ``sigma * step / |step|`` is ``step`` times
+    ``sigma / |step|``, i.e. ``std(w . sum_l step_l) / |step|^2``. One formula whatever the step's
+    scale: a unit w repeated over the layers (W) moves each layer by the std of ``w . u``; a step
+    differing per layer (W+), or a W step normalised over all layers, the same way. A direction
+    along which G's codes do not vary (or a non-finite spread) is an error, never a zero step."""
     step, sample_ws = np.asarray(step, np.float64), np.asarray(sample_ws, np.float64)
-    if np.allclose(step, step[:1]):
-        projection = sample_ws @ (step[0] / np.linalg.norm(step[0]))
-    else:
-        flat = step.ravel() / np.linalg.norm(step)
-        projection = np.repeat(sample_ws[:, None], len(step), axis=1).reshape(len(sample_ws), -1) @ flat
-    if len(projection) < 2:
+    if len(sample_ws) < 2:
         raise ConfigError("edit.w_std_samples must be >= 2 to measure the codes' spread")
-    return float(np.std(projection, ddof=1))
+    norm2 = float(np.sum(step ** 2))
+    multiplier = float(np.std(sample_ws @ step.sum(axis=0), ddof=1)) / norm2 if norm2 > 0 else float("nan")
+    if not np.isfinite(multiplier) or multiplier <= 1e-12:
+        raise ConfigError(f"G's codes do not vary along this edit direction (spread {multiplier!r}): "
+                          "alpha_unit w_std has no unit here; use alpha_unit w")
+    return multiplier
 
 
 def direction_as_code(vector: np.ndarray, num_ws: int, w_dim: int) -> np.ndarray:
@@ -231,6 +238,16 @@ def measure_ctr(maps: np.ndarray) -> np.ndarray:
     return np.array([ctr_from_masks(m) for m in maps], np.float64)
 
 
+def measure_widths(maps: np.ndarray) -> np.ndarray:
+    """(n, 2) heart and thoracic widths in pixels, as ``ctr_from_masks`` measures them (NaN where
+    the map has no heart or no thorax, as the CTR is)."""
+    from pipeline.preprocess.ctr import heart_width_px, thoracic_width_px
+
+    out = np.array([[heart_width_px(m), thoracic_width_px(m)] for m in maps], np.float64).reshape(-1, 2)
+    out[(out == 0).any(axis=1)] = np.nan
+    return out
+
+
 def _summary(values: np.ndarray, subjects: np.ndarray, policy) -> dict:
     from pipeline.evaluate.measures.summary import summarise
 
@@ -298,6 +315,7 @@ def edit_block(sampler, measures: EditMeasures, codes: np.ndarray, subjects: np.
     images = render(sampler, torch.from_numpy(edited.reshape(n * n_alpha, *edited.shape[2:])).float())
     maps = measures.maps(images)
     ctr = measure_ctr(maps).reshape(n, n_alpha)
+    widths = measure_widths(maps).reshape(n, n_alpha, 2)
     probability = measures.probability(images).reshape(n, n_alpha)
     images = images.reshape(n, n_alpha, *images.shape[1:])
     maps = maps.reshape(n, n_alpha, *maps.shape[1:])
@@ -315,6 +333,13 @@ def edit_block(sampler, measures: EditMeasures, codes: np.ndarray, subjects: np.
         "ctr_per_alpha": [{"alpha": float(alpha), **_summary(ctr[:, a], subjects, policy)}
                           for a, alpha in enumerate(alphas)],
         "ctr_slope_per_unit_alpha": _summary(slopes(alphas, ctr), subjects, policy),
+        # the CTR's two parts: a heart that widens, or a thorax that narrows (the same ratio either way)
+        "heart_width_px_per_alpha": [{"alpha": float(alpha), **_summary(widths[:, a, 0], subjects, policy)}
+                                     for a, alpha in enumerate(alphas)],
+        "thorax_width_px_per_alpha": [{"alpha": float(alpha), **_summary(widths[:, a, 1], subjects, policy)}
+                                      for a, alpha in enumerate(alphas)],
+        "heart_width_slope_px_per_unit_alpha": _summary(slopes(alphas, widths[..., 0]), subjects, policy),
+        "thorax_width_slope_px_per_unit_alpha": _summary(slopes(alphas, widths[..., 1]), subjects, policy),
         "probability_per_alpha": [{"alpha": float(alpha), **_summary(probability[:, a], subjects, policy)}
                                   for a, alpha in enumerate(alphas)],
         "probability_slope_per_unit_alpha": _summary(slopes(alphas, probability), subjects, policy),
@@ -455,7 +480,8 @@ def run_edits(generator_path: Path, encoder_path: Path, codes_path: Path, direct
         "headline_direction": settings["direction"],
         "step_length": {"alpha_unit": settings["alpha_unit"], "w_per_unit_alpha": lengths,
                         "encoder_pair_distance": difference_length(difference, per_layer),
-                        "what": "length in w of the step alpha = 1 (both directions)"},
+                        "what": "length in w of the step alpha = 1, per direction (the encoder's pair distance "
+                                "beside it)"},
         "direction_pairs": {"patients": [str(s) for s in ladder["subject_ids"][:n_pairs]],
                             "base_ctr": [float(ladder["ctr"][p, base_idx[p]]) for p in pairs],
                             "enlarged_ctr": [float(ladder["ctr"][p, enlarged_idx[p]]) for p in pairs]},

@@ -219,19 +219,54 @@ def test_a_classifier_that_fails_its_check_leaves_no_probability_anywhere_in_the
 
 
 def test_w_std_unit_is_the_spread_of_gs_codes_along_each_direction():
-    """alpha_unit w_std: alpha 1 = the standard deviation of G's codes projected on the direction.
-    Codes drawn with std 3 along one axis and 0.5 across it: 3 along the axis, 0.5 across, and
-    (9 + 0.25) ** 0.5 / 2 ** 0.5 on the diagonal, in W (one w repeated) and in W+ (per layer)."""
+    """alpha_unit w_std: alpha 1 moves the codes by one standard deviation of G's codes along the
+    direction, whatever the step's scale. Codes drawn with std 3 along one axis and 0.5 across it
+    (mean 7, which plays no part); checked by the move each layer gets (step x multiplier)."""
+    import pytest
+
+    from pipeline.errors import ConfigError
     from pipeline.latent.edit import spread_along
 
     rng = np.random.default_rng(3)
-    ws = rng.normal(size=(20000, 4)) * np.array([3.0, 0.5, 0.5, 0.5]) + 7.0   # the mean plays no part
-    along, across = np.zeros((2, 4)), np.zeros((2, 4))
+    ws = rng.normal(size=(20000, 4)) * np.array([3.0, 0.5, 0.5, 0.5]) + 7.0
+    layers = 2
+
+    def move(step):
+        return np.asarray(step) * spread_along(step, ws)
+
+    along, across = np.zeros((layers, 4)), np.zeros((layers, 4))
     along[:, 0], across[:, 1] = 1.0, 1.0
-    assert abs(spread_along(along, ws) - 3.0) < 0.05
-    assert abs(spread_along(across, ws) - 0.5) < 0.01
-    diagonal = unit_direction(np.array([[1.0, 1.0, 0, 0]] * 2), per_layer=False)
-    assert abs(spread_along(diagonal, ws) - np.sqrt((9 + 0.25) / 2)) < 0.05
-    # W+: a step differing per layer, on codes repeated over the layers (norm over all entries)
+    assert np.allclose(move(along), [[3.0, 0, 0, 0]] * layers, atol=0.05)       # W: each layer moves by 3
+    assert np.allclose(move(across), [[0, 0.5, 0, 0]] * layers, atol=0.01)
+    diagonal = unit_direction(np.array([[1.0, 1.0, 0, 0]] * layers), per_layer=False)
+    expected = np.sqrt((9 + 0.25) / 2) * np.array([1.0, 1.0, 0, 0]) / np.sqrt(2)
+    assert np.allclose(move(diagonal), [expected] * layers, atol=0.05)
+    # the same W direction normalised over all layers (W+ inversion, W encoder): rows u / sqrt(layers);
+    # the move must not shrink by sqrt(layers) (a review found the first version's did)
+    flat_unit = unit_direction(along, per_layer=True)
+    assert np.allclose(flat_unit, along / np.sqrt(layers))
+    assert np.allclose(move(flat_unit), [[3.0, 0, 0, 0]] * layers, atol=0.05)
+    # W+: a step differing per layer on codes repeated over the layers: sigma of w . (s_1 + s_2) / |s|
     plus = unit_direction(np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), per_layer=True)
-    assert abs(spread_along(plus, ws) - np.sqrt((3.0 ** 2 + 0.5 ** 2) / 2)) < 0.05
+    sigma = np.sqrt((3.0 ** 2 + 0.5 ** 2) / 2)
+    assert np.allclose(move(plus), sigma * plus, atol=0.05)
+    # no spread along the direction: an error, not a zero step
+    with pytest.raises(ConfigError, match="do not vary"):
+        spread_along(across, np.repeat(ws[:1], 10, axis=0))
+
+
+def test_edit_block_reports_the_heart_and_thorax_widths_behind_the_ctr():
+    """The CTR rises when the heart widens or when the thorax narrows: the edit block keeps both
+    widths per alpha, as ctr_from_masks measures them (a review asked which one an edit moved)."""
+    from pipeline.latent.edit import measure_widths
+
+    maps = np.zeros((3, 16, 16), np.int64)
+    maps[0, 2:14, 2:14] = 1
+    maps[0, 8:12, 6:10] = 2          # heart 4 px wide, thorax 12
+    maps[1, 2:14, 4:12] = 1          # thorax 8, no heart: no CTR, so no widths either
+    maps[2, 5, 1:15] = 1
+    maps[2, 9:11, 3:12] = 2          # heart 9 (columns 3-11), thorax 14 (the longest row)
+    widths = measure_widths(maps)
+    assert widths[0].tolist() == [4.0, 12.0]
+    assert np.isnan(widths[1]).all()
+    assert widths[2].tolist() == [9.0, 14.0]
