@@ -10,7 +10,11 @@ stdout; the CPU seconds of training and D's mean accuracy since the last row bes
 (``--grids``: the samples' first twelve per class as a PNG per row, to look at). With ``--judge``
 (a real-data classifier.pt of the experiment, e.g. models/cgan_ct_haemorrhage/classifier.pt) each
 row of a cGAN also has, per class, the share of the samples asked for it that the judge calls it
-(P > 0.5, as metrics.json's ``share_called_asked``). What docs/experiment-dcgan-ct.md reports.
+(P > 0.5, as metrics.json's ``share_called_asked``). With ``--frd N`` each row also has FRD (the
+evaluator's: frd-score's radiomic features, pipeline/evaluate/measures/frd.py) of N evenly spaced
+samples against N evenly spaced real test slices, and a first row its real-vs-real floor (N
+training slices against the same test slices, as metrics.json's ``distribution/floor/frd``; one
+radiomics process, ~0.15 CPU-s an image). What docs/experiment-dcgan-ct.md reports.
 
     python scripts/dcgan_ablation.py --slices data/slices/ct_haemorrhage --steps 600 \
         --variant batch '{"d_norm": "batch"}' --variant spectral '{"d_norm": "spectral"}'
@@ -34,8 +38,8 @@ import numpy as np
 import torch
 
 from pipeline.config import load_params
-from pipeline.evaluate.measures import classifier, diversity, embedding, prdc
-from pipeline.evaluate.measures.slices import load_labelled_slices
+from pipeline.evaluate.measures import classifier, diversity, embedding, frd, prdc
+from pipeline.evaluate.measures.slices import fixed_sample_indices, load_labelled_slices
 from pipeline.models.dcgan import ConditionalDCGAN, DCGAN
 
 N_SAMPLES = 200
@@ -66,7 +70,8 @@ def blind(network: torch.nn.Module) -> None:
 
 
 def score(model: DCGAN, real_features: np.ndarray, real_subjects: np.ndarray, network, seed: int,
-          grid: Path | None = None, blind_g: bool = False, judge: tuple | None = None) -> dict:
+          grid: Path | None = None, blind_g: bool = False, judge: tuple | None = None,
+          frd_real: np.ndarray | None = None) -> dict:
     sampler = DCGAN.load_export(model.export() | {"image_size": [model.image_size] * 2}, "cpu") if not model.n_classes \
         else ConditionalDCGAN.load_export(model.export() | {"image_size": [model.image_size] * 2}, "cpu")
     labels = None if not model.n_classes else np.arange(N_SAMPLES) % model.n_classes
@@ -78,12 +83,29 @@ def score(model: DCGAN, real_features: np.ndarray, real_subjects: np.ndarray, ne
     ids = np.array([f"g{i}" for i in range(N_SAMPLES)])
     measures["diversity_ratio"] = diversity.MeanPairwiseDistance(real_features, real_subjects, features, ids).ratio()
     measures["mean_intensity"] = float(images.mean())
+    if frd_real is not None:
+        rows = fixed_sample_indices(N_SAMPLES, len(frd_real))
+        measures["frd"] = frd.frd_from_features(frd_real, radiomic_features(images[rows]))[0]
     if judge is not None and labels is not None:
         p_class_1 = classifier.probability_of_b(*judge, images)
         for c, name in enumerate(model.config["class_names"]):  # as the evaluator: P(class asked) > 0.5
             p_asked = p_class_1[labels == c] if c == 1 else 1.0 - p_class_1[labels == c]
             measures[f"called_asked_{name}"] = float((p_asked > 0.5).mean())
     return measures
+
+
+def radiomic_features(images: np.ndarray) -> np.ndarray:
+    """The evaluator's radiomic features of (N, H, W) slices in [0, 1], in this one process (the
+    ablations run one thread each, side by side)."""
+    return frd.radiomic_features(images, workers=1)[0]
+
+
+def frd_reference(data: dict, test: dict, n_images: int) -> tuple[np.ndarray, float | None]:
+    """Radiomic features of ``n_images`` evenly spaced real test slices, and the real-vs-real floor:
+    FRD of as many evenly spaced training slices against them."""
+    real = radiomic_features(test["images"][fixed_sample_indices(len(test["images"]), n_images)])
+    floor = radiomic_features(data["images"][fixed_sample_indices(len(data["images"]), n_images)])
+    return real, frd.frd_from_features(real, floor)[0]
 
 
 def experiment_knobs(experiment: str, config_files: list[Path]) -> tuple[type[DCGAN], dict]:
@@ -94,7 +116,7 @@ def experiment_knobs(experiment: str, config_files: list[Path]) -> tuple[type[DC
 
 def run(name: str, cls: type[DCGAN], overrides: dict, data: dict, test: dict, steps: int, every: int, batch: int,
         seed: int, grids: Path | None = None, blind_networks: tuple[str, ...] = (),
-        judge: tuple | None = None) -> None:
+        judge: tuple | None = None, frd_images: int = 0) -> None:
     torch.manual_seed(seed)
     size = data["images"].shape[-1]
     model = cls(overrides, None, seed, image_size=(size, size))
@@ -105,6 +127,11 @@ def run(name: str, cls: type[DCGAN], overrides: dict, data: dict, test: dict, st
     network = embedding.build_random_vgg()
     real_features = embedding.embed(test["images"], 64, network)
     real_subjects = test["subject_ids"].astype(str)
+    frd_real = None
+    if frd_images:
+        frd_real, floor = frd_reference(data, test, frd_images)
+        print(json.dumps({"variant": name, "step": 0, "frd_floor_real_vs_real": None if floor is None
+                          else round(floor, 3), "frd_images": len(frd_real)}), flush=True)
     order_rng = torch.Generator().manual_seed(seed)
     per_epoch = len(images) // batch
     cpu = 0.0
@@ -128,11 +155,11 @@ def run(name: str, cls: type[DCGAN], overrides: dict, data: dict, test: dict, st
             model.eval()
             grid = None if grids is None else grids / f"{name}_step{step}.png"
             measures = score(model, real_features, real_subjects, network, seed, grid, "G" in blind_networks,
-                             judge)
+                             judge, frd_real)
             d_accuracy = float(np.mean(d_accuracies)) if d_accuracies else float("nan")
             d_accuracies = []
             print(json.dumps({"variant": name, "step": step, "epoch": epoch + 1, "cpu_s_train": round(cpu, 1),
-                              **{k: round(v, 3) for k, v in measures.items()},
+                              **{k: None if v is None else round(v, 3) for k, v in measures.items()},
                               "d_accuracy_since_last": round(d_accuracy, 3)}), flush=True)
 
 
@@ -171,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grids", type=Path, help="save a sample grid per scored step here (one row per class)")
     parser.add_argument("--judge", type=Path,
                         help="cGAN: a real-data classifier.pt; rows get the share called as asked per class")
+    parser.add_argument("--frd", type=int, default=0, metavar="N",
+                        help="also FRD of N samples against N real test slices per row, and the real-vs-real floor")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
     args = parser.parse_args(argv)
     args.experiment = args.experiment or ("cgan_ct_haemorrhage" if args.conditional else "dcgan_ct_brain")
@@ -190,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         knobs = {**base, **json.loads(overrides)}
         print(f"{name}: {json.dumps(knobs)}", file=sys.stderr, flush=True)
         run(name, cls, knobs, data, test, args.steps, args.every, args.batch, args.seed, args.grids,
-            tuple(args.blind), judge)
+            tuple(args.blind), judge, args.frd)
     return 0
 
 

@@ -108,6 +108,8 @@ log = logging.getLogger(__name__)
 GENERATION_LOSSES = ("bce", "wgan_gp", "wgan_clip")
 D_NORMS = ("auto", "batch", "layer", "spectral", "none")
 DCGAN_AUGMENTS = ("none", "diffaugment")
+#: How G doubles its maps: transposed convolutions (DCGAN) or nearest-neighbour resize + convolution.
+G_UPSAMPLES = ("transposed", "resize")
 D_CONDITIONS = ("image_maps", "feature_maps", "class_bias", "projection", "auxiliary")
 OPTIMIZERS = ("adam", "rmsprop")
 #: Each loss's optimiser as its paper trained it; a knob left at "auto" takes its value from here.
@@ -142,6 +144,7 @@ DCGAN_KNOBS: dict[str, Any] = {
     "adam_betas": None,
     "n_fixed_noise": 64,         # fixed noise vectors kept for the sample grids
     "d_minibatch_std": 0,        # D sees the images' spread over groups of this many (ProGAN); 0: off
+    "g_upsample": "transposed",  # transposed (DCGAN, report 002) | resize: nearest x2 + 3x3 conv (Odena et al. 2016)
 }
 CGAN_KNOBS: dict[str, Any] = {
     **DCGAN_KNOBS,
@@ -184,21 +187,33 @@ def _optimizer(cfg: Mapping[str, Any], net: nn.Module, lr: float) -> torch.optim
     return torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(cfg["adam_betas"]), fused=True)
 
 
-class DCGANGenerator(nn.Module):
-    """z (B, nz) [+ one-hot (B, n_classes)] -> (B, 1, S, S) in [-1, 1]."""
+def _doubling(upsample: str, channels_in: int, channels_out: int) -> list[nn.Module]:
+    """One of G's 2x layers: a k4 s2 transposed convolution (DCGAN), or ``resize``: nearest-neighbour
+    upsampling then a k3 convolution (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts":
+    a stride-2 k4 transposed convolution spreads each input pixel unevenly over the output, which
+    draws a checkerboard; the resize spreads it evenly)."""
+    if upsample == "resize":
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels_in, channels_out, 3, 1, 1, bias=False)]
+    return [nn.ConvTranspose2d(channels_in, channels_out, 4, 2, 1, bias=False)]
 
-    def __init__(self, image_size: int, nz: int, ngf: int, n_classes: int = 0):
+
+class DCGANGenerator(nn.Module):
+    """z (B, nz) [+ one-hot (B, n_classes)] -> (B, 1, S, S) in [-1, 1]; ``upsample`` (G_UPSAMPLES) says
+    how each stride-2 layer doubles the maps (the first, 1 -> 4 px, is a transposed convolution in both)."""
+
+    def __init__(self, image_size: int, nz: int, ngf: int, n_classes: int = 0, upsample: str = "transposed"):
         super().__init__()
+        if upsample not in G_UPSAMPLES:
+            raise ConfigError(f"model.g_upsample must be one of {G_UPSAMPLES}, got {upsample!r}")
         self.nz, self.n_classes, self.image_size = nz, n_classes, image_size
         n = _n_doublings(image_size)
         width = ngf * 2 ** (n - 1)
         layers: list[nn.Module] = [nn.ConvTranspose2d(nz + n_classes, width, 4, 1, 0, bias=False),
                                    nn.BatchNorm2d(width), nn.ReLU(True)]
         for _ in range(n - 1):
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2),
-                       nn.ReLU(True)]
+            layers += [*_doubling(upsample, width, width // 2), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
             width //= 2
-        layers += [nn.ConvTranspose2d(width, 1, 4, 2, 1, bias=False), nn.Tanh()]
+        layers += [*_doubling(upsample, width, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -331,7 +346,7 @@ class DCGAN(GANModel):
             raise ConfigError(f"the DCGAN takes square images, got {image_size}: set train.image_size")
         self.image_size = int(image_size[0])
         self.n_classes = self._n_classes(cfg)
-        self.G = DCGANGenerator(self.image_size, cfg["nz"], cfg["ngf"], self.n_classes)
+        self.G = DCGANGenerator(self.image_size, cfg["nz"], cfg["ngf"], self.n_classes, cfg["g_upsample"])
         self.D = DCGANDiscriminator(self.image_size, cfg["ndf"], self.n_classes, self._d_norm(cfg),
                                     cfg.get("d_condition", "image_maps"), cfg["d_minibatch_std"])
         _init_dcgan(self.G, cfg["init_std"])
@@ -387,6 +402,8 @@ class DCGAN(GANModel):
         if not 0 <= cfg["translate_fraction"] < 0.5 or not 0 <= cfg["cutout_fraction"] < 1:
             raise ConfigError("model.translate_fraction must be in [0, 0.5) and cutout_fraction in [0, 1), got "
                               f"{cfg['translate_fraction']} and {cfg['cutout_fraction']}")
+        if cfg["g_upsample"] not in G_UPSAMPLES:
+            raise ConfigError(f"model.g_upsample must be one of {G_UPSAMPLES}, got {cfg['g_upsample']!r}")
         if not isinstance(cfg["adam_betas"], (list, tuple)) or len(cfg["adam_betas"]) != 2:
             raise ConfigError(f"model.adam_betas needs two values, got {cfg['adam_betas']}")
         return cfg
@@ -547,7 +564,7 @@ class DCGAN(GANModel):
     def load_export(cls, payload: dict[str, Any], device: str | torch.device) -> "GANSampler":
         cfg = cls.resolve_config(payload["config"])
         height, width = (int(v) for v in payload["image_size"])
-        generator = DCGANGenerator(height, cfg["nz"], cfg["ngf"], cls._n_classes(cfg))
+        generator = DCGANGenerator(height, cfg["nz"], cfg["ngf"], cls._n_classes(cfg), cfg["g_upsample"])
         generator.load_state_dict(payload["networks"]["G"])
         names = list(cfg.get("class_names", []))
         return GANSampler(generator.to(device).eval(), (height, width), names, torch.device(device))

@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 from pipeline.models import load_trained, model_class
-from pipeline.models.dcgan import ConditionalDCGAN, DCGAN, DCGANDiscriminator, DCGANGenerator, GANSampler
+from pipeline.models.dcgan import ConditionalDCGAN, DCGAN, DCGANDiscriminator, DCGANGenerator, GANSampler, _doubling
 
 SMALL = {"ngf": 8, "ndf": 2, "nz": 10}
 
@@ -392,3 +392,34 @@ def test_registry_finds_the_generators_by_name():
 def test_discriminator_outputs_one_score_per_image_at_any_supported_size():
     for size in (16, 32):
         assert DCGANDiscriminator(size, 4, 0, "none")(torch.rand(5, 1, size, size)).shape == (5,)
+
+
+def test_a_resize_doubling_keeps_a_flat_map_flat_where_the_transposed_convolution_draws_a_checkerboard():
+    """g_upsample resize (Odena et al. 2016): whatever its weights, a doubling layer maps a flat input to a
+    flat output away from the border; a k4 s2 transposed convolution with the same kind of weights gives
+    each pixel parity its own value, a 2x2 pattern repeated over the image."""
+    torch.manual_seed(0)
+    flat = torch.ones(1, 1, 8, 8)
+    for upsample in ("transposed", "resize"):
+        layers = nn.Sequential(*_doubling(upsample, 1, 1))
+        interior = layers(flat)[0, 0, 2:-2, 2:-2].detach()
+        assert interior.shape == (12, 12)
+        parities = {(i, j): interior[i::2, j::2] for i in (0, 1) for j in (0, 1)}
+        assert all(torch.allclose(block, block[0, 0]) for block in parities.values())  # period 2 at most
+        values = torch.stack([block[0, 0] for block in parities.values()])
+        assert bool(torch.allclose(values, values[0])) is (upsample == "resize"), upsample
+
+
+def test_resize_generator_builds_trains_exports_and_is_refused_when_misspelt(tmp_path):
+    model = DCGAN({**SMALL, "g_upsample": "resize"}, None, 1, image_size=(32, 32))
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in list(model.G.net)[1:])
+    assert sum(isinstance(m, nn.Upsample) for m in model.G.net) == 3  # 4 -> 8 -> 16 -> 32
+    assert model.G(torch.randn(2, 10)).shape == (2, 1, 32, 32)
+    torch.save({**model.export(), "image_size": [32, 32]}, tmp_path / "model.pt")
+    sampler = load_trained(tmp_path / "model.pt")  # the export carries the knob: its G has the same layers
+    model.G.eval()
+    with torch.no_grad():
+        direct = (model.G(sampler.noise(3, 7)) + 1) / 2
+    np.testing.assert_allclose(sampler.sample(3, seed=7), direct.clamp(0, 1)[:, 0].numpy(), atol=1e-6)
+    with pytest.raises(ConfigError, match="g_upsample"):
+        DCGAN({**SMALL, "g_upsample": "bilinear"}, None, 1, image_size=(32, 32))
