@@ -10,11 +10,14 @@ stdout; the CPU seconds of training and D's mean accuracy since the last row bes
 (``--grids``: the samples' first twelve per class as a PNG per row, to look at). With ``--judge``
 (a real-data classifier.pt of the experiment, e.g. models/cgan_ct_haemorrhage/classifier.pt) each
 row of a cGAN also has, per class, the share of the samples asked for it that the judge calls it
-(P > 0.5, as metrics.json's ``share_called_asked``). With ``--frd N`` each row also has FRD (the
-evaluator's: frd-score's radiomic features, pipeline/evaluate/measures/frd.py) of N evenly spaced
-samples against N evenly spaced real test slices, and a first row its real-vs-real floor (N
-training slices against the same test slices, as metrics.json's ``distribution/floor/frd``; one
-radiomics process, ~0.15 CPU-s an image). What docs/experiment-dcgan-ct.md reports.
+(P > 0.5, as metrics.json's ``share_called_asked``). With ``--frd N`` (at most the 200 samples)
+each row also has FRD (the evaluator's: frd-score's radiomic features z-scored by the real set's,
+pipeline/evaluate/measures/frd.py) of N evenly spaced samples against N evenly spaced real test
+slices, and a first row the real-vs-real floor picked as the evaluator picks it (the training
+slices cut to as many as the evaluator generates, ``evaluate.n_generated`` x classes, then N evenly
+spaced of those, against the same test slices: metrics.json's ``distribution/floor/frd``). Each row
+is one draw without an interval (the evaluator's is about +-3 FRD on the proof data); one
+radiomics process, ~0.15 CPU-s an image. What docs/experiment-dcgan-ct.md reports.
 
     python scripts/dcgan_ablation.py --slices data/slices/ct_haemorrhage --steps 600 \
         --variant batch '{"d_norm": "batch"}' --variant spectral '{"d_norm": "spectral"}'
@@ -39,6 +42,7 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.evaluate.measures import classifier, diversity, embedding, frd, prdc
+from pipeline.evaluate.measures.floor import floor_rows
 from pipeline.evaluate.measures.slices import fixed_sample_indices, load_labelled_slices
 from pipeline.models.dcgan import ConditionalDCGAN, DCGAN
 
@@ -100,11 +104,14 @@ def radiomic_features(images: np.ndarray) -> np.ndarray:
     return frd.radiomic_features(images, workers=1)[0]
 
 
-def frd_reference(data: dict, test: dict, n_images: int) -> tuple[np.ndarray, float | None]:
-    """Radiomic features of ``n_images`` evenly spaced real test slices, and the real-vs-real floor:
-    FRD of as many evenly spaced training slices against them."""
+def frd_reference(data: dict, test: dict, n_images: int, n_compared: int) -> tuple[np.ndarray, float | None]:
+    """Radiomic features of ``n_images`` evenly spaced real test slices, and the real-vs-real floor as
+    the evaluator computes it (pipeline/evaluate/tasks/generation.py): the training slices cut to the
+    ``n_compared`` images the evaluator generates (``floor_rows``), ``n_images`` evenly spaced of
+    those, their FRD against the test slices' (whose statistics z-score both)."""
     real = radiomic_features(test["images"][fixed_sample_indices(len(test["images"]), n_images)])
-    floor = radiomic_features(data["images"][fixed_sample_indices(len(data["images"]), n_images)])
+    floor_set = data["images"][floor_rows(len(data["images"]), n_compared)]
+    floor = radiomic_features(floor_set[fixed_sample_indices(len(floor_set), n_images)])
     return real, frd.frd_from_features(real, floor)[0]
 
 
@@ -116,7 +123,7 @@ def experiment_knobs(experiment: str, config_files: list[Path]) -> tuple[type[DC
 
 def run(name: str, cls: type[DCGAN], overrides: dict, data: dict, test: dict, steps: int, every: int, batch: int,
         seed: int, grids: Path | None = None, blind_networks: tuple[str, ...] = (),
-        judge: tuple | None = None, frd_images: int = 0) -> None:
+        judge: tuple | None = None, frd_images: int = 0, frd_compared: int = 0) -> None:
     torch.manual_seed(seed)
     size = data["images"].shape[-1]
     model = cls(overrides, None, seed, image_size=(size, size))
@@ -129,7 +136,7 @@ def run(name: str, cls: type[DCGAN], overrides: dict, data: dict, test: dict, st
     real_subjects = test["subject_ids"].astype(str)
     frd_real = None
     if frd_images:
-        frd_real, floor = frd_reference(data, test, frd_images)
+        frd_real, floor = frd_reference(data, test, frd_images, frd_compared)
         print(json.dumps({"variant": name, "step": 0, "frd_floor_real_vs_real": None if floor is None
                           else round(floor, 3), "frd_images": len(frd_real)}), flush=True)
     order_rng = torch.Generator().manual_seed(seed)
@@ -199,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge", type=Path,
                         help="cGAN: a real-data classifier.pt; rows get the share called as asked per class")
     parser.add_argument("--frd", type=int, default=0, metavar="N",
-                        help="also FRD of N samples against N real test slices per row, and the real-vs-real floor")
+                        help=f"also FRD of N samples (at most {N_SAMPLES}) against N real test slices per row, and the "
+                        "real-vs-real floor (variants only, not --checkpoints)")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
     args = parser.parse_args(argv)
     args.experiment = args.experiment or ("cgan_ct_haemorrhage" if args.conditional else "dcgan_ct_brain")
@@ -207,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.conditional != (cls is ConditionalDCGAN):
         parser.error(f"--experiment {args.experiment} is {'' if cls is ConditionalDCGAN else 'un'}conditional: "
                      f"{'add' if cls is ConditionalDCGAN else 'drop'} --conditional")
+    if not 0 <= args.frd <= N_SAMPLES:
+        parser.error(f"--frd takes 0 (off) to {N_SAMPLES} images (the samples scored per row), got {args.frd}")
+    if args.frd and args.checkpoints:
+        parser.error("--frd scores the variants' rows; --checkpoints rows have no FRD")
+    settings = load_params("params.yaml", config_files=args.configfile)["experiments"][args.experiment]
+    frd_compared = settings["evaluate"]["n_generated"] * (len(base["class_names"]) if cls is ConditionalDCGAN else 1)
     torch.set_num_threads(1)
     data = load_labelled_slices(args.slices / "train.npz")
     test = load_labelled_slices(args.slices / "test.npz")
@@ -219,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         knobs = {**base, **json.loads(overrides)}
         print(f"{name}: {json.dumps(knobs)}", file=sys.stderr, flush=True)
         run(name, cls, knobs, data, test, args.steps, args.every, args.batch, args.seed, args.grids,
-            tuple(args.blind), judge, args.frd)
+            tuple(args.blind), judge, args.frd, frd_compared)
     return 0
 
 

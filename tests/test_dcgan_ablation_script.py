@@ -54,25 +54,33 @@ def test_the_model_class_follows_the_experiment(script):
         script.main(["--slices", "x", "--conditional", "--experiment", "dcgan_ct_brain", "--variant", "same", "{}"])
 
 
-def test_frd_rows_take_evenly_spaced_slices_and_the_floor_is_training_against_test_slices():
-    """--frd: the floor is FRD of training slices against the test slices the samples are compared with
-    (null when the two sets are the same images, large when the training slices are another kind of image)."""
+def test_the_frd_floor_takes_the_training_and_test_slices_the_evaluator_takes(monkeypatch):
+    """--frd: real rows evenly spaced over the test slices; the floor's training rows cut to the evaluator's
+    generated count first, then evenly spaced (pipeline/evaluate/tasks/generation.py); the test set first,
+    as the set whose statistics z-score both. Each image's only pixel value is its row number."""
     import numpy as np
-    from skimage.data import shepp_logan_phantom
-    from skimage.transform import resize
 
     module = _script()
-    rng = np.random.default_rng(0)
-    base = resize(shepp_logan_phantom(), (32, 32), anti_aliasing=True)
-    heads = np.clip([np.roll(base, k, axis=1) + rng.normal(0, 0.03, base.shape) for k in range(8)], 0, 1)
-    test = {"images": heads.astype(np.float32)}
-    real, floor = module.frd_reference(test, test, 4)
-    assert real.shape[0] == 4 and floor is None  # rows 0, 2, 5, 7 of the same images: the sets coincide
-    flat = {"images": np.clip(heads * 0.3 + 0.5, 0, 1).astype(np.float32)}
-    _, floor_flat = module.frd_reference(flat, test, 4)
-    shifted = {"images": np.roll(test["images"], 1, axis=0)}  # other rows of the same kind of image
-    _, floor_shifted = module.frd_reference(shifted, test, 4)
-    assert floor_flat > floor_shifted > 0
+    n_train, n_test, n_images, n_generated = 716, 304, 100, 400
+    train = {"images": np.arange(n_train, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)}
+    test = {"images": np.arange(n_test, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)}
+    calls = []
+    monkeypatch.setattr(module, "radiomic_features", lambda images: images[:, :1, 0].astype(np.float64))
+    monkeypatch.setattr(module.frd, "frd_from_features", lambda *sets: calls.append(sets) or (1.5, None, 1, None))
+    real, floor = module.frd_reference(train, test, n_images, n_generated)
+    evenly = lambda n, k: np.unique(np.linspace(0, n - 1, k).round().astype(int))
+    assert floor == 1.5 and np.array_equal(real[:, 0], evenly(n_test, n_images))
+    (first, second), = calls
+    assert np.array_equal(first[:, 0], evenly(n_test, n_images))
+    assert np.array_equal(second[:, 0], evenly(n_train, n_generated)[evenly(n_generated, n_images)])
+    assert not np.array_equal(second[:, 0], evenly(n_train, n_images))  # not simply 100 of all 716
+
+
+def test_frd_takes_at_most_the_scored_samples_and_not_checkpoints(script):
+    with pytest.raises(SystemExit):
+        script.main(["--slices", "x", "--frd", "201", "--variant", "same", "{}"])
+    with pytest.raises(SystemExit):
+        script.main(["--slices", "x", "--frd", "100", "--checkpoints", "a.pt"])
 
 
 def test_frd_option_is_passed_to_run(monkeypatch):
@@ -80,6 +88,9 @@ def test_frd_option_is_passed_to_run(monkeypatch):
     seen = []
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(module, "load_labelled_slices", lambda path: {"path": path})
-    monkeypatch.setattr(module, "run", lambda *args, **kwargs: seen.append(args[-1]))
+    monkeypatch.setattr(module, "run", lambda *args, **kwargs: seen.append(args[-2:]))
     assert module.main(["--slices", "x", "--frd", "100", "--variant", "same", "{}"]) == 0
-    assert seen == [100]
+    assert module.main(["--slices", "x", "--conditional", "--frd", "50", "--variant", "same", "{}"]) == 0
+    params = load_params("params.yaml")["experiments"]
+    assert seen == [(100, params["dcgan_ct_brain"]["evaluate"]["n_generated"]),  # the evaluator's generated count:
+                    (50, 2 * params["cgan_ct_haemorrhage"]["evaluate"]["n_generated"])]  # per class for the cGAN

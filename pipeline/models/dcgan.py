@@ -189,9 +189,11 @@ def _optimizer(cfg: Mapping[str, Any], net: nn.Module, lr: float) -> torch.optim
 
 def _doubling(upsample: str, channels_in: int, channels_out: int) -> list[nn.Module]:
     """One of G's 2x layers: a k4 s2 transposed convolution (DCGAN), or ``resize``: nearest-neighbour
-    upsampling then a k3 convolution (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts":
-    a stride-2 k4 transposed convolution spreads each input pixel unevenly over the output, which
-    draws a checkerboard; the resize spreads it evenly)."""
+    upsampling then a k3 convolution (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts").
+    A k4 s2 transposed convolution overlaps evenly, but each output pixel parity gets its own 2x2
+    sub-kernel, learnt independently: where they differ the output repeats a 2x2 pattern (a flat
+    input already gives one, tests/models/test_dcgan.py). After a nearest-neighbour doubling one
+    kernel serves every output pixel, so a flat input stays flat."""
     if upsample == "resize":
         return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels_in, channels_out, 3, 1, 1, bias=False)]
     return [nn.ConvTranspose2d(channels_in, channels_out, 4, 2, 1, bias=False)]

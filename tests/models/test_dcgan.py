@@ -410,7 +410,7 @@ def test_a_resize_doubling_keeps_a_flat_map_flat_where_the_transposed_convolutio
         assert bool(torch.allclose(values, values[0])) is (upsample == "resize"), upsample
 
 
-def test_resize_generator_builds_trains_exports_and_is_refused_when_misspelt(tmp_path):
+def test_resize_generator_builds_exports_and_is_refused_when_misspelt(tmp_path):
     model = DCGAN({**SMALL, "g_upsample": "resize"}, None, 1, image_size=(32, 32))
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in list(model.G.net)[1:])
     assert sum(isinstance(m, nn.Upsample) for m in model.G.net) == 3  # 4 -> 8 -> 16 -> 32
@@ -423,3 +423,15 @@ def test_resize_generator_builds_trains_exports_and_is_refused_when_misspelt(tmp
     np.testing.assert_allclose(sampler.sample(3, seed=7), direct.clamp(0, 1)[:, 0].numpy(), atol=1e-6)
     with pytest.raises(ConfigError, match="g_upsample"):
         DCGAN({**SMALL, "g_upsample": "bilinear"}, None, 1, image_size=(32, 32))
+
+
+def test_an_export_from_before_the_upsampling_knob_loads_with_transposed_convolutions(tmp_path):
+    model = DCGAN(SMALL, None, 1, image_size=(32, 32))
+    payload = {**model.export(), "image_size": [32, 32]}
+    payload["config"] = {k: v for k, v in payload["config"].items() if k != "g_upsample"}
+    torch.save(payload, tmp_path / "model.pt")
+    sampler = load_trained(tmp_path / "model.pt")  # a resize G could not take these weights (strict load)
+    model.G.eval()
+    with torch.no_grad():
+        direct = (model.G(sampler.noise(2, 3)) + 1) / 2
+    np.testing.assert_allclose(sampler.sample(2, seed=3), direct.clamp(0, 1)[:, 0].numpy(), atol=1e-6)
