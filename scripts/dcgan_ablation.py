@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.judge and cls is not ConditionalDCGAN:
         parser.error("--judge scores a conditional GAN's labels: add --conditional")
     judge = classifier.load_classifier(args.judge) if args.judge else None
+    if args.grids:
+        args.grids.mkdir(parents=True, exist_ok=True)  # before hours of training, not at the first row
     if args.checkpoints:
         score_checkpoints(args.checkpoints, args.experiment, args.configfile, test, args.seed)
     for name, overrides in args.variant:

@@ -94,3 +94,13 @@ def test_frd_option_is_passed_to_run(monkeypatch):
     params = load_params("params.yaml")["experiments"]
     assert seen == [(100, params["dcgan_ct_brain"]["evaluate"]["n_generated"]),  # the evaluator's generated count:
                     (50, 2 * params["cgan_ct_haemorrhage"]["evaluate"]["n_generated"])]  # per class for the cGAN
+
+
+def test_the_grids_folder_exists_before_training(script, tmp_path):
+    """A missing --grids folder once stopped a run at its first scored row, after its first hour."""
+    grids = tmp_path / "new" / "grids"
+    created = []
+    script.run = lambda name, cls, knobs, data, test, steps, every, batch, seed, grid_dir, *rest: created.append(
+        grid_dir.is_dir())
+    assert script.main(["--slices", "x", "--grids", str(grids), "--variant", "same", "{}"]) == 0
+    assert created == [True]
