@@ -282,6 +282,7 @@ def tstr_block(
         block[name] = {
             "n_train": len(y),
             "selected_epoch": best["epoch"],
+            "attempts": best["attempts"],  # a stalled training restarted from the next seed (`restarts`)
             "test_accuracy": summarise(correct, subjects, policy, share=True),
             "test_balanced_accuracy": float(np.mean(recalls)) if len(recalls) == 2 else None,
             "test_balanced_accuracy_estimate": balanced_accuracy(correct, test["labels"], subjects, policy),

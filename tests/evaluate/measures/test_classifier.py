@@ -94,7 +94,8 @@ def test_labelled_mode_learns_healthy_vs_haemorrhage_through_the_cli(tmp_path):
                                       "n_blocks": 3, "image_size": 32, "flip_probability": 0.5, "patience": 20,
                                       "min_epochs": 20, "min_auc": 0.7, "min_confidence": 0.6,
                                       "pooling": "average",
-                                      "activation": "leaky_relu", "shift_pixels": 2}
+                                      "activation": "leaky_relu", "shift_pixels": 2, "restarts": 0}
+    assert summary["attempts"][0]["seed"] == summary["kept_seed"] and len(summary["attempts"]) == 1  # learned at once
     assert checkpoint["activation"] == "leaky_relu"
     network, _ = classifier.load_classifier(tmp_path / "classifier.pt")
     assert any(isinstance(m, torch.nn.LeakyReLU) for m in network)
@@ -314,3 +315,51 @@ def test_a_leaky_classifier_is_rebuilt_as_it_was_trained(tmp_path):
         assert not torch.allclose(relu(images), network(images), atol=1e-4)
     with pytest.raises(ValueError, match="activation"):
         classifier.build_network(4, 2, "max", "gelu")
+
+
+def _noise_task(n, seed):
+    """Labels no image can predict: any training stays at ~ln 2 on validation (a stall)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 16, 16, generator=generator), torch.arange(n) % 2
+
+
+def test_a_stalled_training_restarts_from_the_next_seed_and_keeps_the_lowest_validation_loss():
+    """Unlearnable labels stall every attempt: restarts 2 makes three, from seed, seed + 1, seed + 2,
+    and the network returned scores the lowest of their validation losses (recomputed here with
+    torch's own weighted cross-entropy on its logits, not read from the summary)."""
+    torch.set_num_threads(1)
+    settings = classifier.DEFAULT_SETTINGS | {"width": 4, "epochs": 3, "min_epochs": 3, "patience": 1,
+                                             "batch_size": 16, "image_size": 16, "restarts": 2}
+    x_train, y_train = _noise_task(48, 1)
+    x_val, y_val = _noise_task(32, 2)
+    network, best, _ = classifier.fit_classifier(x_train, y_train, x_val, y_val, settings, seed=7)
+    attempts = best["attempts"]
+    assert [a["seed"] for a in attempts] == [7, 8, 9] and all(a["stalled"] for a in attempts)
+    loss = torch.nn.functional.cross_entropy(classifier.predict_logits(network, x_val, 16), y_val)  # balanced classes
+    assert float(loss) == pytest.approx(min(a["val_loss"] for a in attempts), abs=1e-6)
+    assert best["seed"] == min(attempts, key=lambda a: a["val_loss"])["seed"]
+    _, once, _ = classifier.fit_classifier(x_train, y_train, x_val, y_val, settings | {"restarts": 0}, seed=7)
+    assert [a["seed"] for a in once["attempts"]] == [7]  # restarts 0: one attempt, stalled or not
+
+
+def test_restarts_stop_at_the_first_training_that_learned(monkeypatch):
+    """A stalled first attempt (its training loss never below 0.95 ln 2), a learned second: the
+    second is kept and no third runs."""
+    train_losses = {3: [0.70, 0.693, 0.692], 4: [0.69, 0.40, 0.20], 5: [0.69, 0.1, 0.05]}
+    calls = []
+
+    def fake_fit_once(x_train, y_train, x_val, y_val, settings, seed, device):
+        calls.append(seed)
+        history = [{"train_loss": loss} for loss in train_losses[seed]]
+        return f"network {seed}", {"loss": 0.9 - 0.1 * seed, "epoch": 2}, history
+
+    monkeypatch.setattr(classifier, "fit_once", fake_fit_once)
+    network, best, _ = classifier.fit_classifier(None, None, None, None, {"restarts": 2}, seed=3)
+    assert calls == [3, 4] and network == "network 4" and best["seed"] == 4
+    assert [a["stalled"] for a in best["attempts"]] == [True, False]
+
+
+def test_restarts_must_be_a_whole_number_of_at_least_zero():
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="restarts must be a whole number"):
+            classifier._settings({"restarts": bad})
