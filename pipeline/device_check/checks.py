@@ -137,7 +137,7 @@ def check_evaluation(exp: Experiment, device: torch.device) -> dict[str, Any]:
     images = _images(batch, size)
     out: dict[str, Any] = {}
     settings = {**CLASSIFIER, **{k: v for k, v in section.get("classifier", {}).items() if k in CLASSIFIER},
-                "epochs": 1}
+                "epochs": 1, "restarts": 0}  # one epoch on random images always "stalls": no retries
     settings["image_size"] = settings["image_size"] or None
     labels = torch.arange(batch) % 2
     x = to_tensor(images, settings["image_size"])

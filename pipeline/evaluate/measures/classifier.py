@@ -155,13 +155,17 @@ below this did not leave the constant answer's ln 2 = 0.693 even on its own trai
 stalled (restarted when ``restarts`` allows). The training loss, not the validation loss: a
 classifier trained on generated slices can fit them and still score poorly on real validation
 slices (train-on-synthetic), which is a finding, not a stall. The haemorrhage judges that learned
-reached 0.1-0.3; the stalled ones stayed at 0.692-0.694 for 60-74 epochs."""
+reached 0.10-0.18; the stalled ones stayed at 0.691-0.696 after a first epoch at ~0.70, for 60-74
+epochs."""
 
 
 def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0, device: str = "cpu"):
     """``fit_once`` from ``seed``, then, while the training stalled (its training loss never below
-    STALLED_LOSS) and ``settings["restarts"]`` allows, again from seed + 1, seed + 2, ...; the
-    attempt with the lowest validation loss is kept (selection on validation only, never on test).
+    STALLED_LOSS) and ``settings["restarts"]`` allows, again from seed + 1, seed + 2, ...; an
+    attempt that learned is kept over any that stalled, then the lowest validation loss decides
+    (selection on validation only, never on test). A classifier that learned the generated slices
+    and transfers poorly to real validation slices can have a higher validation loss than a stalled
+    one's ln 2: it is still the one kept, its poor transfer being what train-on-synthetic measures.
 
     Why: from random initialisation this network can sit at ln 2 for every epoch, a lottery of the
     seed and the data (docs/experiment-dcgan-ct.md "The judge's start is a lottery": the proof
@@ -177,11 +181,11 @@ def fit_classifier(x_train, y_train, x_val, y_val, settings: dict, seed: int = 0
         stalled = train_loss > STALLED_LOSS
         attempts.append({"seed": seed + attempt, "train_loss": train_loss, "val_loss": best["loss"],
                          "selected_epoch": best["epoch"], "epochs_run": len(history), "stalled": stalled})
-        if kept is None or best["loss"] < kept[1]["loss"]:
-            kept = (network, best | {"seed": seed + attempt}, history)
+        if kept is None or (stalled, best["loss"]) < (kept[3], kept[1]["loss"]):
+            kept = (network, best | {"seed": seed + attempt}, history, stalled)
         if not stalled:
             break
-    network, best, history = kept
+    network, best, history, _ = kept
     return network, best | {"attempts": attempts}, history
 
 
@@ -260,7 +264,7 @@ def _settings_text(settings: dict, seed: int) -> dict:
         "selection": "epoch with the lowest validation loss; stop after `patience` epochs without a lower one, "
         "never before `min_epochs`; a training whose training loss never fell below "
         f"{STALLED_LOSS:.3f} (0.95 ln 2) stalled and is restarted from the next seed, at most `restarts` "
-        "times, keeping the attempt with the lowest validation loss",
+        "times, keeping an attempt that learned over one that stalled, then the lowest validation loss",
         "scores_reported_when": f"real-test AUC >= {settings['min_auc']} with its interval above 0.5, the "
         f"balanced mean probability of the true class >= {settings['min_confidence']}, and each class's recall "
         f"at P > {CALL_CUT_OFF:g} above {MIN_RECALL_AT_CUT_OFF:g} (real_test_check)",
@@ -583,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=DEFAULT_SETTINGS["patience"])
     parser.add_argument("--min-epochs", type=int, default=DEFAULT_SETTINGS["min_epochs"])
     parser.add_argument("--restarts", type=int, default=DEFAULT_SETTINGS["restarts"],
-                        help="retry a stalled training (validation loss still ~ln 2) from the next seed, at most this often")
+                        help="retry a stalled training (training loss never below 0.95 ln 2) from the next seed, at most "
+                        "this often")
     parser.add_argument("--min-auc", type=float, default=DEFAULT_SETTINGS["min_auc"],
                         help="real-test AUC below this: the classifier's scores are null (stored in the checkpoint)")
     parser.add_argument("--min-confidence", type=float, default=DEFAULT_SETTINGS["min_confidence"],

@@ -282,6 +282,7 @@ def tstr_block(
         block[name] = {
             "n_train": len(y),
             "selected_epoch": best["epoch"],
+            "kept_seed": best["seed"],
             "attempts": best["attempts"],  # a stalled training restarted from the next seed (`restarts`)
             "test_accuracy": summarise(correct, subjects, policy, share=True),
             "test_balanced_accuracy": float(np.mean(recalls)) if len(recalls) == 2 else None,
@@ -446,7 +447,8 @@ def evaluate_generation(
         tstr_info["trained_on_real"] = {"test_accuracy": classifier_info["test_accuracy"],
                                         "test_balanced_accuracy": classifier_info["test_balanced_accuracy"],
                                         "test_auc": classifier_info["real_test"]["auc"],
-                                        "note": "the classifier.pt itself (same network, settings and seed)"}
+                                        "note": "the classifier.pt itself (same network and settings; its seed is "
+                                        "classifier.json's kept_seed)"}
         tstr_info["reason"] = None
 
     metrics = {

@@ -318,7 +318,7 @@ def test_a_leaky_classifier_is_rebuilt_as_it_was_trained(tmp_path):
 
 
 def _noise_task(n, seed):
-    """Labels no image can predict: any training stays at ~ln 2 on validation (a stall)."""
+    """Labels no image can predict: a short training stays at ~ln 2 on its training data (a stall)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(n, 1, 16, 16, generator=generator), torch.arange(n) % 2
 
@@ -363,3 +363,31 @@ def test_restarts_must_be_a_whole_number_of_at_least_zero():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="restarts must be a whole number"):
             classifier._settings({"restarts": bad})
+
+
+def _fake_fit_once(monkeypatch, runs: dict):
+    """fit_once replaced by canned attempts: seed -> (training losses by epoch, lowest validation loss)."""
+    calls = []
+
+    def fake(x_train, y_train, x_val, y_val, settings, seed, device):
+        calls.append(seed)
+        train_losses, val_loss = runs[seed]
+        return f"network {seed}", {"loss": val_loss, "epoch": 1}, [{"train_loss": x} for x in train_losses]
+
+    monkeypatch.setattr(classifier, "fit_once", fake)
+    return calls
+
+
+def test_when_every_attempt_stalls_the_lowest_validation_loss_is_kept_not_the_first_or_last(monkeypatch):
+    calls = _fake_fit_once(monkeypatch, {8: ([0.70, 0.693], 0.70), 9: ([0.70, 0.693], 0.66),
+                                         10: ([0.70, 0.693], 0.68)})
+    network, best, _ = classifier.fit_classifier(None, None, None, None, {"restarts": 2}, seed=8)
+    assert calls == [8, 9, 10] and network == "network 9" and best["seed"] == 9
+
+
+def test_an_attempt_that_learned_is_kept_over_a_stalled_one_with_a_lower_validation_loss(monkeypatch):
+    """Train-on-synthetic: a classifier that fits the generated slices (training loss 0.05) may
+    score worse on real validation slices than a constant answer; it is still the one kept."""
+    calls = _fake_fit_once(monkeypatch, {1: ([0.70, 0.693], 0.693), 2: ([0.60, 0.05], 0.90)})
+    network, best, _ = classifier.fit_classifier(None, None, None, None, {"restarts": 2}, seed=1)
+    assert calls == [1, 2] and network == "network 2" and best["seed"] == 2
