@@ -100,7 +100,7 @@ def test_the_grids_folder_exists_before_training(script, tmp_path):
     """A missing --grids folder once stopped a run at its first scored row, after its first hour."""
     grids = tmp_path / "new" / "grids"
     created = []
-    script.run = lambda name, cls, knobs, data, test, steps, every, batch, seed, grid_dir, *rest: created.append(
-        grid_dir.is_dir())
+    script.run = lambda name, cls, knobs, data, test, steps, every, batch, seed, grids, *rest: created.append(
+        grids.is_dir())
     assert script.main(["--slices", "x", "--grids", str(grids), "--variant", "same", "{}"]) == 0
     assert created == [True]

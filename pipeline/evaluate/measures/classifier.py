@@ -587,8 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=DEFAULT_SETTINGS["patience"])
     parser.add_argument("--min-epochs", type=int, default=DEFAULT_SETTINGS["min_epochs"])
     parser.add_argument("--restarts", type=int, default=DEFAULT_SETTINGS["restarts"],
-                        help="retry a stalled training (training loss never below 0.95 ln 2) from the next seed, at most "
-                        "this often")
+                        help="retry a stalled training (training loss never below 0.95 ln 2) from the next "
+                        "seed, at most this often")
     parser.add_argument("--min-auc", type=float, default=DEFAULT_SETTINGS["min_auc"],
                         help="real-test AUC below this: the classifier's scores are null (stored in the checkpoint)")
     parser.add_argument("--min-confidence", type=float, default=DEFAULT_SETTINGS["min_confidence"],

@@ -447,8 +447,8 @@ def evaluate_generation(
         tstr_info["trained_on_real"] = {"test_accuracy": classifier_info["test_accuracy"],
                                         "test_balanced_accuracy": classifier_info["test_balanced_accuracy"],
                                         "test_auc": classifier_info["real_test"]["auc"],
-                                        "note": "the classifier.pt itself (same network and settings; its seed is "
-                                        "classifier.json's kept_seed)"}
+                                        "note": "the classifier.pt itself (same network and settings; its "
+                                        "seed is classifier.json's kept_seed)"}
         tstr_info["reason"] = None
 
     metrics = {
