@@ -224,3 +224,23 @@ def test_cli_checks_a_profile_and_prints_its_projection(tmp_path, capsys):
     assert "dcgan_ct_brain" in json.loads((tmp_path / "check.json").read_text())
     assert main(["project", "--params", params, "--configfile", *tiny, "--experiments", "dcgan_ct_brain"]) == 0
     assert "| dcgan_ct_brain | train dcgan |" in capsys.readouterr().out
+
+
+def test_the_evaluation_check_trains_its_classifier_without_restarts(monkeypatch):
+    """Its one epoch on random images always "stalls": with a profile's restarts it would train 3x."""
+    from pipeline.device_check.checks import check_evaluation
+    from pipeline.device_check.profiles import experiments
+    from pipeline.evaluate.measures import classifier
+
+    seen = []
+
+    def record(x, labels, x_val, y_val, settings, seed, device):
+        seen.append(settings)
+        raise KeyboardInterrupt  # enough: the settings are what is checked
+
+    cfg = load_params(ROOT / "params.yaml", config_files=[ROOT / "configs" / "proof.yaml"])
+    assert cfg["experiments"]["cgan_ct_haemorrhage"]["classifier"]["restarts"] == 2
+    monkeypatch.setattr(classifier, "fit_classifier", record)
+    with pytest.raises(KeyboardInterrupt):
+        check_evaluation(experiments(cfg, ["cgan_ct_haemorrhage"])[0], torch.device("cpu"))
+    assert seen[0]["restarts"] == 0 and seen[0]["epochs"] == 1

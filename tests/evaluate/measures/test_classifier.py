@@ -391,5 +391,6 @@ def test_an_attempt_that_learned_is_kept_over_a_stalled_one_with_a_lower_validat
     """Train-on-synthetic: a classifier that fits the generated slices (training loss 0.05) may
     score worse on real validation slices than a constant answer; it is still the one kept."""
     calls = _fake_fit_once(monkeypatch, {1: ([0.70, 0.693], 0.693), 2: ([0.60, 0.05], 0.90)})
-    network, best, _ = classifier.fit_classifier(None, None, None, None, {"restarts": 2}, seed=1)
+    network, best, history = classifier.fit_classifier(None, None, None, None, {"restarts": 2}, seed=1)
     assert calls == [1, 2] and network == "network 2" and best["seed"] == 2
+    assert best["loss"] == 0.90 and [row["train_loss"] for row in history] == [0.60, 0.05]  # one attempt's

@@ -115,6 +115,8 @@ def test_conditional_generator_end_to_end(files, tmp_path):
     assert tstr["trained_on_synthetic"]["test_accuracy"]["mean"] > 0.7
     assert tstr["trained_on_synthetic"]["test_auc"]["value"] > 0.7
     assert tstr["trained_on_real"]["test_auc"] == metrics["classifier"]["real_test"]["auc"]
+    for variant in ("trained_on_synthetic", "trained_on_real_and_synthetic"):  # restarts 0: one attempt, kept
+        assert [a["seed"] for a in tstr[variant]["attempts"]] == [tstr[variant]["kept_seed"]]
     assert metrics["classifier"]["real_test"]["usable"]
     assert metrics["classifier"]["generated"]["haemorrhage"]["classifier_auc"] == metrics["classifier"]["real_test"]["auc"]
     assert tstr["trained_on_real_and_synthetic"]["n_train"] == 2 * len(files["splits"]["train"]["labels"])
