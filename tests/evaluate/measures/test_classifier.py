@@ -327,7 +327,8 @@ def _noise_task(n, seed):
 def test_a_stalled_training_restarts_from_the_next_seed_and_keeps_the_lowest_validation_loss():
     """Unlearnable labels stall every attempt: restarts 2 makes three, from seed, seed + 1, seed + 2,
     and the network returned scores the lowest of their validation losses (recomputed here with
-    torch's own weighted cross-entropy on its logits, not read from the summary)."""
+    torch's cross-entropy on its logits, not read from the summary; the classes are balanced, so
+    the training's class weights are 1)."""
     torch.set_num_threads(1)
     settings = classifier.DEFAULT_SETTINGS | {"width": 4, "epochs": 3, "min_epochs": 3, "patience": 1,
                                              "batch_size": 16, "image_size": 16, "restarts": 2}
